@@ -1,0 +1,67 @@
+"""The ``raymeta`` command: a thin map from subcommands onto the Python API.
+
+Each subcommand lives in its own module exposing ``add_parser(subparsers)`` (which sets
+``func``); heavy imports (torch, ray) happen inside the handlers so ``--help`` stays fast.
+User errors (``RaymetaError``) print one line and exit 2; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from raymeta._version import __version__
+from raymeta.cli._config import apply_config
+from raymeta.errors import RaymetaError
+
+COMMANDS = ("quickstart", "meta_train", "priors", "tune", "sweep", "report", "bench", "data")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raymeta",
+        description=(
+            "Ray-distributed, population-based meta-tuner: meta-train an initialization over a "
+            "task family (Ray Train), fit fine-tuning priors, then tune new tasks with a "
+            "warm-started Ray Tune population (PBT by default)."
+        ),
+        epilog="Run 'raymeta COMMAND --help' for a command's options. Docs: README.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"raymeta {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"raymeta.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"raymeta.cli.{name}":
+                continue
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        sub_parser = getattr(args, "_parser", None)
+        if sub_parser is not None:
+            args = apply_config(sub_parser, args, argv)
+        rc = args.func(args)
+        return int(rc or 0)
+    except RaymetaError as exc:
+        print(f"raymeta: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raymeta: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The vectorised meta-learning engine.
+
+Inner-loop adaptation is a pure function of ``(params, support, hparams)`` written with
+``torch.func``; ``vmap`` pushes a whole chunk of tasks through one computation and
+``grad_and_value`` differentiates the chunk's summed query loss with respect to the
+meta-parameters. The only Python loop is over *chunks* (to bound memory), never over tasks.
+
+Meta-parameters are a flat ``dict[str, Tensor]``: the model's parameters, plus for Meta-SGD one
+learning-rate tensor per parameter under ``lr.<name>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, grad_and_value, vmap
+
+from raymeta.core.losses import accuracy, loss_fn
+from raymeta.core.models import head_keys
+from raymeta.errors import ConfigError
+from raymeta.tasks._base import TaskBatch
+
+Params = dict[str, torch.Tensor]
+ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil")
+LR_PREFIX = "lr."
+Reduction = Literal["mean", "sum"]
+
+
+def check_algorithm(algo: str) -> str:
+    if algo not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {algo!r} (choose from {', '.join(ALGORITHMS)})")
+    return algo
+
+
+@dataclass(frozen=True)
+class InnerConfig:
+    """Inner-loop hyperparameters; ``first_order`` drops second-order terms (FOMAML)."""
+
+    steps: int = 1
+    lr: float = 0.01
+    first_order: bool = False
+
+
+class MetaEngine:
+    """Binds a model skeleton, a loss kind and an algorithm; holds no trainable state."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        kind: str,
+        algo: str = "maml",
+        inner: InnerConfig | None = None,
+        chunk_size: int | None = None,
+    ):
+        self.model = model
+        self.kind = kind
+        self.algo = check_algorithm(algo)
+        inner = inner or InnerConfig()
+        if inner.steps < 0:
+            raise ConfigError(f"inner steps must be >= 0, got {inner.steps}")
+        if algo == "fomaml":
+            inner = InnerConfig(inner.steps, inner.lr, True)
+        self.inner = inner
+        self.chunk_size = chunk_size
+        self.loss = loss_fn(kind)
+        self.names = [n for n, _ in model.named_parameters()]
+        self.adapt_keys = head_keys(self.names) if algo == "anil" else list(self.names)
+
+    # ----------------------------------------------------------------- parameters
+    def init_params(self) -> Params:
+        """Meta-parameters from the model's current weights (plus Meta-SGD learning rates)."""
+        params = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        if self.algo == "metasgd":
+            for n in self.names:
+                params[LR_PREFIX + n] = torch.full_like(params[n], self.inner.lr)
+        return params
+
+    def model_params(self, params: Mapping[str, torch.Tensor]) -> Params:
+        return {n: params[n] for n in self.names}
+
+    def forward(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, self.model_params(params), (x,))
+
+    # ----------------------------------------------------------------- inner loop
+    def adapt(
+        self,
+        params: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        steps: int | None = None,
+        first_order: bool | None = None,
+    ) -> Params:
+        """Fine-tune on one task's support set; returns new tensors, inputs stay untouched."""
+        steps = self.inner.steps if steps is None else steps
+        fo = self.inner.first_order if first_order is None else first_order
+        fast = self.model_params(params)
+        for _ in range(steps):
+            base = fast
+
+            def inner_loss(sub: Params, base: Params = base) -> torch.Tensor:
+                return self.loss(functional_call(self.model, {**base, **sub}, (x,)), y)
+
+            g = grad(inner_loss)({k: fast[k] for k in self.adapt_keys})
+            if fo:
+                g = {k: v.detach() for k, v in g.items()}
+            new = dict(fast)
+            for k in self.adapt_keys:
+                lr = params[LR_PREFIX + k] if self.algo == "metasgd" else self.inner.lr
+                new[k] = fast[k] - lr * g[k]
+            fast = new
+        return fast
+
+    def _task_query(self, params: Params, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor) -> torch.Tensor:
+        fast = self.adapt(params, xs, ys)
+        return self.loss(functional_call(self.model, fast, (xq,)), yq)
+
+    def _chunks(self, n: int) -> list[tuple[int, int]]:
+        size = self.chunk_size or n
+        return [(s, min(s + size, n)) for s in range(0, n, max(size, 1))]
+
+    # ----------------------------------------------------------------- outer loop
+    def meta_grad(self, params: Params, batch: TaskBatch, reduction: Reduction = "mean") -> tuple[torch.Tensor, Params]:
+        """Query loss and meta-gradient over ``batch`` (mean over tasks, or sum for sharding)."""
+        n = batch.n_tasks
+        if n == 0:
+            return torch.zeros(()), {k: torch.zeros_like(v) for k, v in params.items()}
+        if self.algo == "reptile":
+            loss_sum, grads = self._reptile_grad(params, batch)
+        else:
+            task_loss = vmap(self._task_query, in_dims=(None, 0, 0, 0, 0))
+
+            def chunk_loss(p: Params, b: TaskBatch) -> torch.Tensor:
+                return task_loss(p, b.xs, b.ys, b.xq, b.yq).sum()
+
+            loss_sum = torch.zeros((), dtype=batch.xs.dtype)
+            grads = {k: torch.zeros_like(v) for k, v in params.items()}
+            for s, e in self._chunks(n):
+                g, lv = grad_and_value(chunk_loss)(params, batch.slice(s, e))
+                loss_sum = loss_sum + lv.detach()
+                for k in grads:
+                    grads[k] += g[k]
+        if reduction == "mean":
+            return loss_sum / n, {k: v / n for k, v in grads.items()}
+        return loss_sum, grads
+
+    def _reptile_grad(self, params: Params, batch: TaskBatch) -> tuple[torch.Tensor, Params]:
+        """Reptile's direction ``params - adapted``; an outer SGD step with lr eps interpolates."""
+        adapt = vmap(lambda p, x, y: self.adapt(p, x, y, first_order=True), in_dims=(None, 0, 0))
+        query = vmap(lambda f, x, y: self.loss(functional_call(self.model, f, (x,)), y))
+        loss_sum = torch.zeros((), dtype=batch.xs.dtype)
+        grads = {k: torch.zeros_like(v) for k, v in params.items()}
+        with torch.no_grad():
+            for s, e in self._chunks(batch.n_tasks):
+                b = batch.slice(s, e)
+                fast = adapt(params, b.xs, b.ys)
+                loss_sum = loss_sum + query(fast, b.xq, b.yq).sum()
+                for k in self.names:
+                    grads[k] += (params[k].unsqueeze(0) - fast[k]).sum(0)
+        return loss_sum, grads
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluate(self, params: Params, batch: TaskBatch, steps: int | None = None) -> dict[str, float]:
+        """Query loss (and accuracy) after ``steps`` first-order inner steps, averaged over tasks."""
+        def one(p: Params, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            fast = self.adapt(p, xs, ys, steps=steps, first_order=True)
+            out = functional_call(self.model, fast, (xq,))
+            acc = accuracy(out, yq) if self.kind == "classification" else torch.zeros(())
+            return self.loss(out, yq), acc
+
+        run = vmap(one, in_dims=(None, 0, 0, 0, 0))
+        losses, accs = [], []
+        detached = {k: v.detach() for k, v in params.items()}
+        for s, e in self._chunks(batch.n_tasks):
+            b = batch.slice(s, e)
+            lo, ac = run(detached, b.xs, b.ys, b.xq, b.yq)
+            losses.append(lo.detach())
+            accs.append(ac.detach())
+        out = {"loss": float(torch.cat(losses).mean())}
+        if self.kind == "classification":
+            out["accuracy"] = float(torch.cat(accs).mean())
+        return out

@@ -1,0 +1,191 @@
+"""Population fine-tuning: many members, one vmapped computation.
+
+A *member* is one fine-tuning run (weights, optimizer state, hyperparameters). Members that
+share a model architecture are stacked along a leading dimension and trained together with
+``vmap``; their hyperparameters are tensors, so a population mixing learning rates, weight
+decays, optimizers (SGD / Adam), batch sizes, step budgets and "head only" adaptation is still
+ONE computation. This serves both priors fitting (tasks x configs as members) and packed Tune
+trials.
+
+Randomness (minibatch selection) comes from a counter-based hash of ``(member seed, member
+step, example index)``, so a member's trajectory does not depend on which other members it is
+packed with: training members together or one by one gives the same results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from raymeta.core.losses import accuracy, per_example_loss
+from raymeta.core.models import HEAD_PREFIX
+from raymeta.errors import ConfigError
+
+Params = dict[str, torch.Tensor]
+OPTIMIZERS = ("sgd", "adam")
+ADAPT = ("all", "head")
+_P = 2147483647  # 2**31 - 1
+_B1, _B2, _EPS = 0.9, 0.999, 1e-8
+
+
+@dataclass
+class MemberHParams:
+    """Per-member hyperparameters, each a tensor with one entry per member."""
+
+    lr: torch.Tensor
+    weight_decay: torch.Tensor
+    adam: torch.Tensor
+    head_only: torch.Tensor
+    batch_size: torch.Tensor
+    max_steps: torch.Tensor
+    seed: torch.Tensor
+
+    @classmethod
+    def from_configs(cls, configs: Sequence[Mapping[str, Any]], seeds: Sequence[int], n_train: int) -> MemberHParams:
+        """Build from config dicts (keys lr, weight_decay, optimizer, adapt, batch_size, steps)."""
+        if len(configs) != len(seeds):
+            raise ConfigError("one seed per member is required")
+        for c in configs:
+            if c.get("optimizer", "sgd") not in OPTIMIZERS:
+                raise ConfigError(f"unknown optimizer {c.get('optimizer')!r} (choose sgd or adam)")
+            if c.get("adapt", "all") not in ADAPT:
+                raise ConfigError(f"unknown adapt {c.get('adapt')!r} (choose all or head)")
+        big = 2**62
+        return cls(
+            lr=torch.tensor([float(c.get("lr", 0.01)) for c in configs], dtype=torch.float64),
+            weight_decay=torch.tensor([float(c.get("weight_decay", 0.0)) for c in configs], dtype=torch.float64),
+            adam=torch.tensor([c.get("optimizer", "sgd") == "adam" for c in configs]),
+            head_only=torch.tensor([c.get("adapt", "all") == "head" for c in configs]),
+            batch_size=torch.tensor([min(int(c.get("batch_size", n_train)), n_train) for c in configs]),
+            max_steps=torch.tensor([int(c.get("steps", big)) for c in configs]),
+            seed=torch.tensor([int(s) % _P for s in seeds]),
+        )
+
+    def index(self, idx: torch.Tensor | slice | list[int]) -> MemberHParams:
+        return MemberHParams(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+
+@dataclass
+class PopulationState:
+    """Stacked member weights, Adam moments and per-member step counts."""
+
+    params: Params
+    m: Params
+    v: Params
+    step: torch.Tensor
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, torch.Tensor], n_members: int) -> PopulationState:
+        """Every member starts from the same (unstacked) ``params``."""
+        stacked = {k: v.detach().unsqueeze(0).repeat(n_members, *([1] * v.dim())) for k, v in params.items()}
+        return cls.from_stacked(stacked)
+
+    @classmethod
+    def from_stacked(cls, stacked: Mapping[str, torch.Tensor]) -> PopulationState:
+        p = {k: v.detach().clone() for k, v in stacked.items()}
+        n = next(iter(p.values())).shape[0]
+        zeros = {k: torch.zeros_like(v) for k, v in p.items()}
+        return cls(p, zeros, {k: torch.zeros_like(v) for k, v in p.items()}, torch.zeros(n, dtype=torch.int64))
+
+    @property
+    def n_members(self) -> int:
+        return int(self.step.shape[0])
+
+    def index(self, idx: torch.Tensor | slice | list[int]) -> PopulationState:
+        def sel(d: Params) -> Params:
+            return {k: v[idx].clone() for k, v in d.items()}
+
+        return PopulationState(sel(self.params), sel(self.m), sel(self.v), self.step[idx].clone())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = {f"params.{k}": v for k, v in self.params.items()}
+        out.update({f"m.{k}": v for k, v in self.m.items()})
+        out.update({f"v.{k}": v for k, v in self.v.items()})
+        out["step"] = self.step
+        return out
+
+    @classmethod
+    def from_state_dict(cls, sd: Mapping[str, torch.Tensor]) -> PopulationState:
+        def part(prefix: str) -> Params:
+            return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+        return cls(part("params."), part("m."), part("v."), sd["step"])
+
+
+def hash_uniform(seed: torch.Tensor, step: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Counter-based uniform numbers in (0, 1): pure integer arithmetic, vmap-safe, no overflow."""
+    h = (seed % _P * 1000003 + step % _P) % _P
+    h = (h * 48271 + idx * 69621 + 12345) % _P
+    for _ in range(3):
+        h = (h ^ (h >> 13)) % _P
+        h = (h * 48271 + 11) % _P
+    return (h.double() + 0.5) / _P
+
+
+class PopulationTrainer:
+    """Trains stacked members of one model architecture on one task (or one task each)."""
+
+    def __init__(self, model: nn.Module, kind: str):
+        self.model, self.kind = model, kind
+        names = [n for n, _ in model.named_parameters()]
+        self.head_mask = {n: n.startswith(HEAD_PREFIX) for n in names}
+
+    def _member_step(self, p: Params, m: Params, v: Params, t: torch.Tensor, hp: MemberHParams, x: torch.Tensor, y: torch.Tensor) -> tuple[Params, Params, Params, torch.Tensor]:
+        n = x.shape[0]
+        idx = torch.arange(n)
+        scores = hash_uniform(hp.seed, t, idx)
+        rank = torch.argsort(torch.argsort(scores))
+        mask = (rank < hp.batch_size).to(x.dtype if x.is_floating_point() else torch.float32)
+        denom = hp.batch_size.clamp(min=1).to(mask.dtype)
+
+        def loss(q: Params) -> torch.Tensor:
+            out = functional_call(self.model, q, (x,))
+            return (per_example_loss(self.kind, out, y) * mask).sum() / denom
+
+        g = grad(loss)(p)
+        active = (t < hp.max_steps).to(mask.dtype)
+        tn = t + (t < hp.max_steps).long()
+        tf = tn.clamp(min=1).to(mask.dtype)
+        new_p, new_m, new_v = {}, {}, {}
+        for k in p:
+            keep = 1.0 - hp.head_only.to(mask.dtype) if not self.head_mask[k] else torch.ones((), dtype=mask.dtype)
+            gk = (g[k] + hp.weight_decay.to(mask.dtype) * p[k]) * keep
+            mk = _B1 * m[k] + (1 - _B1) * gk
+            vk = _B2 * v[k] + (1 - _B2) * gk * gk
+            adam_upd = (mk / (1 - _B1**tf)) / (torch.sqrt(vk / (1 - _B2**tf)) + _EPS)
+            upd = torch.where(hp.adam, adam_upd, gk)
+            new_p[k] = p[k] - hp.lr.to(mask.dtype) * active * upd
+            new_m[k] = torch.where(active > 0, mk, m[k])
+            new_v[k] = torch.where(active > 0, vk, v[k])
+        return new_p, new_m, new_v, tn
+
+    def train(self, state: PopulationState, hp: MemberHParams, x: torch.Tensor, y: torch.Tensor, n_steps: int, per_member_data: bool = False) -> PopulationState:
+        """Run ``n_steps`` steps for every member (members past their ``max_steps`` stay put)."""
+        d = 0 if per_member_data else None
+        step = vmap(self._member_step, in_dims=(0, 0, 0, 0, 0, d, d))
+        p, m, v, t = state.params, state.m, state.v, state.step
+        with torch.no_grad():
+            for _ in range(n_steps):
+                p, m, v, t = step(p, m, v, t, hp, x, y)
+        return PopulationState(p, m, v, t)
+
+    def evaluate(self, params: Params, x: torch.Tensor, y: torch.Tensor, per_member_data: bool = False) -> dict[str, torch.Tensor]:
+        """Per-member mean loss (and accuracy for classification) on ``(x, y)``."""
+        d = 0 if per_member_data else None
+
+        def one(q: Params, xx: torch.Tensor, yy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = functional_call(self.model, q, (xx,))
+            acc = accuracy(out, yy) if self.kind == "classification" else torch.zeros(())
+            return per_example_loss(self.kind, out, yy).mean(), acc
+
+        with torch.no_grad():
+            loss, acc = vmap(one, in_dims=(0, d, d))(params, x, y)
+        out = {"loss": loss}
+        if self.kind == "classification":
+            out["accuracy"] = acc
+        return out

@@ -1,0 +1,25 @@
+"""User-facing errors.
+
+Anything a user can cause (bad flags, bad files, bad data) raises a ``RaymetaError`` subclass
+with a one-line message; the CLI prints it and exits non-zero instead of showing a traceback.
+"""
+
+
+class RaymetaError(Exception):
+    """Base class for errors caused by user input; the message is shown as-is."""
+
+
+class ConfigError(RaymetaError, ValueError):
+    """An invalid option, flag value or config file."""
+
+
+class DataError(RaymetaError, ValueError):
+    """Task data that is missing, malformed or too small for the request."""
+
+
+class CheckpointError(RaymetaError):
+    """A meta-checkpoint or priors file that is missing, truncated, tampered or incompatible."""
+
+
+class ClusterError(RaymetaError):
+    """A Ray cluster that is unreachable or too small for the request."""

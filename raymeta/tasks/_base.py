@@ -1,0 +1,130 @@
+"""The task-family contract.
+
+Lifecycle: a family is built from a ``FamilySpec`` (``make_family``), which validates its data
+and options once. Meta-training then calls ``sample(split, n, generator)`` every step and gets a
+fixed-shape ``TaskBatch`` (tasks are the leading batch dimension, ready for ``vmap``).
+Fine-tuning and evaluation call ``task(split, index)`` for one fully specified ``Task`` with
+train / val / test splits, deterministic in ``index``.
+
+Splits are *meta*-splits: ``train`` tasks are for meta-training, ``val`` tasks for priors and
+model selection, ``test`` tasks are held out for tuning benchmarks. They never share a task
+(different classes for classification, disjoint task-id streams for regression).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from raymeta.errors import ConfigError
+
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+Kind = Literal["regression", "classification"]
+
+
+def check_split(split: str) -> Split:
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r} (choose train, val or test)")
+    return split  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """A family name plus its options (ways, shots, data path, ...), as stored in meta.json."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "options": dict(self.options)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FamilySpec:
+        return cls(name=str(d["name"]), options=dict(d.get("options", {})))
+
+
+@dataclass
+class TaskBatch:
+    """A meta-batch: support ``(xs, ys)`` and query ``(xq, yq)``, task dimension first."""
+
+    xs: torch.Tensor
+    ys: torch.Tensor
+    xq: torch.Tensor
+    yq: torch.Tensor
+
+    @property
+    def n_tasks(self) -> int:
+        return int(self.xs.shape[0])
+
+    def slice(self, start: int, stop: int) -> TaskBatch:
+        return TaskBatch(self.xs[start:stop], self.ys[start:stop], self.xq[start:stop], self.yq[start:stop])
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TaskBatch:
+        def cv(t: torch.Tensor) -> torch.Tensor:
+            if t.is_floating_point():
+                return t.to(device=device, dtype=dtype)
+            return t.to(device=device)
+
+        return TaskBatch(cv(self.xs), cv(self.ys), cv(self.xq), cv(self.yq))
+
+    @staticmethod
+    def cat(batches: list[TaskBatch]) -> TaskBatch:
+        return TaskBatch(
+            torch.cat([b.xs for b in batches]),
+            torch.cat([b.ys for b in batches]),
+            torch.cat([b.xq for b in batches]),
+            torch.cat([b.yq for b in batches]),
+        )
+
+
+@dataclass
+class Task:
+    """One task for fine-tuning: the tuner trains on ``train``, selects on ``val`` and reports
+    ``test`` once at the end. ``notes`` records anything the user should know (e.g. a carved
+    validation split)."""
+
+    task_id: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    kind: Kind
+    output_dim: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+class TaskFamily(ABC):
+    """A distribution over related tasks with fixed input/output shapes."""
+
+    name: str
+    kind: Kind
+    input_shape: tuple[int, ...]
+    output_dim: int
+
+    @abstractmethod
+    def sample(self, split: Split, n_tasks: int, generator: torch.Generator) -> TaskBatch:
+        """Draw ``n_tasks`` episodes from ``split`` using only ``generator`` for randomness."""
+
+    @abstractmethod
+    def task(self, split: Split, index: int) -> Task:
+        """The ``index``-th fixed task of ``split`` (deterministic, for tuning and benchmarks)."""
+
+    def spec(self) -> FamilySpec:
+        return FamilySpec(self.name, self.options())
+
+    @abstractmethod
+    def options(self) -> dict[str, Any]:
+        """JSON-able options that rebuild this family through ``make_family``."""
+
+    def default_model(self) -> str:
+        return "mlp" if len(self.input_shape) == 1 else "conv4"

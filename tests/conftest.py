@@ -1,0 +1,45 @@
+"""Shared fixtures: one real local Ray per test session (bound to 127.0.0.1), started lazily.
+
+Tests that need Ray take the ``ray_session`` fixture; the pure-layer tests never start it.
+The orchestration API reuses an already-initialised Ray and does not shut it down.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+OMNIGLOT_DIR = Path(os.environ.get("RAYMETA_OMNIGLOT", Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"))
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    import ray
+
+    if not ray.is_initialized():
+        tmp = tmp_path_factory.mktemp("ray")
+        ray.init(
+            num_cpus=2,
+            _node_ip_address="127.0.0.1",
+            _temp_dir=str(tmp),
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def omniglot_dir() -> Path:
+    if not (OMNIGLOT_DIR / "images_background.npz").is_file():
+        pytest.skip(f"Omniglot archives not found under {OMNIGLOT_DIR}")
+    return OMNIGLOT_DIR
