@@ -7,11 +7,8 @@ a config never silently falls back to a default.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import Any
 
-import yaml
-
+from raymeta._yaml import load_yaml_mapping
 from raymeta.errors import ConfigError
 
 
@@ -24,24 +21,9 @@ def _explicit_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str
     }
 
 
-def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"config file {p} is not valid YAML{where}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a mapping of option: value")
-    return data
-
-
-def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> argparse.Namespace:
+def apply_config(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
+) -> argparse.Namespace:
     """Fill ``args`` from ``args.config`` for every flag not given explicitly on the command line."""
     path = getattr(args, "config", None)
     if not path:
@@ -62,6 +44,8 @@ def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace, argv
             except (TypeError, ValueError):
                 raise ConfigError(f"config file {path}: bad value {value!r} for {key!r}") from None
         if act.choices is not None and value not in act.choices:
-            raise ConfigError(f"config file {path}: {key!r} must be one of {', '.join(map(str, act.choices))}")
+            raise ConfigError(
+                f"config file {path}: {key!r} must be one of {', '.join(map(str, act.choices))}"
+            )
         setattr(args, dest, value)
     return args
