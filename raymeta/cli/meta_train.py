@@ -1,0 +1,135 @@
+"""``raymeta meta-train``: meta-train an initialization over a task family on Ray Train."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import yaml
+
+from raymeta.cli._common import add_command
+from raymeta.errors import ConfigError
+
+DESCRIPTION = """Meta-train an initialization (MAML, FOMAML, Reptile, Meta-SGD, ANIL) over a task
+family with W Ray Train workers. Each worker computes the vmapped meta-gradient of its own shard
+of the meta-batch (drawn from a seed derived from seed, step and rank); the gradients are
+all-reduced (gloo on CPU, NCCL on GPU) and every worker takes the same outer step. A meta-batch
+that W does not divide is split as evenly as possible: the first (B mod W) shards get one extra
+task. The result is a meta-checkpoint directory in --out."""
+
+EPILOG = """Run state: checkpoints live in a hidden sibling of --out (.<name>.meta-train/), or
+under --storage (a local path or s3://, gs:// URI; multi-node clusters need shared storage).
+Rerunning the same command resumes from the last checkpoint and ends with the same parameters
+as an uninterrupted run; a different config for an existing --out is refused unless
+--overwrite. Without --address an embedded local Ray (127.0.0.1) is started and shut down at
+the end; with --address (or RAY_ADDRESS, e.g. under 'ray job submit') the command joins that
+cluster. --local runs the same computation in this process without Ray (with --workers W it
+uses the same W shards, so it reproduces the Ray run). Every flag can also be given in
+--config FILE.yaml (keys are the flag names, e.g. meta_batch: 64, family_options: {ways: 5})."""
+
+
+def add_parser(sub: Any) -> None:
+    p = add_command(sub, "meta-train", "meta-train an initialization over a task family on Ray Train", _run, DESCRIPTION)
+    p.epilog = EPILOG
+    g = p.add_argument_group("what to learn")
+    g.add_argument("--family", default="sinusoid", help="task family: sinusoid, digits, omniglot, parquet")
+    g.add_argument("--family-option", dest="family_options", action="append", metavar="K=V", help="family option (repeatable), e.g. ways=5")
+    g.add_argument("--model", default="auto", help="model name (auto = the family's default model)")
+    g.add_argument("--model-option", dest="model_options", action="append", metavar="K=V", help="model option (repeatable), e.g. widths=[40,40]")
+    g.add_argument("--algo", default="maml", choices=["maml", "fomaml", "reptile", "metasgd", "anil"], help="meta-learning algorithm")
+    g.add_argument("--inner-steps", type=int, default=1, help="inner-loop adaptation steps")
+    g.add_argument("--inner-lr", type=float, default=0.01, help="inner-loop learning rate")
+    g.add_argument("--first-order", action="store_true", help="drop second-order terms (MAML -> FOMAML)")
+    g.add_argument("--outer-optimizer", default="adam", choices=["adam", "sgd"], help="outer (meta) optimizer")
+    g.add_argument("--outer-lr", type=float, default=1e-3, help="outer learning rate")
+    g.add_argument("--steps", type=int, default=1000, help="outer steps")
+    g.add_argument("--meta-batch", type=int, default=25, help="tasks per outer step, split over the workers")
+    g.add_argument("--seed", type=int, default=0, help="seed of the initialization and of every task draw")
+    g.add_argument("--chunk-size", type=int, default=None, help="tasks per vmapped chunk (bounds memory; default: all)")
+    g.add_argument("--val-every", type=int, default=100, help="meta-validation loss every N steps")
+    g.add_argument("--val-tasks", type=int, default=100, help="meta-validation tasks")
+    g.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="training precision")
+    r = p.add_argument_group("where and how to run")
+    r.add_argument("--out", default=None, help="output meta-checkpoint directory (required)")
+    r.add_argument("--workers", type=int, default=1, help="Ray Train workers (= shards of the meta-batch)")
+    r.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs reserved per worker (also its torch threads)")
+    r.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker; > 0 uses CUDA and NCCL")
+    r.add_argument("--address", default=None, help="join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto)")
+    r.add_argument("--storage", default=None, help="Ray Train storage_path: local path or s3://, gs:// URI")
+    r.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps")
+    r.add_argument("--max-failures", type=int, default=3, help="worker-group restarts from the last checkpoint (-1 = forever)")
+    r.add_argument("--log-every", type=int, default=None, help="progress line every N steps (default: about 20 lines per run)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing --out / discard an unfinished run")
+    r.add_argument("--local", action="store_true", help="run in this process without Ray (same shards as --workers)")
+
+
+def parse_options(items: Any, what: str) -> dict[str, Any]:
+    """``["k=v", ...]`` (values parsed as YAML scalars/lists) or a mapping from a config file."""
+    if items is None:
+        return {}
+    if isinstance(items, dict):
+        return {str(k): v for k, v in items.items()}
+    if isinstance(items, str):
+        items = [items]
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--{what}-option expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    from raymeta.core.train import MetaTrainConfig
+
+    return MetaTrainConfig(
+        family=args.family,
+        family_options=parse_options(args.family_options, "family"),
+        model=args.model,
+        model_options=parse_options(args.model_options, "model"),
+        algo=args.algo,
+        inner_steps=args.inner_steps,
+        inner_lr=args.inner_lr,
+        first_order=bool(args.first_order),
+        outer_optimizer=args.outer_optimizer,
+        outer_lr=args.outer_lr,
+        steps=args.steps,
+        meta_batch=args.meta_batch,
+        seed=args.seed,
+        chunk_size=args.chunk_size,
+        val_every=args.val_every,
+        val_tasks=args.val_tasks,
+        shards=args.workers,
+        dtype=args.dtype,
+    ).validate()
+
+
+def _run(args: argparse.Namespace) -> int:
+    if not args.out:
+        raise ConfigError("--out is required (the meta-checkpoint directory to write)")
+    cfg = build_config(args)
+    if args.local:
+        from raymeta.orchestration.local_meta_train import run_local_meta_train
+
+        run_local_meta_train(cfg, args.out, overwrite=args.overwrite, log_every=args.log_every)
+        return 0
+    from raymeta.orchestration.meta_train import train_distributed
+
+    train_distributed(
+        cfg,
+        args.out,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        address=args.address,
+        storage=args.storage,
+        checkpoint_every=args.checkpoint_every,
+        max_failures=args.max_failures,
+        overwrite=args.overwrite,
+        cpus_per_worker=args.cpus_per_worker,
+        log_every=args.log_every,
+    )
+    return 0

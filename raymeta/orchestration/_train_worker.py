@@ -1,0 +1,146 @@
+"""The Ray Train worker loop: one process per rank, data-parallel over tasks.
+
+Each rank draws its shard of step ``s`` from ``derive_seed(seed, s, rank)`` (``shards`` =
+world size), computes the summed loss and meta-gradient with the vmapped engine, and the ranks
+sum ``[loss, task count, flat gradient]`` with ONE ``all_reduce`` per step. Every rank then
+takes the identical outer step, so no parameter broadcast is ever needed. Rank 0 alone writes
+checkpoints (``state.pt``: params, optimizer state, step, RNG; weights-only loadable), runs the
+meta-validation and pushes progress records to the driver's queue.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from raymeta.core.checkpoint import save_meta_checkpoint
+from raymeta.core.train import MetaTrainConfig, MetaTrainer
+
+STATE_FILE = "state.pt"
+FINAL_DIR = "final"
+
+
+def load_state(ckpt_dir: str | Path) -> dict[str, Any]:
+    """A ``MetaTrainer.state_dict`` saved by this loop (weights-only unpickling)."""
+    return torch.load(Path(ckpt_dir) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def _flatten(loss: torch.Tensor, count: int, grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    ref = next(iter(grads.values()))
+    head = torch.stack([loss.detach().to(ref), torch.tensor(float(count), dtype=ref.dtype, device=ref.device)])
+    return torch.cat([head, *(g.reshape(-1) for g in grads.values())])
+
+
+def _unflatten(flat: torch.Tensor, like: dict[str, torch.Tensor]) -> tuple[float, float, dict[str, torch.Tensor]]:
+    out, i = {}, 2
+    for k, v in like.items():
+        out[k] = flat[i : i + v.numel()].view_as(v)
+        i += v.numel()
+    return float(flat[0]), float(flat[1]), out
+
+
+def _maybe_crash(debug: dict[str, Any], step: int, rank: int) -> None:
+    """Test hook: SIGKILL this worker process once (guarded by a marker file)."""
+    crash_at = debug.get("crash_at_step")
+    if crash_at is None or step != crash_at or rank != debug.get("crash_rank", 0):
+        return
+    marker = Path(debug["crash_marker"])
+    if marker.exists():
+        return
+    marker.write_text(f"killed rank {rank} at step {step}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Entry point passed to ``TorchTrainer``; ``config`` is built by ``meta_train.py``."""
+    import ray.train
+
+    cfg = MetaTrainConfig.from_dict(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if config["use_gpu"]:
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(max(1, int(config["threads"])))
+    debug: dict[str, Any] = dict(config.get("debug") or {})
+    queue = config.get("progress")
+    every_ckpt, every_log = int(config["checkpoint_every"]), int(config["log_every"])
+
+    tr = MetaTrainer(cfg, rank, world, device)
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            tr.load_state_dict(load_state(d))
+    start = tr.step
+    n_local = _local_tasks(tr)
+    if rank == 0 and queue is not None:
+        queue.put({"event": "start", "step": start, "world": world, "device": str(device)})
+
+    def report(metrics: dict[str, Any], final: bool = False) -> None:
+        if rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(tr.state_dict(), Path(d) / STATE_FILE)
+            if final:
+                save_meta_checkpoint(Path(d) / FINAL_DIR, tr.to_checkpoint(metrics))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    last: dict[str, Any] = {}
+    t_int, tasks_int, val_s = time.perf_counter(), 0, 0.0
+    while tr.step < cfg.steps:
+        _maybe_crash(debug, tr.step, rank)
+        loss_sum, grads = tr.local_grad()
+        flat = _flatten(loss_sum, n_local, grads)
+        if world > 1:
+            dist.all_reduce(flat)
+        loss_all, count, grad_sums = _unflatten(flat, grads)
+        if round(count) != cfg.meta_batch:
+            raise RuntimeError(f"all-reduced task count {count} != meta-batch {cfg.meta_batch}")
+        if debug.get("record_first_grad") and "first_grad" not in last:
+            last["first_grad"] = {k: v.detach().cpu().clone() for k, v in grad_sums.items()}
+        tr.apply(grad_sums)
+        tasks_int += cfg.meta_batch
+        last["meta_loss"] = loss_all / cfg.meta_batch
+        if rank == 0 and (tr.step % cfg.val_every == 0 or tr.step == cfg.steps):
+            t_val = time.perf_counter()
+            last["val_loss"] = float(tr.validate()["loss"])
+            val_s += time.perf_counter() - t_val
+        if rank == 0 and queue is not None and (tr.step % every_log == 0 or tr.step == cfg.steps):
+            dt = max(time.perf_counter() - t_int - val_s, 1e-9)
+            queue.put({"event": "progress", "step": tr.step, "meta_loss": last["meta_loss"], "val_loss": last.get("val_loss"), "tasks_per_s": tasks_int / dt})
+            t_int, tasks_int, val_s = time.perf_counter(), 0, 0.0
+        if tr.step % every_ckpt == 0 and tr.step < cfg.steps:
+            report(_metrics(tr.step, last))
+    if rank == 0 and "val_loss" not in last:
+        last["val_loss"] = float(tr.validate()["loss"])
+    if "first_grad" in last:
+        torch.save(last["first_grad"], Path(debug["first_grad_path"]).with_suffix(f".rank{rank}.pt"))
+    report(_metrics(tr.step, last, start=start), final=True)
+
+
+def _local_tasks(tr: MetaTrainer) -> int:
+    from raymeta.core.train import shard_sizes
+
+    sizes = shard_sizes(tr.cfg.meta_batch, tr.cfg.shards)
+    return sum(sizes[r] for r in tr.my_shards())
+
+
+def _metrics(step: int, last: dict[str, Any], start: int | None = None) -> dict[str, Any]:
+    m: dict[str, Any] = {"step": step}
+    for k in ("meta_loss", "val_loss"):
+        if last.get(k) is not None:
+            m[k] = float(last[k])
+    if start is not None:
+        m["resumed_from"] = start
+    return m
