@@ -1,0 +1,82 @@
+"""``priors.json``: the versioned artifact ``raymeta priors fit`` adds to a meta-checkpoint.
+
+It holds the search space, the learned prior, the greedy portfolio (configs to evaluate first,
+best first), model-selection probabilities and fitting diagnostics (``info``). The file is
+checksummed with the rest of the checkpoint (``raymeta.core.checkpoint.write_priors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from raymeta.core.checkpoint import MetaCheckpoint
+from raymeta.errors import CheckpointError, ConfigError
+from raymeta.priors.prior import Prior, broad_prior
+from raymeta.priors.space import SearchSpace
+
+FORMAT = "raymeta-priors"
+VERSION = 1
+WHICH = ("learned", "broad")
+
+
+@dataclass
+class Priors:
+    version: int
+    space: SearchSpace
+    learned: Prior
+    portfolio: list[dict[str, Any]]
+    model_probs: dict[str, float]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def prior(self, which: str) -> Prior:
+        """The prior a tuner samples from: ``learned`` (fitted) or ``broad`` (uniform baseline)."""
+        if which == "learned":
+            return self.learned
+        if which == "broad":
+            return broad_prior(self.space)
+        raise ConfigError(f"unknown prior {which!r} (choose {' or '.join(WHICH)})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": self.version,
+            "space": self.space.to_dict(),
+            "learned": self.learned.to_dict(),
+            "portfolio": [dict(c) for c in self.portfolio],
+            "model_probs": dict(self.model_probs),
+            "info": dict(self.info),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Priors:
+        """Parse ``priors.json``; an unknown version or malformed content is a ``CheckpointError``."""
+        if not isinstance(d, Mapping) or d.get("format") != FORMAT:
+            raise CheckpointError("priors.json is not a raymeta priors file")
+        if d.get("version") != VERSION:
+            raise CheckpointError(f"priors.json has version {d.get('version')!r}, this raymeta reads version {VERSION}")
+        try:
+            space = SearchSpace.from_dict(d["space"])
+            learned = Prior.from_dict(d["learned"])
+            if learned.space != space:
+                raise ConfigError("the learned prior's space differs from the file's space")
+            portfolio = [space.validate(c) | {k: v for k, v in c.items() if k not in space} for c in d["portfolio"]]
+            return cls(
+                version=int(d["version"]),
+                space=space,
+                learned=learned,
+                portfolio=portfolio,
+                model_probs={str(k): float(v) for k, v in d["model_probs"].items()},
+                info=dict(d.get("info", {})),
+            )
+        except (KeyError, TypeError, AttributeError, ConfigError) as exc:
+            raise CheckpointError(f"priors.json is malformed: {exc}") from None
+
+
+def load_priors(ckpt: MetaCheckpoint) -> Priors:
+    """The checkpoint's fitted priors; a checkpoint without them is a ``CheckpointError``."""
+    if ckpt.priors is None:
+        where = f" {ckpt.path}" if ckpt.path is not None else ""
+        raise CheckpointError(f"meta-checkpoint{where} has no priors.json (run 'raymeta priors fit --meta DIR' first)")
+    return Priors.from_dict(ckpt.priors)

@@ -1,0 +1,97 @@
+"""Fine-tune every (task, config) pair from the meta-init as one vmapped population per model.
+
+Members are ``tasks x configs`` with per-member data: member ``t * C + c`` trains config ``c`` on
+task ``t``'s train split. Validation loss is recorded on a geometric grid of steps (the curves);
+members stop at their own ``steps`` budget, so the last curve point is each config's result.
+Chunking bounds memory without changing results (member randomness is counter-based).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from raymeta.core.checkpoint import MetaCheckpoint
+from raymeta.core.models import build_model
+from raymeta.core.population import MemberHParams, PopulationState, PopulationTrainer
+from raymeta.core.train import derive_seed
+from raymeta.errors import ConfigError
+from raymeta.tasks import Task
+
+
+@dataclass
+class EvalTable:
+    """``curves[t, c, s]``: val loss of config ``c`` on task ``t`` after ``steps[s]`` steps."""
+
+    curves: np.ndarray
+    steps: list[int]
+    init_loss: np.ndarray  # [tasks, configs]: the config's model at the meta-init (0 steps)
+
+    @property
+    def final(self) -> np.ndarray:
+        return self.curves[:, :, -1]
+
+
+def curve_steps(max_steps: int) -> list[int]:
+    """0, 1, 2, 5, 10, 20, 50, ... up to and including ``max_steps``."""
+    out, base = [0], 1
+    while base < max_steps:
+        out += [s for s in (base, 2 * base, 5 * base) if s < max_steps]
+        base *= 10
+    return sorted(set(out + [max_steps]))
+
+
+def _stack(tasks: Sequence[Task]) -> tuple[torch.Tensor, ...]:
+    shapes = {(t.x_train.shape, t.x_val.shape) for t in tasks}
+    if len(shapes) != 1:
+        raise ConfigError("all tasks of one population must share train/val shapes")
+    return tuple(torch.stack([getattr(t, k) for t in tasks]) for k in ("x_train", "y_train", "x_val", "y_val"))
+
+
+def evaluate_configs(
+    ckpt: MetaCheckpoint,
+    tasks: Sequence[Task],
+    configs: Sequence[Mapping[str, Any]],
+    seed: int,
+    chunk_size: int = 4096,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalTable:
+    """Val-loss curves of every config on every task (see the module docstring)."""
+    if not tasks or not configs:
+        raise ConfigError("need at least one task and one config to evaluate")
+    xt, yt, xv, yv = _stack(tasks)
+    n_t, n_c, n_train = len(tasks), len(configs), int(xt.shape[1])
+    max_steps = max(int(c.get("steps", 1)) for c in configs)
+    grid = curve_steps(max_steps)
+    curves = np.full((n_t, n_c, len(grid)), np.nan)
+    by_model: dict[str, list[int]] = {}
+    for j, c in enumerate(configs):
+        by_model.setdefault(str(c.get("model", ckpt.candidate().name)), []).append(j)
+    members = [(t, j) for idxs in by_model.values() for t in range(n_t) for j in idxs]
+    done = 0
+    for name, idxs in by_model.items():
+        cand = ckpt.candidate(name)
+        trainer = PopulationTrainer(build_model(cand.spec), tasks[0].kind)
+        pairs = [(t, j) for t in range(n_t) for j in idxs]
+        for start in range(0, len(pairs), chunk_size):
+            chunk = pairs[start : start + chunk_size]
+            ti = torch.tensor([t for t, _ in chunk])
+            seeds = [derive_seed(seed, t, j) for t, j in chunk]
+            hp = MemberHParams.from_configs([configs[j] for _, j in chunk], seeds, n_train)
+            state = PopulationState.from_params(cand.params, len(chunk))
+            prev = 0
+            for s_i, s in enumerate(grid):
+                if s > prev:
+                    state = trainer.train(state, hp, xt[ti], yt[ti], s - prev, per_member_data=True)
+                    prev = s
+                loss = trainer.evaluate(state.params, xv[ti], yv[ti], per_member_data=True)["loss"]
+                for (t, j), v in zip(chunk, loss.tolist(), strict=True):
+                    curves[t, j, s_i] = v
+            done += len(chunk)
+            if progress is not None:
+                progress(done, len(members))
+    return EvalTable(curves=curves, steps=grid, init_loss=curves[:, :, 0].copy())

@@ -1,0 +1,207 @@
+"""Priors over a search space: one independent distribution per hyperparameter.
+
+A numeric parameter's distribution lives on its unit coordinate (see ``space.py``) and is a
+mixture ``w * TruncNormal(mean, std; [0, 1]) + (1 - w) * Uniform[0, 1]``. ``w = 0`` is the broad
+(uniform) prior; a fitted prior keeps ``w < 1`` so every value of the broad space stays possible
+(the shrinkage toward broad that protects against tasks unlike the meta-val ones). Categorical
+parameters carry explicit probabilities.
+
+Every sample consumes exactly two uniforms per parameter in space order, which makes sampling
+reproducible for a seed and lets Ray Tune's own random state drive the same code
+(``raymeta.orchestration.tune_space``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+from raymeta.errors import ConfigError
+from raymeta.priors.space import Categorical, Float, Int, Param, SearchSpace
+
+MIN_STD = 0.01
+_TINY = 1e-12
+
+
+@dataclass(frozen=True)
+class NumericDist:
+    """``weight`` of a truncated normal (``mean``, ``std`` on the unit coordinate) + uniform rest."""
+
+    weight: float = 0.0
+    mean: float = 0.5
+    std: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.weight <= 1.0 and 0.0 <= self.mean <= 1.0 and self.std >= MIN_STD and math.isfinite(self.std)):
+            raise ConfigError(f"numeric prior needs weight, mean in [0, 1] and std >= {MIN_STD}, got {self.to_dict()}")
+
+    def _norm(self) -> tuple[NormalDist, float, float]:
+        nd = NormalDist(self.mean, self.std)
+        return nd, nd.cdf(0.0), nd.cdf(1.0)
+
+    def unit_from_uniforms(self, a: float, b: float) -> float:
+        if a >= self.weight:
+            return float(b)
+        nd, c0, c1 = self._norm()
+        p = min(max(c0 + b * (c1 - c0), _TINY), 1.0 - _TINY)
+        return float(min(max(nd.inv_cdf(p), 0.0), 1.0))
+
+    def log_density(self, u: float) -> float:
+        if not (0.0 <= u <= 1.0):
+            return -math.inf
+        nd, c0, c1 = self._norm()
+        dens = (1.0 - self.weight) + (self.weight * nd.pdf(u) / (c1 - c0) if self.weight > 0 else 0.0)
+        return math.log(dens) if dens > 0 else -math.inf
+
+    def spread(self) -> float:
+        """A rough standard deviation on the unit coordinate (used to size PBT perturbations)."""
+        return self.weight * min(self.std, 0.29) + (1.0 - self.weight) * 0.29
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weight": self.weight, "mean": self.mean, "std": self.std}
+
+
+@dataclass(frozen=True)
+class CategoricalDist:
+    probs: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        total = sum(self.probs)
+        if not self.probs or any(not (p >= 0) for p in self.probs) or not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ConfigError(f"categorical prior needs non-negative probabilities summing to 1, got {list(self.probs)}")
+
+    def index_from_uniform(self, a: float) -> int:
+        cum = np.cumsum(self.probs)
+        return int(min(np.searchsorted(cum, a * cum[-1], side="right"), len(self.probs) - 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"probs": list(self.probs)}
+
+
+Dist = NumericDist | CategoricalDist
+
+
+def _dist_from_dict(p: Param, d: Mapping[str, Any]) -> Dist:
+    try:
+        if isinstance(p, Categorical):
+            probs = tuple(float(x) for x in d["probs"])
+            if len(probs) != len(p.choices):
+                raise ConfigError(f"prior for {p.name!r} has {len(probs)} probabilities for {len(p.choices)} choices")
+            return CategoricalDist(probs)
+        return NumericDist(float(d["weight"]), float(d["mean"]), float(d["std"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"prior for {p.name!r} is malformed ({exc})") from None
+
+
+def broad_dist(p: Param) -> Dist:
+    if isinstance(p, Categorical):
+        return CategoricalDist(tuple(1.0 / len(p.choices) for _ in p.choices))
+    return NumericDist()
+
+
+class Prior:
+    """A distribution per hyperparameter of ``space`` (missing ones default to broad)."""
+
+    def __init__(self, space: SearchSpace, dists: Mapping[str, Dist] | None = None):
+        dists = dict(dists or {})
+        unknown = set(dists) - set(space.names())
+        if unknown:
+            raise ConfigError(f"prior has distributions for unknown hyperparameter(s): {', '.join(sorted(unknown))}")
+        self.space = space
+        self.dists: dict[str, Dist] = {}
+        for p in space:
+            d = dists.get(p.name, broad_dist(p))
+            if isinstance(p, Categorical) != isinstance(d, CategoricalDist):
+                raise ConfigError(f"prior for {p.name!r} does not match its parameter type")
+            if isinstance(d, CategoricalDist) and isinstance(p, Categorical) and len(d.probs) != len(p.choices):
+                raise ConfigError(f"prior for {p.name!r} has {len(d.probs)} probabilities for {len(p.choices)} choices")
+            self.dists[p.name] = d
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Prior) and self.space == other.space and self.dists == other.dists
+
+    def __repr__(self) -> str:
+        return f"Prior({self.dists!r})"
+
+    def value_from_uniforms(self, name: str, a: float, b: float) -> Any:
+        """Map two uniforms to a value of ``name`` (the single sampling primitive)."""
+        p, d = self.space[name], self.dists[name]
+        if isinstance(p, Categorical):
+            assert isinstance(d, CategoricalDist)
+            return p.choices[d.index_from_uniform(a)]
+        assert isinstance(d, NumericDist)
+        return p.from_unit(d.unit_from_uniforms(a, b))
+
+    def sample(self, n: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+        """``n`` configs, each within the space's bounds (reproducible for a given ``rng`` state)."""
+        names = self.space.names()
+        u = rng.random((int(n), len(names), 2))
+        return [{nm: self.value_from_uniforms(nm, u[i, j, 0], u[i, j, 1]) for j, nm in enumerate(names)} for i in range(int(n))]
+
+    def log_prob(self, config: Mapping[str, Any]) -> float:
+        """Log density (numeric: on the unit coordinates) + log probability (categorical)."""
+        total = 0.0
+        for p in self.space:
+            if p.name not in config:
+                raise ConfigError(f"config is missing hyperparameter {p.name!r}")
+            v, d = config[p.name], self.dists[p.name]
+            if not p.contains(v):
+                return -math.inf
+            if isinstance(p, Categorical):
+                assert isinstance(d, CategoricalDist)
+                pr = d.probs[p.choices.index(v)]
+                total += math.log(pr) if pr > 0 else -math.inf
+            else:
+                assert isinstance(d, NumericDist)
+                total += d.log_density(p.to_unit(float(v)))
+        return total
+
+    def perturb(self, config: Mapping[str, Any], rng: np.random.Generator, resample_p: float = 0.25) -> dict[str, Any]:
+        """PBT explore: each hyperparameter is resampled from the prior with ``resample_p``,
+        otherwise numeric ones move one step (a quarter of the prior's spread on the unit
+        coordinate, at least one integer) up or down, staying inside the bounds; categorical ones
+        are kept. Keys outside the space pass through unchanged."""
+        out = dict(config)
+        for p in self.space:
+            r, a, b, sign = rng.random(), rng.random(), rng.random(), rng.choice((-1.0, 1.0))
+            if p.name not in config or r < resample_p:
+                out[p.name] = self.value_from_uniforms(p.name, a, b)
+                continue
+            if isinstance(p, Categorical):
+                continue
+            d = self.dists[p.name]
+            assert isinstance(d, NumericDist) and isinstance(p, Float | Int)
+            u = p.to_unit(p.clip(float(config[p.name])))
+            u_new = min(max(u + sign * max(0.25 * d.spread(), 0.01), 0.0), 1.0)
+            new = p.from_unit(u_new)
+            if isinstance(p, Int) and new == config[p.name]:
+                new = p.clip(new + int(sign))
+            out[p.name] = new
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"space": self.space.to_dict(), "dists": {k: d.to_dict() for k, d in self.dists.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Prior:
+        try:
+            space = SearchSpace.from_dict(d["space"])
+            dists = {str(k): _dist_from_dict(space[k], v) for k, v in d["dists"].items() if k in space}
+            missing = set(d["dists"]) - set(space.names())
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"prior is malformed ({exc})") from None
+        if missing:
+            raise ConfigError(f"prior has distributions for unknown hyperparameter(s): {', '.join(sorted(missing))}")
+        return cls(space, dists)
+
+
+def broad_prior(space: SearchSpace) -> Prior:
+    """Uniform on every unit coordinate and every categorical choice."""
+    return Prior(space, {p.name: broad_dist(p) for p in space})
