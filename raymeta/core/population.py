@@ -167,11 +167,16 @@ class PopulationTrainer:
     def train(self, state: PopulationState, hp: MemberHParams, x: torch.Tensor, y: torch.Tensor, n_steps: int, per_member_data: bool = False) -> PopulationState:
         """Run ``n_steps`` steps for every member (members past their ``max_steps`` stay put)."""
         d = 0 if per_member_data else None
-        step = vmap(self._member_step, in_dims=(0, 0, 0, 0, 0, d, d))
+
+        def member_step(p: Params, m: Params, v: Params, t: torch.Tensor, hpd: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[Params, Params, Params, torch.Tensor]:
+            return self._member_step(p, m, v, t, MemberHParams(**hpd), x, y)  # vmap maps dicts, not dataclasses
+
+        step = vmap(member_step, in_dims=(0, 0, 0, 0, 0, d, d))
+        hpd = {f.name: getattr(hp, f.name) for f in fields(hp)}
         p, m, v, t = state.params, state.m, state.v, state.step
         with torch.no_grad():
             for _ in range(n_steps):
-                p, m, v, t = step(p, m, v, t, hp, x, y)
+                p, m, v, t = step(p, m, v, t, hpd, x, y)
         return PopulationState(p, m, v, t)
 
     def evaluate(self, params: Params, x: torch.Tensor, y: torch.Tensor, per_member_data: bool = False) -> dict[str, torch.Tensor]:
