@@ -1,0 +1,143 @@
+"""N-way K-shot classification on scikit-learn's bundled 8x8 digits (1797 images, 10 digits).
+
+Inputs are ``(1, 8, 8)`` floats in [0, 1] (pixel / 16). With ``rotations`` (the default) each
+digit rotated by 0/90/180/270 degrees is its own class, 40 classes split 24 / 8 / 8 into
+meta-train / meta-val / meta-test by the fixed table ``ROTATED_SPLIT`` below. The table is a
+random split constrained so that look-alike classes never share a meta-split (so never share an
+episode): 0, 1 and 8 turned by 180 degrees look like themselves, 6 turned by 180 looks like 9.
+Without rotations the 10 digits split 4 / 3 / 3 (``PLAIN_SPLIT``), so val/test allow <= 3 ways.
+
+The data ships inside scikit-learn: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from raymeta.errors import ConfigError, DataError
+from raymeta.tasks._base import Split, Task, TaskBatch, TaskFamily, check_split
+from raymeta.tasks._episodic import ClassPool, episode_task, sample_episodes
+from raymeta.tasks.sinusoid import task_seed
+
+# (digit, quarter turns) per meta-split; tests check it covers the 40 classes exactly once.
+ROTATED_SPLIT: dict[str, tuple[tuple[int, int], ...]] = {
+    "train": (
+        (0, 0), (0, 1), (1, 1), (2, 1), (2, 3), (3, 0), (3, 1), (3, 2), (3, 3), (4, 0), (4, 2), (5, 0),
+        (5, 1), (5, 2), (5, 3), (6, 0), (7, 0), (7, 1), (7, 2), (8, 0), (8, 3), (9, 0), (9, 1), (9, 3),
+    ),
+    "val": ((0, 2), (0, 3), (1, 2), (4, 3), (6, 1), (6, 3), (7, 3), (8, 1)),
+    "test": ((1, 0), (1, 3), (2, 0), (2, 2), (4, 1), (6, 2), (8, 2), (9, 2)),
+}  # fmt: skip
+PLAIN_SPLIT: dict[str, tuple[int, ...]] = {
+    "train": (0, 1, 2, 3),
+    "val": (4, 5, 6),
+    "test": (7, 8, 9),
+}
+_SALT = 0x0D161757
+
+
+@lru_cache(maxsize=1)
+def _digit_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """``[10, M, 8, 8]`` float images in [0, 1], padded per digit, and the count of each digit."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataError(
+            "digits: scikit-learn is not installed (pip install scikit-learn)"
+        ) from None
+    data = load_digits()
+    images = torch.as_tensor(data.images, dtype=torch.float32) / 16.0
+    target = torch.as_tensor(data.target, dtype=torch.int64)
+    counts = torch.bincount(target, minlength=10)
+    out = torch.zeros(10, int(counts.max()), 8, 8)
+    for d in range(10):
+        rows = images[target == d]
+        out[d, : rows.shape[0]] = rows
+    return out, counts
+
+
+class Digits(TaskFamily):
+    name = "digits"
+    kind = "classification"
+    input_shape = (1, 8, 8)
+
+    def __init__(
+        self,
+        ways: int = 5,
+        shots: int = 5,
+        queries: int = 15,
+        task_shots: int | None = None,
+        val_size: int = 10,
+        test_size: int = 50,
+        rotations: bool = True,
+    ):
+        task_shots = shots if task_shots is None else task_shots
+        ints = {
+            "ways": ways,
+            "shots": shots,
+            "queries": queries,
+            "task_shots": task_shots,
+            "val_size": val_size,
+            "test_size": test_size,
+        }
+        for key, v in ints.items():
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"digits: {key} must be an integer >= 1, got {v!r}")
+        if ways < 2:
+            raise ConfigError(f"digits: ways must be >= 2, got {ways}")
+        self.ways, self.shots, self.queries = ways, shots, queries
+        self.task_shots, self.val_size, self.test_size = task_shots, val_size, test_size
+        self.rotations = bool(rotations)
+        self.output_dim = ways
+        images, counts = _digit_images()
+        self.pool = ClassPool(images, counts, rotations=self.rotations)
+        self.classes = {s: self._split_classes(s) for s in ("train", "val", "test")}
+        for s, cls in self.classes.items():
+            self.pool.check("digits", s, cls, ways, shots + queries, "shots + queries")
+            self.pool.check(
+                "digits",
+                s,
+                cls,
+                ways,
+                task_shots + val_size + test_size,
+                "task_shots + val_size + test_size",
+            )
+
+    def _split_classes(self, split: str) -> torch.Tensor:
+        if self.rotations:
+            return torch.tensor([d * 4 + r for d, r in ROTATED_SPLIT[split]], dtype=torch.int64)
+        return torch.tensor(PLAIN_SPLIT[split], dtype=torch.int64)
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "ways": self.ways,
+            "shots": self.shots,
+            "queries": self.queries,
+            "task_shots": self.task_shots,
+            "val_size": self.val_size,
+            "test_size": self.test_size,
+            "rotations": self.rotations,
+        }
+
+    def sample(self, split: Split, n_tasks: int, generator: torch.Generator) -> TaskBatch:
+        check_split(split)
+        return sample_episodes(
+            self.pool, self.classes[split], n_tasks, self.ways, self.shots, self.queries, generator
+        )
+
+    def task(self, split: Split, index: int) -> Task:
+        check_split(split)
+        if index < 0:
+            raise ConfigError(f"digits: task index must be >= 0, got {index}")
+        sizes = (self.task_shots, self.val_size, self.test_size)
+        return episode_task(
+            self.pool,
+            self.classes[split],
+            f"digits:{split}:{index}",
+            self.ways,
+            sizes,
+            task_seed(split, index, _SALT),
+        )
