@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 from raymeta.errors import ClusterError
@@ -30,12 +31,16 @@ def _probe(address: str, timeout_s: float) -> None:
     target = address.split("://", 1)[-1]
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
-        raise ClusterError(f"cannot parse Ray address {address!r} (expected HOST:PORT, ray://HOST:PORT or auto)")
+        raise ClusterError(
+            f"cannot parse Ray address {address!r} (expected HOST:PORT, ray://HOST:PORT or auto)"
+        )
     try:
         with socket.create_connection((host, int(port)), timeout=timeout_s):
             pass
     except OSError as exc:
-        raise ClusterError(f"cannot reach a Ray cluster at {address}: {exc.strerror or exc}") from None
+        raise ClusterError(
+            f"cannot reach a Ray cluster at {address}: {exc.strerror or exc}"
+        ) from None
 
 
 def resolve_address(address: str | None) -> str | None:
@@ -47,7 +52,9 @@ def resolve_address(address: str | None) -> str | None:
     if address == "auto":
         found = os.environ.get("RAY_ADDRESS") or _current_cluster_address()
         if not found or found == "auto":
-            raise ClusterError("--address auto: no running Ray cluster found on this machine (start one with 'ray start --head')")
+            raise ClusterError(
+                "--address auto: no running Ray cluster found on this machine (start one with 'ray start --head')"
+            )
         return found
     return address
 
@@ -68,16 +75,24 @@ def ray_context(
         yield
         return
     target = resolve_address(address)
-    kwargs: dict[str, object] = {"log_to_driver": not quiet, "logging_level": logging.WARNING}
+    kwargs: dict[str, Any] = {"log_to_driver": not quiet, "logging_level": logging.WARNING}
     if target is None:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1", include_dashboard=False, **kwargs)  # type: ignore[arg-type]
+        ray.init(
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            **kwargs,
+        )
     else:
         if not target.startswith("ray://"):
             _probe(target, timeout_s)
         try:
-            ray.init(address=target, **kwargs)  # type: ignore[arg-type]
+            ray.init(address=target, **kwargs)
         except (ConnectionError, TimeoutError, RuntimeError) as exc:
-            raise ClusterError(f"cannot connect to the Ray cluster at {target}: {str(exc).splitlines()[0]}") from None
+            raise ClusterError(
+                f"cannot connect to the Ray cluster at {target}: {str(exc).splitlines()[0]}"
+            ) from None
     try:
         yield
     finally:

@@ -1,0 +1,162 @@
+"""``raymeta sweep``: many held-out tasks x strategies x seeds, distributed as Ray tasks.
+
+Each unit (meta-checkpoint, strategy, task, seed) is one Ray task running an in-process,
+vmapped population (``finetune.run_population``); up to the cluster's CPU count run at once.
+The driver appends each finished unit's rows to the results dataset under the unit's key:
+appends are atomic and idempotent, so a killed sweep rerun with the same command skips the
+finished units and leaves no duplicate or missing rows.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint
+from raymeta.errors import ConfigError, RaymetaError
+from raymeta.orchestration.finetune import Strategy, run_population, strategy_configs
+from raymeta.orchestration.sweep_config import SweepConfig
+from raymeta.priors import Prior, broad_prior, broad_space, load_priors
+from raymeta.results import ResultSink, make_row
+from raymeta.tasks import make_family
+
+
+@functools.lru_cache(maxsize=8)
+def _checkpoint(path: str) -> MetaCheckpoint:
+    return load_meta_checkpoint(path)
+
+
+def run_unit(unit: dict[str, Any], cfg: SweepConfig) -> list[dict[str, Any]]:
+    """Run one (meta, strategy, task, seed) unit and return its result rows (pure, no Ray)."""
+    torch.set_num_threads(1)
+    ckpt = _checkpoint(unit["meta"])
+    family = make_family(ckpt.family)
+    task = family.task("test", int(unit["task"]))
+    strat = Strategy.parse(unit["strategy"])
+    cand = ckpt.candidate()
+    seed = int(unit["seed"])
+    rng = np.random.default_rng([seed, int(unit["task"])])
+    prior: Prior
+    portfolio: list[dict[str, Any]] = []
+    if strat.prior == "learned":
+        priors = load_priors(ckpt)
+        prior, portfolio = priors.prior("learned"), priors.portfolio
+    else:
+        prior = broad_prior(
+            broad_space([cand.name], max_batch=len(task.x_train), max_steps=cfg.budget)
+        )
+    fixed = {
+        "lr": float(cand.info.get("inner_lr", 0.01)),
+        "optimizer": "sgd",
+        "weight_decay": 0.0,
+        "steps": cfg.fixed_steps,
+        "batch_size": len(task.x_train),
+        "adapt": "all",
+        "model": cand.name,
+    }
+    configs = strategy_configs(strat, cfg.population, prior, portfolio, rng, fixed)
+    fixed_run = strat.prior == "fixed-default"
+    budget = cfg.fixed_steps if fixed_run else cfg.budget
+    res = run_population(
+        task,
+        cand,
+        configs,
+        init=strat.init,
+        budget=budget,
+        interval=min(cfg.interval, budget),
+        seed=seed,
+        prior=prior,
+        pbt=strat.scheduler == "pbt" and not fixed_run,
+    )
+    common = {"sweep": cfg.name, "strategy": unit["label"], "task": task.task_id, "seed": seed}
+    rows = [
+        make_row(
+            **common,
+            trial=f"m{c['member']}",
+            step=int(c["member_step"]),
+            metric=metric,
+            value=float(c[metric]),
+            hparams=None,
+            wall_s=float(c["wall_s"]),
+        )
+        for c in res.curves
+        for metric in ("val_loss", "val_accuracy")
+        if metric in c
+    ]
+    rows += [
+        make_row(
+            **common,
+            trial="best",
+            step=res.member_steps,
+            metric=k,
+            value=v,
+            hparams=res.best_config,
+            wall_s=res.wall_s,
+        )
+        for k, v in res.test.items()
+    ]
+    return rows
+
+
+def run_sweep(
+    cfg: SweepConfig,
+    out: Path,
+    address: str | None = None,
+    max_concurrency: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every unit not yet in ``out``'s results dataset; returns counts and wall time."""
+    import ray
+
+    from raymeta.orchestration.ray_runtime import ray_context
+
+    sink = ResultSink(out, cfg.name)
+    done = sink.done_keys()
+    todo = [u for u in cfg.units() if u["key"] not in done]
+    total = len(cfg.units())
+    t0 = time.perf_counter()
+    if progress:
+        print(
+            f"sweep {cfg.name}: {total} units, {total - len(todo)} already done, {len(todo)} to run",
+            flush=True,
+        )
+    if not todo:
+        return {"units": total, "ran": 0, "wall_s": 0.0}
+    with ray_context(address):
+        slots = max_concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        remote = ray.remote(num_cpus=1, max_retries=2)(run_unit)
+        cfg_ref = ray.put(cfg)
+        pending: dict[Any, dict[str, Any]] = {}
+        queue = list(todo)
+        finished = 0
+        while queue or pending:
+            while queue and len(pending) < slots:
+                u = queue.pop(0)
+                pending[remote.remote(u, cfg_ref)] = u
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                u = pending.pop(ref)
+                try:
+                    rows = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:
+                    cause = exc.as_instanceof_cause()
+                    if isinstance(cause, RaymetaError):
+                        raise ConfigError(f"sweep unit {u['key']}: {cause}") from None
+                    raise
+                sink.append(rows, u["key"])
+                finished += 1
+                if progress:
+                    el = time.perf_counter() - t0
+                    eta = el / finished * (len(todo) - finished)
+                    print(
+                        f"[{total - len(todo) + finished}/{total}] {u['key']}  {el:6.1f}s elapsed, ~{eta:5.0f}s left",
+                        flush=True,
+                        file=sys.stdout,
+                    )
+    return {"units": total, "ran": len(todo), "wall_s": time.perf_counter() - t0}

@@ -1,0 +1,140 @@
+"""SWEEP.yaml: what a benchmark sweep runs, validated before anything starts.
+
+Example::
+
+    name: sinusoid-demo
+    meta: [runs/sinusoid-meta]          # one or more meta-checkpoint directories
+    strategies: [scratch+broad+random, scratch+broad+pbt, meta+fixed-default, meta+learned+pbt]
+    tasks: 20                           # held-out meta-test task indices 0..19 (or a list)
+    seeds: [0, 1]
+    population: 8                       # members per (strategy, task, seed)
+    budget: 100                         # fine-tuning steps per member
+    interval: 10                        # validation / PBT interval in steps
+    fixed_steps: 10                     # steps of the fixed-default strategy
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raymeta._yaml import load_yaml_mapping
+from raymeta.errors import ConfigError
+from raymeta.orchestration.finetune import Strategy
+
+_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+_KEYS = {
+    "name",
+    "meta",
+    "strategies",
+    "tasks",
+    "seeds",
+    "population",
+    "budget",
+    "interval",
+    "fixed_steps",
+}
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str
+    meta: tuple[Path, ...]
+    strategies: tuple[str, ...]
+    tasks: tuple[int, ...]
+    seeds: tuple[int, ...] = (0,)
+    population: int = 8
+    budget: int = 100
+    interval: int = 10
+    fixed_steps: int = 10
+
+    def units(self) -> list[dict[str, Any]]:
+        """Every (meta, strategy, task, seed) combination, keyed for idempotent appends."""
+        out = []
+        for meta in self.meta:
+            for strat in self.strategies:
+                for task in self.tasks:
+                    for seed in self.seeds:
+                        label = strat if len(self.meta) == 1 else f"{strat}@{meta.name}"
+                        out.append(
+                            {
+                                "key": f"{meta.name}/{strat}/{task}/{seed}",
+                                "meta": str(meta),
+                                "strategy": strat,
+                                "label": label,
+                                "task": task,
+                                "seed": seed,
+                            }
+                        )
+        return out
+
+
+def _resolve(p: Path, base: Path | None) -> Path:
+    """Relative paths are taken from the working directory, else from the YAML file's folder."""
+    if p.is_absolute() or p.exists() or base is None:
+        return p
+    return base / p
+
+
+def _pos_int(data: dict[str, Any], key: str, default: int) -> int:
+    v = data.get(key, default)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ConfigError(f"sweep: {key} must be a positive integer, got {v!r}")
+    return v
+
+
+def parse_sweep(data: dict[str, Any], base: Path | None = None) -> SweepConfig:
+    unknown = set(data) - _KEYS
+    if unknown:
+        raise ConfigError(f"sweep: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    name = str(data.get("name", "sweep"))
+    if not _NAME.match(name):
+        raise ConfigError(f"sweep: name {name!r} may only hold letters, digits, '.', '_' and '-'")
+    metas = data.get("meta")
+    if isinstance(metas, str):
+        metas = [metas]
+    if not metas or not isinstance(metas, list):
+        raise ConfigError("sweep: 'meta' must name at least one meta-checkpoint directory")
+    paths = tuple(_resolve(Path(m), base) for m in map(str, metas))
+    for p in paths:
+        if not (p / "meta.json").is_file():
+            raise ConfigError(f"sweep: meta-checkpoint {p} does not exist (no meta.json)")
+    strategies = data.get("strategies")
+    if not strategies or not isinstance(strategies, list):
+        raise ConfigError("sweep: 'strategies' must be a non-empty list")
+    strategies = [Strategy.parse(str(s)).name for s in strategies]
+    tasks = data.get("tasks")
+    if isinstance(tasks, int) and not isinstance(tasks, bool):
+        if tasks < 1:
+            raise ConfigError("sweep: 'tasks' is empty")
+        tasks = list(range(tasks))
+    if not isinstance(tasks, list) or not tasks:
+        raise ConfigError(
+            "sweep: 'tasks' must be a count or a non-empty list of held-out task indices"
+        )
+    if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tasks):
+        raise ConfigError("sweep: task indices must be non-negative integers")
+    seeds = data.get("seeds", [0])
+    if isinstance(seeds, int):
+        seeds = [seeds]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError("sweep: 'seeds' must be a non-empty list of integers")
+    cfg = SweepConfig(
+        name=name,
+        meta=paths,
+        strategies=tuple(dict.fromkeys(strategies)),
+        tasks=tuple(dict.fromkeys(tasks)),
+        seeds=tuple(dict.fromkeys(seeds)),
+        population=_pos_int(data, "population", 8),
+        budget=_pos_int(data, "budget", 100),
+        interval=_pos_int(data, "interval", 10),
+        fixed_steps=_pos_int(data, "fixed_steps", 10),
+    )
+    return cfg
+
+
+def load_sweep(path: str | Path) -> SweepConfig:
+    p = Path(path)
+    return parse_sweep(load_yaml_mapping(p), base=p.resolve().parent)
