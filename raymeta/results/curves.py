@@ -57,13 +57,22 @@ class Curve:
         return float(self.budget[hit[0]]), float(self.wall[hit[0]])
 
 
+def task_ids(rows: pa.Table) -> list[str]:
+    """Task names, qualified as ``sweep/task`` when several sweeps are read together so that
+    equal task names from different sweeps never merge into one run."""
+    tasks = rows["task"].to_pylist()
+    if len(rows["sweep"].unique()) <= 1:
+        return tasks
+    return [f"{s}/{t}" for s, t in zip(rows["sweep"].to_pylist(), tasks, strict=True)]
+
+
 def run_curves(table: pa.Table, metric: str) -> dict[RunKey, Curve]:
     """Anytime-best curve of ``metric`` (a validation metric) for every run that reports it."""
     rows = table.filter(pc.equal(table["metric"], metric))
     if rows.num_rows == 0:
         return {}
     strat = rows["strategy"].to_pylist()
-    task = rows["task"].to_pylist()
+    task = task_ids(rows)
     seed = rows["seed"].to_pylist()
     trial = rows["trial"].to_pylist()
     step = rows["step"].to_numpy()

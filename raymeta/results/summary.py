@@ -17,7 +17,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raymeta.errors import DataError
-from raymeta.results.curves import RunKey, higher_is_better, oriented, run_curves, validation_metric
+from raymeta.results.curves import (
+    RunKey,
+    higher_is_better,
+    oriented,
+    run_curves,
+    task_ids,
+    validation_metric,
+)
 
 
 def _two_sided_mass(t: float, df: int) -> float:
@@ -115,9 +122,12 @@ def final_values(table: pa.Table, metric: str) -> dict[RunKey, float]:
     """Final ``metric`` per run (strategy, task, seed): mean of its rows at the largest step."""
     rows = table.filter(pc.equal(table["metric"], metric))
     out: dict[RunKey, tuple[int, list[float]]] = {}
-    for s, t, seed, step, v in zip(
-        *(rows[c].to_pylist() for c in ("strategy", "task", "seed", "step", "value")), strict=True
-    ):
+    cols = [
+        rows["strategy"].to_pylist(),
+        task_ids(rows),
+        *(rows[c].to_pylist() for c in ("seed", "step", "value")),
+    ]
+    for s, t, seed, step, v in zip(*cols, strict=True):
         key = (s, t, seed)
         cur = out.get(key)
         if cur is None or step > cur[0]:

@@ -1,0 +1,230 @@
+"""Aggregation checked against hand-computed values and scipy as an independent reference."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from raymeta.errors import DataError
+from raymeta.results import SCHEMA, make_plots, make_row, summarise
+from raymeta.results.curves import run_curves, validation_metric
+from raymeta.results.render import render
+from raymeta.results.schema import rows_to_table
+from raymeta.results.summary import mean_ci95, t_quantile
+from raymeta.results.synthetic import synthetic_rows
+
+
+def _final(strategy: str, task: str, seed: int, value: float, metric: str = "test_loss") -> dict:
+    return make_row(
+        sweep="s",
+        strategy=strategy,
+        task=task,
+        seed=seed,
+        trial="best",
+        step=100,
+        metric=metric,
+        value=value,
+        hparams={},
+        wall_s=1.0,
+    )
+
+
+def _val(
+    strategy: str, task: str, seed: int, trial: str, step: int, wall: float, value: float
+) -> dict:
+    return make_row(
+        sweep="s",
+        strategy=strategy,
+        task=task,
+        seed=seed,
+        trial=trial,
+        step=step,
+        metric="val_loss",
+        value=value,
+        hparams={},
+        wall_s=wall,
+    )
+
+
+def test_t_quantile_matches_scipy() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    for df in [1, 2, 3, 4, 5, 7, 10, 19, 30, 41, 120]:
+        for p in (0.9, 0.975, 0.995):
+            assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-9)
+
+
+def test_mean_ci95_hand_computed() -> None:
+    # values 1,2,3,4: mean 2.5, sd sqrt(5/3), se sqrt(5/3)/2, t(0.975, 3) = 3.182446305284263
+    mean, half = mean_ci95([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5
+    assert half == pytest.approx(3.182446305284263 * math.sqrt(5 / 3) / 2, rel=1e-10)
+    assert half == pytest.approx(2.054260, abs=1e-6)
+    m1, h1 = mean_ci95([7.0])
+    assert m1 == 7.0 and math.isnan(h1)
+
+
+def test_regret_and_rank_on_tiny_table() -> None:
+    rows = [
+        # task A: x=1 (seeds 0.5 and 1.5), y=2, z=3 -> regret 0, 0.5, 1; ranks 1, 2, 3
+        _final("x", "A", 0, 0.5),
+        _final("x", "A", 1, 1.5),
+        _final("y", "A", 0, 2.0),
+        _final("y", "A", 1, 2.0),
+        _final("z", "A", 0, 3.0),
+        _final("z", "A", 1, 3.0),
+        # task B: x=10, y=10, z=30 -> regret 0, 0, 1; ranks 1.5, 1.5, 3 (tie)
+        _final("x", "B", 0, 10.0),
+        _final("y", "B", 0, 10.0),
+        _final("z", "B", 0, 30.0),
+    ]
+    out = {d["strategy"]: d for d in summarise(rows_to_table(rows))}
+    assert [d["strategy"] for d in summarise(rows_to_table(rows))] == ["x", "y", "z"]
+    assert out["x"]["regret"] == pytest.approx(0.0) and out["x"]["rank"] == pytest.approx(1.25)
+    assert out["y"]["regret"] == pytest.approx(0.25) and out["y"]["rank"] == pytest.approx(1.75)
+    assert out["z"]["regret"] == pytest.approx(1.0) and out["z"]["rank"] == pytest.approx(3.0)
+    assert out["x"]["n"] == 3 and out["x"]["tasks"] == 2
+    assert out["x"]["mean"] == pytest.approx(np.mean([0.5, 1.5, 10.0]))
+    mean, half = mean_ci95([0.5, 1.5, 10.0])
+    assert out["x"]["ci95"] == pytest.approx(half) and out["x"]["ci_low"] == pytest.approx(
+        mean - half
+    )
+
+
+def test_accuracy_is_maximised_and_divergence_is_worst() -> None:
+    rows = [
+        _final("x", "A", 0, 0.9, "test_accuracy"),
+        _final("y", "A", 0, 0.5, "test_accuracy"),
+        _final("z", "A", 0, 0.7, "test_accuracy"),
+    ]
+    out = {d["strategy"]: d for d in summarise(rows_to_table(rows), metric="test_accuracy")}
+    assert out["x"]["rank"] == 1 and out["x"]["regret"] == 0
+    assert out["y"]["rank"] == 3 and out["y"]["regret"] == 1
+    assert out["z"]["regret"] == pytest.approx(0.5)
+    rows = [
+        _final("x", "A", 0, 1.0),
+        _final("y", "A", 0, float("nan")),
+        _final("z", "A", 0, 2.0),
+        _final("y", "A", 1, 0.1),
+    ]
+    out = {d["strategy"]: d for d in summarise(rows_to_table(rows))}
+    assert out["y"]["failed"] == 1 and out["y"]["n"] == 2 and out["y"]["mean"] == pytest.approx(0.1)
+    assert (
+        out["y"]["rank"] == 3 and out["y"]["regret"] == 1.0
+    )  # a diverged seed makes the task mean inf
+
+
+def test_anytime_curve_and_time_to_target() -> None:
+    # two members; events in wall order: (a,10,5) (b,10,4) (a,20,3) (b,20,1)
+    rows = [
+        _val("p", "A", 0, "a", 10, 1.0, 5.0),
+        _val("p", "A", 0, "a", 20, 2.0, 3.0),
+        _val("p", "A", 0, "b", 10, 1.5, 4.0),
+        _val("p", "A", 0, "b", 20, 2.5, 1.0),
+        _final("p", "A", 0, 1.1),
+    ]
+    table = rows_to_table(rows)
+    curve = run_curves(table, "val_loss")[("p", "A", 0)]
+    assert curve.budget.tolist() == [10, 20, 30, 40]
+    assert curve.best.tolist() == [5, 4, 3, 1]
+    assert curve.at(np.array([5.0, 10.0, 29.0, 100.0])).tolist() == [math.inf, 5.0, 4.0, 1.0]
+    (d,) = summarise(table, target=3.5)
+    assert (
+        d["steps_to_target"] == 30
+        and d["wall_to_target"] == 2.0
+        and d["reached"] == 1
+        and d["runs"] == 1
+    )
+    (d,) = summarise(table, target=0.5)
+    assert d["steps_to_target"] is None and d["wall_to_target"] is None and d["reached"] == 0
+    (d,) = summarise(
+        table
+    )  # default target: the (only) strategy's final best -> reached at the end
+    assert d["steps_to_target"] == 40
+
+
+def test_default_target_is_worst_strategys_final_best() -> None:
+    rows = [_val("fast", "A", 0, "m", s, s / 10, 10.0 / s) for s in (10, 20, 40)]  # 1.0, 0.5, 0.25
+    rows += [_val("slow", "A", 0, "m", s, s / 10, 20.0 / s) for s in (10, 20, 40)]  # 2.0, 1.0, 0.5
+    rows += [_final("fast", "A", 0, 0.25), _final("slow", "A", 0, 0.5)]
+    out = {d["strategy"]: d for d in summarise(rows_to_table(rows))}
+    assert out["fast"]["steps_to_target"] == 20 and out["slow"]["steps_to_target"] == 40
+    assert out["fast"]["wall_to_target"] == pytest.approx(2.0)
+
+
+def test_synthetic_ordering_and_errors() -> None:
+    table = rows_to_table(synthetic_rows(tasks=("a", "b"), seeds=(0, 1)))
+    order = [d["strategy"] for d in summarise(table)]
+    assert order == [
+        "meta+prior+pbt",
+        "meta+fixed-default",
+        "scratch+broad+pbt",
+        "scratch+broad+random",
+    ]
+    with pytest.raises(DataError, match="no rows"):
+        summarise(SCHEMA.empty_table())
+    with pytest.raises(DataError, match="test_accuracy"):
+        summarise(table, metric="test_accuracy")
+    assert validation_metric("test_accuracy") == "val_accuracy"
+    # two sweeps that reuse task names: their runs stay separate instead of being averaged
+    both = pa.concat_tables(
+        [table, rows_to_table(synthetic_rows(sweep="again", tasks=("a", "b"), seeds=(0, 1)))]
+    )
+    d = summarise(both)[0]
+    assert d["n"] == 8 and d["tasks"] == 4 and d["runs"] == 8
+
+
+def test_render_formats() -> None:
+    summary = summarise(rows_to_table(synthetic_rows(tasks=("a",), seeds=(0, 1))))
+    text = render(summary, "table")
+    lines = text.splitlines()
+    assert lines[0].startswith("strategy") and set(lines[1]) <= {"-", " "}
+    width = len(lines[1])
+    assert all(len(line) == width for line in lines[: 2 + len(summary)])  # aligned, right-justified
+    assert len(lines) == 2 + len(summary) + 2
+    md = render(summary, "markdown").splitlines()
+    assert (
+        md[0].startswith("| strategy")
+        and md[1].startswith("|---|")
+        and len(md) == 2 + len(summary) + 2
+    )
+    doc = json.loads(render(summary, "json"))
+    assert doc["metric"] == "test_loss" and len(doc["strategies"]) == len(summary)
+    one = summarise(rows_to_table([_final("x", "A", 0, 1.0)]))
+    assert (
+        json.loads(render(one, "json"))["strategies"][0]["ci95"] is None
+    )  # NaN -> null, valid JSON
+    assert "-" in render(one, "table").splitlines()[2]
+
+
+def test_plots_written_and_readable(tmp_path: Path) -> None:
+    from matplotlib.image import imread
+
+    table = rows_to_table(synthetic_rows(tasks=("a", "b"), seeds=(0,)))
+    paths = make_plots(table, tmp_path / "plots")
+    assert [p.name for p in paths] == [
+        "best_val_loss_vs_member_steps.png",
+        "best_val_loss_vs_wall_time.png",
+        "rank_vs_budget_val_loss.png",
+    ]
+    for p in paths:
+        img = imread(p)
+        assert img.shape[0] > 400 and img.shape[1] > 600
+        assert float(np.std(img[..., :3])) > 0.05  # not a blank canvas
+    assert not list((tmp_path / "plots").glob(".*"))  # no temp files left
+    single = table.filter(pa.compute.equal(table["strategy"], "meta+prior+pbt"))
+    assert len(make_plots(single, tmp_path / "one")) == 2  # a rank needs two strategies
+    with pytest.raises(DataError, match="val_loss"):
+        make_plots(rows_to_table([_final("x", "A", 0, 1.0)]), tmp_path / "none")
+
+
+def test_results_layer_does_not_import_ray_or_torch() -> None:
+    code = "import sys, raymeta.results; print(sorted(m for m in ('ray', 'torch', 'matplotlib') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
