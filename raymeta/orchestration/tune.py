@@ -1,0 +1,387 @@
+"""``raymeta tune``: a Ray Tune population fine-tunes one new task from the meta-init and priors.
+
+Population = ``population`` Tune trials x ``members_per_trial`` packed members (see
+``_packed.py`` for the exact in-trial semantics). Trial configs come from the prior: the
+portfolio first (``points_to_evaluate`` on the basic variant generator, since PBT/PB2 refuse
+searchers), then prior samples (``param_space``). PBT explores with the prior's
+``hyperparam_mutations``; PB2 within the prior's continuous bounds; ASHA stops bad trials early;
+``random`` runs every trial to the end (FIFO). The test split is evaluated once, at the end, for
+the member with the lowest validation loss.
+
+Outputs in ``out``: ``best_model.pt`` (weights only), ``report.json`` and result rows under
+``results/`` (``raymeta.results`` schema), all written atomically after the run; ``run.json``
+pins the settings so a rerun with the same ``out`` resumes (``Tuner.restore``) instead of
+starting over, and a rerun with different settings is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raymeta._io import atomic_write_bytes, atomic_write_json
+from raymeta.errors import ConfigError, RaymetaError
+from raymeta.orchestration._lineage import (
+    lineage,
+    member_events,
+    pbt_global,
+    population_curve,
+    read_histories,
+)
+from raymeta.orchestration._trainable import load_trial, tune_trainable
+from raymeta.orchestration._tune_plan import TunePlan, plan_tune
+from raymeta.priors import Float
+from raymeta.results.schema import make_row
+from raymeta.results.sink import ResultSink
+
+RUN_FILE = "run.json"
+REPORT_FILE = "report.json"
+MODEL_FILE = "best_model.pt"
+HISTORY_FILE = "history.jsonl"
+NOT_MUTATED = ("model", "steps")
+
+
+def _quiet_env() -> None:
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "8")
+
+
+def make_scheduler(plan: TunePlan) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    from raymeta.orchestration.tune_space import clip_explore, hyperparam_mutations
+
+    if plan.scheduler == "pbt":
+        return PopulationBasedTraining(
+            time_attr="training_iteration",
+            perturbation_interval=1,
+            hyperparam_mutations=hyperparam_mutations(plan.prior, exclude=NOT_MUTATED),
+            custom_explore_fn=clip_explore(plan.prior),
+            quantile_fraction=0.25,
+            resample_probability=0.25,
+        )
+    if plan.scheduler == "pb2":
+        from ray.tune.schedulers.pb2 import PB2
+
+        bounds = {
+            p.name: [p.low, p.high]
+            for p in plan.prior.space
+            if isinstance(p, Float) and p.name not in NOT_MUTATED
+        }
+        return PB2(
+            time_attr="training_iteration",
+            perturbation_interval=1,
+            hyperparam_bounds=bounds,
+            quantile_fraction=0.25,
+        )
+    if plan.scheduler == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=plan.n_intervals,
+            grace_period=max(1, plan.n_intervals // 4),
+            reduction_factor=2,
+        )
+    return FIFOScheduler()
+
+
+def _experiment(out: Path, storage: str | None) -> tuple[str, str]:
+    """(storage path, experiment name): deterministic in ``out`` so a rerun finds the run."""
+    name = "tune-" + hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:12]
+    return (storage if storage else str((out / "ray_results").resolve())), name
+
+
+def _check_run_file(out: Path, plan: TunePlan) -> dict[str, Any]:
+    """Refuse to mix two different runs in one ``out``; returns the pinned run record."""
+    fp = plan.fingerprint()
+    p = out / RUN_FILE
+    if p.is_file():
+        try:
+            rec = json.loads(p.read_text())
+        except ValueError:
+            raise ConfigError(f"{p} is unreadable; remove {out} or pick another --out") from None
+        if rec.get("fingerprint") != fp:
+            diff = sorted(k for k in fp if rec.get("fingerprint", {}).get(k) != fp[k])
+            raise ConfigError(
+                f"--out {out} holds a different tune run (differs in {', '.join(diff)}); pick another --out"
+            )
+        return dict(rec)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(
+            f"--out {out} exists and is not a raymeta tune run directory; pick another --out"
+        )
+    rec = {"fingerprint": fp, "started": time.time()}
+    atomic_write_json(p, rec)
+    return rec
+
+
+def _tuner(
+    plan: TunePlan,
+    out: Path,
+    storage_path: str,
+    name: str,
+    max_failures: int,
+    verbose: int,
+    cpus_per_trial: float,
+) -> Any:
+    from ray import tune
+    from ray.tune import CLIReporter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from raymeta.orchestration._history import HistoryCallback
+    from raymeta.orchestration.tune_space import param_space, points_to_evaluate
+
+    trainable = tune.with_resources(
+        tune.with_parameters(tune_trainable, setup=plan.setup), {"cpu": cpus_per_trial}
+    )
+    space = param_space(plan.prior)
+    exp_path = f"{storage_path.rstrip('/')}/{name}"
+    if tune.Tuner.can_restore(exp_path):
+        return tune.Tuner.restore(
+            exp_path,
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            param_space=space,
+        )
+    reporter = CLIReporter(
+        metric_columns={"val_loss": "val", "best_val_loss": "best", "trial_step": "step"},
+        parameter_columns={"lr": "lr", "optimizer": "opt", "adapt": "adapt"},
+        max_progress_rows=8,
+        max_report_frequency=30,
+        sort_by_metric=True,
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric="val_loss",
+            mode="min",
+            scheduler=make_scheduler(plan),
+            num_samples=plan.population,
+            search_alg=BasicVariantGenerator(
+                points_to_evaluate=points_to_evaluate(plan.portfolio), random_state=plan.seed
+            ),
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            # the latest checkpoint is always kept too (PBT exploits it); keeping the best ones by
+            # best_val_loss means a best snapshot survives its trial being overwritten by an exploit
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=3, checkpoint_score_attribute="best_val_loss", checkpoint_score_order="min"),
+            verbose=verbose,
+            progress_reporter=reporter,
+            callbacks=[HistoryCallback(str((out / HISTORY_FILE).resolve()))],
+        ),
+    )
+
+
+def _select_best(plan: TunePlan, results: list[Any]) -> tuple[Any, Any, int]:
+    """(result, member group, member) with the lowest best-snapshot validation loss among every
+    retained checkpoint of every trial."""
+    inf = float("inf")
+    scored = []
+    for r in results:
+        cks = [(float(mt.get("best_val_loss", inf)), c) for c, mt in (r.best_checkpoints or [])]
+        if r.checkpoint is not None:
+            cks.append((float(r.metrics.get("best_val_loss", inf)), r.checkpoint))
+        scored += [(v, i, r, c) for i, (v, c) in enumerate(cks)]
+    best: tuple[float, Any, Any, int] | None = None
+    if scored:
+        _, _, r, c = min(scored, key=lambda t: (t[0], t[1]))
+        with c.as_directory() as d:
+            group, _ = load_trial(Path(d), plan.setup)
+        m = group.best_member()
+        best = (float(group.best_val[m]), r, group, m)
+    if best is None:
+        errs = [str(r.error).strip().splitlines()[-1] for r in results if r.error is not None]
+        raise RaymetaError(
+            f"no trial produced a checkpoint ({len(errs)} failed{': ' + errs[0] if errs else ''})"
+        )
+    return best[1], best[2], best[3]
+
+
+def run_tune(
+    meta: str | Path,
+    task: str,
+    population: int,
+    members_per_trial: int = 1,
+    scheduler: str = "pbt",
+    budget: int | None = None,
+    init: str = "meta",
+    prior: str = "learned",
+    address: str | None = None,
+    storage: str | None = None,
+    out: str | Path = "tune-out",
+    seed: int = 0,
+    interval: int | None = None,
+    max_failures: int = 2,
+    cpus_per_trial: float = 1.0,
+    verbose: int = 1,
+    sweep: str = "tune",
+    _crash_marker: str | None = None,
+) -> dict[str, Any]:
+    """Tune one task; returns the report (also written to ``out/report.json``)."""
+    from ray import tune  # noqa: F401  (fail early if Tune is missing)
+
+    from raymeta.orchestration.ray_runtime import check_resources, ray_context
+
+    if max_failures < 0:
+        raise ConfigError(f"--max-failures must be >= 0, got {max_failures}")
+    out = Path(out)
+    plan = plan_tune(
+        meta,
+        task,
+        population,
+        members_per_trial,
+        scheduler,
+        budget,
+        init,
+        prior,
+        seed,
+        interval,
+        _crash_marker,
+    )
+    if scheduler == "pb2" and not any(isinstance(p, Float) for p in plan.prior.space):
+        raise ConfigError(
+            "--scheduler pb2 needs at least one continuous hyperparameter in the search space"
+        )
+    _quiet_env()
+    storage_path, name = _experiment(out, storage)
+    t0 = time.perf_counter()
+    with ray_context(address):
+        check_resources(cpus=cpus_per_trial, what="a tune trial")
+        run = _check_run_file(out, plan)
+        grid = _tuner(plan, out, storage_path, name, max_failures, verbose, cpus_per_trial).fit()
+        results = [grid[i] for i in range(len(grid))]
+    return write_outputs(
+        plan,
+        results,
+        out,
+        run,
+        f"{storage_path.rstrip('/')}/{name}",
+        time.perf_counter() - t0,
+        sweep,
+    )
+
+
+def write_outputs(
+    plan: TunePlan,
+    results: list[Any],
+    out: Path,
+    run: dict[str, Any],
+    exp_path: str,
+    wall_s: float,
+    sweep: str,
+) -> dict[str, Any]:
+    """Test the best member once, then write rows, the best model and the report (atomically)."""
+    best_r, group, m = _select_best(plan, results)
+    params = {k: v[m].clone() for k, v in group.best_params.items()}
+    one = {k: v.unsqueeze(0) for k, v in params.items()}
+    test = {
+        f"test_{k}": float(v[0])
+        for k, v in group.trainer.evaluate(one, plan.task.x_test, plan.task.y_test).items()
+    }
+    hists = read_histories(out / HISTORY_FILE)
+    errors = {str(r.metrics.get("trial_id")): str(r.error).strip().splitlines()[-1][:300] for r in results if r.error is not None}
+    for h in hists:
+        h.error = errors.get(h.trial_id)
+    started = float(run.get("started", time.time()))
+    sink = ResultSink(out / "results", sweep)
+    common = {
+        "sweep": sweep,
+        "strategy": plan.strategy,
+        "task": plan.task.task_id,
+        "seed": plan.seed,
+    }
+    for h in hists:
+        rows = []
+        for r in h.rows:
+            w = max(0.0, r["wall_time"] - started)
+            rows.append(
+                make_row(
+                    **common,
+                    trial=h.trial_id,
+                    step=r["spent"],
+                    metric="val_loss",
+                    value=r["val_loss"],
+                    hparams=r["hparams"],
+                    wall_s=w,
+                )
+            )
+            if "val_accuracy" in r:
+                rows.append(
+                    make_row(
+                        **common,
+                        trial=h.trial_id,
+                        step=r["spent"],
+                        metric="val_accuracy",
+                        value=r["val_accuracy"],
+                        hparams=r["hparams"],
+                        wall_s=w,
+                    )
+                )
+        sink.append(rows, key=f"{plan.task.task_id}/{plan.strategy}/{plan.seed}/{h.trial_id}")
+    total = sum(h.rows[-1]["spent"] for h in hists if h.rows)
+    best_trial = str(best_r.metrics.get("trial_id"))
+    cfg = dict(group.configs[m])
+    final = [
+        make_row(
+            **common,
+            trial=f"{best_trial}/m{m}",
+            step=total,
+            metric=k,
+            value=v,
+            hparams=cfg,
+            wall_s=wall_s,
+        )
+        for k, v in test.items()
+    ]
+    sink.append(final, key=f"{plan.task.task_id}/{plan.strategy}/{plan.seed}/final")
+    buf = io.BytesIO()
+    torch.save({k: v.contiguous() for k, v in params.items()}, buf)
+    atomic_write_bytes(out / MODEL_FILE, buf.getvalue())
+    first = [h.rows[0]["val_loss"] for h in hists if h.rows]
+    report = {
+        "task": plan.task.task_id,
+        "task_notes": plan.notes,
+        "strategy": plan.strategy,
+        "settings": plan.fingerprint(),
+        "steps_per_member": plan.steps_per_member,
+        "model": group.spec.to_dict(),
+        "best": {
+            "trial": best_trial,
+            "member": m,
+            "config": cfg,
+            "val_loss": float(group.best_val[m]),
+            **test,
+        },
+        "initial_best_val_loss": min(first) if first else None,
+        "member_steps": total,
+        "wall_s": wall_s,
+        "lineage": lineage(hists),
+        "pbt_global": pbt_global(exp_path),
+        "member_exploits": member_events(hists),
+        "curve": population_curve(hists),
+        "trials": [
+            {
+                "trial": h.trial_id,
+                "reports": len(h.rows),
+                "best_val_loss": min((r["best_val_loss"] for r in h.rows), default=None),
+                "error": h.error,
+            }
+            for h in hists
+        ],
+        "files": {"model": MODEL_FILE, "results": "results", "experiment": exp_path},
+    }
+    atomic_write_json(out / REPORT_FILE, report)
+    return report
