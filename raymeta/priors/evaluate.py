@@ -52,6 +52,25 @@ def _stack(tasks: Sequence[Task]) -> tuple[torch.Tensor, ...]:
     return tuple(torch.stack([getattr(t, k) for t in tasks]) for k in ("x_train", "y_train", "x_val", "y_val"))
 
 
+def _train_active(trainer: PopulationTrainer, state: PopulationState, hp: MemberHParams, x: torch.Tensor, y: torch.Tensor, start: int, stop: int) -> PopulationState:
+    """Train from step ``start`` to ``stop`` only the members whose budget is not yet spent.
+
+    Finished members would stay put anyway; skipping them makes the cost the sum of the budgets
+    rather than members x the largest budget (about 4.6x less for log-uniform steps in [1, 100]).
+    """
+    active = torch.nonzero(hp.max_steps > start).flatten()
+    if active.numel() == state.n_members:
+        return trainer.train(state, hp, x, y, stop - start, per_member_data=True)
+    if active.numel() == 0:
+        return state
+    sub = trainer.train(state.index(active), hp.index(active), x[active], y[active], stop - start, per_member_data=True)
+    for whole, part in ((state.params, sub.params), (state.m, sub.m), (state.v, sub.v)):
+        for k in whole:
+            whole[k][active] = part[k]
+    state.step[active] = sub.step
+    return state
+
+
 def evaluate_configs(
     ckpt: MetaCheckpoint,
     tasks: Sequence[Task],
@@ -86,7 +105,7 @@ def evaluate_configs(
             prev = 0
             for s_i, s in enumerate(grid):
                 if s > prev:
-                    state = trainer.train(state, hp, xt[ti], yt[ti], s - prev, per_member_data=True)
+                    state = _train_active(trainer, state, hp, xt[ti], yt[ti], prev, s)
                     prev = s
                 loss = trainer.evaluate(state.params, xv[ti], yv[ti], per_member_data=True)["loss"]
                 for (t, j), v in zip(chunk, loss.tolist(), strict=True):

@@ -1,0 +1,54 @@
+"""Human-readable tables of a ``Priors`` (what ``raymeta priors show`` prints)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from raymeta.priors.artifact import Priors
+from raymeta.priors.prior import CategoricalDist, NumericDist
+from raymeta.priors.space import Categorical, Float, Int, Param
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def _space(p: Param) -> str:
+    if isinstance(p, Categorical):
+        return "{" + ", ".join(map(str, p.choices)) + "}"
+    kind = "int" if isinstance(p, Int) else "float"
+    return f"{kind}{' log' if p.log else ''} [{_fmt(p.low)}, {_fmt(p.high)}]"
+
+
+def _dist(p: Param, d: Any) -> str:
+    if isinstance(d, CategoricalDist) and isinstance(p, Categorical):
+        return ", ".join(f"{c} {pr:.2f}" for c, pr in zip(p.choices, d.probs, strict=True))
+    assert isinstance(d, NumericDist) and isinstance(p, Float | Int)
+    if d.weight == 0.0:
+        return "uniform"
+    lo, mid, hi = (p.from_unit(d.mean + z * d.std) for z in (-1.2816, 0.0, 1.2816))
+    return f"{d.weight:.2f} x peak at {_fmt(mid)} (80%: {_fmt(lo)}..{_fmt(hi)}) + {1 - d.weight:.2f} x uniform"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def format_priors(pr: Priors) -> str:
+    info = pr.info
+    fam = info.get("family", {}).get("name", "?")
+    head = (
+        f"priors v{pr.version}: family {fam}, {info.get('n_tasks', '?')} meta-val tasks x {info.get('n_configs', '?')} configs, "
+        f"seed {info.get('seed', '?')}, top {info.get('quantile', '?')} quantile, fit {info.get('fit_seconds', 0.0):.1f} s"
+    )
+    hp = _table(["hyperparameter", "broad space", "learned prior"], [[p.name, _space(p), _dist(p, pr.learned.dists[p.name])] for p in pr.space])
+    names = pr.space.names()
+    regret = info.get("portfolio_regret", [])
+    rows = [[str(i + 1), *(_fmt(c.get(n)) for n in names), _fmt(regret[i]) if i < len(regret) else ""] for i, c in enumerate(pr.portfolio)]
+    port = _table(["#", *names, "mean regret@k"], rows)
+    models = _table(["model", "P(best)"], [[m, f"{p:.2f}"] for m, p in pr.model_probs.items()])
+    return "\n\n".join([head, hp, "portfolio (evaluate in this order):\n" + port, models])
