@@ -1,0 +1,151 @@
+"""Fitting priors on a tiny sinusoid meta-checkpoint: reproducibility, storage, CLI, bad input,
+and the population evaluation checked against plain torch.optim fine-tuning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call
+
+from raymeta.cli.main import main
+from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint, save_meta_checkpoint, write_priors
+from raymeta.core.models import build_model
+from raymeta.core.train import MetaTrainConfig, meta_train
+from raymeta.errors import CheckpointError, DataError
+from raymeta.priors import Priors, fit_priors, load_priors
+from raymeta.priors.evaluate import curve_steps, evaluate_configs
+from raymeta.priors.fit import val_tasks
+from raymeta.tasks import Task, TaskFamily, make_family
+
+SMALL = {"n_tasks": 3, "n_configs": 6, "max_steps": 6}
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tr = meta_train(MetaTrainConfig(steps=3, meta_batch=4, val_tasks=2))
+    return save_meta_checkpoint(tmp_path_factory.mktemp("meta") / "ckpt", tr.to_checkpoint())
+
+
+@pytest.fixture()
+def ckpt(ckpt_dir: Path) -> MetaCheckpoint:
+    return load_meta_checkpoint(ckpt_dir)
+
+
+def without_time(p: Priors) -> dict:
+    d = p.to_dict()
+    d["info"].pop("fit_seconds")
+    return d
+
+
+def test_fit_then_sample_is_reproducible_for_a_seed(ckpt: MetaCheckpoint) -> None:
+    a, b = fit_priors(ckpt, seed=3, **SMALL), fit_priors(ckpt, seed=3, **SMALL)
+    assert without_time(a) == without_time(b)
+    rng_a, rng_b = np.random.default_rng(0), np.random.default_rng(0)
+    assert a.learned.sample(10, rng_a) == b.learned.sample(10, rng_b)
+    assert len(a.portfolio) == SMALL["n_configs"]  # portfolio size 8 capped at the 6 configs
+    assert a.model_probs == {"mlp": 1.0}
+    assert a.info["portfolio_regret"] == sorted(a.info["portfolio_regret"], reverse=True)
+    for c in a.learned.sample(50, np.random.default_rng(1)):
+        assert a.space.validate(c) == c
+
+
+def test_priors_stored_checksummed_and_loaded(ckpt_dir: Path, ckpt: MetaCheckpoint, tmp_path: Path) -> None:
+    import shutil
+
+    d = tmp_path / "c"
+    shutil.copytree(ckpt_dir, d)
+    with pytest.raises(CheckpointError, match="no priors.json"):
+        load_priors(load_meta_checkpoint(d))
+    pr = fit_priors(ckpt, seed=0, **SMALL)
+    write_priors(d, pr.to_dict())
+    back = load_priors(load_meta_checkpoint(d))
+    assert back.to_dict() == json.loads(json.dumps(pr.to_dict()))
+    (d / "priors.json").write_text((d / "priors.json").read_text().replace('"version": 1', '"version": 2'))
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_meta_checkpoint(d)
+
+
+def test_population_evaluation_matches_torch_optim_reference(ckpt: MetaCheckpoint) -> None:
+    """Full-batch members (no minibatch randomness) equal a plain per-config torch.optim loop."""
+    family = make_family(ckpt.family)
+    tasks = val_tasks(family, 2)
+    n = int(tasks[0].x_train.shape[0])
+    configs = [
+        {"lr": 0.02, "optimizer": "sgd", "weight_decay": 1e-3, "steps": 4, "batch_size": n, "adapt": "all", "model": "mlp"},
+        {"lr": 0.01, "optimizer": "adam", "weight_decay": 1e-6, "steps": 5, "batch_size": n, "adapt": "all", "model": "mlp"},
+        {"lr": 0.05, "optimizer": "adam", "weight_decay": 0.01, "steps": 2, "batch_size": n, "adapt": "head", "model": "mlp"},
+    ]
+    table = evaluate_configs(ckpt, tasks, configs, seed=0, chunk_size=2)
+    assert table.steps == curve_steps(5) == [0, 1, 2, 5]
+    cand = ckpt.candidate()
+    model = build_model(cand.spec)
+    for t, task in enumerate(tasks):
+        for j, c in enumerate(configs):
+            params = {k: v.clone().requires_grad_(True) for k, v in cand.params.items()}
+            train = [v for k, v in params.items() if c["adapt"] == "all" or k.startswith("head.")]
+            opt_cls = torch.optim.Adam if c["optimizer"] == "adam" else torch.optim.SGD
+            opt = opt_cls(train, lr=c["lr"], weight_decay=c["weight_decay"])
+            for _ in range(c["steps"]):
+                opt.zero_grad()
+                loss = ((functional_call(model, params, (task.x_train,)) - task.y_train) ** 2).mean()
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                val = ((functional_call(model, params, (task.x_val,)) - task.y_val) ** 2).mean()
+            assert table.final[t, j] == pytest.approx(float(val), rel=1e-4, abs=1e-5)
+    whole = evaluate_configs(ckpt, tasks, configs, seed=0, chunk_size=4096)
+    np.testing.assert_allclose(whole.curves, table.curves, rtol=1e-5)
+
+
+class NoValFamily(TaskFamily):
+    """A family whose meta-val split is empty (like a Parquet table with no val tasks)."""
+
+    name, kind, input_shape, output_dim = "noval", "regression", (1,), 1
+
+    def sample(self, split, n_tasks, generator):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+    def task(self, split, index) -> Task:  # type: ignore[no-untyped-def]
+        raise DataError(f"no {split} tasks")
+
+    def options(self) -> dict:
+        return {}
+
+
+def test_family_without_val_tasks_is_one_line_error() -> None:
+    with pytest.raises(DataError, match="has no meta-val tasks"):
+        val_tasks(NoValFamily(), 4)
+
+
+def test_cli_fit_show_and_bad_input(ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    d = tmp_path / "c"
+    shutil.copytree(ckpt_dir, d)
+    assert main(["priors", "show", "--meta", str(d)]) == 2
+    assert "no priors.json" in capsys.readouterr().err
+    assert main(["priors", "fit", "--meta", str(d), "--tasks", "1"]) == 2
+    assert "at least 2" in capsys.readouterr().err
+    assert main(["priors", "fit", "--meta", str(d), "--tasks", "3", "--configs", "2"]) == 2
+    assert "at least 4 configs" in capsys.readouterr().err
+    assert not (d / "priors.json").exists()
+    cfg = tmp_path / "fit.yaml"
+    cfg.write_text(f"meta: {d}\ntasks: 3\nconfigs: 5\nmax_steps: 4\n")
+    assert main(["priors", "fit", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "learned prior" in out and "portfolio" in out
+    assert main(["priors", "show", "--meta", str(d)]) == 0
+    shown = capsys.readouterr().out
+    assert "3 meta-val tasks x 5 configs" in shown and "lr" in shown
+    pj = json.loads((d / "priors.json").read_text())
+    write_priors(d, pj | {"version": 7})  # checksum valid, version unknown
+    assert main(["priors", "show", "--meta", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert "version 7" in err and err.count("\n") == 1
+    (d / "priors.json").write_text("{}")
+    assert main(["priors", "show", "--meta", str(d)]) == 2
+    assert "checksum mismatch" in capsys.readouterr().err
