@@ -249,6 +249,12 @@ def test_not_a_dataset_and_incompatible_version(tmp_path: Path) -> None:
     pq.write_table(table, sink.dir / "part-foreign.parquet")
     with pytest.raises(DataError, match="schema version 99"):
         read_results(cur)
+    narrow = pa.table({"value": [1.0]}).replace_schema_metadata(
+        {b"raymeta.results.schema_version": str(SCHEMA_VERSION).encode()}
+    )
+    pq.write_table(narrow, sink.dir / "part-foreign.parquet")
+    with pytest.raises(DataError, match="does not have the results columns"):
+        read_results(cur)
     (sink.dir / "part-foreign.parquet").write_bytes(b"garbage")
     with pytest.raises(DataError, match="unreadable"):
         read_results(cur)

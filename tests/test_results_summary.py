@@ -149,6 +149,49 @@ def test_anytime_curve_and_time_to_target() -> None:
     assert d["steps_to_target"] == 40
 
 
+def _reference_curve(
+    events: list[tuple[float, int, str, float]],
+) -> tuple[list[float], list[float]]:
+    """Plain loop over (wall, step, trial, value) events: the definition the engine must match."""
+    last: dict[str, int] = {}
+    total, best, budgets, bests = 0, math.inf, [], []
+    clean = [(w, st, tr, v if math.isfinite(v) else math.inf) for w, st, tr, v in events]
+    for _, step, trial, value in sorted(clean):  # time order; ties broken by step, trial, value
+        prev = last.get(trial, 0)
+        total += max(step - prev, 0)
+        last[trial] = max(prev, step)
+        best = min(best, value)
+        budgets.append(total)
+        bests.append(best)
+    return budgets, bests
+
+
+def test_vectorised_curves_match_reference_loop() -> None:
+    rng = np.random.default_rng(3)
+    rows, events = [], {}
+    for strategy in ("a", "b"):
+        for task in ("x", "y", "z"):
+            for seed in (0, 5):
+                evs = []
+                for trial in range(int(rng.integers(1, 6))):
+                    steps = np.cumsum(rng.integers(1, 20, size=int(rng.integers(1, 8))))
+                    if rng.random() < 0.3:  # a PBT-style restart reporting a lower step
+                        steps[len(steps) // 2 :] -= steps[0]
+                    for st in steps:
+                        wall = float(rng.integers(0, 50))  # coarse, so equal walls (ties) happen
+                        v = float(rng.lognormal()) if rng.random() > 0.05 else float("nan")
+                        evs.append((wall, int(st), f"m{trial}", v))
+                        rows.append(_val(strategy, task, seed, f"m{trial}", int(st), wall, v))
+                events[(strategy, task, seed)] = evs
+    order = rng.permutation(len(rows))
+    curves = run_curves(rows_to_table([rows[i] for i in order]), "val_loss")
+    assert set(curves) == set(events)
+    for key, evs in events.items():
+        budgets, bests = _reference_curve(evs)
+        assert curves[key].budget.tolist() == budgets
+        assert curves[key].best.tolist() == bests
+
+
 def test_default_target_is_worst_strategys_final_best() -> None:
     rows = [_val("fast", "A", 0, "m", s, s / 10, 10.0 / s) for s in (10, 20, 40)]  # 1.0, 0.5, 0.25
     rows += [_val("slow", "A", 0, "m", s, s / 10, 20.0 / s) for s in (10, 20, 40)]  # 2.0, 1.0, 0.5

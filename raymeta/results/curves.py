@@ -8,6 +8,7 @@ compared on against a single-member baseline.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -66,35 +67,53 @@ def task_ids(rows: pa.Table) -> list[str]:
     return [f"{s}/{t}" for s, t in zip(rows["sweep"].to_pylist(), tasks, strict=True)]
 
 
+def _codes(values: list[Any]) -> tuple[np.ndarray, list[Any]]:
+    """Integer code per value plus the distinct values, without a Python loop over rows."""
+    arr = pa.array(values).dictionary_encode()
+    names = arr.dictionary.to_pylist()
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[sorted(range(len(names)), key=names.__getitem__)] = np.arange(len(names))
+    return rank[np.asarray(arr.indices, dtype=np.int64)], sorted(names)  # codes follow name order
+
+
+def _budget(trials: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Cumulative member-steps over events in time order: each event adds what its trial spent
+    since the trial's highest step so far (a step that goes back adds nothing)."""
+    n = steps.size
+    by_trial = np.lexsort((np.arange(n), trials))  # group by trial, keep time order inside
+    tr, st = trials[by_trial], np.maximum(steps[by_trial], 0)
+    big = int(st.max()) + 1
+    run_max = np.maximum.accumulate(st + tr * big) - tr * big  # running max within each trial
+    prev = np.concatenate(([0], run_max[:-1]))
+    prev[np.concatenate(([True], tr[1:] != tr[:-1]))] = 0  # a trial's first event starts at 0
+    inc = np.empty(n, dtype=np.float64)
+    inc[by_trial] = np.maximum(st - prev, 0)
+    return np.cumsum(inc)
+
+
 def run_curves(table: pa.Table, metric: str) -> dict[RunKey, Curve]:
     """Anytime-best curve of ``metric`` (a validation metric) for every run that reports it."""
     rows = table.filter(pc.equal(table["metric"], metric))
     if rows.num_rows == 0:
         return {}
-    strat = rows["strategy"].to_pylist()
-    task = task_ids(rows)
-    seed = rows["seed"].to_pylist()
-    trial = rows["trial"].to_pylist()
+    s_code, s_names = _codes(rows["strategy"].to_pylist())
+    t_code, t_names = _codes(task_ids(rows))
+    seed = rows["seed"].to_numpy()
+    trial, _ = _codes(rows["trial"].to_pylist())
     step = rows["step"].to_numpy()
     wall = rows["wall_s"].to_numpy()
     value = oriented(rows["value"].to_numpy(), metric)
-    groups: dict[RunKey, list[int]] = {}
-    for i, key in enumerate(zip(strat, task, seed, strict=True)):
-        groups.setdefault(key, []).append(i)
+    seeds, seed_code = np.unique(seed, return_inverse=True)
+    combined = (s_code * len(t_names) + t_code) * len(seeds) + seed_code.reshape(-1)
+    _, run = np.unique(combined, return_inverse=True)
+    run = run.reshape(-1)
+    order = np.lexsort((value, trial, step, wall, run))  # by run, time; ties: step, trial, value
+    cuts = np.flatnonzero(np.diff(run[order])) + 1
     curves: dict[RunKey, Curve] = {}
-    for key, idx_list in groups.items():
-        idx = np.asarray(idx_list)
-        idx = idx[np.lexsort((step[idx], wall[idx]))]  # time order, step breaks ties
-        last: dict[str, int] = {}
-        budget = np.empty(idx.size, dtype=np.float64)
-        total = 0
-        for j, i in enumerate(idx):
-            prev = last.get(trial[i], 0)
-            total += max(int(step[i]) - prev, 0)
-            last[trial[i]] = max(prev, int(step[i]))
-            budget[j] = total
-        curves[key] = Curve(
-            budget=budget,
+    for idx in np.split(order, cuts):
+        i = idx[0]
+        curves[(s_names[s_code[i]], t_names[t_code[i]], int(seed[i]))] = Curve(
+            budget=_budget(trial[idx], step[idx]),
             wall=np.maximum.accumulate(wall[idx]),
             best=np.minimum.accumulate(value[idx]),
         )

@@ -20,15 +20,18 @@ def list_sweeps(root: str | Path) -> list[str]:
 
 def _read_part(part: Path) -> pa.Table:
     try:
-        table = pq.read_table(part)
+        pf = pq.ParquetFile(part)
+        version = (pf.schema_arrow.metadata or {}).get(VERSION_KEY)
+        if version != str(SCHEMA_VERSION).encode():
+            shown = version.decode() if version else "none"
+            raise DataError(
+                f"result part {part} has schema version {shown}, this raymeta reads version {SCHEMA_VERSION}"
+            )
+        table = pf.read()
     except (OSError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
         raise DataError(f"result part {part} is unreadable: {str(exc).splitlines()[0]}") from None
-    version = (table.schema.metadata or {}).get(VERSION_KEY)
-    if version != str(SCHEMA_VERSION).encode():
-        shown = version.decode() if version else "none"
-        raise DataError(
-            f"result part {part} has schema version {shown}, this raymeta reads version {SCHEMA_VERSION}"
-        )
     try:
         return table.select(SCHEMA.names).cast(SCHEMA)
     except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError):
