@@ -149,7 +149,11 @@ def run_population(
     own = np.zeros(m, dtype=np.int64)
     while done < budget:
         n = min(interval, budget - done)
-        hp = MemberHParams.from_configs(configs, seeds, len(task.x_train))
+        # The run's budget is every member's horizon; a config's own ``steps`` (a fixed
+        # fine-tuning length the priors also describe) would only idle members mid-run.
+        hp = MemberHParams.from_configs(
+            [{**c, "steps": budget} for c in configs], seeds, len(task.x_train)
+        )
         before = state.step.clone()
         state = trainer.train(state, hp, task.x_train, task.y_train, n)
         done += n

@@ -1,0 +1,150 @@
+"""Sweeps: config validation, the pure unit runner, and kill-then-resume exactly-once rows."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raymeta.core.checkpoint import save_meta_checkpoint
+from raymeta.core.train import MetaTrainConfig, meta_train
+from raymeta.errors import ConfigError
+from raymeta.orchestration.finetune import Strategy
+from raymeta.orchestration.sweep import run_unit
+from raymeta.orchestration.sweep_config import load_sweep, parse_sweep
+from raymeta.results import read_results
+
+STRATEGIES = ["scratch+broad+random", "scratch+broad+pbt", "meta+fixed-default", "meta+broad+pbt"]
+
+
+@pytest.fixture(scope="module")
+def meta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sweep") / "meta"
+    tr = meta_train(MetaTrainConfig(steps=30, meta_batch=8, val_every=30))
+    save_meta_checkpoint(out, tr.to_checkpoint())
+    return out
+
+
+def _write(tmp_path: Path, **kw: object) -> Path:
+    p = tmp_path / "sweep.yaml"
+    p.write_text(yaml.safe_dump(kw))
+    return p
+
+
+def test_strategy_parsing() -> None:
+    assert Strategy.parse("meta+fixed-default").name == "meta+fixed-default"
+    assert Strategy.parse("scratch+broad+pbt").scheduler == "pbt"
+    with pytest.raises(ConfigError, match="unknown strategy"):
+        Strategy.parse("meta+learned+hyperband")
+
+
+def test_sweep_config_errors(tmp_path: Path, meta_dir: Path) -> None:
+    base = {"meta": [str(meta_dir)], "strategies": STRATEGIES, "tasks": 2}
+    assert len(parse_sweep(base).units()) == 8
+    with pytest.raises(ConfigError, match="unknown strategy"):
+        parse_sweep({**base, "strategies": ["nope"]})
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_sweep({**base, "meta": [str(tmp_path / "missing")]})
+    with pytest.raises(ConfigError, match="empty"):
+        parse_sweep({**base, "tasks": []})
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_sweep({**base, "budgett": 3})
+    # The CLI turns the same problems into one line on stderr and exit 2.
+    bad = _write(tmp_path, meta=[str(meta_dir)], strategies=["bogus"], tasks=1)
+    proc = subprocess.run(
+        [sys.executable, "-m", "raymeta.cli.main", "sweep", str(bad), "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "unknown strategy" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_run_unit_rows(meta_dir: Path, tmp_path: Path) -> None:
+    cfg = parse_sweep(
+        {
+            "meta": [str(meta_dir)],
+            "strategies": STRATEGIES,
+            "tasks": 1,
+            "population": 4,
+            "budget": 20,
+            "interval": 5,
+        }
+    )
+    by_strategy = {}
+    for unit in cfg.units():
+        rows = run_unit(unit, cfg)
+        metrics = {r["metric"] for r in rows}
+        assert {"val_loss", "test_loss"} <= metrics
+        test = [r for r in rows if r["metric"] == "test_loss"]
+        assert len(test) == 1 and test[0]["value"] >= 0
+        by_strategy[unit["strategy"]] = rows
+    # fixed-default is one member for fixed_steps (10) steps; PBT members spend the full budget.
+    fixed = [r for r in by_strategy["meta+fixed-default"] if r["metric"] == "val_loss"]
+    assert {r["trial"] for r in fixed} == {"m0"} and max(r["step"] for r in fixed) == 10
+    pbt = [r for r in by_strategy["meta+broad+pbt"] if r["metric"] == "val_loss"]
+    assert {r["trial"] for r in pbt} == {"m0", "m1", "m2", "m3"}
+
+
+def test_killed_sweep_resumes_exactly_once(
+    ray_session: None, meta_dir: Path, tmp_path: Path
+) -> None:
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    spec = _write(
+        tmp_path,
+        name="kill",
+        meta=[str(meta_dir)],
+        strategies=STRATEGIES[:2],
+        tasks=6,
+        population=4,
+        budget=40,
+        interval=10,
+    )
+    out = tmp_path / "results"
+    cmd = [
+        sys.executable,
+        "-m",
+        "raymeta.cli.main",
+        "sweep",
+        str(spec),
+        "--out",
+        str(out),
+        "--address",
+        address,
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    parts = out / "sweep=kill"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 3 and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # a real kill, mid-sweep
+    proc.wait(timeout=30)
+    done_before = len(list(parts.glob("*.parquet")))
+    assert 0 < done_before < 12
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"{done_before} already done" in rerun.stdout or "already done" in rerun.stdout
+    table = read_results(out, sweep="kill").to_pandas()
+    finals = table[table.metric == "test_loss"]
+    assert len(finals) == 12  # 2 strategies x 6 tasks x 1 seed, none missing
+    assert not finals.duplicated(["strategy", "task", "seed"]).any()
+    assert not table.duplicated(["strategy", "task", "seed", "trial", "step", "metric"]).any()
+    assert load_sweep(spec).name == "kill"
