@@ -13,7 +13,7 @@
 #
 # Settings (environment variables):
 #   RAYMETA_CLUSTER_DIR      state dir: head/ and worker/ temp dirs, auth_token  [/tmp/raymeta-cluster]
-#                            (keep it short: Ray puts unix sockets below it, limit ~100 chars)
+#                            (at most 36 chars: Ray puts unix sockets below it)
 #   RAYMETA_GCS_PORT         head GCS port (`--address 127.0.0.1:PORT`)           [6379]
 #   RAYMETA_DASHBOARD_PORT   dashboard / job server (`ray job submit --address`)  [8265]
 #   RAYMETA_PORT_BASE        first of ~420 ports used for the internal services   [23000]
@@ -43,7 +43,9 @@ die() { echo "local_cluster.sh: error: $*" >&2; exit 2; }
 
 case "$AUTH_MODE" in token | disabled) ;; *) die "RAY_AUTH_MODE must be 'token' or 'disabled', got '$AUTH_MODE'" ;; esac
 [[ "$CLUSTER_DIR" = /* ]] || die "RAYMETA_CLUSTER_DIR must be an absolute path, got '$CLUSTER_DIR'"
-[[ ${#CLUSTER_DIR} -le 60 ]] || die "RAYMETA_CLUSTER_DIR is too long for Ray's unix sockets (max 60 chars): $CLUSTER_DIR"
+# Ray's sockets live at DIR/head/session_<date>_<pid>/sockets/plasma_store (~70 chars below DIR)
+# and a unix socket path is limited to 107 bytes.
+[[ ${#CLUSTER_DIR} -le 36 ]] || die "RAYMETA_CLUSTER_DIR is too long for Ray's unix sockets (max 36 chars): $CLUSTER_DIR"
 for p in "$GCS_PORT" "$DASHBOARD_PORT" "$BASE" "$HEAD_CPUS" "$WORKER_CPUS" "$OBJ_BYTES"; do
     [[ "$p" =~ ^[0-9]+$ ]] || die "port / cpu / byte settings must be integers, got '$p'"
 done
