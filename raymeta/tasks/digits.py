@@ -12,9 +12,12 @@ The data ships inside scikit-learn: nothing is downloaded.
 
 from __future__ import annotations
 
+import importlib.util
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from raymeta.errors import ConfigError, DataError
@@ -39,18 +42,31 @@ PLAIN_SPLIT: dict[str, tuple[int, ...]] = {
 _SALT = 0x0D161757
 
 
-@lru_cache(maxsize=1)
-def _digit_images() -> tuple[torch.Tensor, torch.Tensor]:
-    """``[10, M, 8, 8]`` float images in [0, 1], padded per digit, and the count of each digit."""
+def _read_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 1797 images ``[N, 8, 8]`` (0..16) and targets, read straight from scikit-learn's
+    bundled ``digits.csv.gz``: importing scikit-learn itself (scipy) costs seconds per process."""
+    spec = importlib.util.find_spec("sklearn")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        f = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if f.is_file():
+            data = np.loadtxt(f, delimiter=",", dtype=np.float32)
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
     try:
         from sklearn.datasets import load_digits
     except ImportError:
         raise DataError(
             "digits: scikit-learn is not installed (pip install scikit-learn)"
         ) from None
-    data = load_digits()
-    images = torch.as_tensor(data.images, dtype=torch.float32) / 16.0
-    target = torch.as_tensor(data.target, dtype=torch.int64)
+    d = load_digits()
+    return d.images.astype(np.float32), d.target.astype(np.int64)
+
+
+@lru_cache(maxsize=1)
+def _digit_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """``[10, M, 8, 8]`` float images in [0, 1], padded per digit, and the count of each digit."""
+    raw, tgt = _read_digits()
+    images = torch.from_numpy(raw) / 16.0
+    target = torch.from_numpy(tgt)
     counts = torch.bincount(target, minlength=10)
     out = torch.zeros(10, int(counts.max()), 8, 8)
     for d in range(10):

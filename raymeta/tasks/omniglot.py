@@ -5,12 +5,12 @@ The data directory (option ``path``, else env ``RAYMETA_OMNIGLOT``) holds
 ``[characters, 20, 105, 105]``, True = paper. Nothing is downloaded and nothing is written there.
 
 Protocol (as in MAML / ProtoNets): images are inverted so strokes are 1, resized to 28x28 with an
-area (box) filter, and each character rotated by 0/90/180/270 degrees is its own class. The 1623
-characters (background first, then evaluation) are ordered by a fixed hash of their index (an
-alphabet-mixing shuffle that never changes across library versions); the first 1200 are the
-usual meta-training characters, of which the first 1100 are meta-train and the last 100
-(``val_characters``) meta-val; the remaining 423 are meta-test. Rotations of a character stay in
-its character's meta-split.
+antialiased bilinear filter (PIL's ``resize(BILINEAR)``, vectorised in torch), and each character
+rotated by 0/90/180/270 degrees is its own class. The 1623 characters (background first, then
+evaluation) are ordered by a fixed hash of their index (an alphabet-mixing shuffle that never
+changes across library versions). The first 1200 are the usual meta-training characters: the
+first 1100 of them are meta-train, the last 100 (``val_characters``) meta-val. The remaining 423
+are meta-test. Rotations of a character stay in its character's meta-split.
 
 Loading and resizing all 32,460 images takes a few seconds; the result is kept in memory (uint8,
 ~25 MB at 28x28) for the life of the process and shared by every family built on that path.
@@ -80,7 +80,7 @@ def _resize(images: np.ndarray, size: int, chunk: int = 2048) -> torch.Tensor:
     out = torch.empty(flat.shape[0], size, size, dtype=torch.uint8)
     for start in range(0, flat.shape[0], chunk):
         ink = (~torch.from_numpy(flat[start : start + chunk])).float()
-        small = F.interpolate(ink, size=(size, size), mode="area")
+        small = F.interpolate(ink, size=(size, size), mode="bilinear", antialias=True)
         out[start : start + chunk] = (small[:, 0] * 255.0).round_().to(torch.uint8)
     return out.view(images.shape[0], N_DRAWERS, size, size)
 

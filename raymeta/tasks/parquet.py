@@ -54,6 +54,7 @@ __all__ = [
     "ParquetFamily",
     "TaskIndex",
     "load_task_file",
+    "meta_split_of",
     "scan_tasks",
     "task_schema",
     "write_tasks",
