@@ -116,3 +116,11 @@ def test_console_script(results: Path) -> None:
         and bad.stderr.count("\n") == 1
         and "not a raymeta results dataset" in bad.stderr
     )
+
+
+def test_help_renders(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:  # argparse %-formats help strings: a stray '%' breaks it
+        main(["report", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--format {table,markdown,json}" in out and "--plots DIR" in out

@@ -13,7 +13,7 @@ def add_parser(sub: Any) -> None:
     p = add_command(
         sub,
         "report",
-        "summarise a results dataset: per-strategy mean/95% CI, regret, rank, time to target; PNG plots",
+        "summarise a results dataset: per-strategy mean and 95-percent CI, regret, rank, time to target; PNG plots",
         run,
     )
     p.add_argument(

@@ -145,7 +145,7 @@ def _rank_plot(curves: dict[RunKey, Curve], path: Path) -> Path | None:
     ax.set_xlabel("budget: member-steps (summed over the run's members)")
     ax.set_ylabel("average rank (1 = best)")
     ax.set_title(
-        f"Average rank of anytime best validation loss over budget\n{len(complete)} task x seed pairs; a run not started yet ranks last"
+        f"Average rank of anytime best validation loss over budget\n{len(complete)} task x seed pairs; a run not started yet ranks last, a finished one keeps its best"
     )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(title="strategy", fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1))
