@@ -7,6 +7,7 @@ raised before anything is written to ``--out`` or any Ray process is started.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,9 +110,14 @@ def check_task(task: Task, ckpt: MetaCheckpoint) -> None:
             )
     for name, cand in ckpt.candidates.items():
         s = cand.spec
-        if tuple(s.input_shape) != tuple(task.input_shape) or int(s.output_dim) != int(
-            task.output_dim
-        ):
+        same_in = tuple(s.input_shape) == tuple(task.input_shape)
+        if not same_in and math.prod(s.input_shape) == math.prod(task.input_shape):
+            for split in ("train", "val", "test"):  # flat Parquet features -> the model's layout
+                x = getattr(task, f"x_{split}")
+                setattr(task, f"x_{split}", x.reshape(len(x), *s.input_shape))
+            same_in = True
+        out_ok = int(task.output_dim) <= int(s.output_dim) if task.kind == "classification" else int(task.output_dim) == int(s.output_dim)
+        if not same_in or not out_ok:
             raise DataError(
                 f"meta-checkpoint model {name!r} takes inputs {tuple(s.input_shape)} with {s.output_dim} outputs, "
                 f"but task {task.task_id} has inputs {tuple(task.input_shape)} with {task.output_dim} outputs"

@@ -1,0 +1,101 @@
+"""``raymeta tune``: tune one new task with a warm-started Ray Tune population."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+from raymeta.cli._common import add_command
+from raymeta.errors import ConfigError
+
+DESCRIPTION = """Fine-tune one new task with a Ray Tune population warm-started from a
+meta-checkpoint: every member starts at the meta-learned initialization (or a seeded random
+init with --init scratch) and takes its hyperparameters from the checkpoint's learned prior
+(portfolio first, then prior samples; --prior broad = the broad space). The population is
+P trials x M packed members (one vmapped computation per trial). PBT (default) copies better
+trials' weights and optimizer state and perturbs hyperparameters within the prior; pb2, asha
+and random use the same trainable. The test split is evaluated once, for the best member."""
+
+EPILOG = """TASK is FAMILY:INDEX (held-out meta-test task INDEX of the checkpoint's family,
+e.g. sinusoid:17) or a Parquet file with one task (train/val/test splits; a missing val split is
+carved from train and the report says so). --budget is the total member-steps of the whole
+population (default 100 per member); each member trains budget // (P*M) steps, reporting every
+--interval steps. Outputs in --out: best_model.pt (weights only), report.json, results/ (Parquet
+rows), history.jsonl. Rerunning the same command with the same --out resumes an interrupted run;
+a crashed trial is retried up to --max-failures times from its last checkpoint."""
+
+
+def add_parser(sub: Any) -> None:
+    p = add_command(sub, "tune", "tune a new task with a warm-started Ray Tune population (PBT)", _run, DESCRIPTION)
+    p.epilog = EPILOG
+    p.add_argument("--meta", default=None, help="meta-checkpoint directory (required)")
+    p.add_argument("--task", default=None, help="FAMILY:INDEX or a one-task Parquet file (required)")
+    p.add_argument("--population", type=int, default=None, help="number of Tune trials P (required)")
+    p.add_argument("--members-per-trial", type=int, default=1, help="M members packed into one vmapped trial")
+    p.add_argument("--scheduler", default="pbt", choices=["pbt", "pb2", "asha", "random"], help="Tune scheduler")
+    p.add_argument("--budget", type=int, default=None, help="total member-steps (default: 100 per member)")
+    p.add_argument("--interval", type=int, default=None, help="steps between reports/perturbations (default: 1/10 of a member's steps)")
+    p.add_argument("--init", default="meta", choices=["meta", "scratch"], help="meta-learned init or seeded random init")
+    p.add_argument("--prior", default="learned", choices=["learned", "broad"], help="where hyperparameters come from")
+    p.add_argument("--address", default=None, help="join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto)")
+    p.add_argument("--storage", default=None, help="Tune storage_path (local path or s3://, gs:// URI; default: OUT/ray_results)")
+    p.add_argument("--out", default=None, help="output directory (required)")
+    p.add_argument("--seed", type=int, default=0, help="seed of member inits, prior draws and minibatches")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its last checkpoint")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per trial")
+    p.add_argument("--quiet", action="store_true", help="no Tune progress table")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else f"{v:.4g}"
+    return str(v)
+
+
+def summary(report: dict[str, Any]) -> str:
+    """The final table: one line per trial, then the best member and its test metrics."""
+    lines = [f"{'trial':<14} {'reports':>7} {'best val':>10}  error"]
+    for t in sorted(report["trials"], key=lambda t: (t["best_val_loss"] is None, t["best_val_loss"] or 0.0)):
+        lines.append(f"{t['trial']:<14} {t['reports']:>7} {_fmt(t['best_val_loss']):>10}  {t['error'] or ''}")
+    b = report["best"]
+    tests = "  ".join(f"{k}={_fmt(v)}" for k, v in b.items() if k.startswith("test_"))
+    cfg = ", ".join(f"{k}={_fmt(v)}" for k, v in b["config"].items())
+    lines += [
+        f"best: trial {b['trial']} member {b['member']}  val_loss={_fmt(b['val_loss'])}  {tests}",
+        f"      {cfg}",
+        f"strategy {report['strategy']}  member-steps {report['member_steps']}  exploits "
+        f"{sum(1 for e in report['lineage'] if e['kind'] == 'exploit')}  wall {report['wall_s']:.1f}s",
+    ]
+    for note in report.get("task_notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    for flag in ("meta", "task", "population", "out"):
+        if getattr(args, flag) is None:
+            raise ConfigError(f"--{flag} is required")
+    from raymeta.orchestration.tune import run_tune
+
+    report = run_tune(
+        meta=args.meta,
+        task=str(args.task),
+        population=int(args.population),
+        members_per_trial=int(args.members_per_trial),
+        scheduler=args.scheduler,
+        budget=args.budget,
+        init=args.init,
+        prior=args.prior,
+        address=args.address,
+        storage=args.storage,
+        out=args.out,
+        seed=int(args.seed),
+        interval=args.interval,
+        max_failures=int(args.max_failures),
+        cpus_per_trial=float(args.cpus_per_trial),
+        verbose=0 if args.quiet else 1,
+    )
+    print(summary(report))
+    print(f"wrote {args.out}/report.json, {args.out}/best_model.pt, {args.out}/results/")
+    return 0
