@@ -14,8 +14,8 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from raymeta.errors import ClusterError
 
@@ -77,13 +77,17 @@ def ray_context(
     target = resolve_address(address)
     kwargs: dict[str, Any] = {"log_to_driver": not quiet, "logging_level": logging.WARNING}
     if target is None:
-        ray.init(
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            _node_ip_address="127.0.0.1",
-            include_dashboard=False,
-            **kwargs,
-        )
+        try:
+            ray.init(
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                _node_ip_address="127.0.0.1",
+                include_dashboard=False,
+                **kwargs,
+            )
+        except Exception as exc:  # Ray raises bare Exception when its node fails to start
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ClusterError(f"could not start a local Ray instance: {first}") from None
     else:
         if not target.startswith("ray://"):
             _probe(target, timeout_s)
