@@ -98,13 +98,18 @@ class MetaEngine:
         steps = self.inner.steps if steps is None else steps
         fo = self.inner.first_order if first_order is None else first_order
         fast = self.model_params(params)
+        partial = len(self.adapt_keys) != len(self.names)
         for _ in range(steps):
-            base = fast
+            if partial:
+                base = fast
 
-            def inner_loss(sub: Params, base: Params = base) -> torch.Tensor:
-                return self.loss(functional_call(self.model, {**base, **sub}, (x,)), y)
+                def inner_loss(sub: Params, base: Params = base) -> torch.Tensor:
+                    return self.loss(functional_call(self.model, {**base, **sub}, (x,)), y)
 
-            g = grad(inner_loss)({k: fast[k] for k in self.adapt_keys})
+                g = grad(inner_loss)({k: fast[k] for k in self.adapt_keys})
+            else:
+                # every parameter adapts: differentiate the dict itself (no merge per step)
+                g = grad(lambda q: self.loss(functional_call(self.model, q, (x,)), y))(fast)
             if fo:
                 g = {k: v.detach() for k, v in g.items()}
             new = dict(fast)
@@ -114,7 +119,9 @@ class MetaEngine:
             fast = new
         return fast
 
-    def _task_query(self, params: Params, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor) -> torch.Tensor:
+    def _task_query(
+        self, params: Params, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor
+    ) -> torch.Tensor:
         fast = self.adapt(params, xs, ys)
         return self.loss(functional_call(self.model, fast, (xq,)), yq)
 
@@ -123,7 +130,9 @@ class MetaEngine:
         return [(s, min(s + size, n)) for s in range(0, n, max(size, 1))]
 
     # ----------------------------------------------------------------- outer loop
-    def meta_grad(self, params: Params, batch: TaskBatch, reduction: Reduction = "mean") -> tuple[torch.Tensor, Params]:
+    def meta_grad(
+        self, params: Params, batch: TaskBatch, reduction: Reduction = "mean"
+    ) -> tuple[torch.Tensor, Params]:
         """Query loss and meta-gradient over ``batch`` (mean over tasks, or sum for sharding)."""
         n = batch.n_tasks
         if n == 0:
@@ -136,13 +145,18 @@ class MetaEngine:
             def chunk_loss(p: Params, b: TaskBatch) -> torch.Tensor:
                 return task_loss(p, b.xs, b.ys, b.xq, b.yq).sum()
 
-            loss_sum = torch.zeros((), dtype=batch.xs.dtype)
-            grads = {k: torch.zeros_like(v) for k, v in params.items()}
-            for s, e in self._chunks(n):
-                g, lv = grad_and_value(chunk_loss)(params, batch.slice(s, e))
-                loss_sum = loss_sum + lv.detach()
-                for k in grads:
-                    grads[k] += g[k]
+            chunks = self._chunks(n)
+            if len(chunks) == 1:  # the common case: no accumulation buffers
+                grads, loss_sum = grad_and_value(chunk_loss)(params, batch)
+                loss_sum = loss_sum.detach()
+            else:
+                loss_sum = torch.zeros((), dtype=batch.xs.dtype)
+                grads = {k: torch.zeros_like(v) for k, v in params.items()}
+                for s, e in chunks:
+                    g, lv = grad_and_value(chunk_loss)(params, batch.slice(s, e))
+                    loss_sum = loss_sum + lv.detach()
+                    for k in grads:
+                        grads[k] += g[k]
         if reduction == "mean":
             return loss_sum / n, {k: v / n for k, v in grads.items()}
         return loss_sum, grads
@@ -163,9 +177,14 @@ class MetaEngine:
         return loss_sum, grads
 
     # ----------------------------------------------------------------- evaluation
-    def evaluate(self, params: Params, batch: TaskBatch, steps: int | None = None) -> dict[str, float]:
+    def evaluate(
+        self, params: Params, batch: TaskBatch, steps: int | None = None
+    ) -> dict[str, float]:
         """Query loss (and accuracy) after ``steps`` first-order inner steps, averaged over tasks."""
-        def one(p: Params, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+
+        def one(
+            p: Params, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
             fast = self.adapt(p, xs, ys, steps=steps, first_order=True)
             out = functional_call(self.model, fast, (xq,))
             acc = accuracy(out, yq) if self.kind == "classification" else torch.zeros(())

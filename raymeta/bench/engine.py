@@ -1,0 +1,273 @@
+"""``raymeta bench engine``: tasks/s of one MAML meta-gradient, vmapped engine vs the rest.
+
+Every implementation computes the same second-order MAML meta-gradient on the SAME tasks:
+
+* ``engine``  -- ``MetaEngine.meta_grad`` (what raymeta trains with);
+* ``looped``  -- ``raymeta.core.reference`` (a Python loop over tasks, ``autograd.grad``);
+* ``bare``    -- a minimal ``torch.func`` ``grad(vmap(...))`` written inline below, sharing no
+  code with the engine: the engine should be within ~10% of it (its abstraction is ~free);
+* ``higher`` / ``torchopt`` -- the peers' per-task MAML loops, when those packages import.
+
+Throughput is steady state: one warm-up call, then repeats until ``min_time`` has passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from raymeta._io import atomic_write_json
+from raymeta.core.engine import InnerConfig, MetaEngine
+from raymeta.core.models import ModelSpec, build_model
+from raymeta.core.reference import ref_meta_grad
+from raymeta.tasks._base import TaskBatch
+from raymeta.tasks.sinusoid import Sinusoid
+
+HELP = "time the vmapped meta-learning engine against a looped reference, bare torch.func and peers"
+
+
+@dataclass
+class Workload:
+    name: str
+    kind: str
+    spec: ModelSpec
+    steps: int
+    lr: float
+    meta_batches: tuple[int, ...]
+    make: Callable[[int, torch.Generator], TaskBatch]
+
+
+def _sinusoid(n: int, g: torch.Generator) -> TaskBatch:
+    return Sinusoid(shots=10, queries=10).sample("train", n, g)
+
+
+def _images(
+    n: int, g: torch.Generator, ways: int = 5, shots: int = 1, queries: int = 15
+) -> TaskBatch:
+    """Synthetic 28x28 5-way 1-shot episodes: the timing does not depend on pixel values."""
+    xs = torch.rand(n, ways * shots, 1, 28, 28, generator=g)
+    xq = torch.rand(n, ways * queries, 1, 28, 28, generator=g)
+    ys = torch.arange(ways).repeat_interleave(shots).expand(n, -1).clone()
+    yq = torch.arange(ways).repeat_interleave(queries).expand(n, -1).clone()
+    return TaskBatch(xs, ys, xq, yq)
+
+
+def workloads(quick: bool) -> list[Workload]:
+    mlp = ModelSpec("mlp", (1,), 1, {"widths": [40, 40]})
+    conv = ModelSpec("conv4", (1, 28, 28), 5, {"hidden": 64})
+    sin_b = (25,) if quick else (25, 250, 1000)
+    return [
+        Workload("sinusoid-mlp-1step", "regression", mlp, 1, 0.01, sin_b, _sinusoid),
+        Workload("sinusoid-mlp-5step", "regression", mlp, 5, 0.01, sin_b, _sinusoid),
+        Workload(
+            "conv4-5way-1shot", "classification", conv, 1, 0.4, (4,) if quick else (32,), _images
+        ),
+    ]
+
+
+# ---------------------------------------------------------------------------- implementations
+def _loss(kind: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if kind == "regression":
+        return ((out - y) ** 2).mean()
+    return F.cross_entropy(out, y)
+
+
+def bare_meta_grad(
+    model: nn.Module,
+    kind: str,
+    params: dict[str, torch.Tensor],
+    b: TaskBatch,
+    steps: int,
+    lr: float,
+) -> dict[str, torch.Tensor]:
+    """Second-order MAML in as few torch.func lines as possible (the engine's speed target)."""
+
+    def inner(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return _loss(kind, functional_call(model, p, (x,)), y)
+
+    def task(
+        p: dict[str, torch.Tensor],
+        xs: torch.Tensor,
+        ys: torch.Tensor,
+        xq: torch.Tensor,
+        yq: torch.Tensor,
+    ) -> torch.Tensor:
+        for _ in range(steps):
+            g = grad(inner)(p, xs, ys)
+            p = {k: p[k] - lr * g[k] for k in p}
+        return inner(p, xq, yq)
+
+    def meta(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return vmap(task, in_dims=(None, 0, 0, 0, 0))(p, b.xs, b.ys, b.xq, b.yq).mean()
+
+    out: dict[str, torch.Tensor] = grad(meta)(params)
+    return out
+
+
+def higher_meta_grad(model: nn.Module, kind: str, b: TaskBatch, steps: int, lr: float) -> None:
+    import higher
+
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    model.zero_grad()
+    for i in range(b.n_tasks):
+        with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
+            for _ in range(steps):
+                diffopt.step(_loss(kind, fmodel(b.xs[i]), b.ys[i]))
+            (_loss(kind, fmodel(b.xq[i]), b.yq[i]) / b.n_tasks).backward()
+
+
+def torchopt_meta_grad(model: nn.Module, kind: str, b: TaskBatch, steps: int, lr: float) -> None:
+    import torchopt
+
+    opt = torchopt.MetaSGD(model, lr=lr)
+    net_state = torchopt.extract_state_dict(model)
+    opt_state = torchopt.extract_state_dict(opt)
+    model.zero_grad()
+    for i in range(b.n_tasks):
+        for _ in range(steps):
+            opt.step(_loss(kind, model(b.xs[i]), b.ys[i]))
+        (_loss(kind, model(b.xq[i]), b.yq[i]) / b.n_tasks).backward()
+        torchopt.recover_state_dict(model, net_state)
+        torchopt.recover_state_dict(opt, opt_state)
+
+
+def _peers() -> list[str]:
+    found = []
+    for name in ("higher", "torchopt"):
+        try:
+            __import__(name)
+            found.append(name)
+        except Exception:  # an optional peer that does not import is simply not timed
+            pass
+    return found
+
+
+def time_it(
+    fn: Callable[[], Any],
+    min_time: float,
+    clock: Callable[[], float] = time.perf_counter,
+    min_reps: int = 2,
+) -> float:
+    """Best seconds per call after one warm-up, over repeats filling ``min_time`` (at least
+    ``min_reps``). The best call, not the mean, because other processes share this CPU."""
+    fn()
+    best, reps, start = float("inf"), 0, time.perf_counter()
+    while reps < min_reps or time.perf_counter() - start < min_time:
+        t0 = clock()
+        fn()
+        best = min(best, clock() - t0)
+        reps += 1
+    return best
+
+
+def run_workload(
+    w: Workload,
+    meta_batch: int,
+    min_time: float,
+    peers: list[str],
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = build_model(w.spec)
+    batch = w.make(meta_batch, torch.Generator().manual_seed(1))
+    if w.kind == "classification":
+        batch = TaskBatch(batch.xs, batch.ys.long(), batch.xq, batch.yq.long())
+    engine = MetaEngine(model, w.kind, "maml", InnerConfig(w.steps, w.lr))
+    params = engine.init_params()
+    impls: dict[str, Callable[[], Any]] = {
+        "engine": lambda: engine.meta_grad(params, batch),
+        "bare": lambda: bare_meta_grad(model, w.kind, params, batch, w.steps, w.lr),
+        "looped": lambda: ref_meta_grad(model, w.kind, "maml", params, batch, w.steps, w.lr),
+    }
+    if w.kind == "regression":
+        if "higher" in peers:
+            impls["higher"] = lambda: higher_meta_grad(
+                copy.deepcopy(model), w.kind, batch, w.steps, w.lr
+            )
+        if "torchopt" in peers:
+            impls["torchopt"] = lambda: torchopt_meta_grad(
+                copy.deepcopy(model), w.kind, batch, w.steps, w.lr
+            )
+    return {name: meta_batch / time_it(fn, min_time, clock) for name, fn in impls.items()}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--json", metavar="PATH", help="also write the figures as a JSON list of records"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="small meta-batches and short timings (a smoke test)"
+    )
+    p.add_argument(
+        "--min-time",
+        type=float,
+        default=None,
+        help="seconds to time each implementation (default 2, quick 0.2)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's own choice)",
+    )
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time; cpu: process CPU time (steadier on a shared machine, use with --threads 1)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    min_time = args.min_time if args.min_time is not None else (0.2 if args.quick else 2.0)
+    peers = _peers()
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    records: list[dict[str, Any]] = []
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock; peers: {', '.join(peers) or 'none installed'}"
+    )
+    print(
+        f"{'workload':<22} {'batch':>5} {'impl':<9} {'tasks/s':>10} {'x looped':>9} {'/ bare':>7}"
+    )
+    for w in workloads(args.quick):
+        for mb in w.meta_batches:
+            res = run_workload(w, mb, min_time, peers, clock)
+            for impl, tps in res.items():
+                records.append(
+                    {
+                        "workload": w.name,
+                        "meta_batch": mb,
+                        "impl": impl,
+                        "tasks_per_s": round(tps, 2),
+                    }
+                )
+                print(
+                    f"{w.name:<22} {mb:>5} {impl:<9} {tps:>10.1f} {tps / res['looped']:>9.2f} {tps / res['bare']:>7.2f}",
+                    flush=True,
+                )
+    if args.json:
+        atomic_write_json(Path(args.json), records)
+        print(f"wrote {len(records)} records to {args.json}")
+    return 0
+
+
+def main() -> None:  # pragma: no cover - convenience for `python -m raymeta.bench.engine`
+    p = argparse.ArgumentParser(description=HELP)
+    add_arguments(p)
+    raise SystemExit(run(p.parse_args()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
