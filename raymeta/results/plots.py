@@ -54,38 +54,40 @@ def _curve_plot(groups: dict[str, list[Curve]], axis: str, metric: str, path: Pa
     from matplotlib.figure import Figure
 
     sign = -1.0 if higher_is_better(metric) else 1.0
+
+    def xs(c: Curve) -> np.ndarray:
+        return c.budget if axis == "budget" else c.wall
+
+    # A strategy's curve starts once every run has a finite value, so the median of
+    # non-increasing curves never rises; runs that never got a finite value are shown as diverged.
+    spans = {}
+    for s, cs in groups.items():
+        live = [c for c in cs if np.isfinite(c.best).any()]
+        if live:
+            start = max(float(xs(c)[np.argmax(np.isfinite(c.best))]) for c in live)
+            spans[s] = (live, start, max(float(xs(c)[-1]) for c in cs))
+    positive = [v for _, a, b in spans.values() for v in (a, b) if v > 0]
+    floor = min(positive) if positive else 1.0
+    use_log = bool(positive) and max(positive) / floor >= 100
     fig = Figure(figsize=(8, 5))
     ax = fig.add_subplot()
-    any_log = False
     for i, (s, cs) in enumerate(groups.items()):
-        xs = [c.budget if axis == "budget" else c.wall for c in cs]
-        lo = min(float(x[0]) for x in xs)
-        hi = max(float(x[-1]) for x in xs)
-        if axis == "wall":
-            lo = max(lo, hi / 1e4) if lo <= 0 else lo
-        grid, is_log = _grid(lo if lo > 0 else 1.0, hi)
-        any_log |= is_log
-        vals = np.stack([c.at(grid, axis) for c in cs])
-        vals[~np.isfinite(vals)] = np.nan
-        enough = np.sum(~np.isnan(vals), axis=0) * 2 >= len(cs)
-        if not enough.any():
+        if s not in spans:
             continue
-        g = grid[enough]
-        q25, med, q75 = (sign * np.nanpercentile(vals[:, enough], q, axis=0) for q in (25, 50, 75))
-        color = f"C{i % 10}"
-        ax.plot(
-            g,
-            med,
-            _STYLES[(i // 10) % 4],
-            color=color,
-            lw=2,
-            label=f"{s} (n={len(cs)})",
-            drawstyle="steps-post",
+        live, start, end = spans[s]
+        lo = max(start, floor) if use_log else start
+        grid = (
+            np.geomspace(lo, max(end, lo), 200) if use_log else np.linspace(lo, max(end, lo), 200)
         )
-        ax.fill_between(g, q25, q75, color=color, alpha=0.15, step="post")
-        ax.plot(
-            g[-1:], med[-1:], "o", color=color, ms=6
-        )  # end of budget; visible for one-point runs
+        vals = sign * np.stack([c.at(grid, axis) for c in live])
+        q25, med, q75 = np.percentile(vals, [25, 50, 75], axis=0)
+        color = f"C{i % 10}"
+        diverged = len(cs) - len(live)
+        label = f"{s} (n={len(cs)}" + (f", {diverged} diverged)" if diverged else ")")
+        style = _STYLES[(i // 10) % 4]
+        ax.plot(grid, med, style, color=color, lw=2, label=label, drawstyle="steps-post")
+        ax.fill_between(grid, q25, q75, color=color, alpha=0.15, step="post")
+        ax.plot(grid[-1:], med[-1:], "o", color=color, ms=6)  # end of budget; shows one-point runs
     xlabel = (
         "member-steps (summed over the run's members)"
         if axis == "budget"
@@ -93,7 +95,7 @@ def _curve_plot(groups: dict[str, list[Curve]], axis: str, metric: str, path: Pa
     )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"anytime best {metric}")
-    if any_log:
+    if use_log:
         ax.set_xscale("log")
     if not higher_is_better(metric):
         ax.set_yscale("log")
