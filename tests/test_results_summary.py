@@ -263,6 +263,12 @@ def test_plots_written_and_readable(tmp_path: Path) -> None:
     assert not list((tmp_path / "plots").glob(".*"))  # no temp files left
     single = table.filter(pa.compute.equal(table["strategy"], "meta+prior+pbt"))
     assert len(make_plots(single, tmp_path / "one")) == 2  # a rank needs two strategies
+    nan_run = [_val("x", "A", 0, "m", st, st / 10, float("nan")) for st in (10, 20)]
+    nan_run += [_val("x", "A", 1, "m", st, st / 10, 1.0 / st) for st in (10, 20)]
+    nan_run += [_val("y", "A", s, "m", 5, 0.5, 0.3) for s in (0, 1)]
+    assert (
+        len(make_plots(rows_to_table(nan_run), tmp_path / "nan")) == 3
+    )  # a diverged run is drawn around
     with pytest.raises(DataError, match="val_loss"):
         make_plots(rows_to_table([_final("x", "A", 0, 1.0)]), tmp_path / "none")
 
