@@ -13,6 +13,7 @@ sha256 is verified first, so a truncated or tampered checkpoint is a clear ``Che
 from __future__ import annotations
 
 import json
+import pickle
 import platform
 import shutil
 from dataclasses import dataclass, field
@@ -58,13 +59,20 @@ class MetaCheckpoint:
         try:
             return self.candidates[name]
         except KeyError:
-            raise CheckpointError(f"meta-checkpoint has no model candidate {name!r} (has {', '.join(self.candidates)})") from None
+            raise CheckpointError(
+                f"meta-checkpoint has no model candidate {name!r} (has {', '.join(self.candidates)})"
+            ) from None
 
 
 def versions() -> dict[str, str]:
     import numpy
 
-    return {"raymeta": __version__, "torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version()}
+    return {
+        "raymeta": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _write_into(tmp: Path, ckpt: MetaCheckpoint) -> None:
@@ -100,7 +108,11 @@ def save_meta_checkpoint(path: str | Path, ckpt: MetaCheckpoint, overwrite: bool
     except FileExistsError:
         raise CheckpointError(f"{path} already exists (pass overwrite to replace it)") from None
     except OSError as exc:
-        raise CheckpointError(f"cannot write meta-checkpoint {path}: {exc.strerror or exc}") from None
+        raise CheckpointError(
+            f"cannot write meta-checkpoint {path}: {exc.strerror or exc}"
+        ) from None
+    except (TypeError, ValueError) as exc:  # e.g. metrics or config that are not JSON-able
+        raise CheckpointError(f"cannot write meta-checkpoint {path}: {_first_line(exc)}") from None
     ckpt.path = Path(path)
     return Path(path)
 
@@ -118,7 +130,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{p / META} is not a raymeta meta-checkpoint")
     if meta.get("version") != VERSION:
-        raise CheckpointError(f"{p} has meta-checkpoint version {meta.get('version')}, this raymeta reads {VERSION}")
+        raise CheckpointError(
+            f"{p} has meta-checkpoint version {meta.get('version')}, this raymeta reads {VERSION}"
+        )
     return meta
 
 
@@ -128,7 +142,9 @@ def verify_files(path: Path, meta: dict[str, Any]) -> None:
         if not f.is_file():
             raise CheckpointError(f"meta-checkpoint {path} is missing {rel}")
         if sha256_file(f) != digest:
-            raise CheckpointError(f"checksum mismatch for {f}: the file is truncated or was modified")
+            raise CheckpointError(
+                f"checksum mismatch for {f}: the file is truncated or was modified"
+            )
 
 
 def load_meta_checkpoint(path: str | Path) -> MetaCheckpoint:
@@ -139,8 +155,10 @@ def load_meta_checkpoint(path: str | Path) -> MetaCheckpoint:
     try:
         cands: dict[str, Candidate] = {}
         for name, c in meta["candidates"].items():
-            params = torch.load(p / c["weights"], map_location="cpu", weights_only=True)
-            cands[name] = Candidate(name, ModelSpec.from_dict(c["model"]), dict(params), dict(c.get("info", {})))
+            params = _load_weights(p / c["weights"])
+            cands[name] = Candidate(
+                name, ModelSpec.from_dict(c["model"]), params, dict(c.get("info", {}))
+            )
         priors = json.loads((p / PRIORS).read_text()) if PRIORS in meta.get("files", {}) else None
         return MetaCheckpoint(
             family=FamilySpec.from_dict(meta["family"]),
@@ -150,8 +168,27 @@ def load_meta_checkpoint(path: str | Path) -> MetaCheckpoint:
             priors=priors,
             path=p,
         )
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"meta-checkpoint {p} is malformed: {exc}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise CheckpointError(f"meta-checkpoint {p} is malformed: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _load_weights(f: Path) -> dict[str, torch.Tensor]:
+    """``torch.load(weights_only=True)``, refusing anything but a ``str -> Tensor`` dict."""
+    try:
+        obj = torch.load(f, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{f} is not a weights-only tensor file: {_first_line(exc)}"
+        ) from None
+    if not isinstance(obj, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise CheckpointError(f"{f} does not hold a dict of named tensors")
+    return dict(obj)
 
 
 def write_priors(path: str | Path, priors: dict[str, Any]) -> None:
