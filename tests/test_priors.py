@@ -54,7 +54,11 @@ def test_samples_stay_in_bounds_with_right_types(which: str) -> None:
     configs = pr.sample(2000, np.random.default_rng(0))
     for c in configs:
         assert sp.validate(c) == c
-        assert isinstance(c["steps"], int) and isinstance(c["batch_size"], int) and isinstance(c["lr"], float)
+        assert (
+            isinstance(c["steps"], int)
+            and isinstance(c["batch_size"], int)
+            and isinstance(c["lr"], float)
+        )
     assert min(c["steps"] for c in configs) >= 1 and max(c["steps"] for c in configs) <= 100
 
 
@@ -92,7 +96,9 @@ def test_numeric_dist_matches_scipy_truncnorm_mixture() -> None:
 
     assert stats.kstest(xs, cdf).pvalue > 1e-3
     for u in (0.0, 0.3, 0.8, 1.0):
-        assert math.exp(d.log_density(u)) == pytest.approx(d.weight * tn.pdf(u) + 1 - d.weight, rel=1e-9)
+        assert math.exp(d.log_density(u)) == pytest.approx(
+            d.weight * tn.pdf(u) + 1 - d.weight, rel=1e-9
+        )
 
 
 def test_categorical_frequencies_follow_probabilities() -> None:
@@ -125,7 +131,11 @@ def test_perturb_stays_in_bounds_moves_and_keeps_extra_keys() -> None:
     assert pr.perturb(c, np.random.default_rng(9)) == pr.perturb(c, np.random.default_rng(9))
     # never resampling: categoricals kept, numeric ones move
     kept = pr.perturb(c, np.random.default_rng(1), resample_p=0.0)
-    assert kept["optimizer"] == c["optimizer"] and kept["model"] == c["model"] and kept["steps"] != c["steps"]
+    assert (
+        kept["optimizer"] == c["optimizer"]
+        and kept["model"] == c["model"]
+        and kept["steps"] != c["steps"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -153,14 +163,18 @@ def test_bad_bounds_from_json_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="low < high"):
         SearchSpace.from_dict({"params": [{"name": "lr", "type": "float", "low": 1, "high": 0.1}]})
     with pytest.raises(ConfigError, match="> 0"):
-        SearchSpace.from_dict({"params": [{"name": "lr", "type": "float", "low": 0, "high": 1, "log": True}]})
+        SearchSpace.from_dict(
+            {"params": [{"name": "lr", "type": "float", "low": 0, "high": 1, "log": True}]}
+        )
 
 
 def make_priors() -> Priors:
     sp = space()
     pr = learned(sp)
     port = pr.sample(3, np.random.default_rng(0))
-    return Priors(1, sp, pr, port, {"mlp": 0.25, "conv4": 0.75}, {"n_tasks": 3, "note": [0.1, 1 / 3]})
+    return Priors(
+        1, sp, pr, port, {"mlp": 0.25, "conv4": 0.75}, {"n_tasks": 3, "note": [0.1, 1 / 3]}
+    )
 
 
 def test_priors_json_round_trip_is_exact() -> None:
@@ -218,7 +232,9 @@ def test_greedy_portfolio_steps_equal_brute_force() -> None:
             assert chosen[k] == brute_best_next(r, chosen[:k])
         assert chosen[0] == int(np.argmin(r.mean(axis=0)))
         # with k = 1 greedy is optimal: it equals the best single config over all subsets of size 1
-        best_single = min(itertools.combinations(range(7), 1), key=lambda s: r[:, s].min(axis=1).mean())
+        best_single = min(
+            itertools.combinations(range(7), 1), key=lambda s: r[:, s].min(axis=1).mean()
+        )
         assert [chosen[0]] == list(best_single)
     assert portfolio_step(np.array([[0.0, 1.0], [1.0, 0.0]]), np.full(2, np.inf), set()) == 0
 

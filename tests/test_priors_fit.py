@@ -12,7 +12,12 @@ import torch
 from torch.func import functional_call
 
 from raymeta.cli.main import main
-from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint, save_meta_checkpoint, write_priors
+from raymeta.core.checkpoint import (
+    MetaCheckpoint,
+    load_meta_checkpoint,
+    save_meta_checkpoint,
+    write_priors,
+)
 from raymeta.core.models import build_model
 from raymeta.core.train import MetaTrainConfig, meta_train
 from raymeta.errors import CheckpointError, DataError
@@ -53,7 +58,9 @@ def test_fit_then_sample_is_reproducible_for_a_seed(ckpt: MetaCheckpoint) -> Non
         assert a.space.validate(c) == c
 
 
-def test_priors_stored_checksummed_and_loaded(ckpt_dir: Path, ckpt: MetaCheckpoint, tmp_path: Path) -> None:
+def test_priors_stored_checksummed_and_loaded(
+    ckpt_dir: Path, ckpt: MetaCheckpoint, tmp_path: Path
+) -> None:
     import shutil
 
     d = tmp_path / "c"
@@ -64,7 +71,9 @@ def test_priors_stored_checksummed_and_loaded(ckpt_dir: Path, ckpt: MetaCheckpoi
     write_priors(d, pr.to_dict())
     back = load_priors(load_meta_checkpoint(d))
     assert back.to_dict() == json.loads(json.dumps(pr.to_dict()))
-    (d / "priors.json").write_text((d / "priors.json").read_text().replace('"version": 1', '"version": 2'))
+    (d / "priors.json").write_text(
+        (d / "priors.json").read_text().replace('"version": 1', '"version": 2')
+    )
     with pytest.raises(CheckpointError, match="checksum"):
         load_meta_checkpoint(d)
 
@@ -75,9 +84,33 @@ def test_population_evaluation_matches_torch_optim_reference(ckpt: MetaCheckpoin
     tasks = val_tasks(family, 2)
     n = int(tasks[0].x_train.shape[0])
     configs = [
-        {"lr": 0.02, "optimizer": "sgd", "weight_decay": 1e-3, "steps": 4, "batch_size": n, "adapt": "all", "model": "mlp"},
-        {"lr": 0.01, "optimizer": "adam", "weight_decay": 1e-6, "steps": 5, "batch_size": n, "adapt": "all", "model": "mlp"},
-        {"lr": 0.05, "optimizer": "adam", "weight_decay": 0.01, "steps": 2, "batch_size": n, "adapt": "head", "model": "mlp"},
+        {
+            "lr": 0.02,
+            "optimizer": "sgd",
+            "weight_decay": 1e-3,
+            "steps": 4,
+            "batch_size": n,
+            "adapt": "all",
+            "model": "mlp",
+        },
+        {
+            "lr": 0.01,
+            "optimizer": "adam",
+            "weight_decay": 1e-6,
+            "steps": 5,
+            "batch_size": n,
+            "adapt": "all",
+            "model": "mlp",
+        },
+        {
+            "lr": 0.05,
+            "optimizer": "adam",
+            "weight_decay": 0.01,
+            "steps": 2,
+            "batch_size": n,
+            "adapt": "head",
+            "model": "mlp",
+        },
     ]
     table = evaluate_configs(ckpt, tasks, configs, seed=0, chunk_size=2)
     assert table.steps == curve_steps(5) == [0, 1, 2, 5]
@@ -91,7 +124,9 @@ def test_population_evaluation_matches_torch_optim_reference(ckpt: MetaCheckpoin
             opt = opt_cls(train, lr=c["lr"], weight_decay=c["weight_decay"])
             for _ in range(c["steps"]):
                 opt.zero_grad()
-                loss = ((functional_call(model, params, (task.x_train,)) - task.y_train) ** 2).mean()
+                loss = (
+                    (functional_call(model, params, (task.x_train,)) - task.y_train) ** 2
+                ).mean()
                 loss.backward()
                 opt.step()
             with torch.no_grad():
@@ -121,7 +156,9 @@ def test_family_without_val_tasks_is_one_line_error() -> None:
         val_tasks(NoValFamily(), 4)
 
 
-def test_cli_fit_show_and_bad_input(ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_fit_show_and_bad_input(
+    ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import shutil
 
     d = tmp_path / "c"

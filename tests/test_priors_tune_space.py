@@ -11,7 +11,12 @@ from ray.tune.search.sample import Categorical as TuneCategorical
 from ray.tune.search.sample import Domain, Float, Integer
 from ray.tune.search.variant_generator import generate_variants
 
-from raymeta.orchestration.tune_space import clip_explore, hyperparam_mutations, param_space, points_to_evaluate
+from raymeta.orchestration.tune_space import (
+    clip_explore,
+    hyperparam_mutations,
+    param_space,
+    points_to_evaluate,
+)
 from raymeta.priors import CategoricalDist, NumericDist, Prior, broad_prior, broad_space
 
 
@@ -40,8 +45,13 @@ def test_broad_prior_maps_to_native_tune_domains() -> None:
     sp = broad_space(["mlp"], max_batch=25)
     ps = param_space(broad_prior(sp))
     assert isinstance(ps["lr"], Float) and type(ps["lr"].get_sampler()).__name__ == "_LogUniform"
-    assert isinstance(ps["steps"], Integer) and ps["steps"].upper == 101  # Tune's upper bound is exclusive
-    assert isinstance(ps["optimizer"], TuneCategorical) and ps["optimizer"].categories == ["sgd", "adam"]
+    assert (
+        isinstance(ps["steps"], Integer) and ps["steps"].upper == 101
+    )  # Tune's upper bound is exclusive
+    assert isinstance(ps["optimizer"], TuneCategorical) and ps["optimizer"].categories == [
+        "sgd",
+        "adam",
+    ]
     for cfg in resolve(ps, 200, 0):
         assert sp.validate(cfg) == cfg
 

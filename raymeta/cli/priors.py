@@ -16,19 +16,42 @@ probabilities. The result is written as a checksummed priors.json inside the met
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("priors", help="fit or show meta-learned fine-tuning priors", description=__doc__)
+    p = sub.add_parser(
+        "priors", help="fit or show meta-learned fine-tuning priors", description=__doc__
+    )
     inner = p.add_subparsers(dest="priors_command", metavar="ACTION")
-    f = add_command(inner, "fit", "fit priors on meta-val tasks and store them in the meta-checkpoint", _fit, FIT_DESCRIPTION)
-    f.add_argument("--meta", required=False, default=None, help="meta-checkpoint directory (required)")
+    f = add_command(
+        inner,
+        "fit",
+        "fit priors on meta-val tasks and store them in the meta-checkpoint",
+        _fit,
+        FIT_DESCRIPTION,
+    )
+    f.add_argument(
+        "--meta", required=False, default=None, help="meta-checkpoint directory (required)"
+    )
     f.add_argument("--tasks", type=int, default=32, help="meta-val tasks to fine-tune on")
     f.add_argument("--configs", type=int, default=64, help="configs sampled from the broad space")
-    f.add_argument("--seed", type=int, default=0, help="seed of the config sample and of minibatch draws")
-    f.add_argument("--quantile", type=float, default=0.15, help="top fraction of each task's configs the priors fit")
+    f.add_argument(
+        "--seed", type=int, default=0, help="seed of the config sample and of minibatch draws"
+    )
+    f.add_argument(
+        "--quantile",
+        type=float,
+        default=0.15,
+        help="top fraction of each task's configs the priors fit",
+    )
     f.add_argument("--portfolio", type=int, default=8, help="portfolio size K")
-    f.add_argument("--max-steps", type=int, default=100, help="largest fine-tuning step budget in the space")
-    f.add_argument("--chunk-size", type=int, default=4096, help="members per vmapped chunk (bounds memory)")
+    f.add_argument(
+        "--max-steps", type=int, default=100, help="largest fine-tuning step budget in the space"
+    )
+    f.add_argument(
+        "--chunk-size", type=int, default=4096, help="members per vmapped chunk (bounds memory)"
+    )
     s = add_command(inner, "show", "print a meta-checkpoint's priors as a table", _show)
-    s.add_argument("--meta", required=False, default=None, help="meta-checkpoint directory (required)")
+    s.add_argument(
+        "--meta", required=False, default=None, help="meta-checkpoint directory (required)"
+    )
     p.set_defaults(func=lambda args: _usage(p))
 
 

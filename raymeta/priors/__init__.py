@@ -12,7 +12,14 @@ from raymeta.priors.artifact import FORMAT, VERSION, Priors, load_priors
 from raymeta.priors.fit import fit_priors
 from raymeta.priors.portfolio import greedy_portfolio, normalised_regret
 from raymeta.priors.prior import CategoricalDist, NumericDist, Prior, broad_prior
-from raymeta.priors.space import WEIGHT_DECAY_FLOOR, Categorical, Float, Int, SearchSpace, broad_space
+from raymeta.priors.space import (
+    WEIGHT_DECAY_FLOOR,
+    Categorical,
+    Float,
+    Int,
+    SearchSpace,
+    broad_space,
+)
 
 __all__ = [
     "FORMAT",

@@ -55,13 +55,18 @@ class Priors:
         if not isinstance(d, Mapping) or d.get("format") != FORMAT:
             raise CheckpointError("priors.json is not a raymeta priors file")
         if d.get("version") != VERSION:
-            raise CheckpointError(f"priors.json has version {d.get('version')!r}, this raymeta reads version {VERSION}")
+            raise CheckpointError(
+                f"priors.json has version {d.get('version')!r}, this raymeta reads version {VERSION}"
+            )
         try:
             space = SearchSpace.from_dict(d["space"])
             learned = Prior.from_dict(d["learned"])
             if learned.space != space:
                 raise ConfigError("the learned prior's space differs from the file's space")
-            portfolio = [space.validate(c) | {k: v for k, v in c.items() if k not in space} for c in d["portfolio"]]
+            portfolio = [
+                space.validate(c) | {k: v for k, v in c.items() if k not in space}
+                for c in d["portfolio"]
+            ]
             return cls(
                 version=int(d["version"]),
                 space=space,
@@ -78,5 +83,7 @@ def load_priors(ckpt: MetaCheckpoint) -> Priors:
     """The checkpoint's fitted priors; a checkpoint without them is a ``CheckpointError``."""
     if ckpt.priors is None:
         where = f" {ckpt.path}" if ckpt.path is not None else ""
-        raise CheckpointError(f"meta-checkpoint{where} has no priors.json (run 'raymeta priors fit --meta DIR' first)")
+        raise CheckpointError(
+            f"meta-checkpoint{where} has no priors.json (run 'raymeta priors fit --meta DIR' first)"
+        )
     return Priors.from_dict(ckpt.priors)

@@ -49,10 +49,21 @@ def _stack(tasks: Sequence[Task]) -> tuple[torch.Tensor, ...]:
     shapes = {(t.x_train.shape, t.x_val.shape) for t in tasks}
     if len(shapes) != 1:
         raise ConfigError("all tasks of one population must share train/val shapes")
-    return tuple(torch.stack([getattr(t, k) for t in tasks]) for k in ("x_train", "y_train", "x_val", "y_val"))
+    return tuple(
+        torch.stack([getattr(t, k) for t in tasks])
+        for k in ("x_train", "y_train", "x_val", "y_val")
+    )
 
 
-def _train_active(trainer: PopulationTrainer, state: PopulationState, hp: MemberHParams, x: torch.Tensor, y: torch.Tensor, start: int, stop: int) -> PopulationState:
+def _train_active(
+    trainer: PopulationTrainer,
+    state: PopulationState,
+    hp: MemberHParams,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    start: int,
+    stop: int,
+) -> PopulationState:
     """Train from step ``start`` to ``stop`` only the members whose budget is not yet spent.
 
     Finished members would stay put anyway; skipping them makes the cost the sum of the budgets
@@ -63,7 +74,14 @@ def _train_active(trainer: PopulationTrainer, state: PopulationState, hp: Member
         return trainer.train(state, hp, x, y, stop - start, per_member_data=True)
     if active.numel() == 0:
         return state
-    sub = trainer.train(state.index(active), hp.index(active), x[active], y[active], stop - start, per_member_data=True)
+    sub = trainer.train(
+        state.index(active),
+        hp.index(active),
+        x[active],
+        y[active],
+        stop - start,
+        per_member_data=True,
+    )
     for whole, part in ((state.params, sub.params), (state.m, sub.m), (state.v, sub.v)):
         for k in whole:
             whole[k][active] = part[k]

@@ -37,7 +37,9 @@ def val_tasks(family: TaskFamily, n: int, split: str = "val") -> list[Task]:
             out.append(family.task(split, i))  # type: ignore[arg-type]
         except (RaymetaError, IndexError, KeyError) as exc:
             have = f"only {i}" if i else "no"
-            raise DataError(f"family {family.name!r} has {have} meta-{split} tasks ({n} requested): {exc}") from None
+            raise DataError(
+                f"family {family.name!r} has {have} meta-{split} tasks ({n} requested): {exc}"
+            ) from None
     return out
 
 
@@ -56,19 +58,27 @@ def fit_categorical(values: list[Any], choices: tuple[Any, ...]) -> CategoricalD
     return CategoricalDist(tuple(float(p) for p in counts / counts.sum()))
 
 
-def model_probabilities(losses: np.ndarray, models: list[str], candidates: list[str]) -> dict[str, float]:
+def model_probabilities(
+    losses: np.ndarray, models: list[str], candidates: list[str]
+) -> dict[str, float]:
     """P(model) = smoothed share of tasks on which the model's best config wins."""
     wins = dict.fromkeys(candidates, 1.0)
     arr = np.array(models)
     for row in losses:
-        best = {m: np.nanmin(np.where(arr == m, row, np.inf)) for m in candidates if (arr == m).any()}
+        best = {
+            m: np.nanmin(np.where(arr == m, row, np.inf)) for m in candidates if (arr == m).any()
+        }
         wins[min(best, key=lambda m: best[m])] += 1.0
     total = sum(wins.values())
     return {m: w / total for m, w in wins.items()}
 
 
 def fit_from_table(
-    space: SearchSpace, configs: list[dict[str, Any]], table: EvalTable, quantile: float, portfolio_size: int
+    space: SearchSpace,
+    configs: list[dict[str, Any]],
+    table: EvalTable,
+    quantile: float,
+    portfolio_size: int,
 ) -> tuple[Prior, list[dict[str, Any]], dict[str, float], dict[str, Any]]:
     """The pure fitting step on an evaluated [tasks, configs] table."""
     regret = normalised_regret(table.final, cap=table.init_loss)
@@ -77,7 +87,11 @@ def fit_from_table(
     top = np.argsort(regret, axis=1, kind="stable")[:, :k]
     top_cfgs = [configs[j] for row in top for j in row]
     candidates = [str(c) for c in space["model"].choices] if "model" in space else []  # type: ignore[union-attr]
-    model_probs = model_probabilities(table.final, [str(c.get("model")) for c in configs], candidates) if candidates else {}
+    model_probs = (
+        model_probabilities(table.final, [str(c.get("model")) for c in configs], candidates)
+        if candidates
+        else {}
+    )
     dists: dict[str, Dist] = {}
     for p in space:
         if p.name == "model" and model_probs:
@@ -85,14 +99,19 @@ def fit_from_table(
         elif isinstance(p, Categorical):
             dists[p.name] = fit_categorical([c[p.name] for c in top_cfgs], p.choices)
         else:
-            dists[p.name] = fit_numeric(np.array([p.to_unit(float(c[p.name])) for c in top_cfgs]), n_t)
+            dists[p.name] = fit_numeric(
+                np.array([p.to_unit(float(c[p.name])) for c in top_cfgs]), n_t
+            )
     chosen = greedy_portfolio(regret, portfolio_size)
     info = {
         "top_k": k,
         "portfolio_regret": portfolio_curve(regret, chosen),
         "broad_mean_regret": float(regret.mean()),
         "curve_steps": table.steps,
-        "mean_val_curve": [float(v) for v in np.nanmean(np.minimum(table.curves, table.init_loss[:, :, None]), axis=(0, 1))],
+        "mean_val_curve": [
+            float(v)
+            for v in np.nanmean(np.minimum(table.curves, table.init_loss[:, :, None]), axis=(0, 1))
+        ],
     }
     return Prior(space, dists), [dict(configs[j]) for j in chosen], model_probs, info
 
@@ -120,10 +139,14 @@ def fit_priors(
     t0 = time.perf_counter()
     family = make_family(ckpt.family)
     tasks = val_tasks(family, n_tasks)
-    space = broad_space(list(ckpt.candidates), max_batch=int(tasks[0].x_train.shape[0]), max_steps=max_steps)
+    space = broad_space(
+        list(ckpt.candidates), max_batch=int(tasks[0].x_train.shape[0]), max_steps=max_steps
+    )
     configs = broad_prior(space).sample(n_configs, np.random.default_rng(seed))
     table = evaluate_configs(ckpt, tasks, configs, seed, chunk_size=chunk_size, progress=progress)
-    learned, portfolio, model_probs, info = fit_from_table(space, configs, table, quantile, portfolio_size)
+    learned, portfolio, model_probs, info = fit_from_table(
+        space, configs, table, quantile, portfolio_size
+    )
     info |= {
         "family": ckpt.family.to_dict(),
         "n_tasks": n_tasks,

@@ -37,8 +37,15 @@ class NumericDist:
     std: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (0.0 <= self.weight <= 1.0 and 0.0 <= self.mean <= 1.0 and self.std >= MIN_STD and math.isfinite(self.std)):
-            raise ConfigError(f"numeric prior needs weight, mean in [0, 1] and std >= {MIN_STD}, got {self.to_dict()}")
+        if not (
+            0.0 <= self.weight <= 1.0
+            and 0.0 <= self.mean <= 1.0
+            and self.std >= MIN_STD
+            and math.isfinite(self.std)
+        ):
+            raise ConfigError(
+                f"numeric prior needs weight, mean in [0, 1] and std >= {MIN_STD}, got {self.to_dict()}"
+            )
 
     def _norm(self) -> tuple[NormalDist, float, float]:
         nd = NormalDist(self.mean, self.std)
@@ -55,7 +62,9 @@ class NumericDist:
         if not (0.0 <= u <= 1.0):
             return -math.inf
         nd, c0, c1 = self._norm()
-        dens = (1.0 - self.weight) + (self.weight * nd.pdf(u) / (c1 - c0) if self.weight > 0 else 0.0)
+        dens = (1.0 - self.weight) + (
+            self.weight * nd.pdf(u) / (c1 - c0) if self.weight > 0 else 0.0
+        )
         return math.log(dens) if dens > 0 else -math.inf
 
     def spread(self) -> float:
@@ -72,8 +81,14 @@ class CategoricalDist:
 
     def __post_init__(self) -> None:
         total = sum(self.probs)
-        if not self.probs or any(not (p >= 0) for p in self.probs) or not math.isclose(total, 1.0, abs_tol=1e-6):
-            raise ConfigError(f"categorical prior needs non-negative probabilities summing to 1, got {list(self.probs)}")
+        if (
+            not self.probs
+            or any(not (p >= 0) for p in self.probs)
+            or not math.isclose(total, 1.0, abs_tol=1e-6)
+        ):
+            raise ConfigError(
+                f"categorical prior needs non-negative probabilities summing to 1, got {list(self.probs)}"
+            )
 
     def index_from_uniform(self, a: float) -> int:
         cum = np.cumsum(self.probs)
@@ -91,7 +106,9 @@ def _dist_from_dict(p: Param, d: Mapping[str, Any]) -> Dist:
         if isinstance(p, Categorical):
             probs = tuple(float(x) for x in d["probs"])
             if len(probs) != len(p.choices):
-                raise ConfigError(f"prior for {p.name!r} has {len(probs)} probabilities for {len(p.choices)} choices")
+                raise ConfigError(
+                    f"prior for {p.name!r} has {len(probs)} probabilities for {len(p.choices)} choices"
+                )
             return CategoricalDist(probs)
         return NumericDist(float(d["weight"]), float(d["mean"]), float(d["std"]))
     except (KeyError, TypeError, ValueError) as exc:
@@ -113,15 +130,23 @@ class Prior:
         dists = dict(dists or {})
         unknown = set(dists) - set(space.names())
         if unknown:
-            raise ConfigError(f"prior has distributions for unknown hyperparameter(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(
+                f"prior has distributions for unknown hyperparameter(s): {', '.join(sorted(unknown))}"
+            )
         self.space = space
         self.dists: dict[str, Dist] = {}
         for p in space:
             d = dists.get(p.name, broad_dist(p))
             if isinstance(p, Categorical) != isinstance(d, CategoricalDist):
                 raise ConfigError(f"prior for {p.name!r} does not match its parameter type")
-            if isinstance(d, CategoricalDist) and isinstance(p, Categorical) and len(d.probs) != len(p.choices):
-                raise ConfigError(f"prior for {p.name!r} has {len(d.probs)} probabilities for {len(p.choices)} choices")
+            if (
+                isinstance(d, CategoricalDist)
+                and isinstance(p, Categorical)
+                and len(d.probs) != len(p.choices)
+            ):
+                raise ConfigError(
+                    f"prior for {p.name!r} has {len(d.probs)} probabilities for {len(p.choices)} choices"
+                )
             self.dists[p.name] = d
 
     def __eq__(self, other: object) -> bool:
@@ -143,7 +168,10 @@ class Prior:
         """``n`` configs, each within the space's bounds (reproducible for a given ``rng`` state)."""
         names = self.space.names()
         u = rng.random((int(n), len(names), 2))
-        return [{nm: self.value_from_uniforms(nm, u[i, j, 0], u[i, j, 1]) for j, nm in enumerate(names)} for i in range(int(n))]
+        return [
+            {nm: self.value_from_uniforms(nm, u[i, j, 0], u[i, j, 1]) for j, nm in enumerate(names)}
+            for i in range(int(n))
+        ]
 
     def log_prob(self, config: Mapping[str, Any]) -> float:
         """Log density (numeric: on the unit coordinates) + log probability (categorical)."""
@@ -163,7 +191,9 @@ class Prior:
                 total += d.log_density(p.to_unit(float(v)))
         return total
 
-    def perturb(self, config: Mapping[str, Any], rng: np.random.Generator, resample_p: float = 0.25) -> dict[str, Any]:
+    def perturb(
+        self, config: Mapping[str, Any], rng: np.random.Generator, resample_p: float = 0.25
+    ) -> dict[str, Any]:
         """PBT explore: each hyperparameter is resampled from the prior with ``resample_p``,
         otherwise numeric ones move one step (a quarter of the prior's spread on the unit
         coordinate, at least one integer) up or down, staying inside the bounds; categorical ones
@@ -187,18 +217,25 @@ class Prior:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"space": self.space.to_dict(), "dists": {k: d.to_dict() for k, d in self.dists.items()}}
+        return {
+            "space": self.space.to_dict(),
+            "dists": {k: d.to_dict() for k, d in self.dists.items()},
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Prior:
         try:
             space = SearchSpace.from_dict(d["space"])
-            dists = {str(k): _dist_from_dict(space[k], v) for k, v in d["dists"].items() if k in space}
+            dists = {
+                str(k): _dist_from_dict(space[k], v) for k, v in d["dists"].items() if k in space
+            }
             missing = set(d["dists"]) - set(space.names())
         except (KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"prior is malformed ({exc})") from None
         if missing:
-            raise ConfigError(f"prior has distributions for unknown hyperparameter(s): {', '.join(sorted(missing))}")
+            raise ConfigError(
+                f"prior has distributions for unknown hyperparameter(s): {', '.join(sorted(missing))}"
+            )
         return cls(space, dists)
 
 

@@ -45,10 +45,16 @@ def format_priors(pr: Priors) -> str:
         f"priors v{pr.version}: family {fam}, {info.get('n_tasks', '?')} meta-val tasks x {info.get('n_configs', '?')} configs, "
         f"seed {info.get('seed', '?')}, top {info.get('quantile', '?')} quantile, fit {info.get('fit_seconds', 0.0):.1f} s"
     )
-    hp = _table(["hyperparameter", "broad space", "learned prior"], [[p.name, _space(p), _dist(p, pr.learned.dists[p.name])] for p in pr.space])
+    hp = _table(
+        ["hyperparameter", "broad space", "learned prior"],
+        [[p.name, _space(p), _dist(p, pr.learned.dists[p.name])] for p in pr.space],
+    )
     names = pr.space.names()
     regret = info.get("portfolio_regret", [])
-    rows = [[str(i + 1), *(_fmt(c.get(n)) for n in names), _fmt(regret[i]) if i < len(regret) else ""] for i, c in enumerate(pr.portfolio)]
+    rows = [
+        [str(i + 1), *(_fmt(c.get(n)) for n in names), _fmt(regret[i]) if i < len(regret) else ""]
+        for i, c in enumerate(pr.portfolio)
+    ]
     port = _table(["#", *names, "mean regret@k"], rows)
     models = _table(["model", "P(best)"], [[m, f"{p:.2f}"] for m, p in pr.model_probs.items()])
     return "\n\n".join([head, hp, "portfolio (evaluate in this order):\n" + port, models])

@@ -43,17 +43,31 @@ class Float:
         _check_bounds(self.name, self.low, self.high, self.log)
 
     def to_unit(self, value: float) -> float:
-        lo, hi, v = (math.log(self.low), math.log(self.high), math.log(value)) if self.log else (self.low, self.high, value)
+        lo, hi, v = (
+            (math.log(self.low), math.log(self.high), math.log(value))
+            if self.log
+            else (self.low, self.high, value)
+        )
         return (v - lo) / (hi - lo)
 
     def from_unit(self, u: float) -> float:
         u = min(max(float(u), 0.0), 1.0)
         if self.log:
-            return min(max(math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low))), self.low), self.high)
+            return min(
+                max(
+                    math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low))),
+                    self.low,
+                ),
+                self.high,
+            )
         return self.low + u * (self.high - self.low)
 
     def contains(self, value: Any) -> bool:
-        return isinstance(value, int | float) and not isinstance(value, bool) and self.low <= value <= self.high
+        return (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and self.low <= value <= self.high
+        )
 
     def clip(self, value: float) -> float:
         return float(min(max(float(value), self.low), self.high))
@@ -71,7 +85,9 @@ class Int:
 
     def __post_init__(self) -> None:
         if int(self.low) != self.low or int(self.high) != self.high:
-            raise ConfigError(f"search space: {self.name} bounds must be integers, got [{self.low}, {self.high}]")
+            raise ConfigError(
+                f"search space: {self.name} bounds must be integers, got [{self.low}, {self.high}]"
+            )
         _check_bounds(self.name, self.low, self.high, self.log)
 
     def to_unit(self, value: float) -> float:
@@ -81,7 +97,11 @@ class Int:
         return self.clip(Float(self.name, self.low, self.high, self.log).from_unit(u))
 
     def contains(self, value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
+        return (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and self.low <= value <= self.high
+        )
 
     def clip(self, value: float) -> int:
         return int(min(max(round(float(value)), self.low), self.high))
@@ -117,7 +137,9 @@ def _check_bounds(name: str, low: float, high: float, log: bool) -> None:
     if low >= high:
         raise ConfigError(f"search space: {name} needs low < high, got [{low}, {high}]")
     if log and low <= 0:
-        raise ConfigError(f"search space: {name} is on a log scale so its bounds must be > 0, got [{low}, {high}]")
+        raise ConfigError(
+            f"search space: {name} is on a log scale so its bounds must be > 0, got [{low}, {high}]"
+        )
 
 
 def param_from_dict(name: str, d: Mapping[str, Any]) -> Param:
@@ -133,7 +155,9 @@ def param_from_dict(name: str, d: Mapping[str, Any]) -> Param:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"search space: parameter {name!r} is malformed ({exc})") from None
-    raise ConfigError(f"search space: parameter {name!r} has unknown type {kind!r} (float, int or categorical)")
+    raise ConfigError(
+        f"search space: parameter {name!r} has unknown type {kind!r} (float, int or categorical)"
+    )
 
 
 class SearchSpace:
@@ -160,7 +184,9 @@ class SearchSpace:
         return len(self.params)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, SearchSpace) and list(self.params.values()) == list(other.params.values())
+        return isinstance(other, SearchSpace) and list(self.params.values()) == list(
+            other.params.values()
+        )
 
     def __repr__(self) -> str:
         return f"SearchSpace({list(self.params.values())!r})"
@@ -175,7 +201,9 @@ class SearchSpace:
             if p.name not in config:
                 raise ConfigError(f"config is missing hyperparameter {p.name!r}")
             if not p.contains(config[p.name]):
-                raise ConfigError(f"hyperparameter {p.name}={config[p.name]!r} is outside the search space {p.to_dict()}")
+                raise ConfigError(
+                    f"hyperparameter {p.name}={config[p.name]!r} is outside the search space {p.to_dict()}"
+                )
             out[p.name] = config[p.name]
         return out
 
@@ -196,9 +224,17 @@ def broad_space(candidates: Sequence[str], max_batch: int, max_steps: int = 100)
     if not candidates:
         raise ConfigError("search space: at least one model candidate is required")
     if max_batch < 1 or max_steps < 1:
-        raise ConfigError(f"search space: max_batch and max_steps must be >= 1, got {max_batch}, {max_steps}")
-    steps: Param = Int("steps", 1, max_steps, log=True) if max_steps > 1 else Categorical("steps", (1,))
-    batch: Param = Int("batch_size", 1, max_batch, log=True) if max_batch > 1 else Categorical("batch_size", (1,))
+        raise ConfigError(
+            f"search space: max_batch and max_steps must be >= 1, got {max_batch}, {max_steps}"
+        )
+    steps: Param = (
+        Int("steps", 1, max_steps, log=True) if max_steps > 1 else Categorical("steps", (1,))
+    )
+    batch: Param = (
+        Int("batch_size", 1, max_batch, log=True)
+        if max_batch > 1
+        else Categorical("batch_size", (1,))
+    )
     return SearchSpace(
         [
             Float("lr", 1e-4, 1.0, log=True),

@@ -1,0 +1,164 @@
+"""``raymeta bench priors``: do the learned priors help on held-out meta-TEST tasks?
+
+Per family: meta-train briefly (or use ``--meta``), fit priors on meta-val tasks (timed), then on
+meta-test tasks fine-tune, as one population, a reference pool of broad-space configs, ``draws``
+sets of ``samples`` configs from the learned prior and from the broad space, and the portfolio.
+Regret is normalised per task over everything evaluated (losses capped at the meta-init's).
+
+Quality bars (issue 4): learned best-of-8 mean regret <= 50% of broad best-of-8; the portfolio's
+first config beats the broad pool's median config on >= 80% of tasks; sinusoid fit < 120 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raymeta._io import atomic_write_json
+
+HELP = "quality of learned priors vs the broad space on held-out meta-test tasks"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--family",
+        action="append",
+        default=None,
+        help="family to benchmark (repeatable; default sinusoid and digits)",
+    )
+    p.add_argument(
+        "--meta",
+        default=None,
+        help="use this meta-checkpoint instead of meta-training (one family only)",
+    )
+    p.add_argument(
+        "--meta-steps", type=int, default=300, help="meta-training steps when no --meta is given"
+    )
+    p.add_argument("--tasks", type=int, default=32, help="meta-val tasks to fit on")
+    p.add_argument("--configs", type=int, default=64, help="broad configs per meta-val task")
+    p.add_argument("--test-tasks", type=int, default=32, help="held-out meta-test tasks")
+    p.add_argument("--samples", type=int, default=8, help="configs per draw (best-of-N)")
+    p.add_argument("--draws", type=int, default=4, help="independent draws per prior (averaged)")
+    p.add_argument(
+        "--reference", type=int, default=64, help="broad reference pool (for the median config)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+
+
+def _checkpoint(family: str, args: argparse.Namespace) -> Any:
+    from raymeta.core.checkpoint import load_meta_checkpoint
+    from raymeta.core.train import MetaTrainConfig, meta_train
+
+    if args.meta:
+        return load_meta_checkpoint(args.meta)
+    return meta_train(
+        MetaTrainConfig(family=family, steps=args.meta_steps, val_tasks=20, seed=args.seed)
+    ).to_checkpoint()
+
+
+def bench_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
+    from raymeta.priors import broad_prior, fit_priors, normalised_regret
+    from raymeta.priors.evaluate import evaluate_configs
+    from raymeta.priors.fit import val_tasks
+    from raymeta.tasks import make_family
+
+    t0 = time.perf_counter()
+    ckpt = _checkpoint(family, args)
+    meta_s = time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    pr = fit_priors(ckpt, n_tasks=args.tasks, n_configs=args.configs, seed=args.seed)
+    fit_s, fit_cpu = time.perf_counter() - t0, time.process_time() - c0
+    tasks = val_tasks(make_family(ckpt.family), args.test_tasks, split="test")
+    rng = np.random.default_rng(args.seed + 1)
+    ref = broad_prior(pr.space).sample(args.reference, rng)
+    learned = [pr.learned.sample(args.samples, rng) for _ in range(args.draws)]
+    broad = [broad_prior(pr.space).sample(args.samples, rng) for _ in range(args.draws)]
+    configs = ref + [c for d in learned for c in d] + [c for d in broad for c in d] + pr.portfolio
+    t0 = time.perf_counter()
+    table = evaluate_configs(ckpt, tasks, configs, seed=args.seed + 2)
+    eval_s = time.perf_counter() - t0
+    regret = normalised_regret(table.final, cap=table.init_loss)
+    n_ref, s = args.reference, args.samples
+
+    def best_of(offset: int, draws: int) -> float:
+        return float(
+            np.mean(
+                [
+                    regret[:, offset + d * s : offset + (d + 1) * s].min(axis=1).mean()
+                    for d in range(draws)
+                ]
+            )
+        )
+
+    learned_r = best_of(n_ref, args.draws)
+    broad_r = best_of(n_ref + args.draws * s, args.draws)
+    port0 = n_ref + 2 * args.draws * s
+    losses = np.minimum(table.final, table.init_loss)
+    beats = float(np.mean(losses[:, port0] < np.median(losses[:, :n_ref], axis=1)))
+    return {
+        "family": family,
+        "test_tasks": len(tasks),
+        "learned_regret": learned_r,
+        "broad_regret": broad_r,
+        "ratio": learned_r / broad_r if broad_r > 0 else float("nan"),
+        "portfolio1_regret": float(regret[:, port0].mean()),
+        "portfolioK_regret": float(regret[:, port0:].min(axis=1).mean()),
+        "portfolio1_beats_median": beats,
+        "mean_test_loss_portfolio1": float(losses[:, port0].mean()),
+        "mean_test_loss_broad_median": float(np.median(losses[:, :n_ref], axis=1).mean()),
+        "fit_seconds": fit_s,
+        "fit_cpu_seconds": fit_cpu,
+        "meta_train_seconds": meta_s,
+        "eval_seconds": eval_s,
+        "priors": pr.to_dict(),
+    }
+
+
+def format_rows(rows: list[dict[str, Any]], samples: int) -> str:
+    head = (
+        f"{'family':<10} {'learned@' + str(samples):>10} {'broad@' + str(samples):>9} {'ratio':>6} {'<=0.5':>5} "
+        f"{'port#1':>7} {'port@K':>7} {'#1>med':>7} {'>=0.8':>5} {'fit s':>7} {'fit cpu s':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['family']:<10} {r['learned_regret']:>10.3f} {r['broad_regret']:>9.3f} {r['ratio']:>6.2f} "
+            f"{'yes' if r['ratio'] <= 0.5 else 'NO':>5} {r['portfolio1_regret']:>7.3f} {r['portfolioK_regret']:>7.3f} "
+            f"{r['portfolio1_beats_median']:>7.0%} {'yes' if r['portfolio1_beats_median'] >= 0.8 else 'NO':>5} "
+            f"{r['fit_seconds']:>7.1f} {r['fit_cpu_seconds']:>9.1f}"
+        )
+    lines.append(
+        "regret = mean normalised regret of the best config (lower is better); fit < 120 s required on sinusoid"
+    )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from raymeta.errors import ConfigError
+
+    families = args.family or ["sinusoid", "digits"]
+    if args.meta and len(families) != 1:
+        raise ConfigError("--meta needs exactly one --family")
+    rows = []
+    for fam in families:
+        row = bench_family(fam, args)
+        rows.append(row)
+        print(
+            f"[{fam}] meta-train {row['meta_train_seconds']:.0f} s, fit {row['fit_seconds']:.0f} s, eval {row['eval_seconds']:.0f} s",
+            flush=True,
+        )
+    print(format_rows(rows, args.samples))
+    if args.json:
+        atomic_write_json(
+            Path(args.json),
+            {
+                "args": {k: v for k, v in vars(args).items() if k not in ("func", "_parser")},
+                "rows": rows,
+            },
+        )
+    return 0 if all(r["ratio"] <= 0.5 and r["portfolio1_beats_median"] >= 0.8 for r in rows) else 1
