@@ -29,38 +29,109 @@ uses the same W shards, so it reproduces the Ray run). Every flag can also be gi
 
 
 def add_parser(sub: Any) -> None:
-    p = add_command(sub, "meta-train", "meta-train an initialization over a task family on Ray Train", _run, DESCRIPTION)
+    p = add_command(
+        sub,
+        "meta-train",
+        "meta-train an initialization over a task family on Ray Train",
+        _run,
+        DESCRIPTION,
+    )
     p.epilog = EPILOG
     g = p.add_argument_group("what to learn")
-    g.add_argument("--family", default="sinusoid", help="task family: sinusoid, digits, omniglot, parquet")
-    g.add_argument("--family-option", dest="family_options", action="append", metavar="K=V", help="family option (repeatable), e.g. ways=5")
+    g.add_argument(
+        "--family", default="sinusoid", help="task family: sinusoid, digits, omniglot, parquet"
+    )
+    g.add_argument(
+        "--family-option",
+        dest="family_options",
+        action="append",
+        metavar="K=V",
+        help="family option (repeatable), e.g. ways=5",
+    )
     g.add_argument("--model", default="auto", help="model name (auto = the family's default model)")
-    g.add_argument("--model-option", dest="model_options", action="append", metavar="K=V", help="model option (repeatable), e.g. widths=[40,40]")
-    g.add_argument("--algo", default="maml", choices=["maml", "fomaml", "reptile", "metasgd", "anil"], help="meta-learning algorithm")
+    g.add_argument(
+        "--model-option",
+        dest="model_options",
+        action="append",
+        metavar="K=V",
+        help="model option (repeatable), e.g. widths=[40,40]",
+    )
+    g.add_argument(
+        "--algo",
+        default="maml",
+        choices=["maml", "fomaml", "reptile", "metasgd", "anil"],
+        help="meta-learning algorithm",
+    )
     g.add_argument("--inner-steps", type=int, default=1, help="inner-loop adaptation steps")
     g.add_argument("--inner-lr", type=float, default=0.01, help="inner-loop learning rate")
-    g.add_argument("--first-order", action="store_true", help="drop second-order terms (MAML -> FOMAML)")
-    g.add_argument("--outer-optimizer", default="adam", choices=["adam", "sgd"], help="outer (meta) optimizer")
+    g.add_argument(
+        "--first-order", action="store_true", help="drop second-order terms (MAML -> FOMAML)"
+    )
+    g.add_argument(
+        "--outer-optimizer", default="adam", choices=["adam", "sgd"], help="outer (meta) optimizer"
+    )
     g.add_argument("--outer-lr", type=float, default=1e-3, help="outer learning rate")
     g.add_argument("--steps", type=int, default=1000, help="outer steps")
-    g.add_argument("--meta-batch", type=int, default=25, help="tasks per outer step, split over the workers")
-    g.add_argument("--seed", type=int, default=0, help="seed of the initialization and of every task draw")
-    g.add_argument("--chunk-size", type=int, default=None, help="tasks per vmapped chunk (bounds memory; default: all)")
+    g.add_argument(
+        "--meta-batch", type=int, default=25, help="tasks per outer step, split over the workers"
+    )
+    g.add_argument(
+        "--seed", type=int, default=0, help="seed of the initialization and of every task draw"
+    )
+    g.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="tasks per vmapped chunk (bounds memory; default: all)",
+    )
     g.add_argument("--val-every", type=int, default=100, help="meta-validation loss every N steps")
     g.add_argument("--val-tasks", type=int, default=100, help="meta-validation tasks")
-    g.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="training precision")
+    g.add_argument(
+        "--dtype", default="float32", choices=["float32", "float64"], help="training precision"
+    )
     r = p.add_argument_group("where and how to run")
     r.add_argument("--out", default=None, help="output meta-checkpoint directory (required)")
-    r.add_argument("--workers", type=int, default=1, help="Ray Train workers (= shards of the meta-batch)")
-    r.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs reserved per worker (also its torch threads)")
-    r.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker; > 0 uses CUDA and NCCL")
-    r.add_argument("--address", default=None, help="join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto)")
-    r.add_argument("--storage", default=None, help="Ray Train storage_path: local path or s3://, gs:// URI")
+    r.add_argument(
+        "--workers", type=int, default=1, help="Ray Train workers (= shards of the meta-batch)"
+    )
+    r.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=1,
+        help="CPUs reserved per worker (also its torch threads)",
+    )
+    r.add_argument(
+        "--gpus-per-worker", type=float, default=0, help="GPUs per worker; > 0 uses CUDA and NCCL"
+    )
+    r.add_argument(
+        "--address", default=None, help="join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto)"
+    )
+    r.add_argument(
+        "--storage", default=None, help="Ray Train storage_path: local path or s3://, gs:// URI"
+    )
     r.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps")
-    r.add_argument("--max-failures", type=int, default=3, help="worker-group restarts from the last checkpoint (-1 = forever)")
-    r.add_argument("--log-every", type=int, default=None, help="progress line every N steps (default: about 20 lines per run)")
-    r.add_argument("--overwrite", action="store_true", help="replace an existing --out / discard an unfinished run")
-    r.add_argument("--local", action="store_true", help="run in this process without Ray (same shards as --workers)")
+    r.add_argument(
+        "--max-failures",
+        type=int,
+        default=3,
+        help="worker-group restarts from the last checkpoint (-1 = forever)",
+    )
+    r.add_argument(
+        "--log-every",
+        type=int,
+        default=None,
+        help="progress line every N steps (default: about 20 lines per run)",
+    )
+    r.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out / discard an unfinished run",
+    )
+    r.add_argument(
+        "--local",
+        action="store_true",
+        help="run in this process without Ray (same shards as --workers)",
+    )
 
 
 def parse_options(items: Any, what: str) -> dict[str, Any]:

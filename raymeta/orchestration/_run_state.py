@@ -69,7 +69,9 @@ def out_status(out: Path, fp: str) -> str:
     return "same" if same else "a meta-checkpoint of a different config"
 
 
-def plan_run(cfg: MetaTrainConfig, out: str | Path, storage: str | None = None, overwrite: bool = False) -> RunPlan:
+def plan_run(
+    cfg: MetaTrainConfig, out: str | Path, storage: str | None = None, overwrite: bool = False
+) -> RunPlan:
     """Decide fresh start / resume / already done, refusing conflicts; writes nothing."""
     out_p = Path(out).expanduser().absolute()
     fp = fingerprint(cfg)
@@ -97,11 +99,23 @@ def plan_run(cfg: MetaTrainConfig, out: str | Path, storage: str | None = None, 
                 "rerun with its config to resume or pass --overwrite to discard it"
             )
         if storage is not None and prev.get("storage") != storage:
-            raise ConfigError(f"the unfinished run for --out {out_p} keeps its state in {prev.get('storage')}, not {storage} (pass --overwrite to start over)")
-        return RunPlan(out_p, sdir, str(prev["storage"]), str(prev["name"]), fp, resuming=True, local_storage=prev["storage"] == default_storage)
+            raise ConfigError(
+                f"the unfinished run for --out {out_p} keeps its state in {prev.get('storage')}, not {storage} (pass --overwrite to start over)"
+            )
+        return RunPlan(
+            out_p,
+            sdir,
+            str(prev["storage"]),
+            str(prev["name"]),
+            fp,
+            resuming=True,
+            local_storage=prev["storage"] == default_storage,
+        )
     probe_writable(out_p)
     name = f"{out_p.name}-{fp}-{time.time_ns():x}"
-    return RunPlan(out_p, sdir, want_storage, name, fp, local_storage=storage is None, discard=overwrite)
+    return RunPlan(
+        out_p, sdir, want_storage, name, fp, local_storage=storage is None, discard=overwrite
+    )
 
 
 def probe_writable(out: Path) -> None:
@@ -121,7 +135,15 @@ def begin_run(plan: RunPlan, cfg: MetaTrainConfig) -> None:
     if plan.discard:
         shutil.rmtree(plan.state_dir / "ray", ignore_errors=True)
     try:
-        atomic_write_json(plan.state_dir / RUN_FILE, {"fingerprint": plan.fingerprint, "name": plan.name, "storage": plan.storage, "config": cfg.to_dict()})
+        atomic_write_json(
+            plan.state_dir / RUN_FILE,
+            {
+                "fingerprint": plan.fingerprint,
+                "name": plan.name,
+                "storage": plan.storage,
+                "config": cfg.to_dict(),
+            },
+        )
         if plan.local_storage:
             os.makedirs(plan.storage, exist_ok=True)
     except OSError as exc:

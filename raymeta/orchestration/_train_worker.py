@@ -34,11 +34,15 @@ def load_state(ckpt_dir: str | Path) -> dict[str, Any]:
 
 def _flatten(loss: torch.Tensor, count: int, grads: dict[str, torch.Tensor]) -> torch.Tensor:
     ref = next(iter(grads.values()))
-    head = torch.stack([loss.detach().to(ref), torch.tensor(float(count), dtype=ref.dtype, device=ref.device)])
+    head = torch.stack(
+        [loss.detach().to(ref), torch.tensor(float(count), dtype=ref.dtype, device=ref.device)]
+    )
     return torch.cat([head, *(g.reshape(-1) for g in grads.values())])
 
 
-def _unflatten(flat: torch.Tensor, like: dict[str, torch.Tensor]) -> tuple[float, float, dict[str, torch.Tensor]]:
+def _unflatten(
+    flat: torch.Tensor, like: dict[str, torch.Tensor]
+) -> tuple[float, float, dict[str, torch.Tensor]]:
     out, i = {}, 2
     for k, v in like.items():
         out[k] = flat[i : i + v.numel()].view_as(v)
@@ -118,14 +122,24 @@ def train_loop(config: dict[str, Any]) -> None:
             val_s += time.perf_counter() - t_val
         if rank == 0 and queue is not None and (tr.step % every_log == 0 or tr.step == cfg.steps):
             dt = max(time.perf_counter() - t_int - val_s, 1e-9)
-            queue.put({"event": "progress", "step": tr.step, "meta_loss": last["meta_loss"], "val_loss": last.get("val_loss"), "tasks_per_s": tasks_int / dt})
+            queue.put(
+                {
+                    "event": "progress",
+                    "step": tr.step,
+                    "meta_loss": last["meta_loss"],
+                    "val_loss": last.get("val_loss"),
+                    "tasks_per_s": tasks_int / dt,
+                }
+            )
             t_int, tasks_int, val_s = time.perf_counter(), 0, 0.0
         if tr.step % every_ckpt == 0 and tr.step < cfg.steps:
             report(_metrics(tr.step, last))
     if rank == 0 and "val_loss" not in last:
         last["val_loss"] = float(tr.validate()["loss"])
     if "first_grad" in last:
-        torch.save(last["first_grad"], Path(debug["first_grad_path"]).with_suffix(f".rank{rank}.pt"))
+        torch.save(
+            last["first_grad"], Path(debug["first_grad_path"]).with_suffix(f".rank{rank}.pt")
+        )
     report(_metrics(tr.step, last, start=start), final=True)
 
 

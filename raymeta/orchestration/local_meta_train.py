@@ -17,7 +17,11 @@ from raymeta.orchestration._run_state import fingerprint, out_status, probe_writ
 
 
 def run_local_meta_train(
-    cfg: MetaTrainConfig, out: str | Path, overwrite: bool = False, progress: bool = True, log_every: int | None = None
+    cfg: MetaTrainConfig,
+    out: str | Path,
+    overwrite: bool = False,
+    progress: bool = True,
+    log_every: int | None = None,
 ) -> MetaCheckpoint:
     """Meta-train in-process and write the meta-checkpoint to ``out`` atomically."""
     cfg = cfg.validate()
@@ -25,7 +29,10 @@ def run_local_meta_train(
     status = out_status(out_p, fingerprint(cfg))
     if status == "same" and not overwrite:
         if progress:
-            print(f"meta-train: {out_p} already holds the finished run of this config; nothing to do", flush=True)
+            print(
+                f"meta-train: {out_p} already holds the finished run of this config; nothing to do",
+                flush=True,
+            )
         return load_meta_checkpoint(out_p)
     if status != "same" and status not in ("absent", "empty") and not overwrite:
         raise ConfigError(f"--out {out_p} already holds {status} (pass --overwrite to replace it)")
@@ -35,7 +42,10 @@ def run_local_meta_train(
     def show(step: int, m: dict[str, Any]) -> None:
         val = m.get("val_loss")
         vs = f"{val:.4f}" if val is not None else "-"
-        print(f"step {step:>{width}}/{cfg.steps}  meta-loss {m['meta_loss']:.4f}  val-loss {vs}  tasks/s {m['tasks_per_s']:.0f}", flush=True)
+        print(
+            f"step {step:>{width}}/{cfg.steps}  meta-loss {m['meta_loss']:.4f}  val-loss {vs}  tasks/s {m['tasks_per_s']:.0f}",
+            flush=True,
+        )
 
     t0 = time.perf_counter()
     every = log_every or max(1, min(cfg.val_every, max(cfg.steps // 20, 1)))
@@ -44,5 +54,8 @@ def run_local_meta_train(
     save_meta_checkpoint(out_p, tr.to_checkpoint(metrics), overwrite=True)
     if progress:
         secs = time.perf_counter() - t0
-        print(f"meta-train: done (local), {cfg.steps} steps in {secs:.1f} s, val-loss {metrics['val_loss']:.4f}; wrote {out_p}", flush=True)
+        print(
+            f"meta-train: done (local), {cfg.steps} steps in {secs:.1f} s, val-loss {metrics['val_loss']:.4f}; wrote {out_p}",
+            flush=True,
+        )
     return load_meta_checkpoint(out_p)

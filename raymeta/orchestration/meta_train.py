@@ -97,7 +97,13 @@ class _Pump:
             pass
 
 
-def _check_args(workers: int, gpus_per_worker: float, cpus_per_worker: float, checkpoint_every: int, max_failures: int) -> None:
+def _check_args(
+    workers: int,
+    gpus_per_worker: float,
+    cpus_per_worker: float,
+    checkpoint_every: int,
+    max_failures: int,
+) -> None:
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     if gpus_per_worker < 0 or cpus_per_worker <= 0:
@@ -131,10 +137,24 @@ def train_distributed(
     if plan.already_done:
         ckpt = load_meta_checkpoint(plan.out)
         if sink is not None:
-            print(f"meta-train: {plan.out} already holds the finished run of this config; nothing to do", flush=True)
+            print(
+                f"meta-train: {plan.out} already holds the finished run of this config; nothing to do",
+                flush=True,
+            )
         return MetaTrainResult(ckpt, {}, cfg.steps, 0.0, 0.0, dict(ckpt.metrics))
     with ray_context(address):
-        return _fit(cfg, plan, workers, gpus_per_worker, cpus_per_worker, checkpoint_every, max_failures, sink, log_every, _debug)
+        return _fit(
+            cfg,
+            plan,
+            workers,
+            gpus_per_worker,
+            cpus_per_worker,
+            checkpoint_every,
+            max_failures,
+            sink,
+            log_every,
+            _debug,
+        )
 
 
 def run_meta_train(
@@ -152,7 +172,17 @@ def run_meta_train(
 ) -> MetaCheckpoint:
     """Meta-train with ``workers`` Ray Train workers; returns the meta-checkpoint written to ``out``."""
     return train_distributed(
-        cfg, out, workers, gpus_per_worker, address, storage, checkpoint_every, max_failures, overwrite, progress, cpus_per_worker
+        cfg,
+        out,
+        workers,
+        gpus_per_worker,
+        address,
+        storage,
+        checkpoint_every,
+        max_failures,
+        overwrite,
+        progress,
+        cpus_per_worker,
     ).checkpoint
 
 
@@ -175,7 +205,10 @@ def _fit(
 
     check_resources(workers * cpus, workers * gpus, what=f"meta-train with {workers} worker(s)")
     if plan.local_storage and len([n for n in ray.nodes() if n.get("Alive")]) > 1:
-        print(f"meta-train: warning: run state is on this node ({plan.storage}); multi-node clusters need --storage on shared storage", flush=True)
+        print(
+            f"meta-train: warning: run state is on this node ({plan.storage}); multi-node clusters need --storage on shared storage",
+            flush=True,
+        )
     for name in ("ray.train", "ray.tune", "ray.data"):
         logging.getLogger(name).setLevel(logging.WARNING)
     use_gpu = gpus > 0
@@ -186,7 +219,8 @@ def _fit(
         "use_gpu": use_gpu,
         "threads": cpus,
         "checkpoint_every": checkpoint_every,
-        "log_every": log_every or max(1, min(checkpoint_every, cfg.val_every, max(cfg.steps // 20, 1))),
+        "log_every": log_every
+        or max(1, min(checkpoint_every, cfg.val_every, max(cfg.steps // 20, 1))),
         "progress": queue,
         "debug": debug,
     }
@@ -194,8 +228,10 @@ def _fit(
         train_loop,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
-        run_config=ray.train.RunConfig(
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(  # type: ignore[call-arg]  # V2 RunConfig (mypy sees the V1 stub)
             name=plan.name,
             storage_path=plan.storage,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
@@ -210,7 +246,9 @@ def _fit(
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ClusterError(f"meta-training failed ({first}); rerun the same command to resume from the last checkpoint") from None
+        raise ClusterError(
+            f"meta-training failed ({first}); rerun the same command to resume from the last checkpoint"
+        ) from None
     finally:
         pump.close()
     seconds = time.perf_counter() - t0
