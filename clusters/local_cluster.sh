@@ -19,6 +19,7 @@
 #   RAYMETA_PORT_BASE        first of ~420 ports used for the internal services   [23000]
 #   RAYMETA_HEAD_CPUS / RAYMETA_WORKER_CPUS   CPUs advertised per node             [1 / 1]
 #   RAYMETA_OBJECT_STORE_BYTES  object store size per node                        [300000000]
+#   RAYMETA_START_TRIES      attempts per `ray start` (slow machines miss Ray's 30 s) [3]
 #   RAY_AUTH_MODE            token (default) or disabled. With token a cluster-specific token is
 #                            generated in $RAYMETA_CLUSTER_DIR/auth_token and passed to head,
 #                            worker and CLI via RAY_AUTH_TOKEN_PATH (~/.ray/auth_token is untouched).
@@ -34,6 +35,7 @@ BASE="${RAYMETA_PORT_BASE:-23000}"
 HEAD_CPUS="${RAYMETA_HEAD_CPUS:-1}"
 WORKER_CPUS="${RAYMETA_WORKER_CPUS:-1}"
 OBJ_BYTES="${RAYMETA_OBJECT_STORE_BYTES:-300000000}"
+TRIES="${RAYMETA_START_TRIES:-3}"
 AUTH_MODE="${RAY_AUTH_MODE:-token}"
 if [[ -z "${RAY_BIN:-}" ]]; then
     if [[ -x "$repo/.venv/bin/ray" ]]; then RAY_BIN="$repo/.venv/bin/ray"; else RAY_BIN="$(command -v ray || true)"; fi
@@ -46,7 +48,7 @@ case "$AUTH_MODE" in token | disabled) ;; *) die "RAY_AUTH_MODE must be 'token' 
 # Ray's sockets live at DIR/head/session_<date>_<pid>/sockets/plasma_store (~70 chars below DIR)
 # and a unix socket path is limited to 107 bytes.
 [[ ${#CLUSTER_DIR} -le 36 ]] || die "RAYMETA_CLUSTER_DIR is too long for Ray's unix sockets (max 36 chars): $CLUSTER_DIR"
-for p in "$GCS_PORT" "$DASHBOARD_PORT" "$BASE" "$HEAD_CPUS" "$WORKER_CPUS" "$OBJ_BYTES"; do
+for p in "$GCS_PORT" "$DASHBOARD_PORT" "$BASE" "$HEAD_CPUS" "$WORKER_CPUS" "$OBJ_BYTES" "$TRIES"; do
     [[ "$p" =~ ^[0-9]+$ ]] || die "port / cpu / byte settings must be integers, got '$p'"
 done
 
@@ -63,11 +65,14 @@ fi
 # PIDs whose command line names the cluster dir or its GCS address (`--address=IP:PORT` /
 # `--gcs-address=IP:PORT`: the Ray client server names no dir), plus all their descendants.
 # Both are passed through the environment so the awk process itself never matches.
+# With an argument (a sub-dir such as $CLUSTER_DIR/worker) only that dir is matched.
 cluster_pids() {
-    local table
+    local table dir="${1:-$CLUSTER_DIR}" gcs=":$GCS_PORT"
+    [[ $# -gt 0 ]] && gcs="-"
     table="$(ps -ww -eo pid=,ppid=,args= 2>/dev/null || true)"
-    DIR="$CLUSTER_DIR/" GCS=":$GCS_PORT" SELF="$$" awk '
+    DIR="$dir/" GCS="$gcs" SELF="$$" awk '
         function gcs(a,   n, i, w) {
+            if (ENVIRON["GCS"] == "-") return 0
             n = split(a, w, " ")
             for (i = 1; i <= n; i++)
                 if (w[i] ~ /^--(gcs-)?address=/ && substr(w[i], length(w[i]) - length(ENVIRON["GCS"]) + 1) == ENVIRON["GCS"]) return 1
@@ -106,24 +111,33 @@ do_status() {
     "$RAY_BIN" status --address "127.0.0.1:$GCS_PORT" || true
 }
 
+# SIGTERM the given processes, wait up to 15 s, then SIGKILL what is left.
+kill_all() {
+    local pids="$*" left i
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null || true
+    for i in $(seq 1 30); do
+        # shellcheck disable=SC2086
+        left="$(alive $pids)"
+        [[ -z "$left" ]] && return 0
+        sleep 0.5
+    done
+    # shellcheck disable=SC2086
+    kill -KILL $left 2>/dev/null || true
+    sleep 0.5
+}
+
 do_stop() {
-    local pids left i
+    local pids left
     pids="$(cluster_pids)"
     if [[ -z "$pids" ]]; then
         echo "local cluster ($CLUSTER_DIR): nothing to stop"
         return 0
     fi
     # shellcheck disable=SC2086
-    kill -TERM $pids 2>/dev/null || true
-    for i in $(seq 1 30); do
-        # shellcheck disable=SC2086
-        left="$(alive $pids)"
-        [[ -z "$left" ]] && break
-        sleep 0.5
-    done
-    # Kill stragglers and anything spawned meanwhile.
-    # shellcheck disable=SC2086
-    left="$( (alive $pids; cluster_pids) | sort -u)"
+    kill_all $pids
+    # Anything spawned meanwhile (a worker process forked during shutdown).
+    left="$(cluster_pids)"
     if [[ -n "$left" ]]; then
         # shellcheck disable=SC2086
         kill -KILL $left 2>/dev/null || true
@@ -134,10 +148,29 @@ do_stop() {
     echo "local cluster ($CLUSTER_DIR): stopped"
 }
 
+# retry NODE CMD...: run a `ray start`, logging to $CLUSTER_DIR/NODE.log. `ray start` gives the
+# raylet a hard-coded 30 s to register with the GCS, which an overloaded machine can miss: on
+# failure, kill what that attempt left (the whole cluster for the head, the worker's processes
+# for the worker) and try again, up to $RAYMETA_START_TRIES times.
+retry() {
+    local node="$1" try left
+    shift
+    for try in $(seq 1 "$TRIES"); do
+        if "$@" >>"$CLUSTER_DIR/$node.log" 2>&1; then return 0; fi
+        echo "  $node start attempt $try/$TRIES failed" >&2
+        if [[ "$node" == head ]]; then left="$(cluster_pids)"; else left="$(cluster_pids "$CLUSTER_DIR/worker")"; fi
+        # shellcheck disable=SC2086
+        [[ -z "$left" ]] || kill_all $left
+    done
+    return 1
+}
+
 do_start() {
     [[ -n "$RAY_BIN" && -x "$RAY_BIN" ]] || die "no 'ray' executable found (pip install 'raymeta[cluster]' or set RAY_BIN)"
     [[ -z "$(cluster_pids)" ]] || die "a cluster is already running under $CLUSTER_DIR (run '$0 stop' first)"
     mkdir -p "$CLUSTER_DIR/head" "$CLUSTER_DIR/worker"
+    : >"$CLUSTER_DIR/head.log"
+    : >"$CLUSTER_DIR/worker.log"
     if [[ "$AUTH_MODE" == token && ! -s "$RAY_AUTH_TOKEN_PATH" ]]; then
         (umask 077 && "$(dirname "$RAY_BIN")/python" -c 'import secrets; print(secrets.token_hex(32), end="")' >"$RAY_AUTH_TOKEN_PATH.tmp" 2>/dev/null \
             || od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$RAY_AUTH_TOKEN_PATH.tmp")
@@ -148,25 +181,25 @@ do_start() {
     export PATH="$(dirname "$RAY_BIN"):$PATH"
     local common=(--node-ip-address 127.0.0.1 --object-store-memory "$OBJ_BYTES" --disable-usage-stats)
     echo "starting head (gcs 127.0.0.1:$GCS_PORT, dashboard 127.0.0.1:$DASHBOARD_PORT, RAY_AUTH_MODE=$AUTH_MODE)"
-    if ! "$RAY_BIN" start --head "${common[@]}" --port "$GCS_PORT" \
+    if ! retry head "$RAY_BIN" start --head "${common[@]}" --port "$GCS_PORT" \
         --include-dashboard=true --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" \
         --temp-dir "$CLUSTER_DIR/head" --num-cpus "$HEAD_CPUS" --num-gpus 0 --resources '{"head": 1}' \
         --ray-client-server-port "$((BASE + 9))" --node-manager-port "$((BASE + 1))" \
         --object-manager-port "$((BASE + 2))" --dashboard-agent-listen-port "$((BASE + 3))" \
         --dashboard-agent-grpc-port "$((BASE + 4))" --runtime-env-agent-port "$((BASE + 5))" \
         --metrics-export-port "$((BASE + 6))" --min-worker-port "$((BASE + 100))" \
-        --max-worker-port "$((BASE + 249))" >"$CLUSTER_DIR/head.log" 2>&1; then
+        --max-worker-port "$((BASE + 249))"; then
         tail -n 20 "$CLUSTER_DIR/head.log" >&2
         do_stop >/dev/null 2>&1 || true
         die "head failed to start (log: $CLUSTER_DIR/head.log)"
     fi
     echo "starting worker (resources {\"worker\": 1})"
-    if ! "$RAY_BIN" start --address "127.0.0.1:$GCS_PORT" "${common[@]}" \
+    if ! retry worker "$RAY_BIN" start --address "127.0.0.1:$GCS_PORT" "${common[@]}" \
         --temp-dir "$CLUSTER_DIR/worker" --num-cpus "$WORKER_CPUS" --num-gpus 0 --resources '{"worker": 1}' \
         --node-manager-port "$((BASE + 11))" --object-manager-port "$((BASE + 12))" \
         --dashboard-agent-listen-port "$((BASE + 13))" --dashboard-agent-grpc-port "$((BASE + 14))" \
         --runtime-env-agent-port "$((BASE + 15))" --metrics-export-port "$((BASE + 16))" \
-        --min-worker-port "$((BASE + 250))" --max-worker-port "$((BASE + 399))" >"$CLUSTER_DIR/worker.log" 2>&1; then
+        --min-worker-port "$((BASE + 250))" --max-worker-port "$((BASE + 399))"; then
         tail -n 20 "$CLUSTER_DIR/worker.log" >&2
         do_stop >/dev/null 2>&1 || true
         die "worker failed to start (log: $CLUSTER_DIR/worker.log)"

@@ -115,7 +115,7 @@ def cluster() -> Iterator[Cluster]:
     cli_env = {**env, "RAY_AUTH_TOKEN_PATH": str(cdir / "auth_token")}
     pids: list[int] = []
     try:
-        started = _script("start", env, timeout=300)
+        started = _script("start", env, timeout=420)
         assert started.returncode == 0, f"cluster start failed:\n{started.stdout}\n{started.stderr}"
         pids = [int(p) for p in _script("pids", env, timeout=30).stdout.split()]
         assert pids, "the script sees no processes of the cluster it just started"
@@ -258,6 +258,12 @@ def test_meta_train_then_tune_via_job_submit(cluster: Cluster, tmp_path: Path) -
     _run_job(cluster, meta_train)
     meta = json.loads((out / "meta.json").read_text())
     assert "sinusoid" in json.dumps(meta.get("family", meta))
+
+    # `raymeta tune` (learned prior, the default) needs the priors fitted into the checkpoint.
+    _run_job(
+        cluster, ["raymeta", "priors", "fit", "--meta", str(out), "--tasks", "4", "--configs", "8"]
+    )
+    assert (out / "priors.json").is_file()
 
     tune = ["raymeta", "tune", "--meta", str(out), "--task", "sinusoid:0", "--population", "2"]
     tune += ["--budget", "20", "--out", str(out2), "--address", "auto"]
