@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import torch
 
 from raymeta.cli.main import main
 from raymeta.errors import ConfigError, DataError
-from raymeta.tasks import Task
+from raymeta.tasks import Task, make_family
 from raymeta.tasks.parquet import (
     ParquetFamily,
     load_task_file,
@@ -135,6 +136,10 @@ def test_missing_path_and_non_parquet(tmp_path: Path) -> None:
     (tmp_path / "x.parquet").write_text("hello")
     with pytest.raises(DataError, match="not a readable Parquet file"):
         ParquetFamily(str(tmp_path / "x.parquet"))
+    with pytest.raises(ConfigError, match="option path must name"):
+        make_family("parquet")
+    with pytest.raises(ConfigError, match="replace must be true or false"):
+        make_family("parquet", path=str(tmp_path), replace="yes")
     (tmp_path / "sub").mkdir()
     with pytest.raises(DataError, match="no Parquet files"):
         ParquetFamily(str(tmp_path / "sub"))
@@ -183,6 +188,10 @@ def test_directory_of_files_streams_tasks_with_exact_rows(tmp_path: Path) -> Non
             assert len(fam._cache) <= 2  # the LRU cache stays bounded
     b = fam.sample("train", 20, torch.Generator().manual_seed(0))
     assert b.xs.shape == (20, 5, 1) and b.xq.shape == (20, 6, 1)
+    # the family travels to Ray workers by pickle and samples identically there
+    clone = pickle.loads(pickle.dumps(fam))
+    again = clone.sample("train", 20, torch.Generator().manual_seed(0))
+    assert torch.equal(again.xs, b.xs) and torch.equal(again.yq, b.yq)
     # every support row really belongs to its task: y = A sin(x - phi) for the task's (A, phi)
     train_ids = (
         {t.task_id for t in tasks}

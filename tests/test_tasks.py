@@ -176,6 +176,7 @@ def test_digits_fixed_task() -> None:
         ({"shots": 0}, "shots must be an integer >= 1"),
         ({"ways": "5"}, "ways must be an integer"),
         ({"bogus": 1}, "bad options for family 'digits'"),
+        ({"rotations": "maybe"}, "rotations must be true or false"),
     ],
 )
 def test_digits_bad_options(options: dict[str, object], match: str) -> None:

@@ -106,7 +106,9 @@ class Digits(TaskFamily):
             raise ConfigError(f"digits: ways must be >= 2, got {ways}")
         self.ways, self.shots, self.queries = ways, shots, queries
         self.task_shots, self.val_size, self.test_size = task_shots, val_size, test_size
-        self.rotations = bool(rotations)
+        if not isinstance(rotations, bool):
+            raise ConfigError(f"digits: rotations must be true or false, got {rotations!r}")
+        self.rotations = rotations
         self.output_dim = ways
         images, counts = _digit_images()
         self.pool = ClassPool(images, counts, rotations=self.rotations)

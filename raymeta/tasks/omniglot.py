@@ -138,6 +138,8 @@ class Omniglot(TaskFamily):
                 raise ConfigError(f"omniglot: {key} must be an integer >= 1, got {v!r}")
         if ways < 2:
             raise ConfigError(f"omniglot: ways must be >= 2, got {ways}")
+        if not isinstance(rotations, bool):
+            raise ConfigError(f"omniglot: rotations must be true or false, got {rotations!r}")
         if val_characters >= N_TRAIN_CHARACTERS:
             raise ConfigError(
                 f"omniglot: val_characters must be < {N_TRAIN_CHARACTERS}, got {val_characters}"

@@ -177,7 +177,7 @@ class ParquetFamily(TaskFamily):
 
     def __init__(
         self,
-        path: str,
+        path: str | None = None,
         shots: int = 10,
         queries: int = 10,
         replace: bool = False,
@@ -188,7 +188,18 @@ class ParquetFamily(TaskFamily):
         for key, v in {"shots": shots, "queries": queries, "cache_tasks": cache_tasks}.items():
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"parquet: {key} must be an integer >= 1, got {v!r}")
-        self.path, self.shots, self.queries, self.replace = str(path), shots, queries, bool(replace)
+        if path is None or not isinstance(path, (str, os.PathLike)) or not str(path):
+            raise ConfigError(
+                f"parquet: option path must name a Parquet file or directory of them, got {path!r}"
+            )
+        for key, b in {"replace": replace, "full_check": full_check}.items():
+            if not isinstance(b, bool):
+                raise ConfigError(f"parquet: {key} must be true or false, got {b!r}")
+        if n_classes is not None and (
+            isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1
+        ):
+            raise ConfigError(f"parquet: n_classes must be an integer >= 1, got {n_classes!r}")
+        self.path, self.shots, self.queries, self.replace = str(path), shots, queries, replace
         self.full_check, self.cache_tasks = bool(full_check), cache_tasks
         self.index = scan_tasks(path, full_check=self.full_check)
         self.kind = self.index.kind
