@@ -98,7 +98,10 @@ def bench_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
     learned_r = best_of(n_ref, args.draws)
     broad_r = best_of(n_ref + args.draws * s, args.draws)
     port0 = n_ref + 2 * args.draws * s
-    losses = np.minimum(table.final, table.init_loss)
+    # diverged (NaN/inf) or worse-than-init runs count as the meta-init's loss, as in the regret
+    losses = np.where(
+        np.isfinite(table.final), np.minimum(table.final, table.init_loss), table.init_loss
+    )
     beats = float(np.mean(losses[:, port0] < np.median(losses[:, :n_ref], axis=1)))
     return {
         "family": family,
