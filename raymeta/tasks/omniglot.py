@@ -79,7 +79,8 @@ def _resize(images: np.ndarray, size: int, chunk: int = 2048) -> torch.Tensor:
     flat = images.reshape(-1, 1, RAW_SIZE, RAW_SIZE)
     out = torch.empty(flat.shape[0], size, size, dtype=torch.uint8)
     for start in range(0, flat.shape[0], chunk):
-        ink = (~torch.from_numpy(flat[start : start + chunk])).float()
+        # compare the raw bytes: these archives store True as 255, not the canonical 1
+        ink = (torch.from_numpy(flat[start : start + chunk].view(np.uint8)) == 0).float()
         small = F.interpolate(ink, size=(size, size), mode="bilinear", antialias=True)
         out[start : start + chunk] = (small[:, 0] * 255.0).round_().to(torch.uint8)
     return out.view(images.shape[0], N_DRAWERS, size, size)
