@@ -46,7 +46,8 @@ CLI = [sys.executable, "-m", "raymeta.cli.main", "meta-train"]
 def _run(tmp: Path, name: str, **kw: Any) -> Any:
     from raymeta.orchestration.meta_train import train_distributed
 
-    return train_distributed(CFG, tmp / name, workers=W, checkpoint_every=5, progress=False, **kw)
+    kw.setdefault("progress", False)
+    return train_distributed(CFG, tmp / name, workers=W, checkpoint_every=5, **kw)
 
 
 def _max_rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -102,10 +103,13 @@ def test_params_after_20_steps_match_in_process(
 def test_killed_worker_recovers_to_same_params(reference: tuple[Path, Any]) -> None:
     tmp, ref = reference
     marker = tmp / "killed-once"
+    records: list[dict[str, Any]] = []
     res = _run(
         tmp,
         "killed",
         max_failures=1,
+        storage=str(tmp / "store"),
+        progress=records.append,
         _debug={"crash_at_step": 12, "crash_rank": 1, "crash_marker": str(marker)},
     )
     assert marker.read_text().startswith("killed rank 1 at step 12")
@@ -114,6 +118,15 @@ def test_killed_worker_recovers_to_same_params(reference: tuple[Path, Any]) -> N
     assert res.resumed_from in (5, 10)
     for k, v in ref.state["params"].items():
         assert torch.equal(res.state["params"][k], v), k
+    # the progress stream saw both worker-group starts and every step at least once
+    starts = [r["step"] for r in records if r["event"] == "start"]
+    assert starts == [0, res.resumed_from]
+    steps = sorted({r["step"] for r in records if r["event"] == "progress"})
+    assert steps == list(range(1, CFG.steps + 1))
+    assert all(r["tasks_per_s"] > 0 for r in records if r["event"] == "progress")
+    # --storage holds the Ray Train run (left alone); the hidden run file next to --out is gone
+    assert [p.name.startswith("killed-") for p in (tmp / "store").iterdir()] == [True]
+    assert not state_dir_for(tmp / "killed").exists()
 
 
 def test_interrupted_run_resumes_to_same_params(reference: tuple[Path, Any]) -> None:

@@ -42,12 +42,13 @@ def _flatten(loss: torch.Tensor, count: int, grads: dict[str, torch.Tensor]) -> 
 
 def _unflatten(
     flat: torch.Tensor, like: dict[str, torch.Tensor]
-) -> tuple[float, float, dict[str, torch.Tensor]]:
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Views into ``flat``; no host sync here (on GPU a ``float()`` per step would stall)."""
     out, i = {}, 2
     for k, v in like.items():
         out[k] = flat[i : i + v.numel()].view_as(v)
         i += v.numel()
-    return float(flat[0]), float(flat[1]), out
+    return flat[0], flat[1], out
 
 
 def _maybe_crash(debug: dict[str, Any], step: int, rank: int) -> None:
@@ -106,16 +107,16 @@ def train_loop(config: dict[str, Any]) -> None:
         _maybe_crash(debug, tr.step, rank)
         loss_sum, grads = tr.local_grad()
         flat = _flatten(loss_sum, n_local, grads)
-        if world > 1:
+        if dist.is_initialized():  # also at W=1, so the NCCL/gloo path always runs
             dist.all_reduce(flat)
         loss_all, count, grad_sums = _unflatten(flat, grads)
-        if round(count) != cfg.meta_batch:
+        if tr.step == start and round(float(count)) != cfg.meta_batch:  # the split is fixed
             raise RuntimeError(f"all-reduced task count {count} != meta-batch {cfg.meta_batch}")
         if debug.get("record_first_grad") and "first_grad" not in last:
             last["first_grad"] = {k: v.detach().cpu().clone() for k, v in grad_sums.items()}
         tr.apply(grad_sums)
         tasks_int += cfg.meta_batch
-        last["meta_loss"] = loss_all / cfg.meta_batch
+        last["meta_loss"] = loss_all.detach() / cfg.meta_batch
         if rank == 0 and (tr.step % cfg.val_every == 0 or tr.step == cfg.steps):
             t_val = time.perf_counter()
             last["val_loss"] = float(tr.validate()["loss"])
@@ -126,7 +127,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 {
                     "event": "progress",
                     "step": tr.step,
-                    "meta_loss": last["meta_loss"],
+                    "meta_loss": float(last["meta_loss"]),
                     "val_loss": last.get("val_loss"),
                     "tasks_per_s": tasks_int / dt,
                 }

@@ -1,0 +1,163 @@
+"""``raymeta bench meta-train``: tasks/s of meta-training in-process vs Ray Train W=1 and W=2.
+
+Workloads: sinusoid MAML (5 inner steps, meta-batch 1000) and Conv4 on digits (5-way 5-shot,
+meta-batch 64). Every figure is steady-state throughput of the outer loop (draw tasks,
+meta-gradient, all-reduce, outer step): the in-process loop is timed after warm-up steps, and a
+Ray Train run is timed from its workers' progress intervals after the first, so the ~20 s of
+``fit()`` start-up and teardown is reported apart. Each Ray worker and the in-process run use the
+same number of torch threads (``--threads``), so W=1 vs in-process isolates the per-step cost
+of running under Ray Train. All runs share one Ray instance started here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raymeta._io import atomic_write_json
+from raymeta.core.train import MetaTrainConfig, MetaTrainer
+
+HELP = "tasks/s of meta-training: in-process engine vs Ray Train with 1 and 2 workers"
+
+WORKLOADS = {
+    "sinusoid-maml5": MetaTrainConfig(
+        family="sinusoid", algo="maml", inner_steps=5, inner_lr=0.01, meta_batch=1000
+    ),
+    "digits-conv4": MetaTrainConfig(
+        family="digits",
+        family_options={"ways": 5, "shots": 5, "queries": 15},
+        model="conv4",
+        algo="maml",
+        inner_steps=1,
+        inner_lr=0.1,
+        meta_batch=64,
+    ),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--steps", type=int, default=None, help="outer steps timed per run (default 40, quick 8)"
+    )
+    p.add_argument(
+        "--warmup", type=int, default=None, help="untimed outer steps first (default 5, quick 2)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the in-process run and of each Ray worker",
+    )
+    p.add_argument(
+        "--workers", type=int, nargs="+", default=[1, 2], help="Ray Train worker counts to time"
+    )
+    p.add_argument(
+        "--workload",
+        choices=sorted(WORKLOADS),
+        nargs="+",
+        default=list(WORKLOADS),
+        help="which workloads",
+    )
+    p.add_argument(
+        "--meta-batch", type=int, default=None, help="override every workload's meta-batch"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="few steps (a smoke test; figures are not steady)"
+    )
+    p.add_argument("--json", metavar="PATH", help="also write the figures as JSON records")
+
+
+def in_process_rate(cfg: MetaTrainConfig, steps: int, warmup: int) -> float:
+    """Steady-state tasks/s of the outer loop in this process (all shards here)."""
+    tr = MetaTrainer(cfg)
+    for _ in range(warmup):
+        _, g = tr.local_grad()
+        tr.apply(g)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        _, g = tr.local_grad()
+        tr.apply(g)
+    return steps * cfg.meta_batch / (time.perf_counter() - t0)
+
+
+def ray_rate(
+    cfg: MetaTrainConfig, workers: int, threads: int, steps: int, warmup: int, tmp: Path
+) -> tuple[float, float]:
+    """(steady-state tasks/s, total fit() seconds) of a Ray Train run of ``warmup + steps`` steps."""
+    from raymeta.orchestration.meta_train import train_distributed
+
+    records: list[dict[str, Any]] = []
+    total = warmup + steps
+    res = train_distributed(
+        dataclasses.replace(cfg, steps=total, val_every=total, val_tasks=8),
+        tmp / f"{cfg.family}-w{workers}",
+        workers=workers,
+        cpus_per_worker=threads,
+        checkpoint_every=total,
+        max_failures=0,
+        overwrite=True,
+        progress=records.append,
+        log_every=warmup,
+    )
+    prog = sorted((r for r in records if r.get("event") == "progress"), key=lambda r: r["step"])
+    tasks = secs = 0.0
+    for prev, cur in zip(prog, prog[1:], strict=False):
+        if prev["step"] >= warmup:  # intervals after the warm-up ones
+            n = (cur["step"] - prev["step"]) * cfg.meta_batch
+            tasks, secs = tasks + n, secs + n / cur["tasks_per_s"]
+    return tasks / secs, res.seconds
+
+
+def run(args: argparse.Namespace) -> int:
+    from raymeta.orchestration.ray_runtime import ray_context
+
+    steps = args.steps or (8 if args.quick else 40)
+    warmup = args.warmup or (2 if args.quick else 5)
+    torch.set_num_threads(args.threads)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="raymeta-bench-mt-") as d, ray_context(None):
+        for name in args.workload:
+            cfg = WORKLOADS[name]
+            if args.meta_batch:
+                cfg = dataclasses.replace(cfg, meta_batch=args.meta_batch)
+            base = in_process_rate(cfg, steps, warmup)
+            rows.append(
+                {
+                    "workload": name,
+                    "meta_batch": cfg.meta_batch,
+                    "runner": "in-process",
+                    "tasks_per_s": base,
+                    "ratio": 1.0,
+                    "fit_s": 0.0,
+                }
+            )
+            print(
+                f"{name:15s} B={cfg.meta_batch:<5d} in-process   {base:10.0f} tasks/s", flush=True
+            )
+            for w in args.workers:
+                rate, fit_s = ray_rate(cfg, w, args.threads, steps, warmup, Path(d))
+                rows.append(
+                    {
+                        "workload": name,
+                        "meta_batch": cfg.meta_batch,
+                        "runner": f"ray-w{w}",
+                        "tasks_per_s": rate,
+                        "ratio": rate / base,
+                        "fit_s": fit_s,
+                    }
+                )
+                print(
+                    f"{name:15s} B={cfg.meta_batch:<5d} ray W={w:<2d}     {rate:10.0f} tasks/s  x{rate / base:.2f} of in-process  (fit() {fit_s:.0f} s in all)",
+                    flush=True,
+                )
+    for r in rows:
+        r.update(threads=args.threads, steps=steps, warmup=warmup)
+    if args.json:
+        atomic_write_json(args.json, rows)
+    return 0
