@@ -382,3 +382,29 @@ def test_cli_validate_errors_are_one_line(
     assert main(["data", "validate", str(one), "--one-task"]) == 0
     assert "carved 1 of 5 train rows" in capsys.readouterr().out
     np.testing.assert_equal(load_task_file(one).x_test.numpy(), np.zeros((1, 1), np.float32))
+
+
+def test_interleaved_tasks_across_small_row_groups(tmp_path: Path) -> None:
+    """Rows of a task scattered over many row groups (stats cannot prune) still read exactly."""
+    rows = []
+    for i in range(12):  # a and b alternate row by row
+        for t in ("a", "b"):
+            split = ("train", "val", "test")[i % 3]
+            rows.append(
+                (
+                    t,
+                    split,
+                    [float(i), 1.0 if t == "a" else 2.0],
+                    float(i) + (0.0 if t == "a" else 100.0),
+                )
+            )
+    path = tmp_path / "mixed.parquet"
+    pq.write_table(_table(rows, 2, meta_split=["train"] * len(rows)), path, row_group_size=5)
+    fam = ParquetFamily(str(path), shots=2, queries=2, cache_tasks=1)
+    assert len(fam.index.where["a"]) == 5 and pq.ParquetFile(path).metadata.num_row_groups == 5
+    for t, off, tag in (("a", 0.0, 1.0), ("b", 100.0, 2.0)):
+        r = fam.rows(t)
+        assert sum(len(r[s][0]) for s in ("train", "val", "test")) == 12
+        for s in ("train", "val", "test"):
+            x, y = r[s]
+            assert bool((x[:, 1] == tag).all()) and torch.equal(y.view(-1), x[:, 0] + off)

@@ -10,10 +10,13 @@ canonical Arrow schema, ``write_tasks`` writes it)::
 meta-training, meta-validation or held-out testing (a stable hash of ``task_id`` decides, 80/10/10,
 when the column is absent). Every task needs train, val and test rows.
 
-Data are streamed, never loaded whole: building the family scans only the key columns
-(``task_id``, ``split``, ``target``, ``meta_split``; with ``full_check`` also ``features``, batch by
-batch) to validate and index task ids and row counts; a task's rows are read on demand with a
-``task_id`` filter (pushed down to row-group statistics) and kept in a small LRU cache.
+Data are streamed, never loaded whole: building the family (``scan_tasks``) reads only the key
+columns (``task_id``, ``split``, ``target``, ``meta_split``; with ``full_check`` also
+``features``), a bounded batch at a time, to validate the data and index, per task, its row counts
+and the (file, row group) pairs holding it. A task's rows are read on demand from just those row
+groups (one read per file for a whole meta-batch, filtered on ``task_id``) and kept in an LRU
+cache of ``cache_tasks`` tasks. Files are found with ``pyarrow.dataset`` (hidden and ``_`` files
+are skipped, so half-written temp files never count).
 
 ``sample()`` draws ``shots`` support rows from a task's train split and ``queries`` query rows
 from its val split, without replacement. A task with fewer rows is an error unless
@@ -74,7 +77,7 @@ class TaskIndex:
     n_classes: int
     rows: dict[str, dict[str, int]] = field(default_factory=dict)
     meta: dict[str, str] = field(default_factory=dict)
-    where: dict[str, list[int]] = field(default_factory=dict)
+    where: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # (file, row group)
 
     def tasks(self, split: str) -> list[str]:
         return sorted(t for t, s in self.meta.items() if s == split)
@@ -94,7 +97,11 @@ def list_files(path: str | os.PathLike[str]) -> list[str]:
 
 
 def _batches(pf: pq.ParquetFile, columns: list[str], width: int | None) -> Any:
-    return pf.iter_batches(batch_size=max(1024, (1 << 20) // max(width or 64, 1)), columns=columns)
+    """(row group, record batch) pairs, a bounded number of rows at a time."""
+    size = max(1024, (1 << 20) // max(width or 64, 1))
+    for rg in range(pf.metadata.num_row_groups):
+        for b in pf.iter_batches(batch_size=size, row_groups=[rg], columns=columns):
+            yield rg, b
 
 
 def scan_tasks(path: str | os.PathLike[str], full_check: bool = True) -> TaskIndex:
@@ -105,7 +112,7 @@ def scan_tasks(path: str | os.PathLike[str], full_check: bool = True) -> TaskInd
     n_classes, first = 0, files[0]
     rows: dict[str, dict[str, int]] = {}
     meta: dict[str, str] = {}
-    where: dict[str, list[int]] = {}
+    where: dict[str, list[tuple[int, int]]] = {}
     for i, f in enumerate(files):
         try:
             pf = pq.ParquetFile(f)
@@ -123,7 +130,7 @@ def scan_tasks(path: str | os.PathLike[str], full_check: bool = True) -> TaskInd
         need = ["task_id", "split", "target"] + (["meta_split"] if cols.has_meta_split else [])
         if full_check or cols.width is None:
             need.append("features")
-        for b in _batches(pf, need, width):
+        for rg, b in _batches(pf, need, width):
             ids = b.column("task_id")
             if ids.null_count:
                 raise DataError(f"{f}: column 'task_id' has null values")
@@ -143,8 +150,8 @@ def scan_tasks(path: str | os.PathLike[str], full_check: bool = True) -> TaskInd
                 *(counts.column(k).to_pylist() for k in ("t", "s", "count_all")), strict=True
             ):
                 rows.setdefault(t, dict.fromkeys(SPLITS, 0))[s] += c
-                if not where.setdefault(t, []) or where[t][-1] != i:
-                    where[t].append(i)
+                if not where.setdefault(t, []) or where[t][-1] != (i, rg):
+                    where[t].append((i, rg))
             if cols.has_meta_split:
                 _merge_meta(meta, ids, b.column("meta_split"), f)
     if width is None or kind is None:
@@ -245,29 +252,34 @@ class ParquetFamily(TaskFamily):
         return self.fetch([task_id])[task_id]
 
     def fetch(self, task_ids: list[str]) -> dict[str, Rows]:
-        """Rows of several tasks; the uncached ones are read with ONE filtered scan per file."""
+        """Rows of several tasks; the uncached ones come from ONE read per file of just the row
+        groups the index says hold them (exact even when row-group statistics cannot prune)."""
         missing = sorted({t for t in task_ids if t not in self._cache})
         got = {t: self._cache[t] for t in task_ids if t in self._cache}
         for t in got:
             self._cache.move_to_end(t)
-        by_file: dict[int, list[str]] = {}
+        groups: dict[int, set[int]] = {}
         for t in missing:
-            for i in self.index.where[t]:
-                by_file.setdefault(i, []).append(t)
+            for i, rg in self.index.where[t]:
+                groups.setdefault(i, set()).add(rg)
         parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {t: [] for t in missing}
-        for i, ids in sorted(by_file.items()):
+        want = pa.array(missing, pa.string())
+        for i, rgs in sorted(groups.items()):
             f = self.index.files[i]
-            flt = pc.field("task_id").isin(pa.array(ids, pa.string()))
-            table = ds.dataset(f, format="parquet").to_table(
-                columns=["task_id", "split", "features", "target"], filter=flt
+            table = pq.ParquetFile(f).read_row_groups(
+                sorted(rgs), columns=["task_id", "split", "features", "target"]
             )
+            table = table.filter(pc.is_in(table["task_id"], value_set=want))
             names = table["task_id"].combine_chunks()
             x = features_numpy(table["features"], self.index.width, f, names)
             y = target_numpy(table["target"], self.kind, f, names)
-            tid, sp = np.asarray(names.to_pylist()), np.asarray(table["split"].to_pylist())
-            for t in ids:
-                m = tid == t
-                parts[t].append((x[m], y[m], sp[m]))
+            sp = np.asarray(table["split"].to_pylist())
+            tid = np.asarray(names.to_pylist())
+            order = np.argsort(tid, kind="stable")
+            uniq, start = np.unique(tid[order], return_index=True)
+            for t, lo, hi in zip(uniq.tolist(), start, [*start[1:], len(order)], strict=True):
+                sel = order[lo:hi]
+                parts[t].append((x[sel], y[sel], sp[sel]))
         for t in missing:
             x, y, sp = (np.concatenate([p[k] for p in parts[t]]) for k in range(3))
             rows: Rows = {}
