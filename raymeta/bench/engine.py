@@ -214,6 +214,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="seconds to time each implementation (default 2, quick 0.2)",
     )
+    p.add_argument("--only", metavar="TEXT", help="run only the workloads whose name contains TEXT")
     p.add_argument(
         "--threads",
         type=int,
@@ -242,6 +243,8 @@ def run(args: argparse.Namespace) -> int:
         f"{'workload':<22} {'batch':>5} {'impl':<9} {'tasks/s':>10} {'x looped':>9} {'/ bare':>7}"
     )
     for w in workloads(args.quick):
+        if args.only and args.only not in w.name:
+            continue
         for mb in w.meta_batches:
             res = run_workload(w, mb, min_time, peers, clock)
             for impl, tps in res.items():
