@@ -138,6 +138,11 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
     else:
         group, step = new_group(setup, config, idx), 0
     while step < setup.steps_per_member:
+        # test hook, checked before training (code after tune.report may never run: a paused
+        # trial's function is abandoned there): die once a checkpoint exists to retry from
+        if setup.crash_marker is not None and step > 0 and not os.path.exists(setup.crash_marker):
+            Path(setup.crash_marker).write_text(trial_id)
+            os.kill(os.getpid(), signal.SIGKILL)
         t0 = time.perf_counter()
         n = min(setup.interval, setup.steps_per_member - step)
         taken = group.train(setup.x_train, setup.y_train, n)
@@ -166,6 +171,3 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
         with tempfile.TemporaryDirectory(prefix="raymeta-trial-") as d:
             save_trial(Path(d), group, {"owner": trial_id, "trial_step": step})
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-        if setup.crash_marker is not None and not os.path.exists(setup.crash_marker):
-            Path(setup.crash_marker).write_text(trial_id)
-            os.kill(os.getpid(), signal.SIGKILL)

@@ -67,6 +67,7 @@ def make_scheduler(plan: TunePlan) -> Any:
             custom_explore_fn=clip_explore(plan.prior),
             quantile_fraction=0.25,
             resample_probability=0.25,
+            synch=True,
         )
     if plan.scheduler == "pb2":
         from ray.tune.schedulers.pb2 import PB2
