@@ -52,7 +52,7 @@ def main() -> int:
         algo=args.algo,
         inner_steps=1,
         inner_lr=0.01,
-        outer_lr=1e-3,
+        outer_lr=5e-3,
         meta_batch=25,
         steps=steps,
         val_every=max(steps // 4, 1),

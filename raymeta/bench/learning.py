@@ -1,8 +1,8 @@
 """``raymeta bench learning``: does meta-training actually learn? (issue 2, section 5)
 
 MAML on the sinusoid family (MLP 1-40-40-1, K=10 support + 10 query, meta-batch 25, 2,000
-meta-steps, Adam 1e-3, one inner SGD step of 0.01 as in the MAML paper), then the MSE on 500
-held-out meta-TEST tasks after 1 / 5 / 10 SGD steps (lr 0.01) on K=5 points, scored on 100
+meta-steps, one inner SGD step of 0.01 as in the MAML paper, outer Adam 5e-3 -- with the
+paper's 1e-3, 2k steps reach only ~0.92), then the MSE on 500 held-out meta-TEST tasks after 1 / 5 / 10 SGD steps (lr 0.01) on K=5 points, scored on 100
 other points of each task -- and the same from the random init the run started from.
 Target: meta-init MSE after 10 steps < 0.6 and >= 5x lower than from the random init.
 """
@@ -46,6 +46,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--inner-steps", type=int, default=1, help="inner SGD steps during meta-training"
     )
+    p.add_argument(
+        "--inner-lr",
+        type=float,
+        default=0.01,
+        help="inner SGD step size (training and fine-tuning)",
+    )
+    p.add_argument("--outer-lr", type=float, default=5e-3, help="Adam step size of the outer loop")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--quick", action="store_true", help="50 steps on 50 tasks: a smoke test, not the benchmark"
@@ -62,9 +69,9 @@ def run(args: argparse.Namespace) -> int:
         model_options={"widths": [40, 40]},
         algo="maml",
         inner_steps=args.inner_steps,
-        inner_lr=0.01,
+        inner_lr=args.inner_lr,
         outer_optimizer="adam",
-        outer_lr=1e-3,
+        outer_lr=args.outer_lr,
         meta_batch=25,
         steps=steps,
         seed=args.seed,
@@ -82,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     )
     seconds = time.perf_counter() - t0
     meta, rand = scores(trainer, batch), scores(random_init, batch)
-    print(f"\nMSE on {n_eval} held-out tasks after k SGD steps (lr 0.01) on K=5 points:")
+    print(f"\nMSE on {n_eval} held-out tasks after k SGD steps (lr {args.inner_lr}) on K=5 points:")
     print(f"{'k':>3} {'meta-init':>10} {'random':>10} {'ratio':>7}")
     for k in EVAL_STEPS:
         print(f"{k:>3} {meta[k]:>10.3f} {rand[k]:>10.3f} {rand[k] / meta[k]:>7.1f}")
