@@ -40,23 +40,45 @@ def test_packed_members_equal_one_by_one(untrained_meta: Path) -> None:
     cand = ckpt.candidate()
     task = _task()
     # broad-prior configs (mixed optimizers, batch sizes, head-only), lr capped so none diverges
-    configs = [{**c, "model": "mlp", "lr": min(c["lr"], 0.03)} for c in _prior().sample(5, np.random.default_rng(3))]
+    configs = [
+        {**c, "model": "mlp", "lr": min(c["lr"], 0.03)}
+        for c in _prior().sample(5, np.random.default_rng(3))
+    ]
     seeds = member_seeds(0, 2, 5)
     for params in (cand.params, None):  # meta-init and per-member seeded scratch init
-        packed = MemberGroup(cand.spec, "regression", [dict(c) for c in configs], seeds, initial_state(cand.spec, params, seeds))
+        packed = MemberGroup(
+            cand.spec,
+            "regression",
+            [dict(c) for c in configs],
+            seeds,
+            initial_state(cand.spec, params, seeds),
+        )
         singles = [
-            MemberGroup(cand.spec, "regression", [dict(configs[i])], [seeds[i]], initial_state(cand.spec, params, [seeds[i]]))
+            MemberGroup(
+                cand.spec,
+                "regression",
+                [dict(configs[i])],
+                [seeds[i]],
+                initial_state(cand.spec, params, [seeds[i]]),
+            )
             for i in range(5)
         ]
         for _ in range(3):
             packed.train(task.x_train, task.y_train, 7)
             vp = packed.evaluate(task.x_val, task.y_val)
-            vs = torch.cat([g.train(task.x_train, task.y_train, 7) * 0 + g.evaluate(task.x_val, task.y_val) for g in singles])
+            vs = torch.cat(
+                [
+                    g.train(task.x_train, task.y_train, 7) * 0 + g.evaluate(task.x_val, task.y_val)
+                    for g in singles
+                ]
+            )
             torch.testing.assert_close(vp, vs, rtol=1e-5, atol=1e-6)
         for i, g in enumerate(singles):
             for k, v in packed.state.params.items():
                 torch.testing.assert_close(v[i], g.state.params[k][0], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(packed.best_val, torch.cat([g.best_val for g in singles]), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            packed.best_val, torch.cat([g.best_val for g in singles]), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_exploit_quarter_copies_best_and_keeps_member0_config() -> None:
@@ -65,7 +87,13 @@ def test_exploit_quarter_copies_best_and_keeps_member0_config() -> None:
     prior = _prior()
     configs = [{**c, "model": "mlp"} for c in prior.sample(8, np.random.default_rng(0))]
     seeds = member_seeds(1, 0, 8)
-    g = MemberGroup(cand.spec, "regression", [dict(c) for c in configs], seeds, initial_state(cand.spec, None, seeds))
+    g = MemberGroup(
+        cand.spec,
+        "regression",
+        [dict(c) for c in configs],
+        seeds,
+        initial_state(cand.spec, None, seeds),
+    )
     g.last_val = torch.tensor([9.0, 1.0, 5.0, 2.0, math.inf, 4.0, 6.0, 3.0], dtype=torch.float64)
     before = {k: v.clone() for k, v in g.state.params.items()}
     events = g.exploit_quarter(np.random.default_rng(0), prior.perturb)
@@ -81,9 +109,16 @@ def test_exploit_quarter_copies_best_and_keeps_member0_config() -> None:
         for k in before:
             assert torch.equal(g.state.params[k][i], before[k][i])
     assert g.seeds == seeds
-    assert MemberGroup(cand.spec, "regression", configs[:3], seeds[:3], initial_state(cand.spec, None, seeds[:3])).exploit_quarter(
-        np.random.default_rng(0), prior.perturb
-    ) == []
+    assert (
+        MemberGroup(
+            cand.spec,
+            "regression",
+            configs[:3],
+            seeds[:3],
+            initial_state(cand.spec, None, seeds[:3]),
+        ).exploit_quarter(np.random.default_rng(0), prior.perturb)
+        == []
+    )
 
 
 def test_trial_checkpoint_roundtrip_weights_only(tmp_path: Path) -> None:
@@ -91,7 +126,19 @@ def test_trial_checkpoint_roundtrip_weights_only(tmp_path: Path) -> None:
     task = _task()
     from raymeta.orchestration._trainable import Candidate
 
-    setup = TrialSetup("regression", task.x_train, task.y_train, task.x_val, task.y_val, {"mlp": Candidate(ckpt.candidate().spec, None)}, _prior(), 4, 20, 5, 0)
+    setup = TrialSetup(
+        "regression",
+        task.x_train,
+        task.y_train,
+        task.x_val,
+        task.y_val,
+        {"mlp": Candidate(ckpt.candidate().spec, None)},
+        _prior(),
+        4,
+        20,
+        5,
+        0,
+    )
     g = new_group(setup, {"lr": 0.01, "optimizer": "adam", "model": "mlp"}, 3)
     assert g.configs[0]["lr"] == 0.01 and len(g.configs) == 4
     assert all(c["model"] == "mlp" for c in g.configs)
@@ -115,14 +162,23 @@ def test_warm_start_beats_scratch_without_ray(tmp_path: Path) -> None:
     tr = meta_train(MetaTrainConfig(steps=60, meta_batch=10, val_tasks=5, inner_lr=0.01, seed=0))
     cand = tr.to_checkpoint().candidate()
     fam = make_family("sinusoid")
-    cfgs = [{"lr": 0.01, "optimizer": "sgd", "adapt": "all", "model": "mlp"}, {"lr": 0.003, "optimizer": "adam", "adapt": "all", "model": "mlp"}]
+    cfgs = [
+        {"lr": 0.01, "optimizer": "sgd", "adapt": "all", "model": "mlp"},
+        {"lr": 0.003, "optimizer": "adam", "adapt": "all", "model": "mlp"},
+    ]
     wins = 0
     for i in range(6):
         t = fam.task("test", i)
         best = {}
         for name, params in (("meta", cand.params), ("scratch", None)):
             seeds = member_seeds(0, i, 2)
-            g = MemberGroup(cand.spec, "regression", [dict(c) for c in cfgs], seeds, initial_state(cand.spec, params, seeds))
+            g = MemberGroup(
+                cand.spec,
+                "regression",
+                [dict(c) for c in cfgs],
+                seeds,
+                initial_state(cand.spec, params, seeds),
+            )
             for _ in range(4):
                 g.train(t.x_train, t.y_train, 5)
                 g.evaluate(t.x_val, t.y_val)
@@ -133,8 +189,14 @@ def test_warm_start_beats_scratch_without_ray(tmp_path: Path) -> None:
 
 def test_population_curve_and_steps_to_reach() -> None:
     a, b = TrialHistory("a"), TrialHistory("b")
-    a.rows = [{"trial": "a", "spent": 10, "best_val_loss": 5.0, "wall_time": 1.0}, {"trial": "a", "spent": 20, "best_val_loss": 2.0, "wall_time": 3.0}]
-    b.rows = [{"trial": "b", "spent": 10, "best_val_loss": 4.0, "wall_time": 2.0}, {"trial": "b", "spent": 20, "best_val_loss": 3.0, "wall_time": 4.0}]
+    a.rows = [
+        {"trial": "a", "spent": 10, "best_val_loss": 5.0, "wall_time": 1.0},
+        {"trial": "a", "spent": 20, "best_val_loss": 2.0, "wall_time": 3.0},
+    ]
+    b.rows = [
+        {"trial": "b", "spent": 10, "best_val_loss": 4.0, "wall_time": 2.0},
+        {"trial": "b", "spent": 20, "best_val_loss": 3.0, "wall_time": 4.0},
+    ]
     curve = population_curve([a, b])
     assert curve == [(10, 5.0), (20, 4.0), (30, 2.0), (40, 2.0)]
     assert steps_to_reach(curve, 4.0) == 20 and steps_to_reach(curve, 1.0) is None
@@ -157,20 +219,44 @@ def test_plan_bad_input(untrained_meta: Path, tmp_path: Path) -> None:
         plan_tune(untrained_meta, "sinusoid:0", 2, scheduler="hyperband", prior="broad")
     t = _task()
     # a task with 3 input features cannot use a 1-input model
-    wide = type(t)("wide", t.x_train.repeat(1, 3), t.y_train, t.x_val.repeat(1, 3), t.y_val, t.x_test.repeat(1, 3), t.y_test, "regression", 1)
+    wide = type(t)(
+        "wide",
+        t.x_train.repeat(1, 3),
+        t.y_train,
+        t.x_val.repeat(1, 3),
+        t.y_val,
+        t.x_test.repeat(1, 3),
+        t.y_test,
+        "regression",
+        1,
+    )
     write_tasks(tmp_path / "wide.parquet", [wide])
     with pytest.raises(DataError, match="takes inputs"):
         plan_tune(untrained_meta, str(tmp_path / "wide.parquet"), 2, prior="broad")
-    bad = type(t)("nan", t.x_train, t.y_train.clone(), t.x_val, t.y_val, t.x_test, t.y_test, "regression", 1)
+    bad = type(t)(
+        "nan", t.x_train, t.y_train.clone(), t.x_val, t.y_val, t.x_test, t.y_test, "regression", 1
+    )
     bad.y_train[2] = float("nan")
     write_tasks(tmp_path / "nan.parquet", [bad])
     with pytest.raises(DataError, match="(?i)nan"):
         plan_tune(untrained_meta, str(tmp_path / "nan.parquet"), 2, prior="broad")
-    noval = type(t)("noval", t.x_train, t.y_train, t.x_val[:0], t.y_val[:0], t.x_test, t.y_test, "regression", 1)
+    noval = type(t)(
+        "noval", t.x_train, t.y_train, t.x_val[:0], t.y_val[:0], t.x_test, t.y_test, "regression", 1
+    )
     write_tasks(tmp_path / "noval.parquet", [noval])
     plan = plan_tune(untrained_meta, str(tmp_path / "noval.parquet"), 2, prior="broad")
     assert plan.notes and "carved" in plan.notes[0] and len(plan.task.x_val) > 0
-    notest = type(t)("notest", t.x_train, t.y_train, t.x_val, t.y_val, t.x_test[:0], t.y_test[:0], "regression", 1)
+    notest = type(t)(
+        "notest",
+        t.x_train,
+        t.y_train,
+        t.x_val,
+        t.y_val,
+        t.x_test[:0],
+        t.y_test[:0],
+        "regression",
+        1,
+    )
     write_tasks(tmp_path / "notest.parquet", [notest])
     with pytest.raises(DataError, match="test"):
         plan_tune(untrained_meta, str(tmp_path / "notest.parquet"), 2, prior="broad")

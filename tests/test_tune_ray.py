@@ -29,16 +29,30 @@ def sinusoid_meta(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tune-meta") / "meta"
     tr = meta_train(MetaTrainConfig(steps=100, meta_batch=10, val_tasks=5, seed=0))
     save_meta_checkpoint(path, tr.to_checkpoint())
-    priors = fit_priors(load_meta_checkpoint(path), n_tasks=4, n_configs=16, max_steps=20, portfolio_size=4)
+    priors = fit_priors(
+        load_meta_checkpoint(path), n_tasks=4, n_configs=16, max_steps=20, portfolio_size=4
+    )
     write_priors(path, priors.to_dict())
     return path
 
 
-def test_pbt_exploits_retries_a_killed_trial_and_writes_outputs(ray_session: None, sinusoid_meta: Path, tmp_path: Path) -> None:
+def test_pbt_exploits_retries_a_killed_trial_and_writes_outputs(
+    ray_session: None, sinusoid_meta: Path, tmp_path: Path
+) -> None:
     from raymeta.orchestration.tune import run_tune
 
     out, marker = tmp_path / "out", tmp_path / "crash-once"
-    kw = dict(meta=sinusoid_meta, task="sinusoid:2", population=4, members_per_trial=4, budget=4 * 4 * 40, interval=5, out=out, seed=1, verbose=0)
+    kw = dict(
+        meta=sinusoid_meta,
+        task="sinusoid:2",
+        population=4,
+        members_per_trial=4,
+        budget=4 * 4 * 40,
+        interval=5,
+        out=out,
+        seed=1,
+        verbose=0,
+    )
     rep = run_tune(**kw, max_failures=2, _crash_marker=str(marker))
     assert marker.is_file()  # one trial process really was SIGKILLed ...
     assert all(t["error"] is None for t in rep["trials"])  # ... and retried to completion
@@ -48,12 +62,21 @@ def test_pbt_exploits_retries_a_killed_trial_and_writes_outputs(ray_session: Non
     assert rep["best"]["val_loss"] <= rep["initial_best_val_loss"]
     assert all(t["reports"] >= 8 for t in rep["trials"])  # 40 steps / 5 per report
     params = torch.load(out / "best_model.pt", weights_only=True)
-    assert set(params) == {"body.1.weight", "body.1.bias", "body.3.weight", "body.3.bias", "head.weight", "head.bias"}
+    assert set(params) == {
+        "body.1.weight",
+        "body.1.bias",
+        "body.3.weight",
+        "body.3.bias",
+        "head.weight",
+        "head.bias",
+    }
     assert rep["member_steps"] >= 4 * 4 * 40
     df = read_results(out / "results").to_pandas()
     assert set(df["metric"]) == {"val_loss", "test_loss"}
     assert (df["metric"] == "test_loss").sum() == 1
-    assert float(df.loc[df["metric"] == "test_loss", "value"].iloc[0]) == pytest.approx(rep["best"]["test_loss"])
+    assert float(df.loc[df["metric"] == "test_loss", "value"].iloc[0]) == pytest.approx(
+        rep["best"]["test_loss"]
+    )
     assert json.loads((out / "report.json").read_text())["best"] == rep["best"]
     # rerunning the finished run restores it (nothing retrained, no duplicate rows)
     rep2 = run_tune(**kw, max_failures=2)
@@ -66,13 +89,36 @@ def test_pbt_exploits_retries_a_killed_trial_and_writes_outputs(ray_session: Non
 def test_killed_driver_resumes(sinusoid_meta: Path, tmp_path: Path) -> None:
     """SIGKILL the whole `raymeta tune` process group mid-run, rerun: it resumes and completes."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "raymeta.cli.main", "tune", "--meta", str(sinusoid_meta), "--task", "sinusoid:4",
-           "--population", "4", "--members-per-trial", "2", "--budget", str(4 * 2 * 200), "--interval", "10", "--out", str(out), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "raymeta.cli.main",
+        "tune",
+        "--meta",
+        str(sinusoid_meta),
+        "--task",
+        "sinusoid:4",
+        "--population",
+        "4",
+        "--members-per-trial",
+        "2",
+        "--budget",
+        str(4 * 2 * 200),
+        "--interval",
+        "10",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     env = {**os.environ, "RAY_ADDRESS": ""}
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     hist = out / "history.jsonl"
-    while time.time() < deadline and (not hist.is_file() or len(hist.read_text().splitlines()) < 12):
+    while time.time() < deadline and (
+        not hist.is_file() or len(hist.read_text().splitlines()) < 12
+    ):
         time.sleep(1)
     assert hist.is_file(), "the run never reported"
     os.killpg(proc.pid, signal.SIGKILL)
@@ -86,15 +132,28 @@ def test_killed_driver_resumes(sinusoid_meta: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_warm_start_beats_scratch_through_tune(ray_session: None, sinusoid_meta: Path, tmp_path: Path) -> None:
+def test_warm_start_beats_scratch_through_tune(
+    ray_session: None, sinusoid_meta: Path, tmp_path: Path
+) -> None:
     from raymeta.orchestration.tune import run_tune
 
     wins = 0
     for i in range(3):
         res = {}
         for init, prior in (("meta", "learned"), ("scratch", "broad")):
-            rep = run_tune(sinusoid_meta, f"sinusoid:{10 + i}", population=2, members_per_trial=8, budget=2 * 8 * 30, interval=10,
-                           scheduler="random", init=init, prior=prior, out=tmp_path / f"{init}{i}", verbose=0)
+            rep = run_tune(
+                sinusoid_meta,
+                f"sinusoid:{10 + i}",
+                population=2,
+                members_per_trial=8,
+                budget=2 * 8 * 30,
+                interval=10,
+                scheduler="random",
+                init=init,
+                prior=prior,
+                out=tmp_path / f"{init}{i}",
+                verbose=0,
+            )
             res[init] = rep["best"]["test_loss"]
         wins += res["meta"] < res["scratch"]
     assert wins >= 2

@@ -27,22 +27,69 @@ a crashed trial is retried up to --max-failures times from its last checkpoint."
 
 
 def add_parser(sub: Any) -> None:
-    p = add_command(sub, "tune", "tune a new task with a warm-started Ray Tune population (PBT)", _run, DESCRIPTION)
+    p = add_command(
+        sub,
+        "tune",
+        "tune a new task with a warm-started Ray Tune population (PBT)",
+        _run,
+        DESCRIPTION,
+    )
     p.epilog = EPILOG
     p.add_argument("--meta", default=None, help="meta-checkpoint directory (required)")
-    p.add_argument("--task", default=None, help="FAMILY:INDEX or a one-task Parquet file (required)")
-    p.add_argument("--population", type=int, default=None, help="number of Tune trials P (required)")
-    p.add_argument("--members-per-trial", type=int, default=1, help="M members packed into one vmapped trial")
-    p.add_argument("--scheduler", default="pbt", choices=["pbt", "pb2", "asha", "random"], help="Tune scheduler")
-    p.add_argument("--budget", type=int, default=None, help="total member-steps (default: 100 per member)")
-    p.add_argument("--interval", type=int, default=None, help="steps between reports/perturbations (default: 1/10 of a member's steps)")
-    p.add_argument("--init", default="meta", choices=["meta", "scratch"], help="meta-learned init or seeded random init")
-    p.add_argument("--prior", default="learned", choices=["learned", "broad"], help="where hyperparameters come from")
-    p.add_argument("--address", default=None, help="join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto)")
-    p.add_argument("--storage", default=None, help="Tune storage_path (local path or s3://, gs:// URI; default: OUT/ray_results)")
+    p.add_argument(
+        "--task", default=None, help="FAMILY:INDEX or a one-task Parquet file (required)"
+    )
+    p.add_argument(
+        "--population", type=int, default=None, help="number of Tune trials P (required)"
+    )
+    p.add_argument(
+        "--members-per-trial", type=int, default=1, help="M members packed into one vmapped trial"
+    )
+    p.add_argument(
+        "--scheduler",
+        default="pbt",
+        choices=["pbt", "pb2", "asha", "random"],
+        help="Tune scheduler",
+    )
+    p.add_argument(
+        "--budget", type=int, default=None, help="total member-steps (default: 100 per member)"
+    )
+    p.add_argument(
+        "--interval",
+        type=int,
+        default=None,
+        help="steps between reports/perturbations (default: 1/10 of a member's steps)",
+    )
+    p.add_argument(
+        "--init",
+        default="meta",
+        choices=["meta", "scratch"],
+        help="meta-learned init or seeded random init",
+    )
+    p.add_argument(
+        "--prior",
+        default="learned",
+        choices=["learned", "broad"],
+        help="where hyperparameters come from",
+    )
+    p.add_argument(
+        "--address", default=None, help="join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto)"
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="Tune storage_path (local path or s3://, gs:// URI; default: OUT/ray_results)",
+    )
     p.add_argument("--out", default=None, help="output directory (required)")
-    p.add_argument("--seed", type=int, default=0, help="seed of member inits, prior draws and minibatches")
-    p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its last checkpoint")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of member inits, prior draws and minibatches"
+    )
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        help="retries of a crashed trial from its last checkpoint",
+    )
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per trial")
     p.add_argument("--quiet", action="store_true", help="no Tune progress table")
 
@@ -56,8 +103,12 @@ def _fmt(v: Any) -> str:
 def summary(report: dict[str, Any]) -> str:
     """The final table: one line per trial, then the best member and its test metrics."""
     lines = [f"{'trial':<14} {'reports':>7} {'best val':>10}  error"]
-    for t in sorted(report["trials"], key=lambda t: (t["best_val_loss"] is None, t["best_val_loss"] or 0.0)):
-        lines.append(f"{t['trial']:<14} {t['reports']:>7} {_fmt(t['best_val_loss']):>10}  {t['error'] or ''}")
+    for t in sorted(
+        report["trials"], key=lambda t: (t["best_val_loss"] is None, t["best_val_loss"] or 0.0)
+    ):
+        lines.append(
+            f"{t['trial']:<14} {t['reports']:>7} {_fmt(t['best_val_loss']):>10}  {t['error'] or ''}"
+        )
     b = report["best"]
     tests = "  ".join(f"{k}={_fmt(v)}" for k, v in b.items() if k.startswith("test_"))
     cfg = ", ".join(f"{k}={_fmt(v)}" for k, v in b["config"].items())

@@ -34,7 +34,9 @@ class HistoryCallback(Callback):
     def __init__(self, path: str):
         self.path = path
 
-    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
         rec = {"trial": str(trial.trial_id), **{k: result[k] for k in REPORT_KEYS if k in result}}
         rec["hparams"] = {k: trial.config[k] for k in HPARAM_KEYS if k in trial.config}
         with open(self.path, "a") as f:

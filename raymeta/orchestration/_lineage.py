@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+
 @dataclass
 class TrialHistory:
     trial_id: str
@@ -50,7 +51,9 @@ def read_histories(path: str | Path) -> list[TrialHistory]:
             continue
         seen.add(key)
         h = hists.setdefault(rec["trial"], TrialHistory(rec["trial"]))
-        spent = (h.rows[-1]["spent"] if h.rows else 0) + int(rec.get("interval_member_steps", 0) or 0)
+        spent = (h.rows[-1]["spent"] if h.rows else 0) + int(
+            rec.get("interval_member_steps", 0) or 0
+        )
         row = {
             "trial": rec["trial"],
             "spent": spent,
@@ -59,7 +62,9 @@ def read_histories(path: str | Path) -> list[TrialHistory]:
             "best_val_loss": _num(rec.get("best_val_loss")),
             "wall_time": float(rec.get("wall_time", 0.0) or 0.0),
             "hparams": dict(rec.get("hparams", {})),
-            "events": json.loads(rec["events"]) if isinstance(rec.get("events"), str) and rec["events"] else [],
+            "events": json.loads(rec["events"])
+            if isinstance(rec.get("events"), str) and rec["events"]
+            else [],
         }
         if rec.get("val_accuracy") is not None:
             row["val_accuracy"] = float(rec["val_accuracy"])

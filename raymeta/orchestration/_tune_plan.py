@@ -116,7 +116,11 @@ def check_task(task: Task, ckpt: MetaCheckpoint) -> None:
                 x = getattr(task, f"x_{split}")
                 setattr(task, f"x_{split}", x.reshape(len(x), *s.input_shape))
             same_in = True
-        out_ok = int(task.output_dim) <= int(s.output_dim) if task.kind == "classification" else int(task.output_dim) == int(s.output_dim)
+        out_ok = (
+            int(task.output_dim) <= int(s.output_dim)
+            if task.kind == "classification"
+            else int(task.output_dim) == int(s.output_dim)
+        )
         if not same_in or not out_ok:
             raise DataError(
                 f"meta-checkpoint model {name!r} takes inputs {tuple(s.input_shape)} with {s.output_dim} outputs, "

@@ -72,7 +72,7 @@ def make_scheduler(plan: TunePlan) -> Any:
     if plan.scheduler == "pb2":
         from ray.tune.schedulers.pb2 import PB2
 
-        bounds = {
+        bounds: dict[str, Any] = {
             p.name: [p.low, p.high]
             for p in plan.prior.space
             if isinstance(p, Float) and p.name not in NOT_MUTATED
@@ -178,7 +178,11 @@ def _tuner(
             failure_config=tune.FailureConfig(max_failures=max_failures),
             # the latest checkpoint is always kept too (PBT exploits it); keeping the best ones by
             # best_val_loss means a best snapshot survives its trial being overwritten by an exploit
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=3, checkpoint_score_attribute="best_val_loss", checkpoint_score_order="min"),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=3,
+                checkpoint_score_attribute="best_val_loss",
+                checkpoint_score_order="min",
+            ),
             verbose=verbose,
             progress_reporter=reporter,
             callbacks=[HistoryCallback(str((out / HISTORY_FILE).resolve()))],
@@ -293,12 +297,16 @@ def write_outputs(
         for k, v in group.trainer.evaluate(one, plan.task.x_test, plan.task.y_test).items()
     }
     hists = read_histories(out / HISTORY_FILE)
-    errors = {str(r.metrics.get("trial_id")): str(r.error).strip().splitlines()[-1][:300] for r in results if r.error is not None}
+    errors = {
+        str(r.metrics.get("trial_id")): str(r.error).strip().splitlines()[-1][:300]
+        for r in results
+        if r.error is not None
+    }
     for h in hists:
         h.error = errors.get(h.trial_id)
     started = float(run.get("started", time.time()))
     sink = ResultSink(out / "results", sweep)
-    common = {
+    common: dict[str, Any] = {
         "sweep": sweep,
         "strategy": plan.strategy,
         "task": plan.task.task_id,

@@ -1,0 +1,167 @@
+"""``raymeta bench tune``: (a) packing throughput, (b) time to quality of warm-started tuning.
+
+(a) member-steps/s of a P x M = 64-member population, packed (P=4, M=16) vs one member per
+    trial (P=64, M=1), both through ``run_tune`` in one Ray session (wall time of the whole
+    tune run, start-up included). Target: >= 10x.
+(b) on N held-out tasks, ``meta+learned+pbt`` vs ``scratch+broad+pbt`` with the same
+    population and budget: the member-steps the warm-started population needs to reach the
+    scratch run's final best validation loss (target <= 1/10 of the budget) and how often its
+    final test loss is lower (target >= 90% of tasks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HELP = "tune: packed vs one-member trials, and time to quality of warm-started PBT"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--meta",
+        default=None,
+        help="meta-checkpoint with priors (default: build a small sinusoid one)",
+    )
+    p.add_argument(
+        "--family",
+        default="sinusoid",
+        choices=["sinusoid", "digits"],
+        help="family of the default checkpoint",
+    )
+    p.add_argument("--tasks", type=int, default=3, help="held-out tasks for (b); 0 skips (b)")
+    p.add_argument("--population", type=int, default=4, help="trials for (b)")
+    p.add_argument(
+        "--members-per-trial", type=int, default=4, help="packed members per trial for (b)"
+    )
+    p.add_argument("--steps", type=int, default=100, help="steps per member for (b)")
+    p.add_argument(
+        "--packing-steps", type=int, default=40, help="steps per member for (a); 0 skips (a)"
+    )
+    p.add_argument(
+        "--meta-steps", type=int, default=500, help="meta-training steps of the default checkpoint"
+    )
+
+
+def _default_meta(family: str, steps: int, where: Path) -> Path:
+    from raymeta.core.checkpoint import load_meta_checkpoint, save_meta_checkpoint, write_priors
+    from raymeta.core.train import MetaTrainConfig, meta_train
+    from raymeta.priors import fit_priors
+
+    path = where / f"{family}-meta"
+    opts: dict[str, Any] = {} if family == "sinusoid" else {"ways": 5, "shots": 1}
+    tr = meta_train(
+        MetaTrainConfig(
+            family=family, family_options=opts, steps=steps, meta_batch=16, val_tasks=10
+        )
+    )
+    save_meta_checkpoint(path, tr.to_checkpoint())
+    write_priors(
+        path,
+        fit_priors(load_meta_checkpoint(path), n_tasks=8, n_configs=32, max_steps=50).to_dict(),
+    )
+    return path
+
+
+def packing(meta: Path, family: str, steps: int, work: Path) -> dict[str, float]:
+    from raymeta.orchestration.tune import run_tune
+
+    out: dict[str, float] = {}
+    for p, m in ((4, 16), (64, 1)):
+        t0 = time.perf_counter()
+        rep = run_tune(
+            meta,
+            f"{family}:0",
+            p,
+            m,
+            "random",
+            budget=64 * steps,
+            prior="broad",
+            out=work / f"pack-{p}x{m}",
+            interval=steps,
+            verbose=0,
+        )
+        out[f"{p}x{m}"] = rep["member_steps"] / (time.perf_counter() - t0)
+    return out
+
+
+def quality(
+    meta: Path, family: str, n: int, pop: int, m: int, steps: int, work: Path
+) -> list[dict[str, Any]]:
+    from raymeta.orchestration._lineage import steps_to_reach
+    from raymeta.orchestration.tune import run_tune
+
+    rows = []
+    for i in range(n):
+        reps = {}
+        for init, prior in (("meta", "learned"), ("scratch", "broad")):
+            reps[init] = run_tune(
+                meta,
+                f"{family}:{i}",
+                pop,
+                m,
+                "pbt",
+                budget=pop * m * steps,
+                init=init,
+                prior=prior,
+                out=work / f"q{i}-{init}",
+                interval=max(1, steps // 20),
+                verbose=0,
+            )
+        target = min(v for _, v in reps["scratch"]["curve"])
+        need = steps_to_reach([tuple(c) for c in reps["meta"]["curve"]], target)  # type: ignore[misc]
+        rows.append(
+            {
+                "task": reps["meta"]["task"],
+                "scratch_val": target,
+                "meta_val": reps["meta"]["best"]["val_loss"],
+                "fraction": None if need is None else need / reps["scratch"]["member_steps"],
+                "meta_test": reps["meta"]["best"]["test_loss"],
+                "scratch_test": reps["scratch"]["best"]["test_loss"],
+            }
+        )
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    from raymeta.orchestration.ray_runtime import ray_context
+
+    with tempfile.TemporaryDirectory(prefix="raymeta-bench-tune-") as d, ray_context(None):
+        work = Path(d)
+        meta = Path(args.meta) if args.meta else _default_meta(args.family, args.meta_steps, work)
+        if args.packing_steps > 0:
+            r = packing(meta, args.family, args.packing_steps, work)
+            print("(a) packing, 64 members, member-steps/s (whole tune run, start-up included)")
+            print(
+                f"    packed 4x16: {r['4x16']:.0f}   one per trial 64x1: {r['64x1']:.0f}   speed-up {r['4x16'] / r['64x1']:.1f}x (target >= 10x)"
+            )
+        if args.tasks > 0:
+            rows = quality(
+                meta,
+                args.family,
+                args.tasks,
+                args.population,
+                args.members_per_trial,
+                args.steps,
+                work,
+            )
+            print(
+                f"(b) time to quality, {args.population}x{args.members_per_trial} members, {args.steps} steps each, PBT"
+            )
+            print(
+                f"    {'task':<22} {'scratch val':>11} {'meta val':>9} {'steps frac':>10} {'meta test':>9} {'scratch test':>12}"
+            )
+            for r in rows:
+                frac = "never" if r["fraction"] is None else f"{r['fraction']:.3f}"
+                print(
+                    f"    {r['task']:<22} {r['scratch_val']:>11.4f} {r['meta_val']:>9.4f} {frac:>10} {r['meta_test']:>9.4f} {r['scratch_test']:>12.4f}"
+                )
+            fr = [r["fraction"] for r in rows if r["fraction"] is not None]
+            wins = sum(r["meta_test"] < r["scratch_test"] for r in rows)
+            print(
+                f"    reached within 1/10 of the steps: {sum(f <= 0.1 for f in fr)}/{len(rows)};  lower test loss: {wins}/{len(rows)} (target >= 90%)"
+            )
+    return 0
