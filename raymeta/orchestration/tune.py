@@ -48,10 +48,17 @@ HISTORY_FILE = "history.jsonl"
 NOT_MUTATED = ("model", "steps")
 
 
-def _quiet_env() -> None:
+def _quiet_env(verbose: int) -> None:
+    """Short progress output: no auto loggers, no snapshot/metrics-file warnings, and PBT's
+    per-exploit INFO lines only at ``verbose >= 2`` (the lineage is in report.json)."""
+    import logging
+
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "8")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    if verbose < 2:
+        logging.getLogger("ray.tune.schedulers.pbt").setLevel(logging.WARNING)
 
 
 def make_scheduler(plan: TunePlan) -> Any:
@@ -260,7 +267,7 @@ def run_tune(
         raise ConfigError(
             "--scheduler pb2 needs at least one continuous hyperparameter in the search space"
         )
-    _quiet_env()
+    _quiet_env(verbose)
     storage_path, name = _experiment(out, storage)
     t0 = time.perf_counter()
     with ray_context(address):
