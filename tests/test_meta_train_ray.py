@@ -123,7 +123,11 @@ def test_killed_worker_recovers_to_same_params(reference: tuple[Path, Any]) -> N
     assert starts == [0, res.resumed_from]
     steps = sorted({r["step"] for r in records if r["event"] == "progress"})
     assert steps == list(range(1, CFG.steps + 1))
-    assert all(r["tasks_per_s"] > 0 for r in records if r["event"] == "progress")
+    assert all(
+        r["tasks_per_s"] > 0 and r["cpu_tasks_per_s"] > 0
+        for r in records
+        if r["event"] == "progress"
+    )
     # --storage holds the Ray Train run (left alone); the hidden run file next to --out is gone
     assert [p.name.startswith("killed-") for p in (tmp / "store").iterdir()] == [True]
     assert not state_dir_for(tmp / "killed").exists()
@@ -132,11 +136,13 @@ def test_killed_worker_recovers_to_same_params(reference: tuple[Path, Any]) -> N
 def test_interrupted_run_resumes_to_same_params(reference: tuple[Path, Any]) -> None:
     tmp, ref = reference
     marker = tmp / "interrupted"
+    uri = (tmp / "uri-store").as_uri()  # a file:// URI: the same pyarrow path as s3:// or gs://
     with pytest.raises(ClusterError, match="rerun the same command to resume"):
         _run(
             tmp,
             "resumed",
             max_failures=0,
+            storage=uri,
             _debug={"crash_at_step": 12, "crash_rank": 0, "crash_marker": str(marker)},
         )
     assert marker.exists() and not (tmp / "resumed").exists()
@@ -144,12 +150,12 @@ def test_interrupted_run_resumes_to_same_params(reference: tuple[Path, Any]) -> 
     # a different config for the same --out is refused while the run is unfinished
     with pytest.raises(ConfigError, match="different config"):
         plan_run(dataclasses.replace(CFG, seed=1), tmp / "resumed")
-    res = _run(tmp, "resumed")
+    res = _run(tmp, "resumed", storage=uri)
     assert res.resumed_from in (5, 10)
     for k, v in ref.state["params"].items():
         assert torch.equal(res.state["params"][k], v), k
     # rerunning a finished command does nothing and returns the same checkpoint
-    again = _run(tmp, "resumed")
+    again = _run(tmp, "resumed", storage=uri)
     assert again.seconds == 0.0 and again.checkpoint.metrics == res.checkpoint.metrics
 
 

@@ -6,7 +6,9 @@ meta-gradient, all-reduce, outer step): the in-process loop is timed after warm-
 Ray Train run is timed from its workers' progress intervals after the first, so the ~20 s of
 ``fit()`` start-up and teardown is reported apart. Each Ray worker and the in-process run use the
 same number of torch threads (``--threads``), so W=1 vs in-process isolates the per-step cost
-of running under Ray Train. All runs share one Ray instance started here.
+of running under Ray Train. Each figure is also given per CPU second (process CPU time of the
+in-process run / of rank 0), which stays meaningful on a shared, overloaded machine where wall
+time does not. All runs share one Ray instance started here.
 """
 
 from __future__ import annotations
@@ -73,23 +75,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON records")
 
 
-def in_process_rate(cfg: MetaTrainConfig, steps: int, warmup: int) -> float:
-    """Steady-state tasks/s of the outer loop in this process (all shards here)."""
+def in_process_rate(cfg: MetaTrainConfig, steps: int, warmup: int) -> tuple[float, float]:
+    """Steady-state (tasks per wall second, tasks per CPU second) of the outer loop in this process."""
     tr = MetaTrainer(cfg)
     for _ in range(warmup):
         _, g = tr.local_grad()
         tr.apply(g)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         _, g = tr.local_grad()
         tr.apply(g)
-    return steps * cfg.meta_batch / (time.perf_counter() - t0)
+    n = steps * cfg.meta_batch
+    return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
 
 def ray_rate(
     cfg: MetaTrainConfig, workers: int, threads: int, steps: int, warmup: int, tmp: Path
-) -> tuple[float, float]:
-    """(steady-state tasks/s, total fit() seconds) of a Ray Train run of ``warmup + steps`` steps."""
+) -> tuple[float, float, float]:
+    """(tasks per wall second, tasks per rank-0 CPU second, fit() seconds) after the warm-up steps."""
     from raymeta.orchestration.meta_train import train_distributed
 
     records: list[dict[str, Any]] = []
@@ -106,12 +109,13 @@ def ray_rate(
         log_every=warmup,
     )
     prog = sorted((r for r in records if r.get("event") == "progress"), key=lambda r: r["step"])
-    tasks = secs = 0.0
+    tasks = secs = cpu = 0.0
     for prev, cur in zip(prog, prog[1:], strict=False):
         if prev["step"] >= warmup:  # intervals after the warm-up ones
             n = (cur["step"] - prev["step"]) * cfg.meta_batch
             tasks, secs = tasks + n, secs + n / cur["tasks_per_s"]
-    return tasks / secs, res.seconds
+            cpu += n / cur["cpu_tasks_per_s"]
+    return tasks / secs, tasks / cpu, res.seconds
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,43 +125,46 @@ def run(args: argparse.Namespace) -> int:
     warmup = args.warmup or (2 if args.quick else 5)
     torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
+    print("tasks/s: per wall second (ratio to in-process) | per CPU second of rank 0 (ratio)")
     with tempfile.TemporaryDirectory(prefix="raymeta-bench-mt-") as d, ray_context(None):
         for name in args.workload:
             cfg = WORKLOADS[name]
             if args.meta_batch:
                 cfg = dataclasses.replace(cfg, meta_batch=args.meta_batch)
-            base = in_process_rate(cfg, steps, warmup)
-            rows.append(
-                {
-                    "workload": name,
-                    "meta_batch": cfg.meta_batch,
-                    "runner": "in-process",
-                    "tasks_per_s": base,
-                    "ratio": 1.0,
-                    "fit_s": 0.0,
-                }
-            )
-            print(
-                f"{name:15s} B={cfg.meta_batch:<5d} in-process   {base:10.0f} tasks/s", flush=True
-            )
+            base, base_cpu = in_process_rate(cfg, steps, warmup)
+            rows.append(_row(name, cfg, "in-process", base, base_cpu, base, base_cpu, 0.0))
             for w in args.workers:
-                rate, fit_s = ray_rate(cfg, w, args.threads, steps, warmup, Path(d))
-                rows.append(
-                    {
-                        "workload": name,
-                        "meta_batch": cfg.meta_batch,
-                        "runner": f"ray-w{w}",
-                        "tasks_per_s": rate,
-                        "ratio": rate / base,
-                        "fit_s": fit_s,
-                    }
-                )
-                print(
-                    f"{name:15s} B={cfg.meta_batch:<5d} ray W={w:<2d}     {rate:10.0f} tasks/s  x{rate / base:.2f} of in-process  (fit() {fit_s:.0f} s in all)",
-                    flush=True,
-                )
+                rate, cpu, fit_s = ray_rate(cfg, w, args.threads, steps, warmup, Path(d))
+                rows.append(_row(name, cfg, f"ray-w{w}", rate, cpu, base, base_cpu, fit_s))
     for r in rows:
         r.update(threads=args.threads, steps=steps, warmup=warmup)
     if args.json:
         atomic_write_json(args.json, rows)
     return 0
+
+
+def _row(
+    name: str,
+    cfg: MetaTrainConfig,
+    runner: str,
+    rate: float,
+    cpu: float,
+    base: float,
+    base_cpu: float,
+    fit_s: float,
+) -> dict[str, Any]:
+    extra = f"  (fit() {fit_s:.0f} s in all)" if fit_s else ""
+    print(
+        f"{name:15s} B={cfg.meta_batch:<5d} {runner:11s} {rate:9.0f} (x{rate / base:.2f}) | {cpu:9.0f} (x{cpu / base_cpu:.2f}){extra}",
+        flush=True,
+    )
+    return {
+        "workload": name,
+        "meta_batch": cfg.meta_batch,
+        "runner": runner,
+        "tasks_per_s": rate,
+        "ratio": rate / base,
+        "cpu_tasks_per_s": cpu,
+        "cpu_ratio": cpu / base_cpu,
+        "fit_s": fit_s,
+    }
