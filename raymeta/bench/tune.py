@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -85,6 +86,15 @@ def packing(meta: Path, family: str, steps: int, work: Path) -> dict[str, float]
             verbose=0,
         )
         out[f"{p}x{m}"] = rep["member_steps"] / (time.perf_counter() - t0)
+        recs = [
+            json.loads(line)
+            for line in (work / f"pack-{p}x{m}" / "history.jsonl").read_text().splitlines()
+            if line
+        ]
+        busy = sum(float(r["interval_s"]) for r in recs)
+        out[f"{p}x{m} compute"] = sum(int(r["interval_member_steps"]) for r in recs) / max(
+            busy, 1e-9
+        )
     return out
 
 
