@@ -258,3 +258,18 @@ def test_plan_refuses_other_config_for_unfinished_run(tmp_path: Path) -> None:
         plan_run(CFG, tmp_path / "o", storage=str(tmp_path / "elsewhere"))
     fresh = plan_run(dataclasses.replace(CFG, steps=21), tmp_path / "o", overwrite=True)
     assert not fresh.resuming and fresh.name != plan.name
+
+
+def test_cli_option_parsing() -> None:
+    from raymeta.cli.meta_train import parse_options
+
+    assert parse_options(["ways=5", "rotations=false", "widths=[8, 8]", "name=abc"], "family") == {
+        "ways": 5,
+        "rotations": False,
+        "widths": [8, 8],
+        "name": "abc",
+    }
+    assert parse_options({"ways": 3}, "family") == {"ways": 3}
+    assert parse_options(None, "model") == {}
+    with pytest.raises(ConfigError, match="--model-option expects KEY=VALUE"):
+        parse_options(["widths"], "model")
