@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint, save_meta_checkpoint
-from raymeta.core.train import MetaTrainConfig
+from raymeta.core.train import MetaTrainConfig, MetaTrainer
 from raymeta.errors import ClusterError, ConfigError
 from raymeta.orchestration._run_state import RunPlan, begin_run, finish_run, plan_run
 from raymeta.orchestration._train_worker import FINAL_DIR, load_state, train_loop
@@ -114,6 +114,16 @@ def _check_args(
         raise ConfigError(f"max-failures must be >= -1 (-1 = retry forever), got {max_failures}")
 
 
+def _preflight(cfg: MetaTrainConfig) -> None:
+    """Build the family and model and draw one train and one val task on the driver, so bad
+    family/model options fail here in one line instead of inside Ray workers."""
+    import torch
+
+    trainer = MetaTrainer(cfg)
+    trainer.draw(0, shards=[0])
+    trainer.family.sample("val", 1, torch.Generator().manual_seed(0))
+
+
 def train_distributed(
     cfg: MetaTrainConfig,
     out: str | Path,
@@ -132,6 +142,7 @@ def train_distributed(
     """Meta-train on Ray Train and write the meta-checkpoint to ``out`` (see module doc)."""
     _check_args(workers, gpus_per_worker, cpus_per_worker, checkpoint_every, max_failures)
     cfg = dataclasses.replace(cfg, shards=workers).validate()
+    _preflight(cfg)
     plan = plan_run(cfg, out, storage, overwrite)
     sink: ProgressFn | None = _printer(cfg.steps) if progress is True else (progress or None)
     if plan.already_done:
