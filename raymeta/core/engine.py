@@ -136,7 +136,9 @@ class MetaEngine:
         """Query loss and meta-gradient over ``batch`` (mean over tasks, or sum for sharding)."""
         n = batch.n_tasks
         if n == 0:
-            return torch.zeros(()), {k: torch.zeros_like(v) for k, v in params.items()}
+            return batch.xq.new_zeros((), dtype=batch.xs.dtype), {
+                k: torch.zeros_like(v) for k, v in params.items()
+            }
         if self.algo == "reptile":
             loss_sum, grads = self._reptile_grad(params, batch)
         else:
@@ -150,7 +152,7 @@ class MetaEngine:
                 grads, loss_sum = grad_and_value(chunk_loss)(params, batch)
                 loss_sum = loss_sum.detach()
             else:
-                loss_sum = torch.zeros((), dtype=batch.xs.dtype)
+                loss_sum = batch.xq.new_zeros((), dtype=batch.xs.dtype)
                 grads = {k: torch.zeros_like(v) for k, v in params.items()}
                 for s, e in chunks:
                     g, lv = grad_and_value(chunk_loss)(params, batch.slice(s, e))
@@ -165,7 +167,7 @@ class MetaEngine:
         """Reptile's direction ``params - adapted``; an outer SGD step with lr eps interpolates."""
         adapt = vmap(lambda p, x, y: self.adapt(p, x, y, first_order=True), in_dims=(None, 0, 0))
         query = vmap(lambda f, x, y: self.loss(functional_call(self.model, f, (x,)), y))
-        loss_sum = torch.zeros((), dtype=batch.xs.dtype)
+        loss_sum = batch.xq.new_zeros((), dtype=batch.xs.dtype)
         grads = {k: torch.zeros_like(v) for k, v in params.items()}
         with torch.no_grad():
             for s, e in self._chunks(batch.n_tasks):
