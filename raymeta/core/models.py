@@ -47,7 +47,9 @@ class ModelSpec:
 class MLP(nn.Module):
     """Fully connected ReLU network; the MAML sinusoid model is ``MLP(1, (40, 40), 1)``."""
 
-    def __init__(self, input_shape: Sequence[int], output_dim: int, widths: Sequence[int] = (40, 40)):
+    def __init__(
+        self, input_shape: Sequence[int], output_dim: int, widths: Sequence[int] = (40, 40)
+    ):
         super().__init__()
         in_dim = 1
         for d in input_shape:
@@ -85,7 +87,9 @@ class Conv4(nn.Module):
     ):
         super().__init__()
         if len(input_shape) != 3:
-            raise ConfigError(f"conv4 needs (channels, height, width) inputs, got shape {tuple(input_shape)}")
+            raise ConfigError(
+                f"conv4 needs (channels, height, width) inputs, got shape {tuple(input_shape)}"
+            )
         blocks: list[nn.Module] = []
         ch = int(input_shape[0])
         for _ in range(4):

@@ -46,7 +46,9 @@ class MemberHParams:
     seed: torch.Tensor
 
     @classmethod
-    def from_configs(cls, configs: Sequence[Mapping[str, Any]], seeds: Sequence[int], n_train: int) -> MemberHParams:
+    def from_configs(
+        cls, configs: Sequence[Mapping[str, Any]], seeds: Sequence[int], n_train: int
+    ) -> MemberHParams:
         """Build from config dicts (keys lr, weight_decay, optimizer, adapt, batch_size, steps)."""
         if len(configs) != len(seeds):
             raise ConfigError("one seed per member is required")
@@ -58,10 +60,14 @@ class MemberHParams:
         big = 2**62
         return cls(
             lr=torch.tensor([float(c.get("lr", 0.01)) for c in configs], dtype=torch.float64),
-            weight_decay=torch.tensor([float(c.get("weight_decay", 0.0)) for c in configs], dtype=torch.float64),
+            weight_decay=torch.tensor(
+                [float(c.get("weight_decay", 0.0)) for c in configs], dtype=torch.float64
+            ),
             adam=torch.tensor([c.get("optimizer", "sgd") == "adam" for c in configs]),
             head_only=torch.tensor([c.get("adapt", "all") == "head" for c in configs]),
-            batch_size=torch.tensor([min(int(c.get("batch_size", n_train)), n_train) for c in configs]),
+            batch_size=torch.tensor(
+                [min(int(c.get("batch_size", n_train)), n_train) for c in configs]
+            ),
             max_steps=torch.tensor([int(c.get("steps", big)) for c in configs]),
             seed=torch.tensor([int(s) % _P for s in seeds]),
         )
@@ -82,7 +88,10 @@ class PopulationState:
     @classmethod
     def from_params(cls, params: Mapping[str, torch.Tensor], n_members: int) -> PopulationState:
         """Every member starts from the same (unstacked) ``params``."""
-        stacked = {k: v.detach().unsqueeze(0).repeat(n_members, *([1] * v.dim())) for k, v in params.items()}
+        stacked = {
+            k: v.detach().unsqueeze(0).repeat(n_members, *([1] * v.dim()))
+            for k, v in params.items()
+        }
         return cls.from_stacked(stacked)
 
     @classmethod
@@ -90,7 +99,12 @@ class PopulationState:
         p = {k: v.detach().clone() for k, v in stacked.items()}
         n = next(iter(p.values())).shape[0]
         zeros = {k: torch.zeros_like(v) for k, v in p.items()}
-        return cls(p, zeros, {k: torch.zeros_like(v) for k, v in p.items()}, torch.zeros(n, dtype=torch.int64))
+        return cls(
+            p,
+            zeros,
+            {k: torch.zeros_like(v) for k, v in p.items()},
+            torch.zeros(n, dtype=torch.int64),
+        )
 
     @property
     def n_members(self) -> int:
@@ -112,7 +126,7 @@ class PopulationState:
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, torch.Tensor]) -> PopulationState:
         def part(prefix: str) -> Params:
-            return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
         return cls(part("params."), part("m."), part("v."), sd["step"])
 
@@ -135,7 +149,16 @@ class PopulationTrainer:
         names = [n for n, _ in model.named_parameters()]
         self.head_mask = {n: n.startswith(HEAD_PREFIX) for n in names}
 
-    def _member_step(self, p: Params, m: Params, v: Params, t: torch.Tensor, hp: MemberHParams, x: torch.Tensor, y: torch.Tensor) -> tuple[Params, Params, Params, torch.Tensor]:
+    def _member_step(
+        self,
+        p: Params,
+        m: Params,
+        v: Params,
+        t: torch.Tensor,
+        hp: MemberHParams,
+        x: torch.Tensor,
+        y: torch.Tensor,
+    ) -> tuple[Params, Params, Params, torch.Tensor]:
         n = x.shape[0]
         idx = torch.arange(n)
         scores = hash_uniform(hp.seed, t, idx)
@@ -153,7 +176,11 @@ class PopulationTrainer:
         tf = tn.clamp(min=1).to(mask.dtype)
         new_p, new_m, new_v = {}, {}, {}
         for k in p:
-            keep = 1.0 - hp.head_only.to(mask.dtype) if not self.head_mask[k] else torch.ones((), dtype=mask.dtype)
+            keep = (
+                1.0 - hp.head_only.to(mask.dtype)
+                if not self.head_mask[k]
+                else torch.ones((), dtype=mask.dtype)
+            )
             gk = (g[k] + hp.weight_decay.to(mask.dtype) * p[k]) * keep
             mk = _B1 * m[k] + (1 - _B1) * gk
             vk = _B2 * v[k] + (1 - _B2) * gk * gk
@@ -164,12 +191,30 @@ class PopulationTrainer:
             new_v[k] = torch.where(active > 0, vk, v[k])
         return new_p, new_m, new_v, tn
 
-    def train(self, state: PopulationState, hp: MemberHParams, x: torch.Tensor, y: torch.Tensor, n_steps: int, per_member_data: bool = False) -> PopulationState:
+    def train(
+        self,
+        state: PopulationState,
+        hp: MemberHParams,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        n_steps: int,
+        per_member_data: bool = False,
+    ) -> PopulationState:
         """Run ``n_steps`` steps for every member (members past their ``max_steps`` stay put)."""
         d = 0 if per_member_data else None
 
-        def member_step(p: Params, m: Params, v: Params, t: torch.Tensor, hpd: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[Params, Params, Params, torch.Tensor]:
-            return self._member_step(p, m, v, t, MemberHParams(**hpd), x, y)  # vmap maps dicts, not dataclasses
+        def member_step(
+            p: Params,
+            m: Params,
+            v: Params,
+            t: torch.Tensor,
+            hpd: dict[str, torch.Tensor],
+            x: torch.Tensor,
+            y: torch.Tensor,
+        ) -> tuple[Params, Params, Params, torch.Tensor]:
+            return self._member_step(
+                p, m, v, t, MemberHParams(**hpd), x, y
+            )  # vmap maps dicts, not dataclasses
 
         step = vmap(member_step, in_dims=(0, 0, 0, 0, 0, d, d))
         hpd = {f.name: getattr(hp, f.name) for f in fields(hp)}
@@ -179,7 +224,9 @@ class PopulationTrainer:
                 p, m, v, t = step(p, m, v, t, hpd, x, y)
         return PopulationState(p, m, v, t)
 
-    def evaluate(self, params: Params, x: torch.Tensor, y: torch.Tensor, per_member_data: bool = False) -> dict[str, torch.Tensor]:
+    def evaluate(
+        self, params: Params, x: torch.Tensor, y: torch.Tensor, per_member_data: bool = False
+    ) -> dict[str, torch.Tensor]:
         """Per-member mean loss (and accuracy for classification) on ``(x, y)``."""
         d = 0 if per_member_data else None
 

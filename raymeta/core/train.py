@@ -53,16 +53,22 @@ class MetaTrainConfig:
     def validate(self) -> MetaTrainConfig:
         check_algorithm(self.algo)
         if self.outer_optimizer not in OUTER_OPTIMIZERS:
-            raise ConfigError(f"unknown outer optimizer {self.outer_optimizer!r} (choose adam or sgd)")
+            raise ConfigError(
+                f"unknown outer optimizer {self.outer_optimizer!r} (choose adam or sgd)"
+            )
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r} (choose float32 or float64)")
         for name in ("steps", "meta_batch", "shards", "val_tasks", "val_every"):
             if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(
+                    f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
         if self.inner_steps < 0:
             raise ConfigError(f"inner-steps must be >= 0, got {self.inner_steps}")
         if self.meta_batch < self.shards:
-            raise ConfigError(f"meta-batch {self.meta_batch} is smaller than the number of shards/workers {self.shards}")
+            raise ConfigError(
+                f"meta-batch {self.meta_batch} is smaller than the number of shards/workers {self.shards}"
+            )
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ConfigError(f"chunk-size must be >= 1, got {self.chunk_size}")
         return self
@@ -102,14 +108,22 @@ class MetaTrainer:
     returned gradient sums across processes (all-reduce) before ``apply``.
     """
 
-    def __init__(self, cfg: MetaTrainConfig, rank: int = 0, world: int = 1, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        cfg: MetaTrainConfig,
+        rank: int = 0,
+        world: int = 1,
+        device: str | torch.device = "cpu",
+    ):
         self.cfg = cfg.validate()
         self.rank, self.world = rank, world
         self.device = torch.device(device)
         self.dtype = DTYPES[cfg.dtype]
         self.family: TaskFamily = make_family(FamilySpec(cfg.family, cfg.family_options))
         name = self.family.default_model() if cfg.model == "auto" else cfg.model
-        self.spec = ModelSpec(name, self.family.input_shape, self.family.output_dim, dict(cfg.model_options))
+        self.spec = ModelSpec(
+            name, self.family.input_shape, self.family.output_dim, dict(cfg.model_options)
+        )
         torch.manual_seed(cfg.seed)
         model = build_model(self.spec).to(device=self.device, dtype=self.dtype)
         self.engine = MetaEngine(
@@ -119,7 +133,9 @@ class MetaTrainer:
             InnerConfig(cfg.inner_steps, cfg.inner_lr, cfg.first_order),
             cfg.chunk_size,
         )
-        self.params: Params = {k: v.requires_grad_(True) for k, v in self.engine.init_params().items()}
+        self.params: Params = {
+            k: v.requires_grad_(True) for k, v in self.engine.init_params().items()
+        }
         opt_cls = torch.optim.Adam if cfg.outer_optimizer == "adam" else torch.optim.SGD
         self.opt = opt_cls(list(self.params.values()), lr=cfg.outer_lr)
         self.step = 0
@@ -190,7 +206,9 @@ class MetaTrainer:
 ProgressFn = Callable[[int, dict[str, float]], None]
 
 
-def meta_train(cfg: MetaTrainConfig, progress: ProgressFn | None = None, log_every: int = 100) -> MetaTrainer:
+def meta_train(
+    cfg: MetaTrainConfig, progress: ProgressFn | None = None, log_every: int = 100
+) -> MetaTrainer:
     """Meta-train in this process (all shards here); returns the trainer with final parameters."""
     tr = MetaTrainer(cfg)
     t0, tasks = time.perf_counter(), 0
@@ -199,7 +217,10 @@ def meta_train(cfg: MetaTrainConfig, progress: ProgressFn | None = None, log_eve
         tr.apply(grads)
         tasks += cfg.meta_batch
         if progress is not None and (tr.step % log_every == 0 or tr.step == cfg.steps):
-            metrics = {"meta_loss": float(loss_sum) / cfg.meta_batch, "tasks_per_s": tasks / (time.perf_counter() - t0)}
+            metrics = {
+                "meta_loss": float(loss_sum) / cfg.meta_batch,
+                "tasks_per_s": tasks / (time.perf_counter() - t0),
+            }
             if tr.step % cfg.val_every == 0 or tr.step == cfg.steps:
                 metrics["val_loss"] = tr.validate()["loss"]
             progress(tr.step, metrics)
