@@ -21,7 +21,7 @@ from raymeta.core.checkpoint import (
 from raymeta.core.models import build_model
 from raymeta.core.train import MetaTrainConfig, meta_train
 from raymeta.errors import CheckpointError, DataError
-from raymeta.priors import Priors, fit_priors, load_priors
+from raymeta.priors import Priors, broad_prior, fit_priors, load_priors
 from raymeta.priors.evaluate import curve_steps, evaluate_configs
 from raymeta.priors.fit import val_tasks
 from raymeta.tasks import Task, TaskFamily, make_family
@@ -134,6 +134,29 @@ def test_population_evaluation_matches_torch_optim_reference(ckpt: MetaCheckpoin
             assert table.final[t, j] == pytest.approx(float(val), rel=1e-4, abs=1e-5)
     whole = evaluate_configs(ckpt, tasks, configs, seed=0, chunk_size=4096)
     np.testing.assert_allclose(whole.curves, table.curves, rtol=1e-5)
+
+
+def test_rounds_equal_one_evaluation_of_all_configs(ckpt: MetaCheckpoint) -> None:
+    """Round tables joined with ``concat`` equal one table of every config (same seeds, grid)."""
+    tasks = val_tasks(make_family(ckpt.family), 2)
+    sp = fit_priors(ckpt, seed=1, **SMALL).space
+    configs = broad_prior(sp).sample(6, np.random.default_rng(0))
+    whole = evaluate_configs(ckpt, tasks, configs, seed=4, grid_max=6)
+    a = evaluate_configs(ckpt, tasks, configs[:4], seed=4, grid_max=6)
+    b = evaluate_configs(ckpt, tasks, configs[4:], seed=4, grid_max=6, first_index=4)
+    joined = a.concat(b)
+    assert joined.steps == whole.steps == curve_steps(6)
+    np.testing.assert_allclose(joined.curves, whole.curves, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(joined.init_loss, whole.init_loss, rtol=1e-6)
+
+
+def test_two_round_fit_is_reproducible_and_in_bounds(ckpt: MetaCheckpoint) -> None:
+    kw = SMALL | {"n_configs": 8, "rounds": 2}
+    a, b = fit_priors(ckpt, seed=2, **kw), fit_priors(ckpt, seed=2, **kw)
+    assert without_time(a) == without_time(b)
+    assert a.info["rounds"] == [4, 4]
+    for c in a.portfolio + a.learned.sample(30, np.random.default_rng(0)):
+        assert a.space.validate(c) == {k: c[k] for k in a.space.names()}
 
 
 class NoValFamily(TaskFamily):

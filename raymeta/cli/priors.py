@@ -11,7 +11,8 @@ from raymeta.cli._common import add_command
 FIT_DESCRIPTION = """Fine-tune C configurations from the broad search space on N meta-validation
 tasks, starting from the meta-initialization (all configs of one model candidate train as ONE
 vmapped population), then fit per-hyperparameter priors to each task's top quantile (shrunk toward
-the broad space), a greedy portfolio minimising mean normalised regret, and model-selection
+the broad space by a pseudo-count; learning rate, weight decay, steps and batch size get a
+sub-prior per optimizer), a greedy portfolio minimising mean normalised regret, and model-selection
 probabilities. The result is written as a checksummed priors.json inside the meta-checkpoint."""
 
 
@@ -38,8 +39,20 @@ def add_parser(sub: Any) -> None:
     f.add_argument(
         "--quantile",
         type=float,
-        default=0.15,
-        help="top fraction of each task's configs the priors fit",
+        default=0.05,
+        help="top fraction of each task's configs the priors fit (at least 2 per task)",
+    )
+    f.add_argument(
+        "--shrink",
+        type=float,
+        default=0.5,
+        help="pseudo-count of broad-space evidence: numeric priors keep shrink/(tasks+shrink) uniform",
+    )
+    f.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="config batches: the first from the broad space, later ones from the prior fitted so far",
     )
     f.add_argument("--portfolio", type=int, default=8, help="portfolio size K")
     f.add_argument(
@@ -84,6 +97,8 @@ def _fit(args: argparse.Namespace) -> int:
         portfolio_size=args.portfolio,
         max_steps=args.max_steps,
         chunk_size=args.chunk_size,
+        rounds=args.rounds,
+        shrink=args.shrink,
     )
     write_priors(path, priors.to_dict())
     print(format_priors(priors))

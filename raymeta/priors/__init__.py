@@ -11,7 +11,7 @@ domains. Typical use::
 from raymeta.priors.artifact import FORMAT, VERSION, Priors, load_priors
 from raymeta.priors.fit import fit_priors
 from raymeta.priors.portfolio import greedy_portfolio, normalised_regret
-from raymeta.priors.prior import CategoricalDist, NumericDist, Prior, broad_prior
+from raymeta.priors.prior import CategoricalDist, Conditional, NumericDist, Prior, broad_prior
 from raymeta.priors.space import (
     WEIGHT_DECAY_FLOOR,
     Categorical,
@@ -27,6 +27,7 @@ __all__ = [
     "WEIGHT_DECAY_FLOOR",
     "Categorical",
     "CategoricalDist",
+    "Conditional",
     "Float",
     "Int",
     "NumericDist",

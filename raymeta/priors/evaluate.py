@@ -35,6 +35,16 @@ class EvalTable:
     def final(self) -> np.ndarray:
         return self.curves[:, :, -1]
 
+    def concat(self, other: EvalTable) -> EvalTable:
+        """Both tables' configs side by side (same tasks, same step grid)."""
+        if self.steps != other.steps or self.curves.shape[0] != other.curves.shape[0]:
+            raise ConfigError("evaluation tables differ in tasks or step grid")
+        return EvalTable(
+            np.concatenate([self.curves, other.curves], axis=1),
+            list(self.steps),
+            np.concatenate([self.init_loss, other.init_loss], axis=1),
+        )
+
 
 def curve_steps(max_steps: int) -> list[int]:
     """0, 1, 2, 5, 10, 20, 50, ... up to and including ``max_steps``."""
@@ -96,14 +106,21 @@ def evaluate_configs(
     seed: int,
     chunk_size: int = 4096,
     progress: Callable[[int, int], None] | None = None,
+    grid_max: int | None = None,
+    first_index: int = 0,
 ) -> EvalTable:
-    """Val-loss curves of every config on every task (see the module docstring)."""
+    """Val-loss curves of every config on every task (see the module docstring).
+
+    ``grid_max`` fixes the curve grid's last step (default: the largest ``steps``) so tables of
+    several rounds line up; ``first_index`` numbers the configs for their minibatch seeds, so a
+    later round's configs never reuse an earlier round's randomness.
+    """
     if not tasks or not configs:
         raise ConfigError("need at least one task and one config to evaluate")
     xt, yt, xv, yv = _stack(tasks)
     n_t, n_c, n_train = len(tasks), len(configs), int(xt.shape[1])
     max_steps = max(int(c.get("steps", 1)) for c in configs)
-    grid = curve_steps(max_steps)
+    grid = curve_steps(max(max_steps, grid_max or 0))
     curves = np.full((n_t, n_c, len(grid)), np.nan)
     by_model: dict[str, list[int]] = {}
     for j, c in enumerate(configs):
@@ -117,7 +134,7 @@ def evaluate_configs(
         for start in range(0, len(pairs), chunk_size):
             chunk = pairs[start : start + chunk_size]
             ti = torch.tensor([t for t, _ in chunk])
-            seeds = [derive_seed(seed, t, j) for t, j in chunk]
+            seeds = [derive_seed(seed, t, first_index + j) for t, j in chunk]
             hp = MemberHParams.from_configs([configs[j] for _, j in chunk], seeds, n_train)
             state = PopulationState.from_params(cand.params, len(chunk))
             prev = 0

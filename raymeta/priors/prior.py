@@ -1,4 +1,4 @@
-"""Priors over a search space: one independent distribution per hyperparameter.
+"""Priors over a search space: a distribution per hyperparameter, optionally conditional.
 
 A numeric parameter's distribution lives on its unit coordinate (see ``space.py``) and is a
 mixture ``w * TruncNormal(mean, std; [0, 1]) + (1 - w) * Uniform[0, 1]``. ``w = 0`` is the broad
@@ -6,9 +6,20 @@ mixture ``w * TruncNormal(mean, std; [0, 1]) + (1 - w) * Uniform[0, 1]``. ``w = 
 (the shrinkage toward broad that protects against tasks unlike the meta-val ones). Categorical
 parameters carry explicit probabilities.
 
-Every sample consumes exactly two uniforms per parameter in space order, which makes sampling
-reproducible for a seed and lets Ray Tune's own random state drive the same code
-(``raymeta.orchestration.tune_space``).
+Conditional structure (``Conditional``): good learning rates depend on the optimizer (Adam
+normalises its steps, SGD does not), so one categorical *parent* (``on``, e.g. ``optimizer``)
+may carry, per choice, its own distributions for some numeric *children* (e.g. ``lr``,
+``weight_decay``). Sampling draws the parent first and each child from the parent value's
+sub-prior; ``log_prob`` and ``perturb`` use the same sub-prior. ``dists`` always holds a
+*marginal* (pooled) distribution for every parameter, which is what per-parameter consumers
+that cannot express dependence (Ray Tune domains, ``priors show``) use. In ``priors.json``::
+
+    "conditional": {"on": "optimizer",
+                    "dists": {"sgd": {"lr": {...}, "weight_decay": {...}}, "adam": {...}}}
+
+Every sample consumes exactly two uniforms per parameter in space order (a child's uniforms are
+mapped after its parent's value is known), which makes sampling reproducible for a seed and lets
+Ray Tune's own random state drive the same code (``raymeta.orchestration.tune_space``).
 """
 
 from __future__ import annotations
@@ -123,10 +134,68 @@ def broad_dist(p: Param) -> Dist:
     return NumericDist()
 
 
-class Prior:
-    """A distribution per hyperparameter of ``space`` (missing ones default to broad)."""
+@dataclass(frozen=True)
+class Conditional:
+    """Per-choice numeric sub-priors of some parameters given a categorical parent ``on``."""
 
-    def __init__(self, space: SearchSpace, dists: Mapping[str, Dist] | None = None):
+    on: str
+    dists: Mapping[Any, Mapping[str, NumericDist]]
+
+    def children(self) -> set[str]:
+        return {n for sub in self.dists.values() for n in sub}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "on": self.on,
+            "dists": {
+                str(c): {n: d.to_dict() for n, d in sub.items()} for c, sub in self.dists.items()
+            },
+        }
+
+
+def _check_conditional(space: SearchSpace, cond: Conditional) -> Conditional:
+    if cond.on not in space or not isinstance(space[cond.on], Categorical):
+        raise ConfigError(f"conditional prior: parent {cond.on!r} is not a categorical parameter")
+    parent = space[cond.on]
+    assert isinstance(parent, Categorical)
+    by_name = {str(c): c for c in parent.choices}
+    out: dict[Any, dict[str, NumericDist]] = {}
+    for choice, sub in cond.dists.items():
+        if str(choice) not in by_name:
+            raise ConfigError(
+                f"conditional prior: {choice!r} is not a choice of {cond.on!r} {list(parent.choices)}"
+            )
+        for n, d in sub.items():
+            if n not in space or isinstance(space[n], Categorical) or n == cond.on:
+                raise ConfigError(f"conditional prior: {n!r} is not a numeric parameter")
+            if not isinstance(d, NumericDist):
+                raise ConfigError(f"conditional prior for {n!r} must be numeric")
+        out[by_name[str(choice)]] = dict(sub)
+    return Conditional(cond.on, out)
+
+
+def _conditional_from_dict(space: SearchSpace, d: Mapping[str, Any]) -> Conditional:
+    try:
+        on = str(d["on"])
+        dists = {
+            str(c): {str(n): _dist_from_dict(space[n], v) for n, v in sub.items()}
+            for c, sub in d["dists"].items()
+        }
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"conditional prior is malformed ({exc})") from None
+    return Conditional(on, dists)  # type: ignore[arg-type]
+
+
+class Prior:
+    """A distribution per hyperparameter of ``space`` (missing ones default to broad), plus an
+    optional ``conditional`` structure (see the module docstring)."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        dists: Mapping[str, Dist] | None = None,
+        conditional: Conditional | None = None,
+    ):
         dists = dict(dists or {})
         unknown = set(dists) - set(space.names())
         if unknown:
@@ -148,30 +217,60 @@ class Prior:
                     f"prior for {p.name!r} has {len(d.probs)} probabilities for {len(p.choices)} choices"
                 )
             self.dists[p.name] = d
+        checked = _check_conditional(space, conditional) if conditional is not None else None
+        self.conditional = checked if checked is not None and checked.dists else None
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Prior) and self.space == other.space and self.dists == other.dists
+        return (
+            isinstance(other, Prior)
+            and self.space == other.space
+            and self.dists == other.dists
+            and self.conditional == other.conditional
+        )
 
     def __repr__(self) -> str:
-        return f"Prior({self.dists!r})"
+        return f"Prior({self.dists!r}, conditional={self.conditional!r})"
 
-    def value_from_uniforms(self, name: str, a: float, b: float) -> Any:
-        """Map two uniforms to a value of ``name`` (the single sampling primitive)."""
-        p, d = self.space[name], self.dists[name]
+    def dist(self, name: str, given: Mapping[str, Any] | None = None) -> Dist:
+        """The distribution of ``name`` given the other values in ``given`` (marginal without)."""
+        c = self.conditional
+        if c is not None and given is not None and c.on in given:
+            sub = c.dists.get(given[c.on], {})
+            if name in sub:
+                return sub[name]
+        return self.dists[name]
+
+    def value_from_uniforms(
+        self, name: str, a: float, b: float, given: Mapping[str, Any] | None = None
+    ) -> Any:
+        """Map two uniforms to a value of ``name`` (the single sampling primitive); ``given``
+        holds already-drawn values (the conditional parent's selects a sub-prior)."""
+        p, d = self.space[name], self.dist(name, given)
         if isinstance(p, Categorical):
             assert isinstance(d, CategoricalDist)
             return p.choices[d.index_from_uniform(a)]
         assert isinstance(d, NumericDist)
         return p.from_unit(d.unit_from_uniforms(a, b))
 
+    def _order(self) -> list[int]:
+        """Space indices with the conditional parent first (randomness stays in space order)."""
+        names = self.space.names()
+        if self.conditional is None:
+            return list(range(len(names)))
+        j = names.index(self.conditional.on)
+        return [j] + [i for i in range(len(names)) if i != j]
+
     def sample(self, n: int, rng: np.random.Generator) -> list[dict[str, Any]]:
         """``n`` configs, each within the space's bounds (reproducible for a given ``rng`` state)."""
         names = self.space.names()
         u = rng.random((int(n), len(names), 2))
-        return [
-            {nm: self.value_from_uniforms(nm, u[i, j, 0], u[i, j, 1]) for j, nm in enumerate(names)}
-            for i in range(int(n))
-        ]
+        out = []
+        for i in range(int(n)):
+            c: dict[str, Any] = {}
+            for j in self._order():
+                c[names[j]] = self.value_from_uniforms(names[j], u[i, j, 0], u[i, j, 1], c)
+            out.append({nm: c[nm] for nm in names})
+        return out
 
     def log_prob(self, config: Mapping[str, Any]) -> float:
         """Log density (numeric: on the unit coordinates) + log probability (categorical)."""
@@ -179,9 +278,11 @@ class Prior:
         for p in self.space:
             if p.name not in config:
                 raise ConfigError(f"config is missing hyperparameter {p.name!r}")
-            v, d = config[p.name], self.dists[p.name]
+        for p in self.space:
+            v = config[p.name]
             if not p.contains(v):
                 return -math.inf
+            d = self.dist(p.name, config)
             if isinstance(p, Categorical):
                 assert isinstance(d, CategoricalDist)
                 pr = d.probs[p.choices.index(v)]
@@ -197,16 +298,22 @@ class Prior:
         """PBT explore: each hyperparameter is resampled from the prior with ``resample_p``,
         otherwise numeric ones move one step (a quarter of the prior's spread on the unit
         coordinate, at least one integer) up or down, staying inside the bounds; categorical ones
-        are kept. Keys outside the space pass through unchanged."""
+        are kept. The conditional parent is decided first, so its children move within (or are
+        resampled from) the sub-prior of its new value. Keys outside the space pass through
+        unchanged."""
         out = dict(config)
-        for p in self.space:
-            r, a, b, sign = rng.random(), rng.random(), rng.random(), rng.choice((-1.0, 1.0))
+        params = list(self.space)
+        draws = [
+            (rng.random(), rng.random(), rng.random(), rng.choice((-1.0, 1.0))) for _ in params
+        ]
+        for j in self._order():
+            p, (r, a, b, sign) = params[j], draws[j]
             if p.name not in config or r < resample_p:
-                out[p.name] = self.value_from_uniforms(p.name, a, b)
+                out[p.name] = self.value_from_uniforms(p.name, a, b, out)
                 continue
             if isinstance(p, Categorical):
                 continue
-            d = self.dists[p.name]
+            d = self.dist(p.name, out)
             assert isinstance(d, NumericDist) and isinstance(p, Float | Int)
             u = p.to_unit(p.clip(float(config[p.name])))
             u_new = min(max(u + sign * max(0.25 * d.spread(), 0.01), 0.0), 1.0)
@@ -217,10 +324,13 @@ class Prior:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "space": self.space.to_dict(),
             "dists": {k: d.to_dict() for k, d in self.dists.items()},
         }
+        if self.conditional is not None:
+            out["conditional"] = self.conditional.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Prior:
@@ -230,13 +340,14 @@ class Prior:
                 str(k): _dist_from_dict(space[k], v) for k, v in d["dists"].items() if k in space
             }
             missing = set(d["dists"]) - set(space.names())
+            cond = d.get("conditional")
         except (KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"prior is malformed ({exc})") from None
         if missing:
             raise ConfigError(
                 f"prior has distributions for unknown hyperparameter(s): {', '.join(sorted(missing))}"
             )
-        return cls(space, dists)
+        return cls(space, dists, _conditional_from_dict(space, cond) if cond else None)
 
 
 def broad_prior(space: SearchSpace) -> Prior:

@@ -45,10 +45,15 @@ def format_priors(pr: Priors) -> str:
         f"priors v{pr.version}: family {fam}, {info.get('n_tasks', '?')} meta-val tasks x {info.get('n_configs', '?')} configs, "
         f"seed {info.get('seed', '?')}, top {info.get('quantile', '?')} quantile, fit {info.get('fit_seconds', 0.0):.1f} s"
     )
-    hp = _table(
-        ["hyperparameter", "broad space", "learned prior"],
-        [[p.name, _space(p), _dist(p, pr.learned.dists[p.name])] for p in pr.space],
-    )
+    rows = [[p.name, _space(p), _dist(p, pr.learned.dists[p.name])] for p in pr.space]
+    cond = pr.learned.conditional
+    if cond is not None:  # the sub-priors sampling actually uses, after the pooled marginals
+        rows += [
+            [f"{n} | {cond.on}={choice}", _space(pr.space[n]), _dist(pr.space[n], d)]
+            for choice, sub in cond.dists.items()
+            for n, d in sub.items()
+        ]
+    hp = _table(["hyperparameter", "broad space", "learned prior"], rows)
     names = pr.space.names()
     regret = info.get("portfolio_regret", [])
     rows = [
