@@ -3,6 +3,7 @@
 Run from the repository root (takes a few minutes on a 2-core CPU):
 
     .venv/bin/python examples/03_tune_new_task.py [META_DIR]
+    .venv/bin/python examples/03_tune_new_task.py --smoke-test     # tiny sizes, used by the tests
 
 Without META_DIR it meta-trains a small sinusoid checkpoint and fits its priors first (the
 same thing `raymeta meta-train` + `raymeta priors fit` do), then tunes held-out task 7 twice:
@@ -11,7 +12,7 @@ warm-started (meta-init + learned prior) and from scratch (random init + broad p
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
 from pathlib import Path
 
@@ -21,9 +22,9 @@ from raymeta.orchestration.tune import run_tune
 from raymeta.priors import fit_priors
 
 
-def small_checkpoint(where: Path) -> Path:
+def small_checkpoint(where: Path, steps: int) -> Path:
     path = where / "sinusoid-meta"
-    trainer = meta_train(MetaTrainConfig(steps=500, meta_batch=16, val_tasks=10))
+    trainer = meta_train(MetaTrainConfig(steps=steps, meta_batch=16, val_tasks=10))
     save_meta_checkpoint(path, trainer.to_checkpoint())
     write_priors(
         path,
@@ -33,16 +34,25 @@ def small_checkpoint(where: Path) -> Path:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "meta", nargs="?", help="a meta-checkpoint with priors (default: make a small one)"
+    )
+    ap.add_argument("--smoke-test", action="store_true", help="tiny sizes, for CI")
+    args = ap.parse_args()
+    small = args.smoke_test
     with tempfile.TemporaryDirectory(prefix="raymeta-example-") as d:
         work = Path(d)
-        meta = Path(sys.argv[1]) if len(sys.argv) > 1 else small_checkpoint(work)
+        meta = Path(args.meta) if args.meta else small_checkpoint(work, 40 if small else 500)
         for init, prior in (("meta", "learned"), ("scratch", "broad")):
             report = run_tune(
                 meta,
                 "sinusoid:7",
-                population=4,
+                population=2 if small else 4,
                 members_per_trial=4,
-                budget=4 * 4 * 60,
+                budget=(2 * 4 * 10) if small else 4 * 4 * 60,
                 init=init,
                 prior=prior,
                 out=work / f"tune-{init}",
