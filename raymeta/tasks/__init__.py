@@ -3,4 +3,13 @@
 from raymeta.tasks._base import SPLITS, FamilySpec, Split, Task, TaskBatch, TaskFamily
 from raymeta.tasks.registry import FAMILIES, make_family
 
-__all__ = ["FAMILIES", "SPLITS", "FamilySpec", "Split", "Task", "TaskBatch", "TaskFamily", "make_family"]
+__all__ = [
+    "FAMILIES",
+    "SPLITS",
+    "FamilySpec",
+    "Split",
+    "Task",
+    "TaskBatch",
+    "TaskFamily",
+    "make_family",
+]

@@ -61,9 +61,13 @@ class TaskBatch:
         return int(self.xs.shape[0])
 
     def slice(self, start: int, stop: int) -> TaskBatch:
-        return TaskBatch(self.xs[start:stop], self.ys[start:stop], self.xq[start:stop], self.yq[start:stop])
+        return TaskBatch(
+            self.xs[start:stop], self.ys[start:stop], self.xq[start:stop], self.yq[start:stop]
+        )
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TaskBatch:
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> TaskBatch:
         def cv(t: torch.Tensor) -> torch.Tensor:
             if t.is_floating_point():
                 return t.to(device=device, dtype=dtype)

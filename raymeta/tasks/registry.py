@@ -48,7 +48,9 @@ def make_family(spec: FamilySpec | str, **options: Any) -> TaskFamily:
     try:
         ctor = FAMILIES[spec.name]
     except KeyError:
-        raise ConfigError(f"unknown task family {spec.name!r} (choose from {', '.join(FAMILIES)})") from None
+        raise ConfigError(
+            f"unknown task family {spec.name!r} (choose from {', '.join(FAMILIES)})"
+        ) from None
     try:
         return ctor(**spec.options)
     except TypeError as exc:

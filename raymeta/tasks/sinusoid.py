@@ -33,12 +33,29 @@ class Sinusoid(TaskFamily):
     input_shape = (1,)
     output_dim = 1
 
-    def __init__(self, shots: int = 10, queries: int = 10, task_shots: int = 5, val_size: int = 10, test_size: int = 100):
-        for key, v in {"shots": shots, "queries": queries, "task_shots": task_shots, "val_size": val_size, "test_size": test_size}.items():
+    def __init__(
+        self,
+        shots: int = 10,
+        queries: int = 10,
+        task_shots: int = 5,
+        val_size: int = 10,
+        test_size: int = 100,
+    ):
+        for key, v in {
+            "shots": shots,
+            "queries": queries,
+            "task_shots": task_shots,
+            "val_size": val_size,
+            "test_size": test_size,
+        }.items():
             if int(v) < 1:
                 raise ConfigError(f"sinusoid: {key} must be >= 1, got {v}")
         self.shots, self.queries = int(shots), int(queries)
-        self.task_shots, self.val_size, self.test_size = int(task_shots), int(val_size), int(test_size)
+        self.task_shots, self.val_size, self.test_size = (
+            int(task_shots),
+            int(val_size),
+            int(test_size),
+        )
 
     def options(self) -> dict[str, Any]:
         return {
@@ -63,7 +80,9 @@ class Sinusoid(TaskFamily):
         cell = torch.floor((amp.double() - lo) / (hi - lo) * (3 * _GRID)).long()
         return cell % 3
 
-    def _draw(self, split: str, n: int, sizes: list[int], g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    def _draw(
+        self, split: str, n: int, sizes: list[int], g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         amp = self.amplitude(split, n, g)
         phase = torch.rand(n, generator=g, dtype=torch.float64) * PHASE_RANGE[1]
         lo, hi = X_RANGE
@@ -85,7 +104,9 @@ class Sinusoid(TaskFamily):
         if index < 0:
             raise ConfigError(f"sinusoid: task index must be >= 0, got {index}")
         g = torch.Generator().manual_seed(task_seed(split, index))
-        amp, phase, (xt, xv, xe) = self._draw(split, 1, [self.task_shots, self.val_size, self.test_size], g)
+        amp, phase, (xt, xv, xe) = self._draw(
+            split, 1, [self.task_shots, self.val_size, self.test_size], g
+        )
         ys = [self._f(x, amp, phase)[0].float() for x in (xt, xv, xe)]
         return Task(
             task_id=f"sinusoid:{split}:{index}",
