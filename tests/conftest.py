@@ -17,7 +17,11 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
-OMNIGLOT_DIR = Path(os.environ.get("RAYMETA_OMNIGLOT", Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"))
+OMNIGLOT_DIR = Path(
+    os.environ.get(
+        "RAYMETA_OMNIGLOT", Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
+    )
+)
 
 
 @pytest.fixture(scope="session")
