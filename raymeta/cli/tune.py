@@ -58,7 +58,7 @@ def add_parser(sub: Any) -> None:
         "--interval",
         type=int,
         default=None,
-        help="steps between reports/perturbations (default: 1/10 of a member's steps)",
+        help="steps between reports/perturbations (default: a quarter of a member's steps)",
     )
     p.add_argument(
         "--init",

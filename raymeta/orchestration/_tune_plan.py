@@ -25,6 +25,9 @@ SCHEDULERS = ("pbt", "pb2", "asha", "random")
 INITS = ("meta", "scratch")
 PRIORS = ("learned", "broad")
 DEFAULT_STEPS_PER_MEMBER = 100
+# reports (= PBT perturbation rounds) per member by default: each exploit restarts a trial from a
+# checkpoint, so a handful of rounds keeps a small run fast while PBT still gets to act
+DEFAULT_REPORTS = 4
 _SPEC = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):(\d+)$")
 
 
@@ -178,7 +181,7 @@ def plan_tune(
             f"population {population} x {members_per_trial} = {n_members} members needs --budget >= {n_members} member-steps (one step each), got {budget}"
         )
     if interval is None:
-        interval = max(1, steps // 10)
+        interval = max(1, -(-steps // DEFAULT_REPORTS))
     if interval < 1:
         raise ConfigError(f"--interval must be >= 1, got {interval}")
     interval = min(interval, steps)

@@ -74,7 +74,9 @@ def make_scheduler(plan: TunePlan) -> Any:
             custom_explore_fn=clip_explore(plan.prior),
             quantile_fraction=0.25,
             resample_probability=0.25,
-            synch=True,
+            # asynchronous: only exploited trials restart; synchronous PBT pauses (and, with a
+            # function trainable, restarts) every trial at every round
+            synch=False,
         )
     if plan.scheduler == "pb2":
         from ray.tune.schedulers.pb2 import PB2
@@ -98,6 +100,23 @@ def make_scheduler(plan: TunePlan) -> Any:
             reduction_factor=2,
         )
     return FIFOScheduler()
+
+
+def _search_alg(points: list[dict[str, Any]], seed: int) -> Any:
+    """The basic variant generator, but "finished" only once every trial it made has completed.
+
+    Why: Tune caches a paused trial's actor for reuse only while the search is unfinished or a
+    trial is staged. A plain generator is finished as soon as it has emitted the population, so
+    every PBT exploit (pause + restore of a function trainable) would kill the actor and start
+    a new process (Ray worker, torch import, first vmapped call: seconds each time). Keeping it
+    "unfinished" while trials are live lets the exploited trial restart in the same process."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    class _KeepActors(BasicVariantGenerator):  # type: ignore[misc]
+        def is_finished(self) -> bool:
+            return bool(super().is_finished()) and not self._live_trials
+
+    return _KeepActors(points_to_evaluate=points, random_state=seed)
 
 
 def _experiment(out: Path, storage: str | None) -> tuple[str, str]:
@@ -141,7 +160,6 @@ def _tuner(
 ) -> Any:
     from ray import tune
     from ray.tune import CLIReporter
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from raymeta.orchestration._history import HistoryCallback
     from raymeta.orchestration.tune_space import param_space, points_to_evaluate
@@ -174,9 +192,7 @@ def _tuner(
             mode="min",
             scheduler=make_scheduler(plan),
             num_samples=plan.population,
-            search_alg=BasicVariantGenerator(
-                points_to_evaluate=points_to_evaluate(plan.portfolio), random_state=plan.seed
-            ),
+            search_alg=_search_alg(points_to_evaluate(plan.portfolio), plan.seed),
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
