@@ -208,7 +208,7 @@ def test_plan_bad_input(untrained_meta: Path, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no priors.json"):
         plan_tune(untrained_meta, "sinusoid:0", 2, prior="learned")
     plan = plan_tune(untrained_meta, "sinusoid:0", 2, 4, prior="broad", budget=800)
-    assert plan.steps_per_member == 100 and plan.interval == 10 and plan.portfolio == []
+    assert plan.steps_per_member == 100 and plan.interval == 25 and plan.portfolio == []
     with pytest.raises(ConfigError, match="needs --budget >= 64"):
         plan_tune(untrained_meta, "sinusoid:0", 4, 16, prior="broad", budget=63)
     with pytest.raises(ConfigError, match="trained on family 'sinusoid'"):

@@ -199,13 +199,10 @@ def _tuner(
             name=name,
             storage_path=storage_path,
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            # the latest checkpoint is always kept too (PBT exploits it); keeping the best ones by
-            # best_val_loss means a best snapshot survives its trial being overwritten by an exploit
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=3,
-                checkpoint_score_attribute="best_val_loss",
-                checkpoint_score_order="min",
-            ),
+            # every checkpoint is kept (a handful per trial at the default interval): after a PBT
+            # exploit a trial's latest checkpoint is the *source* trial's, which a num_to_keep
+            # limit on the source may delete, and a retried or resumed trial could then not start
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             verbose=verbose,
             progress_reporter=reporter,
             callbacks=[HistoryCallback(str((out / HISTORY_FILE).resolve()))],
