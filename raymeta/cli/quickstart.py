@@ -34,7 +34,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
     p.add_argument("--tasks", type=int, default=3, help="held-out tasks to tune")
     p.add_argument("--population", type=int, default=4, help="PBT trials per task")
-    p.add_argument("--budget", type=int, default=100, help="fine-tuning steps per member")
+    p.add_argument("--budget", type=int, default=400, help="total member-steps per tuning run (split over the population)")
     p.add_argument(
         "--address", default=None, help="join this Ray cluster (default: embedded local Ray)"
     )
@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
     from raymeta.results.summary import summarise
 
     if args.smoke_test:
-        args.steps, args.tasks, args.population, args.budget = 40, 1, 2, 20
+        args.steps, args.tasks, args.population, args.budget = 40, 1, 2, 40
     for name in ("steps", "workers", "tasks", "population", "budget"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name} must be >= 1")
