@@ -34,7 +34,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
     p.add_argument("--tasks", type=int, default=3, help="held-out tasks to tune")
     p.add_argument("--population", type=int, default=4, help="PBT trials per task")
-    p.add_argument("--budget", type=int, default=400, help="total member-steps per tuning run (split over the population)")
+    p.add_argument(
+        "--budget",
+        type=int,
+        default=400,
+        help="total member-steps per tuning run (split over the population)",
+    )
     p.add_argument(
         "--address", default=None, help="join this Ray cluster (default: embedded local Ray)"
     )
