@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 
 from raymeta.errors import ConfigError
-from raymeta.tasks._base import Task, TaskBatch
+from raymeta.tasks._base import Split, Task, TaskBatch, TaskFamily, check_split
+from raymeta.tasks.sinusoid import task_seed
 
 
 class ClassPool:
@@ -123,3 +124,42 @@ def episode_task(
     return Task(
         task_id, xt[0], yt[0], xv[0], yv[0], xe[0], ye[0], kind="classification", output_dim=ways
     )
+
+
+class EpisodicFamily(TaskFamily):
+    """N-way K-shot classification over a ``ClassPool`` with per-meta-split class sets.
+
+    Subclasses set ``pool``, ``classes`` (split -> class ids), ``ways``, ``shots``,
+    ``queries``, ``task_shots``, ``val_size``, ``test_size`` and a distinct ``salt`` so that
+    fixed tasks of different families never share seeds."""
+
+    kind = "classification"
+    salt: int
+    pool: ClassPool
+    classes: dict[str, torch.Tensor]
+    ways: int
+    shots: int
+    queries: int
+    task_shots: int
+    val_size: int
+    test_size: int
+
+    def sample(self, split: Split, n_tasks: int, generator: torch.Generator) -> TaskBatch:
+        check_split(split)
+        return sample_episodes(
+            self.pool, self.classes[split], n_tasks, self.ways, self.shots, self.queries, generator
+        )
+
+    def task(self, split: Split, index: int) -> Task:
+        check_split(split)
+        if index < 0:
+            raise ConfigError(f"{self.name}: task index must be >= 0, got {index}")
+        sizes = (self.task_shots, self.val_size, self.test_size)
+        return episode_task(
+            self.pool,
+            self.classes[split],
+            f"{self.name}:{split}:{index}",
+            self.ways,
+            sizes,
+            task_seed(split, index, self.salt),
+        )

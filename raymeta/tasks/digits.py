@@ -21,9 +21,7 @@ import numpy as np
 import torch
 
 from raymeta.errors import ConfigError, DataError
-from raymeta.tasks._base import Split, Task, TaskBatch, TaskFamily, check_split
-from raymeta.tasks._episodic import ClassPool, episode_task, sample_episodes
-from raymeta.tasks.sinusoid import task_seed
+from raymeta.tasks._episodic import ClassPool, EpisodicFamily
 
 # (digit, quarter turns) per meta-split; tests check it covers the 40 classes exactly once.
 ROTATED_SPLIT: dict[str, tuple[tuple[int, int], ...]] = {
@@ -75,9 +73,10 @@ def _digit_images() -> tuple[torch.Tensor, torch.Tensor]:
     return out, counts
 
 
-class Digits(TaskFamily):
+class Digits(EpisodicFamily):
     name = "digits"
     kind = "classification"
+    salt = _SALT
     input_shape = (1, 8, 8)
 
     def __init__(
@@ -139,23 +138,3 @@ class Digits(TaskFamily):
             "test_size": self.test_size,
             "rotations": self.rotations,
         }
-
-    def sample(self, split: Split, n_tasks: int, generator: torch.Generator) -> TaskBatch:
-        check_split(split)
-        return sample_episodes(
-            self.pool, self.classes[split], n_tasks, self.ways, self.shots, self.queries, generator
-        )
-
-    def task(self, split: Split, index: int) -> Task:
-        check_split(split)
-        if index < 0:
-            raise ConfigError(f"digits: task index must be >= 0, got {index}")
-        sizes = (self.task_shots, self.val_size, self.test_size)
-        return episode_task(
-            self.pool,
-            self.classes[split],
-            f"digits:{split}:{index}",
-            self.ways,
-            sizes,
-            task_seed(split, index, _SALT),
-        )

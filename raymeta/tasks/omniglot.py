@@ -30,9 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from raymeta.errors import ConfigError, DataError
-from raymeta.tasks._base import Split, Task, TaskBatch, TaskFamily, check_split
-from raymeta.tasks._episodic import ClassPool, episode_task, sample_episodes
-from raymeta.tasks.sinusoid import task_seed
+from raymeta.tasks._episodic import ClassPool, EpisodicFamily
 
 ENV_VAR = "RAYMETA_OMNIGLOT"
 ARCHIVES = ("images_background.npz", "images_evaluation.npz")
@@ -106,9 +104,10 @@ def character_order() -> torch.Tensor:
     return torch.tensor(sorted(range(N_CHARACTERS), key=keys.__getitem__), dtype=torch.int64)
 
 
-class Omniglot(TaskFamily):
+class Omniglot(EpisodicFamily):
     name = "omniglot"
     kind = "classification"
+    salt = _SALT
 
     def __init__(
         self,
@@ -193,23 +192,3 @@ class Omniglot(TaskFamily):
             "image_size": self.image_size,
             "val_characters": self.val_characters,
         }
-
-    def sample(self, split: Split, n_tasks: int, generator: torch.Generator) -> TaskBatch:
-        check_split(split)
-        return sample_episodes(
-            self.pool, self.classes[split], n_tasks, self.ways, self.shots, self.queries, generator
-        )
-
-    def task(self, split: Split, index: int) -> Task:
-        check_split(split)
-        if index < 0:
-            raise ConfigError(f"omniglot: task index must be >= 0, got {index}")
-        sizes = (self.task_shots, self.val_size, self.test_size)
-        return episode_task(
-            self.pool,
-            self.classes[split],
-            f"omniglot:{split}:{index}",
-            self.ways,
-            sizes,
-            task_seed(split, index, _SALT),
-        )
