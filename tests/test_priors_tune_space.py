@@ -91,31 +91,3 @@ def test_points_to_evaluate_are_plain_python() -> None:
     pts = points_to_evaluate([{"lr": np.float64(0.1), "steps": np.int64(5), "optimizer": "adam"}])
     assert pts == [{"lr": 0.1, "steps": 5, "optimizer": "adam"}]
     assert type(pts[0]["lr"]) is float and type(pts[0]["steps"]) is int
-
-
-def test_param_space_keeps_the_conditional_structure_of_a_learned_prior() -> None:
-    """Tune must draw lr from the sub-prior of the optimizer it drew (sgd high, adam low)."""
-    from ray.tune.search.variant_generator import generate_variants
-
-    from raymeta.orchestration.tune_space import param_space as space_of
-    from raymeta.priors import CategoricalDist, Conditional, NumericDist, Prior, broad_space
-
-    sgd, adam = NumericDist(0.95, 0.85, 0.05), NumericDist(0.95, 0.3, 0.05)
-    sp = broad_space(["mlp"], max_batch=10, max_steps=100)
-    prior = Prior(
-        sp,
-        {"lr": NumericDist(0.9, 0.6, 0.3), "optimizer": CategoricalDist((0.4, 0.6))},
-        Conditional("optimizer", {"sgd": {"lr": sgd}, "adam": {"lr": adam}}),
-    )
-    configs = [
-        v["config"] for _ in range(150) for _, v in generate_variants({"config": space_of(prior)})
-    ]
-    for c in configs:
-        sp.validate(c)
-    lr_unit = {
-        o: [sp["lr"].to_unit(c["lr"]) for c in configs if c["optimizer"] == o]
-        for o in ("sgd", "adam")
-    }
-    assert len(lr_unit["sgd"]) > 20 and len(lr_unit["adam"]) > 20
-    assert abs(float(np.median(lr_unit["sgd"])) - 0.85) < 0.1
-    assert abs(float(np.median(lr_unit["adam"])) - 0.3) < 0.1

@@ -73,38 +73,12 @@ def domain(prior: Prior, name: str) -> Domain:
     return dom
 
 
-def _conditional_sampler(prior: Prior, name: str, parent: str, fixed: Mapping[str, Any]) -> Any:
-    """A ``tune.sample_from`` that draws ``name`` from the sub-prior of the parent's resolved
-    value (Tune resolves ``spec.config.<parent>`` first), keeping e.g. lr/optimizer coupling."""
-    p = prior.space[name]
-
-    def draw(spec: Any) -> Any:
-        # attribute access: Tune's guard defers this draw until the parent is resolved
-        given = {parent: fixed[parent] if parent in fixed else getattr(spec.config, parent)}
-        a, b = np.random.uniform(0.0, 1.0, size=2)
-        value = prior.value_from_uniforms(name, float(a), float(b), given=given)
-        return int(value) if isinstance(p, Int) else float(value)
-
-    return tune.sample_from(draw)
-
-
 def param_space(prior: Prior, fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``Tuner(param_space=...)`` entries for every hyperparameter; ``fixed`` values win.
-
-    Parameters a learned prior conditions on a categorical parent (``Prior.conditional``) are
-    drawn from that parent's sub-prior, so Tune samples whole configs the way the prior does."""
+    """``Tuner(param_space=...)`` entries for every hyperparameter; ``fixed`` values win."""
     fixed = dict(fixed or {})
-    cond = prior.conditional
-    children = cond.children() if cond is not None else set()
-    out: dict[str, Any] = {}
-    for p in prior.space:
-        if p.name in fixed:
-            out[p.name] = fixed[p.name]
-        elif cond is not None and p.name in children:
-            out[p.name] = _conditional_sampler(prior, p.name, cond.on, fixed)
-        else:
-            out[p.name] = domain(prior, p.name)
-    return out | {k: v for k, v in fixed.items() if k not in prior.space}
+    return {
+        p.name: fixed[p.name] if p.name in fixed else domain(prior, p.name) for p in prior.space
+    } | {k: v for k, v in fixed.items() if k not in prior.space}
 
 
 def hyperparam_mutations(prior: Prior, exclude: Iterable[str] = NOT_MUTATED) -> dict[str, Any]:
