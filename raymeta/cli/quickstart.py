@@ -145,5 +145,7 @@ def _run(args: argparse.Namespace) -> int:
     _stage("4/4 comparison (target = the scratch run's final best validation loss on each task)")
     print(render(summarise(pa.concat_tables(tables)), "table"))
     print(f"\nquickstart finished in {time.perf_counter() - t_all:.0f}s; artifacts in {out}/")
-    print(f"next: raymeta report {out}/tune/*/results, raymeta priors show --meta {meta}")
+    print(
+        f"next: raymeta priors show --meta {meta}; raymeta report {out}/tune/task0-meta-learned/results --plots {out}/plots"
+    )
     return 0
