@@ -24,6 +24,7 @@ from raymeta.core.checkpoint import Candidate
 from raymeta.core.models import build_model
 from raymeta.core.population import MemberHParams, PopulationState, PopulationTrainer
 from raymeta.errors import ConfigError
+from raymeta.orchestration._packed import scratch_params
 from raymeta.priors import Prior
 from raymeta.tasks import Task
 
@@ -76,13 +77,6 @@ class FinetuneResult:
     wall_s: float = 0.0
     events: list[dict[str, Any]] = field(default_factory=list)
     best_params: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-def scratch_params(cand: Candidate, seed: int) -> dict[str, torch.Tensor]:
-    """A seeded random init of the candidate's architecture (what tuning from scratch starts at)."""
-    torch.manual_seed(seed)
-    model = build_model(cand.spec)
-    return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
 def _exploit(
@@ -139,7 +133,7 @@ def run_population(
         base = {k: cand.params[k].float() for k, _ in model.named_parameters()}
         state = PopulationState.from_params(base, m)
     else:
-        stacked = [scratch_params(cand, seed * 10_007 + i) for i in range(m)]
+        stacked = [scratch_params(cand.spec, seed * 10_007 + i) for i in range(m)]
         state = PopulationState.from_stacked(
             {k: torch.stack([s[k] for s in stacked]) for k in stacked[0]}
         )

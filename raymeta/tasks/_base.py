@@ -26,6 +26,13 @@ SPLITS: tuple[Split, ...] = ("train", "val", "test")
 Kind = Literal["regression", "classification"]
 
 
+def check_positive_ints(family: str, **values: object) -> None:
+    """One-line ``ConfigError`` unless every option is an integer >= 1 (bools are refused)."""
+    for key, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{family}: {key} must be an integer >= 1, got {v!r}")
+
+
 def check_split(split: str) -> Split:
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r} (choose train, val or test)")

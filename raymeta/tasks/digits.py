@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from raymeta.errors import ConfigError, DataError
+from raymeta.tasks._base import check_positive_ints
 from raymeta.tasks._episodic import ClassPool, EpisodicFamily
 
 # (digit, quarter turns) per meta-split; tests check it covers the 40 classes exactly once.
@@ -90,17 +91,15 @@ class Digits(EpisodicFamily):
         rotations: bool = True,
     ):
         task_shots = shots if task_shots is None else task_shots
-        ints = {
-            "ways": ways,
-            "shots": shots,
-            "queries": queries,
-            "task_shots": task_shots,
-            "val_size": val_size,
-            "test_size": test_size,
-        }
-        for key, v in ints.items():
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"digits: {key} must be an integer >= 1, got {v!r}")
+        check_positive_ints(
+            "digits",
+            ways=ways,
+            shots=shots,
+            queries=queries,
+            task_shots=task_shots,
+            val_size=val_size,
+            test_size=test_size,
+        )
         if ways < 2:
             raise ConfigError(f"digits: ways must be >= 2, got {ways}")
         self.ways, self.shots, self.queries = ways, shots, queries

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from raymeta.errors import ConfigError, DataError
+from raymeta.tasks._base import check_positive_ints
 from raymeta.tasks._episodic import ClassPool, EpisodicFamily
 
 ENV_VAR = "RAYMETA_OMNIGLOT"
@@ -123,19 +124,17 @@ class Omniglot(EpisodicFamily):
         val_characters: int = 100,
     ):
         task_shots = shots if task_shots is None else task_shots
-        ints = {
-            "ways": ways,
-            "shots": shots,
-            "queries": queries,
-            "task_shots": task_shots,
-            "val_size": val_size,
-            "test_size": test_size,
-            "image_size": image_size,
-            "val_characters": val_characters,
-        }
-        for key, v in ints.items():
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"omniglot: {key} must be an integer >= 1, got {v!r}")
+        check_positive_ints(
+            "omniglot",
+            ways=ways,
+            shots=shots,
+            queries=queries,
+            task_shots=task_shots,
+            val_size=val_size,
+            test_size=test_size,
+            image_size=image_size,
+            val_characters=val_characters,
+        )
         if ways < 2:
             raise ConfigError(f"omniglot: ways must be >= 2, got {ways}")
         if not isinstance(rotations, bool):
