@@ -260,3 +260,28 @@ def test_plan_bad_input(untrained_meta: Path, tmp_path: Path) -> None:
     write_tasks(tmp_path / "notest.parquet", [notest])
     with pytest.raises(DataError, match="test"):
         plan_tune(untrained_meta, str(tmp_path / "notest.parquet"), 2, prior="broad")
+
+
+def test_trial_device_without_cuda_is_a_clear_error() -> None:
+    from raymeta.orchestration._trainable import trial_device
+
+    setup = TrialSetup(
+        "regression",
+        torch.zeros(2, 1),
+        torch.zeros(2, 1),
+        torch.zeros(2, 1),
+        torch.zeros(2, 1),
+        {},
+        broad_prior(broad_space(["mlp"], max_batch=2)),
+        1,
+        1,
+        1,
+        0,
+    )
+    assert trial_device(setup) == torch.device("cpu")
+    setup.device = "cuda"
+    if torch.cuda.is_available():
+        assert trial_device(setup).type == "cuda"
+    else:
+        with pytest.raises(RuntimeError, match="torch.cuda is not available"):
+            trial_device(setup)

@@ -162,3 +162,27 @@ def test_warm_start_beats_scratch_through_tune(
             res[init] = rep["best"]["test_loss"]
         wins += res["meta"] < res["scratch"]
     assert wins >= 2
+
+
+def test_gpus_per_trial_beyond_the_cluster_is_one_line_error(
+    ray_session: None, sinusoid_meta: Path, tmp_path: Path
+) -> None:
+    """The session Ray has no GPU: asking for one per trial fails before anything is written."""
+    from raymeta.errors import ClusterError
+    from raymeta.orchestration.tune import run_tune
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "out"
+    with pytest.raises(ClusterError, match="needs 1 GPUs but the Ray cluster has 0"):
+        run_tune(
+            meta=sinusoid_meta,
+            task="sinusoid:2",
+            population=2,
+            out=out,
+            gpus_per_trial=1.0,
+            verbose=0,
+        )
+    assert not (out / "report.json").exists()
+    with pytest.raises(ConfigError, match="gpus-per-trial"):
+        run_tune(meta=sinusoid_meta, task="sinusoid:2", population=2, out=out, gpus_per_trial=-1)

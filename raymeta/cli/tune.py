@@ -91,6 +91,12 @@ def add_parser(sub: Any) -> None:
         help="retries of a crashed trial from its last checkpoint",
     )
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per trial")
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=0.0,
+        help="GPUs per trial (fractions share a GPU); > 0 trains the packed members on CUDA",
+    )
     p.add_argument("--quiet", action="store_true", help="no Tune progress table")
 
 
@@ -145,6 +151,7 @@ def _run(args: argparse.Namespace) -> int:
         interval=args.interval,
         max_failures=int(args.max_failures),
         cpus_per_trial=float(args.cpus_per_trial),
+        gpus_per_trial=float(args.gpus_per_trial),
         verbose=0 if args.quiet else 1,
     )
     print(summary(report))

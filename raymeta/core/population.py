@@ -75,6 +75,9 @@ class MemberHParams:
     def index(self, idx: torch.Tensor | slice | list[int]) -> MemberHParams:
         return MemberHParams(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
 
+    def to(self, device: torch.device | str) -> MemberHParams:
+        return MemberHParams(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
 
 @dataclass
 class PopulationState:
@@ -103,7 +106,7 @@ class PopulationState:
             p,
             zeros,
             {k: torch.zeros_like(v) for k, v in p.items()},
-            torch.zeros(n, dtype=torch.int64),
+            torch.zeros(n, dtype=torch.int64, device=next(iter(p.values())).device),
         )
 
     @property
@@ -115,6 +118,14 @@ class PopulationState:
             return {k: v[idx].clone() for k, v in d.items()}
 
         return PopulationState(sel(self.params), sel(self.m), sel(self.v), self.step[idx].clone())
+
+    def to(self, device: torch.device | str) -> PopulationState:
+        """A copy on ``device`` (packed trials train on a GPU, checkpoints live on the CPU)."""
+
+        def mv(d: Params) -> Params:
+            return {k: v.to(device) for k, v in d.items()}
+
+        return PopulationState(mv(self.params), mv(self.m), mv(self.v), self.step.to(device))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         out = {f"params.{k}": v for k, v in self.params.items()}
@@ -160,7 +171,7 @@ class PopulationTrainer:
         y: torch.Tensor,
     ) -> tuple[Params, Params, Params, torch.Tensor]:
         n = x.shape[0]
-        idx = torch.arange(n)
+        idx = torch.arange(n, device=x.device)
         scores = hash_uniform(hp.seed, t, idx)
         rank = torch.argsort(torch.argsort(scores))
         mask = (rank < hp.batch_size).to(x.dtype if x.is_floating_point() else torch.float32)
@@ -217,7 +228,7 @@ class PopulationTrainer:
             )  # vmap maps dicts, not dataclasses
 
         step = vmap(member_step, in_dims=(0, 0, 0, 0, 0, d, d))
-        hpd = {f.name: getattr(hp, f.name) for f in fields(hp)}
+        hpd = {f.name: getattr(hp, f.name).to(x.device) for f in fields(hp)}
         p, m, v, t = state.params, state.m, state.v, state.step
         with torch.no_grad():
             for _ in range(n_steps):

@@ -106,7 +106,7 @@ class MemberGroup:
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Validation loss per member (NaN/inf -> inf); updates the best snapshots."""
         ev = self.trainer.evaluate(self.state.params, x, y)
-        val = ev["loss"].double()
+        val = ev["loss"].double().to(self.best_val.device)
         val = torch.where(torch.isfinite(val), val, torch.full_like(val, math.inf))
         self.last_val = val
         self.last_acc = ev["accuracy"].double() if "accuracy" in ev else None
@@ -125,7 +125,7 @@ class MemberGroup:
         q = m // 4
         if q < 1:
             return []
-        order = np.lexsort((np.arange(m), self.last_val.numpy()))
+        order = np.lexsort((np.arange(m), self.last_val.cpu().numpy()))
         top, bottom = [int(i) for i in order[:q]], [int(i) for i in order[m - q :]]
         events = []
         for dst in bottom:
@@ -148,11 +148,18 @@ class MemberGroup:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Everything tensor-valued, for ``torch.save`` (loadable with ``weights_only=True``)."""
-        out = {f"state.{k}": v for k, v in self.state.state_dict().items()}
-        out.update({f"best.{k}": v for k, v in self.best_params.items()})
-        out["best_val"] = self.best_val
-        out["last_val"] = self.last_val
+        out = {f"state.{k}": v.cpu() for k, v in self.state.state_dict().items()}
+        out.update({f"best.{k}": v.cpu() for k, v in self.best_params.items()})
+        out["best_val"] = self.best_val.cpu()
+        out["last_val"] = self.last_val.cpu()
         return out
+
+    def to(self, device: torch.device | str) -> MemberGroup:
+        """Move weights, optimizer state and snapshots to ``device`` (in place; returns self)."""
+        self.state = self.state.to(device)
+        self.best_params = {k: v.to(device) for k, v in self.best_params.items()}
+        self.best_val, self.last_val = self.best_val.to(device), self.last_val.to(device)
+        return self
 
     @classmethod
     def from_tensors(

@@ -57,6 +57,7 @@ class TrialSetup:
     interval: int
     seed: int
     threads: int = 1
+    device: str = "cpu"  # "cuda" when the trial holds a GPU (``--gpus-per-trial``)
     crash_marker: str | None = None  # test hook: SIGKILL the trial process once, after a report
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -101,6 +102,17 @@ def load_trial(d: Path, setup: TrialSetup) -> tuple[MemberGroup, dict[str, Any]]
     return group, info
 
 
+def trial_device(setup: TrialSetup) -> torch.device:
+    """The trial's device; a GPU trial on a node without CUDA is a one-line error."""
+    if setup.device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"trial was given device {setup.device!r} but torch.cuda is not available on this node"
+        )
+    return torch.device(setup.device)
+
+
 def _finite(x: float) -> float:
     return x if math.isfinite(x) else float("inf")
 
@@ -137,6 +149,10 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
             events.append({"kind": "restore", "trial": trial_id, "trial_step": step})
     else:
         group, step = new_group(setup, config, idx), 0
+    dev = trial_device(setup)
+    group.to(dev)
+    x_train, y_train = setup.x_train.to(dev), setup.y_train.to(dev)
+    x_val, y_val = setup.x_val.to(dev), setup.y_val.to(dev)
     while step < setup.steps_per_member:
         # test hook, checked before training (code after tune.report may never run: a paused
         # trial's function is abandoned there): die once a checkpoint exists to retry from
@@ -145,9 +161,9 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         t0 = time.perf_counter()
         n = min(setup.interval, setup.steps_per_member - step)
-        taken = group.train(setup.x_train, setup.y_train, n)
+        taken = group.train(x_train, y_train, n)
         step += n
-        val = group.evaluate(setup.x_val, setup.y_val)
+        val = group.evaluate(x_val, y_val)
         i = int(torch.argmin(val).item())
         metrics: dict[str, Any] = {
             "val_loss": _finite(float(val[i])),

@@ -157,6 +157,7 @@ def _tuner(
     max_failures: int,
     verbose: int,
     cpus_per_trial: float,
+    gpus_per_trial: float = 0.0,
 ) -> Any:
     from ray import tune
     from ray.tune import CLIReporter
@@ -165,7 +166,8 @@ def _tuner(
     from raymeta.orchestration.tune_space import param_space, points_to_evaluate
 
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, setup=plan.setup), {"cpu": cpus_per_trial}
+        tune.with_parameters(tune_trainable, setup=plan.setup),
+        {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
     )
     space = param_space(plan.prior)
     exp_path = f"{storage_path.rstrip('/')}/{name}"
@@ -251,6 +253,7 @@ def run_tune(
     interval: int | None = None,
     max_failures: int = 2,
     cpus_per_trial: float = 1.0,
+    gpus_per_trial: float = 0.0,
     verbose: int = 1,
     sweep: str = "tune",
     _crash_marker: str | None = None,
@@ -262,6 +265,8 @@ def run_tune(
 
     if max_failures < 0:
         raise ConfigError(f"--max-failures must be >= 0, got {max_failures}")
+    if not gpus_per_trial >= 0.0:
+        raise ConfigError(f"--gpus-per-trial must be >= 0, got {gpus_per_trial}")
     out = Path(out)
     plan = plan_tune(
         meta,
@@ -280,13 +285,17 @@ def run_tune(
         raise ConfigError(
             "--scheduler pb2 needs at least one continuous hyperparameter in the search space"
         )
+    if gpus_per_trial > 0:
+        plan.setup.device = "cuda"
     _quiet_env(verbose)
     storage_path, name = _experiment(out, storage)
     t0 = time.perf_counter()
     with ray_context(address):
-        check_resources(cpus=cpus_per_trial, what="a tune trial")
+        check_resources(cpus=cpus_per_trial, gpus=gpus_per_trial, what="a tune trial")
         run = _check_run_file(out, plan)
-        grid = _tuner(plan, out, storage_path, name, max_failures, verbose, cpus_per_trial).fit()
+        grid = _tuner(
+            plan, out, storage_path, name, max_failures, verbose, cpus_per_trial, gpus_per_trial
+        ).fit()
         results = [grid[i] for i in range(len(grid))]
     return write_outputs(
         plan,
