@@ -119,6 +119,13 @@ class PopulationState:
 
         return PopulationState(sel(self.params), sel(self.m), sel(self.v), self.step[idx].clone())
 
+    def copy_member(self, src: int, dst: int) -> None:
+        """Member ``dst`` takes ``src``'s weights, optimizer state and step (a PBT exploit)."""
+        for d in (self.params, self.m, self.v):
+            for t in d.values():
+                t[dst] = t[src]
+        self.step[dst] = self.step[src]
+
     def to(self, device: torch.device | str) -> PopulationState:
         """A copy on ``device`` (packed trials train on a GPU, checkpoints live on the CPU)."""
 

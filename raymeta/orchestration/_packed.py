@@ -66,6 +66,31 @@ def training_config(config: Config) -> Config:
     return {k: v for k, v in config.items() if k != "steps" and k != "model"}
 
 
+def exploit_worst(
+    state: PopulationState,
+    val: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    explore: Callable[[int, int], None],
+) -> list[tuple[int, int]]:
+    """The worst ``k`` members (by ``val``, ties by index) each copy a random member of the best
+    ``k``; ``explore(src, dst)`` runs right after each copy (it sets ``dst``'s new config, so its
+    random draws interleave with the source draws). Shared by packed Tune trials and the sweep's
+    in-process PBT. Returns the ``(src, dst)`` pairs."""
+    m = len(val)
+    if k < 1 or m < 2:
+        return []
+    order = np.argsort(val, kind="stable")
+    top, bottom = [int(i) for i in order[:k]], [int(i) for i in order[m - k :]]
+    pairs = []
+    for dst in bottom:
+        src = int(rng.choice(top))
+        state.copy_member(src, dst)
+        explore(src, dst)
+        pairs.append((src, dst))
+    return pairs
+
+
 @dataclass
 class MemberGroup:
     """The state of one packed trial: weights, optimizer state, configs and best snapshots."""
@@ -121,25 +146,17 @@ class MemberGroup:
         self, rng: np.random.Generator, perturb: Callable[[Config, np.random.Generator], Config]
     ) -> list[dict[str, Any]]:
         """Worst quarter copies the best quarter (see the module docstring); returns the events."""
-        m = self.n_members
-        q = m // 4
-        if q < 1:
-            return []
-        order = np.lexsort((np.arange(m), self.last_val.cpu().numpy()))
-        top, bottom = [int(i) for i in order[:q]], [int(i) for i in order[m - q :]]
-        events = []
-        for dst in bottom:
-            src = int(rng.choice(top))
-            for d in (self.state.params, self.state.m, self.state.v):
-                for t in d.values():
-                    t[dst] = t[src]
-            self.state.step[dst] = self.state.step[src]
+        events: list[dict[str, Any]] = []
+
+        def explore(src: int, dst: int) -> None:
             old = self.configs[dst]
             new = old if dst == 0 else {**perturb(self.configs[src], rng), "model": self.spec.name}
             self.configs[dst] = dict(new)
             events.append(
                 {"kind": "member_exploit", "src": src, "dst": dst, "old": old, "new": new}
             )
+
+        exploit_worst(self.state, self.last_val.cpu().numpy(), self.n_members // 4, rng, explore)
         return events
 
     def best_member(self) -> int:

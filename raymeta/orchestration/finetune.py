@@ -24,7 +24,7 @@ from raymeta.core.checkpoint import Candidate
 from raymeta.core.models import build_model
 from raymeta.core.population import MemberHParams, PopulationState, PopulationTrainer
 from raymeta.errors import ConfigError
-from raymeta.orchestration._packed import scratch_params
+from raymeta.orchestration._packed import exploit_worst, scratch_params
 from raymeta.priors import Prior
 from raymeta.tasks import Task
 
@@ -86,23 +86,15 @@ def _exploit(
     prior: Prior,
     rng: np.random.Generator,
 ) -> list[dict[str, Any]]:
-    """Worst quarter copies a random best-quarter member (weights + optimizer state) and explores."""
-    m = len(val)
-    k = max(1, m // 4) if m >= 2 else 0
-    order = np.argsort(val, kind="stable")
-    top, bottom = order[:k], order[m - k :]
-    events = []
-    for dst in bottom:
-        src = int(rng.choice(top))
-        for d in (state.params, state.m, state.v):
-            for t in d.values():
-                t[dst] = t[src]
-        state.step[dst] = state.step[src]
+    """Worst quarter (at least one member) copies a random best-quarter member and explores."""
+    events: list[dict[str, Any]] = []
+
+    def explore(src: int, dst: int) -> None:
         new = prior.perturb(configs[src], rng)
-        events.append(
-            {"kind": "exploit", "src": src, "dst": int(dst), "old": configs[dst], "new": new}
-        )
-        configs[int(dst)] = new
+        events.append({"kind": "exploit", "src": src, "dst": dst, "old": configs[dst], "new": new})
+        configs[dst] = new
+
+    exploit_worst(state, val, max(1, len(val) // 4), rng, explore)
     return events
 
 
