@@ -21,7 +21,7 @@ from raymeta.core.checkpoint import (
 from raymeta.core.models import build_model
 from raymeta.core.train import MetaTrainConfig, meta_train
 from raymeta.errors import CheckpointError, DataError
-from raymeta.priors import Priors, broad_prior, fit_priors, load_priors
+from raymeta.priors import VERSION, Priors, broad_prior, fit_priors, load_priors
 from raymeta.priors.evaluate import curve_steps, evaluate_configs
 from raymeta.priors.fit import val_tasks
 from raymeta.tasks import Task, TaskFamily, make_family
@@ -72,7 +72,9 @@ def test_priors_stored_checksummed_and_loaded(
     back = load_priors(load_meta_checkpoint(d))
     assert back.to_dict() == json.loads(json.dumps(pr.to_dict()))
     (d / "priors.json").write_text(
-        (d / "priors.json").read_text().replace('"version": 1', '"version": 2')
+        (d / "priors.json")
+        .read_text()
+        .replace(f'"version": {VERSION}', f'"version": {VERSION + 1}')
     )
     with pytest.raises(CheckpointError, match="checksum"):
         load_meta_checkpoint(d)

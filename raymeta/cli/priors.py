@@ -51,7 +51,7 @@ def add_parser(sub: Any) -> None:
     f.add_argument(
         "--rounds",
         type=int,
-        default=1,
+        default=2,
         help="config batches: the first from the broad space, later ones from the prior fitted so far",
     )
     f.add_argument("--portfolio", type=int, default=8, help="portfolio size K")

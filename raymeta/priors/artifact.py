@@ -17,7 +17,8 @@ from raymeta.priors.prior import Prior, broad_prior
 from raymeta.priors.space import SearchSpace
 
 FORMAT = "raymeta-priors"
-VERSION = 1
+VERSION = 2  # 2 added the learned prior's joint component; version 1 files still load
+READABLE = (1, 2)
 WHICH = ("learned", "broad")
 
 
@@ -54,9 +55,10 @@ class Priors:
         """Parse ``priors.json``; an unknown version or malformed content is a ``CheckpointError``."""
         if not isinstance(d, Mapping) or d.get("format") != FORMAT:
             raise CheckpointError("priors.json is not a raymeta priors file")
-        if d.get("version") != VERSION:
+        if d.get("version") not in READABLE:
             raise CheckpointError(
-                f"priors.json has version {d.get('version')!r}, this raymeta reads version {VERSION}"
+                f"priors.json has version {d.get('version')!r}, this raymeta reads versions"
+                f" {', '.join(map(str, READABLE))}"
             )
         try:
             space = SearchSpace.from_dict(d["space"])

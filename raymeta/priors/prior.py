@@ -20,6 +20,12 @@ that cannot express dependence (Ray Tune domains, ``priors show``) use. In ``pri
 Every sample consumes exactly two uniforms per parameter in space order (a child's uniforms are
 mapped after its parent's value is known), which makes sampling reproducible for a seed and lets
 Ray Tune's own random state drive the same code (``raymeta.orchestration.tune_space``).
+
+Joint component (``joint``, see ``joint.py``): a fitted prior is a mixture ``joint.weight`` x a
+kernel mixture over whole good configs + the rest x the factorised prior above. ``sample``,
+``log_prob`` and ``perturb`` use the mixture; ``dists`` / ``value_from_uniforms`` stay the
+factorised marginals for per-parameter consumers. With a joint component each sample draws
+``2 + len(space)`` further uniforms after the factorised ones.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from raymeta.errors import ConfigError
+from raymeta.priors.joint import Joint
 from raymeta.priors.space import Categorical, Float, Int, Param, SearchSpace
 
 MIN_STD = 0.01
@@ -195,6 +202,7 @@ class Prior:
         space: SearchSpace,
         dists: Mapping[str, Dist] | None = None,
         conditional: Conditional | None = None,
+        joint: Joint | None = None,
     ):
         dists = dict(dists or {})
         unknown = set(dists) - set(space.names())
@@ -219,6 +227,7 @@ class Prior:
             self.dists[p.name] = d
         checked = _check_conditional(space, conditional) if conditional is not None else None
         self.conditional = checked if checked is not None and checked.dists else None
+        self.joint = joint.check(space) if joint is not None and joint.weight > 0 else None
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -226,10 +235,11 @@ class Prior:
             and self.space == other.space
             and self.dists == other.dists
             and self.conditional == other.conditional
+            and self.joint == other.joint
         )
 
     def __repr__(self) -> str:
-        return f"Prior({self.dists!r}, conditional={self.conditional!r})"
+        return f"Prior({self.dists!r}, conditional={self.conditional!r}, joint={self.joint!r})"
 
     def dist(self, name: str, given: Mapping[str, Any] | None = None) -> Dist:
         """The distribution of ``name`` given the other values in ``given`` (marginal without)."""
@@ -264,24 +274,79 @@ class Prior:
         """``n`` configs, each within the space's bounds (reproducible for a given ``rng`` state)."""
         names = self.space.names()
         u = rng.random((int(n), len(names), 2))
+        v = rng.random((int(n), 2 + len(names))) if self.joint is not None else None
         out = []
         for i in range(int(n)):
+            if v is not None and v[i, 0] < self.joint.weight:  # type: ignore[union-attr]
+                out.append(self._joint_sample(u[i], v[i]))
+                continue
             c: dict[str, Any] = {}
             for j in self._order():
                 c[names[j]] = self.value_from_uniforms(names[j], u[i, j, 0], u[i, j, 1], c)
             out.append({nm: c[nm] for nm in names})
         return out
 
+    def _joint_sample(self, u: np.ndarray, v: np.ndarray) -> dict[str, Any]:
+        """One config from the kernel around a centre chosen by ``v[1]``: categorical values are
+        kept when ``v[2 + j] < keep`` (else drawn from the marginal), numeric ones move by the
+        kernel (``u[j, 1]``)."""
+        jt = self.joint
+        assert jt is not None
+        centre = jt.centres[jt.centre_index(float(v[1]))]
+        c: dict[str, Any] = {}
+        for j, p in enumerate(self.space):
+            if isinstance(p, Categorical):
+                keep = v[2 + j] < jt.keep
+                c[p.name] = (
+                    centre[p.name] if keep else self.value_from_uniforms(p.name, u[j, 0], u[j, 1])
+                )
+            else:
+                cu = p.to_unit(float(centre[p.name]))
+                c[p.name] = p.from_unit(jt.unit_from_uniform(cu, float(u[j, 1])))
+        return c
+
+    def _joint_log_prob(self, config: Mapping[str, Any]) -> float:
+        jt = self.joint
+        assert jt is not None
+        terms = []
+        for centre, pk in zip(jt.centres, jt.probs, strict=True):
+            lp = math.log(pk) if pk > 0 else -math.inf
+            for p in self.space:
+                v = config[p.name]
+                if isinstance(p, Categorical):
+                    d = self.dists[p.name]
+                    assert isinstance(d, CategoricalDist)
+                    pr = (1.0 - jt.keep) * d.probs[p.choices.index(v)] + (
+                        jt.keep if v == centre[p.name] else 0.0
+                    )
+                    lp += math.log(pr) if pr > 0 else -math.inf
+                else:
+                    lp += jt.log_kernel(p.to_unit(float(centre[p.name])), p.to_unit(float(v)))
+            terms.append(lp)
+        return _logsumexp(terms)
+
     def log_prob(self, config: Mapping[str, Any]) -> float:
         """Log density (numeric: on the unit coordinates) + log probability (categorical)."""
-        total = 0.0
         for p in self.space:
             if p.name not in config:
                 raise ConfigError(f"config is missing hyperparameter {p.name!r}")
+            if not p.contains(config[p.name]):
+                return -math.inf
+        fact = self._factorised_log_prob(config)
+        if self.joint is None:
+            return fact
+        w = self.joint.weight
+        return _logsumexp(
+            [
+                math.log(w) + self._joint_log_prob(config),
+                math.log1p(-w) + fact if w < 1.0 else -math.inf,
+            ]
+        )
+
+    def _factorised_log_prob(self, config: Mapping[str, Any]) -> float:
+        total = 0.0
         for p in self.space:
             v = config[p.name]
-            if not p.contains(v):
-                return -math.inf
             d = self.dist(p.name, config)
             if isinstance(p, Categorical):
                 assert isinstance(d, CategoricalDist)
@@ -330,6 +395,8 @@ class Prior:
         }
         if self.conditional is not None:
             out["conditional"] = self.conditional.to_dict()
+        if self.joint is not None:
+            out["joint"] = self.joint.to_dict()
         return out
 
     @classmethod
@@ -341,15 +408,23 @@ class Prior:
             }
             missing = set(d["dists"]) - set(space.names())
             cond = d.get("conditional")
+            joint = Joint.from_dict(d["joint"]) if d.get("joint") is not None else None
         except (KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"prior is malformed ({exc})") from None
         if missing:
             raise ConfigError(
                 f"prior has distributions for unknown hyperparameter(s): {', '.join(sorted(missing))}"
             )
-        return cls(space, dists, _conditional_from_dict(space, cond) if cond else None)
+        return cls(space, dists, _conditional_from_dict(space, cond) if cond else None, joint)
 
 
 def broad_prior(space: SearchSpace) -> Prior:
     """Uniform on every unit coordinate and every categorical choice."""
     return Prior(space, {p.name: broad_dist(p) for p in space})
+
+
+def _logsumexp(terms: list[float]) -> float:
+    top = max(terms)
+    if top == -math.inf:
+        return -math.inf
+    return top + math.log(sum(math.exp(t - top) for t in terms))
