@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, vmap
 
 from raymeta.core.losses import accuracy, per_example_loss
 from raymeta.core.models import HEAD_PREFIX
@@ -167,7 +167,42 @@ class PopulationTrainer:
         names = [n for n, _ in model.named_parameters()]
         self.head_mask = {n: n.startswith(HEAD_PREFIX) for n in names}
 
-    def _member_step(
+    def _grads(
+        self,
+        p: Params,
+        t: torch.Tensor,
+        hp: MemberHParams,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        d: int | None,
+    ) -> tuple[Params, torch.Tensor]:
+        """Per-member minibatch gradients and the minibatch mask's dtype.
+
+        The forward is vmapped over members; the backward is plain autograd on the sum of the
+        member losses (members are independent, so that is every member's own gradient). This
+        avoids ``torch.func.grad``, whose first call in a process imports ``torch._dynamo``
+        (seconds per Tune trial process), and its per-step transform overhead."""
+        n = x.shape[1] if d == 0 else x.shape[0]
+        idx = torch.arange(n, device=x.device).unsqueeze(0)
+        scores = hash_uniform(hp.seed.unsqueeze(1), t.unsqueeze(1), idx)
+        rank = torch.argsort(torch.argsort(scores, dim=1), dim=1)
+        mdt = x.dtype if x.is_floating_point() else torch.float32
+        mask = (rank < hp.batch_size.unsqueeze(1)).to(mdt)
+        denom = hp.batch_size.clamp(min=1).to(mdt)
+
+        def member_loss(
+            q: Params, xx: torch.Tensor, yy: torch.Tensor, mm: torch.Tensor, dd: torch.Tensor
+        ) -> torch.Tensor:
+            out = functional_call(self.model, q, (xx,))
+            return (per_example_loss(self.kind, out, yy) * mm).sum() / dd
+
+        with torch.enable_grad():
+            leaves = {k: v.detach().requires_grad_() for k, v in p.items()}
+            losses = vmap(member_loss, in_dims=(0, d, d, 0, 0))(leaves, x, y, mask, denom)
+            g = torch.autograd.grad(losses.sum(), list(leaves.values()))
+        return dict(zip(leaves, g, strict=True)), mask
+
+    def _step(
         self,
         p: Params,
         m: Params,
@@ -176,37 +211,37 @@ class PopulationTrainer:
         hp: MemberHParams,
         x: torch.Tensor,
         y: torch.Tensor,
+        d: int | None,
     ) -> tuple[Params, Params, Params, torch.Tensor]:
-        n = x.shape[0]
-        idx = torch.arange(n, device=x.device)
-        scores = hash_uniform(hp.seed, t, idx)
-        rank = torch.argsort(torch.argsort(scores))
-        mask = (rank < hp.batch_size).to(x.dtype if x.is_floating_point() else torch.float32)
-        denom = hp.batch_size.clamp(min=1).to(mask.dtype)
-
-        def loss(q: Params) -> torch.Tensor:
-            out = functional_call(self.model, q, (x,))
-            return (per_example_loss(self.kind, out, y) * mask).sum() / denom
-
-        g = grad(loss)(p)
-        active = (t < hp.max_steps).to(mask.dtype)
+        """One SGD / Adam step of every member, on the stacked tensors (per-member scalars are
+        broadcast over each parameter's trailing dimensions)."""
+        g, mask = self._grads(p, t, hp, x, y, d)
+        dt = mask.dtype
+        active = (t < hp.max_steps).to(dt)
         tn = t + (t < hp.max_steps).long()
-        tf = tn.clamp(min=1).to(mask.dtype)
+        tf = tn.clamp(min=1).to(dt)
+        lr, wd = hp.lr.to(dt), hp.weight_decay.to(dt)
+        body_keep = 1.0 - hp.head_only.to(dt)
         new_p, new_m, new_v = {}, {}, {}
         for k in p:
+
+            def per(vec: torch.Tensor, k: str = k) -> torch.Tensor:
+                return vec.reshape(-1, *([1] * (p[k].dim() - 1)))
+
             keep = (
-                1.0 - hp.head_only.to(mask.dtype)
+                per(body_keep)
                 if not self.head_mask[k]
-                else torch.ones((), dtype=mask.dtype)
+                else torch.ones((), dtype=dt, device=x.device)
             )
-            gk = (g[k] + hp.weight_decay.to(mask.dtype) * p[k]) * keep
+            gk = (g[k] + per(wd) * p[k]) * keep
             mk = _B1 * m[k] + (1 - _B1) * gk
             vk = _B2 * v[k] + (1 - _B2) * gk * gk
-            adam_upd = (mk / (1 - _B1**tf)) / (torch.sqrt(vk / (1 - _B2**tf)) + _EPS)
-            upd = torch.where(hp.adam, adam_upd, gk)
-            new_p[k] = p[k] - hp.lr.to(mask.dtype) * active * upd
-            new_m[k] = torch.where(active > 0, mk, m[k])
-            new_v[k] = torch.where(active > 0, vk, v[k])
+            adam_upd = (mk / per(1 - _B1**tf)) / (torch.sqrt(vk / per(1 - _B2**tf)) + _EPS)
+            upd = torch.where(per(hp.adam), adam_upd, gk)
+            on = per(active)
+            new_p[k] = p[k] - per(lr) * on * upd
+            new_m[k] = torch.where(on > 0, mk, m[k])
+            new_v[k] = torch.where(on > 0, vk, v[k])
         return new_p, new_m, new_v, tn
 
     def train(
@@ -220,26 +255,11 @@ class PopulationTrainer:
     ) -> PopulationState:
         """Run ``n_steps`` steps for every member (members past their ``max_steps`` stay put)."""
         d = 0 if per_member_data else None
-
-        def member_step(
-            p: Params,
-            m: Params,
-            v: Params,
-            t: torch.Tensor,
-            hpd: dict[str, torch.Tensor],
-            x: torch.Tensor,
-            y: torch.Tensor,
-        ) -> tuple[Params, Params, Params, torch.Tensor]:
-            return self._member_step(
-                p, m, v, t, MemberHParams(**hpd), x, y
-            )  # vmap maps dicts, not dataclasses
-
-        step = vmap(member_step, in_dims=(0, 0, 0, 0, 0, d, d))
-        hpd = {f.name: getattr(hp, f.name).to(x.device) for f in fields(hp)}
+        hp = hp.to(x.device)
         p, m, v, t = state.params, state.m, state.v, state.step
         with torch.no_grad():
             for _ in range(n_steps):
-                p, m, v, t = step(p, m, v, t, hpd, x, y)
+                p, m, v, t = self._step(p, m, v, t, hp, x, y, d)
         return PopulationState(p, m, v, t)
 
     def evaluate(
