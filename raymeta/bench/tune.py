@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--steps", type=int, default=100, help="steps per member for (b)")
     p.add_argument(
-        "--packing-steps", type=int, default=400, help="steps per member for (a); 0 skips (a)"
+        "--packing-steps", type=int, default=1000, help="steps per member for (a); 0 skips (a)"
     )
     p.add_argument(
         "--meta-steps", type=int, default=500, help="meta-training steps of the default checkpoint"
