@@ -226,6 +226,9 @@ def test_bad_configuration_is_a_config_error() -> None:
         MetaEngine(model, kind, "mamll")
     with pytest.raises(ConfigError, match="inner steps"):
         MetaEngine(model, kind, "maml", InnerConfig(-1, LR))
+    # 8x8 inputs pool down to 1x1: 8 channels in 8 GroupNorm groups leave 1 value per group
+    with pytest.raises(ConfigError, match="does not fit inputs of shape"):
+        build_model(ModelSpec("conv4", (1, 8, 8), 5, {"hidden": 8}))
 
 
 @pytest.mark.parametrize("model_name", ["mlp", "conv4"])

@@ -103,7 +103,13 @@ class Conv4(nn.Module):
         blocks.append(nn.Flatten(start_dim=-3))
         self.body = nn.Sequential(*blocks)
         with torch.no_grad():
-            feat = self.body(torch.zeros(1, *input_shape)).shape[-1]
+            try:
+                feat = self.body(torch.zeros(1, *input_shape)).shape[-1]
+            except (ValueError, RuntimeError) as exc:  # e.g. 1 value per GroupNorm group
+                raise ConfigError(
+                    f"conv4 with hidden={hidden}, norm={norm!r} does not fit inputs of shape "
+                    f"{tuple(input_shape)}: {str(exc).splitlines()[0]}"
+                ) from None
         self.head = nn.Linear(feat, output_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

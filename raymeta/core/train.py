@@ -207,10 +207,13 @@ ProgressFn = Callable[[int, dict[str, float]], None]
 
 
 def meta_train(
-    cfg: MetaTrainConfig, progress: ProgressFn | None = None, log_every: int = 100
+    cfg: MetaTrainConfig,
+    progress: ProgressFn | None = None,
+    log_every: int = 100,
+    device: str | torch.device = "cpu",
 ) -> MetaTrainer:
     """Meta-train in this process (all shards here); returns the trainer with final parameters."""
-    tr = MetaTrainer(cfg)
+    tr = MetaTrainer(cfg, device=device)
     t0, tasks = time.perf_counter(), 0
     while tr.step < cfg.steps:
         loss_sum, grads = tr.local_grad()

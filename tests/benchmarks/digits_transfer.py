@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--meta-batch", type=int, default=16)
     ap.add_argument("--tasks", type=int, default=20)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (meta-training and fine-tuning)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     opts = {"ways": 5, "shots": args.shots, "queries": 15, "task_shots": args.task_shots}
@@ -82,19 +83,23 @@ def main() -> None:
         val_tasks=50,
     )
     t0 = time.perf_counter()
-    ckpt = meta_train(cfg).to_checkpoint()
+    dev = torch.device(args.device)
+    ckpt = meta_train(cfg, device=dev).to_checkpoint()
     print(f"meta-train {time.perf_counter() - t0:.0f} s", flush=True)
     cand = ckpt.candidate()
     family = make_family(ckpt.family)
     tasks = [family.task("test", i) for i in range(args.tasks)]
     data = tuple(
-        torch.stack([getattr(t, k) for t in tasks])
+        torch.stack([getattr(t, k) for t in tasks]).to(dev)
         for k in ("x_train", "y_train", "x_val", "y_val")
     )
-    trainer = PopulationTrainer(build_model(cand.spec), "classification")
+    trainer = PopulationTrainer(build_model(cand.spec).to(dev), "classification")
     names = [k for k, _ in build_model(cand.spec).named_parameters()]
-    meta = {k: cand.params[k].float() for k in names}
-    scratch = [scratch_params(cand.spec, 100 + i) for i in range(len(tasks))]
+    meta = {k: cand.params[k].float().to(dev) for k in names}
+    scratch = [
+        {k: v.to(dev) for k, v in scratch_params(cand.spec, 100 + i).items()}
+        for i in range(len(tasks))
+    ]
     configs = [
         {"lr": args.inner_lr, "optimizer": "sgd"},
         {"lr": 0.3, "optimizer": "sgd"},
