@@ -37,6 +37,7 @@ from raymeta.priors.prior import (
     Prior,
     broad_prior,
 )
+from raymeta.priors.refine import REFINE_REPEATS, SAFE_RATE, mean_of_repeats, safe_mask
 from raymeta.priors.space import Categorical, SearchSpace, broad_space
 from raymeta.tasks import Task, TaskFamily, make_family
 
@@ -142,9 +143,18 @@ def fit_from_table(
     shrink: float = SHRINK_TASKS,
     condition_on: str | None = CONDITION_ON,
     best_of: int | None = BEST_OF,
+    selection: np.ndarray | None = None,
+    safe_rate: float | None = SAFE_RATE,
 ) -> tuple[Prior, list[dict[str, Any]], dict[str, float], dict[str, Any]]:
     """The pure fitting step on an evaluated [tasks, configs] table (``best_of=None``: no joint
-    component, the factorised prior alone)."""
+    component, the factorised prior alone).
+
+    ``selection`` ([tasks, configs] losses, e.g. the mean of fresh-seed re-runs, see
+    ``refine.py``) replaces the table's final losses for choosing the portfolio and the joint's
+    centre weights; the factorised prior always fits the table's top quantile. ``safe_rate``
+    restricts the portfolio's first pick to configs that improve on the meta-init on that share
+    of tasks (``refine.safe_mask``; None: no restriction).
+    """
     regret = normalised_regret(table.final, cap=table.init_loss)
     n_t, n_c = regret.shape
     k = max(2, math.ceil(quantile * n_c))
@@ -168,9 +178,16 @@ def fit_from_table(
                 np.array([p.to_unit(float(c[p.name])) for c in top_cfgs]), n_t, shrink
             )
     cond = fit_conditional(space, top, condition_on, dists, shrink) if condition_on else None
-    chosen = greedy_portfolio(regret, portfolio_size)
+    sel_losses = table.final if selection is None else np.asarray(selection, dtype=np.float64)
+    if sel_losses.shape != table.final.shape:
+        raise ConfigError(
+            f"priors: selection table {sel_losses.shape} does not match {table.final.shape}"
+        )
+    sel = regret if selection is None else normalised_regret(sel_losses, cap=table.init_loss)
+    first = None if safe_rate is None else safe_mask(sel_losses, table.init_loss, safe_rate)
+    chosen = greedy_portfolio(sel, portfolio_size, first)
     joint = (
-        fit_joint(space, configs, regret, n_t / (n_t + JOINT_SHRINK), BANDWIDTH, KEEP, best_of)
+        fit_joint(space, configs, sel, n_t / (n_t + JOINT_SHRINK), BANDWIDTH, KEEP, best_of)
         if best_of
         else None
     )
@@ -179,7 +196,9 @@ def fit_from_table(
         "shrink": shrink,
         "condition_on": cond.on if cond is not None else None,
         "best_of": best_of,
-        "portfolio_regret": portfolio_curve(regret, chosen),
+        "portfolio_regret": portfolio_curve(sel, chosen),
+        "safe_rate": safe_rate,
+        "first_pick_safe_configs": int(first.sum()) if first is not None else n_c,
         "broad_mean_regret": float(regret.mean()),
         "curve_steps": table.steps,
         "mean_val_curve": [
@@ -211,6 +230,8 @@ def fit_priors(
     shrink: float = SHRINK_TASKS,
     condition_on: str | None = CONDITION_ON,
     best_of: int | None = BEST_OF,
+    refine_repeats: int = REFINE_REPEATS,
+    safe_rate: float | None = SAFE_RATE,
 ) -> Priors:
     """Fine-tune ``n_configs`` configs on ``n_tasks`` meta-val tasks and fit priors.
 
@@ -233,6 +254,10 @@ def fit_priors(
         raise ConfigError(f"priors: shrink must be > 0, got {shrink}")
     if best_of is not None and best_of < 1:
         raise ConfigError(f"priors: best-of must be >= 1, got {best_of}")
+    if refine_repeats < 0:
+        raise ConfigError(f"priors: refine repeats must be >= 0, got {refine_repeats}")
+    if safe_rate is not None and not 0.0 <= safe_rate <= 1.0:
+        raise ConfigError(f"priors: safe rate must be in [0, 1], got {safe_rate}")
     t0 = time.perf_counter()
     family = make_family(ckpt.family)
     tasks = val_tasks(family, n_tasks)
@@ -256,9 +281,41 @@ def fit_priors(
         )
         configs, table = configs + new, part if table is None else table.concat(part)
         fitted = fit_from_table(
-            space, configs, table, quantile, portfolio_size, shrink, condition_on, best_of
+            space,
+            configs,
+            table,
+            quantile,
+            portfolio_size,
+            shrink,
+            condition_on,
+            best_of,
+            safe_rate=safe_rate,
         )
         prior = fitted[0]
+    if refine_repeats and table is not None:  # final selection on fresh-seed re-runs
+        rerun = evaluate_configs(
+            ckpt,
+            tasks,
+            configs * refine_repeats,
+            seed,
+            chunk_size,
+            progress,
+            grid_max=max_steps,
+            first_index=n_configs,
+        )
+        selection, _ = mean_of_repeats(rerun, refine_repeats)
+        fitted = fit_from_table(
+            space,
+            configs,
+            table,
+            quantile,
+            portfolio_size,
+            shrink,
+            condition_on,
+            best_of,
+            selection,
+            safe_rate,
+        )
     learned, portfolio, model_probs, info = fitted
     info |= {
         "family": ckpt.family.to_dict(),
@@ -267,6 +324,8 @@ def fit_priors(
         "seed": seed,
         "quantile": quantile,
         "rounds": sizes,
+        "refine_repeats": refine_repeats,
+        "fit_runs": (1 + refine_repeats) * n_configs * n_tasks,
         "objective": "val_loss",
         "fit_seconds": time.perf_counter() - t0,
     }

@@ -39,15 +39,26 @@ def portfolio_step(regret: np.ndarray, current: np.ndarray, exclude: set[int]) -
     return int(np.argmin(scores))
 
 
-def greedy_portfolio(regret: np.ndarray, k: int) -> list[int]:
-    """Indices of ``k`` configs chosen greedily to minimise mean normalised regret across tasks."""
+def greedy_portfolio(regret: np.ndarray, k: int, first: np.ndarray | None = None) -> list[int]:
+    """Indices of ``k`` configs chosen greedily to minimise mean normalised regret across tasks.
+
+    ``first`` (bool per config) restricts the first pick, the config a user runs alone, to the
+    marked configs (see ``refine.safe_mask``); later picks may be any config.
+    """
     r = np.asarray(regret, dtype=np.float64)
     if r.ndim != 2:
         raise DataError(f"portfolio needs a [tasks, configs] table, got shape {r.shape}")
+    if first is not None and (np.shape(first) != (r.shape[1],) or not np.any(first)):
+        raise DataError("portfolio: the first-pick mask needs one entry per config, one set")
     chosen: list[int] = []
     current = np.full(r.shape[0], np.inf)
-    for _ in range(min(int(k), r.shape[1])):
-        j = portfolio_step(r, current, set(chosen))
+    for i in range(min(int(k), r.shape[1])):
+        barred = (
+            set(np.nonzero(~np.asarray(first, dtype=bool))[0].tolist())
+            if i == 0 and first is not None
+            else set()
+        )
+        j = portfolio_step(r, current, set(chosen) | barred)
         chosen.append(j)
         current = np.minimum(current, r[:, j])
     return chosen
