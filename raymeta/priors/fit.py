@@ -5,6 +5,8 @@ shrinkage toward the broad space so tasks unlike the meta-val ones are never rul
 auto-sklearn 2's greedy portfolio and Quick-Tune-style model selection from per-task winners.
 On top of that factorised prior sits a joint kernel mixture over whole good configs whose
 weights minimise the expected best-of-n regret (``joint.py``); it carries most of the mass.
+The portfolio and the joint weights are chosen on fresh-seed re-runs of every config, and the
+portfolio's first pick must improve on the meta-init on most tasks (``refine.py``).
 
 Constants were picked by measurement on sinusoid (1000 MAML steps, 32 val x 64 configs, scored
 best-of-8 on 32 meta-test tasks, harness in BENCHMARKS.md): factorised only 0.23 best-of-8
