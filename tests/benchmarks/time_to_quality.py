@@ -46,13 +46,16 @@ FAMILIES = {
 
 
 def prepare(root: Path, family: str) -> Path:
+    """``root/FAMILY-meta`` with priors: meta-trained here unless a checkpoint is already there
+    (e.g. the digits Conv4 from ``gpu_digits_meta.py``, copied in), priors fitted if missing."""
     meta = root / f"{family}-meta"
     if (meta / "priors.json").exists():
         return meta
     spec = FAMILIES[family]
     t = time.perf_counter()
-    tr = meta_train(spec["cfg"])  # type: ignore[arg-type]
-    save_meta_checkpoint(meta, tr.to_checkpoint(), overwrite=True)
+    if not (meta / "meta.json").exists():
+        tr = meta_train(spec["cfg"])  # type: ignore[arg-type]
+        save_meta_checkpoint(meta, tr.to_checkpoint(), overwrite=True)
     n_tasks, n_configs = spec["fit"]  # type: ignore[misc]
     write_priors(
         meta, fit_priors(load_meta_checkpoint(meta), n_tasks=n_tasks, n_configs=n_configs).to_dict()
