@@ -56,6 +56,18 @@ def add_parser(sub: Any) -> None:
     )
     f.add_argument("--portfolio", type=int, default=8, help="portfolio size K")
     f.add_argument(
+        "--refine-repeats",
+        type=int,
+        default=2,
+        help="fresh-seed re-runs of every config that the portfolio and joint weights are chosen on",
+    )
+    f.add_argument(
+        "--safe-rate",
+        type=float,
+        default=0.9,
+        help="portfolio #1 must improve on the meta-init on this share of meta-val tasks (0 = off)",
+    )
+    f.add_argument(
         "--max-steps", type=int, default=100, help="largest fine-tuning step budget in the space"
     )
     f.add_argument(
@@ -99,6 +111,8 @@ def _fit(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         rounds=args.rounds,
         shrink=args.shrink,
+        refine_repeats=args.refine_repeats,
+        safe_rate=args.safe_rate if args.safe_rate > 0 else None,
     )
     write_priors(path, priors.to_dict())
     print(format_priors(priors))
