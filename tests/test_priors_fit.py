@@ -203,6 +203,9 @@ def test_cli_fit_show_and_bad_input(
     assert main(["priors", "show", "--meta", str(d)]) == 0
     shown = capsys.readouterr().out
     assert "3 meta-val tasks x 5 configs" in shown and "lr" in shown
+    assert "joint part" in shown  # the kernel-mixture component is shown with its centres
+    assert main(["priors", "fit", "--meta", str(d), "--safe-rate", "1.5"]) == 2
+    assert "safe rate must be in [0, 1]" in capsys.readouterr().err
     pj = json.loads((d / "priors.json").read_text())
     write_priors(d, pj | {"version": 7})  # checksum valid, version unknown
     assert main(["priors", "show", "--meta", str(d)]) == 2

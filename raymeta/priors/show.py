@@ -55,6 +55,18 @@ def format_priors(pr: Priors) -> str:
         ]
     hp = _table(["hyperparameter", "broad space", "learned prior"], rows)
     names = pr.space.names()
+    joint = pr.learned.joint
+    if joint is not None:  # the mixture part over whole configs, heaviest centres first
+        order = sorted(range(len(joint.probs)), key=lambda i: -joint.probs[i])[:8]
+        rows = [
+            [f"{joint.probs[i]:.3f}", *(_fmt(joint.centres[i].get(n)) for n in names)]
+            for i in order
+        ]
+        hp += (
+            f"\n\njoint part ({joint.weight:.3f} of the prior; kernels of width {joint.bandwidth:g}"
+            f" on the unit coordinates around {len(joint.probs)} configs, categoricals kept with"
+            f" p={joint.keep:g}; heaviest shown):\n" + _table(["weight", *names], rows)
+        )
     regret = info.get("portfolio_regret", [])
     rows = [
         [str(i + 1), *(_fmt(c.get(n)) for n in names), _fmt(regret[i]) if i < len(regret) else ""]
