@@ -271,6 +271,23 @@ def fit_priors(
     prior = broad_prior(space)
     configs: list[dict[str, Any]] = []
     table: EvalTable | None = None
+
+    def refit(
+        table: EvalTable, selection: np.ndarray | None = None
+    ) -> tuple[Prior, list[dict[str, Any]], dict[str, float], dict[str, Any]]:
+        return fit_from_table(
+            space,
+            configs,
+            table,
+            quantile,
+            portfolio_size,
+            shrink,
+            condition_on,
+            best_of,
+            selection,
+            safe_rate,
+        )
+
     for size in sizes:
         new = prior.sample(size, rng)
 
@@ -282,17 +299,7 @@ def fit_priors(
             ckpt, tasks, new, seed, chunk_size, step, grid_max=max_steps, first_index=len(configs)
         )
         configs, table = configs + new, part if table is None else table.concat(part)
-        fitted = fit_from_table(
-            space,
-            configs,
-            table,
-            quantile,
-            portfolio_size,
-            shrink,
-            condition_on,
-            best_of,
-            safe_rate=safe_rate,
-        )
+        fitted = refit(table)
         prior = fitted[0]
     if refine_repeats and table is not None:  # final selection on fresh-seed re-runs
         rerun = evaluate_configs(
@@ -305,19 +312,7 @@ def fit_priors(
             grid_max=max_steps,
             first_index=n_configs,
         )
-        selection, _ = mean_of_repeats(rerun, refine_repeats)
-        fitted = fit_from_table(
-            space,
-            configs,
-            table,
-            quantile,
-            portfolio_size,
-            shrink,
-            condition_on,
-            best_of,
-            selection,
-            safe_rate,
-        )
+        fitted = refit(table, mean_of_repeats(rerun, refine_repeats)[0])
     learned, portfolio, model_probs, info = fitted
     info |= {
         "family": ckpt.family.to_dict(),
