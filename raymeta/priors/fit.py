@@ -27,18 +27,11 @@ import numpy as np
 from raymeta.core.checkpoint import MetaCheckpoint
 from raymeta.errors import ConfigError, DataError, RaymetaError
 from raymeta.priors.artifact import VERSION, Priors
+from raymeta.priors.dists import MIN_STD, CategoricalDist, Dist, NumericDist
 from raymeta.priors.evaluate import EvalTable, evaluate_configs
 from raymeta.priors.joint import fit_joint
 from raymeta.priors.portfolio import greedy_portfolio, normalised_regret, portfolio_curve
-from raymeta.priors.prior import (
-    MIN_STD,
-    CategoricalDist,
-    Conditional,
-    Dist,
-    NumericDist,
-    Prior,
-    broad_prior,
-)
+from raymeta.priors.prior import Conditional, Prior, broad_prior
 from raymeta.priors.refine import REFINE_REPEATS, SAFE_RATE, mean_of_repeats, safe_mask
 from raymeta.priors.space import Categorical, SearchSpace, broad_space
 from raymeta.tasks import Task, TaskFamily, make_family

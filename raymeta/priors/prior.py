@@ -1,4 +1,5 @@
-"""Priors over a search space: a distribution per hyperparameter, optionally conditional.
+"""Priors over a search space: a distribution per hyperparameter (``dists.py``), optionally
+conditional, optionally mixed with a joint component (``joint.py``).
 
 A numeric parameter's distribution lives on its unit coordinate (see ``space.py``) and is a
 mixture ``w * TruncNormal(mean, std; [0, 1]) + (1 - w) * Uniform[0, 1]``. ``w = 0`` is the broad
@@ -33,112 +34,22 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
 from raymeta.errors import ConfigError
+from raymeta.priors.dists import (
+    CategoricalDist,
+    Dist,
+    NumericDist,
+    broad_dist,
+    dist_from_dict,
+)
+
+__all__ = ["CategoricalDist", "Conditional", "Dist", "NumericDist", "Prior", "broad_prior"]
 from raymeta.priors.joint import Joint
-from raymeta.priors.space import Categorical, Float, Int, Param, SearchSpace
-
-MIN_STD = 0.01
-_TINY = 1e-12
-
-
-@dataclass(frozen=True)
-class NumericDist:
-    """``weight`` of a truncated normal (``mean``, ``std`` on the unit coordinate) + uniform rest."""
-
-    weight: float = 0.0
-    mean: float = 0.5
-    std: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not (
-            0.0 <= self.weight <= 1.0
-            and 0.0 <= self.mean <= 1.0
-            and self.std >= MIN_STD
-            and math.isfinite(self.std)
-        ):
-            raise ConfigError(
-                f"numeric prior needs weight, mean in [0, 1] and std >= {MIN_STD}, got {self.to_dict()}"
-            )
-
-    def _norm(self) -> tuple[NormalDist, float, float]:
-        nd = NormalDist(self.mean, self.std)
-        return nd, nd.cdf(0.0), nd.cdf(1.0)
-
-    def unit_from_uniforms(self, a: float, b: float) -> float:
-        if a >= self.weight:
-            return float(b)
-        nd, c0, c1 = self._norm()
-        p = min(max(c0 + b * (c1 - c0), _TINY), 1.0 - _TINY)
-        return float(min(max(nd.inv_cdf(p), 0.0), 1.0))
-
-    def log_density(self, u: float) -> float:
-        if not (0.0 <= u <= 1.0):
-            return -math.inf
-        nd, c0, c1 = self._norm()
-        dens = (1.0 - self.weight) + (
-            self.weight * nd.pdf(u) / (c1 - c0) if self.weight > 0 else 0.0
-        )
-        return math.log(dens) if dens > 0 else -math.inf
-
-    def spread(self) -> float:
-        """A rough standard deviation on the unit coordinate (used to size PBT perturbations)."""
-        return self.weight * min(self.std, 0.29) + (1.0 - self.weight) * 0.29
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"weight": self.weight, "mean": self.mean, "std": self.std}
-
-
-@dataclass(frozen=True)
-class CategoricalDist:
-    probs: tuple[float, ...]
-
-    def __post_init__(self) -> None:
-        total = sum(self.probs)
-        if (
-            not self.probs
-            or any(not (p >= 0) for p in self.probs)
-            or not math.isclose(total, 1.0, abs_tol=1e-6)
-        ):
-            raise ConfigError(
-                f"categorical prior needs non-negative probabilities summing to 1, got {list(self.probs)}"
-            )
-
-    def index_from_uniform(self, a: float) -> int:
-        cum = np.cumsum(self.probs)
-        return int(min(np.searchsorted(cum, a * cum[-1], side="right"), len(self.probs) - 1))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"probs": list(self.probs)}
-
-
-Dist = NumericDist | CategoricalDist
-
-
-def _dist_from_dict(p: Param, d: Mapping[str, Any]) -> Dist:
-    try:
-        if isinstance(p, Categorical):
-            probs = tuple(float(x) for x in d["probs"])
-            if len(probs) != len(p.choices):
-                raise ConfigError(
-                    f"prior for {p.name!r} has {len(probs)} probabilities for {len(p.choices)} choices"
-                )
-            return CategoricalDist(probs)
-        return NumericDist(float(d["weight"]), float(d["mean"]), float(d["std"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"prior for {p.name!r} is malformed ({exc})") from None
-
-
-def broad_dist(p: Param) -> Dist:
-    if isinstance(p, Categorical):
-        return CategoricalDist(tuple(1.0 / len(p.choices) for _ in p.choices))
-    return NumericDist()
+from raymeta.priors.space import Categorical, Float, Int, SearchSpace
 
 
 @dataclass(frozen=True)
@@ -185,7 +96,7 @@ def _conditional_from_dict(space: SearchSpace, d: Mapping[str, Any]) -> Conditio
     try:
         on = str(d["on"])
         dists = {
-            str(c): {str(n): _dist_from_dict(space[n], v) for n, v in sub.items()}
+            str(c): {str(n): dist_from_dict(space[n], v) for n, v in sub.items()}
             for c, sub in d["dists"].items()
         }
     except (KeyError, TypeError, AttributeError) as exc:
@@ -404,7 +315,7 @@ class Prior:
         try:
             space = SearchSpace.from_dict(d["space"])
             dists = {
-                str(k): _dist_from_dict(space[k], v) for k, v in d["dists"].items() if k in space
+                str(k): dist_from_dict(space[k], v) for k, v in d["dists"].items() if k in space
             }
             missing = set(d["dists"]) - set(space.names())
             cond = d.get("conditional")
