@@ -285,3 +285,18 @@ def test_trial_device_without_cuda_is_a_clear_error() -> None:
     else:
         with pytest.raises(RuntimeError, match="torch.cuda is not available"):
             trial_device(setup)
+
+
+def test_plan_fixes_every_trials_first_config_from_the_prior(untrained_meta: Path) -> None:
+    """Tune's param_space marginals never draw a config: all P trials are points_to_evaluate,
+    portfolio first, then seeded samples of the prior itself (its joint/conditional structure)."""
+    a = plan_tune(untrained_meta, "sinusoid:0", 6, prior="broad", seed=3)
+    b = plan_tune(untrained_meta, "sinusoid:0", 6, prior="broad", seed=3)
+    c = plan_tune(untrained_meta, "sinusoid:0", 6, prior="broad", seed=4)
+    assert len(a.initial) == 6 and a.initial == b.initial and a.initial != c.initial
+    for cfg in a.initial:
+        assert a.prior.space.validate(cfg) == cfg
+    a.portfolio = [dict(a.initial[1])]  # a portfolio comes first, in order
+    a.initial = []
+    a.__post_init__()
+    assert a.initial[0] == a.portfolio[0] and len(a.initial) == 6

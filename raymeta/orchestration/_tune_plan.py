@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint
@@ -48,6 +49,17 @@ class TunePlan:
     prior_name: str
     seed: int
     notes: list[str] = field(default_factory=list)
+    initial: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """Every trial's first config, fixed up front: the portfolio first, then draws from the
+        prior itself (seeded). Tune's own ``param_space`` domains are per-parameter marginals and
+        would lose the prior's optimizer-conditional and joint structure, so with every trial in
+        ``points_to_evaluate`` Tune never samples from them (they only describe the space)."""
+        if not self.initial:
+            rng = np.random.default_rng([self.seed, 11])
+            head = [dict(c) for c in self.portfolio[: self.population]]
+            self.initial = head + self.prior.sample(self.population - len(head), rng)
 
     @property
     def strategy(self) -> str:

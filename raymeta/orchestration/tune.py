@@ -194,7 +194,7 @@ def _tuner(
             mode="min",
             scheduler=make_scheduler(plan),
             num_samples=plan.population,
-            search_alg=_search_alg(points_to_evaluate(plan.portfolio), plan.seed),
+            search_alg=_search_alg(points_to_evaluate(plan.initial), plan.seed),
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
