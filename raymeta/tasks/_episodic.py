@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from raymeta.errors import ConfigError
-from raymeta.tasks._base import Split, Task, TaskBatch, TaskFamily, check_split
+from raymeta.tasks._base import Split, Task, TaskBatch, TaskFamily, check_positive_ints, check_split
 from raymeta.tasks.sinusoid import task_seed
 
 
@@ -143,6 +143,39 @@ class EpisodicFamily(TaskFamily):
     task_shots: int
     val_size: int
     test_size: int
+    rotations: bool
+
+    def _set_episode_options(
+        self,
+        ways: int,
+        shots: int,
+        queries: int,
+        task_shots: int | None,
+        val_size: int,
+        test_size: int,
+        rotations: bool,
+        **more_ints: int,
+    ) -> None:
+        """Validate and store the options every episodic family takes (one-line errors);
+        ``more_ints`` are family-specific options that must also be integers >= 1."""
+        task_shots = shots if task_shots is None else task_shots
+        check_positive_ints(
+            self.name,
+            ways=ways,
+            shots=shots,
+            queries=queries,
+            task_shots=task_shots,
+            val_size=val_size,
+            test_size=test_size,
+            **more_ints,
+        )
+        if ways < 2:
+            raise ConfigError(f"{self.name}: ways must be >= 2, got {ways}")
+        if not isinstance(rotations, bool):
+            raise ConfigError(f"{self.name}: rotations must be true or false, got {rotations!r}")
+        self.ways, self.shots, self.queries = ways, shots, queries
+        self.task_shots, self.val_size, self.test_size = task_shots, val_size, test_size
+        self.rotations = rotations
 
     def sample(self, split: Split, n_tasks: int, generator: torch.Generator) -> TaskBatch:
         check_split(split)

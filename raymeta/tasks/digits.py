@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from raymeta.errors import ConfigError, DataError
-from raymeta.tasks._base import check_positive_ints
+from raymeta.errors import DataError
 from raymeta.tasks._episodic import ClassPool, EpisodicFamily
 
 # (digit, quarter turns) per meta-split; tests check it covers the 40 classes exactly once.
@@ -90,23 +89,7 @@ class Digits(EpisodicFamily):
         test_size: int = 50,
         rotations: bool = True,
     ):
-        task_shots = shots if task_shots is None else task_shots
-        check_positive_ints(
-            "digits",
-            ways=ways,
-            shots=shots,
-            queries=queries,
-            task_shots=task_shots,
-            val_size=val_size,
-            test_size=test_size,
-        )
-        if ways < 2:
-            raise ConfigError(f"digits: ways must be >= 2, got {ways}")
-        self.ways, self.shots, self.queries = ways, shots, queries
-        self.task_shots, self.val_size, self.test_size = task_shots, val_size, test_size
-        if not isinstance(rotations, bool):
-            raise ConfigError(f"digits: rotations must be true or false, got {rotations!r}")
-        self.rotations = rotations
+        self._set_episode_options(ways, shots, queries, task_shots, val_size, test_size, rotations)
         self.output_dim = ways
         images, counts = _digit_images()
         self.pool = ClassPool(images, counts, rotations=self.rotations)
@@ -118,7 +101,7 @@ class Digits(EpisodicFamily):
                 s,
                 cls,
                 ways,
-                task_shots + val_size + test_size,
+                self.task_shots + val_size + test_size,
                 "task_shots + val_size + test_size",
             )
 

@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 
 from raymeta.errors import ConfigError, DataError
-from raymeta.tasks._base import check_positive_ints
 from raymeta.tasks._episodic import ClassPool, EpisodicFamily
 
 ENV_VAR = "RAYMETA_OMNIGLOT"
@@ -123,33 +122,22 @@ class Omniglot(EpisodicFamily):
         image_size: int = 28,
         val_characters: int = 100,
     ):
-        task_shots = shots if task_shots is None else task_shots
-        check_positive_ints(
-            "omniglot",
-            ways=ways,
-            shots=shots,
-            queries=queries,
-            task_shots=task_shots,
-            val_size=val_size,
-            test_size=test_size,
+        self._set_episode_options(
+            ways,
+            shots,
+            queries,
+            task_shots,
+            val_size,
+            test_size,
+            rotations,
             image_size=image_size,
             val_characters=val_characters,
         )
-        if ways < 2:
-            raise ConfigError(f"omniglot: ways must be >= 2, got {ways}")
-        if not isinstance(rotations, bool):
-            raise ConfigError(f"omniglot: rotations must be true or false, got {rotations!r}")
         if val_characters >= N_TRAIN_CHARACTERS:
             raise ConfigError(
                 f"omniglot: val_characters must be < {N_TRAIN_CHARACTERS}, got {val_characters}"
             )
-        self.ways, self.shots, self.queries = ways, shots, queries
-        self.task_shots, self.val_size, self.test_size = task_shots, val_size, test_size
-        self.rotations, self.image_size, self.val_characters = (
-            bool(rotations),
-            image_size,
-            val_characters,
-        )
+        self.image_size, self.val_characters = image_size, val_characters
         self.output_dim = ways
         self.input_shape = (1, image_size, image_size)
         # Cheap checks first so bad options fail before the few seconds of loading.
@@ -171,7 +159,7 @@ class Omniglot(EpisodicFamily):
                 s,
                 cls,
                 ways,
-                task_shots + val_size + test_size,
+                self.task_shots + val_size + test_size,
                 "task_shots + val_size + test_size",
             )
         self.pool = ClassPool(
