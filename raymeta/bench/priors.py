@@ -108,6 +108,7 @@ def bench_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
     from raymeta.priors import broad_prior, fit_priors, normalised_regret
     from raymeta.priors.evaluate import evaluate_configs
     from raymeta.priors.fit import val_tasks
+    from raymeta.priors.portfolio import capped
     from raymeta.tasks import make_family
 
     t0 = time.perf_counter()
@@ -143,9 +144,7 @@ def bench_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
     broad_r = best_of(n_ref + args.draws * s, args.draws)
     port0 = n_ref + 2 * args.draws * s
     # diverged (NaN/inf) or worse-than-init runs count as the meta-init's loss, as in the regret
-    losses = np.where(
-        np.isfinite(table.final), np.minimum(table.final, table.init_loss), table.init_loss
-    )
+    losses = capped(table.final, table.init_loss)
     beats = float(np.mean(losses[:, port0] < np.median(losses[:, :n_ref], axis=1)))
     return {
         "family": family,

@@ -12,6 +12,13 @@ import numpy as np
 from raymeta.errors import DataError
 
 
+def capped(losses: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """Losses with diverged or worse-than-init runs counted as the meta-init's loss (``cap``)."""
+    y = np.asarray(losses, dtype=np.float64)
+    c = np.broadcast_to(np.asarray(cap, dtype=np.float64), y.shape)
+    return np.where(np.isfinite(y), np.minimum(y, c), c)
+
+
 def normalised_regret(losses: np.ndarray, cap: np.ndarray | None = None) -> np.ndarray:
     """``losses`` [tasks, configs] -> regret in [0, 1] per task (0 = best config of that task).
 
@@ -22,8 +29,7 @@ def normalised_regret(losses: np.ndarray, cap: np.ndarray | None = None) -> np.n
     if y.ndim != 2 or y.shape[1] < 1:
         raise DataError(f"regret needs a [tasks, configs] table, got shape {y.shape}")
     if cap is not None:
-        c = np.broadcast_to(np.asarray(cap, dtype=np.float64), y.shape)
-        y = np.where(np.isfinite(y), np.minimum(y, c), c)
+        y = capped(y, cap)
     finite = np.where(np.isfinite(y), y, -np.inf).max(axis=1, keepdims=True)
     y = np.where(np.isfinite(y), y, finite)
     lo, hi = y.min(axis=1, keepdims=True), y.max(axis=1, keepdims=True)

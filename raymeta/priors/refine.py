@@ -21,15 +21,10 @@ import numpy as np
 
 from raymeta.errors import ConfigError
 from raymeta.priors.evaluate import EvalTable
+from raymeta.priors.portfolio import capped
 
 REFINE_REPEATS = 2  # fresh minibatch seeds per config for the final selection
 SAFE_RATE = 0.9  # share of meta-val tasks the first portfolio config must improve on
-
-
-def capped(losses: np.ndarray, cap: np.ndarray) -> np.ndarray:
-    """Losses with diverged or worse-than-init runs counted as the meta-init's loss (``cap``)."""
-    c = np.broadcast_to(np.asarray(cap, dtype=np.float64), losses.shape)
-    return np.where(np.isfinite(losses), np.minimum(losses, c), c)
 
 
 def mean_of_repeats(rerun: EvalTable, repeats: int) -> tuple[np.ndarray, np.ndarray]:
