@@ -18,6 +18,28 @@ MIN_STD = 0.01
 _TINY = 1e-12
 
 
+def trunc_normal_unit(mean: float, std: float, b: float) -> float:
+    """The value in [0, 1] of a normal(``mean``, ``std``) truncated to [0, 1] at quantile ``b``
+    (inverse CDF: one uniform per draw, so sampling stays reproducible)."""
+    nd = NormalDist(mean, std)
+    c0, c1 = nd.cdf(0.0), nd.cdf(1.0)
+    p = min(max(c0 + b * (c1 - c0), _TINY), 1.0 - _TINY)
+    return float(min(max(nd.inv_cdf(p), 0.0), 1.0))
+
+
+def trunc_normal_pdf(mean: float, std: float, u: float) -> float:
+    """Density at ``u`` of a normal(``mean``, ``std``) truncated to [0, 1]."""
+    nd = NormalDist(mean, std)
+    mass = nd.cdf(1.0) - nd.cdf(0.0)
+    return nd.pdf(u) / mass if mass > 0 else 0.0
+
+
+def index_from_uniform(probs: tuple[float, ...], a: float) -> int:
+    """The index drawn with probabilities ``probs`` at uniform ``a``."""
+    cum = np.cumsum(probs)
+    return int(min(np.searchsorted(cum, a * cum[-1], side="right"), len(probs) - 1))
+
+
 @dataclass(frozen=True)
 class NumericDist:
     """``weight`` of a truncated normal (``mean``, ``std`` on the unit coordinate) + uniform rest."""
@@ -37,23 +59,16 @@ class NumericDist:
                 f"numeric prior needs weight, mean in [0, 1] and std >= {MIN_STD}, got {self.to_dict()}"
             )
 
-    def _norm(self) -> tuple[NormalDist, float, float]:
-        nd = NormalDist(self.mean, self.std)
-        return nd, nd.cdf(0.0), nd.cdf(1.0)
-
     def unit_from_uniforms(self, a: float, b: float) -> float:
         if a >= self.weight:
             return float(b)
-        nd, c0, c1 = self._norm()
-        p = min(max(c0 + b * (c1 - c0), _TINY), 1.0 - _TINY)
-        return float(min(max(nd.inv_cdf(p), 0.0), 1.0))
+        return trunc_normal_unit(self.mean, self.std, b)
 
     def log_density(self, u: float) -> float:
         if not (0.0 <= u <= 1.0):
             return -math.inf
-        nd, c0, c1 = self._norm()
         dens = (1.0 - self.weight) + (
-            self.weight * nd.pdf(u) / (c1 - c0) if self.weight > 0 else 0.0
+            self.weight * trunc_normal_pdf(self.mean, self.std, u) if self.weight > 0 else 0.0
         )
         return math.log(dens) if dens > 0 else -math.inf
 
@@ -81,8 +96,7 @@ class CategoricalDist:
             )
 
     def index_from_uniform(self, a: float) -> int:
-        cum = np.cumsum(self.probs)
-        return int(min(np.searchsorted(cum, a * cum[-1], side="right"), len(self.probs) - 1))
+        return index_from_uniform(self.probs, a)
 
     def to_dict(self) -> dict[str, Any]:
         return {"probs": list(self.probs)}

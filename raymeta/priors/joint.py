@@ -20,16 +20,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import torch
 
 from raymeta.errors import ConfigError
+from raymeta.priors.dists import index_from_uniform, trunc_normal_pdf, trunc_normal_unit
 from raymeta.priors.space import SearchSpace
 
-_TINY = 1e-12
 MIN_WEIGHT = 0.005  # centres below this weight after optimisation are dropped (then renormalised)
 
 
@@ -70,20 +69,14 @@ class Joint:
         )
 
     def centre_index(self, a: float) -> int:
-        cum = np.cumsum(self.probs)
-        return int(min(np.searchsorted(cum, a * cum[-1], side="right"), len(self.probs) - 1))
+        return index_from_uniform(self.probs, a)
 
     def unit_from_uniform(self, centre_u: float, b: float) -> float:
         """Truncated normal on [0, 1] around ``centre_u`` by inverse CDF (one uniform)."""
-        nd = NormalDist(centre_u, self.bandwidth)
-        c0, c1 = nd.cdf(0.0), nd.cdf(1.0)
-        p = min(max(c0 + b * (c1 - c0), _TINY), 1.0 - _TINY)
-        return float(min(max(nd.inv_cdf(p), 0.0), 1.0))
+        return trunc_normal_unit(centre_u, self.bandwidth, b)
 
     def log_kernel(self, centre_u: float, u: float) -> float:
-        nd = NormalDist(centre_u, self.bandwidth)
-        mass = nd.cdf(1.0) - nd.cdf(0.0)
-        dens = nd.pdf(u) / mass if mass > 0 else 0.0
+        dens = trunc_normal_pdf(centre_u, self.bandwidth, u)
         return math.log(dens) if dens > 0 else -math.inf
 
     def to_dict(self) -> dict[str, Any]:
