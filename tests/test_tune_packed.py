@@ -15,7 +15,7 @@ from raymeta.errors import CheckpointError, ConfigError, DataError
 from raymeta.orchestration._lineage import TrialHistory, population_curve, steps_to_reach
 from raymeta.orchestration._packed import MemberGroup, initial_state, member_seeds
 from raymeta.orchestration._trainable import TrialSetup, load_trial, new_group, save_trial
-from raymeta.orchestration._tune_plan import plan_tune
+from raymeta.orchestration._tune_plan import initial_configs, plan_tune
 from raymeta.priors import broad_prior, broad_space
 from raymeta.tasks import make_family
 
@@ -296,7 +296,6 @@ def test_plan_fixes_every_trials_first_config_from_the_prior(untrained_meta: Pat
     assert len(a.initial) == 6 and a.initial == b.initial and a.initial != c.initial
     for cfg in a.initial:
         assert a.prior.space.validate(cfg) == cfg
-    a.portfolio = [dict(a.initial[1])]  # a portfolio comes first, in order
-    a.initial = []
-    a.__post_init__()
-    assert a.initial[0] == a.portfolio[0] and len(a.initial) == 6
+    portfolio = [dict(a.initial[1])]  # a portfolio comes first, in order
+    initial = initial_configs(portfolio, a.prior, 6, 3)
+    assert initial[0] == portfolio[0] and len(initial) == 6

@@ -49,17 +49,7 @@ class TunePlan:
     prior_name: str
     seed: int
     notes: list[str] = field(default_factory=list)
-    initial: list[dict[str, Any]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        """Every trial's first config, fixed up front: the portfolio first, then draws from the
-        prior itself (seeded). Tune's own ``param_space`` domains are per-parameter marginals and
-        would lose the prior's optimizer-conditional and joint structure, so with every trial in
-        ``points_to_evaluate`` Tune never samples from them (they only describe the space)."""
-        if not self.initial:
-            rng = np.random.default_rng([self.seed, 11])
-            head = [dict(c) for c in self.portfolio[: self.population]]
-            self.initial = head + self.prior.sample(self.population - len(head), rng)
+    initial: list[dict[str, Any]] = field(default_factory=list)  # see initial_configs
 
     @property
     def strategy(self) -> str:
@@ -155,6 +145,17 @@ def choose_prior(
     return broad_prior(broad_space(list(ckpt.candidates), max_batch=n_train)), []
 
 
+def initial_configs(
+    portfolio: list[dict[str, Any]], prior: Prior, population: int, seed: int
+) -> list[dict[str, Any]]:
+    """Every trial's first config, fixed up front: the portfolio first, then seeded draws from
+    the prior itself. Tune's own ``param_space`` domains are per-parameter marginals and would
+    lose the prior's optimizer-conditional and joint structure, so with every trial in
+    ``points_to_evaluate`` Tune never samples from them (they only describe the space)."""
+    head = [dict(c) for c in portfolio[:population]]
+    return head + prior.sample(population - len(head), np.random.default_rng([seed, 11]))
+
+
 def _choice(value: str, choices: tuple[str, ...], flag: str) -> str:
     if value not in choices:
         raise ConfigError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
@@ -173,6 +174,7 @@ def plan_tune(
     seed: int = 0,
     interval: int | None = None,
     crash_marker: str | None = None,
+    device: str = "cpu",
 ) -> TunePlan:
     """Validate the request and build the per-trial setup (raises one-line ``RaymetaError``s)."""
     _choice(scheduler, SCHEDULERS, "--scheduler")
@@ -218,6 +220,7 @@ def plan_tune(
         interval=interval,
         seed=seed,
         crash_marker=crash_marker,
+        device=device,
     )
     return TunePlan(
         ckpt,
@@ -235,4 +238,5 @@ def plan_tune(
         prior,
         seed,
         list(the_task.notes),
+        initial_configs(portfolio, the_prior, population, seed),
     )

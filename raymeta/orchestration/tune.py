@@ -280,13 +280,12 @@ def run_tune(
         seed,
         interval,
         _crash_marker,
+        device="cuda" if gpus_per_trial > 0 else "cpu",
     )
     if scheduler == "pb2" and not any(isinstance(p, Float) for p in plan.prior.space):
         raise ConfigError(
             "--scheduler pb2 needs at least one continuous hyperparameter in the search space"
         )
-    if gpus_per_trial > 0:
-        plan.setup.device = "cuda"
     _quiet_env(verbose)
     storage_path, name = _experiment(out, storage)
     t0 = time.perf_counter()
