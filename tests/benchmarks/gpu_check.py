@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from raymeta.bench.engine import time_it as bench_time_it
 from raymeta.core.engine import ALGORITHMS, InnerConfig, MetaEngine
 from raymeta.core.models import ModelSpec, build_model
 from raymeta.core.population import MemberHParams, PopulationState, PopulationTrainer
@@ -48,16 +48,13 @@ def _sync(dev: torch.device) -> None:
 
 
 def time_it(fn: Callable[[], Any], dev: torch.device, min_time: float = 1.0) -> float:
-    """Best seconds per call after a warm-up (synchronised, so GPU work is counted)."""
-    fn()
-    _sync(dev)
-    best, start, reps = float("inf"), time.perf_counter(), 0
-    while reps < 2 or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
+    """``raymeta bench engine``'s timer on a synchronised call, so GPU work is counted."""
+
+    def synced() -> None:
         fn()
         _sync(dev)
-        best, reps = min(best, time.perf_counter() - t0), reps + 1
-    return best
+
+    return bench_time_it(synced, min_time)
 
 
 def _images(n: int, g: torch.Generator, dev: torch.device) -> TaskBatch:
