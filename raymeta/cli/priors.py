@@ -13,7 +13,12 @@ tasks, starting from the meta-initialization (all configs of one model candidate
 vmapped population), then fit per-hyperparameter priors to each task's top quantile (shrunk toward
 the broad space by a pseudo-count; learning rate, weight decay, steps and batch size get a
 sub-prior per optimizer), a greedy portfolio minimising mean normalised regret, and model-selection
-probabilities. The result is written as a checksummed priors.json inside the meta-checkpoint."""
+probabilities. The result is written as a checksummed priors.json inside the meta-checkpoint.
+
+Fitting priors for `raymeta tune`? Its members train the run's whole budget and keep their best
+snapshot, so use --objective anytime --max-steps <the run's steps per member>: every config then
+trains that long and is ranked by how soon and how far its val loss drops, not by its loss after
+its own `steps`."""
 
 
 def add_parser(sub: Any) -> None:
@@ -71,6 +76,15 @@ def add_parser(sub: Any) -> None:
         "--max-steps", type=int, default=100, help="largest fine-tuning step budget in the space"
     )
     f.add_argument(
+        "--objective",
+        choices=["final", "anytime"],
+        default="final",
+        help="final: rank configs by val loss after their own steps (one fine-tune run); "
+        "anytime: every config trains --max-steps and is ranked by the mean of its best val "
+        "loss so far over steps 1, 2, 5, 10, ... (fit for raymeta tune; set --max-steps to "
+        "the run's steps per member)",
+    )
+    f.add_argument(
         "--chunk-size", type=int, default=4096, help="members per vmapped chunk (bounds memory)"
     )
     s = add_command(inner, "show", "print a meta-checkpoint's priors as a table", _show)
@@ -113,6 +127,7 @@ def _fit(args: argparse.Namespace) -> int:
         shrink=args.shrink,
         refine_repeats=args.refine_repeats,
         safe_rate=args.safe_rate if args.safe_rate > 0 else None,
+        objective=args.objective,
     )
     write_priors(path, priors.to_dict())
     print(format_priors(priors))

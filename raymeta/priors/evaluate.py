@@ -4,6 +4,14 @@ Members are ``tasks x configs`` with per-member data: member ``t * C + c`` train
 task ``t``'s train split. Validation loss is recorded on a geometric grid of steps (the curves);
 members stop at their own ``steps`` budget, so the last curve point is each config's result.
 Chunking bounds memory without changing results (member randomness is counter-based).
+
+Two objectives score a config (``EvalTable.score``):
+
+* ``final``: its val loss after its own ``steps``, i.e. as one fine-tuning run of that length;
+* ``anytime``: every config trains the whole grid (its ``steps`` is the horizon) and scores the
+  mean over the grid's steps (1, 2, 5, 10, ...) of its best val loss so far. That is how a
+  member of a population run is judged: it trains the run's whole budget, keeps its best
+  snapshot, and the run is measured on how soon it gets good as well as how good it gets.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from raymeta.core.train import derive_seed
 from raymeta.errors import ConfigError
 from raymeta.tasks import Task
 
+OBJECTIVES = ("final", "anytime")
+
 
 @dataclass
 class EvalTable:
@@ -30,19 +40,40 @@ class EvalTable:
     curves: np.ndarray
     steps: list[int]
     init_loss: np.ndarray  # [tasks, configs]: the config's model at the meta-init (0 steps)
+    objective: str = "final"
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {self.objective!r} (use one of {OBJECTIVES})")
 
     @property
     def final(self) -> np.ndarray:
         return self.curves[:, :, -1]
 
+    @property
+    def score(self) -> np.ndarray:
+        """[tasks, configs] loss each config is ranked by (see the module docstring)."""
+        if self.objective == "final":
+            return self.final
+        after = self.curves[:, :, 1:] if self.curves.shape[2] > 1 else self.curves
+        best = np.fmin.accumulate(np.where(np.isfinite(after), after, np.nan), axis=2)
+        with np.errstate(invalid="ignore"):
+            out: np.ndarray = np.mean(best, axis=2)  # NaN where a config never had a finite loss
+        return out
+
     def concat(self, other: EvalTable) -> EvalTable:
-        """Both tables' configs side by side (same tasks, same step grid)."""
-        if self.steps != other.steps or self.curves.shape[0] != other.curves.shape[0]:
-            raise ConfigError("evaluation tables differ in tasks or step grid")
+        """Both tables' configs side by side (same tasks, step grid and objective)."""
+        if (
+            self.steps != other.steps
+            or self.curves.shape[0] != other.curves.shape[0]
+            or self.objective != other.objective
+        ):
+            raise ConfigError("evaluation tables differ in tasks, step grid or objective")
         return EvalTable(
             np.concatenate([self.curves, other.curves], axis=1),
             list(self.steps),
             np.concatenate([self.init_loss, other.init_loss], axis=1),
+            self.objective,
         )
 
 
@@ -108,19 +139,25 @@ def evaluate_configs(
     progress: Callable[[int, int], None] | None = None,
     grid_max: int | None = None,
     first_index: int = 0,
+    objective: str = "final",
 ) -> EvalTable:
     """Val-loss curves of every config on every task (see the module docstring).
 
     ``grid_max`` fixes the curve grid's last step (default: the largest ``steps``) so tables of
     several rounds line up; ``first_index`` numbers the configs for their minibatch seeds, so a
-    later round's configs never reuse an earlier round's randomness.
+    later round's configs never reuse an earlier round's randomness. With ``objective=
+    "anytime"`` every config trains to the grid's end whatever its ``steps``.
     """
     if not tasks or not configs:
         raise ConfigError("need at least one task and one config to evaluate")
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {objective!r} (use one of {OBJECTIVES})")
     xt, yt, xv, yv = _stack(tasks)
     n_t, n_c, n_train = len(tasks), len(configs), int(xt.shape[1])
     max_steps = max(int(c.get("steps", 1)) for c in configs)
     grid = curve_steps(max(max_steps, grid_max or 0))
+    if objective == "anytime":
+        configs = [{**c, "steps": grid[-1]} for c in configs]
     curves = np.full((n_t, n_c, len(grid)), np.nan)
     by_model: dict[str, list[int]] = {}
     for j, c in enumerate(configs):
@@ -148,4 +185,4 @@ def evaluate_configs(
             done += len(chunk)
             if progress is not None:
                 progress(done, len(members))
-    return EvalTable(curves=curves, steps=grid, init_loss=curves[:, :, 0].copy())
+    return EvalTable(curves, grid, curves[:, :, 0].copy(), objective)

@@ -28,7 +28,7 @@ from raymeta.core.checkpoint import MetaCheckpoint
 from raymeta.errors import ConfigError, DataError, RaymetaError
 from raymeta.priors.artifact import VERSION, Priors
 from raymeta.priors.dists import MIN_STD, CategoricalDist, Dist, NumericDist
-from raymeta.priors.evaluate import EvalTable, evaluate_configs
+from raymeta.priors.evaluate import OBJECTIVES, EvalTable, evaluate_configs
 from raymeta.priors.joint import fit_joint
 from raymeta.priors.portfolio import greedy_portfolio, normalised_regret, portfolio_curve
 from raymeta.priors.prior import Conditional, Prior, broad_prior
@@ -145,12 +145,12 @@ def fit_from_table(
     component, the factorised prior alone).
 
     ``selection`` ([tasks, configs] losses, e.g. the mean of fresh-seed re-runs, see
-    ``refine.py``) replaces the table's final losses for choosing the portfolio and the joint's
+    ``refine.py``) replaces the table's scores for choosing the portfolio and the joint's
     centre weights; the factorised prior always fits the table's top quantile. ``safe_rate``
     restricts the portfolio's first pick to configs that improve on the meta-init on that share
     of tasks (``refine.safe_mask``; None: no restriction).
     """
-    regret = normalised_regret(table.final, cap=table.init_loss)
+    regret = normalised_regret(table.score, cap=table.init_loss)
     n_t, n_c = regret.shape
     k = max(2, math.ceil(quantile * n_c))
     order = np.argsort(regret, axis=1, kind="stable")[:, :k]
@@ -158,7 +158,7 @@ def fit_from_table(
     top_cfgs = [c for _, c in top]
     candidates = [str(c) for c in space["model"].choices] if "model" in space else []  # type: ignore[union-attr]
     model_probs = (
-        model_probabilities(table.final, [str(c.get("model")) for c in configs], candidates)
+        model_probabilities(table.score, [str(c.get("model")) for c in configs], candidates)
         if candidates
         else {}
     )
@@ -173,10 +173,10 @@ def fit_from_table(
                 np.array([p.to_unit(float(c[p.name])) for c in top_cfgs]), n_t, shrink
             )
     cond = fit_conditional(space, top, condition_on, dists, shrink) if condition_on else None
-    sel_losses = table.final if selection is None else np.asarray(selection, dtype=np.float64)
-    if sel_losses.shape != table.final.shape:
+    sel_losses = table.score if selection is None else np.asarray(selection, dtype=np.float64)
+    if sel_losses.shape != table.score.shape:
         raise ConfigError(
-            f"priors: selection table {sel_losses.shape} does not match {table.final.shape}"
+            f"priors: selection table {sel_losses.shape} does not match {table.score.shape}"
         )
     sel = regret if selection is None else normalised_regret(sel_losses, cap=table.init_loss)
     first = None if safe_rate is None else safe_mask(sel_losses, table.init_loss, safe_rate)
@@ -227,6 +227,7 @@ def fit_priors(
     best_of: int | None = BEST_OF,
     refine_repeats: int = REFINE_REPEATS,
     safe_rate: float | None = SAFE_RATE,
+    objective: str = "final",
 ) -> Priors:
     """Fine-tune ``n_configs`` configs on ``n_tasks`` meta-val tasks and fit priors.
 
@@ -234,6 +235,12 @@ def fit_priors(
     the broad space, each later one from the prior fitted to everything evaluated so far, so the
     fixed budget of fine-tuning runs lands where good configs are and the final fit (over all
     rounds) resolves the good region instead of 64 scattered points in 7 dimensions.
+
+    ``objective="anytime"`` fits priors for population runs (``raymeta tune``, sweeps): every
+    config's ``steps`` is ``max_steps`` (set it to the run's steps per member) and configs are
+    ranked by their anytime loss (``evaluate.py``). With ``"final"`` a config is one fine-tuning
+    run of its own ``steps``: on digits that picked 4-7-step head-only configs, which top out
+    above a full fine-tune once a tune run trains them for its whole budget.
     """
     if n_tasks < MIN_TASKS:
         raise ConfigError(f"priors: need at least {MIN_TASKS} meta-val tasks to fit, got {n_tasks}")
@@ -253,6 +260,8 @@ def fit_priors(
         raise ConfigError(f"priors: refine repeats must be >= 0, got {refine_repeats}")
     if safe_rate is not None and not 0.0 <= safe_rate <= 1.0:
         raise ConfigError(f"priors: safe rate must be in [0, 1], got {safe_rate}")
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"priors: objective must be one of {OBJECTIVES}, got {objective!r}")
     t0 = time.perf_counter()
     family = make_family(ckpt.family)
     tasks = val_tasks(family, n_tasks)
@@ -283,13 +292,23 @@ def fit_priors(
 
     for size in sizes:
         new = prior.sample(size, rng)
+        if objective == "anytime":  # every member of a population run trains its whole budget
+            new = [{**c, "steps": max_steps} for c in new]
 
         def step(done: int, _total: int, before: int = len(configs) * n_tasks) -> None:
             if progress is not None:
                 progress(before + done, n_configs * n_tasks)
 
         part = evaluate_configs(
-            ckpt, tasks, new, seed, chunk_size, step, grid_max=max_steps, first_index=len(configs)
+            ckpt,
+            tasks,
+            new,
+            seed,
+            chunk_size,
+            step,
+            grid_max=max_steps,
+            first_index=len(configs),
+            objective=objective,
         )
         configs, table = configs + new, part if table is None else table.concat(part)
         fitted = refit(table)
@@ -304,6 +323,7 @@ def fit_priors(
             progress,
             grid_max=max_steps,
             first_index=n_configs,
+            objective=objective,
         )
         fitted = refit(table, mean_of_repeats(rerun, refine_repeats)[0])
     learned, portfolio, model_probs, info = fitted
@@ -316,7 +336,7 @@ def fit_priors(
         "rounds": sizes,
         "refine_repeats": refine_repeats,
         "fit_runs": (1 + refine_repeats) * n_configs * n_tasks,
-        "objective": "val_loss",
+        "objective": objective,
         "fit_seconds": time.perf_counter() - t0,
     }
     return Priors(VERSION, space, learned, portfolio, model_probs, info)

@@ -28,13 +28,13 @@ SAFE_RATE = 0.9  # share of meta-val tasks the first portfolio config must impro
 
 
 def mean_of_repeats(rerun: EvalTable, repeats: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mean capped final loss, init loss), both [tasks, configs], of a table that holds the
+    """(mean capped score, init loss), both [tasks, configs], of a table that holds the
     configs ``repeats`` times over (column ``r * n_configs + j``)."""
-    n_t, n_cols = rerun.final.shape
+    n_t, n_cols = rerun.score.shape
     if repeats < 1 or n_cols % repeats:
         raise ConfigError(f"re-run table with {n_cols} columns does not hold {repeats} repeats")
     m = n_cols // repeats
-    mean = capped(rerun.final, rerun.init_loss).reshape(n_t, repeats, m).mean(axis=1)
+    mean = capped(rerun.score, rerun.init_loss).reshape(n_t, repeats, m).mean(axis=1)
     return mean, rerun.init_loss[:, :m]
 
 

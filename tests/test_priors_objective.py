@@ -1,0 +1,113 @@
+"""The ``anytime`` objective: configs scored as members of a population run (every config trains
+the whole horizon; score = mean over the step grid of the best val loss so far)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from raymeta.cli.main import main
+from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint, save_meta_checkpoint
+from raymeta.core.train import MetaTrainConfig, meta_train
+from raymeta.errors import ConfigError
+from raymeta.priors import broad_prior, fit_priors
+from raymeta.priors.evaluate import EvalTable, evaluate_configs
+from raymeta.priors.fit import val_tasks
+from raymeta.priors.space import broad_space
+from raymeta.tasks import make_family
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tr = meta_train(MetaTrainConfig(steps=3, meta_batch=4, val_tasks=2))
+    return save_meta_checkpoint(tmp_path_factory.mktemp("meta") / "ckpt", tr.to_checkpoint())
+
+
+@pytest.fixture()
+def ckpt(ckpt_dir: Path) -> MetaCheckpoint:
+    return load_meta_checkpoint(ckpt_dir)
+
+
+def looped_anytime(curve: list[float]) -> float:
+    """Independent reference: walk the grid after step 0 keeping the best finite loss."""
+    best, seen = math.inf, []
+    for v in curve[1:]:
+        if math.isfinite(v):
+            best = min(best, v)
+        seen.append(best)
+    finite = [b for b in seen if math.isfinite(b)]
+    return math.nan if len(finite) < len(seen) else sum(seen) / len(seen)
+
+
+def test_anytime_score_matches_a_looped_reference() -> None:
+    rng = np.random.default_rng(0)
+    curves = rng.uniform(0.1, 2.0, size=(3, 5, 6))
+    curves[0, 1, 3] = np.nan  # diverged mid-run: the best so far carries over
+    curves[1, 2, 1:3] = np.inf  # no finite loss at the first grid steps: NaN score
+    curves[2, 4, 1:] = np.nan  # never finite
+    t = EvalTable(curves, [0, 1, 2, 5, 10, 20], curves[:, :, 0].copy(), "anytime")
+    for i in range(3):
+        for j in range(5):
+            ref = looped_anytime(list(curves[i, j]))
+            got = float(t.score[i, j])
+            assert (math.isnan(ref) and math.isnan(got)) or got == pytest.approx(ref, rel=1e-12)
+    assert np.array_equal(
+        EvalTable(curves, t.steps, t.init_loss).score, curves[:, :, -1], equal_nan=True
+    )
+
+
+def test_tables_of_different_objectives_do_not_concat() -> None:
+    c = np.ones((2, 3, 4))
+    with pytest.raises(ConfigError, match="objective"):
+        EvalTable(c, [0, 1, 2, 5], c[:, :, 0]).concat(
+            EvalTable(c, [0, 1, 2, 5], c[:, :, 0], "anytime")
+        )
+    with pytest.raises(ConfigError, match="unknown objective"):
+        EvalTable(c, [0, 1, 2, 5], c[:, :, 0], "best")
+
+
+def test_anytime_evaluation_trains_every_config_the_whole_horizon(ckpt: MetaCheckpoint) -> None:
+    tasks = val_tasks(make_family(ckpt.family), 2)
+    space = broad_space(["mlp"], max_batch=int(tasks[0].x_train.shape[0]), max_steps=6)
+    configs = broad_prior(space).sample(4, np.random.default_rng(0))
+    configs = [{**c, "steps": s, "lr": 0.05} for c, s in zip(configs, (1, 2, 6, 3), strict=True)]
+    own = evaluate_configs(ckpt, tasks, configs, seed=3, grid_max=6)
+    anytime = evaluate_configs(ckpt, tasks, configs, seed=3, grid_max=6, objective="anytime")
+    horizon = evaluate_configs(ckpt, tasks, [{**c, "steps": 6} for c in configs], seed=3)
+    np.testing.assert_allclose(anytime.curves, horizon.curves, rtol=1e-6)
+    # with "final" the 1-step config stops after step 1; with "anytime" it keeps training
+    assert np.allclose(own.curves[:, 0, 1:], own.curves[:, 0, 1:2])
+    assert not np.allclose(anytime.curves[:, 0, 1:], anytime.curves[:, 0, 1:2])
+    best = np.minimum.accumulate(anytime.curves[:, :, 1:], axis=2).mean(axis=2)
+    np.testing.assert_allclose(anytime.score, best, rtol=1e-12)
+
+
+def test_fit_for_population_runs_uses_the_horizon(ckpt: MetaCheckpoint) -> None:
+    kw = {"n_tasks": 3, "n_configs": 8, "max_steps": 6, "objective": "anytime", "seed": 1}
+    a, b = fit_priors(ckpt, **kw), fit_priors(ckpt, **kw)  # type: ignore[arg-type]
+    assert a.info["objective"] == "anytime"
+    assert a.portfolio == b.portfolio
+    assert all(c["steps"] == 6 for c in a.portfolio)
+    for c in a.learned.sample(20, np.random.default_rng(0)):
+        assert a.space.validate(c) == {k: c[k] for k in a.space.names()}
+    with pytest.raises(ConfigError, match="objective must be one of"):
+        fit_priors(ckpt, n_tasks=3, n_configs=8, objective="best")
+
+
+def test_cli_objective(ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    d = tmp_path / "c"
+    shutil.copytree(ckpt_dir, d)
+    with pytest.raises(SystemExit) as e:
+        main(["priors", "fit", "--meta", str(d), "--objective", "best"])
+    assert e.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+    assert not (d / "priors.json").exists()
+    args = ["--tasks", "3", "--configs", "4", "--max-steps", "4", "--objective", "anytime"]
+    assert main(["priors", "fit", "--meta", str(d), *args]) == 0
+    assert json.loads((d / "priors.json").read_text())["info"]["objective"] == "anytime"
