@@ -47,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _default_meta(family: str, steps: int, where: Path) -> Path:
+def _default_meta(family: str, steps: int, member_steps: int, where: Path) -> Path:
+    """A small meta-checkpoint whose priors are fitted for ``member_steps``-step members."""
     from raymeta.core.checkpoint import load_meta_checkpoint, save_meta_checkpoint, write_priors
     from raymeta.core.train import MetaTrainConfig, meta_train
     from raymeta.priors import fit_priors
@@ -62,7 +63,13 @@ def _default_meta(family: str, steps: int, where: Path) -> Path:
     save_meta_checkpoint(path, tr.to_checkpoint())
     write_priors(
         path,
-        fit_priors(load_meta_checkpoint(path), n_tasks=8, n_configs=32, max_steps=50).to_dict(),
+        fit_priors(
+            load_meta_checkpoint(path),
+            n_tasks=8,
+            n_configs=32,
+            max_steps=member_steps,
+            objective="anytime",
+        ).to_dict(),
     )
     return path
 
@@ -148,7 +155,11 @@ def run(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="raymeta-bench-tune-") as d, ray_context(None):
         work = Path(d)
-        meta = Path(args.meta) if args.meta else _default_meta(args.family, args.meta_steps, work)
+        meta = (
+            Path(args.meta)
+            if args.meta
+            else _default_meta(args.family, args.meta_steps, args.steps, work)
+        )
         if args.packing_steps > 0:
             r = packing(meta, args.family, args.packing_steps, work)
             print(f"(a) packing, 64 members x {args.packing_steps} steps, member-steps/s")

@@ -80,9 +80,9 @@ def add_parser(sub: Any) -> None:
         choices=["final", "anytime"],
         default="final",
         help="final: rank configs by val loss after their own steps (one fine-tune run); "
-        "anytime: every config trains --max-steps and is ranked by the mean of its best val "
-        "loss so far over steps 1, 2, 5, 10, ... (fit for raymeta tune; set --max-steps to "
-        "the run's steps per member)",
+        "anytime: every config trains --max-steps and is ranked by its best val loss so far, "
+        "averaged over those steps (fit for raymeta tune; set --max-steps to the run's steps "
+        "per member)",
     )
     f.add_argument(
         "--chunk-size", type=int, default=4096, help="members per vmapped chunk (bounds memory)"

@@ -45,9 +45,10 @@ FAMILIES = {
 }
 
 
-def prepare(root: Path, family: str) -> Path:
+def prepare(root: Path, family: str, objective: str, budget: int) -> Path:
     """``root/FAMILY-meta`` with priors: meta-trained here unless a checkpoint is already there
-    (e.g. the digits Conv4 from ``gpu_digits_meta.py``, copied in), priors fitted if missing."""
+    (e.g. the digits Conv4 from ``gpu_digits_meta.py``, copied in), priors fitted if missing
+    (``anytime``: for population members that train ``budget`` steps each)."""
     meta = root / f"{family}-meta"
     if (meta / "priors.json").exists():
         return meta
@@ -57,9 +58,15 @@ def prepare(root: Path, family: str) -> Path:
         tr = meta_train(spec["cfg"])  # type: ignore[arg-type]
         save_meta_checkpoint(meta, tr.to_checkpoint(), overwrite=True)
     n_tasks, n_configs = spec["fit"]  # type: ignore[misc]
-    write_priors(
-        meta, fit_priors(load_meta_checkpoint(meta), n_tasks=n_tasks, n_configs=n_configs).to_dict()
+    fitted = fit_priors(
+        load_meta_checkpoint(meta),
+        n_tasks=n_tasks,
+        n_configs=n_configs,
+        objective=objective,
+        max_steps=budget,
+        refine_repeats=1 if family == "digits" else 2,  # Conv4 runs cost ~100x an MLP's
     )
+    write_priors(meta, fitted.to_dict())
     print(f"{family}: meta-checkpoint + priors in {time.perf_counter() - t:.0f}s", flush=True)
     return meta
 
@@ -100,10 +107,16 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=100, help="steps per member")
     ap.add_argument("--families", nargs="+", default=list(FAMILIES))
     ap.add_argument("--out", default="runs/ttq")
+    ap.add_argument(
+        "--objective",
+        choices=["final", "anytime"],
+        default="anytime",
+        help="priors objective when they are fitted here (see raymeta priors fit --help)",
+    )
     args = ap.parse_args()
     root = Path(args.out)
     for family in args.families:
-        meta = prepare(root, family)
+        meta = prepare(root, family, args.objective, args.budget)
         cfg = parse_sweep(
             {
                 "name": f"ttq-{family}",
