@@ -16,7 +16,7 @@ from raymeta.core.train import MetaTrainConfig, meta_train
 from raymeta.errors import ConfigError
 from raymeta.priors import broad_prior, fit_priors
 from raymeta.priors.evaluate import EvalTable, evaluate_configs
-from raymeta.priors.fit import val_tasks
+from raymeta.priors.fit import anchor_configs, val_tasks
 from raymeta.priors.space import broad_space
 from raymeta.tasks import make_family
 
@@ -114,3 +114,18 @@ def test_cli_objective(ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFix
     args = ["--tasks", "3", "--configs", "4", "--max-steps", "4", "--objective", "anytime"]
     assert main(["priors", "fit", "--meta", str(d), *args]) == 0
     assert json.loads((d / "priors.json").read_text())["info"]["objective"] == "anytime"
+
+
+def test_anchor_configs_are_the_standard_full_fine_tunes(ckpt: MetaCheckpoint) -> None:
+    space = broad_space(["mlp"], max_batch=10, max_steps=7)
+    got = anchor_configs(space, ckpt, 7)
+    inner = float(ckpt.candidate().info["inner_lr"])
+    assert [(c["optimizer"], c["lr"]) for c in got] == [
+        ("sgd", inner),
+        ("adam", 1e-3),
+        ("adam", 3e-3),
+        ("adam", 1e-2),
+    ]
+    for c in got:
+        assert space.validate(c) == c
+        assert (c["adapt"], c["batch_size"], c["steps"], c["model"]) == ("all", 10, 7, "mlp")
