@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from raymeta.core.checkpoint import MetaCheckpoint
+
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -47,3 +49,21 @@ def omniglot_dir() -> Path:
     if not (OMNIGLOT_DIR / "images_background.npz").is_file():
         pytest.skip(f"Omniglot archives not found under {OMNIGLOT_DIR}")
     return OMNIGLOT_DIR
+
+
+@pytest.fixture(scope="session")
+def ckpt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny sinusoid meta-checkpoint (3 MAML steps) for the priors tests; tests that write
+    into a checkpoint copy it first."""
+    from raymeta.core.checkpoint import save_meta_checkpoint
+    from raymeta.core.train import MetaTrainConfig, meta_train
+
+    tr = meta_train(MetaTrainConfig(steps=3, meta_batch=4, val_tasks=2))
+    return save_meta_checkpoint(tmp_path_factory.mktemp("meta") / "ckpt", tr.to_checkpoint())
+
+
+@pytest.fixture()
+def ckpt(ckpt_dir: Path) -> MetaCheckpoint:
+    from raymeta.core.checkpoint import load_meta_checkpoint
+
+    return load_meta_checkpoint(ckpt_dir)

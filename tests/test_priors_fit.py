@@ -15,11 +15,9 @@ from raymeta.cli.main import main
 from raymeta.core.checkpoint import (
     MetaCheckpoint,
     load_meta_checkpoint,
-    save_meta_checkpoint,
     write_priors,
 )
 from raymeta.core.models import build_model
-from raymeta.core.train import MetaTrainConfig, meta_train
 from raymeta.errors import CheckpointError, DataError
 from raymeta.priors import VERSION, Priors, broad_prior, fit_priors, load_priors
 from raymeta.priors.evaluate import curve_steps, evaluate_configs
@@ -27,17 +25,6 @@ from raymeta.priors.fit import val_tasks
 from raymeta.tasks import Task, TaskFamily, make_family
 
 SMALL = {"n_tasks": 3, "n_configs": 6, "max_steps": 6}
-
-
-@pytest.fixture(scope="module")
-def ckpt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tr = meta_train(MetaTrainConfig(steps=3, meta_batch=4, val_tasks=2))
-    return save_meta_checkpoint(tmp_path_factory.mktemp("meta") / "ckpt", tr.to_checkpoint())
-
-
-@pytest.fixture()
-def ckpt(ckpt_dir: Path) -> MetaCheckpoint:
-    return load_meta_checkpoint(ckpt_dir)
 
 
 def without_time(p: Priors) -> dict:

@@ -11,25 +11,13 @@ import numpy as np
 import pytest
 
 from raymeta.cli.main import main
-from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint, save_meta_checkpoint
-from raymeta.core.train import MetaTrainConfig, meta_train
+from raymeta.core.checkpoint import MetaCheckpoint
 from raymeta.errors import ConfigError
 from raymeta.priors import broad_prior, fit_priors
 from raymeta.priors.evaluate import EvalTable, evaluate_configs
 from raymeta.priors.fit import anchor_configs, val_tasks
 from raymeta.priors.space import broad_space
 from raymeta.tasks import make_family
-
-
-@pytest.fixture(scope="module")
-def ckpt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tr = meta_train(MetaTrainConfig(steps=3, meta_batch=4, val_tasks=2))
-    return save_meta_checkpoint(tmp_path_factory.mktemp("meta") / "ckpt", tr.to_checkpoint())
-
-
-@pytest.fixture()
-def ckpt(ckpt_dir: Path) -> MetaCheckpoint:
-    return load_meta_checkpoint(ckpt_dir)
 
 
 def looped_anytime(curve: list[float], steps: list[int]) -> float:

@@ -2,9 +2,11 @@
 
     PYTHONPATH=. python3 tests/benchmarks/gpu_digits_meta.py OUT_DIR
 
-(~3 min on an H200; the same run on the 2-core CPU would take hours.) Priors are fitted and the
-time-to-quality sweep is run on the CPU: `time_to_quality.py --families digits --meta
-digits=OUT_DIR`.
+(~3 min on an H200; the same run on the 2-core CPU, ~35 Conv4 tasks/s, would take over an hour.)
+Priors and the time-to-quality runs then go on the CPU: copy OUT_DIR to runs/ttq/digits-meta and
+run `time_to_quality.py --families digits` (fits priors with `--objective anytime`, ~20 min,
+then the in-process sweep) and `raymeta bench tune --meta runs/ttq/digits-meta --family digits
+--tasks 20 --packing-steps 0` (40 real `raymeta tune` runs).
 """
 
 from __future__ import annotations
