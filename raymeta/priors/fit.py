@@ -322,11 +322,12 @@ def fit_priors(
 
     # The final objective's tuned numbers (issue 4) were measured without anchors; anytime fits
     # (population runs) start from them. Anchors take at most a quarter of the first round.
-    anchors = anchor_configs(space, ckpt, max_steps) if objective == "anytime" else []
-    anchors = anchors[: sizes[0] // 4]
+    anchors = (
+        anchor_configs(space, ckpt, max_steps)[: sizes[0] // 4] if objective == "anytime" else []
+    )
     for size in sizes:
-        new = anchors + prior.sample(size - len(anchors), rng)
-        anchors = []
+        head = [] if configs else anchors  # anchors open the first round only
+        new = head + prior.sample(size - len(head), rng)
         if objective == "anytime":  # every member of a population run trains its whole budget
             new = [{**c, "steps": max_steps} for c in new]
 

@@ -27,7 +27,7 @@ from raymeta.results import read_results
 from raymeta.results.curves import run_curves
 
 FAMILIES = {
-    "sinusoid": dict(cfg=MetaTrainConfig(steps=2000, meta_batch=25), fit=(32, 64)),
+    "sinusoid": dict(cfg=MetaTrainConfig(steps=2000, meta_batch=25), fit=(32, 64, 2)),
     "digits": dict(
         cfg=MetaTrainConfig(
             family="digits",
@@ -40,7 +40,7 @@ FAMILIES = {
             meta_batch=16,
             val_tasks=50,
         ),
-        fit=(16, 32),
+        fit=(16, 32, 1),  # (tasks, configs, fresh-seed re-runs): a Conv4 run costs ~100x an MLP's
     ),
 }
 
@@ -57,14 +57,14 @@ def prepare(root: Path, family: str, objective: str, budget: int) -> Path:
     if not (meta / "meta.json").exists():
         tr = meta_train(spec["cfg"])  # type: ignore[arg-type]
         save_meta_checkpoint(meta, tr.to_checkpoint(), overwrite=True)
-    n_tasks, n_configs = spec["fit"]  # type: ignore[misc]
+    n_tasks, n_configs, repeats = spec["fit"]  # type: ignore[misc]
     fitted = fit_priors(
         load_meta_checkpoint(meta),
         n_tasks=n_tasks,
         n_configs=n_configs,
         objective=objective,
         max_steps=budget,
-        refine_repeats=1 if family == "digits" else 2,  # Conv4 runs cost ~100x an MLP's
+        refine_repeats=repeats,
     )
     write_priors(meta, fitted.to_dict())
     print(f"{family}: meta-checkpoint + priors in {time.perf_counter() - t:.0f}s", flush=True)
