@@ -261,7 +261,7 @@ def test_plan_refuses_other_config_for_unfinished_run(tmp_path: Path) -> None:
 
 
 def test_cli_option_parsing() -> None:
-    from raymeta.cli.meta_train import parse_options
+    from raymeta.cli._common import parse_options
 
     assert parse_options(["ways=5", "rotations=false", "widths=[8, 8]", "name=abc"], "family") == {
         "ways": 5,

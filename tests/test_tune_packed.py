@@ -299,3 +299,39 @@ def test_plan_fixes_every_trials_first_config_from_the_prior(untrained_meta: Pat
     portfolio = [dict(a.initial[1])]  # a portfolio comes first, in order
     initial = initial_configs(portfolio, a.prior, 6, 3)
     assert initial[0] == portfolio[0] and len(initial) == 6
+
+
+def test_task_options_override_split_sizes_only(
+    untrained_meta: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from raymeta.cli.main import main
+    from raymeta.tasks._parquet_io import write_tasks
+
+    base = plan_tune(untrained_meta, "sinusoid:0", 2, prior="broad")
+    big = plan_tune(untrained_meta, "sinusoid:0", 2, prior="broad", task_options={"val_size": 40})
+    assert len(base.task.x_val) == 10 and len(big.task.x_val) == 40
+    # the same held-out task: its train split is untouched, only the val split grows
+    torch.testing.assert_close(big.task.x_train, base.task.x_train)
+    torch.testing.assert_close(big.task.x_val[:10], base.task.x_val)
+    assert "task_options" not in base.fingerprint()  # runs started before the option still resume
+    assert big.fingerprint()["task_options"] == {"val_size": 40}
+    with pytest.raises(ConfigError, match="'ways' cannot be overridden"):
+        plan_tune(untrained_meta, "sinusoid:0", 2, prior="broad", task_options={"ways": 3})
+    with pytest.raises(ConfigError, match="val_size"):
+        plan_tune(untrained_meta, "sinusoid:0", 2, prior="broad", task_options={"val_size": 0})
+    write_tasks(tmp_path / "one.parquet", [_task()])
+    with pytest.raises(ConfigError, match="not to Parquet task files"):
+        plan_tune(
+            untrained_meta,
+            str(tmp_path / "one.parquet"),
+            2,
+            prior="broad",
+            task_options={"val_size": 5},
+        )
+    out = tmp_path / "out"
+    common = ["tune", "--meta", str(untrained_meta), "--task", "sinusoid:0", "--population", "2"]
+    for bad, needle in (("val_size", "expects KEY=VALUE"), ("shots=3", "'shots' cannot be")):
+        rc = main([*common, "--prior", "broad", "--out", str(out), "--task-option", bad])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and needle in err, err
+    assert not out.exists()

@@ -6,6 +6,10 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+import yaml
+
+from raymeta.errors import ConfigError
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Shows a flag's default only when it has a meaningful one (not None/False/suppressed)."""
@@ -36,3 +40,23 @@ def add_command(
         "--config", metavar="FILE.yaml", help="YAML mapping of option: value (flags win over it)"
     )
     return p
+
+
+def parse_options(items: Any, what: str) -> dict[str, Any]:
+    """``["k=v", ...]`` (values parsed as YAML scalars/lists) or a mapping from a config file."""
+    if items is None:
+        return {}
+    if isinstance(items, dict):
+        return {str(k): v for k, v in items.items()}
+    if isinstance(items, str):
+        items = [items]
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--{what}-option expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import yaml
-
-from raymeta.cli._common import add_command
+from raymeta.cli._common import add_command, parse_options
 from raymeta.errors import ConfigError
 
 DESCRIPTION = """Meta-train an initialization (MAML, FOMAML, Reptile, Meta-SGD, ANIL) over a task
@@ -132,26 +130,6 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="run in this process without Ray (same shards as --workers)",
     )
-
-
-def parse_options(items: Any, what: str) -> dict[str, Any]:
-    """``["k=v", ...]`` (values parsed as YAML scalars/lists) or a mapping from a config file."""
-    if items is None:
-        return {}
-    if isinstance(items, dict):
-        return {str(k): v for k, v in items.items()}
-    if isinstance(items, str):
-        items = [items]
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = str(item).partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--{what}-option expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            out[key.strip()] = raw
-    return out
 
 
 def build_config(args: argparse.Namespace) -> Any:

@@ -40,6 +40,14 @@ def add_parser(sub: Any) -> None:
         "--task", default=None, help="FAMILY:INDEX or a one-task Parquet file (required)"
     )
     p.add_argument(
+        "--task-option",
+        action="append",
+        dest="task_options",
+        metavar="KEY=VALUE",
+        help="override a split size of a FAMILY:INDEX task (task_shots, val_size, test_size; "
+        "repeatable), e.g. val_size=50",
+    )
+    p.add_argument(
         "--population", type=int, default=None, help="number of Tune trials P (required)"
     )
     p.add_argument(
@@ -133,6 +141,7 @@ def _run(args: argparse.Namespace) -> int:
     for flag in ("meta", "task", "population", "out"):
         if getattr(args, flag) is None:
             raise ConfigError(f"--{flag} is required")
+    from raymeta.cli._common import parse_options
     from raymeta.orchestration.tune import run_tune
 
     report = run_tune(
@@ -153,6 +162,7 @@ def _run(args: argparse.Namespace) -> int:
         cpus_per_trial=float(args.cpus_per_trial),
         gpus_per_trial=float(args.gpus_per_trial),
         verbose=0 if args.quiet else 1,
+        task_options=parse_options(args.task_options, "task"),
     )
     print(summary(report))
     print(f"wrote {args.out}/report.json, {args.out}/best_model.pt, {args.out}/results/")

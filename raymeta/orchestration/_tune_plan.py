@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint
 from raymeta.errors import ConfigError, DataError
 from raymeta.orchestration._trainable import Candidate, TrialSetup
 from raymeta.priors import Prior, broad_prior, broad_space, load_priors
-from raymeta.tasks import Task, make_family
+from raymeta.tasks import FamilySpec, Task, make_family
 
 SCHEDULERS = ("pbt", "pb2", "asha", "random")
 INITS = ("meta", "scratch")
@@ -30,6 +31,9 @@ DEFAULT_STEPS_PER_MEMBER = 100
 # checkpoint, so a handful of rounds keeps a small run fast while PBT still gets to act
 DEFAULT_REPORTS = 4
 _SPEC = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):(\d+)$")
+# family options a FAMILY:INDEX task may override: split sizes change the data the task holds,
+# never the shapes the checkpoint's models were built for (ways, shots, image size do)
+TASK_OPTIONS = ("task_shots", "val_size", "test_size")
 
 
 @dataclass
@@ -50,6 +54,7 @@ class TunePlan:
     seed: int
     notes: list[str] = field(default_factory=list)
     initial: list[dict[str, Any]] = field(default_factory=list)  # see initial_configs
+    task_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def strategy(self) -> str:
@@ -72,11 +77,18 @@ class TunePlan:
             "init": self.init,
             "prior": self.prior_name,
             "seed": self.seed,
-        }
+        } | ({"task_options": self.task_options} if self.task_options else {})
 
 
-def resolve_task(spec: str, ckpt: MetaCheckpoint) -> Task:
-    """``FAMILY:INDEX`` (a held-out meta-test task of the checkpoint's family) or a Parquet file."""
+def resolve_task(spec: str, ckpt: MetaCheckpoint, options: Mapping[str, Any] | None = None) -> Task:
+    """``FAMILY:INDEX`` (a held-out meta-test task of the checkpoint's family, drawn with the
+    checkpoint's family options, split sizes overridable by ``options``) or a Parquet file."""
+    options = dict(options or {})
+    bad = sorted(set(options) - set(TASK_OPTIONS))
+    if bad:
+        raise ConfigError(
+            f"--task-option {bad[0]!r} cannot be overridden (only {', '.join(TASK_OPTIONS)})"
+        )
     m = _SPEC.match(spec)
     if m and not Path(spec).exists():
         name, index = m.group(1), int(m.group(2))
@@ -84,7 +96,10 @@ def resolve_task(spec: str, ckpt: MetaCheckpoint) -> Task:
             raise ConfigError(
                 f"task {spec!r}: the meta-checkpoint was trained on family {ckpt.family.name!r}; use {ckpt.family.name}:INDEX or a Parquet task file"
             )
-        return make_family(ckpt.family).task("test", index)
+        fam = FamilySpec(ckpt.family.name, {**ckpt.family.options, **options})
+        return make_family(fam).task("test", index)
+    if options:
+        raise ConfigError("--task-option applies to FAMILY:INDEX tasks, not to Parquet task files")
     path = Path(spec)
     if not path.is_file():
         raise ConfigError(
@@ -175,6 +190,7 @@ def plan_tune(
     interval: int | None = None,
     crash_marker: str | None = None,
     device: str = "cpu",
+    task_options: Mapping[str, Any] | None = None,
 ) -> TunePlan:
     """Validate the request and build the per-trial setup (raises one-line ``RaymetaError``s)."""
     _choice(scheduler, SCHEDULERS, "--scheduler")
@@ -200,7 +216,7 @@ def plan_tune(
         raise ConfigError(f"--interval must be >= 1, got {interval}")
     interval = min(interval, steps)
     ckpt = load_meta_checkpoint(meta)
-    the_task = resolve_task(task, ckpt)
+    the_task = resolve_task(task, ckpt, task_options)
     check_task(the_task, ckpt)
     the_prior, portfolio = choose_prior(ckpt, prior, len(the_task.x_train))
     cands = {
@@ -239,4 +255,5 @@ def plan_tune(
         seed,
         list(the_task.notes),
         initial_configs(portfolio, the_prior, population, seed),
+        dict(task_options or {}),
     )

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -256,9 +257,12 @@ def run_tune(
     gpus_per_trial: float = 0.0,
     verbose: int = 1,
     sweep: str = "tune",
+    task_options: Mapping[str, Any] | None = None,
     _crash_marker: str | None = None,
 ) -> dict[str, Any]:
-    """Tune one task; returns the report (also written to ``out/report.json``)."""
+    """Tune one task; returns the report (also written to ``out/report.json``).
+
+    ``task_options`` overrides split sizes (``val_size``, ...) of a ``FAMILY:INDEX`` task."""
     from ray import tune  # noqa: F401  (fail early if Tune is missing)
 
     from raymeta.orchestration.ray_runtime import check_resources, ray_context
@@ -281,6 +285,7 @@ def run_tune(
         interval,
         _crash_marker,
         device="cuda" if gpus_per_trial > 0 else "cpu",
+        task_options=task_options,
     )
     if scheduler == "pb2" and not any(isinstance(p, Float) for p in plan.prior.space):
         raise ConfigError(
@@ -390,6 +395,7 @@ def write_outputs(
     first = [h.rows[0]["val_loss"] for h in hists if h.rows]
     report = {
         "task": plan.task.task_id,
+        "task_options": plan.task_options,
         "task_notes": plan.notes,
         "strategy": plan.strategy,
         "settings": plan.fingerprint(),

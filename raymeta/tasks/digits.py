@@ -7,6 +7,12 @@ random split constrained so that look-alike classes never share a meta-split (so
 episode): 0, 1 and 8 turned by 180 degrees look like themselves, 6 turned by 180 looks like 9.
 Without rotations the 10 digits split 4 / 3 / 3 (``PLAIN_SPLIT``), so val/test allow <= 3 ways.
 
+A fixed task's val split holds ``val_size`` = 50 examples per class, as many as its test split:
+``raymeta tune`` picks its final model on it among every member's reports, and with 10 per class
+(the earlier default) that pick over-fitted: near-zero val loss, test loss above the scratch
+baseline's on several held-out tasks (BENCHMARKS.md, "Time to quality"). Checkpoints record the
+options they were trained with, so older ones keep their sizes (``raymeta tune --task-option``).
+
 The data ships inside scikit-learn: nothing is downloaded.
 """
 
@@ -85,7 +91,7 @@ class Digits(EpisodicFamily):
         shots: int = 5,
         queries: int = 15,
         task_shots: int | None = None,
-        val_size: int = 10,
+        val_size: int = 50,
         test_size: int = 50,
         rotations: bool = True,
     ):
