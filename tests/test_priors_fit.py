@@ -18,9 +18,9 @@ from raymeta.core.checkpoint import (
     write_priors,
 )
 from raymeta.core.models import build_model
-from raymeta.errors import CheckpointError, DataError
+from raymeta.errors import CheckpointError, ConfigError, DataError
 from raymeta.priors import VERSION, Priors, broad_prior, fit_priors, load_priors
-from raymeta.priors.evaluate import curve_steps, evaluate_configs
+from raymeta.priors.evaluate import curve_steps, eval_device, evaluate_configs
 from raymeta.priors.fit import val_tasks
 from raymeta.tasks import Task, TaskFamily, make_family
 
@@ -201,3 +201,24 @@ def test_cli_fit_show_and_bad_input(
     (d / "priors.json").write_text("{}")
     assert main(["priors", "show", "--meta", str(d)]) == 2
     assert "checksum mismatch" in capsys.readouterr().err
+
+
+def test_fit_device_is_checked_before_any_fine_tuning(
+    ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    assert eval_device("cpu") == torch.device("cpu")
+    bad = [("tpu", "unknown device 'tpu'"), ("meta", "unknown device 'meta'")]
+    if not torch.cuda.is_available():
+        bad.append(("cuda", "torch.cuda is not available"))
+    for name, needle in bad:
+        with pytest.raises(ConfigError, match=needle):
+            eval_device(name)
+    d = tmp_path / "c"
+    shutil.copytree(ckpt_dir, d)
+    for name, needle in bad:
+        assert main(["priors", "fit", "--meta", str(d), "--tasks", "3", "--device", name]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("raymeta: error: ") and err.count("\n") == 1 and needle in err
+    assert not (d / "priors.json").exists()

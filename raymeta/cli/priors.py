@@ -87,6 +87,11 @@ def add_parser(sub: Any) -> None:
     f.add_argument(
         "--chunk-size", type=int, default=4096, help="members per vmapped chunk (bounds memory)"
     )
+    f.add_argument(
+        "--device",
+        default="cpu",
+        help="where the fine-tuning populations train: cpu, or cuda[:N] on a GPU machine",
+    )
     s = add_command(inner, "show", "print a meta-checkpoint's priors as a table", _show)
     s.add_argument(
         "--meta", required=False, default=None, help="meta-checkpoint directory (required)"
@@ -128,6 +133,7 @@ def _fit(args: argparse.Namespace) -> int:
         refine_repeats=args.refine_repeats,
         safe_rate=args.safe_rate if args.safe_rate > 0 else None,
         objective=args.objective,
+        device=args.device,
     )
     write_priors(path, priors.to_dict())
     print(format_priors(priors))

@@ -90,6 +90,19 @@ def curve_steps(max_steps: int) -> list[int]:
     return sorted(set(out + [max_steps]))
 
 
+def eval_device(name: str) -> torch.device:
+    """The device populations train on; CUDA on a machine without it is a one-line error."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r} (use cpu or cuda[:N])") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {name!r} (use cpu or cuda[:N])")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: torch.cuda is not available on this machine")
+    return dev
+
+
 def _stack(tasks: Sequence[Task]) -> tuple[torch.Tensor, ...]:
     shapes = {(t.x_train.shape, t.x_val.shape) for t in tasks}
     if len(shapes) != 1:
@@ -144,19 +157,23 @@ def evaluate_configs(
     grid_max: int | None = None,
     first_index: int = 0,
     objective: str = "final",
+    device: str = "cpu",
 ) -> EvalTable:
     """Val-loss curves of every config on every task (see the module docstring).
 
     ``grid_max`` fixes the curve grid's last step (default: the largest ``steps``) so tables of
     several rounds line up; ``first_index`` numbers the configs for their minibatch seeds, so a
     later round's configs never reuse an earlier round's randomness. With ``objective=
-    "anytime"`` every config trains to the grid's end whatever its ``steps``.
+    "anytime"`` every config trains to the grid's end whatever its ``steps``. ``device="cuda"``
+    trains the populations on the GPU (member randomness is device-independent, so the curves
+    match the CPU's up to float rounding).
     """
     if not tasks or not configs:
         raise ConfigError("need at least one task and one config to evaluate")
     if objective not in OBJECTIVES:
         raise ConfigError(f"unknown objective {objective!r} (use one of {OBJECTIVES})")
-    xt, yt, xv, yv = _stack(tasks)
+    dev = eval_device(device)
+    xt, yt, xv, yv = (t.to(dev) for t in _stack(tasks))
     n_t, n_c, n_train = len(tasks), len(configs), int(xt.shape[1])
     max_steps = max(int(c.get("steps", 1)) for c in configs)
     grid = curve_steps(max(max_steps, grid_max or 0))
@@ -177,7 +194,9 @@ def evaluate_configs(
             ti = torch.tensor([t for t, _ in chunk])
             seeds = [derive_seed(seed, t, first_index + j) for t, j in chunk]
             hp = MemberHParams.from_configs([configs[j] for _, j in chunk], seeds, n_train)
-            state = PopulationState.from_params(cand.params, len(chunk))
+            state = PopulationState.from_params(
+                {k: v.to(dev) for k, v in cand.params.items()}, len(chunk)
+            )
             prev = 0
             for s_i, s in enumerate(grid):
                 if s > prev:

@@ -28,7 +28,7 @@ from raymeta.core.checkpoint import MetaCheckpoint
 from raymeta.errors import ConfigError, DataError, RaymetaError
 from raymeta.priors.artifact import VERSION, Priors
 from raymeta.priors.dists import MIN_STD, CategoricalDist, Dist, NumericDist
-from raymeta.priors.evaluate import OBJECTIVES, EvalTable, evaluate_configs
+from raymeta.priors.evaluate import OBJECTIVES, EvalTable, eval_device, evaluate_configs
 from raymeta.priors.joint import fit_joint
 from raymeta.priors.portfolio import greedy_portfolio, normalised_regret, portfolio_curve
 from raymeta.priors.prior import Conditional, Prior, broad_prior
@@ -258,6 +258,7 @@ def fit_priors(
     refine_repeats: int = REFINE_REPEATS,
     safe_rate: float | None = SAFE_RATE,
     objective: str = "final",
+    device: str = "cpu",
 ) -> Priors:
     """Fine-tune ``n_configs`` configs on ``n_tasks`` meta-val tasks and fit priors.
 
@@ -270,7 +271,8 @@ def fit_priors(
     config's ``steps`` is ``max_steps`` (set it to the run's steps per member) and configs are
     ranked by their anytime loss (``evaluate.py``). With ``"final"`` a config is one fine-tuning
     run of its own ``steps``: on digits that picked 4-7-step head-only configs, which top out
-    above a full fine-tune once a tune run trains them for its whole budget.
+    above a full fine-tune once a tune run trains them for its whole budget. ``device``
+    is where the fine-tuning populations train (``"cuda"`` on a GPU machine).
     """
     if n_tasks < MIN_TASKS:
         raise ConfigError(f"priors: need at least {MIN_TASKS} meta-val tasks to fit, got {n_tasks}")
@@ -292,6 +294,7 @@ def fit_priors(
         raise ConfigError(f"priors: safe rate must be in [0, 1], got {safe_rate}")
     if objective not in OBJECTIVES:
         raise ConfigError(f"priors: objective must be one of {OBJECTIVES}, got {objective!r}")
+    eval_device(device)  # fail before any fine-tuning
     t0 = time.perf_counter()
     family = make_family(ckpt.family)
     tasks = val_tasks(family, n_tasks)
@@ -345,6 +348,7 @@ def fit_priors(
             grid_max=max_steps,
             first_index=len(configs),
             objective=objective,
+            device=device,
         )
         configs, table = configs + new, part if table is None else table.concat(part)
         fitted = refit(table)
@@ -360,6 +364,7 @@ def fit_priors(
             grid_max=max_steps,
             first_index=n_configs,
             objective=objective,
+            device=device,
         )
         fitted = refit(table, mean_of_repeats(rerun, refine_repeats)[0])
     learned, portfolio, model_probs, info = fitted
