@@ -55,6 +55,15 @@ def test_sweep_config_errors(tmp_path: Path, meta_dir: Path) -> None:
         parse_sweep({**base, "tasks": []})
     with pytest.raises(ConfigError, match="unknown key"):
         parse_sweep({**base, "budgett": 3})
+    assert parse_sweep({**base, "task_options": {"val_size": 20}}).task_options == {"val_size": 20}
+    assert parse_sweep(base).task_options == {}
+    for opts, needle in (
+        ({"ways": 3}, "task_options key 'ways' cannot be overridden"),
+        ({"val_size": 0}, "val_size must be a positive integer"),
+        ("val_size=5", "must be a mapping"),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            parse_sweep({**base, "task_options": opts})
     # The CLI turns the same problems into one line on stderr and exit 2.
     bad = _write(tmp_path, meta=[str(meta_dir)], strategies=["bogus"], tasks=1)
     proc = subprocess.run(
@@ -69,16 +78,15 @@ def test_sweep_config_errors(tmp_path: Path, meta_dir: Path) -> None:
 
 
 def test_run_unit_rows(meta_dir: Path, tmp_path: Path) -> None:
-    cfg = parse_sweep(
-        {
-            "meta": [str(meta_dir)],
-            "strategies": STRATEGIES,
-            "tasks": 1,
-            "population": 4,
-            "budget": 20,
-            "interval": 5,
-        }
-    )
+    cfg_dict = {
+        "meta": [str(meta_dir)],
+        "strategies": STRATEGIES,
+        "tasks": 1,
+        "population": 4,
+        "budget": 20,
+        "interval": 5,
+    }
+    cfg = parse_sweep(cfg_dict)
     by_strategy = {}
     for unit in cfg.units():
         rows = run_unit(unit, cfg)
@@ -92,6 +100,11 @@ def test_run_unit_rows(meta_dir: Path, tmp_path: Path) -> None:
     assert {r["trial"] for r in fixed} == {"m0"} and max(r["step"] for r in fixed) == 10
     pbt = [r for r in by_strategy["meta+broad+pbt"] if r["metric"] == "val_loss"]
     assert {r["trial"] for r in pbt} == {"m0", "m1", "m2", "m3"}
+    # task_options resize the held-out tasks' val split: same members, other val losses
+    big = parse_sweep({**cfg_dict, "task_options": {"val_size": 40}})
+    unit = next(u for u in big.units() if u["strategy"] == "meta+fixed-default")
+    val = [r["value"] for r in run_unit(unit, big) if r["metric"] == "val_loss"]
+    assert len(val) == len(fixed) and val != [r["value"] for r in fixed]
 
 
 def test_killed_sweep_resumes_exactly_once(

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from raymeta.errors import ConfigError, DataError
-from raymeta.tasks import SPLITS, FamilySpec, TaskBatch, make_family
+from raymeta.tasks import SPLITS, FamilySpec, TaskBatch, make_family, resize_splits
 from raymeta.tasks.digits import PLAIN_SPLIT, ROTATED_SPLIT, Digits
 from raymeta.tasks.sinusoid import Sinusoid
 
@@ -303,3 +303,14 @@ def test_parquet_family_contract(tmp_path: Path) -> None:
         and not (ids["train"] & ids["test"])
         and not (ids["val"] & ids["test"])
     )
+
+
+def test_resize_splits_changes_split_sizes_only() -> None:
+    spec = FamilySpec("digits", {"ways": 3, "shots": 1, "task_shots": 2, "rotations": False})
+    small = make_family(spec).task("test", 1)
+    big = make_family(resize_splits(spec, {"val_size": 30, "test_size": 20})).task("test", 1)
+    assert len(small.x_val) == 3 * 50 and len(big.x_val) == 3 * 30 and len(big.x_test) == 3 * 20
+    torch.testing.assert_close(big.x_train, small.x_train)  # the same task, other split sizes
+    assert resize_splits(spec, None) is spec and resize_splits(spec, {}) is spec
+    with pytest.raises(ConfigError, match="'ways' cannot be overridden"):
+        resize_splits(spec, {"ways": 2})

@@ -10,7 +10,8 @@ from raymeta.cli._common import add_command
 
 EPILOG = """SWEEP.yaml keys: name, meta (list of meta-checkpoint dirs), strategies (e.g.
 scratch+broad+random, scratch+broad+pbt, meta+fixed-default, meta+learned+pbt), tasks (a count
-or a list of held-out task indices), seeds, population, budget, interval, fixed_steps.
+or a list of held-out task indices), seeds, population, budget, interval, fixed_steps,
+task_options (split sizes of the held-out tasks, e.g. {val_size: 50}).
 Rerunning the same command after a kill finishes the sweep without duplicate rows."""
 
 

@@ -21,7 +21,7 @@ from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint
 from raymeta.errors import ConfigError, DataError
 from raymeta.orchestration._trainable import Candidate, TrialSetup
 from raymeta.priors import Prior, broad_prior, broad_space, load_priors
-from raymeta.tasks import FamilySpec, Task, make_family
+from raymeta.tasks import Task, make_family, resize_splits
 
 SCHEDULERS = ("pbt", "pb2", "asha", "random")
 INITS = ("meta", "scratch")
@@ -31,9 +31,6 @@ DEFAULT_STEPS_PER_MEMBER = 100
 # checkpoint, so a handful of rounds keeps a small run fast while PBT still gets to act
 DEFAULT_REPORTS = 4
 _SPEC = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*):(\d+)$")
-# family options a FAMILY:INDEX task may override: split sizes change the data the task holds,
-# never the shapes the checkpoint's models were built for (ways, shots, image size do)
-TASK_OPTIONS = ("task_shots", "val_size", "test_size")
 
 
 @dataclass
@@ -83,12 +80,6 @@ class TunePlan:
 def resolve_task(spec: str, ckpt: MetaCheckpoint, options: Mapping[str, Any] | None = None) -> Task:
     """``FAMILY:INDEX`` (a held-out meta-test task of the checkpoint's family, drawn with the
     checkpoint's family options, split sizes overridable by ``options``) or a Parquet file."""
-    options = dict(options or {})
-    bad = sorted(set(options) - set(TASK_OPTIONS))
-    if bad:
-        raise ConfigError(
-            f"--task-option {bad[0]!r} cannot be overridden (only {', '.join(TASK_OPTIONS)})"
-        )
     m = _SPEC.match(spec)
     if m and not Path(spec).exists():
         name, index = m.group(1), int(m.group(2))
@@ -96,8 +87,7 @@ def resolve_task(spec: str, ckpt: MetaCheckpoint, options: Mapping[str, Any] | N
             raise ConfigError(
                 f"task {spec!r}: the meta-checkpoint was trained on family {ckpt.family.name!r}; use {ckpt.family.name}:INDEX or a Parquet task file"
             )
-        fam = FamilySpec(ckpt.family.name, {**ckpt.family.options, **options})
-        return make_family(fam).task("test", index)
+        return make_family(resize_splits(ckpt.family, options)).task("test", index)
     if options:
         raise ConfigError("--task-option applies to FAMILY:INDEX tasks, not to Parquet task files")
     path = Path(spec)

@@ -24,7 +24,7 @@ from raymeta.orchestration.finetune import Strategy, run_population, strategy_co
 from raymeta.orchestration.sweep_config import SweepConfig
 from raymeta.priors import Prior, broad_prior, broad_space, load_priors
 from raymeta.results import ResultSink, make_row
-from raymeta.tasks import make_family
+from raymeta.tasks import make_family, resize_splits
 
 
 @functools.lru_cache(maxsize=8)
@@ -36,7 +36,7 @@ def run_unit(unit: dict[str, Any], cfg: SweepConfig) -> list[dict[str, Any]]:
     """Run one (meta, strategy, task, seed) unit and return its result rows (pure, no Ray)."""
     torch.set_num_threads(1)
     ckpt = _checkpoint(unit["meta"])
-    family = make_family(ckpt.family)
+    family = make_family(resize_splits(ckpt.family, cfg.task_options, "sweep: task_options key"))
     task = family.task("test", int(unit["task"]))
     strat = Strategy.parse(unit["strategy"])
     cand = ckpt.candidate()

@@ -16,13 +16,14 @@ Example::
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from raymeta._yaml import load_yaml_mapping
 from raymeta.errors import ConfigError
 from raymeta.orchestration.finetune import Strategy
+from raymeta.tasks import FamilySpec, resize_splits
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 _KEYS = {
@@ -35,6 +36,7 @@ _KEYS = {
     "budget",
     "interval",
     "fixed_steps",
+    "task_options",
 }
 
 
@@ -49,6 +51,7 @@ class SweepConfig:
     budget: int = 100
     interval: int = 10
     fixed_steps: int = 10
+    task_options: dict[str, int] = field(default_factory=dict)  # split sizes of held-out tasks
 
     def units(self) -> list[dict[str, Any]]:
         """Every (meta, strategy, task, seed) combination, keyed for idempotent appends."""
@@ -83,6 +86,17 @@ def _pos_int(data: dict[str, Any], key: str, default: int) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ConfigError(f"sweep: {key} must be a positive integer, got {v!r}")
     return v
+
+
+def _task_options(raw: Any) -> dict[str, int]:
+    """Split-size overrides for every held-out task (e.g. ``{val_size: 50}``), checked here."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError("sweep: task_options must be a mapping such as {val_size: 50}")
+    resize_splits(FamilySpec("sweep", {}), raw, "sweep: task_options key")
+    out = {str(k): _pos_int(raw, k, 1) for k in raw}
+    return out
 
 
 def parse_sweep(data: dict[str, Any], base: Path | None = None) -> SweepConfig:
@@ -131,6 +145,7 @@ def parse_sweep(data: dict[str, Any], base: Path | None = None) -> SweepConfig:
         budget=_pos_int(data, "budget", 100),
         interval=_pos_int(data, "interval", 10),
         fixed_steps=_pos_int(data, "fixed_steps", 10),
+        task_options=_task_options(data.get("task_options")),
     )
     return cfg
 

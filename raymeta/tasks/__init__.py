@@ -1,15 +1,17 @@
 """Task families and episodic sampling (no Ray here)."""
 
 from raymeta.tasks._base import SPLITS, FamilySpec, Split, Task, TaskBatch, TaskFamily
-from raymeta.tasks.registry import FAMILIES, make_family
+from raymeta.tasks.registry import FAMILIES, SPLIT_OPTIONS, make_family, resize_splits
 
 __all__ = [
     "FAMILIES",
     "SPLITS",
+    "SPLIT_OPTIONS",
     "FamilySpec",
     "Split",
     "Task",
     "TaskBatch",
     "TaskFamily",
     "make_family",
+    "resize_splits",
 ]

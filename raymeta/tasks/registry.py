@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from raymeta.errors import ConfigError
@@ -55,3 +55,21 @@ def make_family(spec: FamilySpec | str, **options: Any) -> TaskFamily:
         return ctor(**spec.options)
     except TypeError as exc:
         raise ConfigError(f"bad options for family {spec.name!r}: {exc}") from None
+
+
+# options a fixed held-out task may override when it is tuned: split sizes change the data the
+# task holds, never the shapes a checkpoint's models were built for (ways, shots, image size do)
+SPLIT_OPTIONS = ("task_shots", "val_size", "test_size")
+
+
+def resize_splits(
+    spec: FamilySpec, sizes: Mapping[str, Any] | None, what: str = "--task-option"
+) -> FamilySpec:
+    """``spec`` with some of its fixed tasks' split sizes replaced (``SPLIT_OPTIONS`` only)."""
+    sizes = dict(sizes or {})
+    bad = sorted(set(sizes) - set(SPLIT_OPTIONS))
+    if bad:
+        raise ConfigError(
+            f"{what} {bad[0]!r} cannot be overridden (only {', '.join(SPLIT_OPTIONS)})"
+        )
+    return FamilySpec(spec.name, {**spec.options, **sizes}) if sizes else spec

@@ -113,7 +113,15 @@ def main() -> None:
         default="anytime",
         help="priors objective when they are fitted here (see raymeta priors fit --help)",
     )
+    ap.add_argument(
+        "--task-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="split size of the held-out tasks (e.g. val_size=50), as in raymeta tune",
+    )
     args = ap.parse_args()
+    task_options = {k: int(v) for k, _, v in (o.partition("=") for o in args.task_option)}
     root = Path(args.out)
     for family in args.families:
         meta = prepare(root, family, args.objective, args.budget)
@@ -126,6 +134,7 @@ def main() -> None:
                 "population": args.population,
                 "budget": args.budget,
                 "interval": max(1, args.budget // 20),
+                "task_options": task_options,
             }
         )
         res = run_sweep(cfg, root / "results", progress=False)
