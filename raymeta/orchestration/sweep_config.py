@@ -23,7 +23,7 @@ from typing import Any
 from raymeta._yaml import load_yaml_mapping
 from raymeta.errors import ConfigError
 from raymeta.orchestration.finetune import Strategy
-from raymeta.tasks import FamilySpec, resize_splits
+from raymeta.tasks import check_split_options
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 _KEYS = {
@@ -94,9 +94,8 @@ def _task_options(raw: Any) -> dict[str, int]:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError("sweep: task_options must be a mapping such as {val_size: 50}")
-    resize_splits(FamilySpec("sweep", {}), raw, "sweep: task_options key")
-    out = {str(k): _pos_int(raw, k, 1) for k in raw}
-    return out
+    check_split_options(raw, "sweep: task_options key")
+    return {str(k): _pos_int(raw, k, 1) for k in raw}
 
 
 def parse_sweep(data: dict[str, Any], base: Path | None = None) -> SweepConfig:

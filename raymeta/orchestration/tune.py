@@ -395,7 +395,6 @@ def write_outputs(
     first = [h.rows[0]["val_loss"] for h in hists if h.rows]
     report = {
         "task": plan.task.task_id,
-        "task_options": plan.task_options,
         "task_notes": plan.notes,
         "strategy": plan.strategy,
         "settings": plan.fingerprint(),

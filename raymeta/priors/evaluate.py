@@ -187,6 +187,7 @@ def evaluate_configs(
     done = 0
     for name, idxs in by_model.items():
         cand = ckpt.candidate(name)
+        init = {k: v.to(dev) for k, v in cand.params.items()}  # once per model, not per chunk
         trainer = PopulationTrainer(build_model(cand.spec), tasks[0].kind)
         pairs = [(t, j) for t in range(n_t) for j in idxs]
         for start in range(0, len(pairs), chunk_size):
@@ -194,9 +195,7 @@ def evaluate_configs(
             ti = torch.tensor([t for t, _ in chunk])
             seeds = [derive_seed(seed, t, first_index + j) for t, j in chunk]
             hp = MemberHParams.from_configs([configs[j] for _, j in chunk], seeds, n_train)
-            state = PopulationState.from_params(
-                {k: v.to(dev) for k, v in cand.params.items()}, len(chunk)
-            )
+            state = PopulationState.from_params(init, len(chunk))
             prev = 0
             for s_i, s in enumerate(grid):
                 if s > prev:

@@ -1,7 +1,13 @@
 """Task families and episodic sampling (no Ray here)."""
 
 from raymeta.tasks._base import SPLITS, FamilySpec, Split, Task, TaskBatch, TaskFamily
-from raymeta.tasks.registry import FAMILIES, SPLIT_OPTIONS, make_family, resize_splits
+from raymeta.tasks.registry import (
+    FAMILIES,
+    SPLIT_OPTIONS,
+    check_split_options,
+    make_family,
+    resize_splits,
+)
 
 __all__ = [
     "FAMILIES",
@@ -12,6 +18,7 @@ __all__ = [
     "Task",
     "TaskBatch",
     "TaskFamily",
+    "check_split_options",
     "make_family",
     "resize_splits",
 ]

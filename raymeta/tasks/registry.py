@@ -66,10 +66,16 @@ def resize_splits(
     spec: FamilySpec, sizes: Mapping[str, Any] | None, what: str = "--task-option"
 ) -> FamilySpec:
     """``spec`` with some of its fixed tasks' split sizes replaced (``SPLIT_OPTIONS`` only)."""
+    sizes = check_split_options(sizes, what)
+    return FamilySpec(spec.name, {**spec.options, **sizes}) if sizes else spec
+
+
+def check_split_options(sizes: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
+    """``sizes`` as a dict; a key outside ``SPLIT_OPTIONS`` is a one-line ``ConfigError``."""
     sizes = dict(sizes or {})
     bad = sorted(set(sizes) - set(SPLIT_OPTIONS))
     if bad:
         raise ConfigError(
             f"{what} {bad[0]!r} cannot be overridden (only {', '.join(SPLIT_OPTIONS)})"
         )
-    return FamilySpec(spec.name, {**spec.options, **sizes}) if sizes else spec
+    return sizes

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raymeta.cli._common import parse_options
 from raymeta.core.checkpoint import load_meta_checkpoint, save_meta_checkpoint, write_priors
 from raymeta.core.train import MetaTrainConfig, meta_train
 from raymeta.orchestration.sweep import run_sweep
@@ -121,7 +122,7 @@ def main() -> None:
         help="split size of the held-out tasks (e.g. val_size=50), as in raymeta tune",
     )
     args = ap.parse_args()
-    task_options = {k: int(v) for k, _, v in (o.partition("=") for o in args.task_option)}
+    task_options = parse_options(args.task_option, "task")
     root = Path(args.out)
     for family in args.families:
         meta = prepare(root, family, args.objective, args.budget)
