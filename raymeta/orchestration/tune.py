@@ -222,10 +222,13 @@ def _select_best(plan: TunePlan, results: list[Any]) -> tuple[Any, Any, int]:
         cks = [(float(mt.get("best_val_loss", inf)), c) for c, mt in (r.best_checkpoints or [])]
         if r.checkpoint is not None:
             cks.append((float(r.metrics.get("best_val_loss", inf)), r.checkpoint))
-        scored += [(v, i, r, c) for i, (v, c) in enumerate(cks)]
+        tid = str(r.metrics.get("trial_id", ""))
+        scored += [(v, tid, i, r, c) for i, (v, c) in enumerate(cks)]
     best: tuple[float, Any, Any, int] | None = None
     if scored:
-        _, _, r, c = min(scored, key=lambda t: (t[0], t[1]))
+        # an exploit copies a snapshot, so exact ties are common: the trial id breaks them, so
+        # a restored run (whose results may come back in another order) picks the same member
+        _, _, _, r, c = min(scored, key=lambda t: (t[0], t[1], t[2]))
         with c.as_directory() as d:
             group, _ = load_trial(Path(d), plan.setup)
         m = group.best_member()
