@@ -14,6 +14,7 @@ from raymeta.core.checkpoint import (
     Candidate,
     MetaCheckpoint,
     load_meta_checkpoint,
+    priors_file,
     save_meta_checkpoint,
     write_priors,
 )
@@ -187,6 +188,8 @@ def test_write_priors_is_checksummed(tmp_path: Path) -> None:
     back = load_meta_checkpoint(path)
     assert back.priors == {"lr": {"dist": "loguniform", "low": 1e-3, "high": 1e-1}}
     assert _leftovers(tmp_path, "ck") == []
-    (path / "priors.json").write_text("{}")
+    pf = priors_file(path)
+    assert pf is not None and pf.name.startswith("priors-")
+    pf.write_text("{}")
     with pytest.raises(CheckpointError, match="checksum mismatch"):
         load_meta_checkpoint(path)

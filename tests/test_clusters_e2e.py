@@ -263,7 +263,7 @@ def test_meta_train_then_tune_via_job_submit(cluster: Cluster, tmp_path: Path) -
     _run_job(
         cluster, ["raymeta", "priors", "fit", "--meta", str(out), "--tasks", "4", "--configs", "8"]
     )
-    assert (out / "priors.json").is_file()
+    assert json.loads((out / "meta.json").read_text())["priors"].startswith("priors-")
 
     tune = ["raymeta", "tune", "--meta", str(out), "--task", "sinusoid:0", "--population", "2"]
     tune += ["--budget", "20", "--out", str(out2), "--address", "auto"]

@@ -15,6 +15,7 @@ from raymeta.cli.main import main
 from raymeta.core.checkpoint import (
     MetaCheckpoint,
     load_meta_checkpoint,
+    priors_file,
     write_priors,
 )
 from raymeta.core.models import build_model
@@ -25,6 +26,12 @@ from raymeta.priors.fit import val_tasks
 from raymeta.tasks import Task, TaskFamily, make_family
 
 SMALL = {"n_tasks": 3, "n_configs": 6, "max_steps": 6}
+
+
+def _priors_path(d: Path) -> Path:
+    pf = priors_file(d)
+    assert pf is not None
+    return pf
 
 
 def without_time(p: Priors) -> dict:
@@ -58,9 +65,10 @@ def test_priors_stored_checksummed_and_loaded(
     write_priors(d, pr.to_dict())
     back = load_priors(load_meta_checkpoint(d))
     assert back.to_dict() == json.loads(json.dumps(pr.to_dict()))
-    (d / "priors.json").write_text(
-        (d / "priors.json")
-        .read_text()
+    pf = priors_file(d)
+    assert pf is not None
+    pf.write_text(
+        pf.read_text()
         .replace(f'"version": {VERSION}', f'"version": {VERSION + 1}')
     )
     with pytest.raises(CheckpointError, match="checksum"):
@@ -181,7 +189,7 @@ def test_cli_fit_show_and_bad_input(
     assert "at least 2" in capsys.readouterr().err
     assert main(["priors", "fit", "--meta", str(d), "--tasks", "3", "--configs", "2"]) == 2
     assert "at least 4 configs" in capsys.readouterr().err
-    assert not (d / "priors.json").exists()
+    assert priors_file(d) is None
     cfg = tmp_path / "fit.yaml"
     cfg.write_text(f"meta: {d}\ntasks: 3\nconfigs: 5\nmax_steps: 4\n")
     assert main(["priors", "fit", "--config", str(cfg)]) == 0
@@ -193,12 +201,12 @@ def test_cli_fit_show_and_bad_input(
     assert "joint part" in shown  # the kernel-mixture component is shown with its centres
     assert main(["priors", "fit", "--meta", str(d), "--safe-rate", "1.5"]) == 2
     assert "safe rate must be in [0, 1]" in capsys.readouterr().err
-    pj = json.loads((d / "priors.json").read_text())
+    pj = json.loads(_priors_path(d).read_text())
     write_priors(d, pj | {"version": 7})  # checksum valid, version unknown
     assert main(["priors", "show", "--meta", str(d)]) == 2
     err = capsys.readouterr().err
     assert "version 7" in err and err.count("\n") == 1
-    (d / "priors.json").write_text("{}")
+    _priors_path(d).write_text("{}")
     assert main(["priors", "show", "--meta", str(d)]) == 2
     assert "checksum mismatch" in capsys.readouterr().err
 
@@ -221,4 +229,4 @@ def test_fit_device_is_checked_before_any_fine_tuning(
         assert main(["priors", "fit", "--meta", str(d), "--tasks", "3", "--device", name]) == 2
         err = capsys.readouterr().err
         assert err.startswith("raymeta: error: ") and err.count("\n") == 1 and needle in err
-    assert not (d / "priors.json").exists()
+    assert priors_file(d) is None

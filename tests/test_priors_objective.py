@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from raymeta.cli.main import main
-from raymeta.core.checkpoint import MetaCheckpoint
+from raymeta.core.checkpoint import MetaCheckpoint, priors_file
 from raymeta.errors import ConfigError
 from raymeta.priors import broad_prior, fit_priors
 from raymeta.priors.evaluate import EvalTable, evaluate_configs
@@ -98,10 +98,11 @@ def test_cli_objective(ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFix
         main(["priors", "fit", "--meta", str(d), "--objective", "best"])
     assert e.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
-    assert not (d / "priors.json").exists()
+    assert priors_file(d) is None
     args = ["--tasks", "3", "--configs", "4", "--max-steps", "4", "--objective", "anytime"]
     assert main(["priors", "fit", "--meta", str(d), *args]) == 0
-    assert json.loads((d / "priors.json").read_text())["info"]["objective"] == "anytime"
+    pf = priors_file(d)
+    assert pf is not None and json.loads(pf.read_text())["info"]["objective"] == "anytime"
 
 
 def test_anchor_configs_are_the_standard_full_fine_tunes(ckpt: MetaCheckpoint) -> None:

@@ -90,7 +90,7 @@ def test_bad_inputs_are_one_line_errors(
         json.dumps({"schema_version": SCHEMA_VERSION + 1, "columns": []})
     )
     assert "schema version" in _error(["report", str(old)], capsys)
-    ResultSink(tmp_path / "empty", "s")
+    ResultSink(tmp_path / "empty", "s").append([], key="nothing")  # a dataset with no rows
     assert "no rows" in _error(["report", str(tmp_path / "empty")], capsys)
     assert "not found" in _error(["report", str(results), "--sweep", "missing"], capsys)
     assert "available" in _error(["report", str(results), "--metric", "test_accuracy"], capsys)

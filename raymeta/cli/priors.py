@@ -113,7 +113,7 @@ def _meta(args: argparse.Namespace) -> str:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from raymeta.core.checkpoint import load_meta_checkpoint, write_priors
+    from raymeta.core.checkpoint import load_meta_checkpoint, priors_file, write_priors
     from raymeta.priors import fit_priors
     from raymeta.priors.show import format_priors
 
@@ -137,7 +137,7 @@ def _fit(args: argparse.Namespace) -> int:
     )
     write_priors(path, priors.to_dict())
     print(format_priors(priors))
-    print(f"wrote {path}/priors.json ({priors.info['fit_seconds']:.1f} s)", file=sys.stderr)
+    print(f"wrote {priors_file(path)} ({priors.info['fit_seconds']:.1f} s)", file=sys.stderr)
     return 0
 
 

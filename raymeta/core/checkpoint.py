@@ -4,25 +4,35 @@ Layout::
 
     DIR/meta.json            format, version, family, candidates, config, metrics, versions, files{path: sha256}
     DIR/weights/<name>.pt    one state dict (str -> Tensor) per model candidate
-    DIR/priors.json          optional, written by ``raymeta priors fit``
+    DIR/priors-<sha12>.json  optional, written by ``raymeta priors fit`` (named in meta.json's
+                             ``priors``; checkpoints of earlier versions hold ``priors.json``)
 
 Weights load with ``torch.load(weights_only=True)`` (never unpickling objects) and every file's
 sha256 is verified first, so a truncated or tampered checkpoint is a clear ``CheckpointError``.
+
+Writers never leave a moment where the path does not verify: a whole checkpoint is swapped in
+at once (``_io.atomic_dir``), and ``write_priors`` adds the priors under a new, content-named
+file that the old ``meta.json`` does not list, then replaces ``meta.json`` (one rename) with a
+manifest that lists it, then removes the previous priors file that nothing lists any more.
+Every writer holds the path's lock (``raymeta._lock``) while it writes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pickle
 import platform
-import shutil
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from raymeta._io import atomic_dir, sha256_file
+from raymeta._io import atomic_dir, atomic_write_bytes, atomic_write_json, clean_stale, sha256_file
+from raymeta._lock import output_lock
 from raymeta._version import __version__
 from raymeta.core.models import ModelSpec
 from raymeta.errors import CheckpointError
@@ -31,7 +41,8 @@ from raymeta.tasks._base import FamilySpec
 FORMAT = "raymeta-meta-checkpoint"
 VERSION = 1
 META = "meta.json"
-PRIORS = "priors.json"
+PRIORS = "priors.json"  # the priors file of checkpoints written before versioned names
+_PRIORS_RE = re.compile(r"^priors(-[0-9a-f]{12})?\.json$")
 
 
 @dataclass
@@ -84,9 +95,12 @@ def _write_into(tmp: Path, ckpt: MetaCheckpoint) -> None:
         torch.save({k: v.detach().cpu().contiguous() for k, v in c.params.items()}, tmp / rel)
         files[rel] = sha256_file(tmp / rel)
         cands[name] = {"model": c.spec.to_dict(), "weights": rel, "info": c.info}
+    priors_name = None
     if ckpt.priors is not None:
-        (tmp / PRIORS).write_text(json.dumps(ckpt.priors, indent=2, sort_keys=True) + "\n")
-        files[PRIORS] = sha256_file(tmp / PRIORS)
+        data = _priors_bytes(ckpt.priors)
+        priors_name = _priors_name(data)
+        (tmp / priors_name).write_bytes(data)
+        files[priors_name] = sha256_file(tmp / priors_name)
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -96,14 +110,40 @@ def _write_into(tmp: Path, ckpt: MetaCheckpoint) -> None:
         "metrics": ckpt.metrics,
         "versions": versions(),
         "files": files,
+        **({"priors": priors_name} if priors_name else {}),
     }
     (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
+def _priors_bytes(priors: dict[str, Any]) -> bytes:
+    return (json.dumps(priors, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _priors_name(data: bytes) -> str:
+    return f"priors-{hashlib.sha256(data).hexdigest()[:12]}.json"
+
+
+def priors_name(meta: dict[str, Any]) -> str | None:
+    """The checkpoint's priors file (relative name), or None if it has no priors."""
+    files = meta.get("files", {})
+    name = meta.get("priors")
+    if name is None:
+        return PRIORS if PRIORS in files else None
+    if not isinstance(name, str) or not _PRIORS_RE.match(name) or name not in files:
+        raise CheckpointError(f"meta.json names priors file {name!r} that it does not list")
+    return name
+
+
+def priors_file(path: str | Path) -> Path | None:
+    """Where a meta-checkpoint's priors are (``None`` if it has none)."""
+    name = priors_name(read_meta(path))
+    return None if name is None else Path(path) / name
+
+
 def save_meta_checkpoint(path: str | Path, ckpt: MetaCheckpoint, overwrite: bool = False) -> Path:
-    """Write ``ckpt`` atomically (temp dir + rename); an existing dir needs ``overwrite``."""
+    """Write ``ckpt`` atomically (temp dir swapped in whole); an existing dir needs ``overwrite``."""
     try:
-        with atomic_dir(path, overwrite=overwrite) as tmp:
+        with output_lock(path, "meta-checkpoint"), atomic_dir(path, overwrite=overwrite) as tmp:
             _write_into(tmp, ckpt)
     except FileExistsError:
         raise CheckpointError(f"{path} already exists (pass overwrite to replace it)") from None
@@ -159,7 +199,8 @@ def load_meta_checkpoint(path: str | Path) -> MetaCheckpoint:
             cands[name] = Candidate(
                 name, ModelSpec.from_dict(c["model"]), params, dict(c.get("info", {}))
             )
-        priors = json.loads((p / PRIORS).read_text()) if PRIORS in meta.get("files", {}) else None
+        pname = priors_name(meta)
+        priors = json.loads((p / pname).read_text()) if pname is not None else None
         return MetaCheckpoint(
             family=FamilySpec.from_dict(meta["family"]),
             candidates=cands,
@@ -192,14 +233,30 @@ def _load_weights(f: Path) -> dict[str, torch.Tensor]:
 
 
 def write_priors(path: str | Path, priors: dict[str, Any]) -> None:
-    """Add or replace ``priors.json``, re-checksummed, by atomically swapping in a full copy."""
+    """Add or replace the checkpoint's priors without a moment where it does not verify.
+
+    Order (each step one atomic rename, so a kill anywhere leaves a checkpoint with the old or
+    the new priors): write ``priors-<sha12>.json`` (not yet listed, so the old manifest still
+    verifies), replace ``meta.json`` by a manifest that lists it, remove the old priors file.
+    Leftovers of a killed earlier write (temporaries, an unlisted priors file) go first."""
     p = Path(path)
-    ckpt = load_meta_checkpoint(p)
-    with atomic_dir(p, overwrite=True) as tmp:
-        shutil.rmtree(tmp)
-        shutil.copytree(p, tmp)
-        (tmp / PRIORS).write_text(json.dumps(priors, indent=2, sort_keys=True) + "\n")
-        meta = read_meta(tmp)
-        meta["files"][PRIORS] = sha256_file(tmp / PRIORS)
-        (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    ckpt.priors = priors
+    with output_lock(p, "meta-checkpoint"):
+        load_meta_checkpoint(p)  # refuse to build on a corrupt checkpoint
+        meta = read_meta(p)
+        old = priors_name(meta)
+        try:
+            clean_stale(p)
+            for f in os.listdir(p):
+                if _PRIORS_RE.match(f) and f != old:
+                    os.unlink(p / f)  # a killed write's priors that no manifest lists
+            data = _priors_bytes(priors)
+            name = _priors_name(data)
+            atomic_write_bytes(p / name, data)
+            files = {k: v for k, v in meta["files"].items() if k != old}
+            files[name] = hashlib.sha256(data).hexdigest()
+            meta["files"], meta["priors"] = files, name
+            atomic_write_json(p / META, meta)
+            if old is not None and old != name:
+                os.unlink(p / old)
+        except OSError as exc:
+            raise CheckpointError(f"cannot write priors into {p}: {exc.strerror or exc}") from None

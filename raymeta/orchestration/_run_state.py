@@ -11,16 +11,16 @@ different config is refused unless ``overwrite``. The hidden directory is remove
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raymeta._io import atomic_write_json
+from raymeta._io import atomic_write_json, make_temp_file
 from raymeta.core.checkpoint import read_meta
 from raymeta.core.train import MetaTrainConfig
 from raymeta.errors import CheckpointError, ConfigError
@@ -53,8 +53,30 @@ class RunPlan:
     discard: bool = False
 
 
+def _is_checkpoint(d: Path) -> bool:
+    try:
+        read_meta(d)
+    except CheckpointError:
+        return False
+    return True
+
+
+def check_out_location(out: Path) -> None:
+    """Refuse an ``--out`` inside an existing meta-checkpoint (``--overwrite --out META/weights``
+    would replace part of it, and the swap would drop it from the parent) or inside a run's
+    hidden state directory (which is removed once that run finishes)."""
+    for anc in out.parents:
+        if anc.name.startswith(".") and anc.name.endswith(".meta-train"):
+            raise ConfigError(f"--out {out} lies inside the meta-train state directory {anc}")
+        if (anc / "meta.json").is_file() and _is_checkpoint(anc):
+            raise ConfigError(
+                f"--out {out} lies inside the meta-checkpoint {anc}; pick a path outside it"
+            )
+
+
 def out_status(out: Path, fp: str) -> str:
     """'absent', 'empty', 'same' (a complete checkpoint of this config) or a description of what is there."""
+    check_out_location(out)
     if not out.exists():
         return "absent"
     if not out.is_dir():
@@ -119,13 +141,24 @@ def plan_run(
 
 
 def probe_writable(out: Path) -> None:
+    """Check that ``out`` can be created, leaving nothing behind (not even missing parents)."""
+    made: list[Path] = []
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
+        d = out.parent
+        while not d.exists():
+            made.append(d)
+            d = d.parent
+        for m in reversed(made):
+            m.mkdir()
+        fd, tmp = make_temp_file(out.parent, out.name)
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
         raise ConfigError(f"cannot write --out {out}: {exc.strerror or exc}") from None
+    finally:
+        for m in made:
+            with contextlib.suppress(OSError):
+                m.rmdir()
 
 
 def begin_run(plan: RunPlan, cfg: MetaTrainConfig) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raymeta._lock import locks_output
 from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint, save_meta_checkpoint
 from raymeta.core.train import MetaTrainConfig, MetaTrainer
 from raymeta.errors import ClusterError, ConfigError
@@ -124,6 +125,7 @@ def _preflight(cfg: MetaTrainConfig) -> None:
     trainer.family.sample("val", 1, torch.Generator().manual_seed(0))
 
 
+@locks_output("out")  # one writer per --out: a second run is refused, not interleaved
 def train_distributed(
     cfg: MetaTrainConfig,
     out: str | Path,

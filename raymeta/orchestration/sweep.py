@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from raymeta._lock import locks_output
 from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint
 from raymeta.errors import ConfigError, RaymetaError
 from raymeta.orchestration.finetune import Strategy, run_population, strategy_configs
@@ -104,6 +105,7 @@ def run_unit(unit: dict[str, Any], cfg: SweepConfig) -> list[dict[str, Any]]:
     return rows
 
 
+@locks_output("out")  # one writer per results directory
 def run_sweep(
     cfg: SweepConfig,
     out: Path,

@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,16 +55,24 @@ class SweepConfig:
     task_options: dict[str, int] = field(default_factory=dict)  # split sizes of held-out tasks
 
     def units(self) -> list[dict[str, Any]]:
-        """Every (meta, strategy, task, seed) combination, keyed for idempotent appends."""
+        """Every (meta, strategy, task, seed) combination, keyed for idempotent appends.
+
+        Keys name a checkpoint by its identity (``<basename>@<sha8 of meta.json>``), not its
+        basename alone: ``runs/a/meta`` and ``runs/b/meta`` are different units, and a
+        checkpoint retrained in place gets new units instead of silently reusing old rows.
+        Strategy labels stay ``STRATEGY@<basename>`` unless two checkpoints share a basename."""
+        ids = [meta_id(m) for m in self.meta]
+        names = [m.name for m in self.meta]
         out = []
-        for meta in self.meta:
+        for meta, ident in zip(self.meta, ids, strict=True):
+            shown = meta.name if names.count(meta.name) == 1 else ident
             for strat in self.strategies:
                 for task in self.tasks:
                     for seed in self.seeds:
-                        label = strat if len(self.meta) == 1 else f"{strat}@{meta.name}"
+                        label = strat if len(self.meta) == 1 else f"{strat}@{shown}"
                         out.append(
                             {
-                                "key": f"{meta.name}/{strat}/{task}/{seed}",
+                                "key": f"{ident}/{strat}/{task}/{seed}",
                                 "meta": str(meta),
                                 "strategy": strat,
                                 "label": label,
@@ -72,6 +81,18 @@ class SweepConfig:
                             }
                         )
         return out
+
+
+def meta_id(path: Path) -> str:
+    """A checkpoint's identity: ``<basename>@<first 8 hex of sha256(meta.json)>``. meta.json
+    holds every file's sha256, so equal ids mean equal checkpoints."""
+    try:
+        digest = hashlib.sha256((path / "meta.json").read_bytes()).hexdigest()[:8]
+    except OSError as exc:
+        raise ConfigError(
+            f"sweep: cannot read meta-checkpoint {path}: {exc.strerror or exc}"
+        ) from None
+    return f"{path.name}@{digest}"
 
 
 def _resolve(p: Path, base: Path | None) -> Path:
@@ -111,9 +132,14 @@ def parse_sweep(data: dict[str, Any], base: Path | None = None) -> SweepConfig:
     if not metas or not isinstance(metas, list):
         raise ConfigError("sweep: 'meta' must name at least one meta-checkpoint directory")
     paths = tuple(_resolve(Path(m), base) for m in map(str, metas))
+    seen: dict[str, Path] = {}
     for p in paths:
         if not (p / "meta.json").is_file():
             raise ConfigError(f"sweep: meta-checkpoint {p} does not exist (no meta.json)")
+        ident = meta_id(p)
+        if ident in seen:
+            raise ConfigError(f"sweep: meta lists the same meta-checkpoint twice ({seen[ident]} and {p})")
+        seen[ident] = p
     strategies = data.get("strategies")
     if not strategies or not isinstance(strategies, list):
         raise ConfigError("sweep: 'strategies' must be a non-empty list")

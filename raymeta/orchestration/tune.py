@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from raymeta._io import atomic_write_bytes, atomic_write_json
+from raymeta._lock import locks_output
 from raymeta.errors import ConfigError, RaymetaError
 from raymeta.orchestration._lineage import (
     lineage,
@@ -241,6 +242,7 @@ def _select_best(plan: TunePlan, results: list[Any]) -> tuple[Any, Any, int]:
     return best[1], best[2], best[3]
 
 
+@locks_output("out")  # one writer per --out: a second run is refused, not interleaved
 def run_tune(
     meta: str | Path,
     task: str,

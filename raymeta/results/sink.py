@@ -4,7 +4,8 @@ Why one part file per key: a sweep appends the rows of one unit of work (say one
 strategy x task x seed) under one key. The part is written to a hidden temp file and published
 with ``os.link`` (atomic, fails if the name exists), so a killed sweep leaves either the whole
 part or nothing, and a re-run skips every key already published: no duplicate, no missing rows.
-Readers ignore hidden files, so a leftover temp file from a kill is harmless.
+Readers ignore hidden files, so a leftover temp file from a kill is harmless. The dataset
+(``_schema.json``, the sweep folder) is only created by the first append.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ import contextlib
 import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
-from raymeta._io import atomic_write_json
+from raymeta._io import atomic_write_json, make_temp_file
 from raymeta.errors import ConfigError, DataError
 from raymeta.results.schema import COLUMNS, SCHEMA_VERSION, rows_to_table
 
@@ -71,12 +71,15 @@ class ResultSink:
             raise DataError(f"results path {self.root} exists and is not a directory")
         if (self.root / SCHEMA_FILE).exists():
             read_schema_file(self.root)
-        else:
+        self.dir = self.root / f"sweep={self.sweep}"
+
+    def _create(self) -> None:
+        """Make the dataset on the first append, so a run refused before any rows leaves nothing."""
+        if not (self.root / SCHEMA_FILE).exists():
             atomic_write_json(
                 self.root / SCHEMA_FILE,
                 {"schema_version": SCHEMA_VERSION, "columns": list(COLUMNS)},
             )
-        self.dir = self.root / f"sweep={self.sweep}"
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def has(self, key: str) -> bool:
@@ -101,7 +104,8 @@ class ResultSink:
         meta = dict(table.schema.metadata or {})
         meta[KEY_META] = key.encode()
         table = table.replace_schema_metadata(meta)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=self.dir)
+        self._create()
+        fd, tmp = make_temp_file(self.dir, final.name)
         try:
             with os.fdopen(fd, "wb") as f:
                 pq.write_table(table, f, compression="zstd")

@@ -19,7 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from raymeta.cli._common import parse_options
-from raymeta.core.checkpoint import load_meta_checkpoint, save_meta_checkpoint, write_priors
+from raymeta.core.checkpoint import (
+    load_meta_checkpoint,
+    priors_file,
+    save_meta_checkpoint,
+    write_priors,
+)
 from raymeta.core.train import MetaTrainConfig, meta_train
 from raymeta.orchestration.sweep import run_sweep
 from raymeta.orchestration.sweep_config import parse_sweep
@@ -51,7 +56,7 @@ def prepare(root: Path, family: str, objective: str, budget: int) -> Path:
     (e.g. the digits Conv4 from ``gpu_digits_meta.py``, copied in), priors fitted if missing
     (``anytime``: for population members that train ``budget`` steps each)."""
     meta = root / f"{family}-meta"
-    if (meta / "priors.json").exists():
+    if (meta / "meta.json").exists() and priors_file(meta) is not None:
         return meta
     spec = FAMILIES[family]
     t = time.perf_counter()
