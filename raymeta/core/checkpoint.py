@@ -142,17 +142,20 @@ def priors_file(path: str | Path) -> Path | None:
 
 def save_meta_checkpoint(path: str | Path, ckpt: MetaCheckpoint, overwrite: bool = False) -> Path:
     """Write ``ckpt`` atomically (temp dir swapped in whole); an existing dir needs ``overwrite``."""
-    try:
-        with output_lock(path, "meta-checkpoint"), atomic_dir(path, overwrite=overwrite) as tmp:
-            _write_into(tmp, ckpt)
-    except FileExistsError:
-        raise CheckpointError(f"{path} already exists (pass overwrite to replace it)") from None
-    except OSError as exc:
-        raise CheckpointError(
-            f"cannot write meta-checkpoint {path}: {exc.strerror or exc}"
-        ) from None
-    except (TypeError, ValueError) as exc:  # e.g. metrics or config that are not JSON-able
-        raise CheckpointError(f"cannot write meta-checkpoint {path}: {_first_line(exc)}") from None
+    with output_lock(path, "meta-checkpoint"):
+        try:
+            with atomic_dir(path, overwrite=overwrite) as tmp:
+                _write_into(tmp, ckpt)
+        except FileExistsError:
+            raise CheckpointError(f"{path} already exists (pass overwrite to replace it)") from None
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot write meta-checkpoint {path}: {exc.strerror or exc}"
+            ) from None
+        except (TypeError, ValueError) as exc:  # e.g. metrics or config that are not JSON-able
+            raise CheckpointError(
+                f"cannot write meta-checkpoint {path}: {_first_line(exc)}"
+            ) from None
     ckpt.path = Path(path)
     return Path(path)
 
