@@ -153,7 +153,9 @@ def output_lock(path: str | os.PathLike[str], what: str = "--out") -> Iterator[N
                     lock.release()
 
 
-def locks_output(param: str = "out", what: str = "--out") -> Callable[[Callable[P, R]], Callable[P, R]]:
+def locks_output(
+    param: str = "out", what: str = "--out"
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorator: hold ``output_lock`` on the function's ``param`` argument for the whole call."""
 
     def wrap(fn: Callable[P, R]) -> Callable[P, R]:

@@ -67,10 +67,7 @@ def test_priors_stored_checksummed_and_loaded(
     assert back.to_dict() == json.loads(json.dumps(pr.to_dict()))
     pf = priors_file(d)
     assert pf is not None
-    pf.write_text(
-        pf.read_text()
-        .replace(f'"version": {VERSION}', f'"version": {VERSION + 1}')
-    )
+    pf.write_text(pf.read_text().replace(f'"version": {VERSION}', f'"version": {VERSION + 1}'))
     with pytest.raises(CheckpointError, match="checksum"):
         load_meta_checkpoint(d)
 

@@ -156,7 +156,9 @@ def test_rows_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         ResultSink(tmp_path, "../escape")
     assert sink.done_keys() == set()
-    assert list(tmp_path.iterdir()) == []  # refused appends create no dataset, not even _schema.json
+    assert (
+        list(tmp_path.iterdir()) == []
+    )  # refused appends create no dataset, not even _schema.json
 
 
 def test_reader_ignores_leftover_temp_file(tmp_path: Path) -> None:

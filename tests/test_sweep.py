@@ -161,3 +161,38 @@ def test_killed_sweep_resumes_exactly_once(
     assert not finals.duplicated(["strategy", "task", "seed"]).any()
     assert not table.duplicated(["strategy", "task", "seed", "trial", "step", "metric"]).any()
     assert load_sweep(spec).name == "kill"
+
+
+def test_same_basename_checkpoints_keep_every_row(
+    ray_session: None, meta_dir: Path, tmp_path: Path
+) -> None:
+    """runs/a/meta and runs/b/meta are two checkpoints, not one: keys and labels carry each
+    checkpoint's identity (sha of its meta.json), so both units' rows are kept."""
+    import shutil
+
+    from raymeta.orchestration.sweep import run_sweep
+
+    a, b = tmp_path / "runs" / "a" / "meta", tmp_path / "runs" / "b" / "meta"
+    shutil.copytree(meta_dir, a)
+    tr = meta_train(MetaTrainConfig(steps=3, meta_batch=4, val_every=3, seed=1))
+    save_meta_checkpoint(b, tr.to_checkpoint())
+    base = {"meta": [str(a), str(b)], "strategies": ["meta+fixed-default"], "tasks": 1}
+    base |= {"population": 2, "budget": 10, "interval": 5, "name": "twins"}
+    cfg = parse_sweep(base)
+    units = cfg.units()
+    assert len({u["key"] for u in units}) == 2 and len({u["label"] for u in units}) == 2
+    assert all(u["label"].startswith("meta+fixed-default@meta@") for u in units)
+    # the same checkpoint twice (same path, or a byte-identical copy) is refused
+    copy = tmp_path / "copy"
+    shutil.copytree(a, copy)
+    for twice in ([str(a), str(a)], [str(a), str(copy)]):
+        with pytest.raises(ConfigError, match="same meta-checkpoint twice"):
+            parse_sweep({**base, "meta": twice})
+    import ray
+
+    out = tmp_path / "results"
+    got = run_sweep(cfg, out, address=ray.get_runtime_context().gcs_address, progress=False)
+    assert (got["units"], got["ran"]) == (2, 2)
+    table = read_results(out, sweep="twins").to_pandas()
+    finals = table[table.metric == "test_loss"]
+    assert sorted(finals.strategy) == sorted(u["label"] for u in units)

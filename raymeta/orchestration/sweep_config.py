@@ -136,10 +136,12 @@ def parse_sweep(data: dict[str, Any], base: Path | None = None) -> SweepConfig:
     for p in paths:
         if not (p / "meta.json").is_file():
             raise ConfigError(f"sweep: meta-checkpoint {p} does not exist (no meta.json)")
-        ident = meta_id(p)
-        if ident in seen:
-            raise ConfigError(f"sweep: meta lists the same meta-checkpoint twice ({seen[ident]} and {p})")
-        seen[ident] = p
+        digest = meta_id(p).rsplit("@", 1)[1]  # a byte-identical copy is the same checkpoint
+        if digest in seen:
+            raise ConfigError(
+                f"sweep: meta lists the same meta-checkpoint twice ({seen[digest]} and {p})"
+            )
+        seen[digest] = p
     strategies = data.get("strategies")
     if not strategies or not isinstance(strategies, list):
         raise ConfigError("sweep: 'strategies' must be a non-empty list")
