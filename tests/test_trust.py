@@ -368,3 +368,72 @@ def test_legit_rerun_restores_and_drops_reports_of_an_abandoned_timeline(
     assert hist.read_text().splitlines() == lines
     assert read_results(finished["out"] / "results").num_rows == rows
     assert all(t["best_val_loss"] > 0.0 for t in rep["trials"])
+
+
+@pytest.mark.slow
+def test_driver_killed_between_signing_and_upload_resumes_and_a_crafted_pickle_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Real SIGKILL of the `raymeta tune` driver right after it signed a snapshot, before Tune
+    uploaded it: a crafted tuner.pkl planted into the killed run is refused (exit 2, one
+    line, never loaded); with the real one back the rerun resumes from the signed snapshot and
+    the history keeps no report of the abandoned timeline."""
+    import subprocess
+    import sys
+    import time
+
+    from raymeta.core.checkpoint import save_meta_checkpoint
+    from raymeta.core.train import MetaTrainConfig, MetaTrainer
+    from raymeta.orchestration._history import last_reports
+    from raymeta.orchestration._trust import KILL_AFTER_SIGN_ENV
+
+    meta = save_meta_checkpoint(
+        tmp_path / "meta", MetaTrainer(MetaTrainConfig(steps=1, val_tasks=1)).to_checkpoint()
+    )
+    out, marker = tmp_path / "out", tmp_path / "pwned"
+    cmd = [sys.executable, "-m", "raymeta.cli.main", "tune", "--meta", str(meta)]
+    cmd += ["--task", "sinusoid:3", "--population", "2", "--budget", str(2 * 600)]
+    cmd += ["--interval", "20", "--prior", "broad", "--out", str(out), "--quiet"]
+    env = {**os.environ, "RAY_ADDRESS": "", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    trigger, hist = tmp_path / "kill-now", out / "history.jsonl"
+    killed = subprocess.Popen(
+        cmd,
+        env={**env, KILL_AFTER_SIGN_ENV: str(trigger)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while killed.poll() is None and time.time() < deadline:
+        if hist.is_file() and len(hist.read_text().splitlines()) >= 6:
+            trigger.touch()  # the driver dies right after its next signed snapshot
+        time.sleep(0.2)
+    killed.wait(timeout=60)
+    assert killed.returncode == -9, (killed.stderr.read() if killed.stderr else "")[-2000:]
+    assert not (out / "report.json").exists()
+    trust = next((out / ".trust").glob("state-*"))
+    signed = last_reports(max(trust.glob("experiment_state-*.json")).read_bytes())
+    before = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    abandoned = {
+        (r["trial"], r["wall_time"]) for r in before if r["wall_time"] > signed[r["trial"]]
+    }
+
+    exp = next((out / "ray_results").iterdir())
+    state = max(trust.glob("experiment_state-*.json"))
+    assert (exp / state.name).read_bytes() != state.read_bytes()  # the live state is stale
+    original = (exp / "tuner.pkl").read_bytes()
+    (exp / "tuner.pkl").write_bytes(pickle.dumps(_Evil(marker)))
+    refused = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    err = [x for x in refused.stderr.splitlines() if x.startswith("raymeta: error:")]
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert len(err) == 1 and "(tuner.pkl changed)" in err[0], refused.stderr
+    assert not marker.exists()
+
+    (exp / "tuner.pkl").write_bytes(original)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rep = json.loads((out / "report.json").read_text())
+    assert all(t["error"] is None for t in rep["trials"]) and not marker.exists()
+    after = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert not abandoned & {(r["trial"], r["wall_time"]) for r in after}
+    assert max(r["trial_step"] for r in after) == 600

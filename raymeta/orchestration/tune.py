@@ -11,7 +11,8 @@ the member with the lowest validation loss.
 Outputs in ``out``: ``best_model.pt`` (weights only), ``report.json`` and result rows under
 ``results/`` (``raymeta.results`` schema), all written atomically after the run; ``run.json``
 pins the settings so a rerun with the same ``out`` resumes (``Tuner.restore``) instead of
-starting over, and a rerun with different settings is refused.
+starting over, and a rerun with different settings is refused. Ray unpickles the experiment
+directory on restore, so raymeta signs it as it is written and verifies it first (``_trust``).
 """
 
 from __future__ import annotations
