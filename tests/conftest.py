@@ -7,6 +7,7 @@ The orchestration API reuses an already-initialised Ray and does not shut it dow
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,10 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# raymeta tune signs run state with a per-user key: keep the tests' key out of the real home
+os.environ.setdefault(
+    "RAYMETA_KEY_FILE", os.path.join(tempfile.mkdtemp(prefix="raymeta-key-"), "run-key")
+)
 
 OMNIGLOT_DIR = Path(
     os.environ.get(

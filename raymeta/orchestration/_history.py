@@ -5,15 +5,20 @@ Tune copies the last *synced* copy of that file over the local one, so reports g
 each report is one appended line (a kill can only truncate the last line, which the reader
 skips), and a resumed driver keeps appending to the same file. Reports recomputed after a
 resume are bit-identical (counter-based randomness from the same checkpoint) and deduplicated
-by the reader.
+by the reader. A resume after a driver kill first cuts the file to the reports the restored
+experiment state knows (``truncate_history``): later ones belong to an abandoned timeline.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+
+from raymeta._io import atomic_write_bytes
 
 REPORT_KEYS = (
     "val_loss",
@@ -41,3 +46,37 @@ class HistoryCallback(Callback):
         rec["hparams"] = {k: trial.config[k] for k in HPARAM_KEYS if k in trial.config}
         with open(self.path, "a") as f:
             f.write(json.dumps(rec, default=str) + "\n")
+
+
+def last_reports(experiment_state: bytes) -> dict[str, float]:
+    """Per trial id, the ``wall_time`` of the last report a Tune ``experiment_state-*.json``
+    holds. Plain JSON: the pickled blobs in the file are never decoded."""
+    out: dict[str, float] = {}
+    for trial_json, meta_json in json.loads(experiment_state).get("trial_data", []):
+        trial, meta = json.loads(trial_json), json.loads(meta_json)
+        last = meta.get("last_result")
+        wall = last.get("wall_time") if isinstance(last, dict) else None
+        out[str(trial["trial_id"])] = float(wall) if isinstance(wall, int | float) else -math.inf
+    return out
+
+
+def truncate_history(path: str | Path, last: dict[str, float]) -> int:
+    """Drop the reports of ``path`` newer than ``last[trial]`` (all of an unknown trial's);
+    returns how many. Rewritten atomically, and only when something goes."""
+    p = Path(path)
+    if not p.is_file():
+        return 0
+    keep, dropped = [], 0
+    for line in p.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            ok = float(rec.get("wall_time", math.inf)) <= last.get(str(rec["trial"]), -math.inf)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            ok = False  # a line cut short by the kill
+        if ok:
+            keep.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        atomic_write_bytes(p, "".join(keep).encode())
+    return dropped

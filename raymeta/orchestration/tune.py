@@ -11,7 +11,8 @@ the member with the lowest validation loss.
 Outputs in ``out``: ``best_model.pt`` (weights only), ``report.json`` and result rows under
 ``results/`` (``raymeta.results`` schema), all written atomically after the run; ``run.json``
 pins the settings so a rerun with the same ``out`` resumes (``Tuner.restore``) instead of
-starting over, and a rerun with different settings is refused.
+starting over, and a rerun with different settings is refused. Ray unpickles the experiment
+directory on restore, so raymeta signs it as it is written and verifies it first (``_trust``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from raymeta.orchestration._lineage import (
     read_histories,
 )
 from raymeta.orchestration._trainable import load_trial, tune_trainable
+from raymeta.orchestration._trust import TRUST_DIR, TUNER_PKL, StateSigner, Store, run_digest
 from raymeta.orchestration._tune_plan import TunePlan, plan_tune
 from raymeta.priors import Float
 from raymeta.results.schema import make_row
@@ -104,21 +106,36 @@ def make_scheduler(plan: TunePlan) -> Any:
     return FIFOScheduler()
 
 
-def _search_alg(points: list[dict[str, Any]], seed: int) -> Any:
-    """The basic variant generator, but "finished" only once every trial it made has completed.
+def _search_alg(points: list[dict[str, Any]], seed: int, signer: StateSigner) -> Any:
+    """The basic variant generator, but "finished" only once every trial it made has completed,
+    and signing each experiment snapshot (``_trust``) right after Tune wrote it.
 
-    Why: Tune caches a paused trial's actor for reuse only while the search is unfinished or a
-    trial is staged. A plain generator is finished as soon as it has emitted the population, so
-    every PBT exploit (pause + restore of a function trainable) would kill the actor and start
-    a new process (Ray worker, torch import, first vmapped call: seconds each time). Keeping it
-    "unfinished" while trials are live lets the exploited trial restart in the same process."""
+    Why "finished" late: Tune caches a paused trial's actor for reuse only while the search is
+    unfinished or a trial is staged. A plain generator is finished as soon as it has emitted
+    the population, so every PBT exploit (pause + restore of a function trainable) would kill
+    the actor and start a new process (Ray worker, torch import, first vmapped call: seconds
+    each time). Keeping it "unfinished" while trials are live lets the exploited trial restart
+    in the same process.
+
+    Why sign here: Tune's snapshot writes the experiment state, then calls this
+    ``save_to_dir`` with its staging directory, and uploads that directory to the experiment
+    directory only afterwards, so every file is signed before it can appear there."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     class _KeepActors(BasicVariantGenerator):  # type: ignore[misc]
+        raymeta_signer: StateSigner
+
         def is_finished(self) -> bool:
             return bool(super().is_finished()) and not self._live_trials
 
-    return _KeepActors(points_to_evaluate=points, random_state=seed)
+        def save_to_dir(self, dirpath: Any, session_str: Any) -> Any:  # type: ignore[override]
+            saved = super().save_to_dir(dirpath, session_str)
+            self.raymeta_signer.sign_snapshot(dirpath)
+            return saved
+
+    alg = _KeepActors(points_to_evaluate=points, random_state=seed)
+    alg.raymeta_signer = signer
+    return alg
 
 
 def _experiment(out: Path, storage: str | None) -> tuple[str, str]:
@@ -173,7 +190,11 @@ def _tuner(
     )
     space = param_space(plan.prior)
     exp_path = f"{storage_path.rstrip('/')}/{name}"
-    if tune.Tuner.can_restore(exp_path):
+    signer = StateSigner(
+        str(out), str((out / TRUST_DIR).resolve()), exp_path, run_digest(plan.fingerprint())
+    )
+    # before anything (Tune included) reads a pickle from the experiment directory
+    if _trusted_resume(signer, out / HISTORY_FILE):
         return tune.Tuner.restore(
             exp_path,
             trainable=trainable,
@@ -188,7 +209,7 @@ def _tuner(
         max_report_frequency=30,
         sort_by_metric=True,
     )
-    return tune.Tuner(
+    tuner = tune.Tuner(
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
@@ -196,7 +217,7 @@ def _tuner(
             mode="min",
             scheduler=make_scheduler(plan),
             num_samples=plan.population,
-            search_alg=_search_alg(points_to_evaluate(plan.initial), plan.seed),
+            search_alg=_search_alg(points_to_evaluate(plan.initial), plan.seed, signer),
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
@@ -212,6 +233,27 @@ def _tuner(
             callbacks=[HistoryCallback(str((out / HISTORY_FILE).resolve()))],
         ),
     )
+    signer.sign_initial()
+    return tuner
+
+
+def _trusted_resume(signer: StateSigner, history: Path) -> bool:
+    """Verify the experiment directory (refusing what raymeta did not sign for this run); True
+    when it holds a run to resume, whose history is then cut to what the restored state knows.
+
+    Why cut: reports a killed driver logged after its last signed snapshot belong to a timeline
+    the resume abandons (PBT decisions differ from there on); kept, they shift later rows."""
+    from raymeta.orchestration._history import last_reports, truncate_history
+
+    store = Store(signer.experiment)
+    signer.verify(store)
+    states = [r for r in store.files() if "/" not in r and r.startswith("experiment_state-")]
+    if store.read(TUNER_PKL) is None or not states:
+        # no snapshot yet (killed before the first one): nothing to resume, start over
+        truncate_history(history, {})
+        return False
+    truncate_history(history, last_reports(store.read(max(states)) or b"{}"))
+    return True
 
 
 def _select_best(plan: TunePlan, results: list[Any]) -> tuple[Any, Any, int]:
