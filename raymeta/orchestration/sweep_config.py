@@ -192,8 +192,8 @@ def parse_sweep(data: dict[str, Any], base: Path | None = None) -> SweepConfig:
         raise ConfigError("sweep: the sweep file must hold a mapping of key: value")
     unknown = set(data) - _KEYS
     if unknown:
-        shown = sorted(str(k)[:40] for k in unknown)[:10]
-        raise ConfigError(f"sweep: unknown key(s) {', '.join(shown)}")
+        shown = sorted(str(k)[:40] if _NAME.match(str(k)) else repr(str(k)[:40]) for k in unknown)
+        raise ConfigError(f"sweep: unknown key(s) {', '.join(shown[:10])}")
     name = _name(data.get("name", "sweep"))
     paths = _meta_paths(data.get("meta"), base)
     raw_strategies = data.get("strategies")
