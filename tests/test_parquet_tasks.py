@@ -112,7 +112,7 @@ def _write(path: Path, table: pa.Table) -> Path:
         ),
         (
             lambda: _table(_good_rows(), 2).set_column(3, "target", pa.array([-1] * 9, pa.int64())),
-            "classification targets must be >= 0",
+            "classification targets must be class ids 0..9999",
         ),
     ],
 )

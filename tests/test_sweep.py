@@ -59,7 +59,7 @@ def test_sweep_config_errors(tmp_path: Path, meta_dir: Path) -> None:
     assert parse_sweep(base).task_options == {}
     for opts, needle in (
         ({"ways": 3}, "task_options key 'ways' cannot be overridden"),
-        ({"val_size": 0}, "val_size must be a positive integer"),
+        ({"val_size": 0}, "val_size must be an integer in 1"),
         ("val_size=5", "must be a mapping"),
     ):
         with pytest.raises(ConfigError, match=needle):

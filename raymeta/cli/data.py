@@ -9,11 +9,16 @@ MAML sinusoid tasks in the schema: a starting point for your own data.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from raymeta.cli._common import add_command
+from raymeta.cli._paths import check_output_file
 from raymeta.errors import ConfigError
+
+# make-sinusoid bounds: a demo file, generated in memory before its one atomic write
+MAX_TASKS = 100_000
+MAX_ROWS = 100_000
+MAX_TOTAL_ROWS = 10_000_000
 
 
 def add_parser(sub: Any) -> None:
@@ -52,13 +57,16 @@ def add_parser(sub: Any) -> None:
     m.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
 
     def _help(_: argparse.Namespace) -> int:
-        p.print_help()
-        return 2
+        raise ConfigError(
+            "data: choose an action, validate or make-sinusoid (see raymeta data --help)"
+        )
 
     p.set_defaults(func=_help)
 
 
 def _validate(args: argparse.Namespace) -> int:
+    if not isinstance(args.path, str) or not args.path:
+        raise ConfigError(f"PATH must name a Parquet file or directory, got {args.path!r}")
     if args.one_task:
         from raymeta.tasks.parquet import load_task_file
 
@@ -88,14 +96,23 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _make_sinusoid(args: argparse.Namespace) -> int:
-    for key in ("tasks", "train_size", "val_size", "test_size"):
-        if getattr(args, key) < 1:
-            raise ConfigError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+    for key, hi in (
+        ("tasks", MAX_TASKS),
+        ("train_size", MAX_ROWS),
+        ("val_size", MAX_ROWS),
+        ("test_size", MAX_ROWS),
+    ):
+        v = getattr(args, key)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+            raise ConfigError(f"--{key.replace('_', '-')} must be an integer in 1..{hi}, got {v!r}")
     if args.tasks < 3:
         raise ConfigError(f"--tasks must be >= 3 (one per meta-split), got {args.tasks}")
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise ConfigError(f"{out} exists (pass --force to overwrite)")
+    total = args.tasks * (args.train_size + args.val_size + args.test_size)
+    if total > MAX_TOTAL_ROWS:
+        raise ConfigError(
+            f"--tasks x (train + val + test rows) is {total} rows, at most {MAX_TOTAL_ROWS} in one file"
+        )
+    out = check_output_file(args.out, "OUT", force=bool(args.force))
     from raymeta.tasks.parquet import write_tasks
     from raymeta.tasks.sinusoid import Sinusoid
 

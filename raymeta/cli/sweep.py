@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from raymeta.cli._common import add_command
+from raymeta.cli._paths import check_output_dir
+from raymeta.errors import ConfigError
 
 EPILOG = """SWEEP.yaml keys: name, meta (list of meta-checkpoint dirs), strategies (e.g.
 scratch+broad+random, scratch+broad+pbt, meta+fixed-default, meta+learned+pbt), tasks (a count
@@ -39,7 +41,10 @@ def _run(args: argparse.Namespace) -> int:
     from raymeta.orchestration.sweep import run_sweep
     from raymeta.orchestration.sweep_config import load_sweep
 
+    if args.max_concurrency is not None and args.max_concurrency < 1:
+        raise ConfigError(f"--max-concurrency must be >= 1, got {args.max_concurrency}")
     cfg = load_sweep(args.sweep_file)
+    check_output_dir(args.out, "--out")
     out = run_sweep(cfg, Path(args.out), address=args.address, max_concurrency=args.max_concurrency)
     print(
         f"sweep {cfg.name}: {out['units']} units ({out['ran']} run now) in {out['wall_s']:.1f}s -> {args.out}"

@@ -20,7 +20,7 @@ import torch
 
 from raymeta._lock import locks_output
 from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint
-from raymeta.errors import ConfigError, RaymetaError
+from raymeta.errors import ClusterError, ConfigError, DataError, RaymetaError
 from raymeta.orchestration.finetune import Strategy, run_population, strategy_configs
 from raymeta.orchestration.sweep_config import SweepConfig
 from raymeta.priors import Prior, broad_prior, broad_space, load_priors
@@ -105,6 +105,57 @@ def run_unit(unit: dict[str, Any], cfg: SweepConfig) -> list[dict[str, Any]]:
     return rows
 
 
+MAX_CONCURRENCY = 4096
+
+
+def check_sweep(cfg: SweepConfig) -> None:
+    """Everything a unit would find wrong, found in the driver before any Ray task or file.
+
+    Loads each meta-checkpoint (and its priors when a strategy needs them), builds its family
+    with the sweep's task_options, checks every task index against a finite family's held-out
+    tasks, and builds the first held-out task, so split sizes the data cannot meet fail here.
+    """
+    for meta in dict.fromkeys(str(m) for m in cfg.meta):
+        ckpt = _checkpoint(meta)
+        if any(Strategy.parse(s).prior == "learned" for s in cfg.strategies):
+            load_priors(ckpt)
+        family = make_family(
+            resize_splits(ckpt.family, cfg.task_options, "sweep: task_options key")
+        )
+        n_tasks = getattr(family, "n_tasks", None)
+        if callable(n_tasks):
+            have = int(n_tasks("test"))
+            bad = [t for t in cfg.tasks if t >= have]
+            if bad:
+                raise ConfigError(
+                    f"sweep: task index {bad[0]} out of range: {meta} has {have} held-out (meta-split test) tasks"
+                )
+        family.task("test", min(cfg.tasks))
+
+
+def _unit_error(exc: BaseException, key: str) -> RaymetaError:
+    """A failed unit as one line: the remote error's own message, never its traceback."""
+    import ray
+
+    cause: BaseException = exc
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = getattr(exc, "cause", None) or exc.as_instanceof_cause()
+    if isinstance(cause, RaymetaError):
+        return ConfigError(f"sweep unit {key}: {_first_line(cause)}")
+    if isinstance(cause, ray.exceptions.RayTaskError):
+        text = _first_line(cause).removeprefix("ray::")
+    else:
+        text = f"{type(cause).__name__}: {_first_line(cause)}"
+    return ClusterError(
+        f"sweep unit {key} failed ({text}); finished units are kept, rerun the same command to resume"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0][:300] if lines else type(exc).__name__
+
+
 @locks_output("out")  # one writer per results directory
 def run_sweep(
     cfg: SweepConfig,
@@ -118,6 +169,18 @@ def run_sweep(
 
     from raymeta.orchestration.ray_runtime import ray_context
 
+    if max_concurrency is not None and (
+        isinstance(max_concurrency, bool)
+        or not isinstance(max_concurrency, int)
+        or not 1 <= max_concurrency <= MAX_CONCURRENCY
+    ):
+        raise ConfigError(
+            f"--max-concurrency must be an integer in 1..{MAX_CONCURRENCY}, got {max_concurrency!r}"
+        )
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"results path {out} exists and is not a directory")
+    check_sweep(cfg)
     sink = ResultSink(out, cfg.name)
     done = sink.done_keys()
     todo = [u for u in cfg.units() if u["key"] not in done]
@@ -146,11 +209,8 @@ def run_sweep(
                 u = pending.pop(ref)
                 try:
                     rows = ray.get(ref)
-                except ray.exceptions.RayTaskError as exc:
-                    cause = exc.as_instanceof_cause()
-                    if isinstance(cause, RaymetaError):
-                        raise ConfigError(f"sweep unit {u['key']}: {cause}") from None
-                    raise
+                except ray.exceptions.RayError as exc:
+                    raise _unit_error(exc, u["key"]) from None
                 sink.append(rows, u["key"])
                 finished += 1
                 if progress:

@@ -11,6 +11,9 @@ Example::
     budget: 100                         # fine-tuning steps per member
     interval: 10                        # validation / PBT interval in steps
     fixed_steps: 10                     # steps of the fixed-default strategy
+
+Every key is checked for its type (``true`` is not a number), range and size before any unit is
+listed, so a bad file is one ``ConfigError`` line; the bounds are the ``MAX_*`` constants below.
 """
 
 from __future__ import annotations
@@ -24,9 +27,21 @@ from typing import Any
 from raymeta._yaml import load_yaml_mapping
 from raymeta.errors import ConfigError
 from raymeta.orchestration.finetune import Strategy
+from raymeta.results.sink import check_sweep_name
 from raymeta.tasks import check_split_options
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+# Size bounds: each is far above any real sweep and far below what would exhaust the driver
+# (units are listed up front) or a worker (population members are vmapped together).
+MAX_LIST = 64  # meta-checkpoints, strategies
+MAX_TASKS = 10_000  # held-out tasks in one sweep
+MAX_TASK_INDEX = 10**9
+MAX_SEEDS = 1_000
+MAX_SEED = 2**32 - 1  # numpy and torch seeds
+MAX_POPULATION = 4_096
+MAX_STEPS = 1_000_000  # budget, interval, fixed_steps
+MAX_SPLIT_ROWS = 100_000  # task_options: rows in one split of a held-out task
+MAX_UNITS = 100_000
 _KEYS = {
     "name",
     "meta",
@@ -102,11 +117,31 @@ def _resolve(p: Path, base: Path | None) -> Path:
     return base / p
 
 
-def _pos_int(data: dict[str, Any], key: str, default: int) -> int:
-    v = data.get(key, default)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ConfigError(f"sweep: {key} must be a positive integer, got {v!r}")
+def _int(v: Any, what: str, lo: int, hi: int) -> int:
+    """An int in ``lo..hi``; a bool (``true`` is 1 in Python), float or string is refused."""
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        shown = repr(v) if isinstance(v, (int, float, str, bool, type(None))) else type(v).__name__
+        raise ConfigError(f"sweep: {what} must be an integer in {lo}..{hi}, got {shown[:80]}")
     return v
+
+
+def _pos_int(data: dict[str, Any], key: str, default: int, hi: int = MAX_STEPS) -> int:
+    return _int(data.get(key, default), key, 1, hi)
+
+
+def _str_list(raw: Any, key: str, limit: int) -> list[str]:
+    """A string or a non-empty list of up to ``limit`` non-empty strings."""
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"sweep: {key!r} must be a non-empty list of names")
+    if len(raw) > limit:
+        raise ConfigError(f"sweep: {key!r} lists {len(raw)} entries, at most {limit} are allowed")
+    for v in raw:
+        if not isinstance(v, str) or not v.strip():
+            shown = repr(v) if isinstance(v, (int, float, bool, type(None))) else type(v).__name__
+            raise ConfigError(f"sweep: every {key!r} entry must be a non-empty string, got {shown}")
+    return raw
 
 
 def _task_options(raw: Any) -> dict[str, int]:
@@ -115,26 +150,34 @@ def _task_options(raw: Any) -> dict[str, int]:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError("sweep: task_options must be a mapping such as {val_size: 50}")
+    if not all(isinstance(k, str) for k in raw):
+        raise ConfigError("sweep: task_options keys must be option names such as val_size")
     check_split_options(raw, "sweep: task_options key")
-    return {str(k): _pos_int(raw, k, 1) for k in raw}
+    return {str(k): _pos_int(raw, k, 1, MAX_SPLIT_ROWS) for k in raw}
 
 
-def parse_sweep(data: dict[str, Any], base: Path | None = None) -> SweepConfig:
-    unknown = set(data) - _KEYS
-    if unknown:
-        raise ConfigError(f"sweep: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
-    name = str(data.get("name", "sweep"))
-    if not _NAME.match(name):
-        raise ConfigError(f"sweep: name {name!r} may only hold letters, digits, '.', '_' and '-'")
-    metas = data.get("meta")
-    if isinstance(metas, str):
-        metas = [metas]
-    if not metas or not isinstance(metas, list):
+def _name(raw: Any) -> str:
+    if not isinstance(raw, str):
+        shown = repr(raw) if isinstance(raw, (int, float, bool, type(None))) else type(raw).__name__
+        raise ConfigError(f"sweep: name must be a string, got {shown}")
+    if not _NAME.match(raw):
+        raise ConfigError(
+            f"sweep: name {raw[:80]!r} may only hold letters, digits, '.', '_' and '-'"
+        )
+    return check_sweep_name(raw)
+
+
+def _meta_paths(raw: Any, base: Path | None) -> tuple[Path, ...]:
+    if not isinstance(raw, (str, list)) or not raw:
         raise ConfigError("sweep: 'meta' must name at least one meta-checkpoint directory")
-    paths = tuple(_resolve(Path(m), base) for m in map(str, metas))
+    paths = tuple(_resolve(Path(m), base) for m in _str_list(raw, "meta", MAX_LIST))
     seen: dict[str, Path] = {}
     for p in paths:
-        if not (p / "meta.json").is_file():
+        try:
+            ok = (p / "meta.json").is_file()
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
             raise ConfigError(f"sweep: meta-checkpoint {p} does not exist (no meta.json)")
         digest = meta_id(p).rsplit("@", 1)[1]  # a byte-identical copy is the same checkpoint
         if digest in seen:
@@ -142,38 +185,68 @@ def parse_sweep(data: dict[str, Any], base: Path | None = None) -> SweepConfig:
                 f"sweep: meta lists the same meta-checkpoint twice ({seen[digest]} and {p})"
             )
         seen[digest] = p
-    strategies = data.get("strategies")
-    if not strategies or not isinstance(strategies, list):
-        raise ConfigError("sweep: 'strategies' must be a non-empty list")
-    strategies = [Strategy.parse(str(s)).name for s in strategies]
-    tasks = data.get("tasks")
-    if isinstance(tasks, int) and not isinstance(tasks, bool):
-        if tasks < 1:
+    return paths
+
+
+def _tasks(raw: Any) -> list[int]:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        if raw < 1:
             raise ConfigError("sweep: 'tasks' is empty")
-        tasks = list(range(tasks))
-    if not isinstance(tasks, list) or not tasks:
+        return list(range(_int(raw, "tasks (a count)", 1, MAX_TASKS)))
+    if not isinstance(raw, list) or not raw:
         raise ConfigError(
             "sweep: 'tasks' must be a count or a non-empty list of held-out task indices"
         )
-    if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tasks):
+    if len(raw) > MAX_TASKS:
+        raise ConfigError(f"sweep: 'tasks' lists {len(raw)} indices, at most {MAX_TASKS}")
+    if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in raw):
         raise ConfigError("sweep: task indices must be non-negative integers")
-    seeds = data.get("seeds", [0])
-    if isinstance(seeds, int):
-        seeds = [seeds]
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+    return [_int(t, "a task index", 0, MAX_TASK_INDEX) for t in raw]
+
+
+def _seeds(raw: Any) -> list[int]:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
         raise ConfigError("sweep: 'seeds' must be a non-empty list of integers")
+    if len(raw) > MAX_SEEDS:
+        raise ConfigError(f"sweep: 'seeds' lists {len(raw)} seeds, at most {MAX_SEEDS}")
+    return [_int(s, "every seed", 0, MAX_SEED) for s in raw]
+
+
+def parse_sweep(data: dict[str, Any], base: Path | None = None) -> SweepConfig:
+    """Check every key's type, range and size; errors are one-line ``ConfigError``s."""
+    if not isinstance(data, dict):
+        raise ConfigError("sweep: the sweep file must hold a mapping of key: value")
+    unknown = set(data) - _KEYS
+    if unknown:
+        shown = sorted(str(k)[:40] if _NAME.match(str(k)) else repr(str(k)[:40]) for k in unknown)
+        raise ConfigError(f"sweep: unknown key(s) {', '.join(shown[:10])}")
+    name = _name(data.get("name", "sweep"))
+    paths = _meta_paths(data.get("meta"), base)
+    raw_strategies = data.get("strategies")
+    if not raw_strategies or not isinstance(raw_strategies, list):
+        raise ConfigError("sweep: 'strategies' must be a non-empty list")
+    strategies = [Strategy.parse(s).name for s in _str_list(raw_strategies, "strategies", MAX_LIST)]
+    tasks = _tasks(data.get("tasks"))
+    seeds = _seeds(data.get("seeds", [0]))
     cfg = SweepConfig(
         name=name,
         meta=paths,
         strategies=tuple(dict.fromkeys(strategies)),
         tasks=tuple(dict.fromkeys(tasks)),
         seeds=tuple(dict.fromkeys(seeds)),
-        population=_pos_int(data, "population", 8),
+        population=_pos_int(data, "population", 8, MAX_POPULATION),
         budget=_pos_int(data, "budget", 100),
         interval=_pos_int(data, "interval", 10),
         fixed_steps=_pos_int(data, "fixed_steps", 10),
         task_options=_task_options(data.get("task_options")),
     )
+    n_units = len(cfg.meta) * len(cfg.strategies) * len(cfg.tasks) * len(cfg.seeds)
+    if n_units > MAX_UNITS:
+        raise ConfigError(
+            f"sweep: {n_units} units (meta x strategies x tasks x seeds), at most {MAX_UNITS} in one sweep"
+        )
     return cfg
 
 

@@ -29,12 +29,17 @@ task_id     string                                 which task the row belongs to
 split       string: train | val | test             the row's split *within* its task
 features    fixed_size_list<float32>[D]            the input (float64 / variable lists of equal
                                                    length are accepted and cast to float32)
-target      float32 | float64  -> regression       the label; integer targets must be >= 0
-            int64 (any integer) -> classification
+target      float32 | float64  -> regression       the label; integer targets are class ids
+            int64 (any integer) -> classification   0..C-1 with C <= MAX_CLASSES (10000)
 meta_split  string: train | val | test (optional)  the task's meta-split; when absent a stable hash
                                                    of task_id assigns 80% train / 10% val / 10% test
 """
 REQUIRED = ("task_id", "split", "features", "target")
+STRING_COLUMNS = ("task_id", "split", "meta_split")
+# Bounds that keep a model built from the data checkable: a label of 2**40 would mean 2**40
+# output units, a feature width of 10**9 a first layer of 10**9 x hidden weights.
+MAX_CLASSES = 10_000
+MAX_FEATURE_WIDTH = 1 << 20
 CARVE_FRACTION = 0.2  # share of train rows moved to val when a one-task file has no val split
 
 
@@ -89,8 +94,8 @@ def check_schema(schema: pa.Schema, where: str, need_task_id: bool = True) -> Co
     if not is_list or not pa.types.is_floating(ft.value_type):
         raise DataError(f"{where}: column 'features' must be fixed_size_list<float32>[D], got {ft}")
     width = ft.list_size if pa.types.is_fixed_size_list(ft) else None
-    if width == 0:
-        raise DataError(f"{where}: column 'features' has width 0")
+    if width is not None:
+        check_width(width, where)
     tt = schema.field("target").type
     if pa.types.is_floating(tt):
         kind: Kind = "regression"
@@ -101,6 +106,32 @@ def check_schema(schema: pa.Schema, where: str, need_task_id: bool = True) -> Co
             f"{where}: column 'target' must be float (regression) or int64 (classification), got {tt}"
         )
     return Columns(width, kind, "task_id" in schema.names, "meta_split" in schema.names)
+
+
+def check_width(width: int, where: str) -> None:
+    if width < 1:
+        raise DataError(f"{where}: column 'features' has width {width} (need at least 1 value)")
+    if width > MAX_FEATURE_WIDTH:
+        raise DataError(
+            f"{where}: column 'features' has width {width}, more than the supported {MAX_FEATURE_WIDTH}"
+        )
+
+
+def check_utf8(col: pa.Array | pa.ChunkedArray, name: str, where: str) -> None:
+    """A string column whose bytes are not UTF-8 (Arrow does not check on read) is refused here,
+    before ``to_pylist`` would die in a ``UnicodeDecodeError``."""
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    for chunk in chunks:
+        try:
+            chunk.validate(full=True)
+        except (pa.ArrowInvalid, pa.ArrowException):
+            raise DataError(f"{where}: column {name!r} holds bytes that are not UTF-8") from None
+
+
+def check_string_columns(table: pa.Table | pa.RecordBatch, where: str) -> None:
+    for name in STRING_COLUMNS:
+        if name in table.schema.names:
+            check_utf8(table.column(name), name, where)
 
 
 def _first(mask: np.ndarray, names: Sequence[str] | pa.Array | None) -> str:
@@ -136,6 +167,7 @@ def features_numpy(
     lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
     if len(lengths) and width is None:
         width = int(lengths[0])
+        check_width(width, where)
     if len(lengths) and (lengths != width).any():
         bad = lengths != width
         got = int(lengths[int(np.argmax(bad))])
@@ -172,9 +204,16 @@ def target_numpy(
         if bad.any():
             raise DataError(f"{where}: column 'target' holds non-finite values{_first(bad, names)}")
         return out
+    if arr.dtype == np.uint64 and len(arr) and int(arr.max()) >= MAX_CLASSES:
+        raise DataError(
+            f"{where}: classification targets must be class ids 0..{MAX_CLASSES - 1}{_first(arr >= MAX_CLASSES, names)}"
+        )
     out = np.asarray(arr, dtype=np.int64)
-    if (out < 0).any():
-        raise DataError(f"{where}: classification targets must be >= 0{_first(out < 0, names)}")
+    bad = (out < 0) | (out >= MAX_CLASSES)
+    if bad.any():
+        raise DataError(
+            f"{where}: classification targets must be class ids 0..{MAX_CLASSES - 1}, got {int(out[int(np.argmax(bad))])}{_first(bad, names)}"
+        )
     return out
 
 
@@ -196,8 +235,13 @@ def load_task_file(path: str | os.PathLike[str]) -> Task:
             f"{p}: not a readable Parquet file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
         ) from None
     cols = check_schema(table.schema, str(p), need_task_id=False)
+    check_string_columns(table, str(p))
+    if table.num_rows == 0:
+        raise DataError(f"{p}: holds no rows")
     task_id = p.stem
     if cols.has_task_id:
+        if table["task_id"].null_count:
+            raise DataError(f"{p}: column 'task_id' has null values")
         ids = pc.unique(table["task_id"]).to_pylist()
         if len(ids) > 1:
             raise DataError(

@@ -41,9 +41,11 @@ import torch
 from raymeta.errors import ConfigError, DataError
 from raymeta.tasks._base import SPLITS, Kind, Split, Task, TaskBatch, TaskFamily, check_split
 from raymeta.tasks._parquet_io import (
+    MAX_CLASSES,
     SCHEMA_DOC,
     check_schema,
     check_splits,
+    check_string_columns,
     features_numpy,
     load_task_file,
     meta_split_of,
@@ -53,6 +55,7 @@ from raymeta.tasks._parquet_io import (
 )
 
 __all__ = [
+    "MAX_CLASSES",
     "SCHEMA_DOC",
     "ParquetFamily",
     "TaskIndex",
@@ -64,6 +67,7 @@ __all__ = [
 ]
 
 Rows = dict[str, tuple[torch.Tensor, torch.Tensor]]
+MAX_ROWS_OPTION = 1_000_000  # shots / queries / cache_tasks: larger would only exhaust memory
 
 
 @dataclass
@@ -97,8 +101,8 @@ def list_files(path: str | os.PathLike[str]) -> list[str]:
 
 
 def _batches(pf: pq.ParquetFile, columns: list[str], width: int | None) -> Any:
-    """(row group, record batch) pairs, a bounded number of rows at a time."""
-    size = max(1024, (1 << 20) // max(width or 64, 1))
+    """(row group, record batch) pairs of about 2**20 feature values (4 MiB) at a time."""
+    size = max(1, min(65536, (1 << 20) // max(width or 64, 1)))
     for rg in range(pf.metadata.num_row_groups):
         for b in pf.iter_batches(batch_size=size, row_groups=[rg], columns=columns):
             yield rg, b
@@ -113,6 +117,8 @@ def scan_tasks(path: str | os.PathLike[str], full_check: bool = True) -> TaskInd
     rows: dict[str, dict[str, int]] = {}
     meta: dict[str, str] = {}
     where: dict[str, list[tuple[int, int]]] = {}
+    dups = _CrossFileRows()
+    n_rows = 0
     for i, f in enumerate(files):
         try:
             pf = pq.ParquetFile(f)
@@ -134,6 +140,7 @@ def scan_tasks(path: str | os.PathLike[str], full_check: bool = True) -> TaskInd
             ids = b.column("task_id")
             if ids.null_count:
                 raise DataError(f"{f}: column 'task_id' has null values")
+            check_string_columns(b, f)
             check_splits(b.column("split"), f, ids)
             y = target_numpy(b.column("target"), kind, f, ids)
             if kind == "classification" and len(y):
@@ -141,6 +148,9 @@ def scan_tasks(path: str | os.PathLike[str], full_check: bool = True) -> TaskInd
             if "features" in need:
                 x = features_numpy(b.column("features"), width, f, ids)
                 width = int(x.shape[1]) if len(x) else width
+                if len(files) > 1:
+                    dups.add(i, ids, b.column("split"), x, y)
+            n_rows += b.num_rows
             counts = (
                 pa.table({"t": ids, "s": b.column("split")})
                 .group_by(["t", "s"])
@@ -154,8 +164,14 @@ def scan_tasks(path: str | os.PathLike[str], full_check: bool = True) -> TaskInd
                     where[t].append((i, rg))
             if cols.has_meta_split:
                 _merge_meta(meta, ids, b.column("meta_split"), f)
-    if width is None or kind is None:
+    if width is None or kind is None or n_rows == 0:
         raise DataError(f"{path}: holds no rows")
+    dup = dups.duplicated_task()
+    if dup is not None:
+        task, a, b = dup
+        raise DataError(
+            f"{path}: task {task!r} has identical rows in {files[a]} and {files[b]} (a file copied twice?)"
+        )
     for t, r in rows.items():
         missing = [s for s in SPLITS if r[s] == 0]
         if missing:
@@ -164,6 +180,68 @@ def scan_tasks(path: str | os.PathLike[str], full_check: bool = True) -> TaskInd
             )
         meta.setdefault(t, meta_split_of(t))
     return TaskIndex(str(path), files, width, kind, n_classes, rows, meta, where)
+
+
+class _CrossFileRows:
+    """Spots rows repeated across files (two copies of one file double every task's rows).
+
+    Each row is reduced to a 64-bit hash of (task, split, feature bits, target bits), kept with
+    its task and file (16 bytes a row); a hash seen for one task in two files is a duplicate.
+    Repeats inside one file are the user's data and are kept.
+    """
+
+    def __init__(self) -> None:
+        self.codes: dict[str, int] = {}
+        self.names: list[str] = []
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._mult: dict[int, np.ndarray] = {}
+
+    def _weights(self, width: int) -> np.ndarray:
+        if width not in self._mult:
+            rng = np.random.default_rng(0x5EED)
+            self._mult[width] = rng.integers(1, 2**63, size=width, dtype=np.uint64) * 2 + 1
+        return self._mult[width]
+
+    def _code(self, task: str) -> int:
+        if task not in self.codes:
+            self.codes[task] = len(self.names)
+            self.names.append(task)
+        return self.codes[task]
+
+    def add(self, file: int, ids: pa.Array, split: pa.Array, x: np.ndarray, y: np.ndarray) -> None:
+        if not len(x):
+            return
+        enc = pc.dictionary_encode(ids)
+        local = np.asarray([self._code(t) for t in enc.dictionary.to_pylist()], dtype=np.int64)
+        task = local[enc.indices.to_numpy(zero_copy_only=False)]
+        sp = pc.index_in(split, value_set=pa.array(SPLITS)).to_numpy(zero_copy_only=False)
+        bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+        with np.errstate(over="ignore"):
+            h = (bits * self._weights(x.shape[1])).sum(axis=1, dtype=np.uint64)
+            yb = np.ascontiguousarray(y).view(np.uint32 if y.dtype == np.float32 else np.uint64)
+            h = _mix(h ^ _mix(yb.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)))
+            h = _mix(h + sp.astype(np.uint64))
+        self.parts.append((task.astype(np.int32), h, np.full(len(h), file, np.int32)))
+
+    def duplicated_task(self) -> tuple[str, int, int] | None:
+        """(task, file a, file b) of one row present in two files, or None."""
+        if not self.parts:
+            return None
+        task, h, file = (np.concatenate([p[k] for p in self.parts]) for k in range(3))
+        order = np.lexsort((file, h, task))
+        task, h, file = task[order], h[order], file[order]
+        hit = (task[1:] == task[:-1]) & (h[1:] == h[:-1]) & (file[1:] != file[:-1])
+        if not hit.any():
+            return None
+        j = int(np.argmax(hit))
+        return self.names[int(task[j])], int(file[j]), int(file[j + 1])
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: spreads every input bit over the 64-bit hash."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 def _merge_meta(meta: dict[str, str], ids: pa.Array, ms: pa.Array, where: str) -> None:
@@ -193,8 +271,10 @@ class ParquetFamily(TaskFamily):
         cache_tasks: int = 256,
     ):
         for key, v in {"shots": shots, "queries": queries, "cache_tasks": cache_tasks}.items():
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"parquet: {key} must be an integer >= 1, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_ROWS_OPTION:
+                raise ConfigError(
+                    f"parquet: {key} must be an integer in 1..{MAX_ROWS_OPTION}, got {v!r}"
+                )
         if path is None or not isinstance(path, (str, os.PathLike)) or not str(path):
             raise ConfigError(
                 f"parquet: option path must name a Parquet file or directory of them, got {path!r}"
@@ -203,9 +283,13 @@ class ParquetFamily(TaskFamily):
             if not isinstance(b, bool):
                 raise ConfigError(f"parquet: {key} must be true or false, got {b!r}")
         if n_classes is not None and (
-            isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1
+            isinstance(n_classes, bool)
+            or not isinstance(n_classes, int)
+            or not 1 <= n_classes <= MAX_CLASSES
         ):
-            raise ConfigError(f"parquet: n_classes must be an integer >= 1, got {n_classes!r}")
+            raise ConfigError(
+                f"parquet: n_classes must be an integer in 1..{MAX_CLASSES}, got {n_classes!r}"
+            )
         self.path, self.shots, self.queries, self.replace = str(path), shots, queries, replace
         self.full_check, self.cache_tasks = bool(full_check), cache_tasks
         self.index = scan_tasks(path, full_check=self.full_check)
