@@ -211,8 +211,10 @@ def _fit(
 ) -> MetaTrainResult:
     import ray
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
+
+    from raymeta.orchestration._local_torch import torch_config
 
     check_resources(workers * cpus, workers * gpus, what=f"meta-train with {workers} worker(s)")
     if plan.local_storage and len([n for n in ray.nodes() if n.get("Alive")]) > 1:
@@ -238,7 +240,7 @@ def _fit(
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=torch_config("nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
