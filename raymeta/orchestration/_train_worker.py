@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from raymeta.core.checkpoint import save_meta_checkpoint
 from raymeta.core.train import MetaTrainConfig, MetaTrainer
+from raymeta.errors import ConfigError
 
 STATE_FILE = "state.pt"
 FINAL_DIR = "final"
@@ -51,8 +52,32 @@ def _unflatten(
     return flat[0], flat[1], out
 
 
+def _maybe_fail(debug: dict[str, Any], step: int, rank: int) -> None:
+    """Test hooks, each fired once (guarded by a marker file): raise an error in this worker
+    (``raise_at_step``: a ConfigError, as a family that finds a bad option only late would, or
+    a RuntimeError), or SIGKILL the Ray Train controller from here (``kill_controller_at_step``)."""
+    raise_at, kill_at = debug.get("raise_at_step"), debug.get("kill_controller_at_step")
+    if step not in (raise_at, kill_at) or rank != debug.get("fail_rank", 0):
+        return
+    marker = Path(debug["fail_marker"])
+    if marker.exists():
+        return
+    marker.write_text(f"failed rank {rank} at step {step}\n")
+    if step == raise_at:
+        if debug.get("raise_kind") == "config":
+            raise ConfigError(f"injected bad option at step {step}")
+        raise RuntimeError(f"injected crash at step {step}")
+    import psutil
+
+    # the controller is an actor process of this node's raylet, like this worker
+    for p in psutil.Process(os.getppid()).children():
+        if p.name().startswith("ray::TrainControl"):
+            p.send_signal(signal.SIGKILL)
+
+
 def _maybe_crash(debug: dict[str, Any], step: int, rank: int) -> None:
     """Test hook: SIGKILL this worker process once (guarded by a marker file)."""
+    _maybe_fail(debug, step, rank)
     crash_at = debug.get("crash_at_step")
     if crash_at is None or step != crash_at or rank != debug.get("crash_rank", 0):
         return

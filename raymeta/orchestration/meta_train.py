@@ -214,6 +214,7 @@ def _fit(
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
+    from raymeta.orchestration._failures import training_failure
     from raymeta.orchestration._local_torch import torch_config
 
     check_resources(workers * cpus, workers * gpus, what=f"meta-train with {workers} worker(s)")
@@ -257,11 +258,11 @@ def _fit(
     t0 = time.perf_counter()
     try:
         result = trainer.fit()
-    except ray.train.TrainingFailedError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ClusterError(
-            f"meta-training failed ({first}); rerun the same command to resume from the last checkpoint"
-        ) from None
+    except Exception as exc:  # Ray Train / controller failures: one line, says if a rerun resumes
+        err = training_failure(exc)
+        if err is None:
+            raise
+        raise err from None
     finally:
         pump.close()
     seconds = time.perf_counter() - t0
