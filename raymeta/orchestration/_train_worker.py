@@ -23,8 +23,8 @@ import torch.distributed as dist
 from raymeta.core.checkpoint import save_meta_checkpoint
 from raymeta.core.train import MetaTrainConfig, MetaTrainer
 from raymeta.errors import ConfigError
+from raymeta.orchestration._newest_checkpoint import STATE_FILE, newest_state, write_manifest
 
-STATE_FILE = "state.pt"
 FINAL_DIR = "final"
 
 
@@ -111,6 +111,17 @@ def train_loop(config: dict[str, Any]) -> None:
     if restored is not None:
         with restored.as_directory() as d:
             tr.load_state_dict(load_state(d))
+    # Ray's record can lag the newest checkpoint on storage (see _newest_checkpoint)
+    newer = newest_state(config.get("storage"), config.get("run_name"), cfg.fingerprint(), tr.step)
+    if newer is not None:
+        tr.load_state_dict(newer)
+    if dist.is_initialized():  # every rank must resume from the same step
+        steps = torch.tensor([tr.step, -tr.step], dtype=torch.int64, device=device)
+        dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+        if int(steps[0]) != -int(steps[1]):
+            raise RuntimeError(
+                f"ranks resumed from different steps ({int(steps[0])} vs {-int(steps[1])})"
+            )
     start = tr.step
     n_local = _local_tasks(tr)
     if rank == 0 and queue is not None:
@@ -122,6 +133,7 @@ def train_loop(config: dict[str, Any]) -> None:
             return
         with tempfile.TemporaryDirectory() as d:
             torch.save(tr.state_dict(), Path(d) / STATE_FILE)
+            write_manifest(Path(d), tr.step, cfg.fingerprint())
             if final:
                 save_meta_checkpoint(Path(d) / FINAL_DIR, tr.to_checkpoint(metrics))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))

@@ -237,6 +237,8 @@ def _fit(
         or max(1, min(checkpoint_every, cfg.val_every, max(cfg.steps // 20, 1))),
         "progress": queue,
         "debug": debug,
+        "storage": plan.storage,  # to find checkpoints newer than Ray's record on resume
+        "run_name": plan.name,
     }
     trainer = TorchTrainer(
         train_loop,
