@@ -14,11 +14,13 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from raymeta.errors import ClusterError
+from raymeta.orchestration import _reaper
 
 DEFAULT_TIMEOUT_S = 30.0
 LOOPBACK = "127.0.0.1"
@@ -146,13 +148,17 @@ def ray_context(
         return
     target = resolve_address(address)
     kwargs: dict[str, Any] = {"log_to_driver": not quiet, "logging_level": logging.WARNING}
+    watcher = None
     if target is None:
+        before = _reaper.descendants(os.getpid()) if sys.platform.startswith("linux") else set()
         try:
             start_local_ray(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
         except ClusterError:
             raise
         except Exception as exc:  # Ray raises bare Exception when its node fails to start
             raise ClusterError(f"could not start a local Ray instance: {_first(exc)}") from None
+        if sys.platform.startswith("linux"):  # reap Ray's agents even if this driver is killed
+            watcher = _reaper.start(_reaper.descendants(os.getpid()) - before)
     else:
         _probe(target, timeout_s)
         try:
@@ -165,6 +171,7 @@ def ray_context(
         yield
     finally:
         ray.shutdown()
+        _reaper.stop(watcher)
 
 
 def _first(exc: BaseException) -> str:
