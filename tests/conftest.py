@@ -1,4 +1,5 @@
-"""Shared fixtures: one real local Ray per test session (bound to 127.0.0.1), started lazily.
+"""Shared fixtures: one real local Ray per test session (loopback only, like raymeta's embedded
+Ray: ``start_local_ray``), started lazily.
 
 Tests that need Ray take the ``ray_session`` fixture; the pure-layer tests never start it.
 The orchestration API reuses an already-initialised Ray and does not shut it down.
@@ -35,15 +36,12 @@ OMNIGLOT_DIR = Path(
 def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     import ray
 
+    from raymeta.orchestration.ray_runtime import start_local_ray
+
     if not ray.is_initialized():
         tmp = tmp_path_factory.mktemp("ray")
-        ray.init(
-            num_cpus=2,
-            _node_ip_address="127.0.0.1",
-            _temp_dir=str(tmp),
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
+        start_local_ray(
+            num_cpus=2, _temp_dir=str(tmp), log_to_driver=False, configure_logging=False
         )
     yield
     ray.shutdown()

@@ -22,8 +22,9 @@ import torch.distributed as dist
 
 from raymeta.core.checkpoint import save_meta_checkpoint
 from raymeta.core.train import MetaTrainConfig, MetaTrainer
+from raymeta.errors import ConfigError
+from raymeta.orchestration._newest_checkpoint import STATE_FILE, newest_state, write_manifest
 
-STATE_FILE = "state.pt"
 FINAL_DIR = "final"
 
 
@@ -51,8 +52,32 @@ def _unflatten(
     return flat[0], flat[1], out
 
 
+def _maybe_fail(debug: dict[str, Any], step: int, rank: int) -> None:
+    """Test hooks, each fired once (guarded by a marker file): raise an error in this worker
+    (``raise_at_step``: a ConfigError, as a family that finds a bad option only late would, or
+    a RuntimeError), or SIGKILL the Ray Train controller from here (``kill_controller_at_step``)."""
+    raise_at, kill_at = debug.get("raise_at_step"), debug.get("kill_controller_at_step")
+    if step not in (raise_at, kill_at) or rank != debug.get("fail_rank", 0):
+        return
+    marker = Path(debug["fail_marker"])
+    if marker.exists():
+        return
+    marker.write_text(f"failed rank {rank} at step {step}\n")
+    if step == raise_at:
+        if debug.get("raise_kind") == "config":
+            raise ConfigError(f"injected bad option at step {step}")
+        raise RuntimeError(f"injected crash at step {step}")
+    import psutil
+
+    # the controller is an actor process of this node's raylet, like this worker
+    for p in psutil.Process(os.getppid()).children():
+        if p.name().startswith("ray::TrainControl"):
+            p.send_signal(signal.SIGKILL)
+
+
 def _maybe_crash(debug: dict[str, Any], step: int, rank: int) -> None:
     """Test hook: SIGKILL this worker process once (guarded by a marker file)."""
+    _maybe_fail(debug, step, rank)
     crash_at = debug.get("crash_at_step")
     if crash_at is None or step != crash_at or rank != debug.get("crash_rank", 0):
         return
@@ -86,6 +111,17 @@ def train_loop(config: dict[str, Any]) -> None:
     if restored is not None:
         with restored.as_directory() as d:
             tr.load_state_dict(load_state(d))
+    # Ray's record can lag the newest checkpoint on storage (see _newest_checkpoint)
+    newer = newest_state(config.get("storage"), config.get("run_name"), cfg.fingerprint(), tr.step)
+    if newer is not None:
+        tr.load_state_dict(newer)
+    if dist.is_initialized():  # every rank must resume from the same step
+        steps = torch.tensor([tr.step, -tr.step], dtype=torch.int64, device=device)
+        dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+        if int(steps[0]) != -int(steps[1]):
+            raise RuntimeError(
+                f"ranks resumed from different steps ({int(steps[0])} vs {-int(steps[1])})"
+            )
     start = tr.step
     n_local = _local_tasks(tr)
     if rank == 0 and queue is not None:
@@ -97,6 +133,7 @@ def train_loop(config: dict[str, Any]) -> None:
             return
         with tempfile.TemporaryDirectory() as d:
             torch.save(tr.state_dict(), Path(d) / STATE_FILE)
+            write_manifest(Path(d), tr.step, cfg.fingerprint())
             if final:
                 save_meta_checkpoint(Path(d) / FINAL_DIR, tr.to_checkpoint(metrics))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))

@@ -213,8 +213,11 @@ def _fit(
 ) -> MetaTrainResult:
     import ray
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
+
+    from raymeta.orchestration._failures import training_failure
+    from raymeta.orchestration._local_torch import torch_config
 
     check_resources(workers * cpus, workers * gpus, what=f"meta-train with {workers} worker(s)")
     if plan.local_storage and len([n for n in ray.nodes() if n.get("Alive")]) > 1:
@@ -236,11 +239,13 @@ def _fit(
         or max(1, min(checkpoint_every, cfg.val_every, max(cfg.steps // 20, 1))),
         "progress": queue,
         "debug": debug,
+        "storage": plan.storage,  # to find checkpoints newer than Ray's record on resume
+        "run_name": plan.name,
     }
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=torch_config("nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
@@ -257,11 +262,11 @@ def _fit(
     t0 = time.perf_counter()
     try:
         result = trainer.fit()
-    except ray.train.TrainingFailedError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ClusterError(
-            f"meta-training failed ({first}); rerun the same command to resume from the last checkpoint"
-        ) from None
+    except Exception as exc:  # Ray Train / controller failures: one line, says if a rerun resumes
+        err = training_failure(exc)
+        if err is None:
+            raise
+        raise err from None
     finally:
         pump.close()
     seconds = time.perf_counter() - t0

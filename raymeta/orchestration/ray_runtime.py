@@ -1,10 +1,11 @@
 """Starting or joining Ray, with clear errors instead of hangs.
 
-Without an address raymeta starts an embedded local Ray bound to 127.0.0.1 and shuts it down
-afterwards. With ``--address`` (or ``RAY_ADDRESS``, which ``ray job submit`` sets for its
-entrypoint) it joins that cluster; the address is probed with a plain TCP connect first, so an
-unreachable cluster is a one-line ``ClusterError`` within the timeout rather than a long retry
-loop inside ``ray.init``. An already-initialised Ray (tests, notebooks) is reused untouched.
+Without an address raymeta starts an embedded local Ray that listens on 127.0.0.1 only (see
+``loopback_only``) and shuts it down afterwards. With ``--address`` (or ``RAY_ADDRESS``, which
+``ray job submit`` sets for its entrypoint) it joins that cluster; the address is parsed and
+probed with a plain TCP connect first, so a malformed or unreachable address is a one-line
+``ClusterError`` within the timeout rather than a traceback or a long retry loop inside
+``ray.init``. An already-initialised Ray (tests, notebooks) is reused untouched.
 """
 
 from __future__ import annotations
@@ -13,13 +14,66 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from raymeta.errors import ClusterError
+from raymeta.orchestration import _reaper
 
 DEFAULT_TIMEOUT_S = 30.0
+LOOPBACK = "127.0.0.1"
+# Ray 2.60's ``ray.init(_node_ip_address="127.0.0.1")`` passes the address through
+# ``services.resolve_ip_for_localhost``, which replaces a loopback address by the node's
+# routable IP unless ``ray_constants.ENABLE_RAY_CLUSTER`` is false (the switch Ray uses to keep
+# macOS/Windows laptops local). Every Ray server binds the node IP (GCS, raylet node and
+# object managers, core-worker gRPC servers of the driver and all workers, runtime-env agent),
+# so keeping the node IP at 127.0.0.1 keeps all of them on loopback.
+_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def local_init_kwargs() -> dict[str, Any]:
+    """The ``ray.init`` arguments of raymeta's embedded Ray (use inside ``loopback_only``)."""
+    return {"_node_ip_address": LOOPBACK, "include_dashboard": False}
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """Keep an embedded Ray started in this block on 127.0.0.1.
+
+    Sets ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (read when Ray is imported, and inherited by
+    the GCS, raylet and workers it spawns) and, since Ray may already be imported, the
+    constant it sets. Both are restored on exit, so joining a real cluster later in the same
+    process is unaffected; processes started inside the block keep the setting.
+    """
+    import ray._private.ray_constants as ray_constants
+
+    old_env, old_flag = os.environ.get(_LOCAL_ONLY_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_LOCAL_ONLY_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old_flag
+        if old_env is None:
+            os.environ.pop(_LOCAL_ONLY_ENV, None)
+        else:
+            os.environ[_LOCAL_ONLY_ENV] = old_env
+
+
+def start_local_ray(**kwargs: Any) -> None:
+    """``ray.init`` of an embedded, loopback-only Ray; ``kwargs`` add to ``local_init_kwargs``."""
+    import ray
+
+    with loopback_only():
+        ray.init(**{**local_init_kwargs(), **kwargs})
+        node_ip = ray.util.get_node_ip_address()
+    if node_ip != LOOPBACK:  # a Ray upgrade changed the mechanism: never run exposed
+        ray.shutdown()
+        raise ClusterError(
+            f"the embedded Ray bound {node_ip} instead of {LOOPBACK}; refusing to run it exposed"
+        )
 
 
 def _current_cluster_address() -> str | None:
@@ -27,28 +81,46 @@ def _current_cluster_address() -> str | None:
     return p.read_text().strip() or None if p.is_file() else None
 
 
+def parse_address(address: str) -> tuple[str, int]:
+    """``(host, port)`` of a ``HOST:PORT`` / ``[IPv6]:PORT`` GCS address, or a ClusterError."""
+    expected = "expected HOST:PORT of the head node's GCS, e.g. 10.0.0.1:6379, or auto"
+    if "://" in address:
+        scheme = address.split("://", 1)[0].lower()
+        if scheme == "ray":
+            raise ClusterError(
+                f"{address}: ray:// (Ray Client) addresses are not supported; give the head's "
+                "GCS address HOST:PORT (default port 6379) or run raymeta with 'ray job submit'"
+            )
+        raise ClusterError(f"cannot parse Ray address {address!r} ({expected})")
+    host, sep, port = address.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or any(c.isspace() or c in "[]/" for c in host):
+        raise ClusterError(f"cannot parse Ray address {address!r} ({expected})")
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise ClusterError(f"Ray address {address!r}: the port must be a number in 1..65535")
+    return host, int(port)
+
+
 def _probe(address: str, timeout_s: float) -> None:
-    target = address.split("://", 1)[-1]
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        raise ClusterError(
-            f"cannot parse Ray address {address!r} (expected HOST:PORT, ray://HOST:PORT or auto)"
-        )
+    host, port = parse_address(address)
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
+        with socket.create_connection((host, port), timeout=timeout_s):
             pass
-    except OSError as exc:
-        raise ClusterError(
-            f"cannot reach a Ray cluster at {address}: {exc.strerror or exc}"
-        ) from None
+    except (OSError, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ClusterError(f"cannot reach a Ray cluster at {address}: {reason}") from None
 
 
 def resolve_address(address: str | None) -> str | None:
-    """The cluster to join, or None for an embedded local Ray."""
+    """The cluster to join, or None for an embedded local Ray (also for Ray's ``local``)."""
     if address is None:
         address = os.environ.get("RAY_ADDRESS") or None
         if address is None:
             return None
+    address = address.strip()
+    if address == "local":
+        return None
     if address == "auto":
         found = os.environ.get("RAY_ADDRESS") or _current_cluster_address()
         if not found or found == "auto":
@@ -76,31 +148,35 @@ def ray_context(
         return
     target = resolve_address(address)
     kwargs: dict[str, Any] = {"log_to_driver": not quiet, "logging_level": logging.WARNING}
+    watcher = None
     if target is None:
+        before = _reaper.descendants(os.getpid()) if sys.platform.startswith("linux") else set()
         try:
-            ray.init(
-                num_cpus=num_cpus,
-                num_gpus=num_gpus,
-                _node_ip_address="127.0.0.1",
-                include_dashboard=False,
-                **kwargs,
-            )
+            start_local_ray(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+        except ClusterError:
+            raise
         except Exception as exc:  # Ray raises bare Exception when its node fails to start
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ClusterError(f"could not start a local Ray instance: {first}") from None
+            raise ClusterError(f"could not start a local Ray instance: {_first(exc)}") from None
+        if sys.platform.startswith("linux"):  # reap Ray's agents even if this driver is killed
+            watcher = _reaper.start(_reaper.descendants(os.getpid()) - before)
     else:
-        if not target.startswith("ray://"):
-            _probe(target, timeout_s)
+        _probe(target, timeout_s)
         try:
             ray.init(address=target, **kwargs)
-        except (ConnectionError, TimeoutError, RuntimeError) as exc:
+        except Exception as exc:  # ConnectionError, ValueError (bad port), auth errors...
             raise ClusterError(
-                f"cannot connect to the Ray cluster at {target}: {str(exc).splitlines()[0]}"
+                f"cannot connect to the Ray cluster at {target}: {_first(exc)}"
             ) from None
     try:
         yield
     finally:
         ray.shutdown()
+        _reaper.stop(watcher)
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def check_resources(cpus: float = 0.0, gpus: float = 0.0, what: str = "this run") -> None:
