@@ -152,7 +152,8 @@ def ray_context(
     if target is None:
         before = _reaper.descendants(os.getpid()) if sys.platform.startswith("linux") else set()
         try:
-            start_local_ray(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+            with _quiet_auth_notice(quiet):
+                start_local_ray(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
         except ClusterError:
             raise
         except Exception as exc:  # Ray raises bare Exception when its node fails to start
@@ -172,6 +173,23 @@ def ray_context(
     finally:
         ray.shutdown()
         _reaper.stop(watcher)
+
+
+@contextlib.contextmanager
+def _quiet_auth_notice(quiet: bool) -> Iterator[None]:
+    """Hide Ray's "Token authentication is enabled" notice while the embedded Ray starts.
+
+    Why: it is printed on stderr at every start, so a one-line ``raymeta: error:`` raised
+    later in the run would come with a second line; token auth stays on (the embedded Ray is
+    loopback-only and authenticated), and ``quiet=False`` shows the notice again."""
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    old = log.level
+    if quiet:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(old)
 
 
 def _first(exc: BaseException) -> str:

@@ -1,6 +1,7 @@
 """Every TCP socket that a short raymeta run listens on, and whether any is off loopback.
 
-Runs ``raymeta meta-train`` (embedded Ray, 1 worker, a few steps by default) in a subprocess
+Runs ``raymeta meta-train`` (embedded Ray, 1 worker, a few steps by default), or with
+``--quickstart`` the whole ``raymeta quickstart --smoke-test`` pipeline, in a subprocess
 and polls the listening sockets of the driver and every process descended from it (GCS,
 raylet, agents, Ray workers, Ray Train workers with their gloo/TCPStore sockets) until it
 exits, so short-lived listeners are seen too. Prints one line per (process, address, port)
@@ -54,22 +55,21 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--interval", type=float, default=0.2)
+    ap.add_argument(
+        "--quickstart",
+        action="store_true",
+        help="watch 'raymeta quickstart --smoke-test' (meta-train, priors, tune) instead",
+    )
     ap.add_argument("extra", nargs="*", help="more meta-train arguments")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "raymeta.cli.main",
-            "meta-train",
-            "--workers",
-            "1",
-            "--steps",
-            str(args.steps),
-            "--out",
-            os.path.join(tmp, "meta"),
-            *args.extra,
-        ]
+        run = (
+            ["quickstart", "--smoke-test", "--out", os.path.join(tmp, "qs")]
+            if args.quickstart
+            else ["meta-train", "--workers", "1", "--steps", str(args.steps)]
+            + ["--out", os.path.join(tmp, "meta")]
+        )
+        cmd = [sys.executable, "-m", "raymeta.cli.main", *run, *args.extra]
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         root = psutil.Process(proc.pid)
@@ -79,7 +79,7 @@ def main() -> int:
             time.sleep(args.interval)
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode != 0:
-        print(f"meta-train failed (exit {proc.returncode}):\n{err}", file=sys.stderr)
+        print(f"{run[0]} failed (exit {proc.returncode}):\n{err}", file=sys.stderr)
         return 2
     ports = sorted(((name, ip, port) for (_, ip, port), name in seen.items()), key=lambda t: t[0])
     outside = [t for t in ports if not is_loopback(t[1])]
