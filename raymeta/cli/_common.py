@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -22,6 +23,27 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
             return text + " (default: %(default)s)"
         return text
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line, ``raymeta: error: ...``, exit 2.
+
+    argparse's own ``error()`` prints the usage block and ``PROG: error: ...``; the CLI promises
+    exactly one ``raymeta: error:`` line for every bad input, so scripts and the bad-input tests
+    can rely on one format. Abbreviated long options are refused (``allow_abbrev=False``): a
+    config value could otherwise be silently overridden by a prefix like ``--task`` for
+    ``--tasks``. Subparsers inherit the class (argparse builds them with ``type(parent)``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog.removeprefix("raymeta").strip()
+        text = " ".join(str(message).split())
+        sys.stderr.write(f"raymeta: error: {where + ': ' if where else ''}{text}\n")
+        sys.exit(2)
 
 
 def add_command(

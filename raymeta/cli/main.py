@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from raymeta._version import __version__
+from raymeta.cli._common import Parser
 from raymeta.cli._config import apply_config
 from raymeta.errors import RaymetaError
 
@@ -20,7 +21,7 @@ COMMANDS = ("quickstart", "meta_train", "priors", "tune", "sweep", "report", "be
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="raymeta",
         description=(
             "Ray-distributed, population-based meta-tuner: meta-train an initialization over a "
