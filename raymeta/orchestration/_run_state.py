@@ -75,8 +75,10 @@ def plan_run(
     """Decide fresh start / resume / already done, refusing conflicts; writes nothing."""
     out_p = Path(out).expanduser().absolute()
     fp = fingerprint(cfg)
+    check_not_inside_checkpoint(out_p)
     if storage is not None and "://" not in storage:
         storage = str(Path(storage).expanduser().absolute())
+        check_storage(storage)
     status = out_status(out_p, fp)
     if status == "same" and not overwrite:
         return RunPlan(out_p, state_dir_for(out_p), storage or "", "", fp, already_done=True)
@@ -118,14 +120,45 @@ def plan_run(
     )
 
 
-def probe_writable(out: Path) -> None:
+def probe_writable(out: Path, flag: str = "--out") -> None:
+    """Refuse an ``out`` that cannot be created, before any work and without creating anything:
+    its nearest existing ancestor must be a writable directory (probed with a temp file, which
+    also works as root, where permission bits say nothing)."""
+    base = out.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise ConfigError(f"cannot write {flag} {out}: {base} is not a directory")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=base)
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise ConfigError(f"cannot write --out {out}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot write {flag} {out}: {exc.strerror or exc}") from None
+
+
+def check_storage(storage: str) -> None:
+    """A local ``--storage`` must be (or be creatable as) a writable directory."""
+    if "://" in storage:
+        return
+    p = Path(storage)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"--storage {p} exists and is not a directory")
+    probe_writable(p / "x" if p.is_dir() else p, "--storage")
+
+
+def check_not_inside_checkpoint(out: Path) -> None:
+    """Refuse an ``--out`` inside an existing meta-checkpoint (``--out META/weights``
+    with ``--overwrite`` would replace part of that checkpoint and corrupt it)."""
+    for parent in out.parents:
+        if (parent / "meta.json").is_file():
+            try:
+                read_meta(parent)
+            except CheckpointError:
+                continue
+            raise ConfigError(
+                f"--out {out} is inside the meta-checkpoint {parent}; pick a path outside it"
+            )
 
 
 def begin_run(plan: RunPlan, cfg: MetaTrainConfig) -> None:

@@ -13,7 +13,12 @@ from typing import Any
 from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint, save_meta_checkpoint
 from raymeta.core.train import MetaTrainConfig, meta_train
 from raymeta.errors import ConfigError
-from raymeta.orchestration._run_state import fingerprint, out_status, probe_writable
+from raymeta.orchestration._run_state import (
+    check_not_inside_checkpoint,
+    fingerprint,
+    out_status,
+    probe_writable,
+)
 
 
 def run_local_meta_train(
@@ -26,6 +31,7 @@ def run_local_meta_train(
     """Meta-train in-process and write the meta-checkpoint to ``out`` atomically."""
     cfg = cfg.validate()
     out_p = Path(out).expanduser().absolute()
+    check_not_inside_checkpoint(out_p)
     status = out_status(out_p, fingerprint(cfg))
     if status == "same" and not overwrite:
         if progress:
