@@ -203,32 +203,32 @@ def _candidate(p: Path, meta: dict[str, Any], name: Any, c: Any) -> Candidate:
     if not isinstance(name, str) or not isinstance(c, dict):
         raise CheckpointError(f"meta-checkpoint {p}: malformed candidate {name!r}")
     rel = c.get("weights")
-    check_member(p, rel)
+    wfile = check_member(p, rel)
     if rel not in meta.get("files", {}):
         raise CheckpointError(
             f"meta-checkpoint {p}: weights {rel!r} of candidate {name!r} are not in its manifest"
         )
     try:
-        spec = ModelSpec.from_dict(c.get("model"))
+        spec = ModelSpec.from_dict(c.get("model"))  # type: ignore[arg-type]  # checked there
         check_model_fits(spec, what=f"meta-checkpoint {p} candidate {name!r}")
         expected = expected_shapes(spec)
     except ConfigError as exc:
         raise CheckpointError(f"meta-checkpoint {p}: candidate {name!r}: {exc}") from None
-    params = _load_weights(p / rel)
+    params = _load_weights(wfile)
     expected.update(_extra_shapes(params, expected))
     missing = sorted(set(expected) - set(params))
     extra = sorted(set(params) - set(expected))
     if missing or extra:
         what = f"missing {missing[0]!r}" if missing else f"has an unexpected tensor {extra[0]!r}"
         raise CheckpointError(
-            f"{p / rel} does not match model {spec.name!r}: {what} "
+            f"{wfile} does not match model {spec.name!r}: {what} "
             f"({len(missing)} missing, {len(extra)} unexpected)"
         )
     for k, shape in expected.items():
         t = params[k]
         if tuple(t.shape) != shape or not t.is_floating_point():
             raise CheckpointError(
-                f"{p / rel}: tensor {k!r} is {t.dtype} {tuple(t.shape)}, model {spec.name!r} "
+                f"{wfile}: tensor {k!r} is {t.dtype} {tuple(t.shape)}, model {spec.name!r} "
                 f"needs floating point {shape}"
             )
     info = c.get("info", {})
