@@ -130,7 +130,7 @@ def test_to_checkpoint_carries_the_run() -> None:
     "change, match",
     [
         ({"algo": "foo"}, "unknown algorithm"),
-        ({"outer_optimizer": "lbfgs"}, "outer optimizer"),
+        ({"outer_optimizer": "lbfgs"}, "outer-optimizer"),
         ({"dtype": "float16"}, "dtype"),
         ({"meta_batch": 0}, "meta-batch must be >= 1"),
         ({"meta_batch": 2, "shards": 3}, "smaller than the number of shards"),

@@ -182,10 +182,13 @@ def test_cli_fit_show_and_bad_input(
     shutil.copytree(ckpt_dir, d)
     assert main(["priors", "show", "--meta", str(d)]) == 2
     assert "no priors.json" in capsys.readouterr().err
-    assert main(["priors", "fit", "--meta", str(d), "--tasks", "1"]) == 2
-    assert "at least 2" in capsys.readouterr().err
-    assert main(["priors", "fit", "--meta", str(d), "--tasks", "3", "--configs", "2"]) == 2
-    assert "at least 4 configs" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # a flag out of range is a usage error (argparse)
+        main(["priors", "fit", "--meta", str(d), "--tasks", "1"])
+    assert exc.value.code == 2
+    assert "--tasks: value must be >= 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["priors", "fit", "--meta", str(d), "--tasks", "3", "--configs", "2"])
+    assert "--configs: value must be >= 4" in capsys.readouterr().err
     assert priors_file(d) is None
     cfg = tmp_path / "fit.yaml"
     cfg.write_text(f"meta: {d}\ntasks: 3\nconfigs: 5\nmax_steps: 4\n")
@@ -196,8 +199,9 @@ def test_cli_fit_show_and_bad_input(
     shown = capsys.readouterr().out
     assert "3 meta-val tasks x 5 configs" in shown and "lr" in shown
     assert "joint part" in shown  # the kernel-mixture component is shown with its centres
-    assert main(["priors", "fit", "--meta", str(d), "--safe-rate", "1.5"]) == 2
-    assert "safe rate must be in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["priors", "fit", "--meta", str(d), "--safe-rate", "1.5"])
+    assert "--safe-rate: value must be <= 1" in capsys.readouterr().err
     pj = json.loads(_priors_path(d).read_text())
     write_priors(d, pj | {"version": 7})  # checksum valid, version unknown
     assert main(["priors", "show", "--meta", str(d)]) == 2

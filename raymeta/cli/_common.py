@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-import yaml
-
+from raymeta import _checks
+from raymeta._yaml import loads
 from raymeta.errors import ConfigError
 
 
@@ -64,21 +66,95 @@ def add_command(
     return p
 
 
+def _typed(kind: str, check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """An argparse ``type=``: a flag's text (or a config file's value, already typed by YAML)
+    through ``check``; failures become ``ArgumentTypeError`` so argparse prints one line."""
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                value = int(text, 10) if kind == "int" else float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected {kind_word}, got {text!r}") from None
+        try:
+            return check(value)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    kind_word = "an integer" if kind == "int" else "a number"
+    parse.__name__ = kind
+    return parse
+
+
+def int_arg(low: int | None = None, high: int | None = _checks.MAX_INT) -> Callable[[Any], int]:
+    """``type=`` for an integer flag within ``[low, high]`` (bools and floats refused)."""
+    return _typed("int", lambda v: _checks.integer("value", v, low, high))
+
+
+def float_arg(
+    low: float | None = None, high: float | None = None, low_open: bool = False
+) -> Callable[[Any], float]:
+    """``type=`` for a finite number within ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    return _typed("float", lambda v: _checks.number("value", v, low, high, low_open))
+
+
+_ADDRESS = re.compile(r"^(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
+
+
+def address_arg(text: Any) -> str:
+    """``type=`` for ``--address``: ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT`` (the last
+    only where the Ray Client extra is installed); checked before any Ray process starts."""
+    if not isinstance(text, str):
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {_checks.show_value(text)}")
+    text = text.strip()
+    if text == "auto":
+        return text
+    m = _ADDRESS.match(text)
+    if m is None or not 1 <= int(m.group(3)) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:PORT, ray://HOST:PORT or auto, got {text!r}"
+        )
+    if m.group(1) and importlib.util.find_spec("grpc") is None:
+        raise argparse.ArgumentTypeError(
+            f"{text}: ray:// addresses need the Ray Client (pip install 'ray[client]'); "
+            "or pass the head's HOST:PORT (e.g. 10.0.0.1:6379)"
+        )
+    return text
+
+
+def path_arg(text: Any) -> str:
+    """``type=`` for a file or directory flag: a non-empty path without NUL bytes."""
+    if not isinstance(text, str) or not text.strip() or "\x00" in text:
+        raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
+    return text
+
+
 def parse_options(items: Any, what: str) -> dict[str, Any]:
-    """``["k=v", ...]`` (values parsed as YAML scalars/lists) or a mapping from a config file."""
+    """``["k=v", ...]`` (values parsed as bounded YAML scalars/lists) or a mapping from a
+    config file; anything else (a number, a list of non-strings) is a one-line error."""
+    flag = f"--{what}-option"
     if items is None:
         return {}
     if isinstance(items, dict):
-        return {str(k): v for k, v in items.items()}
+        return _checks.mapping(f"{what}_options", items)
     if isinstance(items, str):
         items = [items]
+    if not isinstance(items, list):
+        raise ConfigError(
+            f"{what}_options must be a mapping or a list of KEY=VALUE, got {_checks.show_value(items)}"
+        )
     out: dict[str, Any] = {}
     for item in items:
-        key, sep, raw = str(item).partition("=")
+        if not isinstance(item, str):
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {_checks.show_value(item)}")
+        key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--{what}-option expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            out[key.strip()] = loads(raw, f"{flag} {key.strip()}") if raw.strip() else ""
+        except ConfigError as exc:
+            if "not valid YAML" not in str(exc):
+                raise
             out[key.strip()] = raw
     return out

@@ -1,15 +1,25 @@
 """``--config FILE.yaml``: every flag of a subcommand can also come from a YAML mapping.
 
-Flags given on the command line win over the file; unknown keys are an error, so a typo in
-a config never silently falls back to a default.
+Flags given on the command line win over the file. Keys must be exact option names (``meta_batch``
+or ``meta-batch``; unknown keys are an error, so a typo in a config never silently falls back to
+a default), and values must have the flag's type: a list or mapping where one value is expected,
+a bool where a number is, a float where an integer is (never truncated), a quoted number or a
+number for a string option are one-line errors naming the key, also for keys a flag overrides.
+Values go through the flag's own ``type=`` check, so a config file accepts what the command line
+accepts.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
+from raymeta._checks import show_value
 from raymeta._yaml import load_yaml_mapping
 from raymeta.errors import ConfigError
+
+# argparse bookkeeping that set_defaults puts on the namespace: never settable from a file
+_INTERNAL = ("help", "config", "func", "_parser")
 
 
 def _explicit_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
@@ -21,6 +31,51 @@ def _explicit_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str
     }
 
 
+def _coerce(act: argparse.Action, key: str, value: Any, where: str) -> Any:
+    """``value`` checked against what ``act`` takes on the command line."""
+    bad = f"{where}: {key!r}"
+    if isinstance(act, (argparse._StoreTrueAction, argparse._StoreFalseAction)):  # noqa: SLF001
+        if not isinstance(value, bool):
+            raise ConfigError(f"{bad} must be true or false, got {show_value(value)}")
+        return value
+    if isinstance(act, argparse._AppendAction):  # noqa: SLF001 - repeatable K=V flags
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, dict) or (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            return value
+        raise ConfigError(
+            f"{bad} must be a mapping of option: value or a list of KEY=VALUE, got {show_value(value)}"
+        )
+    if value is None:
+        if act.default is not None:
+            raise ConfigError(f"{bad} needs a value (leave it out for the default)")
+        return None
+    if isinstance(value, (dict, list, tuple, set)):
+        raise ConfigError(f"{bad} takes one value, got {show_value(value)}")
+    if act.nargs not in (None, argparse.OPTIONAL):
+        raise ConfigError(f"{bad} cannot be set from a config file")
+    kind = getattr(act.type, "__name__", "")
+    if act.type in (None, str) or kind not in ("int", "float"):
+        if not isinstance(value, str):
+            raise ConfigError(f"{bad} must be a string, got {show_value(value)}")
+    elif kind == "int":  # YAML types the value: a quoted '3' is a string, 2.5 is no integer
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{bad} must be an integer, got {show_value(value)}")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{bad} must be a number, got {show_value(value)}")
+    if act.type is not None:
+        try:
+            value = act.type(value)  # type: ignore[misc,operator]
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+            why = str(exc) if isinstance(exc, argparse.ArgumentTypeError) else "bad value"
+            raise ConfigError(f"{bad}: {why} ({show_value(value)})") from None
+    if act.choices is not None and value not in act.choices:
+        raise ConfigError(f"{bad} must be one of {', '.join(map(str, act.choices))}, got {value!r}")
+    return value
+
+
 def apply_config(
     parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
 ) -> argparse.Namespace:
@@ -29,23 +84,18 @@ def apply_config(
     if not path:
         return args
     data = load_yaml_mapping(path)
-    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}  # noqa: SLF001
+    actions = {
+        a.dest: a
+        for a in parser._actions  # noqa: SLF001
+        if a.dest not in _INTERNAL and a.option_strings
+    }
     explicit = _explicit_dests(parser, argv)
+    where = f"config file {path}"
     for key, value in data.items():
         dest = str(key).replace("-", "_")
-        if dest not in actions:
-            raise ConfigError(f"config file {path}: unknown option {key!r}")
-        if dest in explicit:
-            continue
-        act = actions[dest]
-        if act.type is not None and value is not None and not isinstance(value, (dict, list)):
-            try:
-                value = act.type(value)  # type: ignore[misc,operator]
-            except (TypeError, ValueError):
-                raise ConfigError(f"config file {path}: bad value {value!r} for {key!r}") from None
-        if act.choices is not None and value not in act.choices:
-            raise ConfigError(
-                f"config file {path}: {key!r} must be one of {', '.join(map(str, act.choices))}"
-            )
-        setattr(args, dest, value)
+        if dest not in actions or str(key).startswith("_"):
+            raise ConfigError(f"{where}: unknown option {key!r}")
+        value = _coerce(actions[dest], key, value, where)  # checked even where a flag wins
+        if dest not in explicit:
+            setattr(args, dest, value)
     return args

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from raymeta.cli._common import add_command, parse_options
+from raymeta.cli._common import (
+    add_command,
+    address_arg,
+    float_arg,
+    int_arg,
+    parse_options,
+    path_arg,
+)
 from raymeta.errors import ConfigError
 
 DESCRIPTION = """Meta-train an initialization (MAML, FOMAML, Reptile, Meta-SGD, ANIL) over a task
@@ -60,63 +67,96 @@ def add_parser(sub: Any) -> None:
         choices=["maml", "fomaml", "reptile", "metasgd", "anil"],
         help="meta-learning algorithm",
     )
-    g.add_argument("--inner-steps", type=int, default=1, help="inner-loop adaptation steps")
-    g.add_argument("--inner-lr", type=float, default=0.01, help="inner-loop learning rate")
+    g.add_argument(
+        "--inner-steps", type=int_arg(0, 100_000), default=1, help="inner-loop adaptation steps"
+    )
+    g.add_argument(
+        "--inner-lr",
+        type=float_arg(0.0, low_open=True),
+        default=0.01,
+        help="inner-loop learning rate",
+    )
     g.add_argument(
         "--first-order", action="store_true", help="drop second-order terms (MAML -> FOMAML)"
     )
     g.add_argument(
         "--outer-optimizer", default="adam", choices=["adam", "sgd"], help="outer (meta) optimizer"
     )
-    g.add_argument("--outer-lr", type=float, default=1e-3, help="outer learning rate")
-    g.add_argument("--steps", type=int, default=1000, help="outer steps")
     g.add_argument(
-        "--meta-batch", type=int, default=25, help="tasks per outer step, split over the workers"
+        "--outer-lr", type=float_arg(0.0, low_open=True), default=1e-3, help="outer learning rate"
+    )
+    g.add_argument("--steps", type=int_arg(1), default=1000, help="outer steps")
+    g.add_argument(
+        "--meta-batch",
+        type=int_arg(1),
+        default=25,
+        help="tasks per outer step, split over the workers",
     )
     g.add_argument(
-        "--seed", type=int, default=0, help="seed of the initialization and of every task draw"
+        "--seed",
+        type=int_arg(0),
+        default=0,
+        help="seed of the initialization and of every task draw",
     )
     g.add_argument(
         "--chunk-size",
-        type=int,
+        type=int_arg(1),
         default=None,
         help="tasks per vmapped chunk (bounds memory; default: all)",
     )
-    g.add_argument("--val-every", type=int, default=100, help="meta-validation loss every N steps")
-    g.add_argument("--val-tasks", type=int, default=100, help="meta-validation tasks")
+    g.add_argument(
+        "--val-every", type=int_arg(1), default=100, help="meta-validation loss every N steps"
+    )
+    g.add_argument("--val-tasks", type=int_arg(1), default=100, help="meta-validation tasks")
     g.add_argument(
         "--dtype", default="float32", choices=["float32", "float64"], help="training precision"
     )
     r = p.add_argument_group("where and how to run")
-    r.add_argument("--out", default=None, help="output meta-checkpoint directory (required)")
     r.add_argument(
-        "--workers", type=int, default=1, help="Ray Train workers (= shards of the meta-batch)"
+        "--out", type=path_arg, default=None, help="output meta-checkpoint directory (required)"
+    )
+    r.add_argument(
+        "--workers",
+        type=int_arg(1),
+        default=1,
+        help="Ray Train workers (= shards of the meta-batch)",
     )
     r.add_argument(
         "--cpus-per-worker",
-        type=float,
+        type=float_arg(0.0, low_open=True),
         default=1,
         help="CPUs reserved per worker (also its torch threads)",
     )
     r.add_argument(
-        "--gpus-per-worker", type=float, default=0, help="GPUs per worker; > 0 uses CUDA and NCCL"
+        "--gpus-per-worker",
+        type=float_arg(0.0),
+        default=0,
+        help="GPUs per worker; > 0 uses CUDA and NCCL",
     )
     r.add_argument(
-        "--address", default=None, help="join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto)"
+        "--address",
+        type=address_arg,
+        default=None,
+        help="join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto)",
     )
     r.add_argument(
-        "--storage", default=None, help="Ray Train storage_path: local path or s3://, gs:// URI"
+        "--storage",
+        type=path_arg,
+        default=None,
+        help="Ray Train storage_path: local path or s3://, gs:// URI",
     )
-    r.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps")
+    r.add_argument(
+        "--checkpoint-every", type=int_arg(1), default=100, help="checkpoint every N steps"
+    )
     r.add_argument(
         "--max-failures",
-        type=int,
+        type=int_arg(-1),
         default=3,
         help="worker-group restarts from the last checkpoint (-1 = forever)",
     )
     r.add_argument(
         "--log-every",
-        type=int,
+        type=int_arg(1),
         default=None,
         help="progress line every N steps (default: about 20 lines per run)",
     )

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from raymeta.cli._common import add_command
+from raymeta.cli._common import add_command, float_arg, int_arg, path_arg
 
 FIT_DESCRIPTION = """Fine-tune C configurations from the broad search space on N meta-validation
 tasks, starting from the meta-initialization (all configs of one model candidate train as ONE
@@ -19,6 +19,9 @@ Fitting priors for `raymeta tune`? Its members train the run's whole budget and 
 snapshot, so use --objective anytime --max-steps <the run's steps per member>: every config then
 trains that long and is ranked by how soon and how far its val loss drops, not by its loss after
 its own `steps`."""
+
+
+MAX_STEPS = 1_000_000  # fine-tuning steps per config
 
 
 def add_parser(sub: Any) -> None:
@@ -34,46 +37,56 @@ def add_parser(sub: Any) -> None:
         FIT_DESCRIPTION,
     )
     f.add_argument(
-        "--meta", required=False, default=None, help="meta-checkpoint directory (required)"
+        "--meta", type=path_arg, default=None, help="meta-checkpoint directory (required)"
     )
-    f.add_argument("--tasks", type=int, default=32, help="meta-val tasks to fine-tune on")
-    f.add_argument("--configs", type=int, default=64, help="configs sampled from the broad space")
     f.add_argument(
-        "--seed", type=int, default=0, help="seed of the config sample and of minibatch draws"
+        "--tasks", type=int_arg(2, 4096), default=32, help="meta-val tasks to fine-tune on"
+    )
+    f.add_argument(
+        "--configs", type=int_arg(4), default=64, help="configs sampled from the broad space"
+    )
+    f.add_argument(
+        "--seed",
+        type=int_arg(0),
+        default=0,
+        help="seed of the config sample and of minibatch draws",
     )
     f.add_argument(
         "--quantile",
-        type=float,
+        type=float_arg(0.0, 1.0, low_open=True),
         default=0.05,
         help="top fraction of each task's configs the priors fit (at least 2 per task)",
     )
     f.add_argument(
         "--shrink",
-        type=float,
+        type=float_arg(0.0, low_open=True),
         default=0.5,
         help="pseudo-count of broad-space evidence: numeric priors keep shrink/(tasks+shrink) uniform",
     )
     f.add_argument(
         "--rounds",
-        type=int,
+        type=int_arg(1),
         default=2,
         help="config batches: the first from the broad space, later ones from the prior fitted so far",
     )
-    f.add_argument("--portfolio", type=int, default=8, help="portfolio size K")
+    f.add_argument("--portfolio", type=int_arg(1), default=8, help="portfolio size K")
     f.add_argument(
         "--refine-repeats",
-        type=int,
+        type=int_arg(0),
         default=2,
         help="fresh-seed re-runs of every config that the portfolio and joint weights are chosen on",
     )
     f.add_argument(
         "--safe-rate",
-        type=float,
+        type=float_arg(0.0, 1.0),
         default=0.9,
         help="portfolio #1 must improve on the meta-init on this share of meta-val tasks (0 = off)",
     )
     f.add_argument(
-        "--max-steps", type=int, default=100, help="largest fine-tuning step budget in the space"
+        "--max-steps",
+        type=int_arg(1, MAX_STEPS),
+        default=100,
+        help="largest fine-tuning step budget in the space",
     )
     f.add_argument(
         "--objective",
@@ -85,7 +98,10 @@ def add_parser(sub: Any) -> None:
         "per member)",
     )
     f.add_argument(
-        "--chunk-size", type=int, default=4096, help="members per vmapped chunk (bounds memory)"
+        "--chunk-size",
+        type=int_arg(1),
+        default=4096,
+        help="members per vmapped chunk (bounds memory)",
     )
     f.add_argument(
         "--device",
@@ -94,14 +110,15 @@ def add_parser(sub: Any) -> None:
     )
     s = add_command(inner, "show", "print a meta-checkpoint's priors as a table", _show)
     s.add_argument(
-        "--meta", required=False, default=None, help="meta-checkpoint directory (required)"
+        "--meta", type=path_arg, default=None, help="meta-checkpoint directory (required)"
     )
-    p.set_defaults(func=lambda args: _usage(p))
+    p.set_defaults(func=_usage)
 
 
-def _usage(p: argparse.ArgumentParser) -> int:
-    p.print_help()
-    return 2
+def _usage(args: argparse.Namespace) -> int:
+    from raymeta.errors import ConfigError
+
+    raise ConfigError("priors needs an action: fit or show (see raymeta priors --help)")
 
 
 def _meta(args: argparse.Namespace) -> str:
@@ -119,6 +136,7 @@ def _fit(args: argparse.Namespace) -> int:
 
     path = _meta(args)
     ckpt = load_meta_checkpoint(path)
+    check_priors_writable(path)
     priors = fit_priors(
         ckpt,
         n_tasks=args.tasks,
@@ -139,6 +157,31 @@ def _fit(args: argparse.Namespace) -> int:
     print(format_priors(priors))
     print(f"wrote {priors_file(path)} ({priors.info['fit_seconds']:.1f} s)", file=sys.stderr)
     return 0
+
+
+def check_priors_writable(path: str) -> None:
+    """Refuse, before the fit, a checkpoint whose priors could not be written afterwards: a
+    ``priors.json`` that is not a file, or a parent directory where the new copy of the
+    checkpoint cannot be created (the checkpoint is replaced by a rename from there)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from raymeta.errors import ConfigError
+
+    p = Path(path).absolute()
+    target = p / "priors.json"
+    if target.exists() and not target.is_file():
+        raise ConfigError(f"cannot write {target}: it exists and is not a file")
+    for d in (p.parent, p):
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".raymeta-probe.", dir=d)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write priors into --meta {p}: {d} is not writable ({exc.strerror or exc})"
+            ) from None
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raymeta.cli._common import add_command
+from raymeta.cli._common import add_command, address_arg, int_arg, path_arg
 
 STRATEGIES = (("meta", "learned"), ("scratch", "broad"))
 
@@ -29,23 +29,47 @@ def add_parser(sub: Any) -> None:
         _run,
         __doc__,
     )
-    p.add_argument("--out", default="runs/quickstart", help="working directory for every artifact")
-    p.add_argument("--steps", type=int, default=1500, help="meta-training outer steps")
-    p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
-    p.add_argument("--tasks", type=int, default=3, help="held-out tasks to tune")
-    p.add_argument("--population", type=int, default=4, help="PBT trials per task")
+    p.add_argument(
+        "--out",
+        type=path_arg,
+        default="runs/quickstart",
+        help="working directory for every artifact",
+    )
+    p.add_argument(
+        "--steps", type=int_arg(1, 10_000_000), default=1500, help="meta-training outer steps"
+    )
+    p.add_argument("--workers", type=int_arg(1, 1024), default=2, help="Ray Train workers")
+    p.add_argument("--tasks", type=int_arg(1, 10_000), default=3, help="held-out tasks to tune")
+    p.add_argument("--population", type=int_arg(1, 100_000), default=4, help="PBT trials per task")
     p.add_argument(
         "--budget",
-        type=int,
+        type=int_arg(1),
         default=400,
         help="total member-steps per tuning run (split over the population)",
     )
     p.add_argument(
-        "--address", default=None, help="join this Ray cluster (default: embedded local Ray)"
+        "--address",
+        type=address_arg,
+        default=None,
+        help="join this Ray cluster (default: embedded local Ray)",
     )
     p.add_argument(
         "--smoke-test", action="store_true", help="tiny sizes (for CI): finishes in about a minute"
     )
+
+
+def _preflight(out: Path, meta: Path) -> None:
+    """Before Ray starts: ``--out`` must be a writable directory (or creatable), and a
+    meta-checkpoint left by an earlier run must load (it is reused, not retrained)."""
+    from raymeta.core.checkpoint import load_meta_checkpoint
+    from raymeta.errors import ConfigError
+    from raymeta.orchestration._run_state import probe_writable
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    probe_writable(out / "x" if out.is_dir() else out)
+    if (meta / "meta.json").exists() or (meta.exists() and not meta.is_dir()):
+        load_meta_checkpoint(meta)
 
 
 def _stage(msg: str) -> float:
@@ -72,8 +96,13 @@ def _run(args: argparse.Namespace) -> int:
     for name in ("steps", "workers", "tasks", "population", "budget"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name} must be >= 1")
+    if args.budget < args.population:
+        raise ConfigError(
+            f"--budget {args.budget} gives the {args.population} trials less than one step each"
+        )
     out = Path(args.out)
     meta = out / "meta"
+    _preflight(out, meta)
     t_all = time.perf_counter()
     with ray_context(args.address):
         t = _stage(

@@ -6,7 +6,7 @@ import argparse
 import math
 from typing import Any
 
-from raymeta.cli._common import add_command
+from raymeta.cli._common import add_command, address_arg, float_arg, int_arg, path_arg
 from raymeta.errors import ConfigError
 
 DESCRIPTION = """Fine-tune one new task with a Ray Tune population warm-started from a
@@ -26,6 +26,10 @@ rows), history.jsonl. Rerunning the same command with the same --out resumes an 
 a crashed trial is retried up to --max-failures times from its last checkpoint."""
 
 
+MAX_POPULATION = 100_000  # Tune trials of one run
+MAX_MEMBERS = 1 << 20  # members packed into one trial
+
+
 def add_parser(sub: Any) -> None:
     p = add_command(
         sub,
@@ -35,7 +39,9 @@ def add_parser(sub: Any) -> None:
         DESCRIPTION,
     )
     p.epilog = EPILOG
-    p.add_argument("--meta", default=None, help="meta-checkpoint directory (required)")
+    p.add_argument(
+        "--meta", type=path_arg, default=None, help="meta-checkpoint directory (required)"
+    )
     p.add_argument(
         "--task", default=None, help="FAMILY:INDEX or a one-task Parquet file (required)"
     )
@@ -48,10 +54,16 @@ def add_parser(sub: Any) -> None:
         "repeatable), e.g. val_size=50",
     )
     p.add_argument(
-        "--population", type=int, default=None, help="number of Tune trials P (required)"
+        "--population",
+        type=int_arg(1, MAX_POPULATION),
+        default=None,
+        help="number of Tune trials P (required)",
     )
     p.add_argument(
-        "--members-per-trial", type=int, default=1, help="M members packed into one vmapped trial"
+        "--members-per-trial",
+        type=int_arg(1, MAX_MEMBERS),
+        default=1,
+        help="M members packed into one vmapped trial",
     )
     p.add_argument(
         "--scheduler",
@@ -60,11 +72,14 @@ def add_parser(sub: Any) -> None:
         help="Tune scheduler",
     )
     p.add_argument(
-        "--budget", type=int, default=None, help="total member-steps (default: 100 per member)"
+        "--budget",
+        type=int_arg(1),
+        default=None,
+        help="total member-steps (default: 100 per member)",
     )
     p.add_argument(
         "--interval",
-        type=int,
+        type=int_arg(1),
         default=None,
         help="steps between reports/perturbations (default: a quarter of a member's steps)",
     )
@@ -81,27 +96,39 @@ def add_parser(sub: Any) -> None:
         help="where hyperparameters come from",
     )
     p.add_argument(
-        "--address", default=None, help="join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto)"
+        "--address",
+        type=address_arg,
+        default=None,
+        help="join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto)",
     )
     p.add_argument(
         "--storage",
+        type=path_arg,
         default=None,
         help="Tune storage_path (local path or s3://, gs:// URI; default: OUT/ray_results)",
     )
-    p.add_argument("--out", default=None, help="output directory (required)")
+    p.add_argument("--out", type=path_arg, default=None, help="output directory (required)")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of member inits, prior draws and minibatches"
+        "--seed",
+        type=int_arg(0),
+        default=0,
+        help="seed of member inits, prior draws and minibatches",
     )
     p.add_argument(
         "--max-failures",
-        type=int,
+        type=int_arg(0),
         default=2,
         help="retries of a crashed trial from its last checkpoint",
     )
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per trial")
+    p.add_argument(
+        "--cpus-per-trial",
+        type=float_arg(0.0, low_open=True),
+        default=1.0,
+        help="CPUs reserved per trial",
+    )
     p.add_argument(
         "--gpus-per-trial",
-        type=float,
+        type=float_arg(0.0),
         default=0.0,
         help="GPUs per trial (fractions share a GPU); > 0 trains the packed members on CUDA",
     )

@@ -34,8 +34,9 @@ import torch
 from raymeta._io import atomic_dir, atomic_write_bytes, atomic_write_json, clean_stale, sha256_file
 from raymeta._lock import output_lock
 from raymeta._version import __version__
-from raymeta.core.models import ModelSpec
-from raymeta.errors import CheckpointError
+from raymeta.core.engine import LR_PREFIX
+from raymeta.core.models import ModelSpec, check_model_fits, expected_shapes
+from raymeta.errors import CheckpointError, ConfigError
 from raymeta.tasks._base import FamilySpec
 
 FORMAT = "raymeta-meta-checkpoint"
@@ -160,34 +161,132 @@ def save_meta_checkpoint(path: str | Path, ckpt: MetaCheckpoint, overwrite: bool
     return Path(path)
 
 
+MAX_META_BYTES = 64 << 20  # meta.json holds specs, configs and metrics: never this large
+
+
 def read_meta(path: str | Path) -> dict[str, Any]:
+    """``meta.json`` of a checkpoint directory, with its format, version and file manifest
+    checked; anything unreadable (a directory, unreadable, not UTF-8, not JSON) is one line."""
     p = Path(path)
     if not p.is_dir():
         raise CheckpointError(f"meta-checkpoint {p} does not exist or is not a directory")
+    f = p / META
     try:
-        meta = json.loads((p / META).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{p} is not a meta-checkpoint (no {META})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{p / META} is truncated or not JSON") from None
+        if not f.exists():
+            raise CheckpointError(f"{p} is not a meta-checkpoint (no {META})")
+        if not f.is_file():
+            raise CheckpointError(f"{f} is not a regular file")
+        with f.open("rb") as fh:
+            raw = fh.read(MAX_META_BYTES + 1)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {f}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_META_BYTES:
+        raise CheckpointError(f"{f} is larger than {MAX_META_BYTES >> 20} MiB")
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise CheckpointError(f"{f} is truncated or not JSON") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{p / META} is not a raymeta meta-checkpoint")
+        raise CheckpointError(f"{f} is not a raymeta meta-checkpoint")
     if meta.get("version") != VERSION:
         raise CheckpointError(
-            f"{p} has meta-checkpoint version {meta.get('version')}, this raymeta reads {VERSION}"
+            f"{p} has meta-checkpoint version {meta.get('version')!r}, this raymeta reads {VERSION}"
         )
+    files = meta.get("files", {})
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{f}: 'files' must map relative paths to sha256 digests")
+    for rel, digest in files.items():
+        check_member(p, rel)
+        if not isinstance(digest, str) or len(digest) != 64:
+            raise CheckpointError(f"{f}: the sha256 of {rel!r} is malformed")
     return meta
 
 
+def check_member(path: Path, rel: Any) -> Path:
+    """``path / rel`` for a path listed in a manifest: relative, no ``..``, no symlink out.
+
+    A crafted ``meta.json`` naming ``../../outside.pt`` or ``/etc/passwd`` must never make raymeta
+    read (or checksum, or load) a file outside the checkpoint directory."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel or "\\" in rel:
+        raise CheckpointError(f"meta-checkpoint {path}: bad file name {rel!r} in its manifest")
+    parts = Path(rel).parts
+    if Path(rel).is_absolute() or ".." in parts or rel.startswith("/"):
+        raise CheckpointError(
+            f"meta-checkpoint {path}: file {rel!r} in its manifest lies outside the checkpoint"
+        )
+    f = path / rel
+    try:
+        inside = f.resolve().is_relative_to(path.resolve())
+    except (OSError, RuntimeError):
+        inside = False
+    if not inside:
+        raise CheckpointError(f"meta-checkpoint {path}: {rel!r} resolves outside the checkpoint")
+    return f
+
+
 def verify_files(path: Path, meta: dict[str, Any]) -> None:
+    """Every manifest file is present, inside the checkpoint, and has its recorded sha256."""
     for rel, digest in meta.get("files", {}).items():
-        f = path / rel
+        f = check_member(path, rel)
         if not f.is_file():
             raise CheckpointError(f"meta-checkpoint {path} is missing {rel}")
-        if sha256_file(f) != digest:
+        try:
+            actual = sha256_file(f)
+        except OSError as exc:
+            raise CheckpointError(f"cannot read {f}: {exc.strerror or exc}") from None
+        if actual != digest:
             raise CheckpointError(
                 f"checksum mismatch for {f}: the file is truncated or was modified"
             )
+
+
+def _candidate(p: Path, meta: dict[str, Any], name: Any, c: Any) -> Candidate:
+    """One candidate from ``meta.json``: its weights file must be listed in the manifest (so
+    verified), and its tensors must be exactly the model's parameters, names and shapes."""
+    if not isinstance(name, str) or not isinstance(c, dict):
+        raise CheckpointError(f"meta-checkpoint {p}: malformed candidate {name!r}")
+    rel = c.get("weights")
+    wfile = check_member(p, rel)
+    if rel not in meta.get("files", {}):
+        raise CheckpointError(
+            f"meta-checkpoint {p}: weights {rel!r} of candidate {name!r} are not in its manifest"
+        )
+    try:
+        spec = ModelSpec.from_dict(c.get("model"))  # type: ignore[arg-type]  # checked there
+        check_model_fits(spec, what=f"meta-checkpoint {p} candidate {name!r}")
+        expected = expected_shapes(spec)
+    except ConfigError as exc:
+        raise CheckpointError(f"meta-checkpoint {p}: candidate {name!r}: {exc}") from None
+    params = _load_weights(wfile)
+    expected.update(_extra_shapes(params, expected))
+    missing = sorted(set(expected) - set(params))
+    extra = sorted(set(params) - set(expected))
+    if missing or extra:
+        what = f"missing {missing[0]!r}" if missing else f"has an unexpected tensor {extra[0]!r}"
+        raise CheckpointError(
+            f"{wfile} does not match model {spec.name!r}: {what} "
+            f"({len(missing)} missing, {len(extra)} unexpected)"
+        )
+    for k, shape in expected.items():
+        t = params[k]
+        if tuple(t.shape) != shape or not t.is_floating_point():
+            raise CheckpointError(
+                f"{wfile}: tensor {k!r} is {t.dtype} {tuple(t.shape)}, model {spec.name!r} "
+                f"needs floating point {shape}"
+            )
+    info = c.get("info", {})
+    if not isinstance(info, dict):
+        raise CheckpointError(f"meta-checkpoint {p}: candidate {name!r} info is not a mapping")
+    return Candidate(name, spec, params, dict(info))
+
+
+def _extra_shapes(
+    params: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]
+) -> dict[str, tuple[int, ...]]:
+    """Meta-SGD checkpoints also hold one learning-rate tensor per parameter (all or none)."""
+    if any(k.startswith(LR_PREFIX) for k in params):
+        return {LR_PREFIX + k: v for k, v in expected.items()}
+    return {}
 
 
 def load_meta_checkpoint(path: str | Path) -> MetaCheckpoint:
@@ -196,16 +295,29 @@ def load_meta_checkpoint(path: str | Path) -> MetaCheckpoint:
     meta = read_meta(p)
     verify_files(p, meta)
     try:
-        cands: dict[str, Candidate] = {}
-        for name, c in meta["candidates"].items():
-            params = _load_weights(p / c["weights"])
-            cands[name] = Candidate(
-                name, ModelSpec.from_dict(c["model"]), params, dict(c.get("info", {}))
-            )
+        raw = meta["candidates"]
+        if not isinstance(raw, dict) or not raw:
+            raise CheckpointError(f"meta-checkpoint {p} has no model candidates")
+        cands = {name: _candidate(p, meta, name, c) for name, c in raw.items()}
+        priors = None
         pname = priors_name(meta)
-        priors = json.loads((p / pname).read_text()) if pname is not None else None
+        if pname is not None:
+            try:
+                priors = json.loads((p / pname).read_bytes().decode("utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+                raise CheckpointError(f"{p / pname} is unreadable or not JSON") from None
+            if not isinstance(priors, dict):
+                raise CheckpointError(f"{p / pname} does not hold a priors mapping")
+        family = meta["family"]
+        if not isinstance(family, dict) or not isinstance(family.get("name"), str):
+            raise CheckpointError(f"meta-checkpoint {p}: malformed family {family!r}"[:200])
+        if not isinstance(family.get("options", {}), dict):
+            raise CheckpointError(f"meta-checkpoint {p}: the family options are not a mapping")
+        for key in ("config", "metrics"):
+            if not isinstance(meta.get(key, {}), dict):
+                raise CheckpointError(f"meta-checkpoint {p}: {key!r} is not a mapping")
         return MetaCheckpoint(
-            family=FamilySpec.from_dict(meta["family"]),
+            family=FamilySpec.from_dict(family),
             candidates=cands,
             config=dict(meta.get("config", {})),
             metrics=dict(meta.get("metrics", {})),
@@ -224,7 +336,7 @@ def _load_weights(f: Path) -> dict[str, torch.Tensor]:
     """``torch.load(weights_only=True)``, refusing anything but a ``str -> Tensor`` dict."""
     try:
         obj = torch.load(f, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as exc:
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, OSError) as exc:
         raise CheckpointError(
             f"{f} is not a weights-only tensor file: {_first_line(exc)}"
         ) from None

@@ -15,9 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from raymeta import _checks
 from raymeta.errors import ConfigError
 
 HEAD_PREFIX = "head."
+MAX_LAYERS = 64
 
 
 @dataclass(frozen=True)
@@ -36,11 +38,18 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        """Rebuild a spec from ``meta.json``; wrong types or sizes are one-line ``ConfigError``s."""
+        d = _checks.mapping("model spec", d)
+        shape = d.get("input_shape")
+        if not isinstance(shape, (list, tuple)) or not shape or len(shape) > 8:
+            raise ConfigError(
+                f"model spec input_shape must be a list of 1 to 8 sizes, got {shape!r}"
+            )
         return cls(
-            name=str(d["name"]),
-            input_shape=tuple(int(v) for v in d["input_shape"]),
-            output_dim=int(d["output_dim"]),
-            options=dict(d.get("options", {})),
+            name=_checks.string("model spec name", d.get("name")),
+            input_shape=tuple(_checks.integer("model spec input_shape", v, 1) for v in shape),
+            output_dim=_checks.integer("model spec output_dim", d.get("output_dim"), 1),
+            options=_checks.mapping("model spec options", d.get("options", {})),
         )
 
 
@@ -51,6 +60,11 @@ class MLP(nn.Module):
         self, input_shape: Sequence[int], output_dim: int, widths: Sequence[int] = (40, 40)
     ):
         super().__init__()
+        if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence):
+            raise ConfigError(f"mlp: widths must be a list of layer sizes, got {widths!r}")
+        if len(widths) > MAX_LAYERS:
+            raise ConfigError(f"mlp: at most {MAX_LAYERS} hidden layers, got {len(widths)}")
+        widths = [_checks.integer("mlp: each of widths", w, 1) for w in widths]
         in_dim = 1
         for d in input_shape:
             in_dim *= int(d)
@@ -86,6 +100,8 @@ class Conv4(nn.Module):
         norm: str = "group",
     ):
         super().__init__()
+        hidden = _checks.integer("conv4: hidden", hidden, 1)
+        _checks.string("conv4: norm", norm, ("group", "batch", "none"))
         if len(input_shape) != 3:
             raise ConfigError(
                 f"conv4 needs (channels, height, width) inputs, got shape {tuple(input_shape)}"
@@ -133,6 +149,51 @@ def build_model(spec: ModelSpec) -> nn.Module:
         return factory(spec.input_shape, spec.output_dim, **spec.options)
     except TypeError as exc:
         raise ConfigError(f"bad options for model {spec.name!r}: {exc}") from None
+
+
+def footprint(spec: ModelSpec) -> tuple[int, int]:
+    """(parameters, activation values per example) of ``spec``, measured on the meta device.
+
+    Nothing is allocated, so a spec of 2**40 outputs or ``widths=[10**9]`` is sized without
+    being built; callers compare the result with the machine's memory (``_checks.check_fits``)
+    before they build the real model."""
+    with torch.device("meta"):
+        model = build_model(spec)
+        acts = [0]
+
+        def count(_m: nn.Module, _i: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                acts[0] += out.numel()
+
+        hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+        try:
+            model(torch.zeros(1, *spec.input_shape))
+        except (RuntimeError, ValueError) as exc:
+            raise ConfigError(
+                f"model {spec.name!r} does not fit inputs of shape {tuple(spec.input_shape)}: "
+                f"{(str(exc).splitlines() or [''])[0]}"
+            ) from None
+        finally:
+            for h in hooks:
+                h.remove()
+    return sum(p.numel() for p in model.parameters()), acts[0]
+
+
+def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes of ``spec`` (built on the meta device: nothing allocated)."""
+    with torch.device("meta"):
+        model = build_model(spec)
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+
+
+def check_model_fits(spec: ModelSpec, copies: int = 8, what: str = "") -> int:
+    """Refuse a model whose ``copies`` float32 copies of the parameters exceed the machine's
+    memory (weights, gradients, optimizer moments, snapshots); returns the parameter count."""
+    n_params, _ = footprint(spec)
+    _checks.check_fits(
+        what or f"model {spec.name!r} ({n_params:,} parameters)", n_params * 4.0 * copies
+    )
+    return n_params
 
 
 def head_keys(names: Sequence[str]) -> list[str]:

@@ -9,6 +9,7 @@ the distributed path is tested against this one.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -16,13 +17,15 @@ from typing import Any
 
 import torch
 
+from raymeta import _checks
 from raymeta.core.checkpoint import Candidate, MetaCheckpoint
 from raymeta.core.engine import InnerConfig, MetaEngine, Params, check_algorithm
-from raymeta.core.models import ModelSpec, build_model
+from raymeta.core.models import ModelSpec, build_model, footprint
 from raymeta.errors import ConfigError
 from raymeta.tasks import FamilySpec, TaskBatch, TaskFamily, make_family
 
 OUTER_OPTIMIZERS = ("adam", "sgd")
+MAX_INNER_STEPS = 100_000
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -51,26 +54,33 @@ class MetaTrainConfig:
     dtype: str = "float32"
 
     def validate(self) -> MetaTrainConfig:
+        """Types, ranges and finiteness of every field (one-line ``ConfigError``s), so the
+        Python API refuses what the CLI refuses; family and model options are checked by the
+        family and model they configure, when ``MetaTrainer`` builds them."""
+        c = _checks
+        c.string("family", self.family)
+        c.plain_data("family-options", c.mapping("family-options", self.family_options))
+        c.string("model", self.model)
+        c.plain_data("model-options", c.mapping("model-options", self.model_options))
+        c.string("algo", self.algo)
         check_algorithm(self.algo)
-        if self.outer_optimizer not in OUTER_OPTIMIZERS:
-            raise ConfigError(
-                f"unknown outer optimizer {self.outer_optimizer!r} (choose adam or sgd)"
-            )
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"unknown dtype {self.dtype!r} (choose float32 or float64)")
+        c.string("outer-optimizer", self.outer_optimizer, OUTER_OPTIMIZERS)
+        c.string("dtype", self.dtype, tuple(DTYPES))
+        c.boolean("first-order", self.first_order)
         for name in ("steps", "meta_batch", "shards", "val_tasks", "val_every"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(
-                    f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
-                )
-        if self.inner_steps < 0:
-            raise ConfigError(f"inner-steps must be >= 0, got {self.inner_steps}")
+            c.integer(name.replace("_", "-"), getattr(self, name), 1)
+        c.integer("inner-steps", self.inner_steps, 0, MAX_INNER_STEPS)
+        if self.eval_steps is not None:
+            c.integer("eval-steps", self.eval_steps, 0, MAX_INNER_STEPS)
+        c.integer("seed", self.seed, 0)
+        c.number("inner-lr", self.inner_lr, 0.0, low_open=True)
+        c.number("outer-lr", self.outer_lr, 0.0, low_open=True)
         if self.meta_batch < self.shards:
             raise ConfigError(
                 f"meta-batch {self.meta_batch} is smaller than the number of shards/workers {self.shards}"
             )
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ConfigError(f"chunk-size must be >= 1, got {self.chunk_size}")
+        if self.chunk_size is not None:
+            c.integer("chunk-size", self.chunk_size, 1)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,6 +88,7 @@ class MetaTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MetaTrainConfig:
+        d = _checks.mapping("meta-train config", d)
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
@@ -87,6 +98,52 @@ class MetaTrainConfig:
     def fingerprint(self) -> str:
         """Hash of everything that changes the result (used to refuse mismatched resumes)."""
         return hashlib.sha256(repr(sorted(self.to_dict().items())).encode()).hexdigest()[:16]
+
+
+class DivergedError(ConfigError):
+    """Meta-training produced a non-finite loss or gradient; no checkpoint is written."""
+
+
+def diverged(step: int) -> DivergedError:
+    return DivergedError(
+        f"meta-training diverged: non-finite meta-loss or meta-gradient at step {step + 1} "
+        "(lower --outer-lr / --inner-lr); no checkpoint was written"
+    )
+
+
+def nonfinite(loss: torch.Tensor, grads: Params) -> torch.Tensor:
+    """0-dim bool on the tensors' device, True if the loss or any gradient is NaN or infinite
+    (no host sync, so a GPU loop can check every step and read the flag only when it reports)."""
+    bad = ~torch.isfinite(loss.detach()).all()
+    for g in grads.values():
+        bad = bad | ~torch.isfinite(g).all()
+    return bad
+
+
+def estimate_memory(
+    cfg: MetaTrainConfig, family: TaskFamily, spec: ModelSpec, world: int = 1, gpu: bool = False
+) -> float:
+    """A lower-bound estimate of the bytes one process needs for a meta-training step.
+
+    The meta-batch tensors of this process, the per-task adapted parameters of one vmapped
+    chunk at every inner step, the activations of one chunk (host memory only when the
+    computation runs on the CPU), the same for a validation batch, and six copies of the
+    meta-parameters (weights, gradient, two Adam moments, checkpoint copies). Used only to refuse
+    what cannot fit, so every term is counted once, without safety factors."""
+    n_params, acts = footprint(spec)
+    n_meta = n_params * (2 if cfg.algo == "metasgd" else 1)
+    b = 8 if cfg.dtype == "float64" else 4
+    e = family.episode_examples()
+    per_example = math.prod(family.input_shape) + 1
+    local = -(-cfg.meta_batch // max(1, world))
+    k = cfg.inner_steps
+    ek = k if cfg.eval_steps is None else cfg.eval_steps
+    chunk = min(cfg.chunk_size or local, local)
+    vchunk = min(cfg.chunk_size or cfg.val_tasks, cfg.val_tasks)
+    act = 0 if gpu else 1
+    train = local * e * per_example + chunk * (n_meta * (k + 2) + act * e * acts * (k + 1))
+    val = cfg.val_tasks * e * per_example + vchunk * (n_params * (ek + 2) + act * e * acts * 2)
+    return float(b) * (max(train, val) + 6 * n_meta)
 
 
 def derive_seed(seed: int, step: int, shard: int) -> int:
@@ -123,6 +180,12 @@ class MetaTrainer:
         name = self.family.default_model() if cfg.model == "auto" else cfg.model
         self.spec = ModelSpec(
             name, self.family.input_shape, self.family.output_dim, dict(cfg.model_options)
+        )
+        _checks.check_fits(
+            f"meta-training {name!r} on {cfg.family} (meta-batch {cfg.meta_batch}, "
+            f"{self.family.episode_examples()} examples per task)",
+            estimate_memory(cfg, self.family, self.spec, world, self.device.type != "cpu"),
+            "lower --meta-batch / --val-tasks, set --chunk-size, or use a smaller model",
         )
         torch.manual_seed(cfg.seed)
         model = build_model(self.spec).to(device=self.device, dtype=self.dtype)
@@ -217,6 +280,8 @@ def meta_train(
     t0, tasks = time.perf_counter(), 0
     while tr.step < cfg.steps:
         loss_sum, grads = tr.local_grad()
+        if bool(nonfinite(loss_sum, grads)):
+            raise diverged(tr.step)
         tr.apply(grads)
         tasks += cfg.meta_batch
         if progress is not None and (tr.step % log_every == 0 or tr.step == cfg.steps):

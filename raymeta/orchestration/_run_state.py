@@ -11,7 +11,6 @@ different config is refused unless ``overwrite``. The hidden directory is remove
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -99,6 +98,7 @@ def plan_run(
     fp = fingerprint(cfg)
     if storage is not None and "://" not in storage:
         storage = str(Path(storage).expanduser().absolute())
+        check_storage(storage)
     status = out_status(out_p, fp)
     if status == "same" and not overwrite:
         return RunPlan(out_p, state_dir_for(out_p), storage or "", "", fp, already_done=True)
@@ -140,25 +140,31 @@ def plan_run(
     )
 
 
-def probe_writable(out: Path) -> None:
-    """Check that ``out`` can be created, leaving nothing behind (not even missing parents)."""
-    made: list[Path] = []
+def probe_writable(out: Path, flag: str = "--out") -> None:
+    """Refuse an ``out`` that cannot be created, before any work and without creating anything:
+    its nearest existing ancestor must be a writable directory (probed with a temp file, which
+    also works as root, where permission bits say nothing)."""
+    base = out.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise ConfigError(f"cannot write {flag} {out}: {base} is not a directory")
     try:
-        d = out.parent
-        while not d.exists():
-            made.append(d)
-            d = d.parent
-        for m in reversed(made):
-            m.mkdir()
-        fd, tmp = make_temp_file(out.parent, out.name)
+        fd, tmp = make_temp_file(base, out.name)
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise ConfigError(f"cannot write --out {out}: {exc.strerror or exc}") from None
-    finally:
-        for m in made:
-            with contextlib.suppress(OSError):
-                m.rmdir()
+        raise ConfigError(f"cannot write {flag} {out}: {exc.strerror or exc}") from None
+
+
+def check_storage(storage: str) -> None:
+    """A local ``--storage`` must be (or be creatable as) a writable directory."""
+    if "://" in storage:
+        return
+    p = Path(storage)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"--storage {p} exists and is not a directory")
+    probe_writable(p / "x" if p.is_dir() else p, "--storage")
 
 
 def begin_run(plan: RunPlan, cfg: MetaTrainConfig) -> None:

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from raymeta.core.checkpoint import save_meta_checkpoint
-from raymeta.core.train import MetaTrainConfig, MetaTrainer
+from raymeta.core.train import MetaTrainConfig, MetaTrainer, diverged
 from raymeta.errors import ConfigError
 from raymeta.orchestration._newest_checkpoint import STATE_FILE, newest_state, write_manifest
 
@@ -127,7 +127,18 @@ def train_loop(config: dict[str, Any]) -> None:
     if rank == 0 and queue is not None:
         queue.put({"event": "start", "step": start, "world": world, "device": str(device)})
 
+    # step of the first non-finite all-reduced loss/gradient, kept on the device (-1 = none) and
+    # read only when the loop reports: every rank sees the same all-reduced values, so every rank
+    # raises at the same step and none is left waiting in a collective
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def check_finite() -> None:
+        bad = int(first_bad)
+        if bad >= 0:
+            raise diverged(bad)
+
     def report(metrics: dict[str, Any], final: bool = False) -> None:
+        check_finite()  # never checkpoint NaN parameters
         if rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
@@ -147,6 +158,8 @@ def train_loop(config: dict[str, Any]) -> None:
         if dist.is_initialized():  # also at W=1, so the NCCL/gloo path always runs
             dist.all_reduce(flat)
         loss_all, count, grad_sums = _unflatten(flat, grads)
+        bad_now = ~torch.isfinite(flat).all()
+        first_bad = torch.where(bad_now & (first_bad < 0), tr.step, first_bad)
         if tr.step == start and round(float(count)) != cfg.meta_batch:  # the split is fixed
             raise RuntimeError(f"all-reduced task count {count} != meta-batch {cfg.meta_batch}")
         if debug.get("record_first_grad") and "first_grad" not in last:
@@ -154,6 +167,8 @@ def train_loop(config: dict[str, Any]) -> None:
         tr.apply(grad_sums)
         tasks_int += cfg.meta_batch
         last["meta_loss"] = loss_all.detach() / cfg.meta_batch
+        if tr.step % every_log == 0 or tr.step % cfg.val_every == 0 or tr.step == cfg.steps:
+            check_finite()
         if rank == 0 and (tr.step % cfg.val_every == 0 or tr.step == cfg.steps):
             t_val, c_val = time.perf_counter(), time.process_time()
             last["val_loss"] = float(tr.validate()["loss"])

@@ -14,7 +14,11 @@ from raymeta._lock import locks_output
 from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint, save_meta_checkpoint
 from raymeta.core.train import MetaTrainConfig, meta_train
 from raymeta.errors import ConfigError
-from raymeta.orchestration._run_state import fingerprint, out_status, probe_writable
+from raymeta.orchestration._run_state import (
+    fingerprint,
+    out_status,
+    probe_writable,
+)
 
 
 @locks_output("out")  # one writer per --out, whatever the command

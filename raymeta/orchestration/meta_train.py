@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raymeta import _checks
 from raymeta._lock import locks_output
 from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint, save_meta_checkpoint
 from raymeta.core.train import MetaTrainConfig, MetaTrainer
@@ -105,13 +106,11 @@ def _check_args(
     checkpoint_every: int,
     max_failures: int,
 ) -> None:
-    if workers < 1:
-        raise ConfigError(f"workers must be >= 1, got {workers}")
-    if gpus_per_worker < 0 or cpus_per_worker <= 0:
-        raise ConfigError("gpus-per-worker must be >= 0 and cpus-per-worker > 0")
-    if checkpoint_every < 1:
-        raise ConfigError(f"checkpoint-every must be >= 1, got {checkpoint_every}")
-    if max_failures < -1:
+    _checks.integer("workers", workers, 1)
+    _checks.number("gpus-per-worker", gpus_per_worker, 0.0)
+    _checks.number("cpus-per-worker", cpus_per_worker, 0.0, low_open=True)
+    _checks.integer("checkpoint-every", checkpoint_every, 1)
+    if _checks.integer("max-failures", max_failures) < -1:
         raise ConfigError(f"max-failures must be >= -1 (-1 = retry forever), got {max_failures}")
 
 

@@ -40,6 +40,7 @@ from raymeta.orchestration._lineage import (
 )
 from raymeta.orchestration._trainable import load_trial, tune_trainable
 from raymeta.orchestration._trust import TRUST_DIR, TUNER_PKL, StateSigner, Store, run_digest
+from raymeta.orchestration._tune_args import check_members_fit, check_tune_args
 from raymeta.orchestration._tune_plan import TunePlan, plan_tune
 from raymeta.priors import Float
 from raymeta.results.schema import make_row
@@ -314,10 +315,19 @@ def run_tune(
 
     from raymeta.orchestration.ray_runtime import check_resources, ray_context
 
-    if max_failures < 0:
-        raise ConfigError(f"--max-failures must be >= 0, got {max_failures}")
-    if not gpus_per_trial >= 0.0:
-        raise ConfigError(f"--gpus-per-trial must be >= 0, got {gpus_per_trial}")
+    check_tune_args(
+        population,
+        members_per_trial,
+        budget,
+        interval,
+        seed,
+        max_failures,
+        cpus_per_trial,
+        gpus_per_trial,
+        task_options,
+        out,
+        storage,
+    )
     out = Path(out)
     plan = plan_tune(
         meta,
@@ -334,6 +344,7 @@ def run_tune(
         device="cuda" if gpus_per_trial > 0 else "cpu",
         task_options=task_options,
     )
+    check_members_fit(members_per_trial, plan.ckpt)
     if scheduler == "pb2" and not any(isinstance(p, Float) for p in plan.prior.space):
         raise ConfigError(
             "--scheduler pb2 needs at least one continuous hyperparameter in the search space"

@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from raymeta import _checks
 from raymeta.core.checkpoint import MetaCheckpoint
+from raymeta.core.models import check_model_fits
 from raymeta.errors import ConfigError, DataError, RaymetaError
 from raymeta.priors.artifact import VERSION, Priors
 from raymeta.priors.dists import MIN_STD, CategoricalDist, Dist, NumericDist
@@ -37,6 +39,8 @@ from raymeta.priors.space import WEIGHT_DECAY_FLOOR, Categorical, SearchSpace, b
 from raymeta.tasks import Task, TaskFamily, make_family
 
 MIN_TASKS, MIN_CONFIGS = 2, 4
+MAX_TASKS = 4096  # meta-val tasks of one fit (the default is 32): each is built and kept
+MAX_FIT_RUNS = 1 << 20  # fine-tuning runs of one fit (the default is 6,144)
 STD_FLOOR = 0.02  # on the unit coordinate: never collapse a prior onto a single value
 SHRINK_TASKS = 0.5  # pseudo-count: tasks' worth of broad-space evidence (weight n / (n + this))
 CONDITION_ON = "optimizer"  # numeric params get a sub-prior per value of this categorical
@@ -274,29 +278,55 @@ def fit_priors(
     above a full fine-tune once a tune run trains them for its whole budget. ``device``
     is where the fine-tuning populations train (``"cuda"`` on a GPU machine).
     """
-    if n_tasks < MIN_TASKS:
-        raise ConfigError(f"priors: need at least {MIN_TASKS} meta-val tasks to fit, got {n_tasks}")
-    if n_configs < MIN_CONFIGS:
-        raise ConfigError(f"priors: need at least {MIN_CONFIGS} configs to fit, got {n_configs}")
-    if not 0.0 < quantile <= 1.0:
-        raise ConfigError(f"priors: quantile must be in (0, 1], got {quantile}")
-    if portfolio_size < 1:
-        raise ConfigError(f"priors: portfolio size must be >= 1, got {portfolio_size}")
-    if rounds < 1:
-        raise ConfigError(f"priors: rounds must be >= 1, got {rounds}")
-    if not shrink > 0:
-        raise ConfigError(f"priors: shrink must be > 0, got {shrink}")
-    if best_of is not None and best_of < 1:
-        raise ConfigError(f"priors: best-of must be >= 1, got {best_of}")
-    if refine_repeats < 0:
-        raise ConfigError(f"priors: refine repeats must be >= 0, got {refine_repeats}")
-    if safe_rate is not None and not 0.0 <= safe_rate <= 1.0:
-        raise ConfigError(f"priors: safe rate must be in [0, 1], got {safe_rate}")
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"priors: objective must be one of {OBJECTIVES}, got {objective!r}")
+    c = _checks
+    c.integer("priors: tasks", n_tasks, MIN_TASKS, MAX_TASKS)
+    c.integer("priors: configs", n_configs, MIN_CONFIGS)
+    c.integer("priors: seed", seed, 0)
+    c.number("priors: quantile", quantile, 0.0, 1.0, low_open=True)
+    c.integer("priors: portfolio size", portfolio_size, 1)
+    c.integer("priors: max-steps", max_steps, 1)
+    c.integer("priors: chunk-size", chunk_size, 1)
+    c.integer("priors: rounds", rounds, 1)
+    c.number("priors: shrink", shrink, 0.0, low_open=True)
+    if best_of is not None:
+        c.integer("priors: best-of", best_of, 1)
+    c.integer("priors: refine repeats", refine_repeats, 0)
+    if safe_rate is not None:
+        c.number("priors: safe rate", safe_rate, 0.0, 1.0)
+    c.string("priors: objective", objective, tuple(OBJECTIVES))
+    c.string("priors: device", device)
+    runs = (1 + refine_repeats) * n_configs * n_tasks
+    if runs > MAX_FIT_RUNS:
+        raise ConfigError(
+            f"priors: {n_tasks} tasks x {n_configs} configs x {1 + refine_repeats} runs = {runs:,} "
+            f"fine-tuning runs, more than the {MAX_FIT_RUNS:,} a fit may take (lower --tasks, "
+            "--configs or --refine-repeats)"
+        )
+    for cand in ckpt.candidates.values():  # one chunk of members: weights, Adam moments, best
+        n_params = check_model_fits(cand.spec)
+        c.check_fits(
+            f"priors: a chunk of {chunk_size} members of {cand.name!r} ({n_params:,} parameters)",
+            4.0 * 6 * n_params * min(chunk_size, runs),
+            "lower --chunk-size",
+        )
     eval_device(device)  # fail before any fine-tuning
     t0 = time.perf_counter()
     family = make_family(ckpt.family)
+    first = val_tasks(family, 1)[0]
+    per_task = sum(
+        t.numel() * t.element_size()
+        for t in (
+            first.x_train,
+            first.y_train,
+            first.x_val,
+            first.y_val,
+            first.x_test,
+            first.y_test,
+        )
+    )
+    _checks.check_fits(
+        f"priors: {n_tasks} meta-val tasks", 2.0 * per_task * n_tasks, "lower --tasks"
+    )
     tasks = val_tasks(family, n_tasks)
     space = broad_space(
         list(ckpt.candidates), max_batch=int(tasks[0].x_train.shape[0]), max_steps=max_steps

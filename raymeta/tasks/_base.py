@@ -33,6 +33,13 @@ def check_positive_ints(family: str, **values: object) -> None:
             raise ConfigError(f"{family}: {key} must be an integer >= 1, got {v!r}")
 
 
+def check_task_index(family: str, index: object) -> int:
+    """A fixed task's index: an integer in ``[0, 2**62)`` (task seeds are 62-bit)."""
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 2**62:
+        raise ConfigError(f"{family}: task index must be an integer in [0, 2**62), got {index!r}")
+    return index
+
+
 def check_split(split: str) -> Split:
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r} (choose train, val or test)")
@@ -139,3 +146,11 @@ class TaskFamily(ABC):
 
     def default_model(self) -> str:
         return "mlp" if len(self.input_shape) == 1 else "conv4"
+
+    def episode_examples(self) -> int:
+        """Support plus query examples of one sampled episode (sizes memory before a run).
+
+        The default draws one training episode; families whose episodes could be too large to
+        draw even once override it with the number computed from their options."""
+        b = self.sample("train", 1, torch.Generator().manual_seed(0))
+        return int(b.xs.shape[1]) + int(b.xq.shape[1])

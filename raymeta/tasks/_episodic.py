@@ -16,7 +16,15 @@ from __future__ import annotations
 import torch
 
 from raymeta.errors import ConfigError
-from raymeta.tasks._base import Split, Task, TaskBatch, TaskFamily, check_positive_ints, check_split
+from raymeta.tasks._base import (
+    Split,
+    Task,
+    TaskBatch,
+    TaskFamily,
+    check_positive_ints,
+    check_split,
+    check_task_index,
+)
 from raymeta.tasks.sinusoid import task_seed
 
 
@@ -177,6 +185,9 @@ class EpisodicFamily(TaskFamily):
         self.task_shots, self.val_size, self.test_size = task_shots, val_size, test_size
         self.rotations = rotations
 
+    def episode_examples(self) -> int:
+        return self.ways * (self.shots + self.queries)
+
     def sample(self, split: Split, n_tasks: int, generator: torch.Generator) -> TaskBatch:
         check_split(split)
         return sample_episodes(
@@ -185,8 +196,7 @@ class EpisodicFamily(TaskFamily):
 
     def task(self, split: Split, index: int) -> Task:
         check_split(split)
-        if index < 0:
-            raise ConfigError(f"{self.name}: task index must be >= 0, got {index}")
+        check_task_index(self.name, index)
         sizes = (self.task_shots, self.val_size, self.test_size)
         return episode_task(
             self.pool,

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from raymeta._checks import check_fits
 from raymeta.errors import ConfigError, DataError
 from raymeta.tasks._episodic import ClassPool, EpisodicFamily
 
@@ -132,6 +133,14 @@ class Omniglot(EpisodicFamily):
             rotations,
             image_size=image_size,
             val_characters=val_characters,
+        )
+        if path is not None and not isinstance(path, str):
+            raise ConfigError(f"omniglot: path must be a directory name, got {path!r}")
+        # every character is kept resized in memory (uint8), plus a float chunk while resizing
+        check_fits(
+            f"omniglot: image_size={image_size}",
+            image_size * image_size * (N_CHARACTERS * N_DRAWERS + 2048 * 8.0),
+            "the usual size is 28",
         )
         if val_characters >= N_TRAIN_CHARACTERS:
             raise ConfigError(

@@ -11,8 +11,16 @@ from typing import Any
 
 import torch
 
-from raymeta.errors import ConfigError
-from raymeta.tasks._base import Split, Task, TaskBatch, TaskFamily, check_split
+from raymeta._checks import check_fits
+from raymeta.tasks._base import (
+    Split,
+    Task,
+    TaskBatch,
+    TaskFamily,
+    check_positive_ints,
+    check_split,
+    check_task_index,
+)
 
 _GRID = 2**20
 _SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
@@ -41,15 +49,21 @@ class Sinusoid(TaskFamily):
         val_size: int = 10,
         test_size: int = 100,
     ):
-        for key, v in {
-            "shots": shots,
-            "queries": queries,
-            "task_shots": task_shots,
-            "val_size": val_size,
-            "test_size": test_size,
-        }.items():
-            if int(v) < 1:
-                raise ConfigError(f"sinusoid: {key} must be >= 1, got {v}")
+        check_positive_ints(
+            "sinusoid",
+            shots=shots,
+            queries=queries,
+            task_shots=task_shots,
+            val_size=val_size,
+            test_size=test_size,
+        )
+        # a float64 x and y of every example are drawn at once: refuse what cannot be drawn
+        check_fits("sinusoid: one episode", (shots + queries) * 32.0, "lower shots / queries")
+        check_fits(
+            "sinusoid: one fixed task",
+            (task_shots + val_size + test_size) * 32.0,
+            "lower task_shots / val_size / test_size",
+        )
         self.shots, self.queries = int(shots), int(queries)
         self.task_shots, self.val_size, self.test_size = (
             int(task_shots),
@@ -93,6 +107,9 @@ class Sinusoid(TaskFamily):
     def _f(x: torch.Tensor, amp: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
         return amp.view(-1, 1, 1) * torch.sin(x - phase.view(-1, 1, 1))
 
+    def episode_examples(self) -> int:
+        return self.shots + self.queries
+
     def sample(self, split: Split, n_tasks: int, generator: torch.Generator) -> TaskBatch:
         check_split(split)
         amp, phase, (xs, xq) = self._draw(split, n_tasks, [self.shots, self.queries], generator)
@@ -101,8 +118,7 @@ class Sinusoid(TaskFamily):
 
     def task(self, split: Split, index: int) -> Task:
         check_split(split)
-        if index < 0:
-            raise ConfigError(f"sinusoid: task index must be >= 0, got {index}")
+        check_task_index("sinusoid", index)
         g = torch.Generator().manual_seed(task_seed(split, index))
         amp, phase, (xt, xv, xe) = self._draw(
             split, 1, [self.task_shots, self.val_size, self.test_size], g
