@@ -19,6 +19,7 @@ filesystems: one writer per path is guaranteed for writers on one machine.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import inspect
@@ -62,6 +63,12 @@ def _make_parents(d: Path) -> list[Path]:
     return made
 
 
+def _nearest_existing(d: Path) -> Path:
+    while not d.exists() and d.parent != d:
+        d = d.parent
+    return d
+
+
 def _remove_empty(dirs: list[Path]) -> None:
     for d in reversed(dirs):
         try:
@@ -96,9 +103,10 @@ class _Lock:
                 continue
             except OSError as exc:
                 _remove_empty(self.made)
-                raise ConfigError(
-                    f"cannot write {self.what} {self.shown}: {exc.strerror or exc}"
-                ) from None
+                why = exc.strerror or str(exc)
+                if exc.errno == errno.ENOTDIR:  # a parent of the output is a file
+                    why = f"{_nearest_existing(self.file.parent)} is not a directory"
+                raise ConfigError(f"cannot write {self.what} {self.shown}: {why}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
