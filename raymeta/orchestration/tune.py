@@ -145,8 +145,9 @@ def _experiment(out: Path, storage: str | None) -> tuple[str, str]:
     return (storage if storage else str((out / "ray_results").resolve())), name
 
 
-def _check_run_file(out: Path, plan: TunePlan) -> dict[str, Any]:
-    """Refuse to mix two different runs in one ``out``; returns the pinned run record."""
+def _check_run_file(out: Path, plan: TunePlan, write: bool = True) -> dict[str, Any]:
+    """Refuse to mix two different runs in one ``out``; returns the pinned run record (written
+    for a new run unless ``write`` is false: the check alone, before any work)."""
     fp = plan.fingerprint()
     p = out / RUN_FILE
     if p.is_file():
@@ -165,7 +166,8 @@ def _check_run_file(out: Path, plan: TunePlan) -> dict[str, Any]:
             f"--out {out} exists and is not a raymeta tune run directory; pick another --out"
         )
     rec = {"fingerprint": fp, "started": time.time()}
-    atomic_write_json(p, rec)
+    if write:
+        atomic_write_json(p, rec)
     return rec
 
 
@@ -177,8 +179,12 @@ def _tuner(
     max_failures: int,
     verbose: int,
     cpus_per_trial: float,
-    gpus_per_trial: float = 0.0,
+    gpus_per_trial: float,
+    signer: StateSigner,
+    resume: bool,
 ) -> Any:
+    """A new ``Tuner``, or the restored one when ``resume`` (``_trusted_resume`` verified the
+    experiment directory first)."""
     from ray import tune
     from ray.tune import CLIReporter
 
@@ -191,11 +197,7 @@ def _tuner(
     )
     space = param_space(plan.prior)
     exp_path = f"{storage_path.rstrip('/')}/{name}"
-    signer = StateSigner(
-        str(out), str((out / TRUST_DIR).resolve()), exp_path, run_digest(plan.fingerprint())
-    )
-    # before anything (Tune included) reads a pickle from the experiment directory
-    if _trusted_resume(signer, out / HISTORY_FILE):
+    if resume:
         return tune.Tuner.restore(
             exp_path,
             trainable=trainable,
@@ -351,12 +353,28 @@ def run_tune(
         )
     _quiet_env(verbose)
     storage_path, name = _experiment(out, storage)
+    exp_path = f"{storage_path.rstrip('/')}/{name}"
+    signer = StateSigner(
+        str(out), str((out / TRUST_DIR).resolve()), exp_path, run_digest(plan.fingerprint())
+    )
+    _check_run_file(out, plan, write=False)  # another run's --out: its own message, first
+    # before Ray starts, and so before anything (Tune included) reads a pickle from there
+    resume = _trusted_resume(signer, out / HISTORY_FILE)
     t0 = time.perf_counter()
     with ray_context(address):
         check_resources(cpus=cpus_per_trial, gpus=gpus_per_trial, what="a tune trial")
         run = _check_run_file(out, plan)
         grid = _tuner(
-            plan, out, storage_path, name, max_failures, verbose, cpus_per_trial, gpus_per_trial
+            plan,
+            out,
+            storage_path,
+            name,
+            max_failures,
+            verbose,
+            cpus_per_trial,
+            gpus_per_trial,
+            signer,
+            resume,
         ).fit()
         results = [grid[i] for i in range(len(grid))]
     return write_outputs(
@@ -364,7 +382,7 @@ def run_tune(
         results,
         out,
         run,
-        f"{storage_path.rstrip('/')}/{name}",
+        exp_path,
         time.perf_counter() - t0,
         sweep,
     )
