@@ -12,7 +12,7 @@ import argparse
 import importlib
 from typing import Any
 
-from raymeta.cli._common import HelpFormatter
+from raymeta.cli._common import HelpFormatter, Parser
 from raymeta.cli._config import apply_config
 
 BENCHES = {
@@ -51,7 +51,7 @@ def add_parser(sub: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     modname, help_text = BENCHES[args.what]
     mod = importlib.import_module(modname)
-    bp = argparse.ArgumentParser(
+    bp = Parser(
         prog=f"raymeta bench {args.what}", description=mod.HELP, formatter_class=HelpFormatter
     )
     bp.add_argument(

@@ -57,7 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc = args.func(args)
         return int(rc or 0)
     except RaymetaError as exc:
-        print(f"raymeta: error: {exc}", file=sys.stderr)
+        # one line whatever the message holds (user text such as a path may carry line breaks)
+        print(
+            f"raymeta: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr
+        )
         return 2
     except KeyboardInterrupt:
         print("raymeta: interrupted", file=sys.stderr)
