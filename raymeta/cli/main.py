@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -57,14 +58,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc = args.func(args)
         return int(rc or 0)
     except RaymetaError as exc:
-        # one line whatever the message holds (user text such as a path may carry line breaks)
-        print(
-            f"raymeta: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr
-        )
+        print(f"raymeta: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except (OSError, MemoryError) as exc:  # the machine refused (disk full, no memory, EIO...)
+        if os.environ.get("RAYMETA_DEBUG"):
+            raise
+        if isinstance(exc, OSError):
+            where = f" ({exc.filename})" if exc.filename else ""
+            why = f"{exc.strerror or _one_line(exc)}{where}"
+        else:
+            why = "out of memory"
+        print(f"raymeta: error: {' '.join(why.split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("raymeta: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug in raymeta, not bad input: exit 1, traceback on request
+        if os.environ.get("RAYMETA_DEBUG"):
+            raise
+        print(
+            f"raymeta: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            "(set RAYMETA_DEBUG=1 for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message on one line whatever it holds (user text such as a path may carry line
+    breaks), cut to a readable length."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 1000 else text[:997] + "..."
 
 
 if __name__ == "__main__":
