@@ -43,7 +43,19 @@ def test_out_inside_a_checkpoint_or_state_dir_is_refused(
 def test_refused_runs_leave_no_parents(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     probe_writable(tmp_path / "a" / "b" / "out")
     assert list(tmp_path.iterdir()) == []
-    assert main(["meta-train", *SMALL, "--steps", "0", "--out", str(tmp_path / "x" / "out")]) == 2
+    assert (
+        main(
+            [
+                "meta-train",
+                *SMALL,
+                "--family-option",
+                "shots=abc",
+                "--out",
+                str(tmp_path / "x" / "out"),
+            ]
+        )
+        == 2
+    )
     _err(capsys)
     sink = ResultSink(tmp_path / "results", "s")  # nothing until the first rows
     assert sink.done_keys() == set() and list(tmp_path.iterdir()) == []

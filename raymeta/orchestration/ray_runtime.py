@@ -11,6 +11,7 @@ probed with a plain TCP connect first, so a malformed or unreachable address is 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -102,6 +103,15 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _probe(address: str, timeout_s: float) -> None:
     host, port = parse_address(address)
     try:
@@ -162,8 +172,13 @@ def ray_context(
             watcher = _reaper.start(_reaper.descendants(os.getpid()) - before)
     else:
         _probe(target, timeout_s)
+        # a cluster on this machine's loopback (raymeta's own embedded Ray, or `ray start
+        # --node-ip-address=127.0.0.1`) registered its node at 127.0.0.1: a driver that took
+        # the routable IP would wait forever for a raylet there
+        local = _is_loopback(parse_address(target)[0])
         try:
-            ray.init(address=target, **kwargs)
+            with loopback_only() if local else contextlib.nullcontext():
+                ray.init(address=target, **kwargs)
         except Exception as exc:  # ConnectionError, ValueError (bad port), auth errors...
             raise ClusterError(
                 f"cannot connect to the Ray cluster at {target}: {_first(exc)}"
