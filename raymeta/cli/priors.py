@@ -161,27 +161,19 @@ def _fit(args: argparse.Namespace) -> int:
 
 def check_priors_writable(path: str) -> None:
     """Refuse, before the fit, a checkpoint whose priors could not be written afterwards: a
-    ``priors.json`` that is not a file, or a parent directory where the new copy of the
-    checkpoint cannot be created (the checkpoint is replaced by a rename from there)."""
-    import os
-    import tempfile
+    ``priors.json`` that is not a file, a checkpoint directory where the new priors file and
+    ``meta.json`` cannot be created, or a parent where its write lock cannot be."""
     from pathlib import Path
 
     from raymeta.errors import ConfigError
+    from raymeta.orchestration._run_state import probe_writable
 
     p = Path(path).absolute()
     target = p / "priors.json"
     if target.exists() and not target.is_file():
         raise ConfigError(f"cannot write {target}: it exists and is not a file")
-    for d in (p.parent, p):
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=".raymeta-probe.", dir=d)
-            os.close(fd)
-            os.unlink(tmp)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot write priors into --meta {p}: {d} is not writable ({exc.strerror or exc})"
-            ) from None
+    probe_writable(target, "priors into --meta")  # probes the checkpoint directory
+    probe_writable(p, "priors into --meta")  # probes its parent (the lock file lives there)
 
 
 def _show(args: argparse.Namespace) -> int:
