@@ -20,7 +20,7 @@ import torch
 
 from raymeta.core.train import MetaTrainConfig, meta_train
 from raymeta.errors import RaymetaError
-from raymeta.orchestration.meta_train import train_distributed
+from raymeta.orchestration.meta_train.ray_train import train_distributed
 
 
 def main() -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from raymeta.core.checkpoint import load_meta_checkpoint, save_meta_checkpoint, write_priors
 from raymeta.core.train import MetaTrainConfig, meta_train
-from raymeta.orchestration.tune import run_tune
+from raymeta.orchestration.tune.run import run_tune
 from raymeta.priors import fit_priors
 
 

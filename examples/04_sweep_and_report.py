@@ -16,8 +16,8 @@ from pathlib import Path
 
 from raymeta.core.checkpoint import load_meta_checkpoint, save_meta_checkpoint, write_priors
 from raymeta.core.train import MetaTrainConfig, meta_train
-from raymeta.orchestration.sweep import run_sweep
-from raymeta.orchestration.sweep_config import parse_sweep
+from raymeta.orchestration.sweep.config import parse_sweep
+from raymeta.orchestration.sweep.run import run_sweep
 from raymeta.priors import fit_priors
 from raymeta.results import read_results
 from raymeta.results.plots import make_plots

@@ -3,7 +3,7 @@
 Used by tests/test_atomic.py: ``python _kill_writer.py WORKDIR MODE`` builds a template
 checkpoint, counts the writer's filesystem calls in one uninterrupted run, then for every N in
 0..count copies the template to ``WORKDIR/N/ck`` and forks a child that wraps the ``os`` /
-``open`` / ``flock`` functions (and ``raymeta._io.exchange``, the one call made through ctypes)
+``open`` / ``flock`` functions (and ``raymeta.fileio.exchange``, the one call made through ctypes)
 so that it kills itself with SIGKILL right before call N. Production code carries no hook.
 Prints a JSON summary: {"count": C, "killed": [N...], "ops": [name of call N...]}.
 
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-import raymeta._io as rio
+import raymeta.fileio as rio
 from raymeta.core.checkpoint import (
     Candidate,
     MetaCheckpoint,
@@ -34,7 +34,7 @@ from raymeta.core.checkpoint import (
     write_priors,
 )
 from raymeta.core.models import ModelSpec, build_model
-from raymeta.tasks._base import FamilySpec
+from raymeta.tasks.base import FamilySpec
 
 OS_CALLS = (
     "open",

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 from _kill_writer import ckpt  # tests/ is on sys.path (rootdir-less test modules)
 
-from raymeta._io import atomic_write_bytes, clean_stale, make_temp_dir, make_temp_file, umask
 from raymeta.core.checkpoint import (
     load_meta_checkpoint,
     priors_file,
@@ -27,6 +26,7 @@ from raymeta.core.checkpoint import (
     save_meta_checkpoint,
     write_priors,
 )
+from raymeta.fileio import atomic_write_bytes, clean_stale, make_temp_dir, make_temp_file, umask
 
 SCRIPT = Path(__file__).with_name("_kill_writer.py")
 ROOT = Path(__file__).resolve().parents[1]

@@ -586,7 +586,7 @@ def test_tune_config_values(
 
 
 def test_tune_python_api_refuses_bad_types(priors_ckpt: Path, tmp_path: Path) -> None:
-    from raymeta.orchestration.tune import run_tune
+    from raymeta.orchestration.tune.run import run_tune
 
     for kw in (
         {"population": True},

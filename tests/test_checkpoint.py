@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from raymeta._io import sha256_file
 from raymeta.core.checkpoint import (
     Candidate,
     MetaCheckpoint,
@@ -20,7 +19,8 @@ from raymeta.core.checkpoint import (
 )
 from raymeta.core.models import ModelSpec, build_model
 from raymeta.errors import CheckpointError
-from raymeta.tasks._base import FamilySpec
+from raymeta.fileio import sha256_file
+from raymeta.tasks.base import FamilySpec
 
 
 def _ckpt() -> MetaCheckpoint:

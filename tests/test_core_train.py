@@ -11,7 +11,7 @@ import torch
 from raymeta.core.reference import ref_meta_grad
 from raymeta.core.train import MetaTrainConfig, MetaTrainer, derive_seed, meta_train, shard_sizes
 from raymeta.errors import ConfigError
-from raymeta.tasks._base import TaskBatch
+from raymeta.tasks.base import TaskBatch
 
 SMALL = MetaTrainConfig(
     family="sinusoid",

@@ -13,7 +13,7 @@ from raymeta.core.engine import ALGORITHMS, InnerConfig, MetaEngine
 from raymeta.core.models import ModelSpec, build_model
 from raymeta.core.reference import ref_meta_grad
 from raymeta.errors import ConfigError
-from raymeta.tasks._base import TaskBatch
+from raymeta.tasks.base import TaskBatch
 
 STEPS, LR = 2, 0.1
 

@@ -14,15 +14,15 @@ import pytest
 import yaml
 from _kill_writer import ckpt  # tests/ is on sys.path (rootdir-less test modules)
 
-from raymeta._lock import lock_path, output_lock
 from raymeta.core.checkpoint import load_meta_checkpoint, save_meta_checkpoint, write_priors
 from raymeta.errors import ConfigError
+from raymeta.lock import lock_path, output_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 HOLD = (
     "import sys, time\n"
-    "from raymeta._lock import output_lock\n"
+    "from raymeta.lock import output_lock\n"
     "with output_lock(sys.argv[1], sys.argv[2]):\n"
     "    print('held', flush=True)\n"
     "    time.sleep(300)\n"

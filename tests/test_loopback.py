@@ -44,7 +44,7 @@ PROBE = textwrap.dedent(
         import torch, torch.distributed as dist
         from ray.train import ScalingConfig, RunConfig
         from ray.train.torch import TorchTrainer
-        from raymeta.orchestration._local_torch import torch_config
+        from raymeta.orchestration.meta_train._local_torch import torch_config
         from raymeta.orchestration.ray_runtime import LOOPBACK
 
         seen = set()

@@ -12,13 +12,13 @@ import pytest
 
 from raymeta.core.train import MetaTrainConfig
 from raymeta.errors import ConfigError
-from raymeta.orchestration._run_state import state_dir_for
+from raymeta.orchestration.meta_train.run_state import state_dir_for
 
 CFG = MetaTrainConfig(steps=8, meta_batch=4, val_every=4, val_tasks=2)
 
 
 def _fit(tmp: Path, workers: int, **debug: object) -> None:
-    from raymeta.orchestration.meta_train import train_distributed
+    from raymeta.orchestration.meta_train.ray_train import train_distributed
 
     cfg = dataclasses.replace(CFG, shards=workers)
     train_distributed(
@@ -91,7 +91,7 @@ def test_every_fit_failure_kind_is_one_line() -> None:
     import ray.train
     from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
 
-    from raymeta.orchestration._failures import training_failure
+    from raymeta.orchestration.meta_train._failures import training_failure
 
     def one(exc: BaseException) -> str:
         err = training_failure(exc)

@@ -24,7 +24,7 @@ import torch
 from raymeta.core.checkpoint import load_meta_checkpoint
 from raymeta.core.train import MetaTrainConfig, MetaTrainer, meta_train
 from raymeta.errors import ClusterError, ConfigError
-from raymeta.orchestration._run_state import begin_run, plan_run, state_dir_for
+from raymeta.orchestration.meta_train.run_state import begin_run, plan_run, state_dir_for
 
 W = 2
 # meta-batch 9 over 2 workers: shards of 5 and 4 tasks (the documented uneven split).
@@ -44,7 +44,7 @@ CLI = [sys.executable, "-m", "raymeta.cli.main", "meta-train"]
 
 
 def _run(tmp: Path, name: str, **kw: Any) -> Any:
-    from raymeta.orchestration.meta_train import train_distributed
+    from raymeta.orchestration.meta_train.ray_train import train_distributed
 
     kw.setdefault("progress", False)
     return train_distributed(CFG, tmp / name, workers=W, checkpoint_every=5, **kw)
@@ -160,7 +160,7 @@ def test_interrupted_run_resumes_to_same_params(reference: tuple[Path, Any]) -> 
 
 
 def test_too_many_workers_or_gpus_is_refused_before_fit(ray_session: None, tmp_path: Path) -> None:
-    from raymeta.orchestration.meta_train import train_distributed
+    from raymeta.orchestration.meta_train.ray_train import train_distributed
 
     with pytest.raises(ClusterError, match="needs 3 CPUs but the Ray cluster has 2"):
         train_distributed(
@@ -261,7 +261,7 @@ def test_plan_refuses_other_config_for_unfinished_run(tmp_path: Path) -> None:
 
 
 def test_cli_option_parsing() -> None:
-    from raymeta.cli._common import parse_options
+    from raymeta.options import parse_options
 
     assert parse_options(["ways=5", "rotations=false", "widths=[8, 8]", "name=abc"], "family") == {
         "ways": 5,

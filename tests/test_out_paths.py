@@ -12,7 +12,7 @@ from _kill_writer import ckpt  # tests/ is on sys.path (rootdir-less test module
 from raymeta.cli.main import main
 from raymeta.core.checkpoint import load_meta_checkpoint, save_meta_checkpoint
 from raymeta.errors import ConfigError
-from raymeta.orchestration._run_state import probe_writable
+from raymeta.paths import probe_writable
 from raymeta.results import ResultSink
 
 SMALL = ["--local", "--steps", "2", "--meta-batch", "2", "--val-tasks", "2"]

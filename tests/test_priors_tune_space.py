@@ -11,7 +11,7 @@ from ray.tune.search.sample import Categorical as TuneCategorical
 from ray.tune.search.sample import Domain, Float, Integer
 from ray.tune.search.variant_generator import generate_variants
 
-from raymeta.orchestration.tune_space import (
+from raymeta.orchestration.tune.space import (
     clip_explore,
     hyperparam_mutations,
     param_space,

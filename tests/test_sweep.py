@@ -16,8 +16,8 @@ from raymeta.core.checkpoint import save_meta_checkpoint
 from raymeta.core.train import MetaTrainConfig, meta_train
 from raymeta.errors import ConfigError
 from raymeta.orchestration.finetune import Strategy
-from raymeta.orchestration.sweep import run_unit
-from raymeta.orchestration.sweep_config import load_sweep, parse_sweep
+from raymeta.orchestration.sweep.config import load_sweep, parse_sweep
+from raymeta.orchestration.sweep.run import run_unit
 from raymeta.results import read_results
 
 STRATEGIES = ["scratch+broad+random", "scratch+broad+pbt", "meta+fixed-default", "meta+broad+pbt"]
@@ -170,7 +170,7 @@ def test_same_basename_checkpoints_keep_every_row(
     checkpoint's identity (sha of its meta.json), so both units' rows are kept."""
     import shutil
 
-    from raymeta.orchestration.sweep import run_sweep
+    from raymeta.orchestration.sweep.run import run_sweep
 
     a, b = tmp_path / "runs" / "a" / "meta", tmp_path / "runs" / "b" / "meta"
     shutil.copytree(meta_dir, a)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from raymeta.errors import ConfigError
-from raymeta.orchestration._trust import (
+from raymeta.orchestration.tune.trust import (
     MANIFEST,
     StateSigner,
     Store,
@@ -229,7 +229,7 @@ def test_unchanged_snapshots_write_nothing(own_key: Path, tmp_path: Path) -> Non
 
 
 def test_truncate_history_keeps_what_the_restored_state_knows(tmp_path: Path) -> None:
-    from raymeta.orchestration._history import last_reports, truncate_history
+    from raymeta.orchestration.tune._history import last_reports, truncate_history
 
     state = {
         "trial_data": [
@@ -256,7 +256,7 @@ def finished(
 ) -> Iterator[dict[str, Any]]:
     from raymeta.core.checkpoint import save_meta_checkpoint
     from raymeta.core.train import MetaTrainConfig, MetaTrainer
-    from raymeta.orchestration.tune import run_tune
+    from raymeta.orchestration.tune.run import run_tune
 
     root = tmp_path_factory.mktemp("trust")
     meta = save_meta_checkpoint(
@@ -293,7 +293,7 @@ def _crafted_state(marker: Path) -> bytes:
 def test_crafted_state_in_a_finished_run_is_refused_and_never_loaded(
     finished: dict[str, Any], tmp_path: Path, target: str
 ) -> None:
-    from raymeta.orchestration.tune import run_tune
+    from raymeta.orchestration.tune.run import run_tune
 
     exp, marker = finished["exp"], tmp_path / "pwned"
     if target == "tuner.pkl":
@@ -354,7 +354,7 @@ def test_legit_rerun_restores_and_drops_reports_of_an_abandoned_timeline(
 ) -> None:
     """A rerun of the signed run restores it; history rows newer than the restored state (what
     a driver killed after its last snapshot leaves) are dropped, so the results do not shift."""
-    from raymeta.orchestration.tune import run_tune
+    from raymeta.orchestration.tune.run import run_tune
     from raymeta.results.reader import read_results
 
     hist = finished["out"] / "history.jsonl"
@@ -384,8 +384,8 @@ def test_driver_killed_between_signing_and_upload_resumes_and_a_crafted_pickle_i
 
     from raymeta.core.checkpoint import save_meta_checkpoint
     from raymeta.core.train import MetaTrainConfig, MetaTrainer
-    from raymeta.orchestration._history import last_reports
-    from raymeta.orchestration._trust import KILL_AFTER_SIGN_ENV
+    from raymeta.orchestration.tune._history import last_reports
+    from raymeta.orchestration.tune.trust import KILL_AFTER_SIGN_ENV
 
     meta = save_meta_checkpoint(
         tmp_path / "meta", MetaTrainer(MetaTrainConfig(steps=1, val_tasks=1)).to_checkpoint()

@@ -12,10 +12,10 @@ import torch
 from raymeta.core.checkpoint import MetaCheckpoint, save_meta_checkpoint
 from raymeta.core.train import MetaTrainConfig, MetaTrainer
 from raymeta.errors import CheckpointError, ConfigError, DataError
-from raymeta.orchestration._lineage import TrialHistory, population_curve, steps_to_reach
 from raymeta.orchestration._packed import MemberGroup, initial_state, member_seeds
-from raymeta.orchestration._trainable import TrialSetup, load_trial, new_group, save_trial
-from raymeta.orchestration._tune_plan import initial_configs, plan_tune
+from raymeta.orchestration.tune.lineage import TrialHistory, population_curve, steps_to_reach
+from raymeta.orchestration.tune.plan import initial_configs, plan_tune
+from raymeta.orchestration.tune.trainable import TrialSetup, load_trial, new_group, save_trial
 from raymeta.priors import broad_prior, broad_space
 from raymeta.tasks import make_family
 
@@ -124,7 +124,7 @@ def test_exploit_quarter_copies_best_and_keeps_member0_config() -> None:
 def test_trial_checkpoint_roundtrip_weights_only(tmp_path: Path) -> None:
     ckpt = MetaTrainer(MetaTrainConfig(steps=1, val_tasks=1)).to_checkpoint()
     task = _task()
-    from raymeta.orchestration._trainable import Candidate
+    from raymeta.orchestration.tune.trainable import Candidate
 
     setup = TrialSetup(
         "regression",
@@ -263,7 +263,7 @@ def test_plan_bad_input(untrained_meta: Path, tmp_path: Path) -> None:
 
 
 def test_trial_device_without_cuda_is_a_clear_error() -> None:
-    from raymeta.orchestration._trainable import trial_device
+    from raymeta.orchestration.tune.trainable import trial_device
 
     setup = TrialSetup(
         "regression",

@@ -39,7 +39,7 @@ def sinusoid_meta(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_pbt_exploits_retries_a_killed_trial_and_writes_outputs(
     ray_session: None, sinusoid_meta: Path, tmp_path: Path
 ) -> None:
-    from raymeta.orchestration.tune import run_tune
+    from raymeta.orchestration.tune.run import run_tune
 
     out, marker = tmp_path / "out", tmp_path / "crash-once"
     kw = dict(
@@ -140,7 +140,7 @@ def test_killed_driver_resumes(sinusoid_meta: Path, tmp_path: Path) -> None:
 def test_warm_start_beats_scratch_through_tune(
     ray_session: None, sinusoid_meta: Path, tmp_path: Path
 ) -> None:
-    from raymeta.orchestration.tune import run_tune
+    from raymeta.orchestration.tune.run import run_tune
 
     wins = 0
     for i in range(3):
@@ -169,7 +169,7 @@ def test_gpus_per_trial_beyond_the_cluster_is_one_line_error(
 ) -> None:
     """The session Ray has no GPU: asking for one per trial fails before anything is written."""
     from raymeta.errors import ClusterError
-    from raymeta.orchestration.tune import run_tune
+    from raymeta.orchestration.tune.run import run_tune
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from raymeta._io import atomic_write_json
 from raymeta.core.engine import InnerConfig, MetaEngine
 from raymeta.core.models import ModelSpec, build_model
 from raymeta.core.reference import ref_meta_grad
-from raymeta.tasks._base import TaskBatch
+from raymeta.fileio import atomic_write_json
+from raymeta.tasks.base import TaskBatch
 from raymeta.tasks.sinusoid import Sinusoid
 
 HELP = "time the vmapped meta-learning engine against a looped reference, bare torch.func and peers"

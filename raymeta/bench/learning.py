@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from raymeta._io import atomic_write_json
 from raymeta.core.train import MetaTrainConfig, MetaTrainer, meta_train
+from raymeta.fileio import atomic_write_json
 from raymeta.tasks import TaskBatch, TaskFamily
 
 HELP = "MAML sinusoid: held-out MSE after fine-tuning from the meta-init vs a random init"

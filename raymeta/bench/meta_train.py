@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from raymeta._io import atomic_write_json
 from raymeta.core.train import MetaTrainConfig, MetaTrainer
+from raymeta.fileio import atomic_write_json
 
 HELP = "tasks/s of meta-training: in-process engine vs Ray Train with 1 and 2 workers"
 
@@ -93,7 +93,7 @@ def ray_rate(
     cfg: MetaTrainConfig, workers: int, threads: int, steps: int, warmup: int, tmp: Path
 ) -> tuple[float, float, float]:
     """(tasks per wall second, tasks per rank-0 CPU second, fit() seconds) after the warm-up steps."""
-    from raymeta.orchestration.meta_train import train_distributed
+    from raymeta.orchestration.meta_train.ray_train import train_distributed
 
     records: list[dict[str, Any]] = []
     total = warmup + steps

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from raymeta._io import atomic_write_json
+from raymeta.fileio import atomic_write_json
 
 HELP = "quality of learned priors vs the broad space on held-out meta-test tasks"
 

@@ -90,7 +90,7 @@ def packing(meta: Path, family: str, steps: int, work: Path) -> dict[str, float]
     and the steady state inside trials: member-steps over the time spent training and
     evaluating, without each trial's first report (the first vmapped call in a process costs
     seconds). Both layouts run the same number of concurrent trials (1 CPU each)."""
-    from raymeta.orchestration.tune import run_tune
+    from raymeta.orchestration.tune.run import run_tune
 
     out: dict[str, float] = {}
     for p, m in ((4, 16), (64, 1)):
@@ -131,8 +131,8 @@ def quality(
     work: Path,
     task_options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    from raymeta.orchestration._lineage import steps_to_reach
-    from raymeta.orchestration.tune import run_tune
+    from raymeta.orchestration.tune.lineage import steps_to_reach
+    from raymeta.orchestration.tune.run import run_tune
 
     rows = []
     for i in range(n):
@@ -168,7 +168,7 @@ def quality(
 
 
 def run(args: argparse.Namespace) -> int:
-    from raymeta.cli._common import parse_options
+    from raymeta.options import parse_options
     from raymeta.orchestration.ray_runtime import ray_context
 
     task_options = parse_options(args.task_options, "task")

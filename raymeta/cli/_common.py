@@ -9,8 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from raymeta import _checks
-from raymeta._yaml import loads
+from raymeta import checks
 from raymeta.errors import ConfigError
 
 
@@ -87,16 +86,16 @@ def _typed(kind: str, check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return parse
 
 
-def int_arg(low: int | None = None, high: int | None = _checks.MAX_INT) -> Callable[[Any], int]:
+def int_arg(low: int | None = None, high: int | None = checks.MAX_INT) -> Callable[[Any], int]:
     """``type=`` for an integer flag within ``[low, high]`` (bools and floats refused)."""
-    return _typed("int", lambda v: _checks.integer("value", v, low, high))
+    return _typed("int", lambda v: checks.integer("value", v, low, high))
 
 
 def float_arg(
     low: float | None = None, high: float | None = None, low_open: bool = False
 ) -> Callable[[Any], float]:
     """``type=`` for a finite number within ``[low, high]`` (``(low, high]`` with ``low_open``)."""
-    return _typed("float", lambda v: _checks.number("value", v, low, high, low_open))
+    return _typed("float", lambda v: checks.number("value", v, low, high, low_open))
 
 
 _ADDRESS = re.compile(r"^(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
@@ -106,7 +105,7 @@ def address_arg(text: Any) -> str:
     """``type=`` for ``--address``: ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT`` (the last
     only where the Ray Client extra is installed); checked before any Ray process starts."""
     if not isinstance(text, str):
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {_checks.show_value(text)}")
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {checks.show_value(text)}")
     text = text.strip()
     if text == "auto":
         return text
@@ -128,33 +127,3 @@ def path_arg(text: Any) -> str:
     if not isinstance(text, str) or not text.strip() or "\x00" in text:
         raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
     return text
-
-
-def parse_options(items: Any, what: str) -> dict[str, Any]:
-    """``["k=v", ...]`` (values parsed as bounded YAML scalars/lists) or a mapping from a
-    config file; anything else (a number, a list of non-strings) is a one-line error."""
-    flag = f"--{what}-option"
-    if items is None:
-        return {}
-    if isinstance(items, dict):
-        return _checks.mapping(f"{what}_options", items)
-    if isinstance(items, str):
-        items = [items]
-    if not isinstance(items, list):
-        raise ConfigError(
-            f"{what}_options must be a mapping or a list of KEY=VALUE, got {_checks.show_value(items)}"
-        )
-    out: dict[str, Any] = {}
-    for item in items:
-        if not isinstance(item, str):
-            raise ConfigError(f"{flag} expects KEY=VALUE, got {_checks.show_value(item)}")
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = loads(raw, f"{flag} {key.strip()}") if raw.strip() else ""
-        except ConfigError as exc:
-            if "not valid YAML" not in str(exc):
-                raise
-            out[key.strip()] = raw
-    return out

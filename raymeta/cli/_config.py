@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from raymeta._checks import show_value
-from raymeta._yaml import load_yaml_mapping
+from raymeta.bounded_yaml import load_yaml_mapping
+from raymeta.checks import show_value
 from raymeta.errors import ConfigError
 
 # argparse bookkeeping that set_defaults puts on the namespace: never settable from a file

@@ -12,8 +12,8 @@ import argparse
 from typing import Any
 
 from raymeta.cli._common import add_command
-from raymeta.cli._paths import check_output_file
 from raymeta.errors import ConfigError
+from raymeta.paths import check_output_file
 
 # make-sinusoid bounds: a demo file, generated in memory before its one atomic write
 MAX_TASKS = 100_000
@@ -80,7 +80,7 @@ def _validate(args: argparse.Namespace) -> int:
         for note in t.notes:
             print(f"  note: {note}")
         return 0
-    from raymeta.tasks._base import SPLITS
+    from raymeta.tasks.base import SPLITS
     from raymeta.tasks.parquet import scan_tasks
 
     idx = scan_tasks(args.path, full_check=True)

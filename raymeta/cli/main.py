@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from raymeta._version import __version__
+from raymeta import __version__
 from raymeta.cli._common import Parser
 from raymeta.cli._config import apply_config
 from raymeta.errors import RaymetaError

@@ -10,10 +10,10 @@ from raymeta.cli._common import (
     address_arg,
     float_arg,
     int_arg,
-    parse_options,
     path_arg,
 )
 from raymeta.errors import ConfigError
+from raymeta.options import parse_options
 
 DESCRIPTION = """Meta-train an initialization (MAML, FOMAML, Reptile, Meta-SGD, ANIL) over a task
 family with W Ray Train workers. Each worker computes the vmapped meta-gradient of its own shard
@@ -202,11 +202,11 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--out is required (the meta-checkpoint directory to write)")
     cfg = build_config(args)
     if args.local:
-        from raymeta.orchestration.local_meta_train import run_local_meta_train
+        from raymeta.orchestration.meta_train.local import run_local_meta_train
 
         run_local_meta_train(cfg, args.out, overwrite=args.overwrite, log_every=args.log_every)
         return 0
-    from raymeta.orchestration.meta_train import train_distributed
+    from raymeta.orchestration.meta_train.ray_train import train_distributed
 
     train_distributed(
         cfg,

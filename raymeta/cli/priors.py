@@ -166,7 +166,7 @@ def check_priors_writable(path: str) -> None:
     from pathlib import Path
 
     from raymeta.errors import ConfigError
-    from raymeta.orchestration._run_state import probe_writable
+    from raymeta.paths import probe_writable
 
     p = Path(path).absolute()
     target = p / "priors.json"

@@ -63,7 +63,7 @@ def _preflight(out: Path, meta: Path) -> None:
     meta-checkpoint left by an earlier run must load (it is reused, not retrained)."""
     from raymeta.core.checkpoint import load_meta_checkpoint
     from raymeta.errors import ConfigError
-    from raymeta.orchestration._run_state import probe_writable
+    from raymeta.paths import probe_writable
 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
@@ -83,9 +83,9 @@ def _run(args: argparse.Namespace) -> int:
     from raymeta.core.checkpoint import load_meta_checkpoint, write_priors
     from raymeta.core.train import MetaTrainConfig
     from raymeta.errors import ConfigError
-    from raymeta.orchestration.meta_train import run_meta_train
+    from raymeta.orchestration.meta_train.ray_train import run_meta_train
     from raymeta.orchestration.ray_runtime import ray_context
-    from raymeta.orchestration.tune import run_tune
+    from raymeta.orchestration.tune.run import run_tune
     from raymeta.priors import fit_priors
     from raymeta.results import read_results
     from raymeta.results.render import render

@@ -8,8 +8,8 @@ import sys
 from typing import Any
 
 from raymeta.cli._common import add_command
-from raymeta.cli._paths import check_output_dir
 from raymeta.errors import ConfigError
+from raymeta.paths import check_output_dir
 
 FORMATS = ("table", "markdown", "json")
 

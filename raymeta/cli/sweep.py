@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from raymeta.cli._common import add_command
-from raymeta.cli._paths import check_output_dir
 from raymeta.errors import ConfigError
+from raymeta.paths import check_output_dir
 
 EPILOG = """SWEEP.yaml keys: name, meta (list of meta-checkpoint dirs), strategies (e.g.
 scratch+broad+random, scratch+broad+pbt, meta+fixed-default, meta+learned+pbt), tasks (a count
@@ -38,8 +38,8 @@ def add_parser(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from raymeta.orchestration.sweep import run_sweep
-    from raymeta.orchestration.sweep_config import load_sweep
+    from raymeta.orchestration.sweep.config import load_sweep
+    from raymeta.orchestration.sweep.run import run_sweep
 
     if args.max_concurrency is not None and args.max_concurrency < 1:
         raise ConfigError(f"--max-concurrency must be >= 1, got {args.max_concurrency}")

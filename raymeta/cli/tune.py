@@ -168,8 +168,8 @@ def _run(args: argparse.Namespace) -> int:
     for flag in ("meta", "task", "population", "out"):
         if getattr(args, flag) is None:
             raise ConfigError(f"--{flag} is required")
-    from raymeta.cli._common import parse_options
-    from raymeta.orchestration.tune import run_tune
+    from raymeta.options import parse_options
+    from raymeta.orchestration.tune.run import run_tune
 
     report = run_tune(
         meta=args.meta,

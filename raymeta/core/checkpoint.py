@@ -14,7 +14,7 @@ Writers never leave a moment where the path does not verify: a whole checkpoint 
 at once (``_io.atomic_dir``), and ``write_priors`` adds the priors under a new, content-named
 file that the old ``meta.json`` does not list, then replaces ``meta.json`` (one rename) with a
 manifest that lists it, then removes the previous priors file that nothing lists any more.
-Every writer holds the path's lock (``raymeta._lock``) while it writes.
+Every writer holds the path's lock (``raymeta.lock``) while it writes.
 """
 
 from __future__ import annotations
@@ -31,13 +31,19 @@ from typing import Any
 
 import torch
 
-from raymeta._io import atomic_dir, atomic_write_bytes, atomic_write_json, clean_stale, sha256_file
-from raymeta._lock import output_lock
-from raymeta._version import __version__
+from raymeta import __version__
 from raymeta.core.engine import LR_PREFIX
 from raymeta.core.models import ModelSpec, check_model_fits, expected_shapes
 from raymeta.errors import CheckpointError, ConfigError
-from raymeta.tasks._base import FamilySpec
+from raymeta.fileio import (
+    atomic_dir,
+    atomic_write_bytes,
+    atomic_write_json,
+    clean_stale,
+    sha256_file,
+)
+from raymeta.lock import output_lock
+from raymeta.tasks.base import FamilySpec
 
 FORMAT = "raymeta-meta-checkpoint"
 VERSION = 1

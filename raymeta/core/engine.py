@@ -22,7 +22,7 @@ from torch.func import functional_call, grad, grad_and_value, vmap
 from raymeta.core.losses import accuracy, loss_fn
 from raymeta.core.models import head_keys
 from raymeta.errors import ConfigError
-from raymeta.tasks._base import TaskBatch
+from raymeta.tasks.base import TaskBatch
 
 Params = dict[str, torch.Tensor]
 ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil")

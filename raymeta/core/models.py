@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from raymeta import _checks
+from raymeta import checks
 from raymeta.errors import ConfigError
 
 HEAD_PREFIX = "head."
@@ -39,17 +39,17 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
         """Rebuild a spec from ``meta.json``; wrong types or sizes are one-line ``ConfigError``s."""
-        d = _checks.mapping("model spec", d)
+        d = checks.mapping("model spec", d)
         shape = d.get("input_shape")
         if not isinstance(shape, (list, tuple)) or not shape or len(shape) > 8:
             raise ConfigError(
                 f"model spec input_shape must be a list of 1 to 8 sizes, got {shape!r}"
             )
         return cls(
-            name=_checks.string("model spec name", d.get("name")),
-            input_shape=tuple(_checks.integer("model spec input_shape", v, 1) for v in shape),
-            output_dim=_checks.integer("model spec output_dim", d.get("output_dim"), 1),
-            options=_checks.mapping("model spec options", d.get("options", {})),
+            name=checks.string("model spec name", d.get("name")),
+            input_shape=tuple(checks.integer("model spec input_shape", v, 1) for v in shape),
+            output_dim=checks.integer("model spec output_dim", d.get("output_dim"), 1),
+            options=checks.mapping("model spec options", d.get("options", {})),
         )
 
 
@@ -64,7 +64,7 @@ class MLP(nn.Module):
             raise ConfigError(f"mlp: widths must be a list of layer sizes, got {widths!r}")
         if len(widths) > MAX_LAYERS:
             raise ConfigError(f"mlp: at most {MAX_LAYERS} hidden layers, got {len(widths)}")
-        widths = [_checks.integer("mlp: each of widths", w, 1) for w in widths]
+        widths = [checks.integer("mlp: each of widths", w, 1) for w in widths]
         in_dim = 1
         for d in input_shape:
             in_dim *= int(d)
@@ -100,8 +100,8 @@ class Conv4(nn.Module):
         norm: str = "group",
     ):
         super().__init__()
-        hidden = _checks.integer("conv4: hidden", hidden, 1)
-        _checks.string("conv4: norm", norm, ("group", "batch", "none"))
+        hidden = checks.integer("conv4: hidden", hidden, 1)
+        checks.string("conv4: norm", norm, ("group", "batch", "none"))
         if len(input_shape) != 3:
             raise ConfigError(
                 f"conv4 needs (channels, height, width) inputs, got shape {tuple(input_shape)}"
@@ -155,7 +155,7 @@ def footprint(spec: ModelSpec) -> tuple[int, int]:
     """(parameters, activation values per example) of ``spec``, measured on the meta device.
 
     Nothing is allocated, so a spec of 2**40 outputs or ``widths=[10**9]`` is sized without
-    being built; callers compare the result with the machine's memory (``_checks.check_fits``)
+    being built; callers compare the result with the machine's memory (``checks.check_fits``)
     before they build the real model."""
     with torch.device("meta"):
         model = build_model(spec)
@@ -190,7 +190,7 @@ def check_model_fits(spec: ModelSpec, copies: int = 8, what: str = "") -> int:
     """Refuse a model whose ``copies`` float32 copies of the parameters exceed the machine's
     memory (weights, gradients, optimizer moments, snapshots); returns the parameter count."""
     n_params, _ = footprint(spec)
-    _checks.check_fits(
+    checks.check_fits(
         what or f"model {spec.name!r} ({n_params:,} parameters)", n_params * 4.0 * copies
     )
     return n_params

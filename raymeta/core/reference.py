@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from raymeta.tasks._base import TaskBatch
+from raymeta.tasks.base import TaskBatch
 
 Params = dict[str, torch.Tensor]
 _P = 2**31 - 1

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from raymeta import _checks
+from raymeta import checks
 from raymeta.core.checkpoint import Candidate, MetaCheckpoint
 from raymeta.core.engine import InnerConfig, MetaEngine, Params, check_algorithm
 from raymeta.core.models import ModelSpec, build_model, footprint
@@ -57,7 +57,7 @@ class MetaTrainConfig:
         """Types, ranges and finiteness of every field (one-line ``ConfigError``s), so the
         Python API refuses what the CLI refuses; family and model options are checked by the
         family and model they configure, when ``MetaTrainer`` builds them."""
-        c = _checks
+        c = checks
         c.string("family", self.family)
         c.plain_data("family-options", c.mapping("family-options", self.family_options))
         c.string("model", self.model)
@@ -88,7 +88,7 @@ class MetaTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MetaTrainConfig:
-        d = _checks.mapping("meta-train config", d)
+        d = checks.mapping("meta-train config", d)
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
@@ -181,7 +181,7 @@ class MetaTrainer:
         self.spec = ModelSpec(
             name, self.family.input_shape, self.family.output_dim, dict(cfg.model_options)
         )
-        _checks.check_fits(
+        checks.check_fits(
             f"meta-training {name!r} on {cfg.family} (meta-batch {cfg.meta_batch}, "
             f"{self.family.episode_examples()} examples per task)",
             estimate_memory(cfg, self.family, self.spec, world, self.device.type != "cpu"),

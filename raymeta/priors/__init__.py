@@ -1,6 +1,6 @@
 """Meta-learned fine-tuning priors: search space, per-hyperparameter priors, portfolios.
 
-Pure numpy/torch (never Ray); ``raymeta.orchestration.tune_space`` turns these into Ray Tune
+Pure numpy/torch (never Ray); ``raymeta.orchestration.tune.space`` turns these into Ray Tune
 domains. Typical use::
 
     priors = load_priors(load_meta_checkpoint(DIR))

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from raymeta import _checks
+from raymeta import checks
 from raymeta.core.checkpoint import MetaCheckpoint
 from raymeta.core.models import check_model_fits
 from raymeta.errors import ConfigError, DataError, RaymetaError
@@ -278,7 +278,7 @@ def fit_priors(
     above a full fine-tune once a tune run trains them for its whole budget. ``device``
     is where the fine-tuning populations train (``"cuda"`` on a GPU machine).
     """
-    c = _checks
+    c = checks
     c.integer("priors: tasks", n_tasks, MIN_TASKS, MAX_TASKS)
     c.integer("priors: configs", n_configs, MIN_CONFIGS)
     c.integer("priors: seed", seed, 0)
@@ -324,7 +324,7 @@ def fit_priors(
             first.y_test,
         )
     )
-    _checks.check_fits(
+    checks.check_fits(
         f"priors: {n_tasks} meta-val tasks", 2.0 * per_task * n_tasks, "lower --tasks"
     )
     tasks = val_tasks(family, n_tasks)

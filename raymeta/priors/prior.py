@@ -20,7 +20,7 @@ that cannot express dependence (Ray Tune domains, ``priors show``) use. In ``pri
 
 Every sample consumes exactly two uniforms per parameter in space order (a child's uniforms are
 mapped after its parent's value is known), which makes sampling reproducible for a seed and lets
-Ray Tune's own random state drive the same code (``raymeta.orchestration.tune_space``).
+Ray Tune's own random state drive the same code (``raymeta.orchestration.tune.space``).
 
 Joint component (``joint``, see ``joint.py``): a fitted prior is a mixture ``joint.weight`` x a
 kernel mixture over whole good configs + the rest x the factorised prior above. ``sample``,

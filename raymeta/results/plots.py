@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from raymeta._io import atomic_write_bytes
 from raymeta.errors import DataError
+from raymeta.fileio import atomic_write_bytes
 from raymeta.results.curves import Curve, RunKey, higher_is_better, run_curves
 
 _STYLES = ("-", "--", "-.", ":")

@@ -28,7 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from raymeta._version import __version__
+from raymeta import __version__
 from raymeta.errors import ConfigError
 
 SCHEMA_VERSION = 1

@@ -20,8 +20,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from raymeta._io import atomic_write_json, make_temp_file
 from raymeta.errors import ConfigError, DataError
+from raymeta.fileio import atomic_write_json, make_temp_file
 from raymeta.results.schema import COLUMNS, SCHEMA_VERSION, rows_to_table
 
 SCHEMA_FILE = "_schema.json"

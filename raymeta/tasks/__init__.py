@@ -1,6 +1,6 @@
 """Task families and episodic sampling (no Ray here)."""
 
-from raymeta.tasks._base import SPLITS, FamilySpec, Split, Task, TaskBatch, TaskFamily
+from raymeta.tasks.base import SPLITS, FamilySpec, Split, Task, TaskBatch, TaskFamily
 from raymeta.tasks.registry import (
     FAMILIES,
     SPLIT_OPTIONS,

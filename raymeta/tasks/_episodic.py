@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from raymeta.errors import ConfigError
-from raymeta.tasks._base import (
+from raymeta.tasks.base import (
     Split,
     Task,
     TaskBatch,

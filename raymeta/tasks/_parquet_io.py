@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import torch
 
 from raymeta.errors import DataError
-from raymeta.tasks._base import SPLITS, Kind, Task
+from raymeta.tasks.base import SPLITS, Kind, Task
 
 SCHEMA_DOC = """\
 column      type                                   meaning

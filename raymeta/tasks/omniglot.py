@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raymeta._checks import check_fits
+from raymeta.checks import check_fits
 from raymeta.errors import ConfigError, DataError
 from raymeta.tasks._episodic import ClassPool, EpisodicFamily
 

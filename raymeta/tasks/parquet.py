@@ -39,7 +39,6 @@ import pyarrow.parquet as pq
 import torch
 
 from raymeta.errors import ConfigError, DataError
-from raymeta.tasks._base import SPLITS, Kind, Split, Task, TaskBatch, TaskFamily, check_split
 from raymeta.tasks._parquet_io import (
     MAX_CLASSES,
     SCHEMA_DOC,
@@ -53,6 +52,7 @@ from raymeta.tasks._parquet_io import (
     task_schema,
     write_tasks,
 )
+from raymeta.tasks.base import SPLITS, Kind, Split, Task, TaskBatch, TaskFamily, check_split
 
 __all__ = [
     "MAX_CLASSES",

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from raymeta.errors import ConfigError
-from raymeta.tasks._base import FamilySpec, TaskFamily
+from raymeta.tasks.base import FamilySpec, TaskFamily
 
 
 def _sinusoid(**kw: Any) -> TaskFamily:

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from raymeta._checks import check_fits
-from raymeta.tasks._base import (
+from raymeta.checks import check_fits
+from raymeta.tasks.base import (
     Split,
     Task,
     TaskBatch,

@@ -30,7 +30,7 @@ from raymeta.core.population import MemberHParams, PopulationState, PopulationTr
 from raymeta.core.reference import ref_meta_grad
 from raymeta.orchestration._packed import MemberGroup, initial_state, member_seeds
 from raymeta.priors import broad_prior, broad_space
-from raymeta.tasks._base import TaskBatch
+from raymeta.tasks.base import TaskBatch
 from raymeta.tasks.sinusoid import Sinusoid
 
 MLP = ModelSpec("mlp", (1,), 1, {"widths": [40, 40]})

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from raymeta.cli._common import parse_options
 from raymeta.core.checkpoint import (
     load_meta_checkpoint,
     priors_file,
@@ -26,8 +25,9 @@ from raymeta.core.checkpoint import (
     write_priors,
 )
 from raymeta.core.train import MetaTrainConfig, meta_train
-from raymeta.orchestration.sweep import run_sweep
-from raymeta.orchestration.sweep_config import parse_sweep
+from raymeta.options import parse_options
+from raymeta.orchestration.sweep.config import parse_sweep
+from raymeta.orchestration.sweep.run import run_sweep
 from raymeta.priors import fit_priors
 from raymeta.results import read_results
 from raymeta.results.curves import run_curves

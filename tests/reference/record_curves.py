@@ -260,8 +260,9 @@ def record_packed_trial(ckpts: dict[str, MetaCheckpoint]) -> list[dict[str, Any]
 
 
 def record_sweep_units(ckpts: dict[str, MetaCheckpoint], work: Path) -> list[dict[str, Any]]:
-    from raymeta.orchestration.sweep import run_unit  # type: ignore[import-not-found]
     from raymeta.orchestration.sweep_config import SweepConfig  # type: ignore[import-not-found]
+
+    from raymeta.orchestration.sweep import run_unit  # type: ignore[import-not-found]
 
     out = []
     for kind, ck in ckpts.items():

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raymeta._yaml import load_yaml_mapping
+from raymeta.bounded_yaml import load_yaml_mapping
 from raymeta.errors import ConfigError
 from raymeta.orchestration.finetune import Strategy
 from raymeta.results.sink import check_sweep_name

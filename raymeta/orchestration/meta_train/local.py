@@ -10,15 +10,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raymeta._lock import locks_output
 from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint, save_meta_checkpoint
 from raymeta.core.train import MetaTrainConfig, meta_train
 from raymeta.errors import ConfigError
-from raymeta.orchestration._run_state import (
+from raymeta.lock import locks_output
+from raymeta.orchestration.meta_train.run_state import (
     fingerprint,
     out_status,
-    probe_writable,
 )
+from raymeta.paths import probe_writable
 
 
 @locks_output("out")  # one writer per --out, whatever the command

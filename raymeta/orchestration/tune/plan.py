@@ -19,7 +19,7 @@ import torch
 
 from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint
 from raymeta.errors import ConfigError, DataError
-from raymeta.orchestration._trainable import Candidate, TrialSetup
+from raymeta.orchestration.tune.trainable import Candidate, TrialSetup
 from raymeta.priors import Prior, broad_prior, broad_space, load_priors
 from raymeta.tasks import Task, make_family, resize_splits
 

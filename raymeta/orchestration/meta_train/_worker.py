@@ -23,7 +23,11 @@ import torch.distributed as dist
 from raymeta.core.checkpoint import save_meta_checkpoint
 from raymeta.core.train import MetaTrainConfig, MetaTrainer, diverged
 from raymeta.errors import ConfigError
-from raymeta.orchestration._newest_checkpoint import STATE_FILE, newest_state, write_manifest
+from raymeta.orchestration.meta_train._newest_checkpoint import (
+    STATE_FILE,
+    newest_state,
+    write_manifest,
+)
 
 FINAL_DIR = "final"
 

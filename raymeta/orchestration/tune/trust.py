@@ -64,8 +64,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raymeta._io import atomic_write_bytes
 from raymeta.errors import ConfigError
+from raymeta.fileio import atomic_write_bytes
 
 TRUST_DIR = ".trust"
 MANIFEST = "manifest.json"

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from raymeta._lock import locks_output
 from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint
 from raymeta.errors import ClusterError, ConfigError, DataError, RaymetaError
+from raymeta.lock import locks_output
 from raymeta.orchestration.finetune import Strategy, run_population, strategy_configs
-from raymeta.orchestration.sweep_config import SweepConfig
+from raymeta.orchestration.sweep.config import SweepConfig
 from raymeta.priors import Prior, broad_prior, broad_space, load_priors
 from raymeta.results import ResultSink, make_row
 from raymeta.tasks import make_family, resize_splits

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from raymeta import _checks
+from raymeta import checks
 from raymeta.core.checkpoint import MetaCheckpoint
 from raymeta.core.models import expected_shapes
 from raymeta.errors import ConfigError
-from raymeta.orchestration._run_state import probe_writable
+from raymeta.paths import probe_writable
 
 MAX_POPULATION = 100_000  # Tune trials of one run
 MAX_MEMBERS = 1 << 24  # members of the whole population
@@ -36,7 +36,7 @@ def check_tune_args(
     out: str | Path,
     storage: str | None,
 ) -> None:
-    c = _checks
+    c = checks
     pop = c.integer("--population", population, 1, MAX_POPULATION)
     members = c.integer("--members-per-trial", members_per_trial, 1, MAX_MEMBERS)
     if pop * members > MAX_MEMBERS:
@@ -68,7 +68,7 @@ def check_members_fit(members_per_trial: int, ckpt: MetaCheckpoint) -> None:
     """One trial's packed members (weights, Adam moments, best snapshot, gradients) must fit."""
     for name, cand in ckpt.candidates.items():
         n_params = sum(math.prod(s) for s in expected_shapes(cand.spec).values())
-        _checks.check_fits(
+        checks.check_fits(
             f"a tune trial of {members_per_trial} members of {name!r} ({n_params:,} parameters)",
             4.0 * 6 * n_params * members_per_trial,
             "lower --members-per-trial",

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raymeta import _checks
-from raymeta._lock import locks_output
+from raymeta import checks
 from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint, save_meta_checkpoint
 from raymeta.core.train import MetaTrainConfig, MetaTrainer
 from raymeta.errors import ClusterError, ConfigError
-from raymeta.orchestration._run_state import RunPlan, begin_run, finish_run, plan_run
-from raymeta.orchestration._train_worker import FINAL_DIR, load_state, train_loop
+from raymeta.lock import locks_output
+from raymeta.orchestration.meta_train._worker import FINAL_DIR, load_state, train_loop
+from raymeta.orchestration.meta_train.run_state import RunPlan, begin_run, finish_run, plan_run
 from raymeta.orchestration.ray_runtime import check_resources, ray_context
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -106,11 +106,11 @@ def _check_args(
     checkpoint_every: int,
     max_failures: int,
 ) -> None:
-    _checks.integer("workers", workers, 1)
-    _checks.number("gpus-per-worker", gpus_per_worker, 0.0)
-    _checks.number("cpus-per-worker", cpus_per_worker, 0.0, low_open=True)
-    _checks.integer("checkpoint-every", checkpoint_every, 1)
-    if _checks.integer("max-failures", max_failures) < -1:
+    checks.integer("workers", workers, 1)
+    checks.number("gpus-per-worker", gpus_per_worker, 0.0)
+    checks.number("cpus-per-worker", cpus_per_worker, 0.0, low_open=True)
+    checks.integer("checkpoint-every", checkpoint_every, 1)
+    if checks.integer("max-failures", max_failures) < -1:
         raise ConfigError(f"max-failures must be >= -1 (-1 = retry forever), got {max_failures}")
 
 
@@ -215,8 +215,8 @@ def _fit(
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
-    from raymeta.orchestration._failures import training_failure
-    from raymeta.orchestration._local_torch import torch_config
+    from raymeta.orchestration.meta_train._failures import training_failure
+    from raymeta.orchestration.meta_train._local_torch import torch_config
 
     check_resources(workers * cpus, workers * gpus, what=f"meta-train with {workers} worker(s)")
     if plan.local_storage and len([n for n in ray.nodes() if n.get("Alive")]) > 1:

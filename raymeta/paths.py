@@ -1,7 +1,9 @@
 """Output paths checked before any work: a bad one is a one-line ``ConfigError``, nothing made.
 
-``os.access`` is not enough (root passes it on a read-only mount), so writability is probed
-with an unnamed temporary file (``O_TMPFILE``), which leaves no entry behind even if killed.
+``os.access`` is not enough (root passes it on a read-only mount), so writability is probed by
+really creating a file: ``probe_writable`` makes and removes a named temporary file (the path a
+run will write, its lock file beside it), ``check_output_dir`` / ``check_output_file`` an unnamed
+one (``O_TMPFILE``), which leaves no entry behind even if killed. Shared by the CLI and the API.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from raymeta.errors import ConfigError
+from raymeta.fileio import make_temp_file
 
 
 def _nearest_existing(p: Path) -> Path:
@@ -68,3 +71,20 @@ def check_output_file(path: str | os.PathLike[str], flag: str, force: bool) -> P
         raise ConfigError(f"{flag} {p}: {base} is not a directory")
     _probe(base, flag, p)
     return p
+
+
+def probe_writable(out: Path, flag: str = "--out") -> None:
+    """Refuse an ``out`` that cannot be created, before any work and without creating anything:
+    its nearest existing ancestor must be a writable directory (probed with a temp file, which
+    also works as root, where permission bits say nothing)."""
+    base = out.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise ConfigError(f"cannot write {flag} {out}: {base} is not a directory")
+    try:
+        fd, tmp = make_temp_file(base, out.name)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {flag} {out}: {exc.strerror or exc}") from None

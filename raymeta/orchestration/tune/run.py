@@ -28,20 +28,20 @@ from typing import Any
 
 import torch
 
-from raymeta._io import atomic_write_bytes, atomic_write_json
-from raymeta._lock import locks_output
 from raymeta.errors import ConfigError, RaymetaError
-from raymeta.orchestration._lineage import (
+from raymeta.fileio import atomic_write_bytes, atomic_write_json
+from raymeta.lock import locks_output
+from raymeta.orchestration.tune._args import check_members_fit, check_tune_args
+from raymeta.orchestration.tune.lineage import (
     lineage,
     member_events,
     pbt_global,
     population_curve,
     read_histories,
 )
-from raymeta.orchestration._trainable import load_trial, tune_trainable
-from raymeta.orchestration._trust import TRUST_DIR, TUNER_PKL, StateSigner, Store, run_digest
-from raymeta.orchestration._tune_args import check_members_fit, check_tune_args
-from raymeta.orchestration._tune_plan import TunePlan, plan_tune
+from raymeta.orchestration.tune.plan import TunePlan, plan_tune
+from raymeta.orchestration.tune.trainable import load_trial, tune_trainable
+from raymeta.orchestration.tune.trust import TRUST_DIR, TUNER_PKL, StateSigner, Store, run_digest
 from raymeta.priors import Float
 from raymeta.results.schema import make_row
 from raymeta.results.sink import ResultSink
@@ -69,7 +69,7 @@ def _quiet_env(verbose: int) -> None:
 def make_scheduler(plan: TunePlan) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
-    from raymeta.orchestration.tune_space import clip_explore, hyperparam_mutations
+    from raymeta.orchestration.tune.space import clip_explore, hyperparam_mutations
 
     if plan.scheduler == "pbt":
         return PopulationBasedTraining(
@@ -188,8 +188,8 @@ def _tuner(
     from ray import tune
     from ray.tune import CLIReporter
 
-    from raymeta.orchestration._history import HistoryCallback
-    from raymeta.orchestration.tune_space import param_space, points_to_evaluate
+    from raymeta.orchestration.tune._history import HistoryCallback
+    from raymeta.orchestration.tune.space import param_space, points_to_evaluate
 
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, setup=plan.setup),
@@ -246,7 +246,7 @@ def _trusted_resume(signer: StateSigner, history: Path) -> bool:
 
     Why cut: reports a killed driver logged after its last signed snapshot belong to a timeline
     the resume abandons (PBT decisions differ from there on); kept, they shift later rows."""
-    from raymeta.orchestration._history import last_reports, truncate_history
+    from raymeta.orchestration.tune._history import last_reports, truncate_history
 
     store = Store(signer.experiment)
     signer.verify(store)

@@ -18,7 +18,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from raymeta._io import atomic_write_bytes
+from raymeta.fileio import atomic_write_bytes
 
 REPORT_KEYS = (
     "val_loss",

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raymeta._io import atomic_write_json, make_temp_file
 from raymeta.core.checkpoint import read_meta
 from raymeta.core.train import MetaTrainConfig
 from raymeta.errors import CheckpointError, ConfigError
+from raymeta.fileio import atomic_write_json
+from raymeta.paths import probe_writable
 
 RUN_FILE = "run.json"
 
@@ -138,23 +139,6 @@ def plan_run(
     return RunPlan(
         out_p, sdir, want_storage, name, fp, local_storage=storage is None, discard=overwrite
     )
-
-
-def probe_writable(out: Path, flag: str = "--out") -> None:
-    """Refuse an ``out`` that cannot be created, before any work and without creating anything:
-    its nearest existing ancestor must be a writable directory (probed with a temp file, which
-    also works as root, where permission bits say nothing)."""
-    base = out.parent
-    while not base.exists() and base != base.parent:
-        base = base.parent
-    if not base.is_dir():
-        raise ConfigError(f"cannot write {flag} {out}: {base} is not a directory")
-    try:
-        fd, tmp = make_temp_file(base, out.name)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {flag} {out}: {exc.strerror or exc}") from None
 
 
 def check_storage(storage: str) -> None:
