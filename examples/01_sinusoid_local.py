@@ -15,9 +15,8 @@ import sys
 
 import torch
 
-from raymeta.core.checkpoint import save_meta_checkpoint
-from raymeta.core.train import MetaTrainConfig, MetaTrainer, meta_train
-from raymeta.errors import RaymetaError
+import raymeta
+from raymeta.core.train import MetaTrainer  # the engine level: a trainer's vmapped evaluate
 from raymeta.tasks import TaskBatch
 
 
@@ -46,7 +45,7 @@ def main() -> int:
     args = p.parse_args()
     steps, n_eval = (20, 20) if args.smoke_test else (args.steps, args.eval_tasks)
 
-    cfg = MetaTrainConfig(
+    cfg = raymeta.MetaTrainConfig(
         family="sinusoid",
         model_options={"widths": [40, 40]},
         algo=args.algo,
@@ -59,7 +58,7 @@ def main() -> int:
     )
     try:
         random_init = MetaTrainer(cfg)  # same architecture, untrained
-        trainer = meta_train(
+        trainer = raymeta.meta_train(
             cfg,
             progress=lambda s, m: print(
                 f"step {s:5d}  " + "  ".join(f"{k} {v:.3f}" for k, v in m.items())
@@ -74,11 +73,11 @@ def main() -> int:
                 + " / ".join(f"{s:.3f}" for s in scores)
             )
         if args.out:
-            path = save_meta_checkpoint(
+            path = raymeta.save_meta_checkpoint(
                 args.out, trainer.to_checkpoint({"steps": steps}), overwrite=True
             )
             print(f"saved meta-checkpoint to {path}")
-    except RaymetaError as exc:
+    except raymeta.RaymetaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -16,20 +16,17 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from raymeta.core.checkpoint import load_meta_checkpoint, save_meta_checkpoint, write_priors
-from raymeta.core.train import MetaTrainConfig, meta_train
-from raymeta.orchestration.tune.run import run_tune
-from raymeta.priors import fit_priors
+import raymeta
 
 
-def small_checkpoint(where: Path, steps: int) -> Path:
+def small_checkpoint(where: Path, steps: int, steps_per_member: int) -> Path:
+    """A small sinusoid meta-checkpoint with priors fitted for tune members of this length."""
     path = where / "sinusoid-meta"
-    trainer = meta_train(MetaTrainConfig(steps=steps, meta_batch=16, val_tasks=10))
-    save_meta_checkpoint(path, trainer.to_checkpoint())
-    write_priors(
-        path,
-        fit_priors(load_meta_checkpoint(path), n_tasks=8, n_configs=32, max_steps=50).to_dict(),
-    )
+    trainer = raymeta.meta_train(raymeta.MetaTrainConfig(steps=steps, meta_batch=16, val_tasks=10))
+    raymeta.save_meta_checkpoint(path, trainer.to_checkpoint())
+    fit = raymeta.PriorFitConfig(n_tasks=8, n_configs=32, max_steps=steps_per_member)
+    priors = raymeta.fit_priors(raymeta.load_meta_checkpoint(path), fit)
+    raymeta.write_priors(path, priors.to_dict())
     return path
 
 
@@ -45,24 +42,25 @@ def main() -> None:
     small = args.smoke_test
     with tempfile.TemporaryDirectory(prefix="raymeta-example-") as d:
         work = Path(d)
-        meta = Path(args.meta) if args.meta else small_checkpoint(work, 40 if small else 500)
-        for init, prior in (("meta", "learned"), ("scratch", "broad")):
-            report = run_tune(
+        trials, steps = (2, 10) if small else (4, 60)
+        meta = Path(args.meta) if args.meta else small_checkpoint(work, 40 if small else 500, steps)
+        for strategy in ("meta+learned+pbt", "scratch+broad+pbt"):
+            request = raymeta.TuneRequest(
                 meta,
                 "sinusoid:7",
-                population=2 if small else 4,
+                trials=trials,
                 members_per_trial=4,
-                budget=(2 * 4 * 10) if small else 4 * 4 * 60,
-                init=init,
-                prior=prior,
-                out=work / f"tune-{init}",
-                verbose=0,
+                budget=trials * 4 * steps,  # total member-steps: `steps` per member
+                strategy=strategy,
+                out=work / f"tune-{strategy.split('+')[0]}",
             )
+            report = raymeta.tune(request, verbose=0)
             best = report["best"]
             exploits = sum(e["kind"] == "exploit" for e in report["lineage"])
             print(
-                f"{init:>8}+{prior:<8} val {best['val_loss']:.4f}  test {best['test_loss']:.4f}  "
-                f"member-steps {report['member_steps']}  PBT exploits {exploits}"
+                f"{strategy:<18} val {best['val_loss']:.4f}  test {best['test_loss']:.4f}  "
+                f"member-steps {report['member_steps']} of {report['budget']}  "
+                f"PBT exploits {exploits}"
             )
 
 

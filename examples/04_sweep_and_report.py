@@ -14,15 +14,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from raymeta.core.checkpoint import load_meta_checkpoint, save_meta_checkpoint, write_priors
-from raymeta.core.train import MetaTrainConfig, meta_train
-from raymeta.orchestration.sweep.config import parse_sweep
-from raymeta.orchestration.sweep.run import run_sweep
-from raymeta.priors import fit_priors
-from raymeta.results import read_results
-from raymeta.results.plots import make_plots
-from raymeta.results.render import render
-from raymeta.results.summary import summarise
+import raymeta
 
 
 def main() -> None:
@@ -37,16 +29,18 @@ def main() -> None:
 
     meta = out / "meta"
     if not (meta / "meta.json").exists():
-        trainer = meta_train(
-            MetaTrainConfig(steps=40 if small else 2000, meta_batch=10 if small else 25)
+        trainer = raymeta.meta_train(
+            raymeta.MetaTrainConfig(steps=40 if small else 2000, meta_batch=10 if small else 25)
         )
-        save_meta_checkpoint(meta, trainer.to_checkpoint())
-        priors = fit_priors(
-            load_meta_checkpoint(meta), n_tasks=8 if small else 32, n_configs=16 if small else 64
+        raymeta.save_meta_checkpoint(meta, trainer.to_checkpoint())
+        priors = raymeta.fit_priors(
+            raymeta.load_meta_checkpoint(meta),
+            n_tasks=8 if small else 32,
+            n_configs=16 if small else 64,
         )
-        write_priors(meta, priors.to_dict())
+        raymeta.write_priors(meta, priors.to_dict())
 
-    sweep = parse_sweep(
+    sweep = raymeta.parse_sweep(
         {
             "name": "example",
             "meta": [str(meta)],
@@ -58,15 +52,15 @@ def main() -> None:
             ],
             "tasks": 2 if small else 20,
             "seeds": [0],
-            "population": 4 if small else 8,
-            "budget": 20 if small else 100,
+            "population": 4 if small else 8,  # members per (strategy, task, seed)
+            "steps_per_member": 20 if small else 100,
             "interval": 5 if small else 10,
         }
     )
-    run_sweep(sweep, out / "results")
-    table = read_results(out / "results", sweep="example")
-    print(render(summarise(table), "table"))
-    for png in make_plots(table, out / "plots"):
+    raymeta.sweep(sweep, out / "results")
+    report = raymeta.report(out / "results", sweep="example", plots=out / "plots")
+    print(report.text)
+    for png in report.plots:
         print("plot:", png)
 
 

@@ -1,9 +1,146 @@
 """raymeta: Ray-distributed, population-based meta-tuner.
 
-The pure layers (``core``, ``tasks``, ``priors``, ``results``) never import Ray; only
-``orchestration`` and ``cli`` do, so the engine can be used and tested without a cluster.
+The public API; everything a user needs is importable from here::
+
+    import raymeta
+
+    cfg = raymeta.MetaTrainConfig(family="sinusoid", algo="maml", steps=2000)
+    raymeta.run_meta_train(cfg, "runs/meta", workers=2)       # on Ray Train (embedded Ray)
+    ckpt = raymeta.load_meta_checkpoint("runs/meta")
+    raymeta.write_priors("runs/meta", raymeta.fit_priors(ckpt, n_tasks=32).to_dict())
+    report = raymeta.tune(raymeta.TuneRequest("runs/meta", "sinusoid:17", trials=8, out="runs/t"))
+
+Names load on first use (PEP 562): ``import raymeta`` imports neither torch nor Ray, and the
+pure layers (``core``, ``tasks``, ``priors``, ``results``, ``finetune``) never import Ray; only
+``orchestration`` and ``cli`` do.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from raymeta._version import __version__
 
-__all__ = ["__version__"]
+if TYPE_CHECKING:
+    from raymeta.core.checkpoint import (
+        MetaCheckpoint,
+        load_meta_checkpoint,
+        save_meta_checkpoint,
+        write_priors,
+    )
+    from raymeta.core.train import MetaTrainConfig, meta_train
+    from raymeta.errors import (
+        CheckpointError,
+        ClusterError,
+        ConfigError,
+        DataError,
+        DeprecatedOption,
+        RaymetaError,
+    )
+    from raymeta.finetune.fit import PriorFitConfig, fit_priors
+    from raymeta.finetune.hparams import FinetuneConfig, broad_space
+    from raymeta.finetune.run import run_population
+    from raymeta.finetune.strategy import Strategy
+    from raymeta.orchestration.meta_train.ray_train import run_meta_train
+    from raymeta.orchestration.sweep.config import SweepConfig, load_sweep, parse_sweep
+    from raymeta.orchestration.sweep.run import run_sweep as sweep
+    from raymeta.orchestration.tune.request import TuneRequest
+    from raymeta.orchestration.tune.run import run_tune as tune
+    from raymeta.priors.artifact import Priors, load_priors
+    from raymeta.results.reader import read_results
+    from raymeta.results.report import Report, report
+    from raymeta.tasks import Task, TaskFamily, make_family
+
+# public name -> (module, name there)
+_API: dict[str, tuple[str, str]] = {
+    # errors
+    "RaymetaError": ("raymeta.errors", "RaymetaError"),
+    "ConfigError": ("raymeta.errors", "ConfigError"),
+    "DataError": ("raymeta.errors", "DataError"),
+    "CheckpointError": ("raymeta.errors", "CheckpointError"),
+    "ClusterError": ("raymeta.errors", "ClusterError"),
+    "DeprecatedOption": ("raymeta.errors", "DeprecatedOption"),
+    # task families
+    "Task": ("raymeta.tasks", "Task"),
+    "TaskFamily": ("raymeta.tasks", "TaskFamily"),
+    "make_family": ("raymeta.tasks", "make_family"),
+    # meta-training and meta-checkpoints
+    "MetaTrainConfig": ("raymeta.core.train", "MetaTrainConfig"),
+    "meta_train": ("raymeta.core.train", "meta_train"),
+    "run_meta_train": ("raymeta.orchestration.meta_train.ray_train", "run_meta_train"),
+    "MetaCheckpoint": ("raymeta.core.checkpoint", "MetaCheckpoint"),
+    "load_meta_checkpoint": ("raymeta.core.checkpoint", "load_meta_checkpoint"),
+    "save_meta_checkpoint": ("raymeta.core.checkpoint", "save_meta_checkpoint"),
+    "write_priors": ("raymeta.core.checkpoint", "write_priors"),
+    # priors
+    "PriorFitConfig": ("raymeta.finetune.fit", "PriorFitConfig"),
+    "fit_priors": ("raymeta.finetune.fit", "fit_priors"),
+    "Priors": ("raymeta.priors.artifact", "Priors"),
+    "load_priors": ("raymeta.priors.artifact", "load_priors"),
+    # fine-tuning
+    "FinetuneConfig": ("raymeta.finetune.hparams", "FinetuneConfig"),
+    "broad_space": ("raymeta.finetune.hparams", "broad_space"),
+    "Strategy": ("raymeta.finetune.strategy", "Strategy"),
+    "run_population": ("raymeta.finetune.run", "run_population"),
+    # tune, sweep, report
+    "TuneRequest": ("raymeta.orchestration.tune.request", "TuneRequest"),
+    "tune": ("raymeta.orchestration.tune.run", "run_tune"),
+    "SweepConfig": ("raymeta.orchestration.sweep.config", "SweepConfig"),
+    "load_sweep": ("raymeta.orchestration.sweep.config", "load_sweep"),
+    "parse_sweep": ("raymeta.orchestration.sweep.config", "parse_sweep"),
+    "sweep": ("raymeta.orchestration.sweep.run", "run_sweep"),
+    "read_results": ("raymeta.results.reader", "read_results"),
+    "report": ("raymeta.results.report", "report"),
+    "Report": ("raymeta.results.report", "Report"),
+}
+
+__all__ = [
+    "__version__",
+    "RaymetaError",
+    "ConfigError",
+    "DataError",
+    "CheckpointError",
+    "ClusterError",
+    "DeprecatedOption",
+    "Task",
+    "TaskFamily",
+    "make_family",
+    "MetaTrainConfig",
+    "meta_train",
+    "run_meta_train",
+    "MetaCheckpoint",
+    "load_meta_checkpoint",
+    "save_meta_checkpoint",
+    "write_priors",
+    "PriorFitConfig",
+    "fit_priors",
+    "Priors",
+    "load_priors",
+    "FinetuneConfig",
+    "broad_space",
+    "Strategy",
+    "run_population",
+    "TuneRequest",
+    "tune",
+    "SweepConfig",
+    "load_sweep",
+    "parse_sweep",
+    "sweep",
+    "read_results",
+    "report",
+    "Report",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'raymeta' has no attribute {name!r}")
+    module, attr = _API[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

@@ -23,3 +23,8 @@ class CheckpointError(RaymetaError):
 
 class ClusterError(RaymetaError):
     """A Ray cluster that is unreachable or too small for the request."""
+
+
+class DeprecatedOption(FutureWarning):
+    """A renamed flag, key or argument that still works; the CLI shows it as one
+    ``raymeta: warning: ...`` line (a ``FutureWarning``, so Python shows it by default too)."""

@@ -1,13 +1,16 @@
-"""``KEY=VALUE`` options (``--family-option``, ``--task-option``, ...) shared by the CLI, the
-benchmarks and config files: one parser, so every command reads them the same way."""
+"""Options shared by the CLI, the benchmarks and config files: ``KEY=VALUE`` options
+(``--family-option``, ``--task-option``, ...) and renamed flags (``renamed``), one way for every
+command."""
 
 from __future__ import annotations
 
+import argparse
+import warnings
 from typing import Any
 
 from raymeta import checks
 from raymeta.bounded_yaml import loads
-from raymeta.errors import ConfigError
+from raymeta.errors import ConfigError, DeprecatedOption
 
 
 def parse_options(items: Any, what: str) -> dict[str, Any]:
@@ -38,3 +41,17 @@ def parse_options(items: Any, what: str) -> dict[str, Any]:
                 raise
             out[key.strip()] = raw
     return out
+
+
+def renamed(args: argparse.Namespace, old: str, new: str) -> None:
+    """A deprecated flag ``--old`` (or config key) still works as ``--new``, with a one-line
+    ``raymeta: warning:``; both at once is an error unless they agree."""
+    value = getattr(args, old, None)
+    if value is None:
+        return
+    flag, new_flag = "--" + old.replace("_", "-"), "--" + new.replace("_", "-")
+    if getattr(args, new, None) not in (None, value):
+        raise ConfigError(f"give {new_flag}, not both it and the deprecated {flag}")
+    warnings.warn(f"{flag} is deprecated, use {new_flag}", DeprecatedOption, stacklevel=2)
+    setattr(args, new, value)
+    setattr(args, old, None)

@@ -36,7 +36,7 @@ Setup = Callable[[Path], None]
 MT = ["meta-train", "--local", "--steps", "2", "--meta-batch", "2", "--val-tasks", "2"]
 MT_RAY = [MT[0], *MT[2:]]  # the Ray Train path (refused before Ray starts)
 PF = ["priors", "fit", "--meta", "ckpt", "--tasks", "2", "--configs", "4", "--rounds", "1"]
-TU = ["tune", "--meta", "ckpt", "--task", "sinusoid:0", "--population", "2", "--budget", "8"]
+TU = ["tune", "--meta", "ckpt", "--task", "sinusoid:0", "--trials", "2", "--budget", "8"]
 TU_OUT = [*TU, "--out", "out", "--quiet"]
 
 
@@ -44,7 +44,7 @@ TU_OUT = [*TU, "--out", "out", "--quiet"]
 def priors_ckpt(ckpt_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The conftest checkpoint plus a tiny fitted priors.json (what tune needs)."""
     from raymeta.core.checkpoint import write_priors
-    from raymeta.priors import fit_priors
+    from raymeta.finetune import fit_priors
 
     d = tmp_path_factory.mktemp("priors") / "ckpt"
     shutil.copytree(ckpt_dir, d)
@@ -533,10 +533,10 @@ def test_checkpoint_errors_in_the_python_api(priors_ckpt: Path, tmp_path: Path) 
         (["--task-option", f"val_size={10**11}"], "memory"),
         (["--task-option", "shots=3"], "cannot be overridden"),
         (["--task-option", "val_size"], "KEY=VALUE"),
-        (["--population", "0"], "--population"),
-        (["--population", "-1"], "--population"),
-        (["--population", "1e9"], "--population"),
-        (["--population", "1000000000"], "--population"),
+        (["--trials", "0"], "--trials"),
+        (["--trials", "-1"], "--trials"),
+        (["--trials", "1e9"], "--trials"),
+        (["--trials", "1000000000"], "--trials"),
         (["--budget", "0"], "--budget"),
         (["--budget", "-5"], "--budget"),
         (["--budget", "1"], "needs --budget"),
@@ -570,8 +570,8 @@ def test_tune_flags(
         ("task_options: 5\n", "'task_options' must be a mapping"),
         ("task_options: [1]\n", "'task_options' must be a mapping"),
         ("task_options: {val_size: abc}\n", "val_size must be an integer"),
-        ("population: true\n", "'population' must be an integer"),
-        ("population: 2.7\n", "'population' must be an integer"),
+        ("trials: true\n", "'trials' must be an integer"),
+        ("trials: 2.7\n", "'trials' must be an integer"),
         ("scheduler: [pbt]\n", "takes one value"),
         ("quiet: 5\n", "true or false"),
         ("cpus_per_trial: .inf\n", "finite"),
@@ -589,13 +589,13 @@ def test_tune_python_api_refuses_bad_types(priors_ckpt: Path, tmp_path: Path) ->
     from raymeta.orchestration.tune.run import run_tune
 
     for kw in (
-        {"population": True},
-        {"population": 2, "cpus_per_trial": float("nan")},
-        {"population": 2, "task_options": 5},
-        {"population": 2, "budget": 2.5},
+        {"trials": True},
+        {"trials": 2, "cpus_per_trial": float("nan")},
+        {"trials": 2, "task_options": 5},
+        {"trials": 2, "budget": 2.5},
     ):
         with pytest.raises(ConfigError):
-            run_tune(priors_ckpt, "sinusoid:0", out=tmp_path / "o", **kw)  # type: ignore[arg-type]
+            run_tune(meta=priors_ckpt, task="sinusoid:0", out=tmp_path / "o", **kw)
     assert not (tmp_path / "o").exists()
 
 
@@ -606,7 +606,7 @@ def test_tune_python_api_refuses_bad_types(priors_ckpt: Path, tmp_path: Path) ->
         (["--steps", "0"], "--steps"),
         (["--steps", "-1"], "--steps"),
         (["--workers", "1000000"], "--workers"),
-        (["--population", "1000000000"], "--population"),
+        (["--trials", "1000000000"], "--trials"),
         (["--tasks", "1000000000"], "--tasks"),
         (["--budget", "1"], "--budget"),
         (["--address", "ray://1.2.3.4:1"], "--address"),

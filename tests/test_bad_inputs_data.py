@@ -74,7 +74,7 @@ def _non_utf8(col: pa.ChunkedArray) -> pa.Array:
 
 
 def _sweep(tmp: Path, fx: dict[str, Path], text: str, meta: str = "meta") -> str:
-    body = f"strategies: [meta+fixed-default]\ntasks: 1\npopulation: 1\nbudget: 2\n{text}"
+    body = f"strategies: [meta+fixed-default]\ntasks: 1\npopulation: 1\nsteps_per_member: 2\n{text}"
     if "meta:" not in text:
         body = f"meta: [{fx[meta]}]\n" + body
     if "tasks:" in text:
@@ -115,7 +115,7 @@ SWEEP_CASES: dict[str, Callable[..., list[str]]] = {
     "task index a string": _sweep_cmd("tasks: [a]\n"),
     "population true": _sweep_cmd("population: true\n"),
     "population huge": _sweep_cmd("population: 1000000000\n"),
-    "budget nan": _sweep_cmd("budget: .nan\n"),
+    "steps_per_member nan": _sweep_cmd("steps_per_member: .nan\n"),
     "interval 0": _sweep_cmd("interval: 0\n"),
     "fixed_steps a list": _sweep_cmd("fixed_steps: [1, 2]\n"),
     "meta an int": _sweep_cmd("meta: [1]\n"),

@@ -265,7 +265,7 @@ def test_meta_train_then_tune_via_job_submit(cluster: Cluster, tmp_path: Path) -
     )
     assert json.loads((out / "meta.json").read_text())["priors"].startswith("priors-")
 
-    tune = ["raymeta", "tune", "--meta", str(out), "--task", "sinusoid:0", "--population", "2"]
+    tune = ["raymeta", "tune", "--meta", str(out), "--task", "sinusoid:0", "--trials", "2"]
     tune += ["--budget", "20", "--out", str(out2), "--address", "auto"]
     _run_job(cluster, tune)
     report = json.loads((out2 / "report.json").read_text())

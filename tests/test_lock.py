@@ -64,7 +64,7 @@ def test_second_writer_is_refused_until_the_first_dies(tmp_path: Path) -> None:
     try:
         expected = f"raymeta: error: --out {out} is in use by pid {holder.pid}\n"
         small = ["--steps", "2", "--meta-batch", "2", "--val-tasks", "2", "--out", str(out)]
-        tune = ["--meta", str(meta), "--task", "sinusoid:0", "--population", "2", "--out", str(out)]
+        tune = ["--meta", str(meta), "--task", "sinusoid:0", "--trials", "2", "--out", str(out)]
         for cmd in (
             ["meta-train", "--local", *small],
             ["meta-train", "--workers", "1", *small],

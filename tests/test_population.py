@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from raymeta.core.models import ModelSpec, build_model
-from raymeta.core.population import MemberHParams, PopulationState, PopulationTrainer, hash_uniform
-from raymeta.core.reference import ref_hash_uniform, ref_loss, ref_minibatch, ref_train_member
+from raymeta.core.reference import ref_loss
 from raymeta.errors import ConfigError
+from raymeta.finetune.reference import ref_hash_uniform, ref_minibatch, ref_train_member
+from raymeta.finetune.step import MemberHParams, PopulationState, PopulationTrainer, hash_uniform
 
 CONFIGS: list[dict[str, Any]] = [
     {"lr": 0.05, "optimizer": "sgd"},

@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 
 from raymeta.errors import CheckpointError, ConfigError
+from raymeta.finetune.hparams import broad_space
 from raymeta.priors import (
     Categorical,
     CategoricalDist,
@@ -21,7 +22,6 @@ from raymeta.priors import (
     Priors,
     SearchSpace,
     broad_prior,
-    broad_space,
     greedy_portfolio,
     normalised_regret,
 )

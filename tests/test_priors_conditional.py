@@ -10,17 +10,10 @@ import pytest
 from scipy import stats
 
 from raymeta.errors import CheckpointError, ConfigError
-from raymeta.priors import (
-    CategoricalDist,
-    Conditional,
-    NumericDist,
-    Prior,
-    Priors,
-    broad_prior,
-    broad_space,
-)
-from raymeta.priors.evaluate import EvalTable
+from raymeta.finetune.hparams import broad_space
+from raymeta.priors import CategoricalDist, Conditional, NumericDist, Prior, Priors, broad_prior
 from raymeta.priors.fit import fit_from_table, fit_numeric, round_sizes
+from raymeta.priors.table import EvalTable
 
 SGD = NumericDist(0.95, 0.85, 0.05)  # high learning rates
 ADAM = NumericDist(0.95, 0.3, 0.05)  # low learning rates

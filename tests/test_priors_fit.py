@@ -20,9 +20,10 @@ from raymeta.core.checkpoint import (
 )
 from raymeta.core.models import build_model
 from raymeta.errors import CheckpointError, ConfigError, DataError
-from raymeta.priors import VERSION, Priors, broad_prior, fit_priors, load_priors
-from raymeta.priors.evaluate import curve_steps, eval_device, evaluate_configs
-from raymeta.priors.fit import val_tasks
+from raymeta.finetune import fit_priors
+from raymeta.finetune.evaluate import curve_steps, eval_device, evaluate_configs
+from raymeta.finetune.fit import val_tasks
+from raymeta.priors import VERSION, Priors, broad_prior, load_priors
 from raymeta.tasks import Task, TaskFamily, make_family
 
 SMALL = {"n_tasks": 3, "n_configs": 6, "max_steps": 6}

@@ -12,11 +12,12 @@ import pytest
 from scipy.stats import truncnorm
 
 from raymeta.errors import CheckpointError, ConfigError
-from raymeta.priors import Priors, broad_prior, broad_space
-from raymeta.priors.evaluate import EvalTable
+from raymeta.finetune.hparams import broad_space
+from raymeta.priors import Priors, broad_prior
 from raymeta.priors.fit import fit_from_table
 from raymeta.priors.joint import Joint, best_of_n_weights, expected_best_of_n
 from raymeta.priors.prior import Prior
+from raymeta.priors.table import EvalTable
 
 SPACE = broad_space(["mlp"], max_batch=5, max_steps=100)
 CENTRES = (

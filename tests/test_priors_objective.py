@@ -13,10 +13,12 @@ import pytest
 from raymeta.cli.main import main
 from raymeta.core.checkpoint import MetaCheckpoint, priors_file
 from raymeta.errors import ConfigError
-from raymeta.priors import broad_prior, fit_priors
-from raymeta.priors.evaluate import EvalTable, evaluate_configs
-from raymeta.priors.fit import anchor_configs, val_tasks
-from raymeta.priors.space import broad_space
+from raymeta.finetune import fit_priors
+from raymeta.finetune.evaluate import evaluate_configs
+from raymeta.finetune.fit import anchor_configs, val_tasks
+from raymeta.finetune.hparams import broad_space
+from raymeta.priors import broad_prior
+from raymeta.priors.table import EvalTable
 from raymeta.tasks import make_family
 
 

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from raymeta.errors import ConfigError, DataError
-from raymeta.priors import broad_prior, broad_space
-from raymeta.priors.evaluate import EvalTable
+from raymeta.finetune.hparams import broad_space
+from raymeta.priors import broad_prior
 from raymeta.priors.fit import fit_from_table
 from raymeta.priors.portfolio import greedy_portfolio, normalised_regret
 from raymeta.priors.refine import mean_of_repeats, safe_mask
+from raymeta.priors.table import EvalTable
 
 SPACE = broad_space(["mlp"], max_batch=5, max_steps=100)
 

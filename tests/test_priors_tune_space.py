@@ -11,13 +11,14 @@ from ray.tune.search.sample import Categorical as TuneCategorical
 from ray.tune.search.sample import Domain, Float, Integer
 from ray.tune.search.variant_generator import generate_variants
 
+from raymeta.finetune.hparams import broad_space
 from raymeta.orchestration.tune.space import (
     clip_explore,
     hyperparam_mutations,
     param_space,
     points_to_evaluate,
 )
-from raymeta.priors import CategoricalDist, NumericDist, Prior, broad_prior, broad_space
+from raymeta.priors import CategoricalDist, NumericDist, Prior, broad_prior
 
 
 def learned() -> Prior:

@@ -15,7 +15,7 @@ import yaml
 from raymeta.core.checkpoint import save_meta_checkpoint
 from raymeta.core.train import MetaTrainConfig, meta_train
 from raymeta.errors import ConfigError
-from raymeta.orchestration.finetune import Strategy
+from raymeta.finetune.strategy import Strategy
 from raymeta.orchestration.sweep.config import load_sweep, parse_sweep
 from raymeta.orchestration.sweep.run import run_unit
 from raymeta.results import read_results
@@ -83,7 +83,7 @@ def test_run_unit_rows(meta_dir: Path, tmp_path: Path) -> None:
         "strategies": STRATEGIES,
         "tasks": 1,
         "population": 4,
-        "budget": 20,
+        "steps_per_member": 20,
         "interval": 5,
     }
     cfg = parse_sweep(cfg_dict)
@@ -120,7 +120,7 @@ def test_killed_sweep_resumes_exactly_once(
         strategies=STRATEGIES[:2],
         tasks=6,
         population=4,
-        budget=40,
+        steps_per_member=40,
         interval=10,
     )
     out = tmp_path / "results"
@@ -177,7 +177,7 @@ def test_same_basename_checkpoints_keep_every_row(
     tr = meta_train(MetaTrainConfig(steps=3, meta_batch=4, val_every=3, seed=1))
     save_meta_checkpoint(b, tr.to_checkpoint())
     base = {"meta": [str(a), str(b)], "strategies": ["meta+fixed-default"], "tasks": 1}
-    base |= {"population": 2, "budget": 10, "interval": 5, "name": "twins"}
+    base |= {"population": 2, "steps_per_member": 10, "interval": 5, "name": "twins"}
     cfg = parse_sweep(base)
     units = cfg.units()
     assert len({u["key"] for u in units}) == 2 and len({u["label"] for u in units}) == 2

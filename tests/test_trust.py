@@ -265,7 +265,7 @@ def finished(
     kw: dict[str, Any] = dict(
         meta=meta,
         task="sinusoid:2",
-        population=2,
+        trials=2,
         budget=2 * 10,
         interval=5,
         scheduler="random",
@@ -335,7 +335,7 @@ def test_cli_refusal_is_one_line_and_exit_2(
     kw, exp, marker = finished["kw"], finished["exp"], tmp_path / "pwned"
     original = (exp / "tuner.pkl").read_bytes()
     (exp / "tuner.pkl").write_bytes(pickle.dumps(_Evil(marker)))
-    argv = ["tune", "--meta", str(kw["meta"]), "--task", kw["task"], "--population", "2"]
+    argv = ["tune", "--meta", str(kw["meta"]), "--task", kw["task"], "--trials", "2"]
     argv += ["--budget", "20", "--interval", "5", "--scheduler", "random", "--prior", "broad"]
     argv += ["--out", str(kw["out"]), "--quiet"]
     try:
@@ -392,7 +392,7 @@ def test_driver_killed_between_signing_and_upload_resumes_and_a_crafted_pickle_i
     )
     out, marker = tmp_path / "out", tmp_path / "pwned"
     cmd = [sys.executable, "-m", "raymeta.cli.main", "tune", "--meta", str(meta)]
-    cmd += ["--task", "sinusoid:3", "--population", "2", "--budget", str(2 * 600)]
+    cmd += ["--task", "sinusoid:3", "--trials", "2", "--budget", str(2 * 600)]
     cmd += ["--interval", "20", "--prior", "broad", "--out", str(out), "--quiet"]
     env = {**os.environ, "RAY_ADDRESS": "", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     trigger, hist = tmp_path / "kill-now", out / "history.jsonl"

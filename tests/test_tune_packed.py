@@ -12,11 +12,14 @@ import torch
 from raymeta.core.checkpoint import MetaCheckpoint, save_meta_checkpoint
 from raymeta.core.train import MetaTrainConfig, MetaTrainer
 from raymeta.errors import CheckpointError, ConfigError, DataError
-from raymeta.orchestration._packed import MemberGroup, initial_state, member_seeds
+from raymeta.finetune.hparams import broad_space
+from raymeta.finetune.population import TRIAL_RULE, Population, initial_state, member_seeds
+from raymeta.finetune.strategy import Strategy, member_configs
 from raymeta.orchestration.tune.lineage import TrialHistory, population_curve, steps_to_reach
-from raymeta.orchestration.tune.plan import initial_configs, plan_tune
-from raymeta.orchestration.tune.trainable import TrialSetup, load_trial, new_group, save_trial
-from raymeta.priors import broad_prior, broad_space
+from raymeta.orchestration.tune.plan import TunePlan, plan_tune
+from raymeta.orchestration.tune.request import TuneRequest
+from raymeta.orchestration.tune.trainable import TrialSetup, load_trial, new_population, save_trial
+from raymeta.priors import broad_prior
 from raymeta.tasks import make_family
 
 
@@ -33,6 +36,15 @@ def _task():
 
 def _prior():
     return broad_prior(broad_space(["mlp"], max_batch=10))
+
+
+def MemberGroup(spec, kind, configs, seeds, state) -> Population:  # noqa: N802 - the old name
+    """A packed trial's population (what ``MemberGroup`` was before the one runner)."""
+    return Population(spec, kind, "mlp", configs, seeds, state, horizon=2**62)
+
+
+def plan(meta, task, trials, members_per_trial=1, **kw) -> TunePlan:  # type: ignore[no-untyped-def]
+    return plan_tune(TuneRequest(meta, task, trials, members_per_trial=members_per_trial, **kw))
 
 
 def test_packed_members_equal_one_by_one(untrained_meta: Path) -> None:
@@ -65,10 +77,11 @@ def test_packed_members_equal_one_by_one(untrained_meta: Path) -> None:
         ]
         for _ in range(3):
             packed.train(task.x_train, task.y_train, 7)
-            vp = packed.evaluate(task.x_val, task.y_val)
+            vp = packed.evaluate(task.x_val, task.y_val)["loss"]
             vs = torch.cat(
                 [
-                    g.train(task.x_train, task.y_train, 7) * 0 + g.evaluate(task.x_val, task.y_val)
+                    g.train(task.x_train, task.y_train, 7).sum() * 0
+                    + g.evaluate(task.x_val, task.y_val)["loss"]
                     for g in singles
                 ]
             )
@@ -96,7 +109,7 @@ def test_exploit_quarter_copies_best_and_keeps_member0_config() -> None:
     )
     g.last_val = torch.tensor([9.0, 1.0, 5.0, 2.0, math.inf, 4.0, 6.0, 3.0], dtype=torch.float64)
     before = {k: v.clone() for k, v in g.state.params.items()}
-    events = g.exploit_quarter(np.random.default_rng(0), prior.perturb)
+    events = g.exploit(np.random.default_rng(0), prior.perturb, TRIAL_RULE)
     assert sorted(e["dst"] for e in events) == [0, 4]  # the two worst (9.0 and inf)
     for e in events:
         assert e["src"] in (1, 3)  # the two best
@@ -116,7 +129,7 @@ def test_exploit_quarter_copies_best_and_keeps_member0_config() -> None:
             configs[:3],
             seeds[:3],
             initial_state(cand.spec, None, seeds[:3]),
-        ).exploit_quarter(np.random.default_rng(0), prior.perturb)
+        ).exploit(np.random.default_rng(0), prior.perturb, TRIAL_RULE)
         == []
     )
 
@@ -124,22 +137,21 @@ def test_exploit_quarter_copies_best_and_keeps_member0_config() -> None:
 def test_trial_checkpoint_roundtrip_weights_only(tmp_path: Path) -> None:
     ckpt = MetaTrainer(MetaTrainConfig(steps=1, val_tasks=1)).to_checkpoint()
     task = _task()
-    from raymeta.orchestration.tune.trainable import Candidate
-
     setup = TrialSetup(
         "regression",
         task.x_train,
         task.y_train,
         task.x_val,
         task.y_val,
-        {"mlp": Candidate(ckpt.candidate().spec, None)},
+        dict(ckpt.candidates),
+        "scratch",
         _prior(),
         4,
         20,
         5,
         0,
     )
-    g = new_group(setup, {"lr": 0.01, "optimizer": "adam", "model": "mlp"}, 3)
+    g = new_population(setup, {"lr": 0.01, "optimizer": "adam", "model": "mlp"}, 3)
     assert g.configs[0]["lr"] == 0.01 and len(g.configs) == 4
     assert all(c["model"] == "mlp" for c in g.configs)
     g.train(task.x_train, task.y_train, 5)
@@ -206,17 +218,17 @@ def test_plan_bad_input(untrained_meta: Path, tmp_path: Path) -> None:
     from raymeta.tasks._parquet_io import write_tasks
 
     with pytest.raises(CheckpointError, match="no priors.json"):
-        plan_tune(untrained_meta, "sinusoid:0", 2, prior="learned")
-    plan = plan_tune(untrained_meta, "sinusoid:0", 2, 4, prior="broad", budget=800)
-    assert plan.steps_per_member == 100 and plan.interval == 25 and plan.portfolio == []
+        plan(untrained_meta, "sinusoid:0", 2, prior="learned")
+    p = plan(untrained_meta, "sinusoid:0", 2, 4, prior="broad", budget=800)
+    assert p.setup.steps_per_member == 100 and p.setup.interval == 25 and p.portfolio == []
     with pytest.raises(ConfigError, match="needs --budget >= 64"):
-        plan_tune(untrained_meta, "sinusoid:0", 4, 16, prior="broad", budget=63)
+        plan(untrained_meta, "sinusoid:0", 4, 16, prior="broad", budget=63)
     with pytest.raises(ConfigError, match="trained on family 'sinusoid'"):
-        plan_tune(untrained_meta, "digits:0", 2, prior="broad")
+        plan(untrained_meta, "digits:0", 2, prior="broad")
     with pytest.raises(ConfigError, match="neither FAMILY:INDEX"):
-        plan_tune(untrained_meta, str(tmp_path / "missing.parquet"), 2, prior="broad")
+        plan(untrained_meta, str(tmp_path / "missing.parquet"), 2, prior="broad")
     with pytest.raises(ConfigError, match="--scheduler"):
-        plan_tune(untrained_meta, "sinusoid:0", 2, scheduler="hyperband", prior="broad")
+        plan(untrained_meta, "sinusoid:0", 2, scheduler="hyperband", prior="broad")
     t = _task()
     # a task with 3 input features cannot use a 1-input model
     wide = type(t)(
@@ -232,20 +244,20 @@ def test_plan_bad_input(untrained_meta: Path, tmp_path: Path) -> None:
     )
     write_tasks(tmp_path / "wide.parquet", [wide])
     with pytest.raises(DataError, match="takes inputs"):
-        plan_tune(untrained_meta, str(tmp_path / "wide.parquet"), 2, prior="broad")
+        plan(untrained_meta, str(tmp_path / "wide.parquet"), 2, prior="broad")
     bad = type(t)(
         "nan", t.x_train, t.y_train.clone(), t.x_val, t.y_val, t.x_test, t.y_test, "regression", 1
     )
     bad.y_train[2] = float("nan")
     write_tasks(tmp_path / "nan.parquet", [bad])
     with pytest.raises(DataError, match="(?i)nan"):
-        plan_tune(untrained_meta, str(tmp_path / "nan.parquet"), 2, prior="broad")
+        plan(untrained_meta, str(tmp_path / "nan.parquet"), 2, prior="broad")
     noval = type(t)(
         "noval", t.x_train, t.y_train, t.x_val[:0], t.y_val[:0], t.x_test, t.y_test, "regression", 1
     )
     write_tasks(tmp_path / "noval.parquet", [noval])
-    plan = plan_tune(untrained_meta, str(tmp_path / "noval.parquet"), 2, prior="broad")
-    assert plan.notes and "carved" in plan.notes[0] and len(plan.task.x_val) > 0
+    p = plan(untrained_meta, str(tmp_path / "noval.parquet"), 2, prior="broad")
+    assert p.notes and "carved" in p.notes[0] and len(p.task.x_val) > 0
     notest = type(t)(
         "notest",
         t.x_train,
@@ -259,7 +271,7 @@ def test_plan_bad_input(untrained_meta: Path, tmp_path: Path) -> None:
     )
     write_tasks(tmp_path / "notest.parquet", [notest])
     with pytest.raises(DataError, match="test"):
-        plan_tune(untrained_meta, str(tmp_path / "notest.parquet"), 2, prior="broad")
+        plan(untrained_meta, str(tmp_path / "notest.parquet"), 2, prior="broad")
 
 
 def test_trial_device_without_cuda_is_a_clear_error() -> None:
@@ -272,6 +284,7 @@ def test_trial_device_without_cuda_is_a_clear_error() -> None:
         torch.zeros(2, 1),
         torch.zeros(2, 1),
         {},
+        "meta",
         broad_prior(broad_space(["mlp"], max_batch=2)),
         1,
         1,
@@ -290,14 +303,15 @@ def test_trial_device_without_cuda_is_a_clear_error() -> None:
 def test_plan_fixes_every_trials_first_config_from_the_prior(untrained_meta: Path) -> None:
     """Tune's param_space marginals never draw a config: all P trials are points_to_evaluate,
     portfolio first, then seeded samples of the prior itself (its joint/conditional structure)."""
-    a = plan_tune(untrained_meta, "sinusoid:0", 6, prior="broad", seed=3)
-    b = plan_tune(untrained_meta, "sinusoid:0", 6, prior="broad", seed=3)
-    c = plan_tune(untrained_meta, "sinusoid:0", 6, prior="broad", seed=4)
+    a = plan(untrained_meta, "sinusoid:0", 6, prior="broad", seed=3)
+    b = plan(untrained_meta, "sinusoid:0", 6, prior="broad", seed=3)
+    c = plan(untrained_meta, "sinusoid:0", 6, prior="broad", seed=4)
     assert len(a.initial) == 6 and a.initial == b.initial and a.initial != c.initial
     for cfg in a.initial:
         assert a.prior.space.validate(cfg) == cfg
     portfolio = [dict(a.initial[1])]  # a portfolio comes first, in order
-    initial = initial_configs(portfolio, a.prior, 6, 3)
+    rng = np.random.default_rng([3, 11])
+    initial = member_configs(Strategy("meta", "learned"), 6, a.prior, portfolio, rng, {})
     assert initial[0] == portfolio[0] and len(initial) == 6
 
 
@@ -307,8 +321,8 @@ def test_task_options_override_split_sizes_only(
     from raymeta.cli.main import main
     from raymeta.tasks._parquet_io import write_tasks
 
-    base = plan_tune(untrained_meta, "sinusoid:0", 2, prior="broad")
-    big = plan_tune(untrained_meta, "sinusoid:0", 2, prior="broad", task_options={"val_size": 40})
+    base = plan(untrained_meta, "sinusoid:0", 2, prior="broad")
+    big = plan(untrained_meta, "sinusoid:0", 2, prior="broad", task_options={"val_size": 40})
     assert len(base.task.x_val) == 10 and len(big.task.x_val) == 40
     # the same held-out task: its train split is untouched, only the val split grows
     torch.testing.assert_close(big.task.x_train, base.task.x_train)
@@ -316,12 +330,12 @@ def test_task_options_override_split_sizes_only(
     assert "task_options" not in base.fingerprint()  # runs started before the option still resume
     assert big.fingerprint()["task_options"] == {"val_size": 40}
     with pytest.raises(ConfigError, match="'ways' cannot be overridden"):
-        plan_tune(untrained_meta, "sinusoid:0", 2, prior="broad", task_options={"ways": 3})
+        plan(untrained_meta, "sinusoid:0", 2, prior="broad", task_options={"ways": 3})
     with pytest.raises(ConfigError, match="val_size"):
-        plan_tune(untrained_meta, "sinusoid:0", 2, prior="broad", task_options={"val_size": 0})
+        plan(untrained_meta, "sinusoid:0", 2, prior="broad", task_options={"val_size": 0})
     write_tasks(tmp_path / "one.parquet", [_task()])
     with pytest.raises(ConfigError, match="not to Parquet task files"):
-        plan_tune(
+        plan(
             untrained_meta,
             str(tmp_path / "one.parquet"),
             2,
@@ -329,7 +343,7 @@ def test_task_options_override_split_sizes_only(
             task_options={"val_size": 5},
         )
     out = tmp_path / "out"
-    common = ["tune", "--meta", str(untrained_meta), "--task", "sinusoid:0", "--population", "2"]
+    common = ["tune", "--meta", str(untrained_meta), "--task", "sinusoid:0", "--trials", "2"]
     for bad, needle in (("val_size", "expects KEY=VALUE"), ("shots=3", "'shots' cannot be")):
         rc = main([*common, "--prior", "broad", "--out", str(out), "--task-option", bad])
         err = capsys.readouterr().err

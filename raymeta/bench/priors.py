@@ -105,9 +105,10 @@ def _checkpoint(family: str, args: argparse.Namespace) -> Any:
 
 
 def bench_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
-    from raymeta.priors import broad_prior, fit_priors, normalised_regret
-    from raymeta.priors.evaluate import evaluate_configs
-    from raymeta.priors.fit import val_tasks
+    from raymeta.finetune import fit_priors
+    from raymeta.finetune.evaluate import evaluate_configs
+    from raymeta.finetune.fit import val_tasks
+    from raymeta.priors import broad_prior, normalised_regret
     from raymeta.priors.portfolio import capped
     from raymeta.tasks import make_family
 

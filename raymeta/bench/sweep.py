@@ -18,7 +18,8 @@ STRATEGIES = ["scratch+broad+random", "scratch+broad+pbt", "meta+fixed-default",
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", type=int, default=200, help="held-out tasks")
     p.add_argument("--population", type=int, default=8, help="members per unit")
-    p.add_argument("--budget", type=int, default=50, help="steps per member")
+    p.add_argument("--steps-per-member", type=int, default=50, help="steps of every member")
+    p.add_argument("--budget", type=int, default=None, help="deprecated name of --steps-per-member")
     p.add_argument(
         "--meta-steps", type=int, default=1000, help="meta-training steps for the checkpoint"
     )
@@ -74,11 +75,14 @@ class _PeakRSS:
 
 
 def run(args: argparse.Namespace) -> int:
+    from raymeta.options import renamed
+
+    renamed(args, "budget", "steps_per_member")
     from raymeta.core.checkpoint import load_meta_checkpoint, save_meta_checkpoint, write_priors
     from raymeta.core.train import MetaTrainConfig, meta_train
+    from raymeta.finetune import fit_priors
     from raymeta.orchestration.sweep.config import parse_sweep
     from raymeta.orchestration.sweep.run import run_sweep
-    from raymeta.priors import fit_priors
     from raymeta.results import read_results
     from raymeta.results.render import render
     from raymeta.results.summary import summarise
@@ -100,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
             "strategies": STRATEGIES,
             "tasks": args.tasks,
             "population": args.population,
-            "budget": args.budget,
-            "interval": max(1, args.budget // 10),
+            "steps_per_member": args.steps_per_member,
+            "interval": max(1, args.steps_per_member // 10),
         }
     )
     with _PeakRSS() as mem:

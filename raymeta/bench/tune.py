@@ -1,7 +1,7 @@
 """``raymeta bench tune``: (a) packing throughput, (b) time to quality of warm-started tuning.
 
-(a) member-steps/s of a P x M = 64-member population, packed (P=4, M=16) vs one member per
-    trial (P=64, M=1), both through ``run_tune`` in one Ray session: whole-run rate (start-up
+(a) member-steps/s of a T x M = 64-member population, packed (T=4 trials, M=16 members each)
+    vs one member per trial (T=64, M=1), both through ``run_tune`` in one Ray session: whole-run rate (start-up
     included) and steady-state rate inside trials. Target: >= 10x.
 (b) on N held-out tasks, ``meta+learned+pbt`` vs ``scratch+broad+pbt`` with the same
     population and budget: the member-steps the warm-started population needs to reach the
@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="family of the default checkpoint",
     )
     p.add_argument("--tasks", type=int, default=3, help="held-out tasks for (b); 0 skips (b)")
-    p.add_argument("--population", type=int, default=4, help="trials for (b)")
+    p.add_argument("--trials", type=int, default=4, help="Ray Tune trials for (b)")
+    p.add_argument("--population", type=int, default=None, help="deprecated name of --trials")
     p.add_argument(
         "--members-per-trial", type=int, default=4, help="packed members per trial for (b)"
     )
@@ -60,7 +61,7 @@ def _default_meta(family: str, steps: int, member_steps: int, where: Path) -> Pa
     """A small meta-checkpoint whose priors are fitted for ``member_steps``-step members."""
     from raymeta.core.checkpoint import load_meta_checkpoint, save_meta_checkpoint, write_priors
     from raymeta.core.train import MetaTrainConfig, meta_train
-    from raymeta.priors import fit_priors
+    from raymeta.finetune import fit_priors
 
     path = where / f"{family}-meta"
     opts: dict[str, Any] = {} if family == "sinusoid" else {"ways": 5, "shots": 1}
@@ -90,23 +91,23 @@ def packing(meta: Path, family: str, steps: int, work: Path) -> dict[str, float]
     and the steady state inside trials: member-steps over the time spent training and
     evaluating, without each trial's first report (the first vmapped call in a process costs
     seconds). Both layouts run the same number of concurrent trials (1 CPU each)."""
+    from raymeta.orchestration.tune.request import TuneRequest
     from raymeta.orchestration.tune.run import run_tune
 
     out: dict[str, float] = {}
     for p, m in ((4, 16), (64, 1)):
         t0 = time.perf_counter()
-        rep = run_tune(
+        req = TuneRequest(
             meta,
             f"{family}:0",
-            p,
-            m,
-            "random",
+            trials=p,
+            members_per_trial=m,
+            strategy="meta+broad+random",
             budget=64 * steps,
-            prior="broad",
             out=work / f"pack-{p}x{m}",
             interval=max(1, steps // 4),
-            verbose=0,
         )
+        rep = run_tune(req, verbose=0)
         out[f"{p}x{m}"] = rep["member_steps"] / (time.perf_counter() - t0)
         recs = [
             json.loads(line)
@@ -132,26 +133,25 @@ def quality(
     task_options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     from raymeta.orchestration.tune.lineage import steps_to_reach
+    from raymeta.orchestration.tune.request import TuneRequest
     from raymeta.orchestration.tune.run import run_tune
 
     rows = []
     for i in range(n):
         reps = {}
         for init, prior in (("meta", "learned"), ("scratch", "broad")):
-            reps[init] = run_tune(
+            req = TuneRequest(
                 meta,
                 f"{family}:{i}",
-                pop,
-                m,
-                "pbt",
+                trials=pop,
+                members_per_trial=m,
+                strategy=f"{init}+{prior}+pbt",
                 budget=pop * m * steps,
-                init=init,
-                prior=prior,
                 out=work / f"q{i}-{init}",
                 interval=max(1, steps // 20),
-                verbose=0,
-                task_options=task_options,
+                task_options=task_options or {},
             )
+            reps[init] = run_tune(req, verbose=0)
         target = min(v for _, v in reps["scratch"]["curve"])
         need = steps_to_reach([tuple(c) for c in reps["meta"]["curve"]], target)  # type: ignore[misc]
         rows.append(
@@ -168,9 +168,10 @@ def quality(
 
 
 def run(args: argparse.Namespace) -> int:
-    from raymeta.options import parse_options
+    from raymeta.options import parse_options, renamed
     from raymeta.orchestration.ray_runtime import ray_context
 
+    renamed(args, "population", "trials")
     task_options = parse_options(args.task_options, "task")
     with tempfile.TemporaryDirectory(prefix="raymeta-bench-tune-") as d, ray_context(None):
         work = Path(d)
@@ -192,14 +193,14 @@ def run(args: argparse.Namespace) -> int:
                 meta,
                 args.family,
                 args.tasks,
-                args.population,
+                args.trials,
                 args.members_per_trial,
                 args.steps,
                 work,
                 task_options,
             )
             print(
-                f"(b) time to quality, {args.population}x{args.members_per_trial} members, {args.steps} steps each, PBT"
+                f"(b) time to quality, {args.trials}x{args.members_per_trial} members, {args.steps} steps each, PBT"
             )
             print(
                 f"    {'task':<22} {'scratch val':>11} {'meta val':>9} {'steps frac':>10} {'meta test':>9} {'scratch test':>12}"

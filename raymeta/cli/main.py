@@ -11,12 +11,14 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from raymeta import __version__
 from raymeta.cli._common import Parser
 from raymeta.cli._config import apply_config
-from raymeta.errors import RaymetaError
+from raymeta.errors import DeprecatedOption, RaymetaError
 
 COMMANDS = ("quickstart", "meta_train", "priors", "tune", "sweep", "report", "bench", "data")
 
@@ -44,8 +46,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """A renamed flag or key is one ``raymeta: warning:`` line; other warnings as Python shows
+    them."""
+    if issubclass(category, DeprecatedOption):
+        print(f"raymeta: warning: {' '.join(str(message).split())}", file=sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

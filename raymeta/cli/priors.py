@@ -131,14 +131,13 @@ def _meta(args: argparse.Namespace) -> str:
 
 def _fit(args: argparse.Namespace) -> int:
     from raymeta.core.checkpoint import load_meta_checkpoint, priors_file, write_priors
-    from raymeta.priors import fit_priors
+    from raymeta.finetune.fit import PriorFitConfig, fit_priors
     from raymeta.priors.show import format_priors
 
     path = _meta(args)
     ckpt = load_meta_checkpoint(path)
     check_priors_writable(path)
-    priors = fit_priors(
-        ckpt,
+    config = PriorFitConfig(
         n_tasks=args.tasks,
         n_configs=args.configs,
         seed=args.seed,
@@ -153,6 +152,7 @@ def _fit(args: argparse.Namespace) -> int:
         objective=args.objective,
         device=args.device,
     )
+    priors = fit_priors(ckpt, config)
     write_priors(path, priors.to_dict())
     print(format_priors(priors))
     print(f"wrote {priors_file(path)} ({priors.info['fit_seconds']:.1f} s)", file=sys.stderr)

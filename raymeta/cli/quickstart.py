@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from raymeta.cli._common import add_command, address_arg, int_arg, path_arg
+from raymeta.options import renamed
 
 STRATEGIES = (("meta", "learned"), ("scratch", "broad"))
 
@@ -40,12 +41,18 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--workers", type=int_arg(1, 1024), default=2, help="Ray Train workers")
     p.add_argument("--tasks", type=int_arg(1, 10_000), default=3, help="held-out tasks to tune")
-    p.add_argument("--population", type=int_arg(1, 100_000), default=4, help="PBT trials per task")
+    p.add_argument("--trials", type=int_arg(1, 100_000), default=4, help="PBT trials per task")
+    p.add_argument(
+        "--population",
+        type=int_arg(1, 100_000),
+        default=None,
+        help="deprecated name of --trials (one member per trial here, so the same number)",
+    )
     p.add_argument(
         "--budget",
         type=int_arg(1),
         default=400,
-        help="total member-steps per tuning run (split over the population)",
+        help="total member-steps per tuning run, a cap (each member trains budget // trials)",
     )
     p.add_argument(
         "--address",
@@ -83,22 +90,24 @@ def _run(args: argparse.Namespace) -> int:
     from raymeta.core.checkpoint import load_meta_checkpoint, write_priors
     from raymeta.core.train import MetaTrainConfig
     from raymeta.errors import ConfigError
+    from raymeta.finetune import fit_priors
     from raymeta.orchestration.meta_train.ray_train import run_meta_train
     from raymeta.orchestration.ray_runtime import ray_context
+    from raymeta.orchestration.tune.request import TuneRequest
     from raymeta.orchestration.tune.run import run_tune
-    from raymeta.priors import fit_priors
     from raymeta.results import read_results
     from raymeta.results.render import render
     from raymeta.results.summary import summarise
 
+    renamed(args, "population", "trials")
     if args.smoke_test:
-        args.steps, args.tasks, args.population, args.budget = 40, 1, 2, 40
-    for name in ("steps", "workers", "tasks", "population", "budget"):
+        args.steps, args.tasks, args.trials, args.budget = 40, 1, 2, 40
+    for name in ("steps", "workers", "tasks", "trials", "budget"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name} must be >= 1")
-    if args.budget < args.population:
+    if args.budget < args.trials:
         raise ConfigError(
-            f"--budget {args.budget} gives the {args.population} trials less than one step each"
+            f"--budget {args.budget} gives the {args.trials} trials less than one step each"
         )
     out = Path(args.out)
     meta = out / "meta"
@@ -137,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
                 ckpt,
                 n_tasks=8 if small else 16,
                 n_configs=16 if small else 32,
-                max_steps=args.budget,
+                max_steps=args.budget // args.trials,  # the tune runs' steps per member
             )
             write_priors(meta, priors.to_dict())
         else:
@@ -145,24 +154,24 @@ def _run(args: argparse.Namespace) -> int:
         print(f"   done in {time.perf_counter() - t:.1f}s")
 
         t = _stage(
-            f"3/4 tuning {args.tasks} held-out tasks: PBT x{args.population}, meta+learned vs scratch+broad"
+            f"3/4 tuning {args.tasks} held-out tasks: PBT x{args.trials}, meta+learned vs scratch+broad"
         )
         tables = []
         for i in range(args.tasks):
             for init, prior in STRATEGIES:
                 run_out = out / "tune" / f"task{i}-{init}-{prior}"
-                report: dict[str, Any] = run_tune(
+                request = TuneRequest(
                     meta,
                     f"sinusoid:{i}",
-                    population=args.population,
+                    trials=args.trials,
                     budget=args.budget,
                     init=init,
                     prior=prior,
                     out=run_out,
                     seed=i,
-                    verbose=0,
-                    sweep="quickstart",
+                    label="quickstart",
                 )
+                report: dict[str, Any] = run_tune(request, verbose=0)
                 best = report["best"]
                 print(
                     f"   sinusoid:{i:<3} {init}+{prior}+pbt  test MSE {best['test_loss']:.4f}  ({report.get('wall_s', 0):.1f}s)",

@@ -10,10 +10,12 @@ from raymeta.cli._common import add_command
 from raymeta.errors import ConfigError
 from raymeta.paths import check_output_dir
 
-EPILOG = """SWEEP.yaml keys: name, meta (list of meta-checkpoint dirs), strategies (e.g.
-scratch+broad+random, scratch+broad+pbt, meta+fixed-default, meta+learned+pbt), tasks (a count
-or a list of held-out task indices), seeds, population, budget, interval, fixed_steps,
-task_options (split sizes of the held-out tasks, e.g. {val_size: 50}).
+EPILOG = """SWEEP.yaml keys: name, meta (list of meta-checkpoint dirs), strategies
+(INIT+PRIOR+SCHEDULER as in raymeta tune, e.g. scratch+broad+random, scratch+broad+pbt,
+meta+fixed-default, meta+learned+pbt; schedulers pbt or random), tasks (a count or a list of
+held-out task indices), seeds, population (members per unit), steps_per_member, interval,
+fixed_steps (steps of the fixed-default strategy), task_options (split sizes of the held-out
+tasks, e.g. {val_size: 50}); budget is the deprecated name of steps_per_member.
 Rerunning the same command after a kill finishes the sweep without duplicate rows."""
 
 

@@ -8,25 +8,32 @@ from typing import Any
 
 from raymeta.cli._common import add_command, address_arg, float_arg, int_arg, path_arg
 from raymeta.errors import ConfigError
+from raymeta.finetune.strategy import INITS, PRIORS, SCHEDULERS
+from raymeta.options import renamed
 
 DESCRIPTION = """Fine-tune one new task with a Ray Tune population warm-started from a
 meta-checkpoint: every member starts at the meta-learned initialization (or a seeded random
 init with --init scratch) and takes its hyperparameters from the checkpoint's learned prior
-(portfolio first, then prior samples; --prior broad = the broad space). The population is
-P trials x M packed members (one vmapped computation per trial). PBT (default) copies better
-trials' weights and optimizer state and perturbs hyperparameters within the prior; pb2, asha
-and random use the same trainable. The test split is evaluated once, for the best member."""
+(portfolio first, then prior samples; --prior broad = the broad space, --prior fixed-default =
+one member with the default fine-tune). The population is T trials x M packed members (one
+vmapped computation per trial). PBT (default) copies better trials' weights and optimizer state
+and perturbs hyperparameters within the prior; pb2, asha and random use the same trainable. The
+test split is evaluated once, for the best snapshot of any member."""
 
 EPILOG = """TASK is FAMILY:INDEX (held-out meta-test task INDEX of the checkpoint's family,
 e.g. sinusoid:17) or a Parquet file with one task (train/val/test splits; a missing val split is
-carved from train and the report says so). --budget is the total member-steps of the whole
-population (default 100 per member); each member trains budget // (P*M) steps, reporting every
---interval steps. Outputs in --out: best_model.pt (weights only), report.json, results/ (Parquet
-rows), history.jsonl. Rerunning the same command with the same --out resumes an interrupted run;
-a crashed trial is retried up to --max-failures times from its last checkpoint."""
+carved from train and the report says so). Sizes, as in every raymeta command: the population
+is the members (--trials x --members-per-trial); --budget is the total member-steps of the whole
+population (default 100 per member) and a cap: each member trains budget // population steps,
+reporting every --interval steps, and the run never spends more. A strategy (--strategy
+INIT+PRIOR+SCHEDULER, or --init/--prior/--scheduler) means what it means in raymeta sweep.
+Outputs in --out: best_model.pt (weights only), report.json, results/ (Parquet rows),
+history.jsonl. Rerunning the same command with the same --out resumes an interrupted run; a
+crashed trial is retried up to --max-failures times from its last checkpoint. --population
+(deprecated) is the old name of --trials."""
 
 
-MAX_POPULATION = 100_000  # Tune trials of one run
+MAX_TRIALS = 100_000  # Tune trials of one run
 MAX_MEMBERS = 1 << 20  # members packed into one trial
 
 
@@ -54,10 +61,16 @@ def add_parser(sub: Any) -> None:
         "repeatable), e.g. val_size=50",
     )
     p.add_argument(
-        "--population",
-        type=int_arg(1, MAX_POPULATION),
+        "--trials",
+        type=int_arg(1, MAX_TRIALS),
         default=None,
-        help="number of Tune trials P (required)",
+        help="number of Ray Tune trials T (required)",
+    )
+    p.add_argument(
+        "--population",
+        type=int_arg(1, MAX_TRIALS),
+        default=None,
+        help="deprecated name of --trials (the population is trials x members per trial)",
     )
     p.add_argument(
         "--members-per-trial",
@@ -66,16 +79,23 @@ def add_parser(sub: Any) -> None:
         help="M members packed into one vmapped trial",
     )
     p.add_argument(
+        "--strategy",
+        default=None,
+        metavar="INIT+PRIOR+SCHEDULER",
+        help="the strategy at once, as in raymeta sweep (e.g. meta+learned+pbt, "
+        "scratch+broad+random, meta+fixed-default); or use the three flags below",
+    )
+    p.add_argument(
         "--scheduler",
-        default="pbt",
-        choices=["pbt", "pb2", "asha", "random"],
-        help="Tune scheduler",
+        default=None,
+        choices=list(SCHEDULERS),
+        help="Tune scheduler (default: pbt)",
     )
     p.add_argument(
         "--budget",
         type=int_arg(1),
         default=None,
-        help="total member-steps (default: 100 per member)",
+        help="total member-steps of the population, a cap (default: 100 per member)",
     )
     p.add_argument(
         "--interval",
@@ -85,15 +105,15 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--init",
-        default="meta",
-        choices=["meta", "scratch"],
-        help="meta-learned init or seeded random init",
+        default=None,
+        choices=list(INITS),
+        help="meta-learned init or seeded random init (default: meta)",
     )
     p.add_argument(
         "--prior",
-        default="learned",
-        choices=["learned", "broad"],
-        help="where hyperparameters come from",
+        default=None,
+        choices=list(PRIORS),
+        help="where hyperparameters come from (default: learned)",
     )
     p.add_argument(
         "--address",
@@ -156,7 +176,8 @@ def summary(report: dict[str, Any]) -> str:
     lines += [
         f"best: trial {b['trial']} member {b['member']}  val_loss={_fmt(b['val_loss'])}  {tests}",
         f"      {cfg}",
-        f"strategy {report['strategy']}  member-steps {report['member_steps']}  exploits "
+        f"strategy {report['strategy']}  population {report['population']}  member-steps "
+        f"{report['member_steps']} of {report['budget']}  exploits "
         f"{sum(1 for e in report['lineage'] if e['kind'] == 'exploit')}  wall {report['wall_s']:.1f}s",
     ]
     for note in report.get("task_notes", []):
@@ -165,21 +186,24 @@ def summary(report: dict[str, Any]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    for flag in ("meta", "task", "population", "out"):
+    renamed(args, "population", "trials")
+    for flag in ("meta", "task", "trials", "out"):
         if getattr(args, flag) is None:
             raise ConfigError(f"--{flag} is required")
     from raymeta.options import parse_options
+    from raymeta.orchestration.tune.request import TuneRequest
     from raymeta.orchestration.tune.run import run_tune
 
-    report = run_tune(
+    request = TuneRequest(
         meta=args.meta,
         task=str(args.task),
-        population=int(args.population),
+        trials=int(args.trials),
         members_per_trial=int(args.members_per_trial),
-        scheduler=args.scheduler,
-        budget=args.budget,
+        strategy=args.strategy,
         init=args.init,
         prior=args.prior,
+        scheduler=args.scheduler,
+        budget=args.budget,
         address=args.address,
         storage=args.storage,
         out=args.out,
@@ -188,9 +212,9 @@ def _run(args: argparse.Namespace) -> int:
         max_failures=int(args.max_failures),
         cpus_per_trial=float(args.cpus_per_trial),
         gpus_per_trial=float(args.gpus_per_trial),
-        verbose=0 if args.quiet else 1,
         task_options=parse_options(args.task_options, "task"),
     )
+    report = run_tune(request, verbose=0 if args.quiet else 1)
     print(summary(report))
     print(f"wrote {args.out}/report.json, {args.out}/best_model.pt, {args.out}/results/")
     return 0

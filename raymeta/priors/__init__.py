@@ -1,7 +1,8 @@
-"""Meta-learned fine-tuning priors: search space, per-hyperparameter priors, portfolios.
+"""Meta-learned fine-tuning priors: search spaces, per-hyperparameter priors, portfolios.
 
-Pure numpy/torch (never Ray); ``raymeta.orchestration.tune.space`` turns these into Ray Tune
-domains. Typical use::
+Pure numpy (never Ray, never a training loop): the statistics of ``raymeta priors fit``, whose
+driver lives in ``raymeta.finetune.fit``; ``raymeta.orchestration.tune.space`` turns priors into
+Ray Tune domains. Typical use::
 
     priors = load_priors(load_meta_checkpoint(DIR))
     configs = priors.prior("learned").sample(8, np.random.default_rng(0))
@@ -9,25 +10,19 @@ domains. Typical use::
 """
 
 from raymeta.priors.artifact import FORMAT, VERSION, Priors, load_priors
-from raymeta.priors.fit import fit_priors
 from raymeta.priors.portfolio import greedy_portfolio, normalised_regret
 from raymeta.priors.prior import CategoricalDist, Conditional, NumericDist, Prior, broad_prior
-from raymeta.priors.space import (
-    WEIGHT_DECAY_FLOOR,
-    Categorical,
-    Float,
-    Int,
-    SearchSpace,
-    broad_space,
-)
+from raymeta.priors.space import Categorical, Float, Int, SearchSpace
+from raymeta.priors.table import OBJECTIVES, EvalTable
 
 __all__ = [
     "FORMAT",
+    "OBJECTIVES",
     "VERSION",
-    "WEIGHT_DECAY_FLOOR",
     "Categorical",
     "CategoricalDist",
     "Conditional",
+    "EvalTable",
     "Float",
     "Int",
     "NumericDist",
@@ -35,8 +30,6 @@ __all__ = [
     "Priors",
     "SearchSpace",
     "broad_prior",
-    "broad_space",
-    "fit_priors",
     "greedy_portfolio",
     "load_priors",
     "normalised_regret",

@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from raymeta.errors import ConfigError
-from raymeta.priors.evaluate import EvalTable
 from raymeta.priors.portfolio import capped
+from raymeta.priors.table import EvalTable
 
 REFINE_REPEATS = 2  # fresh minibatch seeds per config for the final selection
 SAFE_RATE = 0.9  # share of meta-val tasks the first portfolio config must improve on

@@ -2,21 +2,9 @@
 
 Every numeric parameter has a *transformed* coordinate in [0, 1] (log or linear between its
 bounds); priors are distributions over that unit coordinate, so one density family serves learning
-rates spanning four decades and step counts alike.
-
-The broad default space (``broad_space``) is what tuning without meta-learned knowledge uses:
-
-=============  ===========  ==========================  ===========================================
-name           type         range                       notes
-=============  ===========  ==========================  ===========================================
-lr             float, log   [1e-4, 1.0]
-optimizer      categorical  sgd, adam
-weight_decay   float, log   [1e-6, 1e-1]                no decay is represented by the floor 1e-6
-steps          int, log     [1, max_steps]              fine-tuning steps (default max 100)
-batch_size     int, log     [1, max_batch]              max_batch = the task's training-set size
-adapt          categorical  all, head                   head = only ``head.*`` parameters move
-model          categorical  the checkpoint's candidates
-=============  ===========  ==========================  ===========================================
+rates spanning four decades and step counts alike. Which hyperparameters exist, and the broad
+default space over them, is the fine-tuning vocabulary's business
+(``raymeta.finetune.hparams``): this module knows no hyperparameter by name.
 """
 
 from __future__ import annotations
@@ -28,7 +16,6 @@ from typing import Any
 
 from raymeta.errors import ConfigError
 
-WEIGHT_DECAY_FLOOR = 1e-6
 Choice = str | int | float | bool
 
 
@@ -217,32 +204,3 @@ class SearchSpace:
             return cls([param_from_dict(str(it["name"]), it) for it in items])
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"search space is malformed ({exc})") from None
-
-
-def broad_space(candidates: Sequence[str], max_batch: int, max_steps: int = 100) -> SearchSpace:
-    """The documented broad default space (see the module docstring)."""
-    if not candidates:
-        raise ConfigError("search space: at least one model candidate is required")
-    if max_batch < 1 or max_steps < 1:
-        raise ConfigError(
-            f"search space: max_batch and max_steps must be >= 1, got {max_batch}, {max_steps}"
-        )
-    steps: Param = (
-        Int("steps", 1, max_steps, log=True) if max_steps > 1 else Categorical("steps", (1,))
-    )
-    batch: Param = (
-        Int("batch_size", 1, max_batch, log=True)
-        if max_batch > 1
-        else Categorical("batch_size", (1,))
-    )
-    return SearchSpace(
-        [
-            Float("lr", 1e-4, 1.0, log=True),
-            Categorical("optimizer", ("sgd", "adam")),
-            Float("weight_decay", WEIGHT_DECAY_FLOOR, 1e-1, log=True),
-            steps,
-            batch,
-            Categorical("adapt", ("all", "head")),
-            Categorical("model", tuple(str(c) for c in candidates)),
-        ]
-    )

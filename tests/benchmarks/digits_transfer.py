@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from raymeta.core.models import build_model
-from raymeta.core.population import MemberHParams, PopulationState, PopulationTrainer
 from raymeta.core.train import MetaTrainConfig, meta_train
-from raymeta.orchestration._packed import scratch_params
+from raymeta.finetune.population import scratch_params
+from raymeta.finetune.step import MemberHParams, PopulationState, PopulationTrainer
 from raymeta.tasks import make_family
 
 GRID = [0, 1, 2, 5, 10, 20, 50, 100]

@@ -22,14 +22,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from raymeta.orchestration._packed import MemberGroup
 
 from raymeta.bench.engine import time_it as bench_time_it
 from raymeta.core.engine import ALGORITHMS, InnerConfig, MetaEngine
 from raymeta.core.models import ModelSpec, build_model
-from raymeta.core.population import MemberHParams, PopulationState, PopulationTrainer
 from raymeta.core.reference import ref_meta_grad
-from raymeta.orchestration._packed import MemberGroup, initial_state, member_seeds
-from raymeta.priors import broad_prior, broad_space
+from raymeta.finetune.hparams import broad_space
+from raymeta.finetune.population import initial_state, member_seeds
+from raymeta.finetune.step import MemberHParams, PopulationState, PopulationTrainer
+from raymeta.priors import broad_prior
 from raymeta.tasks.base import TaskBatch
 from raymeta.tasks.sinusoid import Sinusoid
 

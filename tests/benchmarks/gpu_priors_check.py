@@ -21,10 +21,11 @@ import torch
 
 from raymeta.core.checkpoint import load_meta_checkpoint
 from raymeta.core.train import MetaTrainConfig, meta_train
-from raymeta.priors import broad_prior, fit_priors
-from raymeta.priors.evaluate import evaluate_configs
-from raymeta.priors.fit import val_tasks
-from raymeta.priors.space import broad_space
+from raymeta.finetune import fit_priors
+from raymeta.finetune.evaluate import evaluate_configs
+from raymeta.finetune.fit import val_tasks
+from raymeta.finetune.hparams import broad_space
+from raymeta.priors import broad_prior
 from raymeta.tasks import make_family
 
 

@@ -25,10 +25,10 @@ from raymeta.core.checkpoint import (
     write_priors,
 )
 from raymeta.core.train import MetaTrainConfig, meta_train
+from raymeta.finetune import fit_priors
 from raymeta.options import parse_options
 from raymeta.orchestration.sweep.config import parse_sweep
 from raymeta.orchestration.sweep.run import run_sweep
-from raymeta.priors import fit_priors
 from raymeta.results import read_results
 from raymeta.results.curves import run_curves
 

@@ -8,9 +8,15 @@ Example::
     tasks: 20                           # held-out meta-test task indices 0..19 (or a list)
     seeds: [0, 1]
     population: 8                       # members per (strategy, task, seed)
-    budget: 100                         # fine-tuning steps per member
+    steps_per_member: 100               # fine-tuning steps of every member
     interval: 10                        # validation / PBT interval in steps
     fixed_steps: 10                     # steps of the fixed-default strategy
+
+Sizes mean what they mean in every raymeta command: ``population`` counts members,
+``steps_per_member`` is how long each trains, and a unit's budget is their product (a cap: the
+unit's ``member_steps`` never exceed it). ``budget``, which here meant steps per member before
+``raymeta tune`` and the reports settled on "budget = total member-steps", is still read as
+steps per member, with a warning.
 
 Every key is checked for its type (``true`` is not a number), range and size before any unit is
 listed, so a bad file is one ``ConfigError`` line; the bounds are the ``MAX_*`` constants below.
@@ -20,13 +26,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from raymeta.bounded_yaml import load_yaml_mapping
-from raymeta.errors import ConfigError
-from raymeta.orchestration.finetune import Strategy
+from raymeta.errors import ConfigError, DeprecatedOption
+from raymeta.finetune.strategy import IN_PROCESS_SCHEDULERS, Strategy
 from raymeta.results.sink import check_sweep_name
 from raymeta.tasks import check_split_options
 
@@ -39,7 +46,7 @@ MAX_TASK_INDEX = 10**9
 MAX_SEEDS = 1_000
 MAX_SEED = 2**32 - 1  # numpy and torch seeds
 MAX_POPULATION = 4_096
-MAX_STEPS = 1_000_000  # budget, interval, fixed_steps
+MAX_STEPS = 1_000_000  # steps_per_member, interval, fixed_steps
 MAX_SPLIT_ROWS = 100_000  # task_options: rows in one split of a held-out task
 MAX_UNITS = 100_000
 _KEYS = {
@@ -49,7 +56,8 @@ _KEYS = {
     "tasks",
     "seeds",
     "population",
-    "budget",
+    "steps_per_member",
+    "budget",  # deprecated: steps_per_member
     "interval",
     "fixed_steps",
     "task_options",
@@ -63,8 +71,8 @@ class SweepConfig:
     strategies: tuple[str, ...]
     tasks: tuple[int, ...]
     seeds: tuple[int, ...] = (0,)
-    population: int = 8
-    budget: int = 100
+    population: int = 8  # members of each unit's population
+    steps_per_member: int = 100
     interval: int = 10
     fixed_steps: int = 10
     task_options: dict[str, int] = field(default_factory=dict)  # split sizes of held-out tasks
@@ -188,6 +196,17 @@ def _meta_paths(raw: Any, base: Path | None) -> tuple[Path, ...]:
     return paths
 
 
+def _strategy(name: str) -> str:
+    """A strategy a sweep's in-process population can run (pb2 and asha need Ray Tune)."""
+    strat = Strategy.parse(name)
+    if strat.scheduler not in IN_PROCESS_SCHEDULERS:
+        raise ConfigError(
+            f"sweep: strategy {strat.name}: scheduler {strat.scheduler} runs only in raymeta tune "
+            f"(a sweep's populations run in-process with {' or '.join(IN_PROCESS_SCHEDULERS)})"
+        )
+    return strat.name
+
+
 def _tasks(raw: Any) -> list[int]:
     if isinstance(raw, int) and not isinstance(raw, bool):
         if raw < 1:
@@ -214,6 +233,21 @@ def _seeds(raw: Any) -> list[int]:
     return [_int(s, "every seed", 0, MAX_SEED) for s in raw]
 
 
+def _steps_per_member(data: dict[str, Any]) -> int:
+    """``steps_per_member``, or the deprecated ``budget`` (same meaning here) with a warning."""
+    if "budget" not in data:
+        return _pos_int(data, "steps_per_member", 100)
+    if "steps_per_member" in data:
+        raise ConfigError("sweep: give steps_per_member, not both it and the deprecated budget")
+    warnings.warn(
+        "sweep: 'budget' is deprecated, it is the steps per member here: write "
+        "'steps_per_member' (budget means total member-steps in every raymeta command)",
+        DeprecatedOption,
+        stacklevel=3,
+    )
+    return _pos_int(data, "budget", 100)
+
+
 def parse_sweep(data: dict[str, Any], base: Path | None = None) -> SweepConfig:
     """Check every key's type, range and size; errors are one-line ``ConfigError``s."""
     if not isinstance(data, dict):
@@ -227,7 +261,7 @@ def parse_sweep(data: dict[str, Any], base: Path | None = None) -> SweepConfig:
     raw_strategies = data.get("strategies")
     if not raw_strategies or not isinstance(raw_strategies, list):
         raise ConfigError("sweep: 'strategies' must be a non-empty list")
-    strategies = [Strategy.parse(s).name for s in _str_list(raw_strategies, "strategies", MAX_LIST)]
+    strategies = [_strategy(s) for s in _str_list(raw_strategies, "strategies", MAX_LIST)]
     tasks = _tasks(data.get("tasks"))
     seeds = _seeds(data.get("seeds", [0]))
     cfg = SweepConfig(
@@ -237,7 +271,7 @@ def parse_sweep(data: dict[str, Any], base: Path | None = None) -> SweepConfig:
         tasks=tuple(dict.fromkeys(tasks)),
         seeds=tuple(dict.fromkeys(seeds)),
         population=_pos_int(data, "population", 8, MAX_POPULATION),
-        budget=_pos_int(data, "budget", 100),
+        steps_per_member=_steps_per_member(data),
         interval=_pos_int(data, "interval", 10),
         fixed_steps=_pos_int(data, "fixed_steps", 10),
         task_options=_task_options(data.get("task_options")),

@@ -1,7 +1,8 @@
 """``raymeta sweep``: many held-out tasks x strategies x seeds, distributed as Ray tasks.
 
 Each unit (meta-checkpoint, strategy, task, seed) is one Ray task running an in-process,
-vmapped population (``finetune.run_population``); up to the cluster's CPU count run at once.
+vmapped population (``raymeta.finetune.run.run_population``); up to the cluster's CPU count run
+at once.
 The driver appends each finished unit's rows to the results dataset under the unit's key:
 appends are atomic and idempotent, so a killed sweep rerun with the same command skips the
 finished units and leaves no duplicate or missing rows.
@@ -20,11 +21,13 @@ import torch
 
 from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint
 from raymeta.errors import ClusterError, ConfigError, DataError, RaymetaError
+from raymeta.finetune.curves import final_rows
+from raymeta.finetune.run import run_population
+from raymeta.finetune.strategy import Strategy, fixed_default, member_configs, strategy_prior
 from raymeta.lock import locks_output
-from raymeta.orchestration.finetune import Strategy, run_population, strategy_configs
 from raymeta.orchestration.sweep.config import SweepConfig
-from raymeta.priors import Prior, broad_prior, broad_space, load_priors
-from raymeta.results import ResultSink, make_row
+from raymeta.priors import load_priors
+from raymeta.results import ResultSink
 from raymeta.tasks import make_family, resize_splits
 
 
@@ -40,69 +43,28 @@ def run_unit(unit: dict[str, Any], cfg: SweepConfig) -> list[dict[str, Any]]:
     family = make_family(resize_splits(ckpt.family, cfg.task_options, "sweep: task_options key"))
     task = family.task("test", int(unit["task"]))
     strat = Strategy.parse(unit["strategy"])
-    cand = ckpt.candidate()
     seed = int(unit["seed"])
+    n_train = len(task.x_train)
+    prior, portfolio = strategy_prior(ckpt, strat, n_train, cfg.steps_per_member)
+    fixed = fixed_default(ckpt, n_train, cfg.fixed_steps)
     rng = np.random.default_rng([seed, int(unit["task"])])
-    prior: Prior
-    portfolio: list[dict[str, Any]] = []
-    if strat.prior == "learned":
-        priors = load_priors(ckpt)
-        prior, portfolio = priors.prior("learned"), priors.portfolio
-    else:
-        prior = broad_prior(
-            broad_space([cand.name], max_batch=len(task.x_train), max_steps=cfg.budget)
-        )
-    fixed = {
-        "lr": float(cand.info.get("inner_lr", 0.01)),
-        "optimizer": "sgd",
-        "weight_decay": 0.0,
-        "steps": cfg.fixed_steps,
-        "batch_size": len(task.x_train),
-        "adapt": "all",
-        "model": cand.name,
-    }
-    configs = strategy_configs(strat, cfg.population, prior, portfolio, rng, fixed)
-    fixed_run = strat.prior == "fixed-default"
-    budget = cfg.fixed_steps if fixed_run else cfg.budget
+    configs = member_configs(strat, cfg.population, prior, portfolio, rng, fixed)
+    steps = cfg.fixed_steps if strat.fixed else cfg.steps_per_member
     res = run_population(
         task,
-        cand,
+        ckpt.candidates,
         configs,
         init=strat.init,
-        budget=budget,
-        interval=min(cfg.interval, budget),
+        steps=steps,
+        interval=min(cfg.interval, steps),
         seed=seed,
         prior=prior,
-        pbt=strat.scheduler == "pbt" and not fixed_run,
+        pbt=strat.scheduler == "pbt" and not strat.fixed,
     )
     common = {"sweep": cfg.name, "strategy": unit["label"], "task": task.task_id, "seed": seed}
-    rows = [
-        make_row(
-            **common,
-            trial=f"m{c['member']}",
-            step=int(c["member_step"]),
-            metric=metric,
-            value=float(c[metric]),
-            hparams=None,
-            wall_s=float(c["wall_s"]),
-        )
-        for c in res.curves
-        for metric in ("val_loss", "val_accuracy")
-        if metric in c
-    ]
-    rows += [
-        make_row(
-            **common,
-            trial="best",
-            step=res.member_steps,
-            metric=k,
-            value=v,
-            hparams=res.best_config,
-            wall_s=res.wall_s,
-        )
-        for k, v in res.test.items()
-    ]
-    return rows
+    return res.curves.rows(common) + final_rows(
+        common, "best", res.member_steps, res.test, res.best.config, res.wall_s
+    )
 
 
 MAX_CONCURRENCY = 4096

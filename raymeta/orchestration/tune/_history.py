@@ -19,6 +19,7 @@ from typing import Any
 from ray.tune import Callback
 
 from raymeta.fileio import atomic_write_bytes
+from raymeta.finetune.hparams import row_hparams
 
 REPORT_KEYS = (
     "val_loss",
@@ -32,10 +33,12 @@ REPORT_KEYS = (
     "events",
     "training_iteration",
 )
-HPARAM_KEYS = ("lr", "optimizer", "weight_decay", "batch_size", "adapt", "model", "steps")
 
 
 class HistoryCallback(Callback):
+    """Appends every trial report (``REPORT_KEYS`` and the trial's hyperparameters, the
+    fine-tuning vocabulary's keys of its config) to the JSONL file ``path``."""
+
     def __init__(self, path: str):
         self.path = path
 
@@ -43,9 +46,26 @@ class HistoryCallback(Callback):
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
         rec = {"trial": str(trial.trial_id), **{k: result[k] for k in REPORT_KEYS if k in result}}
-        rec["hparams"] = {k: trial.config[k] for k in HPARAM_KEYS if k in trial.config}
+        rec["hparams"] = row_hparams(trial.config)
         with open(self.path, "a") as f:
             f.write(json.dumps(rec, default=str) + "\n")
+
+
+class TrialClock(Callback):
+    """Keeps ``config[key]`` of every trial equal to the ``trial_step`` it last reported: the
+    steps the trial has trained itself. Tune calls callbacks after the scheduler, so this runs
+    after a PBT exploit has replaced the trial's config with the cloned trial's, and the
+    restarted trial reads its own clock from its config (``trainable.py``, "the budget is a
+    cap")."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        if "trial_step" in result and trial.config.get(self.key) != result["trial_step"]:
+            trial.set_config({**trial.config, self.key: int(result["trial_step"])})
 
 
 def last_reports(experiment_state: bytes) -> dict[str, float]:

@@ -1,12 +1,13 @@
 """``raymeta tune``: a Ray Tune population fine-tunes one new task from the meta-init and priors.
 
-Population = ``population`` Tune trials x ``members_per_trial`` packed members (see
-``_packed.py`` for the exact in-trial semantics). Trial configs come from the prior: the
-portfolio first (``points_to_evaluate`` on the basic variant generator, since PBT/PB2 refuse
-searchers), then prior samples (``param_space``). PBT explores with the prior's
-``hyperparam_mutations``; PB2 within the prior's continuous bounds; ASHA stops bad trials early;
-``random`` runs every trial to the end (FIFO). The test split is evaluated once, at the end, for
-the member with the lowest validation loss.
+The request is a ``TuneRequest`` (``request.py``: sizes, strategy, resources). Population =
+``trials`` Tune trials x ``members_per_trial`` packed members (``trainable.py`` for the exact
+in-trial semantics and the budget cap). Trial configs come from the prior: the portfolio first
+(``points_to_evaluate`` on the basic variant generator, since PBT/PB2 refuse searchers), then
+prior samples. PBT explores with the prior's ``hyperparam_mutations``; PB2 within the prior's
+continuous bounds; ASHA stops bad trials early; ``random`` runs every trial to the end (FIFO); a
+scheduler object given from Python is used as it is. The test split is evaluated once, at the
+end, for the best snapshot of any member.
 
 Outputs in ``out``: ``best_model.pt`` (weights only), ``report.json`` and result rows under
 ``results/`` (``raymeta.results`` schema), all written atomically after the run; ``run.json``
@@ -22,7 +23,6 @@ import io
 import json
 import os
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,10 @@ import torch
 
 from raymeta.errors import ConfigError, RaymetaError
 from raymeta.fileio import atomic_write_bytes, atomic_write_json
-from raymeta.lock import locks_output
-from raymeta.orchestration.tune._args import check_members_fit, check_tune_args
+from raymeta.finetune.curves import final_rows, val_rows
+from raymeta.finetune.hparams import fixed_names, tune_columns
+from raymeta.finetune.population import Population
+from raymeta.lock import output_lock
 from raymeta.orchestration.tune.lineage import (
     lineage,
     member_events,
@@ -40,17 +42,16 @@ from raymeta.orchestration.tune.lineage import (
     read_histories,
 )
 from raymeta.orchestration.tune.plan import TunePlan, plan_tune
-from raymeta.orchestration.tune.trainable import load_trial, tune_trainable
+from raymeta.orchestration.tune.request import TuneRequest, check_members_fit
+from raymeta.orchestration.tune.trainable import TRIAL_STEPS, load_trial, tune_trainable
 from raymeta.orchestration.tune.trust import TRUST_DIR, TUNER_PKL, StateSigner, Store, run_digest
 from raymeta.priors import Float
-from raymeta.results.schema import make_row
 from raymeta.results.sink import ResultSink
 
 RUN_FILE = "run.json"
 REPORT_FILE = "report.json"
 MODEL_FILE = "best_model.pt"
 HISTORY_FILE = "history.jsonl"
-NOT_MUTATED = ("model", "steps")
 
 
 def _quiet_env(verbose: int) -> None:
@@ -67,15 +68,19 @@ def _quiet_env(verbose: int) -> None:
 
 
 def make_scheduler(plan: TunePlan) -> Any:
+    """The request's Ray Tune scheduler: its own object, or the one its name stands for."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
     from raymeta.orchestration.tune.space import clip_explore, hyperparam_mutations
 
-    if plan.scheduler == "pbt":
+    name = plan.request.scheduler
+    if not isinstance(name, str):
+        return name
+    if name == "pbt":
         return PopulationBasedTraining(
             time_attr="training_iteration",
             perturbation_interval=1,
-            hyperparam_mutations=hyperparam_mutations(plan.prior, exclude=NOT_MUTATED),
+            hyperparam_mutations=hyperparam_mutations(plan.prior, exclude=fixed_names()),
             custom_explore_fn=clip_explore(plan.prior),
             quantile_fraction=0.25,
             resample_probability=0.25,
@@ -83,13 +88,13 @@ def make_scheduler(plan: TunePlan) -> Any:
             # function trainable, restarts) every trial at every round
             synch=False,
         )
-    if plan.scheduler == "pb2":
+    if name == "pb2":
         from ray.tune.schedulers.pb2 import PB2
 
         bounds: dict[str, Any] = {
             p.name: [p.low, p.high]
             for p in plan.prior.space
-            if isinstance(p, Float) and p.name not in NOT_MUTATED
+            if isinstance(p, Float) and p.name not in fixed_names()
         }
         return PB2(
             time_attr="training_iteration",
@@ -97,7 +102,7 @@ def make_scheduler(plan: TunePlan) -> Any:
             hyperparam_bounds=bounds,
             quantile_fraction=0.25,
         )
-    if plan.scheduler == "asha":
+    if name == "asha":
         return ASHAScheduler(
             time_attr="training_iteration",
             max_t=plan.n_intervals,
@@ -176,10 +181,7 @@ def _tuner(
     out: Path,
     storage_path: str,
     name: str,
-    max_failures: int,
     verbose: int,
-    cpus_per_trial: float,
-    gpus_per_trial: float,
     signer: StateSigner,
     resume: bool,
 ) -> Any:
@@ -188,12 +190,13 @@ def _tuner(
     from ray import tune
     from ray.tune import CLIReporter
 
-    from raymeta.orchestration.tune._history import HistoryCallback
+    from raymeta.orchestration.tune._history import HistoryCallback, TrialClock
     from raymeta.orchestration.tune.space import param_space, points_to_evaluate
 
+    req = plan.request
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, setup=plan.setup),
-        {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
+        {"cpu": req.cpus_per_trial, "gpu": req.gpus_per_trial},
     )
     space = param_space(plan.prior)
     exp_path = f"{storage_path.rstrip('/')}/{name}"
@@ -207,7 +210,7 @@ def _tuner(
         )
     reporter = CLIReporter(
         metric_columns={"val_loss": "val", "best_val_loss": "best", "trial_step": "step"},
-        parameter_columns={"lr": "lr", "optimizer": "opt", "adapt": "adapt"},
+        parameter_columns=tune_columns(),
         max_progress_rows=8,
         max_report_frequency=30,
         sort_by_metric=True,
@@ -219,21 +222,24 @@ def _tuner(
             metric="val_loss",
             mode="min",
             scheduler=make_scheduler(plan),
-            num_samples=plan.population,
+            num_samples=req.trials,
             search_alg=_search_alg(points_to_evaluate(plan.initial), plan.seed, signer),
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_path,
-            failure_config=tune.FailureConfig(max_failures=max_failures),
+            failure_config=tune.FailureConfig(max_failures=req.max_failures),
             # every checkpoint is kept (a handful per trial at the default interval): after a PBT
             # exploit a trial's latest checkpoint is the *source* trial's, which a num_to_keep
             # limit on the source may delete, and a retried or resumed trial could then not start
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             verbose=verbose,
             progress_reporter=reporter,
-            callbacks=[HistoryCallback(str((out / HISTORY_FILE).resolve()))],
+            callbacks=[
+                HistoryCallback(str((out / HISTORY_FILE).resolve())),
+                TrialClock(TRIAL_STEPS),
+            ],
         ),
     )
     signer.sign_initial()
@@ -259,8 +265,8 @@ def _trusted_resume(signer: StateSigner, history: Path) -> bool:
     return True
 
 
-def _select_best(plan: TunePlan, results: list[Any]) -> tuple[Any, Any, int]:
-    """(result, member group, member) with the lowest best-snapshot validation loss among every
+def _select_best(plan: TunePlan, results: list[Any]) -> tuple[Any, Population]:
+    """(result, population) holding the lowest best-snapshot validation loss among every
     retained checkpoint of every trial."""
     inf = float("inf")
     scored = []
@@ -270,89 +276,54 @@ def _select_best(plan: TunePlan, results: list[Any]) -> tuple[Any, Any, int]:
             cks.append((float(r.metrics.get("best_val_loss", inf)), r.checkpoint))
         tid = str(r.metrics.get("trial_id", ""))
         scored += [(v, tid, i, r, c) for i, (v, c) in enumerate(cks)]
-    best: tuple[float, Any, Any, int] | None = None
-    if scored:
-        # an exploit copies a snapshot, so exact ties are common: the trial id breaks them, so
-        # a restored run (whose results may come back in another order) picks the same member
-        _, _, _, r, c = min(scored, key=lambda t: (t[0], t[1], t[2]))
-        with c.as_directory() as d:
-            group, _ = load_trial(Path(d), plan.setup)
-        m = group.best_member()
-        best = (float(group.best_val[m]), r, group, m)
-    if best is None:
+    if not scored:
         errs = [str(r.error).strip().splitlines()[-1] for r in results if r.error is not None]
         raise RaymetaError(
             f"no trial produced a checkpoint ({len(errs)} failed{': ' + errs[0] if errs else ''})"
         )
-    return best[1], best[2], best[3]
+    # an exploit copies a snapshot, so exact ties are common: the trial id breaks them, so a
+    # restored run (whose results may come back in another order) picks the same member
+    _, _, _, r, c = min(scored, key=lambda t: (t[0], t[1], t[2]))
+    with c.as_directory() as d:
+        pop, _ = load_trial(Path(d), plan.setup)
+    return r, pop
 
 
-@locks_output("out")  # one writer per --out: a second run is refused, not interleaved
 def run_tune(
-    meta: str | Path,
-    task: str,
-    population: int,
-    members_per_trial: int = 1,
-    scheduler: str = "pbt",
-    budget: int | None = None,
-    init: str = "meta",
-    prior: str = "learned",
-    address: str | None = None,
-    storage: str | None = None,
-    out: str | Path = "tune-out",
-    seed: int = 0,
-    interval: int | None = None,
-    max_failures: int = 2,
-    cpus_per_trial: float = 1.0,
-    gpus_per_trial: float = 0.0,
+    request: TuneRequest | None = None,
+    *,
     verbose: int = 1,
-    sweep: str = "tune",
-    task_options: Mapping[str, Any] | None = None,
     _crash_marker: str | None = None,
+    **fields: Any,
 ) -> dict[str, Any]:
     """Tune one task; returns the report (also written to ``out/report.json``).
 
-    ``task_options`` overrides split sizes (``val_size``, ...) of a ``FAMILY:INDEX`` task."""
+    ``request`` is a ``TuneRequest``; or give its fields as keywords (``run_tune(meta=...,
+    task=..., trials=4, out=...)``). ``verbose``: 0 quiet, 1 Tune's progress table, 2 also PBT's
+    per-exploit lines."""
+    if request is None:
+        request = TuneRequest.from_kwargs(**fields)
+    elif fields:
+        raise ConfigError(f"give a TuneRequest or keywords, not both ({', '.join(fields)})")
+    request.check_paths()
+    with output_lock(request.out):  # one writer per --out: a second run is refused
+        return _run(request, verbose, _crash_marker)
+
+
+def _run(request: TuneRequest, verbose: int, crash_marker: str | None) -> dict[str, Any]:
     from ray import tune  # noqa: F401  (fail early if Tune is missing)
 
     from raymeta.orchestration.ray_runtime import check_resources, ray_context
 
-    check_tune_args(
-        population,
-        members_per_trial,
-        budget,
-        interval,
-        seed,
-        max_failures,
-        cpus_per_trial,
-        gpus_per_trial,
-        task_options,
-        out,
-        storage,
-    )
-    out = Path(out)
-    plan = plan_tune(
-        meta,
-        task,
-        population,
-        members_per_trial,
-        scheduler,
-        budget,
-        init,
-        prior,
-        seed,
-        interval,
-        _crash_marker,
-        device="cuda" if gpus_per_trial > 0 else "cpu",
-        task_options=task_options,
-    )
-    check_members_fit(members_per_trial, plan.ckpt)
-    if scheduler == "pb2" and not any(isinstance(p, Float) for p in plan.prior.space):
+    out = Path(request.out)
+    plan = plan_tune(request, crash_marker)
+    check_members_fit(request.members_per_trial, plan.ckpt)
+    if request.scheduler == "pb2" and not any(isinstance(p, Float) for p in plan.prior.space):
         raise ConfigError(
             "--scheduler pb2 needs at least one continuous hyperparameter in the search space"
         )
     _quiet_env(verbose)
-    storage_path, name = _experiment(out, storage)
+    storage_path, name = _experiment(out, request.storage)
     exp_path = f"{storage_path.rstrip('/')}/{name}"
     signer = StateSigner(
         str(out), str((out / TRUST_DIR).resolve()), exp_path, run_digest(plan.fingerprint())
@@ -361,31 +332,14 @@ def run_tune(
     # before Ray starts, and so before anything (Tune included) reads a pickle from there
     resume = _trusted_resume(signer, out / HISTORY_FILE)
     t0 = time.perf_counter()
-    with ray_context(address):
-        check_resources(cpus=cpus_per_trial, gpus=gpus_per_trial, what="a tune trial")
+    with ray_context(request.address):
+        check_resources(
+            cpus=request.cpus_per_trial, gpus=request.gpus_per_trial, what="a tune trial"
+        )
         run = _check_run_file(out, plan)
-        grid = _tuner(
-            plan,
-            out,
-            storage_path,
-            name,
-            max_failures,
-            verbose,
-            cpus_per_trial,
-            gpus_per_trial,
-            signer,
-            resume,
-        ).fit()
+        grid = _tuner(plan, out, storage_path, name, verbose, signer, resume).fit()
         results = [grid[i] for i in range(len(grid))]
-    return write_outputs(
-        plan,
-        results,
-        out,
-        run,
-        exp_path,
-        time.perf_counter() - t0,
-        sweep,
-    )
+    return write_outputs(plan, results, out, run, exp_path, time.perf_counter() - t0)
 
 
 def write_outputs(
@@ -395,16 +349,12 @@ def write_outputs(
     run: dict[str, Any],
     exp_path: str,
     wall_s: float,
-    sweep: str,
 ) -> dict[str, Any]:
-    """Test the best member once, then write rows, the best model and the report (atomically)."""
-    best_r, group, m = _select_best(plan, results)
-    params = {k: v[m].clone() for k, v in group.best_params.items()}
-    one = {k: v.unsqueeze(0) for k, v in params.items()}
-    test = {
-        f"test_{k}": float(v[0])
-        for k, v in group.trainer.evaluate(one, plan.task.x_test, plan.task.y_test).items()
-    }
+    """Test the best snapshot once, then write rows, the best model and the report (atomically)."""
+    req = plan.request
+    best_r, pop = _select_best(plan, results)
+    best = pop.best()
+    test = pop.score(best.params, plan.task.x_test, plan.task.y_test)
     hists = read_histories(out / HISTORY_FILE)
     errors = {
         str(r.metrics.get("trial_id")): str(r.error).strip().splitlines()[-1][:300]
@@ -414,59 +364,34 @@ def write_outputs(
     for h in hists:
         h.error = errors.get(h.trial_id)
     started = float(run.get("started", time.time()))
-    sink = ResultSink(out / "results", sweep)
+    sink = ResultSink(out / "results", req.label)
     common: dict[str, Any] = {
-        "sweep": sweep,
+        "sweep": req.label,
         "strategy": plan.strategy,
         "task": plan.task.task_id,
-        "seed": plan.seed,
+        "seed": req.seed,
     }
+    key = f"{plan.task.task_id}/{plan.strategy}/{req.seed}"
     for h in hists:
-        rows = []
-        for r in h.rows:
-            w = max(0.0, r["wall_time"] - started)
-            rows.append(
-                make_row(
-                    **common,
-                    trial=h.trial_id,
-                    step=r["spent"],
-                    metric="val_loss",
-                    value=r["val_loss"],
-                    hparams=r["hparams"],
-                    wall_s=w,
-                )
+        rows = [
+            row
+            for r in h.rows
+            for row in val_rows(
+                common,
+                h.trial_id,
+                r["spent"],
+                {m: r[m] for m in ("val_loss", "val_accuracy") if m in r},
+                r["hparams"],
+                max(0.0, r["wall_time"] - started),
             )
-            if "val_accuracy" in r:
-                rows.append(
-                    make_row(
-                        **common,
-                        trial=h.trial_id,
-                        step=r["spent"],
-                        metric="val_accuracy",
-                        value=r["val_accuracy"],
-                        hparams=r["hparams"],
-                        wall_s=w,
-                    )
-                )
-        sink.append(rows, key=f"{plan.task.task_id}/{plan.strategy}/{plan.seed}/{h.trial_id}")
+        ]
+        sink.append(rows, key=f"{key}/{h.trial_id}")
     total = sum(h.rows[-1]["spent"] for h in hists if h.rows)
     best_trial = str(best_r.metrics.get("trial_id"))
-    cfg = dict(group.configs[m])
-    final = [
-        make_row(
-            **common,
-            trial=f"{best_trial}/m{m}",
-            step=total,
-            metric=k,
-            value=v,
-            hparams=cfg,
-            wall_s=wall_s,
-        )
-        for k, v in test.items()
-    ]
-    sink.append(final, key=f"{plan.task.task_id}/{plan.strategy}/{plan.seed}/final")
+    trial = f"{best_trial}/m{best.member}"
+    sink.append(final_rows(common, trial, total, test, best.config, wall_s), key=f"{key}/final")
     buf = io.BytesIO()
-    torch.save({k: v.contiguous() for k, v in params.items()}, buf)
+    torch.save({k: v.contiguous() for k, v in best.params.items()}, buf)
     atomic_write_bytes(out / MODEL_FILE, buf.getvalue())
     first = [h.rows[0]["val_loss"] for h in hists if h.rows]
     report = {
@@ -474,13 +399,16 @@ def write_outputs(
         "task_notes": plan.notes,
         "strategy": plan.strategy,
         "settings": plan.fingerprint(),
-        "steps_per_member": plan.steps_per_member,
-        "model": group.spec.to_dict(),
+        "population": req.population,
+        "members_per_trial": req.members_per_trial,
+        "budget": req.total_budget,
+        "steps_per_member": plan.setup.steps_per_member,
+        "model": pop.spec.to_dict(),
         "best": {
             "trial": best_trial,
-            "member": m,
-            "config": cfg,
-            "val_loss": float(group.best_val[m]),
+            "member": best.member,
+            "config": best.config,
+            "val_loss": best.val_loss,
             **test,
         },
         "initial_best_val_loss": min(first) if first else None,

@@ -1,11 +1,28 @@
-"""The Tune function trainable of ``raymeta tune``: one trial = one packed ``MemberGroup``.
+"""The Tune function trainable of ``raymeta tune``: one trial = one packed ``Population``.
+
+The fine-tuning itself is ``raymeta.finetune`` (``Population`` and its loop ``run_schedule``);
+this module is the Ray glue around it: reports, checkpoint save/restore, lineage events.
 
 Why a plain function trainable with its own checkpoints (not Ray Train inside Tune): PBT's
 exploit has to copy a better trial's weights and optimizer state, which only works when the
 trial itself reports a Tune checkpoint (DESIGN.md, "Ray 2.60 facts"). Each report carries a
 checkpoint directory with ``state.pt`` (tensors only, loaded with ``weights_only=True``) and
-``trial.json`` (member configs, seeds, progress, owning trial). Restoring a checkpoint written by
-*another* trial is how a PBT exploit shows up here; it is recorded as a lineage event.
+``trial.json`` (member configs and best-snapshot configs, seeds, progress, owning trial).
+
+A packed trial's members: member 0 trains with the trial's Tune config (the one PBT/PB2
+explores); members 1..M-1 get configs drawn from the prior with a generator seeded by ``(run
+seed, trial index)``; all train the trial's model; member ``m`` draws minibatches with
+``member_seeds(seed, trial, M)[m]`` and, from scratch, starts at the random init of that seed
+plus one. After every report but the last, the trial's own members exploit (``TRIAL_RULE``:
+the worst quarter, none below 4 members, member 0 keeps its Tune config).
+
+**The budget is a cap.** A trial's clock is the steps it has trained itself: it stops at
+``steps_per_member``, so the run's member-steps never exceed ``trials x members x
+steps_per_member``. A PBT exploit restores *another* trial's checkpoint, whose own clock may be
+behind or ahead; the exploited trial keeps its own clock (``TRIAL_STEPS`` in its config, which
+the driver's ``TrialClock`` callback keeps equal to the trial's last reported ``trial_step``)
+and trains the cloned weights for the steps it has left. A retried trial restores its own
+checkpoint, whose ``trial.json`` holds its clock.
 """
 
 from __future__ import annotations
@@ -16,6 +33,7 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,20 +41,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from raymeta.core.models import ModelSpec
-from raymeta.orchestration._packed import MemberGroup, initial_state, member_seeds
+from raymeta.core.checkpoint import Candidate
+from raymeta.finetune.hparams import UNLIMITED, names
+from raymeta.finetune.population import (
+    TRIAL_RULE,
+    Exploit,
+    Population,
+    every,
+    initial_state,
+    member_seeds,
+    run_schedule,
+)
 from raymeta.priors import Prior
 
 STATE_FILE = "state.pt"
 TRIAL_FILE = "trial.json"
-
-
-@dataclass
-class Candidate:
-    """A model a trial may train: its spec and meta-init (None = seeded random init)."""
-
-    spec: ModelSpec
-    params: dict[str, torch.Tensor] | None
+TRIAL_STEPS = "raymeta_trial_steps"  # config key: the trial's own steps so far (see above)
 
 
 @dataclass
@@ -51,6 +71,7 @@ class TrialSetup:
     x_val: torch.Tensor
     y_val: torch.Tensor
     candidates: dict[str, Candidate]
+    init: str  # "meta" or "scratch"
     prior: Prior
     members: int
     steps_per_member: int
@@ -61,11 +82,9 @@ class TrialSetup:
     crash_marker: str | None = None  # test hook: SIGKILL the trial process once, after a report
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def candidate(self, config: dict[str, Any]) -> tuple[str, Candidate]:
+    def candidate(self, config: Mapping[str, Any]) -> Candidate:
         name = str(config.get("model", next(iter(self.candidates))))
-        if name not in self.candidates:
-            name = next(iter(self.candidates))
-        return name, self.candidates[name]
+        return self.candidates.get(name, next(iter(self.candidates.values())))
 
 
 def trial_index(trial_id: str) -> int:
@@ -74,32 +93,50 @@ def trial_index(trial_id: str) -> int:
     return int(tail) if tail.isdigit() else abs(hash(trial_id)) % 100_000
 
 
-def new_group(setup: TrialSetup, config: dict[str, Any], idx: int) -> MemberGroup:
+def member_config(config: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """A Tune config as a member's config: the vocabulary's keys, with the trial's model."""
+    return {**{k: v for k, v in config.items() if k in names()}, "model": model}
+
+
+def _population(
+    setup: TrialSetup, cand: Candidate, configs: list[dict[str, Any]], seeds: list[int]
+) -> Population:
+    state = initial_state(
+        cand.spec,
+        cand.params if setup.init == "meta" else None,
+        [s + 1 for s in seeds],
+        setup.x_train.dtype if setup.x_train.is_floating_point() else torch.float32,
+    )
+    return Population(cand.spec, setup.kind, cand.name, configs, seeds, state, horizon=UNLIMITED)
+
+
+def new_population(setup: TrialSetup, config: Mapping[str, Any], idx: int) -> Population:
     """Member 0 takes ``config``; members 1..M-1 are prior samples from ``(seed, idx)``."""
-    name, cand = setup.candidate(config)
+    cand = setup.candidate(config)
     rng = np.random.default_rng([setup.seed, idx, 7])
     others = setup.prior.sample(setup.members - 1, rng) if setup.members > 1 else []
-    configs = [{**c, "model": name} for c in [dict(config), *others]]
-    seeds = member_seeds(setup.seed, idx, setup.members)
-    state = initial_state(cand.spec, cand.params, [s + 1 for s in seeds])
-    return MemberGroup(cand.spec, setup.kind, configs, seeds, state)
+    configs = [member_config(c, cand.name) for c in [config, *others]]
+    return _population(setup, cand, configs, member_seeds(setup.seed, idx, setup.members))
 
 
-def save_trial(d: Path, group: MemberGroup, info: dict[str, Any]) -> None:
-    torch.save(group.tensors(), d / STATE_FILE)
+def save_trial(d: Path, pop: Population, info: dict[str, Any]) -> None:
+    torch.save(pop.tensors(), d / STATE_FILE)
     (d / TRIAL_FILE).write_text(
-        json.dumps({**info, "configs": group.configs, "seeds": group.seeds}, default=str)
+        json.dumps(
+            {**info, "configs": pop.configs, "best_configs": pop.best_configs, "seeds": pop.seeds},
+            default=str,
+        )
     )
 
 
-def load_trial(d: Path, setup: TrialSetup) -> tuple[MemberGroup, dict[str, Any]]:
+def load_trial(d: Path, setup: TrialSetup) -> tuple[Population, dict[str, Any]]:
     info = json.loads((d / TRIAL_FILE).read_text())
     tensors = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
-    _, cand = setup.candidate(info["configs"][0])
-    group = MemberGroup.from_tensors(
-        cand.spec, setup.kind, info["configs"], [int(s) for s in info["seeds"]], tensors
-    )
-    return group, info
+    configs = info["configs"]
+    cand = setup.candidate(configs[0])
+    pop = _population(setup, cand, configs, [int(s) for s in info["seeds"]])
+    pop.restore(tensors, info.get("best_configs", configs))
+    return pop, info
 
 
 def trial_device(setup: TrialSetup) -> torch.device:
@@ -128,62 +165,65 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            group, info = load_trial(Path(d), setup)
-        step = int(info["trial_step"])
+            pop, info = load_trial(Path(d), setup)
         owner = str(info["owner"])
-        name, _ = setup.candidate(config)
-        if owner != trial_id:
-            old = group.configs[0]
-            group.configs[0] = {**config, "model": name}
+        if owner != trial_id:  # a PBT exploit: another trial's weights, this trial's clock
+            clock = int(config.get(TRIAL_STEPS, 0))
+            old = pop.configs[0]
+            pop.set_config(0, member_config(config, pop.name))
             events.append(
                 {
                     "kind": "exploit",
                     "trial": trial_id,
                     "source": owner,
-                    "trial_step": step,
+                    "trial_step": clock,
+                    "source_step": int(info["trial_step"]),
                     "old": old,
-                    "new": group.configs[0],
+                    "new": pop.configs[0],
                 }
             )
         else:
-            events.append({"kind": "restore", "trial": trial_id, "trial_step": step})
+            clock = int(info["trial_step"])
+            events.append({"kind": "restore", "trial": trial_id, "trial_step": clock})
     else:
-        group, step = new_group(setup, config, idx), 0
+        pop, clock = new_population(setup, config, idx), 0
     dev = trial_device(setup)
-    group.to(dev)
-    x_train, y_train = setup.x_train.to(dev), setup.y_train.to(dev)
-    x_val, y_val = setup.x_val.to(dev), setup.y_val.to(dev)
-    while step < setup.steps_per_member:
-        # test hook, checked before training (code after tune.report may never run: a paused
-        # trial's function is abandoned there): die once a checkpoint exists to retry from
-        if setup.crash_marker is not None and step > 0 and not os.path.exists(setup.crash_marker):
-            Path(setup.crash_marker).write_text(trial_id)
-            os.kill(os.getpid(), signal.SIGKILL)
-        t0 = time.perf_counter()
-        n = min(setup.interval, setup.steps_per_member - step)
-        taken = group.train(x_train, y_train, n)
-        step += n
-        val = group.evaluate(x_val, y_val)
-        i = int(torch.argmin(val).item())
+    pop.to(dev)
+    train = (setup.x_train.to(dev), setup.y_train.to(dev))
+    val = (setup.x_val.to(dev), setup.y_val.to(dev))
+    exploit = Exploit(
+        setup.prior.perturb, TRIAL_RULE, lambda s: np.random.default_rng([setup.seed, idx, s])
+    )
+    stops = every(setup.interval, setup.steps_per_member, start=clock)
+    if 0 < clock < setup.steps_per_member:
+        _crash_once(setup, trial_id)
+    for ev in run_schedule(pop, train, val, stops, start=clock, exploit=exploit):
+        i = int(torch.argmin(pop.last_val).item())
         metrics: dict[str, Any] = {
-            "val_loss": _finite(float(val[i])),
-            "best_val_loss": _finite(float(group.best_val.min())),
-            "trial_step": step,
-            "interval_member_steps": taken,
-            "members": group.n_members,
-            "interval_s": time.perf_counter() - t0,
+            "val_loss": _finite(float(pop.last_val[i])),
+            "best_val_loss": _finite(float(pop.best_val.min())),
+            "trial_step": ev.step,
+            "interval_member_steps": int(ev.taken.sum()),
+            "members": pop.n_members,
+            "interval_s": ev.seconds,
             "wall_time": time.time(),
         }
-        if group.last_acc is not None:
-            metrics["val_accuracy"] = float(group.last_acc[i])
-        if step < setup.steps_per_member:
-            rng = np.random.default_rng([setup.seed, idx, step])
-            events += [
-                {**e, "trial": trial_id, "trial_step": step}
-                for e in group.exploit_quarter(rng, setup.prior.perturb)
-            ]
+        if pop.last_acc is not None:
+            metrics["val_accuracy"] = float(pop.last_acc[i])
+        events += [{**e, "trial": trial_id, "trial_step": ev.step} for e in ev.events]
         metrics["events"] = json.dumps(events, default=str)
         events = []
         with tempfile.TemporaryDirectory(prefix="raymeta-trial-") as d:
-            save_trial(Path(d), group, {"owner": trial_id, "trial_step": step})
+            save_trial(Path(d), pop, {"owner": trial_id, "trial_step": ev.step})
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        if ev.step < setup.steps_per_member:
+            _crash_once(setup, trial_id)
+
+
+def _crash_once(setup: TrialSetup, trial_id: str) -> None:
+    """Test hook: SIGKILL this trial process the first time any trial goes on training with a
+    checkpoint to retry from (after a report, or on a restore). Code after ``tune.report`` may
+    never run (a paused trial's function is abandoned there), so it is checked on the way in."""
+    if setup.crash_marker is not None and not os.path.exists(setup.crash_marker):
+        Path(setup.crash_marker).write_text(trial_id)
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,11 +1,12 @@
-"""Population fine-tuning: many members, one vmapped computation.
+"""The population step: many fine-tuning members, one vmapped computation.
 
 A *member* is one fine-tuning run (weights, optimizer state, hyperparameters). Members that
 share a model architecture are stacked along a leading dimension and trained together with
-``vmap``; their hyperparameters are tensors, so a population mixing learning rates, weight
-decays, optimizers (SGD / Adam), batch sizes, step budgets and "head only" adaptation is still
-ONE computation. This serves both priors fitting (tasks x configs as members) and packed Tune
-trials.
+``vmap``; their hyperparameters are tensors (``MemberHParams``, one per entry of the
+vocabulary in ``hparams.py``), so a population mixing learning rates, weight decays, optimizers
+(SGD / Adam), batch sizes, step budgets and "head only" adaptation is still ONE computation.
+This is the pure functional core; ``population.Population`` is the stateful runner around it
+that priors fitting, sweeps and Ray Tune trials all use.
 
 Randomness (minibatch selection) comes from a counter-based hash of ``(member seed, member
 step, example index)``, so a member's trajectory does not depend on which other members it is
@@ -15,7 +16,7 @@ packed with: training members together or one by one gives the same results.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,58 +26,50 @@ from torch.func import functional_call, vmap
 from raymeta.core.losses import accuracy, per_example_loss
 from raymeta.core.models import HEAD_PREFIX
 from raymeta.errors import ConfigError
+from raymeta.finetune.hparams import ADAPT, OPTIMIZERS, member_tensors
 
 Params = dict[str, torch.Tensor]
-OPTIMIZERS = ("sgd", "adam")
-ADAPT = ("all", "head")
 _P = 2147483647  # 2**31 - 1
 _B1, _B2, _EPS = 0.9, 0.999, 1e-8
+_ADAM, _HEAD = OPTIMIZERS.index("adam"), ADAPT.index("head")
 
 
 @dataclass
 class MemberHParams:
-    """Per-member hyperparameters, each a tensor with one entry per member."""
+    """Per-member hyperparameters: one tensor per vocabulary entry (``hparams.HPARAMS``), one
+    element per member, plus each member's minibatch seed. Categorical values are indices into
+    their choices (``hparams.OPTIMIZERS``, ``hparams.ADAPT``)."""
 
-    lr: torch.Tensor
-    weight_decay: torch.Tensor
-    adam: torch.Tensor
-    head_only: torch.Tensor
-    batch_size: torch.Tensor
-    max_steps: torch.Tensor
+    values: dict[str, torch.Tensor]
     seed: torch.Tensor
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.values[name]
 
     @classmethod
     def from_configs(
-        cls, configs: Sequence[Mapping[str, Any]], seeds: Sequence[int], n_train: int
+        cls,
+        configs: Sequence[Mapping[str, Any]],
+        seeds: Sequence[int],
+        n_train: int,
+        horizon: int | None = None,
     ) -> MemberHParams:
-        """Build from config dicts (keys lr, weight_decay, optimizer, adapt, batch_size, steps)."""
+        """From config dicts (missing keys take the vocabulary's defaults); ``horizon``
+        replaces every member's ``steps`` (see ``hparams.member_tensors``)."""
         if len(configs) != len(seeds):
             raise ConfigError("one seed per member is required")
-        for c in configs:
-            if c.get("optimizer", "sgd") not in OPTIMIZERS:
-                raise ConfigError(f"unknown optimizer {c.get('optimizer')!r} (choose sgd or adam)")
-            if c.get("adapt", "all") not in ADAPT:
-                raise ConfigError(f"unknown adapt {c.get('adapt')!r} (choose all or head)")
-        big = 2**62
         return cls(
-            lr=torch.tensor([float(c.get("lr", 0.01)) for c in configs], dtype=torch.float64),
-            weight_decay=torch.tensor(
-                [float(c.get("weight_decay", 0.0)) for c in configs], dtype=torch.float64
-            ),
-            adam=torch.tensor([c.get("optimizer", "sgd") == "adam" for c in configs]),
-            head_only=torch.tensor([c.get("adapt", "all") == "head" for c in configs]),
-            batch_size=torch.tensor(
-                [min(int(c.get("batch_size", n_train)), n_train) for c in configs]
-            ),
-            max_steps=torch.tensor([int(c.get("steps", big)) for c in configs]),
-            seed=torch.tensor([int(s) % _P for s in seeds]),
+            member_tensors(configs, n_train, horizon),
+            torch.tensor([int(s) % _P for s in seeds]),
         )
 
     def index(self, idx: torch.Tensor | slice | list[int]) -> MemberHParams:
-        return MemberHParams(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+        return MemberHParams({k: v[idx] for k, v in self.values.items()}, self.seed[idx])
 
     def to(self, device: torch.device | str) -> MemberHParams:
-        return MemberHParams(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return MemberHParams(
+            {k: v.to(device) for k, v in self.values.items()}, self.seed.to(device)
+        )
 
 
 @dataclass
@@ -187,8 +180,9 @@ class PopulationTrainer:
         scores = hash_uniform(hp.seed.unsqueeze(1), t.unsqueeze(1), idx)
         rank = torch.argsort(torch.argsort(scores, dim=1), dim=1)
         mdt = x.dtype if x.is_floating_point() else torch.float32
-        mask = (rank < hp.batch_size.unsqueeze(1)).to(mdt)
-        denom = hp.batch_size.clamp(min=1).to(mdt)
+        batch = hp["batch_size"]
+        mask = (rank < batch.unsqueeze(1)).to(mdt)
+        denom = batch.clamp(min=1).to(mdt)
 
         def member_loss(
             q: Params, xx: torch.Tensor, yy: torch.Tensor, mm: torch.Tensor, dd: torch.Tensor
@@ -217,11 +211,13 @@ class PopulationTrainer:
         broadcast over each parameter's trailing dimensions)."""
         g, mask = self._grads(p, t, hp, x, y, d)
         dt = mask.dtype
-        active = (t < hp.max_steps).to(dt)
-        tn = t + (t < hp.max_steps).long()
+        limit = hp["steps"]
+        active = (t < limit).to(dt)
+        tn = t + (t < limit).long()
         tf = tn.clamp(min=1).to(dt)
-        lr, wd = hp.lr.to(dt), hp.weight_decay.to(dt)
-        body_keep = 1.0 - hp.head_only.to(dt)
+        lr, wd = hp["lr"].to(dt), hp["weight_decay"].to(dt)
+        adam = hp["optimizer"] == _ADAM
+        body_keep = 1.0 - (hp["adapt"] == _HEAD).to(dt)
         new_p, new_m, new_v = {}, {}, {}
         for k in p:
 
@@ -237,7 +233,7 @@ class PopulationTrainer:
             mk = _B1 * m[k] + (1 - _B1) * gk
             vk = _B2 * v[k] + (1 - _B2) * gk * gk
             adam_upd = (mk / per(1 - _B1**tf)) / (torch.sqrt(vk / per(1 - _B2**tf)) + _EPS)
-            upd = torch.where(per(hp.adam), adam_upd, gk)
+            upd = torch.where(per(adam), adam_upd, gk)
             on = per(active)
             new_p[k] = p[k] - per(lr) * on * upd
             new_m[k] = torch.where(on > 0, mk, m[k])

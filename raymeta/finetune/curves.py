@@ -1,0 +1,128 @@
+"""A population's validation curves, the one result type of a fine-tuning run, and its rows.
+
+``Curves`` collects the ``Evaluation``s of ``population.run_schedule``: per evaluation, every
+member's val loss (and accuracy), the steps each member slot trained itself, the population's
+member-steps so far and the wall time. Priors fitting reads it as a table of losses
+(``evaluate.py``), a sweep writes it as result rows, and a Tune trial reports its last
+evaluation. The result rows of every command are built here (``val_rows``, ``final_rows``), so a
+row means the same thing wherever it was written.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from raymeta.finetune.hparams import row_hparams
+from raymeta.finetune.population import Evaluation
+from raymeta.results.schema import make_row
+
+VAL_METRICS = ("val_loss", "val_accuracy")
+
+
+@dataclass
+class Curves:
+    """Per evaluation ``e`` and member ``i``: ``loss[e][i]`` (NaN kept), ``accuracy[e][i]``
+    (classification), ``member_steps[e][i]`` (steps that member slot trained itself so far);
+    per evaluation: ``step`` (the schedule's step), ``spent`` (the population's member-steps so
+    far) and ``wall_s`` (seconds since the run started)."""
+
+    step: list[int] = field(default_factory=list)
+    spent: list[int] = field(default_factory=list)
+    wall_s: list[float] = field(default_factory=list)
+    loss: list[list[float]] = field(default_factory=list)
+    accuracy: list[list[float]] | None = None
+    member_steps: list[list[int]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, ev: Evaluation) -> None:
+        """Record one evaluation (and the exploit events that followed it)."""
+        taken = [int(t) for t in ev.taken.tolist()]
+        own = self.member_steps[-1] if self.member_steps else [0] * len(taken)
+        self.member_steps.append([a + b for a, b in zip(own, taken, strict=True)])
+        self.spent.append((self.spent[-1] if self.spent else 0) + sum(taken))
+        self.step.append(int(ev.step))
+        self.wall_s.append(time.perf_counter() - self.started)
+        self.loss.append([float(v) for v in ev.loss.tolist()])
+        if ev.accuracy is not None:
+            self.accuracy = (self.accuracy or []) + [[float(v) for v in ev.accuracy.tolist()]]
+        self.events += [{**e, "step": self.spent[-1]} for e in ev.events]
+
+    @property
+    def member_steps_total(self) -> int:
+        return self.spent[-1] if self.spent else 0
+
+    def table(self) -> np.ndarray:
+        """``[evaluations, members]`` val losses (NaN kept)."""
+        return np.asarray(self.loss, dtype=np.float64)
+
+    def rows(self, common: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """One row per (evaluation, member, metric): trial ``m<i>``, step = that member's own
+        steps so far; a diverged member's val loss is inf."""
+        out: list[dict[str, Any]] = []
+        for e in range(len(self.loss)):
+            for i, loss in enumerate(self.loss[e]):
+                metrics = {"val_loss": loss}
+                if self.accuracy is not None:
+                    metrics["val_accuracy"] = self.accuracy[e][i]
+                out += val_rows(
+                    common, f"m{i}", self.member_steps[e][i], metrics, None, self.wall_s[e]
+                )
+        return out
+
+
+def _finite(v: float) -> float:
+    return v if math.isfinite(v) else math.inf
+
+
+def val_rows(
+    common: Mapping[str, Any],
+    trial: str,
+    step: int,
+    metrics: Mapping[str, float],
+    hparams: Mapping[str, Any] | None,
+    wall_s: float,
+) -> list[dict[str, Any]]:
+    """Result rows of one validation report (``val_loss``, and ``val_accuracy`` if present)."""
+    return [
+        make_row(
+            **common,
+            trial=trial,
+            step=step,
+            metric=m,
+            value=_finite(float(metrics[m])) if m == "val_loss" else float(metrics[m]),
+            hparams=row_hparams(hparams),
+            wall_s=wall_s,
+        )
+        for m in VAL_METRICS
+        if m in metrics
+    ]
+
+
+def final_rows(
+    common: Mapping[str, Any],
+    trial: str,
+    step: int,
+    test: Mapping[str, float],
+    config: Mapping[str, Any],
+    wall_s: float,
+) -> list[dict[str, Any]]:
+    """Result rows of the final test of the best member (``test_loss``, ``test_accuracy``)."""
+    return [
+        make_row(
+            **common,
+            trial=trial,
+            step=step,
+            metric=k,
+            value=v,
+            hparams=row_hparams(config),
+            wall_s=wall_s,
+        )
+        for k, v in test.items()
+    ]

@@ -1,0 +1,362 @@
+"""The one fine-tuning runner: a population of members of one model, trained together.
+
+Priors fitting (tasks x configs as members, each on its own task), sweeps (a strategy's
+members on one held-out task) and Ray Tune trials (a trial's packed members) all fine-tune
+through ``Population`` and its loop ``run_schedule``; they differ only in how they seed their
+members, when they evaluate and what they do with an evaluation. Exact semantics:
+
+* members start at the meta-init, the model's own parameters only (a Meta-SGD checkpoint's
+  learned inner rates ``lr.*`` are not weights), or each at its own seeded random init
+  (``initial_state``); the weights take the task data's dtype;
+* every member has its own minibatch seed, so its trajectory does not depend on which other
+  members it is trained with (``step.PopulationTrainer`` guarantees it);
+* a member trains until its own ``steps`` or, in a run with a budget, the run's ``horizon``
+  (``hparams.member_tensors``); members at their limit are skipped, so a population costs the
+  sum of its members' steps, not members x the longest;
+* each evaluation updates, per member, a snapshot of its weights at its lowest validation loss
+  so far (NaN and inf never count), with the config it had and the steps it had trained then;
+  the population's best is the lowest snapshot, the earliest on ties, then the lowest index;
+* ``exploit`` is PBT inside the population: the worst ``ExploitRule.count`` members (by
+  current val loss, ties by index) each copy weights, optimizer state and step counter from a
+  member of the best as many, drawn with the given generator, and take that member's config
+  perturbed within the prior (the model stays the population's). ``pinned`` members copy the
+  weights but keep their config: a Tune trial's member 0, whose config Tune owns. A member
+  keeps its own seed and its own best snapshot.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from raymeta.core.models import ModelSpec, build_model
+from raymeta.core.train import derive_seed
+from raymeta.finetune.step import MemberHParams, PopulationState, PopulationTrainer
+
+Params = dict[str, torch.Tensor]
+Config = dict[str, Any]
+Perturb = Callable[[Mapping[str, Any], np.random.Generator], Config]
+_P = 2147483647
+
+
+@dataclass(frozen=True)
+class ExploitRule:
+    """How many members exploit, and which keep their config (see the module docstring)."""
+
+    fraction: float = 0.25
+    min_count: int = 0  # at least this many (an in-process sweep of 2-3 members exploits one)
+    pinned: tuple[int, ...] = ()
+
+    def count(self, n_members: int) -> int:
+        return max(self.min_count, int(n_members * self.fraction))
+
+
+SWEEP_RULE = ExploitRule(min_count=1)
+TRIAL_RULE = ExploitRule(pinned=(0,))
+
+
+@dataclass(frozen=True)
+class Exploit:
+    """PBT for ``run_schedule``: the rule, the explore step and the generator after step s."""
+
+    perturb: Perturb
+    rule: ExploitRule
+    rng: Callable[[int], np.random.Generator]
+
+
+def member_seeds(seed: int, trial_index: int, n: int) -> list[int]:
+    """Minibatch seeds of a Tune trial's members (distinct per run seed, trial and member)."""
+    return [derive_seed(seed, trial_index, m) % _P for m in range(n)]
+
+
+def scratch_params(spec: ModelSpec, seed: int) -> Params:
+    """A seeded random initialisation of ``spec`` (the ``scratch`` baseline)."""
+    torch.manual_seed(seed)
+    model = build_model(spec)
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def initial_state(
+    spec: ModelSpec,
+    meta_params: Mapping[str, torch.Tensor] | None,
+    scratch_seeds: Sequence[int],
+    dtype: torch.dtype = torch.float32,
+) -> PopulationState:
+    """One member per seed, all at the meta-init (the model's parameters only), or (scratch,
+    ``meta_params=None``) each at the random init of its seed."""
+    if meta_params is not None:
+        names = [k for k, _ in build_model(spec).named_parameters()]
+        init = {k: meta_params[k].to(dtype) for k in names}
+        return PopulationState.from_params(init, len(scratch_seeds))
+    inits = [scratch_params(spec, s) for s in scratch_seeds]
+    return PopulationState.from_stacked(
+        {k: torch.stack([p[k] for p in inits]).to(dtype) for k in inits[0]}
+    )
+
+
+def exploit_worst(
+    state: PopulationState,
+    val: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    explore: Callable[[int, int], None],
+) -> list[tuple[int, int]]:
+    """The worst ``k`` members (by ``val``, ties by index) each copy a random member of the best
+    ``k``; ``explore(src, dst)`` runs right after each copy (it sets ``dst``'s new config, so its
+    random draws interleave with the source draws). Returns the ``(src, dst)`` pairs."""
+    m = len(val)
+    if k < 1 or m < 2:
+        return []
+    order = np.argsort(val, kind="stable")
+    top, bottom = [int(i) for i in order[:k]], [int(i) for i in order[m - k :]]
+    pairs = []
+    for dst in bottom:
+        src = int(rng.choice(top))
+        state.copy_member(src, dst)
+        explore(src, dst)
+        pairs.append((src, dst))
+    return pairs
+
+
+@dataclass
+class Best:
+    """A population's best snapshot: which member, its val loss, its weights, and its config
+    with ``steps`` = the steps those weights were trained."""
+
+    member: int
+    val_loss: float
+    params: Params
+    config: Config
+
+
+class Population:
+    """Members of one model candidate (``name``), their optimizer state, configs, seeds and
+    best snapshots (see the module docstring for the semantics)."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        kind: str,
+        name: str,
+        configs: Sequence[Mapping[str, Any]],
+        seeds: Sequence[int],
+        state: PopulationState,
+        *,
+        horizon: int | None = None,
+        keep_best: bool = True,
+    ) -> None:
+        self.spec, self.kind, self.name = spec, kind, name
+        self.configs: list[Config] = [dict(c) for c in configs]
+        self.seeds = [int(s) for s in seeds]
+        self.state = state
+        self.horizon, self.keep_best = horizon, keep_best
+        self.trainer = PopulationTrainer(build_model(spec), kind)
+        n, dev = len(self.configs), state.step.device
+        self.best_params: Params = (
+            {k: v.clone() for k, v in state.params.items()} if keep_best else {}
+        )
+        self.best_val = torch.full((n,), math.inf, dtype=torch.float64, device=dev)
+        self.best_step = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.best_at = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.best_configs: list[Config] = [dict(c) for c in self.configs]
+        self.last_val = torch.full((n,), math.inf, dtype=torch.float64, device=dev)
+        self.last_acc: torch.Tensor | None = None
+        self.evaluations = 0
+        self._hp: tuple[int, MemberHParams] | None = None
+
+    @property
+    def n_members(self) -> int:
+        return len(self.configs)
+
+    def set_config(self, member: int, config: Mapping[str, Any]) -> None:
+        self.configs[member] = dict(config)
+        self._hp = None
+
+    def hparams(self, n_train: int) -> MemberHParams:
+        """The members' hyperparameter tensors (rebuilt only after a config changed)."""
+        if self._hp is None or self._hp[0] != n_train:
+            hp = MemberHParams.from_configs(self.configs, self.seeds, n_train, self.horizon)
+            self._hp = (n_train, hp)
+        return self._hp[1]
+
+    def train(
+        self, x: torch.Tensor, y: torch.Tensor, n_steps: int, per_member_data: bool = False
+    ) -> torch.Tensor:
+        """Train every member with steps left for up to ``n_steps`` steps; returns the steps
+        each member took."""
+        n_train = int(x.shape[1] if per_member_data else x.shape[0])
+        hp = self.hparams(n_train)
+        state = self.state
+        before = state.step.clone()
+        active = torch.nonzero(hp["steps"].to(state.step.device) > state.step).flatten()
+        if active.numel() == self.n_members:
+            self.state = self.trainer.train(state, hp, x, y, n_steps, per_member_data)
+        elif active.numel() > 0:
+            xs, ys = (x[active], y[active]) if per_member_data else (x, y)
+            sub = self.trainer.train(
+                state.index(active), hp.index(active.cpu()), xs, ys, n_steps, per_member_data
+            )
+            for whole, part in ((state.params, sub.params), (state.m, sub.m), (state.v, sub.v)):
+                for k in whole:
+                    whole[k][active] = part[k]
+            state.step[active] = sub.step
+        return self.state.step - before
+
+    def evaluate(
+        self, x: torch.Tensor, y: torch.Tensor, per_member_data: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Per-member val ``loss`` (float64, NaN kept) and ``accuracy`` (classification); sets
+        ``last_val`` (NaN and inf as inf) and updates the best snapshots."""
+        ev = self.trainer.evaluate(self.state.params, x, y, per_member_data)
+        loss = ev["loss"].double().to(self.best_val.device)
+        val = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, math.inf))
+        self.last_val = val
+        self.last_acc = ev["accuracy"].double() if "accuracy" in ev else None
+        if self.keep_best:
+            better = val < self.best_val
+            if bool(better.any()):
+                for k, v in self.state.params.items():
+                    self.best_params[k][better] = v[better]
+                self.best_val = torch.where(better, val, self.best_val)
+                self.best_step = torch.where(better, self.state.step, self.best_step)
+                self.best_at = torch.where(
+                    better, torch.full_like(self.best_at, self.evaluations), self.best_at
+                )
+                for i in torch.nonzero(better).flatten().tolist():
+                    self.best_configs[i] = dict(self.configs[i])
+        self.evaluations += 1
+        out = {"loss": loss}
+        if self.last_acc is not None:
+            out["accuracy"] = self.last_acc
+        return out
+
+    def exploit(
+        self, rng: np.random.Generator, perturb: Perturb, rule: ExploitRule
+    ) -> list[dict[str, Any]]:
+        """The worst members copy the best (module docstring); returns the events."""
+        events: list[dict[str, Any]] = []
+
+        def explore(src: int, dst: int) -> None:
+            old = self.configs[dst]
+            new = (
+                old
+                if dst in rule.pinned
+                else {**perturb(self.configs[src], rng), "model": self.name}
+            )
+            self.set_config(dst, new)
+            events.append(
+                {"kind": "member_exploit", "src": src, "dst": dst, "old": old, "new": new}
+            )
+
+        exploit_worst(
+            self.state, self.last_val.cpu().numpy(), rule.count(self.n_members), rng, explore
+        )
+        return events
+
+    def best_member(self) -> int:
+        """The member with the lowest snapshot (earliest on ties, then the lowest index)."""
+        val = self.best_val.cpu().tolist()
+        at = self.best_at.cpu().tolist()
+        return min(range(self.n_members), key=lambda i: (val[i], at[i], i))
+
+    def best(self, member: int | None = None) -> Best:
+        """The best snapshot (of ``member``, or of the population)."""
+        m = self.best_member() if member is None else member
+        params = (self.best_params if self.keep_best else self.state.params).items()
+        return Best(
+            m,
+            float(self.best_val[m]),
+            {k: v[m].detach().clone() for k, v in params},
+            {**self.best_configs[m], "steps": int(self.best_step[m])},
+        )
+
+    def score(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """``test_loss`` (and ``test_accuracy``) of one set of weights, e.g. ``best().params``."""
+        one = {k: v.unsqueeze(0) for k, v in params.items()}
+        return {f"test_{k}": float(v[0]) for k, v in self.trainer.evaluate(one, x, y).items()}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Everything tensor-valued, on the CPU, for ``torch.save`` (``weights_only`` loadable)."""
+        out = {f"state.{k}": v.cpu() for k, v in self.state.state_dict().items()}
+        out.update({f"best.{k}": v.cpu() for k, v in self.best_params.items()})
+        out |= {
+            "best_val": self.best_val.cpu(),
+            "best_step": self.best_step.cpu(),
+            "best_at": self.best_at.cpu(),
+            "last_val": self.last_val.cpu(),
+            "evaluations": torch.tensor(self.evaluations),
+        }
+        return out
+
+    def restore(
+        self, t: Mapping[str, torch.Tensor], best_configs: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Load what ``tensors`` saved (the configs and seeds are set at construction)."""
+        self.state = PopulationState.from_state_dict(
+            {k[6:]: v for k, v in t.items() if k.startswith("state.")}
+        )
+        self.best_params = {k[5:]: v.clone() for k, v in t.items() if k.startswith("best.")}
+        self.best_val, self.last_val = t["best_val"].clone(), t["last_val"].clone()
+        self.best_step, self.best_at = t["best_step"].clone(), t["best_at"].clone()
+        self.evaluations = int(t["evaluations"])
+        self.best_configs = [dict(c) for c in best_configs]
+
+    def to(self, device: torch.device | str) -> Population:
+        """Move weights, optimizer state and snapshots to ``device`` (in place; returns self)."""
+        self.state = self.state.to(device)
+        self.best_params = {k: v.to(device) for k, v in self.best_params.items()}
+        for name in ("best_val", "best_step", "best_at", "last_val"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+
+@dataclass
+class Evaluation:
+    """What ``run_schedule`` yields after each stop."""
+
+    step: int  # the schedule's step (steps since the run started)
+    taken: torch.Tensor  # steps each member took since the previous evaluation
+    loss: torch.Tensor  # val loss per member (NaN kept)
+    accuracy: torch.Tensor | None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0  # training and evaluating this interval
+
+
+def run_schedule(
+    pop: Population,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    stops: Sequence[int],
+    *,
+    start: int = 0,
+    per_member_data: bool = False,
+    exploit: Exploit | None = None,
+) -> Iterator[Evaluation]:
+    """Train to each of ``stops`` in turn (steps since the run started, from ``start``),
+    evaluate, and, except after the last stop, let the population exploit; yields each
+    ``Evaluation`` (the population is checkpointable between yields)."""
+    at = start
+    for i, stop in enumerate(stops):
+        t0 = time.perf_counter()
+        if stop > at:
+            taken = pop.train(*train, stop - at, per_member_data=per_member_data)
+        else:
+            taken = torch.zeros_like(pop.state.step)
+        at = stop
+        ev = pop.evaluate(*val, per_member_data=per_member_data)
+        seconds = time.perf_counter() - t0
+        events = []
+        if exploit is not None and i < len(stops) - 1:
+            events = pop.exploit(exploit.rng(stop), exploit.perturb, exploit.rule)
+        yield Evaluation(stop, taken, ev["loss"], ev.get("accuracy"), events, seconds)
+
+
+def every(interval: int, end: int, start: int = 0) -> list[int]:
+    """Stops every ``interval`` steps from ``start`` to ``end`` (the last one at ``end``)."""
+    return list(range(start + interval, end, interval)) + ([end] if end > start else [])

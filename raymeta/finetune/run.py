@@ -1,0 +1,162 @@
+"""Fine-tune one task in-process with a population: the unit of work of a sweep.
+
+Members train from the meta-init (``init="meta"``) or each from its own seeded random init
+(``"scratch"``) for ``steps`` steps each, evaluated every ``interval`` steps, with the
+population's PBT rule after each evaluation but the last (``pbt``; explore within ``prior``).
+Members are grouped by their config's ``model`` (one ``Population`` per candidate, trained in
+lockstep and exploiting within their group); the final model is the best snapshot of all of
+them, tested once. No Ray here: the sweep ships this to Ray tasks.
+
+Seeding (kept from the first sweeps, so their numbers reproduce): member ``i`` of a unit with
+seed ``s`` draws minibatches with seed ``s * 1_000_003 + i`` and, from scratch, starts at the
+random init of seed ``s * 10_007 + i``; the exploits draw from ``default_rng(s)``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from raymeta.core.checkpoint import Candidate
+from raymeta.errors import ConfigError
+from raymeta.finetune.curves import Curves
+from raymeta.finetune.population import (
+    SWEEP_RULE,
+    Best,
+    Evaluation,
+    Exploit,
+    Population,
+    every,
+    initial_state,
+    run_schedule,
+)
+from raymeta.priors import Prior
+from raymeta.tasks import Task
+
+INITS = ("meta", "scratch")
+
+
+@dataclass
+class PopulationResult:
+    """The curves of every member, the best snapshot, its test metrics and the wall time."""
+
+    curves: Curves
+    best: Best
+    test: dict[str, float]
+    wall_s: float
+
+    @property
+    def member_steps(self) -> int:
+        return self.curves.member_steps_total
+
+
+def data_dtype(x: torch.Tensor) -> torch.dtype:
+    """Weights take the task's floating dtype (float32 for integer-coded inputs)."""
+    return x.dtype if x.is_floating_point() else torch.float32
+
+
+def run_population(
+    task: Task,
+    candidates: Mapping[str, Candidate],
+    configs: Sequence[Mapping[str, Any]],
+    *,
+    init: str,
+    steps: int,
+    interval: int,
+    seed: int,
+    prior: Prior | None = None,
+    pbt: bool = False,
+) -> PopulationResult:
+    """Fine-tune ``len(configs)`` members on ``task`` (see the module docstring)."""
+    if steps < 1 or interval < 1:
+        raise ConfigError(f"steps and interval must be >= 1 (got {steps}, {interval})")
+    if init not in INITS:
+        raise ConfigError(f"unknown init {init!r} (use {' or '.join(INITS)})")
+    if pbt and prior is None:
+        raise ConfigError("PBT needs a prior to explore within")
+    if not configs:
+        raise ConfigError("a population needs at least one member")
+    t0 = time.perf_counter()
+    first = next(iter(candidates))
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(configs):
+        name = str(c.get("model") or first)
+        if name not in candidates:
+            raise ConfigError(
+                f"config asks for model {name!r}, not a candidate ({', '.join(candidates)})"
+            )
+        groups.setdefault(name, []).append(i)
+    dtype = data_dtype(task.x_train)
+    pops = []
+    for name, idx in groups.items():
+        cand = candidates[name]
+        state = initial_state(
+            cand.spec,
+            cand.params if init == "meta" else None,
+            [seed * 10_007 + i for i in idx],
+            dtype,
+        )
+        seeds = [seed * 1_000_003 + i for i in idx]
+        pops.append(
+            Population(
+                cand.spec,
+                task.kind,
+                name,
+                [configs[i] for i in idx],
+                seeds,
+                state,
+                horizon=steps,
+            )
+        )
+    rng = np.random.default_rng(seed)
+    exploit = Exploit(prior.perturb, SWEEP_RULE, lambda _s: rng) if pbt and prior else None
+    stops = every(min(interval, steps), steps)
+    runs = [
+        run_schedule(
+            p, (task.x_train, task.y_train), (task.x_val, task.y_val), stops, exploit=exploit
+        )
+        for p in pops
+    ]
+    members = list(groups.values())
+    curves = Curves(started=t0)
+    for evs in zip(*runs, strict=True):
+        curves.add(_merge(evs, members))
+    bests = [p.best() for p in pops]
+    for b, idx in zip(bests, members, strict=True):
+        b.member = idx[b.member]  # the member's index in ``configs``
+    at = [int(p.best_at[p.best_member()]) for p in pops]
+    g = min(range(len(pops)), key=lambda j: (bests[j].val_loss, at[j], bests[j].member))
+    test = pops[g].score(bests[g].params, task.x_test, task.y_test)
+    return PopulationResult(curves, bests[g], test, time.perf_counter() - t0)
+
+
+def _merge(evs: Sequence[Evaluation], members: list[list[int]]) -> Evaluation:
+    """One evaluation of every group, members in their order in ``configs`` (exploit events
+    name members by that index too)."""
+    if len(evs) == 1:
+        return evs[0]
+    order = [i for idx in members for i in idx]  # the member of each concatenated column
+    perm = torch.tensor(sorted(range(len(order)), key=lambda c: order[c]))
+
+    def cat(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([p.cpu() for p in parts])[perm]
+
+    acc = [e.accuracy for e in evs]
+    events = [
+        {**e, "src": idx[e["src"]], "dst": idx[e["dst"]]}
+        for ev, idx in zip(evs, members, strict=True)
+        for e in ev.events
+    ]
+    return Evaluation(
+        evs[0].step,
+        cat([e.taken for e in evs]),
+        cat([e.loss for e in evs]),
+        cat([a for a in acc if a is not None]) if all(a is not None for a in acc) else None,
+        events,
+        sum(e.seconds for e in evs),
+    )
