@@ -178,7 +178,8 @@ def _name(raw: Any) -> str:
 def _meta_paths(raw: Any, base: Path | None) -> tuple[Path, ...]:
     if not isinstance(raw, (str, list)) or not raw:
         raise ConfigError("sweep: 'meta' must name at least one meta-checkpoint directory")
-    paths = tuple(_resolve(Path(m), base) for m in _str_list(raw, "meta", MAX_LIST))
+    # absolute: the units run in Ray workers, whose working directory is not the driver's
+    paths = tuple(_resolve(Path(m), base).absolute() for m in _str_list(raw, "meta", MAX_LIST))
     seen: dict[str, Path] = {}
     for p in paths:
         try:

@@ -19,10 +19,9 @@ from ray.tune.search.sample import Domain, Sampler
 from ray.tune.search.sample import Float as TuneFloat
 from ray.tune.search.sample import Integer as TuneInteger
 
+from raymeta.finetune.hparams import fixed_names
 from raymeta.priors import Categorical, CategoricalDist, Float, Int, NumericDist, Prior
 
-# Changing the model mid-run would invalidate a member's checkpoint, so PBT never mutates it.
-NOT_MUTATED = ("model",)
 
 
 class PriorSampler(Sampler):
@@ -81,11 +80,11 @@ def param_space(prior: Prior, fixed: Mapping[str, Any] | None = None) -> dict[st
     } | {k: v for k, v in fixed.items() if k not in prior.space}
 
 
-def hyperparam_mutations(prior: Prior, exclude: Iterable[str] = NOT_MUTATED) -> dict[str, Any]:
+def hyperparam_mutations(prior: Prior, exclude: Iterable[str] | None = None) -> dict[str, Any]:
     """``PopulationBasedTraining(hyperparam_mutations=...)``: numeric ones resample from the prior
     (or get multiplied by PBT's perturbation factors; ``clip_explore`` keeps them in bounds),
     categorical ones are lists (PBT shifts to a neighbouring choice or resamples)."""
-    skip = set(exclude)
+    skip = set(fixed_names() if exclude is None else exclude)  # e.g. the model: never mid-run
     out: dict[str, Any] = {}
     for p in prior.space:
         if p.name in skip:
