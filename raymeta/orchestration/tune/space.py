@@ -23,7 +23,6 @@ from raymeta.finetune.hparams import fixed_names
 from raymeta.priors import Categorical, CategoricalDist, Float, Int, NumericDist, Prior
 
 
-
 class PriorSampler(Sampler):
     """Samples one hyperparameter from a raymeta ``Prior`` using Tune's random state."""
 
