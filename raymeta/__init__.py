@@ -17,10 +17,10 @@ pure layers (``core``, ``tasks``, ``priors``, ``results``, ``finetune``) never i
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from raymeta._version import __version__
+from raymeta.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from raymeta.core.checkpoint import (
@@ -49,50 +49,51 @@ if TYPE_CHECKING:
     from raymeta.orchestration.tune.run import run_tune as tune
     from raymeta.priors.artifact import Priors, load_priors
     from raymeta.results.reader import read_results
-    from raymeta.results.report import Report, report
+    from raymeta.results.reporting import Report, report
     from raymeta.tasks import Task, TaskFamily, make_family
 
-# public name -> (module, name there)
-_API: dict[str, tuple[str, str]] = {
+# public name -> the module that defines it (``tune`` and ``sweep`` are ``run_tune`` and
+# ``run_sweep`` there)
+_API: dict[str, str] = {
     # errors
-    "RaymetaError": ("raymeta.errors", "RaymetaError"),
-    "ConfigError": ("raymeta.errors", "ConfigError"),
-    "DataError": ("raymeta.errors", "DataError"),
-    "CheckpointError": ("raymeta.errors", "CheckpointError"),
-    "ClusterError": ("raymeta.errors", "ClusterError"),
-    "DeprecatedOption": ("raymeta.errors", "DeprecatedOption"),
+    "RaymetaError": "raymeta.errors",
+    "ConfigError": "raymeta.errors",
+    "DataError": "raymeta.errors",
+    "CheckpointError": "raymeta.errors",
+    "ClusterError": "raymeta.errors",
+    "DeprecatedOption": "raymeta.errors",
     # task families
-    "Task": ("raymeta.tasks", "Task"),
-    "TaskFamily": ("raymeta.tasks", "TaskFamily"),
-    "make_family": ("raymeta.tasks", "make_family"),
+    "Task": "raymeta.tasks",
+    "TaskFamily": "raymeta.tasks",
+    "make_family": "raymeta.tasks",
     # meta-training and meta-checkpoints
-    "MetaTrainConfig": ("raymeta.core.train", "MetaTrainConfig"),
-    "meta_train": ("raymeta.core.train", "meta_train"),
-    "run_meta_train": ("raymeta.orchestration.meta_train.ray_train", "run_meta_train"),
-    "MetaCheckpoint": ("raymeta.core.checkpoint", "MetaCheckpoint"),
-    "load_meta_checkpoint": ("raymeta.core.checkpoint", "load_meta_checkpoint"),
-    "save_meta_checkpoint": ("raymeta.core.checkpoint", "save_meta_checkpoint"),
-    "write_priors": ("raymeta.core.checkpoint", "write_priors"),
+    "MetaTrainConfig": "raymeta.core.train",
+    "meta_train": "raymeta.core.train",
+    "run_meta_train": "raymeta.orchestration.meta_train.ray_train",
+    "MetaCheckpoint": "raymeta.core.checkpoint",
+    "load_meta_checkpoint": "raymeta.core.checkpoint",
+    "save_meta_checkpoint": "raymeta.core.checkpoint",
+    "write_priors": "raymeta.core.checkpoint",
     # priors
-    "PriorFitConfig": ("raymeta.finetune.fit", "PriorFitConfig"),
-    "fit_priors": ("raymeta.finetune.fit", "fit_priors"),
-    "Priors": ("raymeta.priors.artifact", "Priors"),
-    "load_priors": ("raymeta.priors.artifact", "load_priors"),
+    "PriorFitConfig": "raymeta.finetune.fit",
+    "fit_priors": "raymeta.finetune.fit",
+    "Priors": "raymeta.priors.artifact",
+    "load_priors": "raymeta.priors.artifact",
     # fine-tuning
-    "FinetuneConfig": ("raymeta.finetune.hparams", "FinetuneConfig"),
-    "broad_space": ("raymeta.finetune.hparams", "broad_space"),
-    "Strategy": ("raymeta.finetune.strategy", "Strategy"),
-    "run_population": ("raymeta.finetune.run", "run_population"),
+    "FinetuneConfig": "raymeta.finetune.hparams",
+    "broad_space": "raymeta.finetune.hparams",
+    "Strategy": "raymeta.finetune.strategy",
+    "run_population": "raymeta.finetune.run",
     # tune, sweep, report
-    "TuneRequest": ("raymeta.orchestration.tune.request", "TuneRequest"),
-    "tune": ("raymeta.orchestration.tune.run", "run_tune"),
-    "SweepConfig": ("raymeta.orchestration.sweep.config", "SweepConfig"),
-    "load_sweep": ("raymeta.orchestration.sweep.config", "load_sweep"),
-    "parse_sweep": ("raymeta.orchestration.sweep.config", "parse_sweep"),
-    "sweep": ("raymeta.orchestration.sweep.run", "run_sweep"),
-    "read_results": ("raymeta.results.reader", "read_results"),
-    "report": ("raymeta.results.report", "report"),
-    "Report": ("raymeta.results.report", "Report"),
+    "TuneRequest": "raymeta.orchestration.tune.request",
+    "tune": "raymeta.orchestration.tune.run",
+    "SweepConfig": "raymeta.orchestration.sweep.config",
+    "load_sweep": "raymeta.orchestration.sweep.config",
+    "parse_sweep": "raymeta.orchestration.sweep.config",
+    "sweep": "raymeta.orchestration.sweep.run",
+    "read_results": "raymeta.results.reader",
+    "report": "raymeta.results.reporting",
+    "Report": "raymeta.results.reporting",
 }
 
 __all__ = [
@@ -133,11 +134,14 @@ __all__ = [
 ]
 
 
+_RENAMED = {"tune": "run_tune", "sweep": "run_sweep"}
+_load = lazy_attributes(__name__, {_RENAMED.get(k, k): m for k, m in _API.items()})
+
+
 def __getattr__(name: str) -> Any:
     if name not in _API:
         raise AttributeError(f"module 'raymeta' has no attribute {name!r}")
-    module, attr = _API[name]
-    value = getattr(importlib.import_module(module), attr)
+    value = _load(_RENAMED.get(name, name))
     globals()[name] = value  # later lookups skip this function
     return value
 

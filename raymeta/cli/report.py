@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from raymeta.cli._common import add_command
-from raymeta.results.report import FORMATS
+from raymeta.results.reporting import FORMATS
 
 
 def add_parser(sub: Any) -> None:
@@ -40,7 +40,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raymeta.results.report import report
+    from raymeta.results.reporting import report
 
     rep = report(
         args.results_dir,

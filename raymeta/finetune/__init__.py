@@ -14,8 +14,9 @@ Ray-free (the orchestration layer wraps it). From the bottom up:
 * ``reference``: the looped, vmap-free reference the step is tested and measured against.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from raymeta.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from raymeta.finetune.curves import Curves
@@ -27,28 +28,20 @@ if TYPE_CHECKING:
     from raymeta.finetune.strategy import Strategy
 
 _WHERE = {
-    "Curves": "curves",
-    "evaluate_configs": "evaluate",
-    "PriorFitConfig": "fit",
-    "fit_priors": "fit",
-    "HPARAMS": "hparams",
-    "FinetuneConfig": "hparams",
-    "HParam": "hparams",
-    "broad_space": "hparams",
-    "Population": "population",
-    "run_schedule": "population",
-    "PopulationResult": "run",
-    "run_population": "run",
-    "Strategy": "strategy",
+    "Curves": ".curves",
+    "evaluate_configs": ".evaluate",
+    "PriorFitConfig": ".fit",
+    "fit_priors": ".fit",
+    "HPARAMS": ".hparams",
+    "FinetuneConfig": ".hparams",
+    "HParam": ".hparams",
+    "broad_space": ".hparams",
+    "Population": ".population",
+    "run_schedule": ".population",
+    "PopulationResult": ".run",
+    "run_population": ".run",
+    "Strategy": ".strategy",
 }
-
-
-def __getattr__(name: str) -> Any:
-    """Names load on first use (PEP 562): ``raymeta.finetune.strategy`` stays torch-free for
-    the CLI, which imports it to list the strategy names."""
-    if name not in _WHERE:
-        raise AttributeError(f"module 'raymeta.finetune' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"raymeta.finetune.{_WHERE[name]}"), name)
 
 
 __all__ = [
@@ -66,3 +59,7 @@ __all__ = [
     "run_population",
     "run_schedule",
 ]
+
+# names load on first use: ``raymeta.finetune.strategy`` stays torch-free for the CLI, which
+# imports it to list the strategy names
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -81,6 +81,22 @@ def _finite(v: float) -> float:
     return v if math.isfinite(v) else math.inf
 
 
+def report_rows(
+    common: Mapping[str, Any],
+    trial: str,
+    step: int,
+    metrics: Mapping[str, float],
+    hparams: Mapping[str, Any] | None,
+    wall_s: float,
+) -> list[dict[str, Any]]:
+    """One result row per metric of one report (the vocabulary's keys of ``hparams``)."""
+    hp = row_hparams(hparams)
+    return [
+        make_row(**common, trial=trial, step=step, metric=m, value=v, hparams=hp, wall_s=wall_s)
+        for m, v in metrics.items()
+    ]
+
+
 def val_rows(
     common: Mapping[str, Any],
     trial: str,
@@ -89,20 +105,12 @@ def val_rows(
     hparams: Mapping[str, Any] | None,
     wall_s: float,
 ) -> list[dict[str, Any]]:
-    """Result rows of one validation report (``val_loss``, and ``val_accuracy`` if present)."""
-    return [
-        make_row(
-            **common,
-            trial=trial,
-            step=step,
-            metric=m,
-            value=_finite(float(metrics[m])) if m == "val_loss" else float(metrics[m]),
-            hparams=row_hparams(hparams),
-            wall_s=wall_s,
-        )
-        for m in VAL_METRICS
-        if m in metrics
-    ]
+    """Rows of one validation report: ``val_loss`` (inf where it diverged) and, if present,
+    ``val_accuracy``."""
+    vals = {m: float(metrics[m]) for m in VAL_METRICS if m in metrics}
+    if "val_loss" in vals:
+        vals["val_loss"] = _finite(vals["val_loss"])
+    return report_rows(common, trial, step, vals, hparams, wall_s)
 
 
 def final_rows(
@@ -113,16 +121,6 @@ def final_rows(
     config: Mapping[str, Any],
     wall_s: float,
 ) -> list[dict[str, Any]]:
-    """Result rows of the final test of the best member (``test_loss``, ``test_accuracy``)."""
-    return [
-        make_row(
-            **common,
-            trial=trial,
-            step=step,
-            metric=k,
-            value=v,
-            hparams=row_hparams(config),
-            wall_s=wall_s,
-        )
-        for k, v in test.items()
-    ]
+    """Rows of the final test of the best snapshot (``test_loss``, ``test_accuracy``), with the
+    config it was trained with."""
+    return report_rows(common, trial, step, test, config, wall_s)

@@ -206,9 +206,12 @@ class PopulationTrainer:
         x: torch.Tensor,
         y: torch.Tensor,
         d: int | None,
+        adam: torch.Tensor,
+        head_only: torch.Tensor,
     ) -> tuple[Params, Params, Params, torch.Tensor]:
         """One SGD / Adam step of every member, on the stacked tensors (per-member scalars are
-        broadcast over each parameter's trailing dimensions)."""
+        broadcast over each parameter's trailing dimensions). ``adam`` and ``head_only`` are the
+        members' optimizer and adapt choices as masks, computed once per ``train`` call."""
         g, mask = self._grads(p, t, hp, x, y, d)
         dt = mask.dtype
         limit = hp["steps"]
@@ -216,8 +219,7 @@ class PopulationTrainer:
         tn = t + (t < limit).long()
         tf = tn.clamp(min=1).to(dt)
         lr, wd = hp["lr"].to(dt), hp["weight_decay"].to(dt)
-        adam = hp["optimizer"] == _ADAM
-        body_keep = 1.0 - (hp["adapt"] == _HEAD).to(dt)
+        body_keep = 1.0 - head_only.to(dt)
         new_p, new_m, new_v = {}, {}, {}
         for k in p:
 
@@ -252,10 +254,11 @@ class PopulationTrainer:
         """Run ``n_steps`` steps for every member (members past their ``max_steps`` stay put)."""
         d = 0 if per_member_data else None
         hp = hp.to(x.device)
+        adam, head_only = hp["optimizer"] == _ADAM, hp["adapt"] == _HEAD
         p, m, v, t = state.params, state.m, state.v, state.step
         with torch.no_grad():
             for _ in range(n_steps):
-                p, m, v, t = self._step(p, m, v, t, hp, x, y, d)
+                p, m, v, t = self._step(p, m, v, t, hp, x, y, d, adam, head_only)
         return PopulationState(p, m, v, t)
 
     def evaluate(

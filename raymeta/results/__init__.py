@@ -4,33 +4,34 @@ aggregation (CI, normalised regret, rank, time to target), plots and the report.
 Imports pyarrow, numpy and matplotlib only (matplotlib lazily, inside ``make_plots``); never
 ray or torch. Row conventions (metric names, what ``step``, ``trial`` and ``wall_s`` mean) are
 documented in ``raymeta.results.schema``. Names load on first use, so the CLI can read
-``report.FORMATS`` for its ``--help`` without importing pyarrow.
+``reporting.FORMATS`` for its ``--help`` without importing pyarrow.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from raymeta.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from raymeta.results.plots import make_plots
     from raymeta.results.reader import list_sweeps, read_results
-    from raymeta.results.report import Report, report
+    from raymeta.results.reporting import Report, report
     from raymeta.results.schema import SCHEMA, SCHEMA_VERSION, make_row
     from raymeta.results.sink import ResultSink
     from raymeta.results.summary import summarise
 
 _WHERE = {
-    "make_plots": "plots",
-    "list_sweeps": "reader",
-    "read_results": "reader",
-    "Report": "report",
-    "report": "report",
-    "SCHEMA": "schema",
-    "SCHEMA_VERSION": "schema",
-    "make_row": "schema",
-    "ResultSink": "sink",
-    "summarise": "summary",
+    "make_plots": ".plots",
+    "list_sweeps": ".reader",
+    "read_results": ".reader",
+    "Report": ".reporting",
+    "report": ".reporting",
+    "SCHEMA": ".schema",
+    "SCHEMA_VERSION": ".schema",
+    "make_row": ".schema",
+    "ResultSink": ".sink",
+    "summarise": ".summary",
 }
 
 __all__ = [
@@ -47,7 +48,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'raymeta.results' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"raymeta.results.{_WHERE[name]}"), name)
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -6,7 +6,7 @@ Run on a machine with a CUDA GPU (the device machine; no Ray needed for this par
 
 1. correctness: every algorithm's meta-gradient on CUDA (float64) equals the looped reference
    on CUDA; a population trained on CUDA equals the same population trained on the CPU
-   (float64); a packed ``MemberGroup`` trains, exploits and checkpoints on CUDA.
+   (float64); a packed trial's ``Population`` trains, exploits and checkpoints on CUDA.
 2. throughput: engine tasks/s (vmapped vs looped) for the sinusoid MLP and Conv4, and population
    member-steps/s for 1 .. 16k sinusoid members (the issue's "600 steps/s for one member vs ~8M
    for a vmapped 16k population" on an H200).
@@ -22,14 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from raymeta.orchestration._packed import MemberGroup
 
 from raymeta.bench.engine import time_it as bench_time_it
 from raymeta.core.engine import ALGORITHMS, InnerConfig, MetaEngine
 from raymeta.core.models import ModelSpec, build_model
 from raymeta.core.reference import ref_meta_grad
 from raymeta.finetune.hparams import broad_space
-from raymeta.finetune.population import initial_state, member_seeds
+from raymeta.finetune.population import TRIAL_RULE, Population, initial_state, member_seeds
 from raymeta.finetune.step import MemberHParams, PopulationState, PopulationTrainer
 from raymeta.priors import broad_prior
 from raymeta.tasks.base import TaskBatch
@@ -131,21 +130,23 @@ def check_population(dev: torch.device) -> list[dict[str, Any]]:
     task = Sinusoid().task("test", 1)
     prior = broad_prior(broad_space(["mlp"], max_batch=len(task.x_train)))
     seeds = member_seeds(0, 0, 8)
-    group = MemberGroup(
+    group = Population(
         MLP,
         "regression",
+        "mlp",
         [{**c, "model": "mlp"} for c in prior.sample(8, np.random.default_rng(0))],
         seeds,
         initial_state(MLP, None, [s + 1 for s in seeds]),
+        horizon=2**62,
     ).to(dev)
     x, y = task.x_train.to(dev), task.y_train.to(dev)
-    taken = group.train(x, y, 10)
-    val = group.evaluate(task.x_val.to(dev), task.y_val.to(dev))
-    events = group.exploit_quarter(np.random.default_rng(1), prior.perturb)
+    taken = int(group.train(x, y, 10).sum())
+    val = group.evaluate(task.x_val.to(dev), task.y_val.to(dev))["loss"]
+    events = group.exploit(np.random.default_rng(1), prior.perturb, TRIAL_RULE)
     tensors = group.tensors()
     out.append(
         {
-            "check": "packed MemberGroup on cuda: train/evaluate/exploit/tensors",
+            "check": "packed trial Population on cuda: train/evaluate/exploit/tensors",
             "member_steps": taken,
             "val_device": str(val.device),
             "exploits": len(events),

@@ -17,7 +17,7 @@ timeout 150 "${rm_[@]}" meta-train --family sinusoid --steps 300 --meta-batch 10
   --workers 1 --gpus-per-worker 1 --log-every 100 --out "$W/meta" || echo "meta-train rc=$?"
 timeout 60 "${rm_[@]}" priors fit --meta "$W/meta" --tasks 8 --configs 32 --objective anytime --max-steps 100 || echo "priors rc=$?"
 echo "== 3. raymeta tune with packed members on the GPU (4 trials x 1024 members, 0.25 GPU each)"
-timeout 150 "${rm_[@]}" tune --meta "$W/meta" --task sinusoid:0 --population 4 \
+timeout 150 "${rm_[@]}" tune --meta "$W/meta" --task sinusoid:0 --trials 4 \
   --members-per-trial 1024 --gpus-per-trial 0.25 --budget $((4 * 1024 * 100)) --quiet \
   --out "$W/tune" || echo "tune rc=$?"
 cp "$W/tune/report.json" "$OUT/tune_report.json" 2>/dev/null

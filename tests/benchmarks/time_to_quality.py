@@ -138,7 +138,7 @@ def main() -> None:
                 "strategies": ["scratch+broad+pbt", "meta+learned+pbt"],
                 "tasks": args.tasks,
                 "population": args.population,
-                "budget": args.budget,
+                "steps_per_member": args.budget,
                 "interval": max(1, args.budget // 20),
                 "task_options": task_options,
             }
