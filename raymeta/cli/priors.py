@@ -86,7 +86,7 @@ def add_parser(sub: Any) -> None:
         "--max-steps",
         type=int_arg(1, MAX_STEPS),
         default=100,
-        help="largest fine-tuning step budget in the space",
+        help="longest fine-tuning run in the space (for raymeta tune: its steps per member)",
     )
     f.add_argument(
         "--objective",
