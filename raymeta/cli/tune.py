@@ -83,7 +83,7 @@ def add_parser(sub: Any) -> None:
         default=None,
         metavar="INIT+PRIOR+SCHEDULER",
         help="the strategy at once, as in raymeta sweep (e.g. meta+learned+pbt, "
-        "scratch+broad+random, meta+fixed-default); or use the three flags below",
+        "scratch+broad+random, meta+fixed-default), or give --init, --prior, --scheduler",
     )
     p.add_argument(
         "--scheduler",
