@@ -23,8 +23,7 @@ import torch
 from raymeta.core.checkpoint import MetaCheckpoint
 from raymeta.core.train import derive_seed
 from raymeta.errors import ConfigError
-from raymeta.finetune.population import Population, initial_state, run_schedule
-from raymeta.finetune.run import data_dtype
+from raymeta.finetune.population import Population, data_dtype, initial_state, run_schedule
 from raymeta.priors.table import OBJECTIVES, EvalTable
 from raymeta.tasks import Task
 

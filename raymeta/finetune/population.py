@@ -82,6 +82,11 @@ def scratch_params(spec: ModelSpec, seed: int) -> Params:
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
+def data_dtype(x: torch.Tensor) -> torch.dtype:
+    """Weights take the task's floating dtype (float32 for integer-coded inputs)."""
+    return x.dtype if x.is_floating_point() else torch.float32
+
+
 def initial_state(
     spec: ModelSpec,
     meta_params: Mapping[str, torch.Tensor] | None,
@@ -133,6 +138,7 @@ class Best:
     val_loss: float
     params: Params
     config: Config
+    at: int  # the evaluation that took the snapshot (the earliest wins ties)
 
 
 class Population:
@@ -274,6 +280,7 @@ class Population:
             float(self.best_val[m]),
             {k: v[m].detach().clone() for k, v in params},
             {**self.best_configs[m], "steps": int(self.best_step[m])},
+            int(self.best_at[m]),
         )
 
     def score(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

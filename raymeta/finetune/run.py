@@ -31,6 +31,7 @@ from raymeta.finetune.population import (
     Evaluation,
     Exploit,
     Population,
+    data_dtype,
     every,
     initial_state,
     run_schedule,
@@ -53,11 +54,6 @@ class PopulationResult:
     @property
     def member_steps(self) -> int:
         return self.curves.member_steps_total
-
-
-def data_dtype(x: torch.Tensor) -> torch.dtype:
-    """Weights take the task's floating dtype (float32 for integer-coded inputs)."""
-    return x.dtype if x.is_floating_point() else torch.float32
 
 
 def run_population(
@@ -129,8 +125,7 @@ def run_population(
     bests = [p.best() for p in pops]
     for b, idx in zip(bests, members, strict=True):
         b.member = idx[b.member]  # the member's index in ``configs``
-    at = [int(p.best_at[p.best_member()]) for p in pops]
-    g = min(range(len(pops)), key=lambda j: (bests[j].val_loss, at[j], bests[j].member))
+    g = min(range(len(pops)), key=lambda j: (bests[j].val_loss, bests[j].at, bests[j].member))
     test = pops[g].score(bests[g].params, task.x_test, task.y_test)
     return PopulationResult(curves, bests[g], test, time.perf_counter() - t0)
 

@@ -154,7 +154,7 @@ class TuneRequest:
 
     @property
     def steps_per_member(self) -> int:
-        return (self.budget or DEFAULT_STEPS_PER_MEMBER * self.population) // self.population
+        return self.total_budget // self.population
 
     @property
     def total_budget(self) -> int:
@@ -176,8 +176,9 @@ class TuneRequest:
     @property
     def strategy_label(self) -> str:
         """The strategy as rows and reports name it (``meta+learned+pbt``)."""
-        strat = Strategy(str(self.init), str(self.prior), "random")
-        return strat.name if strat.fixed else f"{self.init}+{self.prior}+{self.scheduler_name}"
+        if self.prior == "fixed-default":
+            return f"{self.init}+fixed-default"
+        return f"{self.init}+{self.prior}+{self.scheduler_name}"
 
     def as_strategy(self) -> Strategy:
         """The strategy (a custom scheduler object counts as PBT-like: the prior is explored)."""

@@ -42,11 +42,12 @@ import numpy as np
 import torch
 
 from raymeta.core.checkpoint import Candidate
-from raymeta.finetune.hparams import UNLIMITED, names
+from raymeta.finetune.hparams import UNLIMITED, row_hparams
 from raymeta.finetune.population import (
     TRIAL_RULE,
     Exploit,
     Population,
+    data_dtype,
     every,
     initial_state,
     member_seeds,
@@ -95,7 +96,7 @@ def trial_index(trial_id: str) -> int:
 
 def member_config(config: Mapping[str, Any], model: str) -> dict[str, Any]:
     """A Tune config as a member's config: the vocabulary's keys, with the trial's model."""
-    return {**{k: v for k, v in config.items() if k in names()}, "model": model}
+    return {**(row_hparams(config) or {}), "model": model}
 
 
 def _population(
@@ -105,7 +106,7 @@ def _population(
         cand.spec,
         cand.params if setup.init == "meta" else None,
         [s + 1 for s in seeds],
-        setup.x_train.dtype if setup.x_train.is_floating_point() else torch.float32,
+        data_dtype(setup.x_train),
     )
     return Population(cand.spec, setup.kind, cand.name, configs, seeds, state, horizon=UNLIMITED)
 
