@@ -30,7 +30,28 @@ as an uninterrupted run; a different config for an existing --out is refused unl
 the end; with --address (or RAY_ADDRESS, e.g. under 'ray job submit') the command joins that
 cluster. --local runs the same computation in this process without Ray (with --workers W it
 uses the same W shards, so it reproduces the Ray run). Every flag can also be given in
---config FILE.yaml (keys are the flag names, e.g. meta_batch: 64, family_options: {ways: 5})."""
+--config FILE.yaml (keys are the flag names, e.g. meta_batch: 64, family_options: {ways: 5}).
+
+CANDIDATES: one meta-checkpoint can hold several models for 'raymeta priors fit' to weigh and
+'raymeta tune' / sweeps to choose from. Each --candidate is a name followed by what differs
+from the run's flags: model=, algo=, inner_steps=, inner_lr=, first_order=, weights=; any other
+KEY=VALUE is an option of the candidate's model (a candidate naming its own model does not
+inherit --model-option). algo=pretrain trains the model by plain multi-task supervised
+learning on the meta-train tasks; weights=FILE takes your own pretrained weights (a state dict
+of tensors, read with torch.load(weights_only=True) and checked against the model) and is not
+trained. Example:
+  raymeta meta-train --family digits --out ck --candidate 'cnn model=conv4 hidden=32' \
+      --candidate 'mlp model=mlp widths=[128,64]' --candidate 'mlp-reptile model=mlp algo=reptile' \
+      --candidate 'cnn-pre model=conv4 algo=pretrain' --candidate 'mine model=conv4 weights=my.pt'
+Trained candidates run one after another (one Ray Train run each); a rerun of the same command
+skips the finished ones and resumes the interrupted one.
+
+YOUR OWN MODEL OR FAMILY: --model mypkg.nets:TinyNet and --family mypkg.tasks:Waves import your
+code in every Ray worker (the import path is stored in meta.json). A factory is called as
+factory(input_shape, output_dim, **model_options) and returns a torch.nn.Module whose last layer
+is named 'head'; a family class is called with its --family-option values and subclasses
+raymeta.tasks.TaskFamily. Check them first with raymeta.testing.check_model / check_task_family.
+On a cluster ship the module with the job: ray job submit --working-dir . -- raymeta meta-train ..."""
 
 
 def add_parser(sub: Any) -> None:
@@ -44,7 +65,10 @@ def add_parser(sub: Any) -> None:
     p.epilog = EPILOG
     g = p.add_argument_group("what to learn")
     g.add_argument(
-        "--family", default="sinusoid", help="task family: sinusoid, digits, omniglot, parquet"
+        "--family",
+        default="sinusoid",
+        help="task family: sinusoid, digits, omniglot, parquet, a plugin name (entry point "
+        "raymeta.families) or an import path package.module:Class",
     )
     g.add_argument(
         "--family-option",
@@ -53,7 +77,12 @@ def add_parser(sub: Any) -> None:
         metavar="K=V",
         help="family option (repeatable), e.g. ways=5",
     )
-    g.add_argument("--model", default="auto", help="model name (auto = the family's default model)")
+    g.add_argument(
+        "--model",
+        default="auto",
+        help="model: mlp, conv4, a plugin name (entry point raymeta.models) or an import path "
+        "package.module:factory (auto = the family's default model)",
+    )
     g.add_argument(
         "--model-option",
         dest="model_options",
@@ -64,8 +93,16 @@ def add_parser(sub: Any) -> None:
     g.add_argument(
         "--algo",
         default="maml",
-        choices=["maml", "fomaml", "reptile", "metasgd", "anil"],
-        help="meta-learning algorithm",
+        choices=["maml", "fomaml", "reptile", "metasgd", "anil", "pretrain"],
+        help="meta-learning algorithm (pretrain = multi-task supervised pretraining, the "
+        "'pretrain, then fine-tune' baseline)",
+    )
+    g.add_argument(
+        "--candidate",
+        dest="candidates",
+        action="append",
+        metavar="'NAME KEY=VALUE ...'",
+        help="a model candidate for model selection (repeatable; see CANDIDATES below)",
     )
     g.add_argument(
         "--inner-steps", type=int_arg(0, 100_000), default=1, help="inner-loop adaptation steps"
@@ -194,6 +231,7 @@ def build_config(args: argparse.Namespace) -> Any:
         val_tasks=args.val_tasks,
         shards=args.workers,
         dtype=args.dtype,
+        candidates=list(args.candidates or []),
     ).validate()
 
 
@@ -206,9 +244,9 @@ def _run(args: argparse.Namespace) -> int:
 
         run_local_meta_train(cfg, args.out, overwrite=args.overwrite, log_every=args.log_every)
         return 0
-    from raymeta.orchestration.meta_train.ray_train import train_distributed
+    from raymeta.orchestration.meta_train.ray_train import run_meta_train
 
-    train_distributed(
+    run_meta_train(
         cfg,
         args.out,
         workers=args.workers,

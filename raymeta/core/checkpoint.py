@@ -263,27 +263,41 @@ def _candidate(p: Path, meta: dict[str, Any], name: Any, c: Any) -> Candidate:
         expected = expected_shapes(spec)
     except ConfigError as exc:
         raise CheckpointError(f"meta-checkpoint {p}: candidate {name!r}: {exc}") from None
-    params = _load_weights(wfile)
-    expected.update(_extra_shapes(params, expected))
+    params = load_weights(wfile)
+    check_weights(params, expected, spec, wfile)
+    info = c.get("info", {})
+    if not isinstance(info, dict):
+        raise CheckpointError(f"meta-checkpoint {p}: candidate {name!r} info is not a mapping")
+    return Candidate(name, spec, params, dict(info))
+
+
+def check_weights(
+    params: dict[str, torch.Tensor],
+    expected: dict[str, tuple[int, ...]],
+    spec: ModelSpec,
+    wfile: Path | str,
+) -> None:
+    """The tensors are exactly the model's parameters (Meta-SGD's ``lr.*`` tensors allowed),
+    with the model's shapes, in floating point; anything else is one ``CheckpointError``."""
+    from raymeta.plugins import short_name
+
+    label = short_name(spec.name)
+    expected = {**expected, **_extra_shapes(params, expected)}
     missing = sorted(set(expected) - set(params))
     extra = sorted(set(params) - set(expected))
     if missing or extra:
         what = f"missing {missing[0]!r}" if missing else f"has an unexpected tensor {extra[0]!r}"
         raise CheckpointError(
-            f"{wfile} does not match model {spec.name!r}: {what} "
+            f"{wfile} does not match model {label!r}: {what} "
             f"({len(missing)} missing, {len(extra)} unexpected)"
         )
     for k, shape in expected.items():
         t = params[k]
         if tuple(t.shape) != shape or not t.is_floating_point():
             raise CheckpointError(
-                f"{wfile}: tensor {k!r} is {t.dtype} {tuple(t.shape)}, model {spec.name!r} "
+                f"{wfile}: tensor {k!r} is {t.dtype} {tuple(t.shape)}, model {label!r} "
                 f"needs floating point {shape}"
             )
-    info = c.get("info", {})
-    if not isinstance(info, dict):
-        raise CheckpointError(f"meta-checkpoint {p}: candidate {name!r} info is not a mapping")
-    return Candidate(name, spec, params, dict(info))
 
 
 def _extra_shapes(
@@ -338,7 +352,7 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _load_weights(f: Path) -> dict[str, torch.Tensor]:
+def load_weights(f: Path) -> dict[str, torch.Tensor]:
     """``torch.load(weights_only=True)``, refusing anything but a ``str -> Tensor`` dict."""
     try:
         obj = torch.load(f, map_location="cpu", weights_only=True)
@@ -346,6 +360,8 @@ def _load_weights(f: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"{f} is not a weights-only tensor file: {_first_line(exc)}"
         ) from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]  # the common {"state_dict": ..., "epoch": ...} layout
     if not isinstance(obj, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
     ):

@@ -25,7 +25,7 @@ from raymeta.errors import ConfigError
 from raymeta.tasks.base import TaskBatch
 
 Params = dict[str, torch.Tensor]
-ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil")
+ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "pretrain")
 LR_PREFIX = "lr."
 Reduction = Literal["mean", "sum"]
 
@@ -122,6 +122,9 @@ class MetaEngine:
     def _task_query(
         self, params: Params, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor
     ) -> torch.Tensor:
+        if self.algo == "pretrain":  # multi-task pretraining: the shared weights on all rows
+            x, y = torch.cat([xs, xq]), torch.cat([ys, yq])
+            return self.loss(functional_call(self.model, self.model_params(params), (x,)), y)
         fast = self.adapt(params, xs, ys)
         return self.loss(functional_call(self.model, fast, (xq,)), yq)
 

@@ -134,21 +134,52 @@ class Conv4(nn.Module):
 
 ModelFactory = Callable[..., nn.Module]
 
+BUILTIN_MODELS = ("mlp", "conv4")
+# name -> factory; a user may add to it in-process, but what a checkpoint stores for such a
+# model is its import path (``raymeta.plugins.canonical``), so Ray workers can rebuild it
 MODELS: dict[str, ModelFactory] = {"mlp": MLP, "conv4": Conv4}
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    """Instantiate ``spec``; unknown names or options give a one-line ``ConfigError``."""
+    """Instantiate ``spec`` (a built-in name, a plugin name or an import path); an unknown name,
+    bad options or a factory that raises give a one-line ``ConfigError``."""
+    from raymeta.plugins import resolve, short_name
+
+    factory = resolve("model", spec.name)
+    label = short_name(spec.name)
     try:
-        factory = MODELS[spec.name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown model {spec.name!r} (choose from {', '.join(sorted(MODELS))})"
-        ) from None
-    try:
-        return factory(spec.input_shape, spec.output_dim, **spec.options)
+        model = factory(spec.input_shape, spec.output_dim, **spec.options)
+    except ConfigError:
+        raise
     except TypeError as exc:
-        raise ConfigError(f"bad options for model {spec.name!r}: {exc}") from None
+        raise ConfigError(f"bad options for model {label!r}: {_first_line(exc)}") from None
+    except Exception as exc:  # the user's factory raised: say so in one line, never a traceback
+        raise ConfigError(
+            f"model {label!r} failed to build: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"model {label!r} must build a torch.nn.Module, its factory returned a "
+            f"{type(model).__name__}"
+        )
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def _skeleton(spec: ModelSpec) -> nn.Module:
+    """The model on the meta device (nothing allocated); a user's factory that cannot build
+    there (it reads values while it initialises) is built on the CPU instead."""
+    try:
+        with torch.device("meta"):
+            return build_model(spec)
+    except ConfigError:
+        if spec.name in BUILTIN_MODELS:
+            raise
+    return build_model(spec)
 
 
 def footprint(spec: ModelSpec) -> tuple[int, int]:
@@ -156,34 +187,50 @@ def footprint(spec: ModelSpec) -> tuple[int, int]:
 
     Nothing is allocated, so a spec of 2**40 outputs or ``widths=[10**9]`` is sized without
     being built; callers compare the result with the machine's memory (``checks.check_fits``)
-    before they build the real model."""
-    with torch.device("meta"):
-        model = build_model(spec)
-        acts = [0]
+    before they build the real model. A user's model whose forward cannot run on the meta
+    device is measured on the CPU instead."""
+    model = _skeleton(spec)
+    try:
+        return _count(model, spec)
+    except ConfigError:
+        on_meta = any(p.is_meta for p in model.parameters())
+        if spec.name in BUILTIN_MODELS or not on_meta:
+            raise
+    return _count(build_model(spec), spec)
 
-        def count(_m: nn.Module, _i: Any, out: Any) -> None:
-            if isinstance(out, torch.Tensor):
-                acts[0] += out.numel()
 
-        hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
-        try:
-            model(torch.zeros(1, *spec.input_shape))
-        except (RuntimeError, ValueError) as exc:
-            raise ConfigError(
-                f"model {spec.name!r} does not fit inputs of shape {tuple(spec.input_shape)}: "
-                f"{(str(exc).splitlines() or [''])[0]}"
-            ) from None
-        finally:
-            for h in hooks:
-                h.remove()
+def _count(model: nn.Module, spec: ModelSpec) -> tuple[int, int]:
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    acts = [0]
+
+    def count(_m: nn.Module, _i: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            acts[0] += out.numel()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *spec.input_shape, device=device))
+    except Exception as exc:
+        raise ConfigError(
+            f"model {_label(spec)!r} does not run on inputs of shape {tuple(spec.input_shape)}: "
+            f"{type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+    finally:
+        for h in hooks:
+            h.remove()
     return sum(p.numel() for p in model.parameters()), acts[0]
+
+
+def _label(spec: ModelSpec) -> str:
+    from raymeta.plugins import short_name
+
+    return short_name(spec.name)
 
 
 def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of ``spec`` (built on the meta device: nothing allocated)."""
-    with torch.device("meta"):
-        model = build_model(spec)
-    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+    return {n: tuple(p.shape) for n, p in _skeleton(spec).named_parameters()}
 
 
 def check_model_fits(spec: ModelSpec, copies: int = 8, what: str = "") -> int:

@@ -73,15 +73,21 @@ def ref_meta_grad(
 ) -> tuple[torch.Tensor, Params]:
     """Mean query loss and mean meta-gradient, looping over the tasks of ``batch`` in Python.
 
-    Reptile's "gradient" is the mean of ``params - adapted`` (SGD-adapted, no graph)."""
+    Reptile's "gradient" is the mean of ``params - adapted`` (SGD-adapted, no graph);
+    ``pretrain`` (multi-task pretraining) has no inner loop."""
     n = batch.n_tasks
     total = torch.zeros((), dtype=batch.xs.dtype)
     acc = {k: torch.zeros_like(v) for k, v in params.items()}
     fo = first_order or algo in ("fomaml", "reptile")
     for i in range(n):
         leaf = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-        fast = ref_adapt(model, kind, leaf, batch.xs[i], batch.ys[i], steps, lr, algo, fo)
-        qloss = ref_loss(kind, functional_call(model, fast, (batch.xq[i],)), batch.yq[i])
+        if algo == "pretrain":  # no inner loop: the shared weights on support and query rows
+            x = torch.cat([batch.xs[i], batch.xq[i]])
+            y = torch.cat([batch.ys[i], batch.yq[i]])
+            qloss = ref_loss(kind, functional_call(model, leaf, (x,)), y)
+        else:
+            fast = ref_adapt(model, kind, leaf, batch.xs[i], batch.ys[i], steps, lr, algo, fo)
+            qloss = ref_loss(kind, functional_call(model, fast, (batch.xq[i],)), batch.yq[i])
         total = total + qloss.detach()
         if algo == "reptile":
             for k in fast:

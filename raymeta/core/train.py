@@ -12,16 +12,18 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from raymeta import checks
+from raymeta.core.candidates import CandidateConfig, as_candidate, check_candidates
 from raymeta.core.checkpoint import Candidate, MetaCheckpoint
 from raymeta.core.engine import InnerConfig, MetaEngine, Params, check_algorithm
 from raymeta.core.models import ModelSpec, build_model, footprint
 from raymeta.errors import ConfigError
+from raymeta.plugins import canonical, short_name
 from raymeta.tasks import FamilySpec, TaskBatch, TaskFamily, make_family
 
 OUTER_OPTIMIZERS = ("adam", "sgd")
@@ -33,9 +35,11 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 class MetaTrainConfig:
     """Everything that determines a meta-training run (stored in meta.json)."""
 
-    family: str = "sinusoid"
+    # a built-in name, a plugin name, an import path "pkg.mod:Factory", or (from Python) the
+    # factory / family class itself; ``validate`` replaces it by the name a Ray worker imports
+    family: Any = "sinusoid"
     family_options: dict[str, Any] = field(default_factory=dict)
-    model: str = "auto"
+    model: Any = "auto"
     model_options: dict[str, Any] = field(default_factory=dict)
     algo: str = "maml"
     inner_steps: int = 1
@@ -52,15 +56,17 @@ class MetaTrainConfig:
     eval_steps: int | None = None
     shards: int = 1
     dtype: str = "float32"
+    candidates: list[Any] = field(default_factory=list)
 
     def validate(self) -> MetaTrainConfig:
         """Types, ranges and finiteness of every field (one-line ``ConfigError``s), so the
         Python API refuses what the CLI refuses; family and model options are checked by the
         family and model they configure, when ``MetaTrainer`` builds them."""
         c = checks
-        c.string("family", self.family)
+        self.family = canonical("family", self.family)
         c.plain_data("family-options", c.mapping("family-options", self.family_options))
-        c.string("model", self.model)
+        if self.model != "auto":
+            self.model = canonical("model", self.model)
         c.plain_data("model-options", c.mapping("model-options", self.model_options))
         c.string("algo", self.algo)
         check_algorithm(self.algo)
@@ -81,10 +87,44 @@ class MetaTrainConfig:
             )
         if self.chunk_size is not None:
             c.integer("chunk-size", self.chunk_size, 1)
+        if not isinstance(self.candidates, (list, tuple)):
+            raise ConfigError(
+                f"candidates must be a list, got {checks.show_value(self.candidates)}"
+            )
+        self.candidates = [as_candidate(x).validate() for x in self.candidates]
+        check_candidates(self.candidates)
+        for cand in self.candidates:  # each trained candidate's own settings must hold too
+            if cand.weights is None:
+                self.single(cand).validate()
         return self
 
+    def single(self, cand: CandidateConfig) -> MetaTrainConfig:
+        """The one-model config that trains candidate ``cand`` (its unset fields from this run)."""
+        own_model = cand.model is not None
+        return replace(
+            self,
+            model=cand.model if own_model else self.model,
+            model_options=dict(
+                cand.model_options
+                if cand.model_options is not None
+                else ({} if own_model else self.model_options)
+            ),
+            algo=self.algo if cand.algo is None else cand.algo,
+            inner_steps=self.inner_steps if cand.inner_steps is None else cand.inner_steps,
+            inner_lr=self.inner_lr if cand.inner_lr is None else cand.inner_lr,
+            first_order=self.first_order if cand.first_order is None else cand.first_order,
+            candidates=[],
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        for key in ("family", "model"):
+            if not isinstance(d[key], str):
+                d[key] = canonical(key, d[key])  # type: ignore[arg-type]
+        d["family_options"] = dict(self.family_options)
+        d["model_options"] = dict(self.model_options)
+        d["candidates"] = [as_candidate(x).to_dict() for x in self.candidates]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MetaTrainConfig:
@@ -173,6 +213,11 @@ class MetaTrainer:
         device: str | torch.device = "cpu",
     ):
         self.cfg = cfg.validate()
+        if cfg.candidates:
+            raise ConfigError(
+                "MetaTrainer trains one model; a config with candidates is trained by "
+                "raymeta.run_meta_train (or 'raymeta meta-train --candidate ...')"
+            )
         self.rank, self.world = rank, world
         self.device = torch.device(device)
         self.dtype = DTYPES[cfg.dtype]
@@ -250,7 +295,12 @@ class MetaTrainer:
         if "torch_rng" in sd:
             torch.set_rng_state(sd["torch_rng"])
 
-    def to_checkpoint(self, metrics: dict[str, Any] | None = None) -> MetaCheckpoint:
+    def to_checkpoint(
+        self, metrics: dict[str, Any] | None = None, name: str | None = None
+    ) -> MetaCheckpoint:
+        """This run as a one-candidate meta-checkpoint; the candidate is ``name`` (default:
+        the model's short name). The family is stored under the name a Ray worker imports."""
+        name = name or short_name(self.spec.name)
         info = {
             "algorithm": self.cfg.algo,
             "inner_lr": self.cfg.inner_lr,
@@ -259,8 +309,8 @@ class MetaTrainer:
         }
         params = {k: v.detach().cpu().float() for k, v in self.params.items()}
         return MetaCheckpoint(
-            family=self.family.spec(),
-            candidates={self.spec.name: Candidate(self.spec.name, self.spec, params, info)},
+            family=FamilySpec(self.cfg.family, self.family.options()),
+            candidates={name: Candidate(name, self.spec, params, info)},
             config=self.cfg.to_dict(),
             metrics=metrics or {},
         )
@@ -293,3 +343,31 @@ def meta_train(
                 metrics["val_loss"] = tr.validate()["loss"]
             progress(tr.step, metrics)
     return tr
+
+
+def preflight(cfg: MetaTrainConfig) -> None:
+    """Build the family and model, draw one train and one val task, and take one meta-gradient
+    on a single task in this process: a bad option, a model or family whose own code raises,
+    or a model that breaks under ``vmap`` (BatchNorm with running statistics) fails here in one
+    line, before a Ray worker starts or anything is written."""
+    trainer = MetaTrainer(cfg)
+    batch = trainer.draw(0, shards=[0]).slice(0, 1)
+    trainer.family.sample("val", 1, torch.Generator().manual_seed(0))
+    label = short_name(trainer.spec.name)
+    try:
+        detached = {k: v.detach() for k, v in trainer.params.items()}
+        loss, _ = trainer.engine.meta_grad(detached, batch)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"model {label!r} fails in a meta-training step ({cfg.algo}, vmapped over tasks): "
+            f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+            + (
+                " (BatchNorm must use track_running_stats=False, or use GroupNorm)"
+                if "running" in str(exc) or "inplace" in str(exc).lower()
+                else ""
+            )
+        ) from None
+    if not bool(torch.isfinite(loss)):
+        raise ConfigError(f"model {label!r} gives a non-finite loss on the first task")

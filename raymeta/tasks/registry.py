@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from raymeta.errors import ConfigError
+from raymeta.errors import ConfigError, RaymetaError
 from raymeta.tasks.base import FamilySpec, TaskFamily
 
 
@@ -33,6 +33,9 @@ def _parquet(**kw: Any) -> TaskFamily:
     return ParquetFamily(**kw)
 
 
+BUILTIN_FAMILIES = ("sinusoid", "digits", "omniglot", "parquet")
+# name -> constructor; a user may add to it in-process, but what a checkpoint stores for such a
+# family is its import path (``raymeta.plugins.canonical``), so Ray workers can rebuild it
 FAMILIES: dict[str, Callable[..., TaskFamily]] = {
     "sinusoid": _sinusoid,
     "digits": _digits,
@@ -42,19 +45,36 @@ FAMILIES: dict[str, Callable[..., TaskFamily]] = {
 
 
 def make_family(spec: FamilySpec | str, **options: Any) -> TaskFamily:
-    """Build a family from a spec (or a name plus options); errors are one-line ``ConfigError``s."""
+    """Build a family from a spec (or a name plus options): a built-in name, a plugin name or
+    an import path ``package.module:Class``; errors are one-line ``ConfigError``s, including an
+    exception the user's constructor raises."""
+    from raymeta.plugins import resolve, short_name
+
     if isinstance(spec, str):
         spec = FamilySpec(spec, options)
+    ctor = resolve("family", spec.name)
+    label = short_name(spec.name)
     try:
-        ctor = FAMILIES[spec.name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown task family {spec.name!r} (choose from {', '.join(FAMILIES)})"
-        ) from None
-    try:
-        return ctor(**spec.options)
+        family = ctor(**spec.options)
+    except RaymetaError:
+        raise
     except TypeError as exc:
-        raise ConfigError(f"bad options for family {spec.name!r}: {exc}") from None
+        raise ConfigError(f"bad options for family {label!r}: {_first_line(exc)}") from None
+    except Exception as exc:
+        raise ConfigError(
+            f"task family {label!r} failed to build: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+    if not isinstance(family, TaskFamily):
+        raise ConfigError(
+            f"task family {label!r} must build a raymeta.tasks.TaskFamily, got a "
+            f"{type(family).__name__}"
+        )
+    return family
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
 
 
 # options a fixed held-out task may override when it is tuned: split sizes change the data the

@@ -28,6 +28,7 @@ from raymeta.orchestration.meta_train._newest_checkpoint import (
     newest_state,
     write_manifest,
 )
+from raymeta.plugins import add_import_roots
 
 FINAL_DIR = "final"
 
@@ -96,6 +97,7 @@ def train_loop(config: dict[str, Any]) -> None:
     """Entry point passed to ``TorchTrainer``; ``config`` is built by ``meta_train.py``."""
     import ray.train
 
+    add_import_roots(config.get("import_roots") or [])  # the user's model / family modules
     cfg = MetaTrainConfig.from_dict(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

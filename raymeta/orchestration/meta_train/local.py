@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint, save_meta_checkpoint
-from raymeta.core.train import MetaTrainConfig, meta_train
+from raymeta.core.train import MetaTrainConfig, meta_train, preflight
 from raymeta.errors import ConfigError
 from raymeta.lock import locks_output
 from raymeta.orchestration.meta_train.run_state import (
@@ -29,8 +29,27 @@ def run_local_meta_train(
     progress: bool = True,
     log_every: int | None = None,
 ) -> MetaCheckpoint:
-    """Meta-train in-process and write the meta-checkpoint to ``out`` atomically."""
+    """Meta-train in-process and write the meta-checkpoint to ``out`` atomically (a config
+    with ``candidates`` trains each of them, see ``candidates.py``)."""
     cfg = cfg.validate()
+    if cfg.candidates:
+        from raymeta.orchestration.meta_train.candidates import train_candidates
+
+        def one(single: MetaTrainConfig, part: Path) -> MetaCheckpoint:
+            return _run_one(single, part, overwrite, progress, log_every)
+
+        return train_candidates(cfg, out, one, preflight, overwrite, progress)
+    return _run_one(cfg, out, overwrite, progress, log_every)
+
+
+def _run_one(
+    cfg: MetaTrainConfig,
+    out: str | Path,
+    overwrite: bool,
+    progress: bool,
+    log_every: int | None,
+) -> MetaCheckpoint:
+    preflight(cfg)
     out_p = Path(out).expanduser().absolute()
     status = out_status(out_p, fingerprint(cfg))
     if status == "same" and not overwrite:

@@ -24,12 +24,13 @@ from typing import Any
 
 from raymeta import checks
 from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint, save_meta_checkpoint
-from raymeta.core.train import MetaTrainConfig, MetaTrainer
+from raymeta.core.train import MetaTrainConfig, preflight
 from raymeta.errors import ClusterError, ConfigError
 from raymeta.lock import locks_output
 from raymeta.orchestration.meta_train._worker import FINAL_DIR, load_state, train_loop
 from raymeta.orchestration.meta_train.run_state import RunPlan, begin_run, finish_run, plan_run
 from raymeta.orchestration.ray_runtime import check_resources, ray_context
+from raymeta.plugins import check_portable, import_roots
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -114,16 +115,6 @@ def _check_args(
         raise ConfigError(f"max-failures must be >= -1 (-1 = retry forever), got {max_failures}")
 
 
-def _preflight(cfg: MetaTrainConfig) -> None:
-    """Build the family and model and draw one train and one val task on the driver, so bad
-    family/model options fail here in one line instead of inside Ray workers."""
-    import torch
-
-    trainer = MetaTrainer(cfg)
-    trainer.draw(0, shards=[0])
-    trainer.family.sample("val", 1, torch.Generator().manual_seed(0))
-
-
 @locks_output("out")  # one writer per --out: a second run is refused, not interleaved
 def train_distributed(
     cfg: MetaTrainConfig,
@@ -143,7 +134,9 @@ def train_distributed(
     """Meta-train on Ray Train and write the meta-checkpoint to ``out`` (see module doc)."""
     _check_args(workers, gpus_per_worker, cpus_per_worker, checkpoint_every, max_failures)
     cfg = dataclasses.replace(cfg, shards=workers).validate()
-    _preflight(cfg)
+    check_portable("family", cfg.family)
+    check_portable("model", cfg.model)
+    preflight(cfg)
     plan = plan_run(cfg, out, storage, overwrite)
     sink: ProgressFn | None = _printer(cfg.steps) if progress is True else (progress or None)
     if plan.already_done:
@@ -181,21 +174,41 @@ def run_meta_train(
     overwrite: bool = False,
     progress: bool | ProgressFn = True,
     cpus_per_worker: float = 1,
+    log_every: int | None = None,
 ) -> MetaCheckpoint:
-    """Meta-train with ``workers`` Ray Train workers; returns the meta-checkpoint written to ``out``."""
-    return train_distributed(
-        cfg,
-        out,
-        workers,
-        gpus_per_worker,
-        address,
-        storage,
-        checkpoint_every,
-        max_failures,
-        overwrite,
-        progress,
-        cpus_per_worker,
-    ).checkpoint
+    """Meta-train with ``workers`` Ray Train workers; returns the meta-checkpoint written to
+    ``out``. A config with ``candidates`` trains each of them (one Ray Train run per trained
+    candidate, on one Ray instance) and writes all of them into ``out``."""
+
+    def one(single: MetaTrainConfig, part: Path) -> MetaCheckpoint:
+        return train_distributed(
+            single,
+            part,
+            workers,
+            gpus_per_worker,
+            address,
+            storage,
+            checkpoint_every,
+            max_failures,
+            overwrite,
+            progress,
+            cpus_per_worker,
+            log_every,
+        ).checkpoint
+
+    cfg = dataclasses.replace(cfg, shards=workers).validate()
+    if not cfg.candidates:
+        return one(cfg, Path(out))
+    from raymeta.orchestration.meta_train.candidates import train_candidates
+
+    def check(single: MetaTrainConfig) -> None:
+        check_portable("family", single.family)
+        check_portable("model", single.model)
+        preflight(single)
+
+    _check_args(workers, gpus_per_worker, cpus_per_worker, checkpoint_every, max_failures)
+    with ray_context(address):
+        return train_candidates(cfg, out, one, check, overwrite, progress is not False)
 
 
 def _fit(
@@ -238,6 +251,7 @@ def _fit(
         or max(1, min(checkpoint_every, cfg.val_every, max(cfg.steps // 20, 1))),
         "progress": queue,
         "debug": debug,
+        "import_roots": import_roots([cfg.model, cfg.family]),  # the user's modules, if any
         "storage": plan.storage,  # to find checkpoints newer than Ray's record on resume
         "run_name": plan.name,
     }

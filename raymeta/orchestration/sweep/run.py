@@ -26,6 +26,7 @@ from raymeta.finetune.run import run_population
 from raymeta.finetune.strategy import Strategy, fixed_default, member_configs, strategy_prior
 from raymeta.lock import locks_output
 from raymeta.orchestration.sweep.config import SweepConfig
+from raymeta.plugins import add_import_roots, check_portable, import_roots
 from raymeta.priors import load_priors
 from raymeta.results import ResultSink
 from raymeta.tasks import make_family, resize_splits
@@ -36,8 +37,13 @@ def _checkpoint(path: str) -> MetaCheckpoint:
     return load_meta_checkpoint(path)
 
 
-def run_unit(unit: dict[str, Any], cfg: SweepConfig) -> list[dict[str, Any]]:
-    """Run one (meta, strategy, task, seed) unit and return its result rows (pure, no Ray)."""
+def run_unit(
+    unit: dict[str, Any], cfg: SweepConfig, import_roots: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Run one (meta, strategy, task, seed) unit and return its result rows (pure, no Ray).
+
+    ``import_roots``: where the driver found the user's model and family modules, if any."""
+    add_import_roots(import_roots or [])
     torch.set_num_threads(1)
     ckpt = _checkpoint(unit["meta"])
     family = make_family(resize_splits(ckpt.family, cfg.task_options, "sweep: task_options key"))
@@ -70,15 +76,19 @@ def run_unit(unit: dict[str, Any], cfg: SweepConfig) -> list[dict[str, Any]]:
 MAX_CONCURRENCY = 4096
 
 
-def check_sweep(cfg: SweepConfig) -> None:
-    """Everything a unit would find wrong, found in the driver before any Ray task or file.
+def check_sweep(cfg: SweepConfig) -> list[str]:
+    """Everything a unit would find wrong, found in the driver before any Ray task or file;
+    returns the import roots of the checkpoints' user modules (see ``raymeta.plugins``).
 
     Loads each meta-checkpoint (and its priors when a strategy needs them), builds its family
     with the sweep's task_options, checks every task index against a finite family's held-out
     tasks, and builds the first held-out task, so split sizes the data cannot meet fail here.
     """
+    names: list[tuple[str, str]] = []
     for meta in dict.fromkeys(str(m) for m in cfg.meta):
         ckpt = _checkpoint(meta)
+        names += [("family", ckpt.family.name)]
+        names += [("model", c.spec.name) for c in ckpt.candidates.values()]
         if any(Strategy.parse(s).prior == "learned" for s in cfg.strategies):
             load_priors(ckpt)
         family = make_family(
@@ -93,6 +103,9 @@ def check_sweep(cfg: SweepConfig) -> None:
                     f"sweep: task index {bad[0]} out of range: {meta} has {have} held-out (meta-split test) tasks"
                 )
         family.task("test", min(cfg.tasks))
+    for kind, name in names:
+        check_portable(kind, name)  # type: ignore[arg-type]
+    return import_roots(name for _, name in names)
 
 
 def _unit_error(exc: BaseException, key: str) -> RaymetaError:
@@ -142,7 +155,7 @@ def run_sweep(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"results path {out} exists and is not a directory")
-    check_sweep(cfg)
+    roots = check_sweep(cfg)
     sink = ResultSink(out, cfg.name)
     done = sink.done_keys()
     todo = [u for u in cfg.units() if u["key"] not in done]
@@ -165,7 +178,7 @@ def run_sweep(
         while queue or pending:
             while queue and len(pending) < slots:
                 u = queue.pop(0)
-                pending[remote.remote(u, cfg_ref)] = u
+                pending[remote.remote(u, cfg_ref, roots)] = u
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 u = pending.pop(ref)

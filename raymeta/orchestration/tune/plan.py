@@ -22,6 +22,7 @@ from raymeta.errors import ConfigError, DataError
 from raymeta.finetune.strategy import fixed_default, member_configs, strategy_prior
 from raymeta.orchestration.tune.request import TuneRequest
 from raymeta.orchestration.tune.trainable import TrialSetup
+from raymeta.plugins import check_portable, import_roots
 from raymeta.priors import Prior
 from raymeta.tasks import Task, make_family, resize_splits
 
@@ -61,26 +62,47 @@ class TunePlan:
 
 
 def resolve_task(spec: str, ckpt: MetaCheckpoint, options: Mapping[str, Any] | None = None) -> Task:
-    """``FAMILY:INDEX`` (a held-out meta-test task of the checkpoint's family, drawn with the
-    checkpoint's family options, split sizes overridable by ``options``) or a Parquet file."""
-    m = _SPEC.match(spec)
-    if m and not Path(spec).exists():
-        name, index = m.group(1), int(m.group(2))
-        if name != ckpt.family.name:
+    """``FAMILY:INDEX`` or ``FAMILY:TASK_ID`` (a held-out meta-test task of the checkpoint's
+    family, drawn with the checkpoint's family options, split sizes overridable by
+    ``options``; a family that lists task ids, like ``parquet``, is searched by id first) or a
+    Parquet file. The spec splits at its LAST ':', so a family named by an import path
+    ``pkg.mod:Cls`` reads ``pkg.mod:Cls:3``."""
+    name, sep, ident = spec.rpartition(":")
+    if sep and name and ident and not Path(spec).exists():
+        if name == ckpt.family.name:
+            return _held_out_task(spec, ident, make_family(resize_splits(ckpt.family, options)))
+        if _SPEC.match(spec):
             raise ConfigError(
                 f"task {spec!r}: the meta-checkpoint was trained on family {ckpt.family.name!r}; use {ckpt.family.name}:INDEX or a Parquet task file"
             )
-        return make_family(resize_splits(ckpt.family, options)).task("test", index)
     if options:
         raise ConfigError("--task-option applies to FAMILY:INDEX tasks, not to Parquet task files")
     path = Path(spec)
     if not path.is_file():
         raise ConfigError(
-            f"task {spec!r} is neither FAMILY:INDEX nor an existing Parquet task file"
+            f"task {spec!r} is neither {ckpt.family.name}:INDEX (or :TASK_ID) nor an existing Parquet task file"
         )
     from raymeta.tasks.parquet import load_task_file
 
     return load_task_file(path)
+
+
+def _held_out_task(spec: str, ident: str, family: Any) -> Task:
+    """The held-out task ``ident`` names: a task id the family lists, else an index."""
+    ids = family.task_ids("test") if callable(getattr(family, "task_ids", None)) else None
+    if ids is not None and ident in ids:
+        return family.task("test", ids.index(ident))  # type: ignore[no-any-return]
+    if ident.isdecimal():
+        return family.task("test", int(ident))  # type: ignore[no-any-return]
+    if ids is None:
+        raise ConfigError(f"task {spec!r}: expected FAMILY:INDEX with an integer INDEX")
+    other = next(
+        (s for s in ("train", "val") if ident in family.task_ids(s)), None
+    )  # a known task, but not held out
+    why = f"is in meta-split {other!r}, not held out" if other else "is not a held-out task id"
+    raise ConfigError(
+        f"task {spec!r}: {ident!r} {why} (raymeta data validate lists the {len(ids)} held-out ids)"
+    )
 
 
 def check_task(task: Task, ckpt: MetaCheckpoint) -> None:
@@ -125,6 +147,10 @@ def plan_tune(request: TuneRequest, crash_marker: str | None = None) -> TunePlan
     """Resolve the request: load the checkpoint, build and check the task, choose the prior and
     the trials' first configs (raises one-line ``RaymetaError``s, writes nothing)."""
     ckpt = load_meta_checkpoint(request.meta)
+    names = [("family", ckpt.family.name)]
+    names += [("model", c.spec.name) for c in ckpt.candidates.values()]
+    for kind, name in names:
+        check_portable(kind, name)  # type: ignore[arg-type]
     the_task = resolve_task(request.task, ckpt, request.task_options)
     check_task(the_task, ckpt)
     strat = request.as_strategy()
@@ -149,5 +175,6 @@ def plan_tune(request: TuneRequest, crash_marker: str | None = None) -> TunePlan
         seed=request.seed,
         crash_marker=crash_marker,
         device="cuda" if request.gpus_per_trial > 0 else "cpu",
+        import_roots=import_roots(name for _, name in names),
     )
     return TunePlan(request, ckpt, the_task, setup, prior, portfolio[: request.trials], initial)

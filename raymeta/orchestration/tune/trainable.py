@@ -53,6 +53,7 @@ from raymeta.finetune.population import (
     member_seeds,
     run_schedule,
 )
+from raymeta.plugins import add_import_roots
 from raymeta.priors import Prior
 
 STATE_FILE = "state.pt"
@@ -81,6 +82,7 @@ class TrialSetup:
     threads: int = 1
     device: str = "cpu"  # "cuda" when the trial holds a GPU (``--gpus-per-trial``)
     crash_marker: str | None = None  # test hook: SIGKILL the trial process once, after a report
+    import_roots: list[str] = field(default_factory=list)  # where the user's modules live
     extra: dict[str, Any] = field(default_factory=dict)
 
     def candidate(self, config: Mapping[str, Any]) -> Candidate:
@@ -159,6 +161,7 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
     """Fine-tune one packed trial, reporting (and checkpointing) every ``setup.interval`` steps."""
     from ray import tune
 
+    add_import_roots(setup.import_roots)
     torch.set_num_threads(max(1, setup.threads))
     trial_id = tune.get_context().get_trial_id()
     idx = trial_index(trial_id)
