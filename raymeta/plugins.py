@@ -31,15 +31,16 @@ job (``ray job submit --working-dir .`` or ``--runtime-env-json '{"py_modules": 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import metadata
 from typing import Any, Literal
 
-from raymeta.errors import ConfigError
+from raymeta.errors import ConfigError, RaymetaError
 
 Kind = Literal["model", "family"]
 GROUPS: dict[Kind, str] = {"model": "raymeta.models", "family": "raymeta.families"}
@@ -128,14 +129,14 @@ def import_object(kind: Kind, path: str) -> Any:
             raise ConfigError(
                 f"cannot import {kind} {path!r}: {modname!r} has no {attr!r}"
             ) from None
+    if not callable(obj):
+        raise ConfigError(f"{kind} {path!r} is not callable (it is a {type(obj).__name__})")
     owner = str(getattr(obj, "__module__", "") or "")
     if owner.split(".", 1)[0] != top:
         raise ConfigError(
             f"{kind} {path!r} is defined in {owner or 'another module'!r}, not in package {top!r}; "
             "name it where it is defined"
         )
-    if not callable(obj):
-        raise ConfigError(f"{kind} {path!r} is not callable (it is a {type(obj).__name__})")
     return obj
 
 
@@ -248,3 +249,43 @@ def check_label(what: str, name: str) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def _culprit(frame: Any, names: list[str]) -> str | None:
+    """The label of the user's object a traceback frame runs in, if the frame is user code:
+    its module is one the names import, and ``self`` (a method) or the function itself tells
+    which of the names sharing that module it belongs to."""
+    module = str(frame.f_globals.get("__name__", ""))
+    here = [n for n in names if n.split(":", 1)[0] == module]
+    if not here:
+        return None
+    owner = frame.f_locals.get("self")
+    mro = {c.__qualname__ for c in type(owner).__mro__} if owner is not None else set()
+    for n in here:
+        attr = n.split(":", 1)[1]
+        if attr in mro or attr == frame.f_code.co_name:
+            return short_name(n)
+    return short_name(here[0])
+
+
+@contextlib.contextmanager
+def blame(names: Iterable[str], where: str) -> Iterator[None]:
+    """Re-raise an exception whose traceback passes through the user's own model or family
+    code as a one-line ``ConfigError`` naming it: a bug in a plugin fails every rerun the same
+    way, so a Ray worker must not report it as a crash that a rerun would resume from."""
+    paths = [n for n in names if is_import_path(n)]
+    try:
+        yield
+    except RaymetaError:
+        raise
+    except Exception as exc:
+        tb = exc.__traceback__
+        culprit = None
+        while tb is not None and paths:
+            culprit = _culprit(tb.tb_frame, paths) or culprit
+            tb = tb.tb_next
+        if culprit is not None:  # the innermost user frame: where the bug is
+            raise ConfigError(
+                f"{culprit!r} raised {type(exc).__name__} {where}: {_first_line(exc)}"
+            ) from None
+        raise

@@ -113,6 +113,7 @@ def _write_into(tmp: Path, ckpt: MetaCheckpoint) -> None:
         "version": VERSION,
         "family": ckpt.family.to_dict(),
         "candidates": cands,
+        "candidate_order": list(cands),  # meta.json sorts keys; the first is the default
         "config": ckpt.config,
         "metrics": ckpt.metrics,
         "versions": versions(),
@@ -318,7 +319,10 @@ def load_meta_checkpoint(path: str | Path) -> MetaCheckpoint:
         raw = meta["candidates"]
         if not isinstance(raw, dict) or not raw:
             raise CheckpointError(f"meta-checkpoint {p} has no model candidates")
-        cands = {name: _candidate(p, meta, name, c) for name, c in raw.items()}
+        order = meta.get("candidate_order")
+        if not isinstance(order, list) or sorted(map(str, order)) != sorted(raw):
+            order = list(raw)
+        cands = {name: _candidate(p, meta, name, raw[name]) for name in order}
         priors = None
         pname = priors_name(meta)
         if pname is not None:

@@ -209,8 +209,8 @@ def _count(model: nn.Module, spec: ModelSpec) -> tuple[int, int]:
 
     hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
     try:
-        with torch.no_grad():
-            model(torch.zeros(1, *spec.input_shape, device=device))
+        with torch.no_grad():  # 2 examples: BatchNorm refuses a batch of 1 in training mode
+            model(torch.zeros(2, *spec.input_shape, device=device))
     except Exception as exc:
         raise ConfigError(
             f"model {_label(spec)!r} does not run on inputs of shape {tuple(spec.input_shape)}: "
@@ -219,7 +219,7 @@ def _count(model: nn.Module, spec: ModelSpec) -> tuple[int, int]:
     finally:
         for h in hooks:
             h.remove()
-    return sum(p.numel() for p in model.parameters()), acts[0]
+    return sum(p.numel() for p in model.parameters()), acts[0] // 2
 
 
 def _label(spec: ModelSpec) -> str:

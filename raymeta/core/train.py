@@ -364,8 +364,11 @@ def preflight(cfg: MetaTrainConfig) -> None:
             f"model {label!r} fails in a meta-training step ({cfg.algo}, vmapped over tasks): "
             f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
             + (
-                " (BatchNorm must use track_running_stats=False, or use GroupNorm)"
-                if "running" in str(exc) or "inplace" in str(exc).lower()
+                " (BatchNorm running statistics do not work under vmap: use "
+                "track_running_stats=False, or GroupNorm / LayerNorm)"
+                if any(
+                    getattr(m, "track_running_stats", False) for m in trainer.engine.model.modules()
+                )
                 else ""
             )
         ) from None

@@ -28,7 +28,7 @@ from raymeta.orchestration.meta_train._newest_checkpoint import (
     newest_state,
     write_manifest,
 )
-from raymeta.plugins import add_import_roots
+from raymeta.plugins import add_import_roots, blame
 
 FINAL_DIR = "final"
 
@@ -159,7 +159,8 @@ def train_loop(config: dict[str, Any]) -> None:
     t_int, c_int, tasks_int, val_s, val_c = time.perf_counter(), time.process_time(), 0, 0.0, 0.0
     while tr.step < cfg.steps:
         _maybe_crash(debug, tr.step, rank)
-        loss_sum, grads = tr.local_grad()
+        with blame((cfg.model, cfg.family), f"in meta-training step {tr.step + 1}"):
+            loss_sum, grads = tr.local_grad()
         flat = _flatten(loss_sum, n_local, grads)
         if dist.is_initialized():  # also at W=1, so the NCCL/gloo path always runs
             dist.all_reduce(flat)
@@ -177,7 +178,8 @@ def train_loop(config: dict[str, Any]) -> None:
             check_finite()
         if rank == 0 and (tr.step % cfg.val_every == 0 or tr.step == cfg.steps):
             t_val, c_val = time.perf_counter(), time.process_time()
-            last["val_loss"] = float(tr.validate()["loss"])
+            with blame((cfg.model, cfg.family), f"in meta-validation at step {tr.step}"):
+                last["val_loss"] = float(tr.validate()["loss"])
             val_s, val_c = val_s + time.perf_counter() - t_val, val_c + time.process_time() - c_val
         if rank == 0 and queue is not None and (tr.step % every_log == 0 or tr.step == cfg.steps):
             dt = max(time.perf_counter() - t_int - val_s, 1e-9)

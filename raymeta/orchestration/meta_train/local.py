@@ -19,6 +19,7 @@ from raymeta.orchestration.meta_train.run_state import (
     out_status,
 )
 from raymeta.paths import probe_writable
+from raymeta.plugins import blame
 
 
 @locks_output("out")  # one writer per --out, whatever the command
@@ -74,7 +75,8 @@ def _run_one(
 
     t0 = time.perf_counter()
     every = log_every or max(1, min(cfg.val_every, max(cfg.steps // 20, 1)))
-    tr = meta_train(cfg, progress=show if progress else None, log_every=every)
+    with blame((cfg.model, cfg.family), "in meta-training"):
+        tr = meta_train(cfg, progress=show if progress else None, log_every=every)
     metrics = {"step": tr.step, "val_loss": float(tr.validate()["loss"])}
     save_meta_checkpoint(out_p, tr.to_checkpoint(metrics), overwrite=True)
     if progress:
