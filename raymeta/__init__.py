@@ -9,6 +9,7 @@ The public API; everything a user needs is importable from here::
     ckpt = raymeta.load_meta_checkpoint("runs/meta")
     raymeta.write_priors("runs/meta", raymeta.fit_priors(ckpt, n_tasks=32).to_dict())
     report = raymeta.tune(raymeta.TuneRequest("runs/meta", "sinusoid:17", trials=8, out="runs/t"))
+    model = raymeta.load_model("runs/t")                       # the tuned nn.Module, eval mode
 
 Names load on first use (PEP 562): ``import raymeta`` imports neither torch nor Ray, and the
 pure layers (``core``, ``tasks``, ``priors``, ``results``, ``finetune``) never import Ray; only
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from raymeta.finetune.hparams import FinetuneConfig, broad_space
     from raymeta.finetune.run import run_population
     from raymeta.finetune.strategy import Strategy
+    from raymeta.inference import load_model, predict
     from raymeta.orchestration.meta_train.ray_train import run_meta_train
     from raymeta.orchestration.sweep.config import SweepConfig, load_sweep, parse_sweep
     from raymeta.orchestration.sweep.run import run_sweep as sweep
@@ -87,6 +89,9 @@ _API: dict[str, str] = {
     # tune, sweep, report
     "TuneRequest": "raymeta.orchestration.tune.request",
     "tune": "raymeta.orchestration.tune.run",
+    # the tuned model
+    "load_model": "raymeta.inference",
+    "predict": "raymeta.inference",
     "SweepConfig": "raymeta.orchestration.sweep.config",
     "load_sweep": "raymeta.orchestration.sweep.config",
     "parse_sweep": "raymeta.orchestration.sweep.config",
@@ -124,6 +129,8 @@ __all__ = [
     "run_population",
     "TuneRequest",
     "tune",
+    "load_model",
+    "predict",
     "SweepConfig",
     "load_sweep",
     "parse_sweep",

@@ -20,7 +20,17 @@ from raymeta.cli._common import Parser
 from raymeta.cli._config import apply_config
 from raymeta.errors import DeprecatedOption, RaymetaError
 
-COMMANDS = ("quickstart", "meta_train", "priors", "tune", "sweep", "report", "bench", "data")
+COMMANDS = (
+    "quickstart",
+    "meta_train",
+    "priors",
+    "tune",
+    "predict",
+    "sweep",
+    "report",
+    "bench",
+    "data",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

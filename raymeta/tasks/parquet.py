@@ -18,9 +18,18 @@ groups (one read per file for a whole meta-batch, filtered on ``task_id``) and k
 cache of ``cache_tasks`` tasks. Files are found with ``pyarrow.dataset`` (hidden and ``_`` files
 are skipped, so half-written temp files never count).
 
-``sample()`` draws ``shots`` support rows from a task's train split and ``queries`` query rows
-from its val split, without replacement. A task with fewer rows is an error unless
-``replace=True``, which lets exactly those tasks draw with replacement.
+Episodes (``sample()``) draw support rows from a task's train split and query rows from its val
+split, without replacement. Regression: ``shots`` support and ``queries`` query rows. Classification
+is N-way K-shot: ``ways`` of the task's classes (all of them by default, the fewest any sampled task
+has), each with exactly ``shots`` support and ``queries`` query rows (labels stay the stored class
+ids). A task with fewer rows is an error unless ``replace=True``, which lets exactly those tasks
+draw with replacement.
+
+Shaped features (images): a feature shape declared in the schema metadata (``SHAPE_KEY``, written
+by ``write_tasks`` and ``raymeta data convert --shape``) or by the ``shape`` option makes
+``input_shape`` that shape and every tensor come back ``[N, *shape]``, so ``conv4`` can train on
+Parquet images. Plain tables with named columns convert with ``convert_table`` (``raymeta data
+convert``). ``OPTIONS_DOC`` documents the family's options (``raymeta data --help`` prints it).
 """
 
 from __future__ import annotations
@@ -42,12 +51,20 @@ from raymeta.errors import ConfigError, DataError
 from raymeta.tasks._parquet_io import (
     MAX_CLASSES,
     SCHEMA_DOC,
+    SHAPE_KEY,
+    Converted,
+    FeatureReader,
+    atomic_file,
     check_schema,
+    check_shape,
     check_splits,
     check_string_columns,
+    convert_table,
     features_numpy,
     load_task_file,
     meta_split_of,
+    parse_shape,
+    show_shape,
     target_numpy,
     task_schema,
     write_tasks,
@@ -56,15 +73,35 @@ from raymeta.tasks.base import SPLITS, Kind, Split, Task, TaskBatch, TaskFamily,
 
 __all__ = [
     "MAX_CLASSES",
+    "OPTIONS_DOC",
     "SCHEMA_DOC",
+    "SHAPE_KEY",
+    "Converted",
+    "FeatureReader",
     "ParquetFamily",
     "TaskIndex",
+    "atomic_file",
+    "convert_table",
     "load_task_file",
     "meta_split_of",
+    "parse_shape",
     "scan_tasks",
+    "show_shape",
     "task_schema",
     "write_tasks",
 ]
+
+OPTIONS_DOC = {
+    "path": "a Parquet task set: one file or a directory of *.parquet files (required)",
+    "shots": "support rows per episode; per class for classification (N-way K-shot), default 10",
+    "queries": "query rows per episode; per class for classification, default 10",
+    "ways": "classification: classes per episode (default: the fewest any meta-train/val task has)",
+    "shape": "feature shape, e.g. [1,8,8] or 1x8x8 (default: the file's declared shape, else [D])",
+    "replace": "let tasks with too few rows draw with replacement (default false)",
+    "n_classes": "classification: output units (default: the largest class id + 1)",
+    "full_check": "scan every feature value when the family is built (default true)",
+    "cache_tasks": "tasks whose rows are kept in memory (LRU), default 256",
+}
 
 Rows = dict[str, tuple[torch.Tensor, torch.Tensor]]
 MAX_ROWS_OPTION = 1_000_000  # shots / queries / cache_tasks: larger would only exhaust memory
@@ -82,6 +119,9 @@ class TaskIndex:
     rows: dict[str, dict[str, int]] = field(default_factory=dict)
     meta: dict[str, str] = field(default_factory=dict)
     where: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # (file, row group)
+    shape: tuple[int, ...] | None = None  # declared in the files' schema metadata
+    # classification: per task and within-task split, rows per class id
+    class_rows: dict[str, dict[str, dict[int, int]]] = field(default_factory=dict)
 
     def tasks(self, split: str) -> list[str]:
         return sorted(t for t, s in self.meta.items() if s == split)
@@ -114,6 +154,9 @@ def scan_tasks(path: str | os.PathLike[str], full_check: bool = True) -> TaskInd
     width: int | None = None
     kind: Kind | None = None
     n_classes, first = 0, files[0]
+    shape: tuple[int, ...] | None = None
+    shape_file = first
+    class_rows: dict[str, dict[str, dict[int, int]]] = {}
     rows: dict[str, dict[str, int]] = {}
     meta: dict[str, str] = {}
     where: dict[str, list[tuple[int, int]]] = {}
@@ -133,6 +176,12 @@ def scan_tasks(path: str | os.PathLike[str], full_check: bool = True) -> TaskInd
         if cols.width is not None and width is not None and cols.width != width:
             raise DataError(f"{f}: features have width {cols.width} but {first} has {width}")
         width = cols.width if cols.width is not None else width
+        if cols.shape is not None:
+            if shape is not None and cols.shape != shape:
+                raise DataError(
+                    f"{f}: feature shape {show_shape(cols.shape)} but {shape_file} declares {show_shape(shape)}"
+                )
+            shape, shape_file = cols.shape, f
         need = ["task_id", "split", "target"] + (["meta_split"] if cols.has_meta_split else [])
         if full_check or cols.width is None:
             need.append("features")
@@ -162,10 +211,24 @@ def scan_tasks(path: str | os.PathLike[str], full_check: bool = True) -> TaskInd
                 rows.setdefault(t, dict.fromkeys(SPLITS, 0))[s] += c
                 if not where.setdefault(t, []) or where[t][-1] != (i, rg):
                     where[t].append((i, rg))
+            if kind == "classification":
+                per = (
+                    pa.table({"t": ids, "s": b.column("split"), "y": pa.array(y)})
+                    .group_by(["t", "s", "y"])
+                    .aggregate([([], "count_all")])
+                )
+                for t, s, c, n in zip(
+                    *(per.column(k).to_pylist() for k in ("t", "s", "y", "count_all")),
+                    strict=True,
+                ):
+                    by = class_rows.setdefault(t, {sp: {} for sp in SPLITS})[s]
+                    by[c] = by.get(c, 0) + n
             if cols.has_meta_split:
                 _merge_meta(meta, ids, b.column("meta_split"), f)
     if width is None or kind is None or n_rows == 0:
         raise DataError(f"{path}: holds no rows")
+    if shape is not None:
+        check_shape(shape, width, str(shape_file))
     dup = dups.duplicated_task()
     if dup is not None:
         task, a, b = dup
@@ -179,7 +242,7 @@ def scan_tasks(path: str | os.PathLike[str], full_check: bool = True) -> TaskInd
                 f"{path}: task {t!r} has no {'/'.join(missing)} rows (every task needs train, val and test)"
             )
         meta.setdefault(t, meta_split_of(t))
-    return TaskIndex(str(path), files, width, kind, n_classes, rows, meta, where)
+    return TaskIndex(str(path), files, width, kind, n_classes, rows, meta, where, shape, class_rows)
 
 
 class _CrossFileRows:
@@ -258,6 +321,8 @@ def _merge_meta(meta: dict[str, str], ids: pa.Array, ms: pa.Array, where: str) -
 
 
 class ParquetFamily(TaskFamily):
+    """Your own tasks from Parquet (see the module docstring; ``OPTIONS_DOC`` lists the options)."""
+
     name = "parquet"
 
     def __init__(
@@ -269,7 +334,14 @@ class ParquetFamily(TaskFamily):
         n_classes: int | None = None,
         full_check: bool = True,
         cache_tasks: int = 256,
+        ways: int | None = None,
+        shape: Any = None,
+        **unknown: Any,
     ):
+        if unknown:
+            raise ConfigError(
+                f"parquet: unknown option {sorted(unknown)[0]!r} (valid: {', '.join(OPTIONS_DOC)})"
+            )
         for key, v in {"shots": shots, "queries": queries, "cache_tasks": cache_tasks}.items():
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_ROWS_OPTION:
                 raise ConfigError(
@@ -282,19 +354,22 @@ class ParquetFamily(TaskFamily):
         for key, b in {"replace": replace, "full_check": full_check}.items():
             if not isinstance(b, bool):
                 raise ConfigError(f"parquet: {key} must be true or false, got {b!r}")
-        if n_classes is not None and (
-            isinstance(n_classes, bool)
-            or not isinstance(n_classes, int)
-            or not 1 <= n_classes <= MAX_CLASSES
-        ):
-            raise ConfigError(
-                f"parquet: n_classes must be an integer in 1..{MAX_CLASSES}, got {n_classes!r}"
-            )
+        for key, n in {"n_classes": n_classes, "ways": ways}.items():
+            if n is not None and (
+                isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CLASSES
+            ):
+                raise ConfigError(
+                    f"parquet: {key} must be an integer in 1..{MAX_CLASSES}, got {n!r}"
+                )
+        declared = None if shape is None else parse_shape(shape, "parquet: shape", ConfigError)
         self.path, self.shots, self.queries, self.replace = str(path), shots, queries, replace
         self.full_check, self.cache_tasks = bool(full_check), cache_tasks
         self.index = scan_tasks(path, full_check=self.full_check)
         self.kind = self.index.kind
-        self.input_shape = (self.index.width,)
+        if declared is not None:
+            check_shape(declared, self.index.width, "parquet: shape", ConfigError)
+        self.shape = declared
+        self.input_shape = declared or self.index.shape or (self.index.width,)
         self.n_classes = n_classes
         if self.kind == "classification":
             have = self.index.n_classes
@@ -303,19 +378,58 @@ class ParquetFamily(TaskFamily):
             self.output_dim = n_classes or have
         else:
             self.output_dim = 1
+            if ways is not None:
+                raise ConfigError("parquet: ways applies to classification task sets only")
         self._ids = {s: self.index.tasks(s) for s in SPLITS}
         if not self._ids["train"]:
             raise DataError(
                 f"parquet: {path} has no meta-train tasks (set meta_split or add tasks)"
             )
-        if not self.replace:
-            for t, r in self.index.rows.items():
+        sampled = self._ids["train"] + self._ids["val"]  # the tasks episodes come from
+        self._classes: dict[str, torch.Tensor] = {}
+        self.ways: int | None = None
+        if self.kind == "classification":
+            self.ways = self._check_ways(sampled, ways)
+        elif not self.replace:
+            for t in sampled:
+                r = self.index.rows[t]
                 for s, need, what in (("train", shots, "shots"), ("val", queries, "queries")):
                     if r[s] < need:
                         raise ConfigError(
                             f"parquet: task {t!r} has {r[s]} {s} rows, fewer than {what}={need} (lower it or pass replace=True)"
                         )
         self._cache: OrderedDict[str, Rows] = OrderedDict()
+
+    def _check_ways(self, sampled: list[str], ways: int | None) -> int:
+        """N of N-way: every class of a sampled task's train split must have ``shots`` train and
+        ``queries`` val rows (at least one of each with ``replace``)."""
+        fewest: tuple[int, str] | None = None
+        for t in sampled:
+            by = self.index.class_rows.get(t, {s: {} for s in SPLITS})
+            cls = sorted(by["train"])
+            for c in cls:
+                for s, need, what in (
+                    ("train", self.shots, "shots"),
+                    ("val", self.queries, "queries"),
+                ):
+                    n = by[s].get(c, 0)
+                    if n == 0:
+                        raise DataError(
+                            f"parquet: task {t!r} has no {s} rows of class {c} (every class of a task's train split needs train and val rows)"
+                        )
+                    if n < need and not self.replace:
+                        raise ConfigError(
+                            f"parquet: task {t!r} has {n} {s} rows of class {c}, fewer than {what}={need} per class (lower it or pass replace=True)"
+                        )
+            self._classes[t] = torch.tensor(cls, dtype=torch.int64)
+            if fewest is None or len(cls) < fewest[0]:
+                fewest = (len(cls), t)
+        assert fewest is not None
+        if ways is not None and ways > fewest[0]:
+            raise ConfigError(
+                f"parquet: ways={ways} but task {fewest[1]!r} has {fewest[0]} classes in its train split"
+            )
+        return ways or fewest[0]
 
     def options(self) -> dict[str, Any]:
         return {
@@ -326,10 +440,16 @@ class ParquetFamily(TaskFamily):
             "n_classes": self.n_classes,
             "full_check": self.full_check,
             "cache_tasks": self.cache_tasks,
+            "ways": self.ways,
+            "shape": None if self.shape is None else list(self.shape),
         }
 
     def n_tasks(self, split: Split) -> int:
         return len(self._ids[check_split(split)])
+
+    def task_ids(self, split: Split) -> list[str]:
+        """The task ids of a meta-split, in index order (``task(split, i)`` is ``task_ids[i]``)."""
+        return list(self._ids[check_split(split)])
 
     def rows(self, task_id: str) -> Rows:
         """A task's rows per within-task split (read on demand, LRU-cached)."""
@@ -369,8 +489,9 @@ class ParquetFamily(TaskFamily):
             rows: Rows = {}
             for s in SPLITS:
                 yt = torch.from_numpy(y[sp == s].copy())
+                xt = torch.from_numpy(x[sp == s].copy())
                 rows[s] = (
-                    torch.from_numpy(x[sp == s].copy()),
+                    xt.view(len(xt), *self.input_shape),
                     yt.view(-1, 1) if self.kind == "regression" else yt,
                 )
             got[t] = self._cache[t] = rows
@@ -396,19 +517,48 @@ class ParquetFamily(TaskFamily):
         parts: list[list[torch.Tensor]] = [[], [], [], []]
         for j in pick:
             r = loaded[ids[j]]
+            if self.kind == "classification":
+                ep = self._episode(r, self._classes[ids[j]], generator)
+                for k in range(4):
+                    parts[k].append(ep[k])
+                continue
             for (x, y), k, off in ((r["train"], self.shots, 0), (r["val"], self.queries, 2)):
                 sel = self._draw(x.shape[0], k, generator)
                 parts[off].append(x[sel])
                 parts[off + 1].append(y[sel])
         if not pick:
-            d = self.index.width
+            ns, nq = self._episode_sizes()
             y_shape: tuple[int, ...] = (1,) if self.kind == "regression" else ()
             y_dtype = torch.float32 if self.kind == "regression" else torch.int64
             return TaskBatch(
-                torch.zeros(0, self.shots, d), torch.zeros(0, self.shots, *y_shape, dtype=y_dtype),
-                torch.zeros(0, self.queries, d), torch.zeros(0, self.queries, *y_shape, dtype=y_dtype),
+                torch.zeros(0, ns, *self.input_shape), torch.zeros(0, ns, *y_shape, dtype=y_dtype),
+                torch.zeros(0, nq, *self.input_shape), torch.zeros(0, nq, *y_shape, dtype=y_dtype),
             )  # fmt: skip
         return TaskBatch(*(torch.stack(p) for p in parts))
+
+    def _episode_sizes(self) -> tuple[int, int]:
+        n = self.ways or 1
+        return n * self.shots, n * self.queries
+
+    def episode_examples(self) -> int:
+        return sum(self._episode_sizes())
+
+    def _episode(
+        self, r: Rows, classes: torch.Tensor, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """An N-way episode: ``ways`` of the task's classes, each with exactly ``shots`` support
+        and ``queries`` query rows, shuffled."""
+        chosen = classes[torch.randperm(len(classes), generator=g)[: self.ways]]
+        out: list[torch.Tensor] = []
+        for (x, y), k in ((r["train"], self.shots), (r["val"], self.queries)):
+            sel = []
+            for c in chosen.tolist():
+                rows = torch.nonzero(y == c).flatten()
+                sel.append(rows[self._draw(len(rows), k, g)])
+            idx = torch.cat(sel)
+            idx = idx[torch.randperm(len(idx), generator=g)]
+            out += [x[idx], y[idx]]
+        return out[0], out[1], out[2], out[3]
 
     def task(self, split: Split, index: int) -> Task:
         ids = self._ids_of(split)

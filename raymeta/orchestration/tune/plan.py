@@ -65,22 +65,22 @@ def resolve_task(spec: str, ckpt: MetaCheckpoint, options: Mapping[str, Any] | N
     """``FAMILY:INDEX`` or ``FAMILY:TASK_ID`` (a held-out meta-test task of the checkpoint's
     family, drawn with the checkpoint's family options, split sizes overridable by
     ``options``; a family that lists task ids, like ``parquet``, is searched by id first) or a
-    Parquet file. The spec splits at its LAST ':', so a family named by an import path
-    ``pkg.mod:Cls`` reads ``pkg.mod:Cls:3``."""
-    name, sep, ident = spec.rpartition(":")
-    if sep and name and ident and not Path(spec).exists():
-        if name == ckpt.family.name:
-            return _held_out_task(spec, ident, make_family(resize_splits(ckpt.family, options)))
-        if _SPEC.match(spec):
-            raise ConfigError(
-                f"task {spec!r}: the meta-checkpoint was trained on family {ckpt.family.name!r}; use {ckpt.family.name}:INDEX or a Parquet task file"
-            )
+    Parquet file. The spec is the family's name, a ':', then the index or id, so a family named
+    by an import path reads ``pkg.mod:Cls:3`` and an id may hold ':' itself."""
+    family = ckpt.family.name
+    if spec.startswith(family + ":") and len(spec) > len(family) + 1 and not Path(spec).exists():
+        ident = spec[len(family) + 1 :]
+        return _held_out_task(spec, ident, make_family(resize_splits(ckpt.family, options)))
+    if _SPEC.match(spec) and not Path(spec).exists():
+        raise ConfigError(
+            f"task {spec!r}: the meta-checkpoint was trained on family {ckpt.family.name!r}; use {ckpt.family.name}:INDEX or a Parquet task file"
+        )
     if options:
         raise ConfigError("--task-option applies to FAMILY:INDEX tasks, not to Parquet task files")
     path = Path(spec)
     if not path.is_file():
         raise ConfigError(
-            f"task {spec!r} is neither {ckpt.family.name}:INDEX (or :TASK_ID) nor an existing Parquet task file"
+            f"task {spec!r} is neither FAMILY:INDEX (or FAMILY:TASK_ID) nor an existing Parquet task file"
         )
     from raymeta.tasks.parquet import load_task_file
 
@@ -92,10 +92,12 @@ def _held_out_task(spec: str, ident: str, family: Any) -> Task:
     ids = family.task_ids("test") if callable(getattr(family, "task_ids", None)) else None
     if ids is not None and ident in ids:
         return family.task("test", ids.index(ident))  # type: ignore[no-any-return]
-    if ident.isdecimal():
+    if ident.isascii() and ident.isdigit():
         return family.task("test", int(ident))  # type: ignore[no-any-return]
     if ids is None:
-        raise ConfigError(f"task {spec!r}: expected FAMILY:INDEX with an integer INDEX")
+        raise ConfigError(
+            f"task {spec!r} is neither FAMILY:INDEX (INDEX an integer >= 0) nor an existing Parquet task file"
+        )
     other = next(
         (s for s in ("train", "val") if ident in family.task_ids(s)), None
     )  # a known task, but not held out

@@ -393,6 +393,7 @@ def write_outputs(
     buf = io.BytesIO()
     torch.save({k: v.contiguous() for k, v in best.params.items()}, buf)
     atomic_write_bytes(out / MODEL_FILE, buf.getvalue())
+    model_sha256 = hashlib.sha256(buf.getvalue()).hexdigest()  # raymeta.load_model checks it
     first = [h.rows[0]["val_loss"] for h in hists if h.rows]
     report = {
         "task": plan.task.task_id,
@@ -404,6 +405,9 @@ def write_outputs(
         "budget": req.total_budget,
         "steps_per_member": plan.setup.steps_per_member,
         "model": pop.spec.to_dict(),
+        "model_sha256": model_sha256,
+        "candidate": best.config.get("model", pop.name),
+        "kind": plan.task.kind,
         "best": {
             "trial": best_trial,
             "member": best.member,
