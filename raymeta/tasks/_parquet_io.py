@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from raymeta.checks import show_value
 from raymeta.errors import DataError, RaymetaError
 from raymeta.fileio import clean_stale, fsync_dir, make_temp_file
 from raymeta.tasks.base import SPLITS, Kind, Task
@@ -62,17 +63,23 @@ def parse_shape(value: Any, where: str, error: type[RaymetaError] = DataError) -
             v = v.decode()
         except UnicodeDecodeError:
             v = None
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v]
     if isinstance(v, str):
         text = v.strip().strip("[]()")
         parts = [t.strip() for t in text.replace("x", ",").replace("X", ",").split(",")]
-        v = [int(t) if t.isdigit() else t for t in parts] if text else []
+        v = (
+            [int(t) if t.isascii() and t.isdigit() and len(t) <= 18 else t for t in parts]
+            if text
+            else []
+        )
     if (
         not isinstance(v, (list, tuple))
         or not 1 <= len(v) <= MAX_SHAPE_DIMS
         or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in v)
     ):
         raise error(
-            f"{where}: feature shape must be 1 to {MAX_SHAPE_DIMS} positive sizes such as 1x8x8, got {value!r}"
+            f"{where}: feature shape must be 1 to {MAX_SHAPE_DIMS} positive sizes such as 1x8x8, got {show_value(value)}"
         )
     return tuple(int(d) for d in v)
 
