@@ -6,8 +6,9 @@ this module and rebuilds them. Nothing here imports Ray.
 
 * ``ResidualMLP``: a small residual MLP. raymeta's model contract: called as
   ``factory(input_shape, output_dim, **options)``; the last layer is named ``head`` (ANIL and
-  head-only fine-tuning adapt ``head.*``); no BatchNorm running statistics (they break under
-  ``torch.func.vmap``); options are JSON-able.
+  head-only fine-tuning adapt ``head.*``); no BatchNorm running statistics, and no LayerNorm /
+  BatchNorm at all for second-order MAML (their second-order gradients are wrong under
+  ``torch.func.vmap``; GroupNorm is exact); options are JSON-able.
 * ``Ramps``: a regression family unlike the sinusoid: ``y = a * tanh(b * (x - c)) + d * x``,
   a smooth ramp whose height, steepness, centre and slope vary per task. Meta-splits are
   disjoint because the slope ``d`` lies on a grid whose index modulo 3 encodes the split.
@@ -31,7 +32,8 @@ _GRID = 2**20
 
 
 class ResidualMLP(nn.Module):
-    """``width``-wide MLP with ``blocks`` residual blocks (LayerNorm is vmap-safe)."""
+    """``width``-wide MLP with ``blocks`` residual blocks. ``GroupNorm(1, C)`` normalises like
+    ``LayerNorm(C)`` but, unlike it, has exact second-order gradients under ``vmap``."""
 
     def __init__(
         self, input_shape: Sequence[int], output_dim: int, width: int = 32, blocks: int = 2
@@ -44,7 +46,7 @@ class ResidualMLP(nn.Module):
             n_in *= int(d)
         self.inp = nn.Sequential(nn.Flatten(start_dim=-len(input_shape)), nn.Linear(n_in, width))
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.Tanh())
+            nn.Sequential(nn.GroupNorm(1, width), nn.Linear(width, width), nn.Tanh())
             for _ in range(blocks)
         )
         self.head = nn.Linear(width, output_dim)

@@ -62,6 +62,18 @@ class BatchNormNet(nn.Module):
         return self.head(self.body(x))
 
 
+class NoStatsBatchNorm(nn.Module):
+    def __init__(self, input_shape, output_dim):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(input_shape[0], 8), nn.BatchNorm1d(8, track_running_stats=False), nn.ReLU()
+        )
+        self.head = nn.Linear(8, output_dim)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
 class LateBug(Tiny):
     """Fine for the first forward passes, then a bug in the user's own code."""
 
@@ -175,8 +187,18 @@ def test_a_factory_that_raises_or_breaks_under_vmap_fails_before_training(
     )
     assert main([*argv, "--model", f"{plugin}:BatchNormNet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("raymeta: error: model 'BatchNormNet' fails in a meta-training step")
+    assert err.startswith("raymeta: error: model BatchNormNet breaks the 'no-running-stats' rule")
     assert "track_running_stats=False" in err and "\n" not in err
+    # without running stats BatchNorm runs, but its second-order MAML gradient is wrong under
+    # vmap: refused for maml, accepted for first-order algorithms
+    assert main([*argv, "--model", f"{plugin}:NoStatsBatchNorm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "breaks the 'vmap' rule" in err and "GroupNorm" in err
+    assert main([*argv, "--model", f"{plugin}:NoStatsBatchNorm", "--algo", "fomaml"]) == 0
+    capsys.readouterr()
+    import shutil
+
+    shutil.rmtree(out)
     assert main([*argv, "--model", "nope_pkg_xyz:Net"]) == 2
     assert "no module named 'nope_pkg_xyz'" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob(".ck*"))

@@ -32,7 +32,7 @@ from raymeta.tasks import Task, TaskBatch, TaskFamily
 class Net(nn.Module):
     def __init__(self, input_shape, output_dim, width=8):
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(input_shape[0], width), nn.LayerNorm(width), nn.Tanh())
+        self.body = nn.Sequential(nn.Linear(input_shape[0], width), nn.GroupNorm(1, width), nn.Tanh())
         self.head = nn.Linear(width, output_dim)
 
     def forward(self, x):

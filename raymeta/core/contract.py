@@ -481,3 +481,15 @@ def check_model_runs(model: nn.Module, input_shape: Sequence[int], output_dim: i
         _rule_running_stats(model, who)
         _rule_forward(model, who, shape, output_dim, batch=2)
         _meta_grad(model, who, "maml", _batch(shape, output_dim, _first_device(model), 2, 2))
+
+
+def check_second_order(model: nn.Module, input_shape: Sequence[int], output_dim: int) -> None:
+    """The engine's vmapped MAML / ANIL meta-gradients of ``model`` equal a per-task loop (in
+    float64 where the model allows it). Meta-training runs it on the driver for second-order
+    algorithms: BatchNorm, LayerNorm and InstanceNorm get a wrong second-order gradient under
+    ``torch.func.vmap`` in this torch (pytorch/functorch#534), which would train silently
+    wrong; raises ``ContractError`` naming the fix."""
+    who = _label(model)
+    shape, output_dim = _check_io(input_shape, output_dim)
+    with torch.random.fork_rng(devices=[]):
+        _rule_vmap(model, who, shape, output_dim)

@@ -3,7 +3,13 @@
 Every model splits into a ``body`` and a ``head`` (a final ``nn.Linear`` named ``head``), so
 ANIL and head-only fine-tuning can select parameters by the ``head.`` prefix. Normalisation
 never keeps running statistics (GroupNorm, or BatchNorm with ``track_running_stats=False``):
-buffers mutated in place do not survive ``vmap``.
+buffers mutated in place do not survive ``vmap``. GroupNorm is the default because BatchNorm,
+LayerNorm and InstanceNorm get a wrong *second-order* gradient under ``vmap`` in this torch
+(pytorch/functorch#534): ``conv4 norm=batch`` is refused for MAML / Meta-SGD by meta-train's
+preflight (``core.contract.check_second_order``) and is fine for the first-order algorithms.
+
+Models that are not built in are named by import path (``raymeta.plugins``); the contract they
+must meet is checked by ``raymeta.testing.check_model``.
 """
 
 from __future__ import annotations

@@ -349,12 +349,18 @@ def preflight(cfg: MetaTrainConfig) -> None:
     """Build the family and model, draw one train and one val task, and take one meta-gradient
     on a single task in this process: a bad option, a model or family whose own code raises,
     or a model that breaks under ``vmap`` (BatchNorm with running statistics) fails here in one
-    line, before a Ray worker starts or anything is written."""
+    line, before a Ray worker starts or anything is written. Second-order algorithms also check
+    that the vmapped meta-gradient equals a per-task loop (``check_second_order``): some norm
+    layers get a wrong one under vmap, which would otherwise train silently wrong."""
+    from raymeta.core.contract import check_model_runs, check_second_order
+
     trainer = MetaTrainer(cfg)
     batch = trainer.draw(0, shards=[0]).slice(0, 1)
     trainer.family.sample("val", 1, torch.Generator().manual_seed(0))
     label = short_name(trainer.spec.name)
+    model, spec = trainer.engine.model, trainer.spec
     try:
+        check_model_runs(model, spec.input_shape, spec.output_dim)
         detached = {k: v.detach() for k, v in trainer.params.items()}
         loss, _ = trainer.engine.meta_grad(detached, batch)
     except ConfigError:
@@ -363,14 +369,8 @@ def preflight(cfg: MetaTrainConfig) -> None:
         raise ConfigError(
             f"model {label!r} fails in a meta-training step ({cfg.algo}, vmapped over tasks): "
             f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
-            + (
-                " (BatchNorm running statistics do not work under vmap: use "
-                "track_running_stats=False, or GroupNorm / LayerNorm)"
-                if any(
-                    getattr(m, "track_running_stats", False) for m in trainer.engine.model.modules()
-                )
-                else ""
-            )
         ) from None
     if not bool(torch.isfinite(loss)):
         raise ConfigError(f"model {label!r} gives a non-finite loss on the first task")
+    if cfg.algo in ("maml", "metasgd") and not cfg.first_order and cfg.inner_steps > 0:
+        check_second_order(model, spec.input_shape, spec.output_dim)
