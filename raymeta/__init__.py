@@ -24,6 +24,7 @@ from raymeta._version import __version__
 from raymeta.lazy import lazy_attributes
 
 if TYPE_CHECKING:
+    from raymeta.core.candidates import CandidateConfig
     from raymeta.core.checkpoint import (
         MetaCheckpoint,
         load_meta_checkpoint,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
         CheckpointError,
         ClusterError,
         ConfigError,
+        ContractError,
         DataError,
         DeprecatedOption,
         RaymetaError,
@@ -64,6 +66,7 @@ _API: dict[str, str] = {
     "CheckpointError": "raymeta.errors",
     "ClusterError": "raymeta.errors",
     "DeprecatedOption": "raymeta.errors",
+    "ContractError": "raymeta.errors",
     # task families
     "Task": "raymeta.tasks",
     "TaskFamily": "raymeta.tasks",
@@ -72,6 +75,7 @@ _API: dict[str, str] = {
     "MetaTrainConfig": "raymeta.core.train",
     "meta_train": "raymeta.core.train",
     "run_meta_train": "raymeta.orchestration.meta_train.ray_train",
+    "CandidateConfig": "raymeta.core.candidates",
     "MetaCheckpoint": "raymeta.core.checkpoint",
     "load_meta_checkpoint": "raymeta.core.checkpoint",
     "save_meta_checkpoint": "raymeta.core.checkpoint",
@@ -109,12 +113,14 @@ __all__ = [
     "CheckpointError",
     "ClusterError",
     "DeprecatedOption",
+    "ContractError",
     "Task",
     "TaskFamily",
     "make_family",
     "MetaTrainConfig",
     "meta_train",
     "run_meta_train",
+    "CandidateConfig",
     "MetaCheckpoint",
     "load_meta_checkpoint",
     "save_meta_checkpoint",

@@ -108,7 +108,19 @@ def add_parser(sub: Any) -> None:
         default="cpu",
         help="where the fine-tuning populations train: cpu, or cuda[:N] on a GPU machine",
     )
-    s = add_command(inner, "show", "print a meta-checkpoint's priors as a table", _show)
+    s = add_command(
+        inner,
+        "show",
+        "print a meta-checkpoint's priors as a table",
+        _show,
+        "Print a meta-checkpoint's priors: each hyperparameter's broad space next to its learned "
+        "prior, the conditional sub-priors, the joint part, the portfolio, and the model "
+        "candidates. With several candidates (meta-train --candidate) the last table says what "
+        "each is (model, how it was trained: an algorithm, pretrain or pretrained weights, its "
+        "meta-validation loss) and P(best): the add-one smoothed share of meta-val tasks on "
+        "which its best config beat the other candidates' best. Tune and sweep populations "
+        "draw each member's candidate (the 'model' hyperparameter) from that prior.",
+    )
     s.add_argument(
         "--meta", type=path_arg, default=None, help="meta-checkpoint directory (required)"
     )
@@ -178,8 +190,18 @@ def check_priors_writable(path: str) -> None:
 
 def _show(args: argparse.Namespace) -> int:
     from raymeta.core.checkpoint import load_meta_checkpoint
+    from raymeta.plugins import short_name
     from raymeta.priors import load_priors
     from raymeta.priors.show import format_priors
 
-    print(format_priors(load_priors(load_meta_checkpoint(_meta(args)))))
+    ckpt = load_meta_checkpoint(_meta(args))
+    cands = {
+        name: {
+            "model": short_name(c.spec.name),
+            "algorithm": c.info.get("algorithm", ""),
+            "val_loss": (c.info.get("metrics") or {}).get("val_loss", ""),
+        }
+        for name, c in ckpt.candidates.items()
+    }
+    print(format_priors(load_priors(ckpt), cands if len(cands) > 1 else None))
     return 0

@@ -50,7 +50,10 @@ def add_parser(sub: Any) -> None:
         "--meta", type=path_arg, default=None, help="meta-checkpoint directory (required)"
     )
     p.add_argument(
-        "--task", default=None, help="FAMILY:INDEX or a one-task Parquet file (required)"
+        "--task",
+        default=None,
+        help="FAMILY:INDEX (a held-out task of the checkpoint's family, e.g. sinusoid:7 or "
+        "mypkg.tasks:Waves:7), parquet:TASK_ID, or a one-task Parquet file (required)",
     )
     p.add_argument(
         "--task-option",

@@ -38,7 +38,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def format_priors(pr: Priors) -> str:
+def format_priors(pr: Priors, candidates: dict[str, dict[str, Any]] | None = None) -> str:
+    """The priors as tables; ``candidates`` (name -> model, algorithm, meta-val loss) adds what
+    each model candidate is next to its probability."""
     info = pr.info
     fam = info.get("family", {}).get("name", "?")
     head = (
@@ -73,5 +75,23 @@ def format_priors(pr: Priors) -> str:
         for i, c in enumerate(pr.portfolio)
     ]
     port = _table(["#", *names, "mean regret@k"], rows)
-    models = _table(["model", "P(best)"], [[m, f"{p:.2f}"] for m, p in pr.model_probs.items()])
+    if candidates:
+        header = ["candidate", "model", "trained as", "meta-val loss", "P(best)"]
+        rows = [
+            [
+                m,
+                str(candidates.get(m, {}).get("model", "")),
+                str(candidates.get(m, {}).get("algorithm", "")),
+                _fmt(candidates.get(m, {}).get("val_loss", "")),
+                f"{p:.2f}",
+            ]
+            for m, p in pr.model_probs.items()
+        ]
+        models = (
+            "model candidates (P(best): the add-one smoothed share of meta-val tasks on which "
+            "the candidate's best config won; tune and sweep populations draw their members' "
+            "candidate from the prior):\n" + _table(header, rows)
+        )
+    else:
+        models = _table(["model", "P(best)"], [[m, f"{p:.2f}"] for m, p in pr.model_probs.items()])
     return "\n\n".join([head, hp, "portfolio (evaluate in this order):\n" + port, models])
