@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from raymeta import plugins
 from raymeta.cli.main import main
@@ -21,6 +23,7 @@ from raymeta.core.checkpoint import load_meta_checkpoint
 from raymeta.core.models import MODELS, ModelSpec, build_model
 from raymeta.core.train import MetaTrainConfig, preflight
 from raymeta.errors import ConfigError
+from raymeta.finetune import fit_priors
 from raymeta.orchestration.meta_train.local import run_local_meta_train
 
 PLUGIN = '''
@@ -260,6 +263,59 @@ def test_three_candidates_in_one_checkpoint(plugin: str, tmp_path: Path) -> None
     assert list(run_local_meta_train(cfg, tmp_path / "ck", progress=False).candidates) == list(
         ck.candidates
     )
+    # model selection: one probability per candidate, from the meta-val tasks
+    priors = fit_priors(ck, n_tasks=3, n_configs=8, max_steps=5, portfolio_size=2)
+    assert list(priors.model_probs) == ["maml", "pre", "mine", "mlp"]
+    assert abs(sum(priors.model_probs.values()) - 1) < 1e-9
+    assert all(p > 0 for p in priors.model_probs.values())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "a",
+                "b9",
+                " ",
+                "=",
+                "[",
+                "]",
+                "{",
+                "}",
+                ",",
+                "'",
+                '"',
+                "\x00",
+                "é",
+                "model=",
+                "algo=",
+                "weights=",
+                "inner_lr=",
+                "first_order=",
+                "mlp",
+                "maml",
+                "pretrain",
+                "1e9",
+                "-1",
+                "nan",
+                "widths=[",
+                "model_options={",
+                "x:y",
+                "os:system",
+            ]
+        ),
+        max_size=12,
+    ).map("".join)
+)
+def test_any_candidate_text_is_accepted_or_one_config_error(text: str) -> None:
+    try:
+        c = CandidateConfig.parse(text)
+        c.validate()
+    except ConfigError as exc:
+        assert "\n" not in str(exc).strip() or len(str(exc)) < 2000
+    else:
+        assert isinstance(c.name, str)
 
 
 class _Evil:

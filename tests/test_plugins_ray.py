@@ -134,6 +134,7 @@ def test_own_model_and_family_through_train_priors_tune_and_sweep(
     )
     assert all(t["error"] is None for t in rep["trials"])
     assert rep["best"]["config"]["model"] in ("meta", "mine")
+    assert rep["candidate"] == rep["best"]["config"]["model"]  # the report names the winner
     assert (tmp_path / "tune" / "best_model.pt").is_file()
 
     sweep = parse_sweep(

@@ -177,7 +177,9 @@ def summary(report: dict[str, Any]) -> str:
     tests = "  ".join(f"{k}={_fmt(v)}" for k, v in b.items() if k.startswith("test_"))
     cfg = ", ".join(f"{k}={_fmt(v)}" for k, v in b["config"].items())
     lines += [
-        f"best: trial {b['trial']} member {b['member']}  val_loss={_fmt(b['val_loss'])}  {tests}",
+        f"best: trial {b['trial']} member {b['member']}"
+        + (f" (candidate {report['candidate']})" if report.get("candidate") else "")
+        + f"  val_loss={_fmt(b['val_loss'])}  {tests}",
         f"      {cfg}",
         f"strategy {report['strategy']}  population {report['population']}  member-steps "
         f"{report['member_steps']} of {report['budget']}  exploits "
