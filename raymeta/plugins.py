@@ -155,6 +155,24 @@ def resolve(kind: Kind, name: str) -> Callable[..., Any]:
     raise ConfigError(f"unknown {_what(kind)} {name!r} ({_choices(kind)})")
 
 
+def construct(kind: Kind, name: str, *args: Any, **options: Any) -> Any:
+    """Call the factory or class ``name`` stands for; whatever it raises is one line: a
+    ``TypeError`` as bad options, anything else as a failed build naming the object."""
+    ctor = resolve(kind, name)
+    what = "model" if kind == "model" else "family"
+    label = short_name(name)
+    try:
+        return ctor(*args, **options)
+    except RaymetaError:
+        raise
+    except TypeError as exc:
+        raise ConfigError(f"bad options for {what} {label!r}: {_first_line(exc)}") from None
+    except Exception as exc:  # the user's code raised: one line, never a traceback
+        raise ConfigError(
+            f"{_what(kind)} {label!r} failed to build: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+
+
 def name_of(kind: Kind, obj: Callable[..., Any]) -> str:
     """The import path of a factory or family class given from Python (refusing objects that
     another process could not import: ones defined in ``__main__`` or inside a function)."""

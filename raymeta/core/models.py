@@ -149,20 +149,10 @@ MODELS: dict[str, ModelFactory] = {"mlp": MLP, "conv4": Conv4}
 def build_model(spec: ModelSpec) -> nn.Module:
     """Instantiate ``spec`` (a built-in name, a plugin name or an import path); an unknown name,
     bad options or a factory that raises give a one-line ``ConfigError``."""
-    from raymeta.plugins import resolve, short_name
+    from raymeta.plugins import construct, short_name
 
-    factory = resolve("model", spec.name)
+    model = construct("model", spec.name, spec.input_shape, spec.output_dim, **spec.options)
     label = short_name(spec.name)
-    try:
-        model = factory(spec.input_shape, spec.output_dim, **spec.options)
-    except ConfigError:
-        raise
-    except TypeError as exc:
-        raise ConfigError(f"bad options for model {label!r}: {_first_line(exc)}") from None
-    except Exception as exc:  # the user's factory raised: say so in one line, never a traceback
-        raise ConfigError(
-            f"model {label!r} failed to build: {type(exc).__name__}: {_first_line(exc)}"
-        ) from None
     if not isinstance(model, nn.Module):
         raise ConfigError(
             f"model {label!r} must build a torch.nn.Module, its factory returned a "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from raymeta.errors import ConfigError, RaymetaError
+from raymeta.errors import ConfigError
 from raymeta.tasks.base import FamilySpec, TaskFamily
 
 
@@ -48,33 +48,18 @@ def make_family(spec: FamilySpec | str, **options: Any) -> TaskFamily:
     """Build a family from a spec (or a name plus options): a built-in name, a plugin name or
     an import path ``package.module:Class``; errors are one-line ``ConfigError``s, including an
     exception the user's constructor raises."""
-    from raymeta.plugins import resolve, short_name
+    from raymeta.plugins import construct, short_name
 
     if isinstance(spec, str):
         spec = FamilySpec(spec, options)
-    ctor = resolve("family", spec.name)
+    family = construct("family", spec.name, **spec.options)
     label = short_name(spec.name)
-    try:
-        family = ctor(**spec.options)
-    except RaymetaError:
-        raise
-    except TypeError as exc:
-        raise ConfigError(f"bad options for family {label!r}: {_first_line(exc)}") from None
-    except Exception as exc:
-        raise ConfigError(
-            f"task family {label!r} failed to build: {type(exc).__name__}: {_first_line(exc)}"
-        ) from None
     if not isinstance(family, TaskFamily):
         raise ConfigError(
             f"task family {label!r} must build a raymeta.tasks.TaskFamily, got a "
             f"{type(family).__name__}"
         )
     return family
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].strip() if text else type(exc).__name__
 
 
 # options a fixed held-out task may override when it is tuned: split sizes change the data the
