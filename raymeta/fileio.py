@@ -257,3 +257,22 @@ def atomic_dir(path: str | os.PathLike[str], overwrite: bool = False) -> Iterato
     except BaseException:
         _remove(tmp)
         raise
+
+
+def read_json_file(f: Path, max_bytes: int, error: type[Exception]) -> Any:
+    """The JSON value in ``f`` (a manifest or report we wrote), refusing what is not a regular
+    file, larger than ``max_bytes``, unreadable, not UTF-8 or not JSON with one ``error`` line
+    (a crafted file must not make raymeta read gigabytes or recurse without bound)."""
+    try:
+        if not f.is_file():
+            raise error(f"{f} is not a regular file")
+        with f.open("rb") as fh:
+            raw = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise error(f"cannot read {f}: {exc.strerror or exc}") from None
+    if len(raw) > max_bytes:
+        raise error(f"{f} is larger than {max_bytes >> 20} MiB")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise error(f"{f} is truncated or not JSON") from None

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import os
 import pickle
@@ -40,6 +39,7 @@ from torch import nn
 
 from raymeta.core.models import ModelSpec, build_model
 from raymeta.errors import CheckpointError, ConfigError, DataError, RaymetaError
+from raymeta.fileio import read_json_file
 from raymeta.paths import check_output_file
 from raymeta.tasks.parquet import FeatureReader, atomic_file, show_shape
 
@@ -86,19 +86,9 @@ def read_run(run: str | os.PathLike[str]) -> TunedRun:
     if not p.is_dir():
         raise CheckpointError(f"tune run {p} does not exist or is not a directory")
     f = p / REPORT_FILE
-    try:
-        if not f.is_file():
-            raise CheckpointError(f"{p} is not a raymeta tune run (no {REPORT_FILE})")
-        with f.open("rb") as fh:
-            raw = fh.read(MAX_REPORT_BYTES + 1)
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {f}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_REPORT_BYTES:
-        raise CheckpointError(f"{f} is larger than {MAX_REPORT_BYTES >> 20} MiB")
-    try:
-        report = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise CheckpointError(f"{f} is truncated or not JSON") from None
+    if not f.exists():
+        raise CheckpointError(f"{p} is not a raymeta tune run (no {REPORT_FILE})")
+    report = read_json_file(f, MAX_REPORT_BYTES, CheckpointError)
     if not isinstance(report, dict) or not isinstance(report.get("model"), dict):
         raise CheckpointError(f"{f} is not a raymeta tune report (no model spec)")
     try:

@@ -40,6 +40,7 @@ from raymeta.fileio import (
     atomic_write_bytes,
     atomic_write_json,
     clean_stale,
+    read_json_file,
     sha256_file,
 )
 from raymeta.lock import output_lock
@@ -178,21 +179,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if not p.is_dir():
         raise CheckpointError(f"meta-checkpoint {p} does not exist or is not a directory")
     f = p / META
-    try:
-        if not f.exists():
-            raise CheckpointError(f"{p} is not a meta-checkpoint (no {META})")
-        if not f.is_file():
-            raise CheckpointError(f"{f} is not a regular file")
-        with f.open("rb") as fh:
-            raw = fh.read(MAX_META_BYTES + 1)
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {f}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_META_BYTES:
-        raise CheckpointError(f"{f} is larger than {MAX_META_BYTES >> 20} MiB")
-    try:
-        meta = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise CheckpointError(f"{f} is truncated or not JSON") from None
+    if not f.exists():
+        raise CheckpointError(f"{p} is not a meta-checkpoint (no {META})")
+    meta = read_json_file(f, MAX_META_BYTES, CheckpointError)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{f} is not a raymeta meta-checkpoint")
     if meta.get("version") != VERSION:
