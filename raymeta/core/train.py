@@ -371,6 +371,6 @@ def preflight(cfg: MetaTrainConfig) -> None:
             f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
         ) from None
     if not bool(torch.isfinite(loss)):
-        raise ConfigError(f"model {label!r} gives a non-finite loss on the first task")
+        raise diverged(0)  # e.g. an inner lr of 1e30: the run's own message, before any work
     if cfg.algo in ("maml", "metasgd") and not cfg.first_order and cfg.inner_steps > 0:
         check_second_order(model, spec.input_shape, spec.output_dim)
