@@ -116,6 +116,11 @@ def _first_device(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
+def _dtype(model: nn.Module) -> torch.dtype:
+    """The model's floating dtype (inputs must match it: meta-training may run in float64)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
 def _params(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -185,7 +190,7 @@ def _rule_forward(
     """Forward on a random batch: one finite float ``(B, output_dim)`` tensor, buffers untouched."""
     device = _first_device(model)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, *input_shape, generator=g).to(device)
+    x = torch.randn(batch, *input_shape, generator=g).to(device=device, dtype=_dtype(model))
     before = _buffers(model)
     fix = f"return one float tensor of shape (batch, output_dim) = ({batch}, {output_dim})"
     try:
@@ -296,13 +301,18 @@ def _rule_round_trip(
 
 
 def _batch(
-    input_shape: tuple[int, ...], output_dim: int, device: torch.device, tasks: int, k: int
+    input_shape: tuple[int, ...],
+    output_dim: int,
+    device: torch.device,
+    tasks: int,
+    k: int,
+    dtype: torch.dtype = torch.float32,
 ) -> TaskBatch:
     """Random regression episodes (MSE works for every output_dim) of ``tasks`` tasks."""
     g = torch.Generator().manual_seed(1)
 
     def draw(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g).to(device)
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
 
     return TaskBatch(
         draw(tasks, k, *input_shape),
@@ -370,7 +380,7 @@ def _rule_vmap(model: nn.Module, who: str, input_shape: tuple[int, ...], output_
     a per-task Python loop. The comparison runs in float64 where the model allows it: float32
     second-order sums differ by up to ~1e-3 of their scale on ill-conditioned nets (GroupNorm
     over 2 values) although vmap is exact, so only float64 tells a wrong gradient from rounding."""
-    batch = _batch(input_shape, output_dim, _first_device(model), TASKS, SUPPORT)
+    batch = _batch(input_shape, output_dim, _first_device(model), TASKS, SUPPORT, _dtype(model))
     for algo in ("maml", "anil"):
         _meta_grad(model, who, algo, batch)
     wide = _float64_copy(model, batch)
@@ -480,7 +490,8 @@ def check_model_runs(model: nn.Module, input_shape: Sequence[int], output_dim: i
         _rule_parameters(model, who)
         _rule_running_stats(model, who)
         _rule_forward(model, who, shape, output_dim, batch=2)
-        _meta_grad(model, who, "maml", _batch(shape, output_dim, _first_device(model), 2, 2))
+        dev, dt = _first_device(model), _dtype(model)
+        _meta_grad(model, who, "maml", _batch(shape, output_dim, dev, 2, 2, dt))
 
 
 def check_second_order(model: nn.Module, input_shape: Sequence[int], output_dim: int) -> None:
