@@ -133,6 +133,9 @@ def test_python_objects_and_runtime_registrations_are_stored_as_import_paths(
     # a built-in given as its object keeps the module path a worker imports
     assert plugins.canonical("model", MODELS["mlp"]) == "mlp"
     assert plugins.canonical("family", Sinusoid) == "raymeta.tasks.sinusoid:Sinusoid"
+    from raymeta.tasks import make_family
+
+    assert make_family(Sinusoid, shots=3).shots == 3  # the class itself, from Python
 
 
 def test_entry_points_name_installed_plugins(

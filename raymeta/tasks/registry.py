@@ -44,14 +44,14 @@ FAMILIES: dict[str, Callable[..., TaskFamily]] = {
 }
 
 
-def make_family(spec: FamilySpec | str, **options: Any) -> TaskFamily:
-    """Build a family from a spec (or a name plus options): a built-in name, a plugin name or
-    an import path ``package.module:Class``; errors are one-line ``ConfigError``s, including an
-    exception the user's constructor raises."""
-    from raymeta.plugins import construct, short_name
+def make_family(spec: FamilySpec | str | Callable[..., TaskFamily], **options: Any) -> TaskFamily:
+    """Build a family from a spec (or a name plus options): a built-in name, a plugin name, an
+    import path ``package.module:Class`` or (from Python) the class itself; errors are one-line
+    ``ConfigError``s, including an exception the user's constructor raises."""
+    from raymeta.plugins import canonical, construct, short_name
 
-    if isinstance(spec, str):
-        spec = FamilySpec(spec, options)
+    if not isinstance(spec, FamilySpec):
+        spec = FamilySpec(canonical("family", spec) if callable(spec) else spec, options)
     family = construct("family", spec.name, **spec.options)
     label = short_name(spec.name)
     if not isinstance(family, TaskFamily):
