@@ -127,3 +127,12 @@ def path_arg(text: Any) -> str:
     if not isinstance(text, str) or not text.strip() or "\x00" in text:
         raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
     return text
+
+
+def column_names(text: Any) -> list[str]:
+    """``type=`` for ``--feature-columns A,B,C`` (a YAML list from --config is accepted too)."""
+    items = text if isinstance(text, list) else str(text).split(",")
+    names = [str(n).strip() for n in items]
+    if not names or any(not n for n in names):
+        raise argparse.ArgumentTypeError(f"expected column names A,B,C, got {text!r}")
+    return names

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from raymeta.cli._common import add_command, float_arg, path_arg
+from raymeta.cli._common import add_command, column_names, float_arg, path_arg
 from raymeta.errors import ConfigError
 from raymeta.paths import check_output_file
 
@@ -32,15 +32,6 @@ task's rows are split train/val/test by a permutation seeded by the task id. --s
 the features' shape (e.g. 1,8,8 for 8x8 images, so conv4 can train on them); it is stored in the
 file's schema metadata. Written to a temporary file and renamed: a failure leaves nothing."""
 MAX_LISTED = 200  # held-out task ids printed by validate
-
-
-def _names(text: Any) -> list[str]:
-    """``type=`` for ``--feature-columns A,B,C`` (a YAML list from --config is accepted too)."""
-    items = text if isinstance(text, list) else str(text).split(",")
-    names = [str(n).strip() for n in items]
-    if not names or any(not n for n in names):
-        raise argparse.ArgumentTypeError(f"expected column names A,B,C, got {text!r}")
-    return names
 
 
 # make-sinusoid bounds: a demo file, generated in memory before its one atomic write
@@ -107,7 +98,7 @@ def add_parser(sub: Any) -> None:
     c.add_argument(
         "--feature-columns",
         required=True,
-        type=_names,
+        type=column_names,
         metavar="A,B,C",
         help="numeric feature columns, in order",
     )

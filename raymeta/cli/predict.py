@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from raymeta.cli._common import add_command, int_arg, path_arg
+from raymeta.cli._common import add_command, column_names, int_arg, path_arg
 
 DESCRIPTION = """\
 Run the best model of a 'raymeta tune' run (--run TUNE_DIR: best_model.pt + report.json) on a
@@ -49,7 +49,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument(
         "--feature-columns",
-        type=_names,
+        type=column_names,
         metavar="A,B,C",
         help="read features from these numeric columns instead of 'features'",
     )
@@ -57,14 +57,6 @@ def add_parser(sub: Any) -> None:
         "--batch-rows", type=int_arg(1, 1 << 24), default=8192, help="rows per inference batch"
     )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model runs")
-
-
-def _names(text: Any) -> list[str]:
-    items = text if isinstance(text, list) else str(text).split(",")
-    names = [str(n).strip() for n in items]
-    if not names or any(not n for n in names):
-        raise argparse.ArgumentTypeError(f"expected column names A,B,C, got {text!r}")
-    return names
 
 
 def _run(args: argparse.Namespace) -> int:
