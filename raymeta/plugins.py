@@ -36,6 +36,7 @@ import importlib
 import os
 import re
 import sys
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import metadata
 from typing import Any, Literal
@@ -46,6 +47,32 @@ Kind = Literal["model", "family"]
 GROUPS: dict[Kind, str] = {"model": "raymeta.models", "family": "raymeta.families"}
 _PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+# packages that are never a plugin: an import path into them (raymeta's own helpers, torch.load,
+# a pickle loader) could only be a crafted meta.json calling a library function with its options
+INFRASTRUCTURE = frozenset(
+    {
+        "raymeta",
+        "torch",
+        "numpy",
+        "ray",
+        "pyarrow",
+        "pandas",
+        "scipy",
+        "sklearn",
+        "cloudpickle",
+        "dill",
+        "joblib",
+        "yaml",
+        "setuptools",
+        "pip",
+        "pkg_resources",
+        "importlib_metadata",
+        "hypothesis",
+        "pytest",
+        "_pytest",
+        "matplotlib",
+    }
+)
 
 
 def is_import_path(name: str) -> bool:
@@ -108,6 +135,12 @@ def import_object(kind: Kind, path: str) -> Any:
             f"{kind} {path!r} names the standard library module {modname!r}; "
             f"an import path must name your own {kind} code"
         )
+    if top in INFRASTRUCTURE or any(p.startswith("_") for p in attr.split(".")):
+        raise ConfigError(
+            f"{_what(kind)} {path!r} does not name a {_what(kind)} of your own "
+            f"({'a private name' if top not in INFRASTRUCTURE else f'{top} is not a plugin'}; "
+            "built-in models and families go by their names, e.g. mlp, sinusoid)"
+        )
     try:
         module = importlib.import_module(modname)
     except ModuleNotFoundError as exc:
@@ -131,6 +164,7 @@ def import_object(kind: Kind, path: str) -> Any:
             ) from None
     if not callable(obj):
         raise ConfigError(f"{kind} {path!r} is not callable (it is a {type(obj).__name__})")
+    _check_kind(kind, path, obj)
     owner = str(getattr(obj, "__module__", "") or "")
     if owner.split(".", 1)[0] != top:
         raise ConfigError(
@@ -138,6 +172,28 @@ def import_object(kind: Kind, path: str) -> Any:
             "name it where it is defined"
         )
     return obj
+
+
+def _check_kind(kind: Kind, path: str, obj: Any) -> None:
+    """Only what can be a model factory or a family may be called with options from a file:
+    a family is a ``TaskFamily`` subclass; a model is an ``nn.Module`` subclass or a plain
+    Python function (never a builtin, a method or some other callable class)."""
+    if kind == "family":
+        from raymeta.tasks.base import TaskFamily
+
+        if not (isinstance(obj, type) and issubclass(obj, TaskFamily)):
+            raise ConfigError(f"task family {path!r} is not a subclass of raymeta.tasks.TaskFamily")
+        return
+    from torch import nn
+
+    if isinstance(obj, type):
+        if not issubclass(obj, nn.Module):
+            raise ConfigError(f"model {path!r} is a class but not a torch.nn.Module")
+    elif not isinstance(obj, types.FunctionType):
+        raise ConfigError(
+            f"model {path!r} must be an nn.Module class or a function returning one, "
+            f"not a {type(obj).__name__}"
+        )
 
 
 def resolve(kind: Kind, name: str) -> Callable[..., Any]:
@@ -175,10 +231,17 @@ def construct(kind: Kind, name: str, *args: Any, **options: Any) -> Any:
 
 def name_of(kind: Kind, obj: Callable[..., Any]) -> str:
     """The import path of a factory or family class given from Python (refusing objects that
-    another process could not import: ones defined in ``__main__`` or inside a function)."""
+    another process could not import: ones defined in ``__main__`` or inside a function); a
+    built-in model or family class given as an object keeps its built-in name."""
     for name, registered in _builtins(kind).items():
         if registered is obj and name in _builtin_names(kind):
             return name
+    if kind == "family":
+        from raymeta.tasks.registry import builtin_family_name
+
+        builtin = builtin_family_name(obj)
+        if builtin is not None:
+            return builtin
     module = getattr(obj, "__module__", None)
     qual = getattr(obj, "__qualname__", None)
     if not isinstance(module, str) or not isinstance(qual, str):

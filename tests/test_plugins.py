@@ -90,6 +90,12 @@ class LateBug(Tiny):
 
 
 from torch import Tensor  # re-exported, not defined here
+from torch.nn import Linear as Tiny2  # a Module, but not this package's
+
+
+class Plain:
+    def __init__(self, *args, **kwargs):
+        pass
 '''
 
 
@@ -132,7 +138,7 @@ def test_python_objects_and_runtime_registrations_are_stored_as_import_paths(
 
     # a built-in given as its object keeps the module path a worker imports
     assert plugins.canonical("model", MODELS["mlp"]) == "mlp"
-    assert plugins.canonical("family", Sinusoid) == "raymeta.tasks.sinusoid:Sinusoid"
+    assert plugins.canonical("family", Sinusoid) == "sinusoid"
     from raymeta.tasks import make_family
 
     assert make_family(Sinusoid, shots=3).shots == 3  # the class itself, from Python
@@ -160,14 +166,29 @@ def test_entry_points_name_installed_plugins(
         ("os:system", "standard library module 'os'"),
         ("builtins:eval", "standard library module 'builtins'"),
         ("PLUGIN:Missing", "has no 'Missing'"),
-        ("PLUGIN:Tensor", "is defined in 'torch"),
+        ("PLUGIN:Tensor", "is a class but not a torch.nn.Module"),
+        ("PLUGIN:Tiny2", "is defined in"),
         ("PLUGIN:EXPLODE_AT", "is not callable"),
+        ("PLUGIN:tiny_factory.__globals__", "a private name"),
+        ("torch:load", "torch is not a plugin"),
+        ("raymeta.fileio:atomic_write_json", "raymeta is not a plugin"),
+        ("PLUGIN:EXPLODE_AT.get", "an nn.Module class or a function"),
         ("bad path:X", "is not an import path"),
     ],
 )
 def test_bad_import_paths_are_one_line(plugin: str, ref: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         plugins.canonical("model", ref.replace("PLUGIN", plugin))
+
+
+def test_only_families_and_modules_are_called(plugin: str) -> None:
+    """A crafted meta.json must not call an arbitrary function of the user's package with its
+    options: a family is a TaskFamily subclass, a model an nn.Module class or a function."""
+    with pytest.raises(ConfigError, match="not a subclass of raymeta.tasks.TaskFamily"):
+        plugins.canonical("family", f"{plugin}:tiny_factory")
+    with pytest.raises(ConfigError, match="is a class but not a torch.nn.Module"):
+        plugins.canonical("model", f"{plugin}:Plain")
+    assert plugins.canonical("model", f"{plugin}:tiny_factory") == f"{plugin}:tiny_factory"
 
 
 def test_objects_another_process_cannot_import_are_refused() -> None:

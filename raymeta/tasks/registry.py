@@ -44,6 +44,15 @@ FAMILIES: dict[str, Callable[..., TaskFamily]] = {
 }
 
 
+def builtin_family_name(cls: object) -> str | None:
+    """The built-in name of a built-in family class (``Sinusoid`` -> ``sinusoid``), else None."""
+    for name in BUILTIN_FAMILIES:
+        mod = {"parquet": "raymeta.tasks.parquet"}.get(name, f"raymeta.tasks.{name}")
+        if getattr(cls, "__module__", None) == mod and getattr(cls, "name", None) == name:
+            return name
+    return None
+
+
 def make_family(spec: FamilySpec | str | Callable[..., TaskFamily], **options: Any) -> TaskFamily:
     """Build a family from a spec (or a name plus options): a built-in name, a plugin name, an
     import path ``package.module:Class`` or (from Python) the class itself; errors are one-line
