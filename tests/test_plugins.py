@@ -231,6 +231,27 @@ def test_a_factory_that_raises_or_breaks_under_vmap_fails_before_training(
     assert not out.exists() and not list(tmp_path.glob(".ck*"))
 
 
+def test_a_bug_in_the_users_family_is_blamed_on_it_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = f"famplug_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(
+        "from raymeta.tasks.sinusoid import Sinusoid\n"
+        "class Broken(Sinusoid):\n"
+        "    def sample(self, split, n_tasks, generator):\n"
+        "        raise IndexError('off by one')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "ck"
+    argv = ["meta-train", "--local", "--family", f"{name}:Broken", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "raymeta: error: 'Broken' raised IndexError before meta-training started: off by one"
+    )
+    assert not out.exists()
+
+
 def test_a_bug_in_the_users_model_mid_run_is_blamed_on_it(plugin: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="'LateBug' raised IndexError in meta-training"):
         run_local_meta_train(
@@ -250,6 +271,9 @@ def test_candidate_cli_form_and_validation(tmp_path: Path) -> None:
         ("a algo=magic", "unknown algorithm"),
         ("a weights=/no/such.pt", "does not exist"),
         ("a inner_lr=-1", "inner_lr"),
+        ("a model_options=abc widths=[3]", "must be a mapping"),
+        ("a model_options=5", "must be a mapping"),
+        ("a weights=~nosuchuser_xyz/w.pt", "does not exist"),
     ]:
         with pytest.raises(ConfigError, match=msg):
             CandidateConfig.parse(text).validate()

@@ -48,6 +48,7 @@ class CandidateConfig:
     inner_lr: float | None = None
     first_order: bool | None = None
     weights: str | None = None
+    weights_sha256: str | None = None  # filled in by validate
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def validate(self) -> CandidateConfig:
@@ -79,10 +80,16 @@ class CandidateConfig:
             checks.boolean(f"{what} first_order", self.first_order)
         if self.weights is not None:
             checks.string(f"{what} weights", self.weights)
-            p = Path(self.weights).expanduser()
-            if not p.is_file():
-                raise ConfigError(f"{what}: weights file {self.weights} does not exist")
+            try:
+                p = Path(self.weights).expanduser()
+                found = p.is_file()
+            except (RuntimeError, OSError, ValueError):  # ~nosuchuser, a NUL, a long name
+                found = False
+            if not found:
+                raise ConfigError(f"{what}: weights file {self.weights!r} does not exist")
             self.weights = str(p.absolute())
+            # the file's digest is part of the run's config: a replaced file is a new run
+            self.weights_sha256 = file_sha256(self.weights)
             if self.algo is not None:
                 raise ConfigError(
                     f"{what}: a candidate with weights= is not trained, so algo= does not apply"
@@ -91,7 +98,7 @@ class CandidateConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name}
-        for k in FIELDS:
+        for k in (*FIELDS, "weights_sha256"):
             v = getattr(self, k)
             if v is not None:
                 d[k] = v if k != "model" or isinstance(v, str) else canonical("model", v)
@@ -128,7 +135,9 @@ class CandidateConfig:
         opts = parse_options(tokens[1:], "candidate")
         own = {k: opts.pop(k) for k in list(opts) if k in FIELDS}
         if opts:
-            model_options = dict(own.get("model_options") or {})
+            model_options = dict(
+                checks.mapping("--candidate model_options", own.get("model_options") or {})
+            )
             model_options.update(opts)
             own["model_options"] = model_options
         return cls.from_dict({"name": tokens[0], **own})

@@ -352,6 +352,13 @@ def preflight(cfg: MetaTrainConfig) -> None:
     line, before a Ray worker starts or anything is written. Second-order algorithms also check
     that the vmapped meta-gradient equals a per-task loop (``check_second_order``): some norm
     layers get a wrong one under vmap, which would otherwise train silently wrong."""
+    from raymeta.plugins import blame
+
+    with blame((cfg.model, cfg.family), "before meta-training started"):
+        _preflight(cfg)
+
+
+def _preflight(cfg: MetaTrainConfig) -> None:
     from raymeta.core.contract import check_model_runs, check_second_order
 
     trainer = MetaTrainer(cfg)
