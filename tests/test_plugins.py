@@ -396,3 +396,37 @@ def test_preflight_runs_on_the_example_plugin() -> None:
         preflight(_cfg(model="my_plugin:ResidualMLP", family="my_plugin:Ramps"))
     finally:
         sys.path.remove(str(Path(__file__).resolve().parents[1] / "examples"))
+
+
+def test_candidate_parts_resume_and_changed_ones_are_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A finished part (as a kill after candidate 'a' leaves it) is reused by the rerun; a
+    part of a changed candidate is refused before anything trains, and --overwrite trains only
+    the changed one again; a leftover parts folder next to a finished --out is cleaned up."""
+    from raymeta.orchestration.meta_train.candidates import parts_dir
+
+    out = tmp_path / "ck"
+    cfg = _cfg(candidates=["a", "b algo=fomaml"])
+    cfg.validate()
+    run_local_meta_train(cfg.single(cfg.candidates[0]), parts_dir(out) / "a", progress=False)
+    capsys.readouterr()
+    ck = run_local_meta_train(cfg, out)
+    log = capsys.readouterr().out
+    assert "already holds the finished run of this config; nothing to do" in log  # 'a' reused
+    assert list(ck.candidates) == ["a", "b"] and not parts_dir(out).exists()
+
+    out2 = tmp_path / "ck2"
+    before = _cfg(candidates=["a inner_lr=0.02", "b algo=fomaml"])
+    run_local_meta_train(before.single(before.validate().candidates[1]), parts_dir(out2) / "b")
+    stale = _cfg(candidates=["a inner_lr=0.02", "b algo=reptile"])
+    with pytest.raises(ConfigError, match="candidate 'b' has a finished or unfinished run of"):
+        run_local_meta_train(stale, out2, progress=False)
+    assert not out2.exists() and not (parts_dir(out2) / "a").exists()  # nothing trained
+    capsys.readouterr()
+    ck2 = run_local_meta_train(stale, out2, overwrite=True)
+    assert ck2.candidates["b"].info["algorithm"] == "reptile"
+    assert ck2.candidates["a"].info["inner_lr"] == 0.02
+    parts_dir(out2).mkdir()  # as a kill between the merge and the cleanup leaves it
+    run_local_meta_train(stale, out2, progress=False)
+    assert not parts_dir(out2).exists()

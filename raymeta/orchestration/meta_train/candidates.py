@@ -6,8 +6,9 @@ resumes like any run, and a finished part is not trained again, so rerunning the
 after a crash or Ctrl-C continues with the candidate that was interrupted. Pretrained
 candidates are read from their weights files. Everything a candidate could refuse (unknown
 model, bad options, a model that breaks under vmap, a weights file that does not fit the
-model) is checked for *all* candidates before the first one trains. Once every part exists,
-the merged checkpoint is written to ``--out`` in one atomic swap and the parts are removed.
+model, a part holding a run of a changed candidate) is checked for *all* candidates before the
+first one trains. Once every part exists, the merged checkpoint is written to ``--out`` in one
+atomic swap and the parts are removed.
 """
 
 from __future__ import annotations
@@ -24,15 +25,17 @@ from raymeta.core.checkpoint import (
     load_meta_checkpoint,
     save_meta_checkpoint,
 )
-from raymeta.core.models import ModelSpec, check_model_fits
+from raymeta.core.contract import check_model_runs
+from raymeta.core.models import ModelSpec, build_model, check_model_fits
 from raymeta.core.train import MetaTrainConfig
 from raymeta.errors import ConfigError
 from raymeta.lock import locks_output
-from raymeta.orchestration.meta_train.run_state import fingerprint, out_status
+from raymeta.orchestration.meta_train.run_state import fingerprint, out_status, plan_run
 from raymeta.paths import probe_writable
+from raymeta.plugins import Kind
 from raymeta.tasks import FamilySpec, make_family
 
-TrainOne = Callable[[MetaTrainConfig, Path], MetaCheckpoint]
+TrainOne = Callable[[MetaTrainConfig, Path, bool], MetaCheckpoint]  # (config, part, overwrite)
 Preflight = Callable[[MetaTrainConfig], None]
 
 
@@ -46,6 +49,15 @@ def _spec_for(cfg: MetaTrainConfig, cand: CandidateConfig, family: Any) -> Model
     return ModelSpec(name, family.input_shape, family.output_dim, dict(single.model_options))
 
 
+def _changed(single: MetaTrainConfig, part: Path) -> bool:
+    """Whether ``part`` holds a finished or unfinished run of another config."""
+    try:
+        plan_run(single, part)
+    except ConfigError:
+        return True
+    return False
+
+
 @locks_output("out")
 def train_candidates(
     cfg: MetaTrainConfig,
@@ -54,14 +66,21 @@ def train_candidates(
     preflight: Preflight,
     overwrite: bool = False,
     progress: bool = True,
+    check_name: Callable[[Kind, str], None] | None = None,
 ) -> MetaCheckpoint:
-    """Train or load every candidate of ``cfg`` and write them as one checkpoint to ``out``."""
+    """Train or load every candidate of ``cfg`` and write them as one checkpoint to ``out``.
+
+    ``preflight`` checks a trained candidate's config, ``check_name(kind, name)`` every model
+    and family name (the Ray path refuses names a worker cannot import). With ``overwrite`` only
+    the candidates whose config changed are trained again; finished unchanged ones are kept."""
     cfg = cfg.validate()
     if not cfg.candidates:
         raise ConfigError("train_candidates needs a config with candidates")
     out_p = Path(out).expanduser().absolute()
+    parts = parts_dir(out_p)
     status = out_status(out_p, fingerprint(cfg))
     if status == "same" and not overwrite:
+        shutil.rmtree(parts, ignore_errors=True)  # left by a kill between merge and cleanup
         if progress:
             print(
                 f"meta-train: {out_p} already holds the finished run of this config; nothing to do"
@@ -71,17 +90,28 @@ def train_candidates(
         raise ConfigError(f"--out {out_p} already holds {status} (pass --overwrite to replace it)")
     probe_writable(out_p)
     family = make_family(FamilySpec(cfg.family, cfg.family_options))
+    check: Callable[[Kind, str], None] = check_name or (lambda kind, name: None)
+    check("family", cfg.family)
     ready: dict[str, Candidate] = {}
+    changed: set[str] = set()
     for cand in cfg.candidates:  # everything checked before anything trains
         spec = _spec_for(cfg, cand, family)
+        check("model", spec.name)
         if cand.weights is not None:
             check_model_fits(spec, what=f"candidate {cand.name!r}")
             ready[cand.name] = pretrained(cand, spec)
-        else:
-            preflight(cfg.single(cand))
-    parts = parts_dir(out_p)
-    if overwrite and parts.exists():
-        shutil.rmtree(parts)
+            check_model_runs(build_model(spec), spec.input_shape, spec.output_dim)
+            continue
+        single = cfg.single(cand)
+        preflight(single)
+        if _changed(single, parts / cand.name):
+            if not overwrite:
+                raise ConfigError(
+                    f"candidate {cand.name!r} has a finished or unfinished run of another config "
+                    f"in {parts} (pass --overwrite to train the changed candidates again; "
+                    "finished unchanged ones are kept)"
+                )
+            changed.add(cand.name)
     trained = [c for c in cfg.candidates if c.weights is None]
     cands: dict[str, Candidate] = {}
     for i, cand in enumerate(cfg.candidates, 1):
@@ -89,18 +119,19 @@ def train_candidates(
             cands[cand.name] = ready[cand.name]
             if progress:
                 print(
-                    f"meta-train: candidate {cand.name!r} ({i}/{len(cfg.candidates)}): pretrained weights from {cand.weights}"
+                    f"meta-train: candidate {cand.name!r} ({i}/{len(cfg.candidates)}): "
+                    f"pretrained weights from {cand.weights}"
                 )
             continue
         single = cfg.single(cand)
         if progress:
             k = trained.index(cand) + 1
             print(
-                f"meta-train: candidate {cand.name!r} ({i}/{len(cfg.candidates)}, trained {k}/{len(trained)}): "
-                f"{single.model} with {single.algo}"
+                f"meta-train: candidate {cand.name!r} ({i}/{len(cfg.candidates)}, trained "
+                f"{k}/{len(trained)}): {single.model} with {single.algo}"
             )
         parts.mkdir(parents=True, exist_ok=True)
-        part = train_one(single, parts / cand.name)
+        part = train_one(single, parts / cand.name, cand.name in changed)
         only = next(iter(part.candidates.values()))
         info = {**only.info, "candidate": cand.to_dict()}
         cands[cand.name] = Candidate(cand.name, only.spec, only.params, info)

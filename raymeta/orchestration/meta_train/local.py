@@ -36,8 +36,8 @@ def run_local_meta_train(
     if cfg.candidates:
         from raymeta.orchestration.meta_train.candidates import train_candidates
 
-        def one(single: MetaTrainConfig, part: Path) -> MetaCheckpoint:
-            return _run_one(single, part, overwrite, progress, log_every)
+        def one(single: MetaTrainConfig, part: Path, fresh: bool) -> MetaCheckpoint:
+            return _run_one(single, part, fresh, progress, log_every)
 
         return train_candidates(cfg, out, one, preflight, overwrite, progress)
     return _run_one(cfg, out, overwrite, progress, log_every)

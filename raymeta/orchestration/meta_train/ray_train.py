@@ -13,6 +13,7 @@ path is only visible to the node that wrote it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -180,10 +181,32 @@ def run_meta_train(
     ``out``. A config with ``candidates`` trains each of them (one Ray Train run per trained
     candidate, on one Ray instance) and writes all of them into ``out``."""
 
-    def one(single: MetaTrainConfig, part: Path) -> MetaCheckpoint:
+    def one(single: MetaTrainConfig, part: Path, fresh: bool = overwrite) -> MetaCheckpoint:
+        if not started:  # Ray starts for the first candidate that trains, after every check
+            stack.enter_context(ray_context(address))
+            started.append(True)
         return train_distributed(
             single,
             part,
+            workers,
+            gpus_per_worker,
+            address,
+            storage,
+            checkpoint_every,
+            max_failures,
+            fresh,
+            progress,
+            cpus_per_worker,
+            log_every,
+        ).checkpoint
+
+    _check_args(workers, gpus_per_worker, cpus_per_worker, checkpoint_every, max_failures)
+    started: list[bool] = []
+    cfg = dataclasses.replace(cfg, shards=workers).validate()
+    if not cfg.candidates:
+        return train_distributed(
+            cfg,
+            out,
             workers,
             gpus_per_worker,
             address,
@@ -195,20 +218,12 @@ def run_meta_train(
             cpus_per_worker,
             log_every,
         ).checkpoint
-
-    cfg = dataclasses.replace(cfg, shards=workers).validate()
-    if not cfg.candidates:
-        return one(cfg, Path(out))
     from raymeta.orchestration.meta_train.candidates import train_candidates
 
-    def check(single: MetaTrainConfig) -> None:
-        check_portable("family", single.family)
-        check_portable("model", single.model)
-        preflight(single)
-
-    _check_args(workers, gpus_per_worker, cpus_per_worker, checkpoint_every, max_failures)
-    with ray_context(address):
-        return train_candidates(cfg, out, one, check, overwrite, progress is not False)
+    with contextlib.ExitStack() as stack:
+        return train_candidates(
+            cfg, out, one, preflight, overwrite, progress is not False, check_portable
+        )
 
 
 def _fit(
