@@ -31,6 +31,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from my_plugin import Ramps, ResidualMLP  # the user's module, next to this script
 
@@ -101,6 +103,15 @@ def main() -> None:
             mse = float(((model(task.x_test) - task.y_test) ** 2).mean())
         print(f"load_model: test MSE from the returned module {mse:.4f}")
         assert abs(mse - best["test_loss"]) < 1e-5
+        # batch prediction on a plain table of new inputs (here: the task's test inputs)
+        rows = pa.table({"x": task.x_test[:, 0].numpy(), "y": task.y_test[:, 0].numpy()})
+        pq.write_table(rows, work / "new_rows.parquet")
+        raymeta.predict(
+            tuned, work / "new_rows.parquet", work / "pred.parquet", feature_columns=["x"]
+        )
+        pred = pq.read_table(work / "pred.parquet")
+        err = pred.column("prediction").to_numpy() - pred.column("y").to_numpy()
+        print(f"predict: {pred.num_rows} rows, MSE {float((err**2).mean()):.4f}")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from raymeta.core.models import ModelSpec, build_model
 from raymeta.errors import CheckpointError, ConfigError, DataError, RaymetaError
 from raymeta.fileio import read_json_file
 from raymeta.paths import check_output_file
+from raymeta.plugins import blame
 from raymeta.tasks.parquet import FeatureReader, atomic_file, show_shape
 
 __all__ = [
@@ -251,7 +252,7 @@ def predict(
                 )
             x = x if x.flags.writeable else x.copy()
             xt = torch.from_numpy(x).to(device=device, dtype=dtype).reshape(len(x), *shape)
-            with torch.no_grad():
+            with torch.no_grad(), blame([r.spec.name], "in predict"):
                 y = model(xt)
             if not isinstance(y, torch.Tensor) or tuple(y.shape) != (len(x), out_dim):
                 got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
