@@ -59,7 +59,11 @@ def _only(parent: Path, name: str) -> None:
     assert sorted(os.listdir(parent)) == [name], sorted(os.listdir(parent))
 
 
-@pytest.mark.parametrize("mode", ["save", "priors", "priors-legacy"])
+@pytest.mark.parametrize(
+    "mode",
+    # the legacy priors.json path runs the same writer as "priors": heavy, so with -m slow
+    ["save", "priors", pytest.param("priors-legacy", marks=pytest.mark.slow)],
+)
 def test_kill_between_any_two_calls_leaves_old_or_new(tmp_path: Path, mode: str) -> None:
     info = _kill_every_step(tmp_path, mode)
     priors = mode.startswith("priors")

@@ -98,6 +98,7 @@ def test_sweep_on_every_algorithm(
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # the default run sweeps every algorithm (the same runner Tune trials call)
 def test_tune_on_every_algorithm(
     ray_session: None, checkpoints: dict[str, Path], tmp_path: Path
 ) -> None:

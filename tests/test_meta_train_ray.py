@@ -100,6 +100,7 @@ def test_params_after_20_steps_match_in_process(
     assert sorted(p.name for p in tmp.iterdir() if p.name.startswith(".")) == []
 
 
+@pytest.mark.slow  # the default run keeps the interrupted-run and killed-controller recoveries
 def test_killed_worker_recovers_to_same_params(reference: tuple[Path, Any]) -> None:
     tmp, ref = reference
     marker = tmp / "killed-once"
