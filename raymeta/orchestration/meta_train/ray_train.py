@@ -181,10 +181,7 @@ def run_meta_train(
     ``out``. A config with ``candidates`` trains each of them (one Ray Train run per trained
     candidate, on one Ray instance) and writes all of them into ``out``."""
 
-    def one(single: MetaTrainConfig, part: Path, fresh: bool = overwrite) -> MetaCheckpoint:
-        if not started:  # Ray starts for the first candidate that trains, after every check
-            stack.enter_context(ray_context(address))
-            started.append(True)
+    def train(single: MetaTrainConfig, part: str | Path, fresh: bool) -> MetaCheckpoint:
         return train_distributed(
             single,
             part,
@@ -201,26 +198,21 @@ def run_meta_train(
         ).checkpoint
 
     _check_args(workers, gpus_per_worker, cpus_per_worker, checkpoint_every, max_failures)
-    started: list[bool] = []
     cfg = dataclasses.replace(cfg, shards=workers).validate()
     if not cfg.candidates:
-        return train_distributed(
-            cfg,
-            out,
-            workers,
-            gpus_per_worker,
-            address,
-            storage,
-            checkpoint_every,
-            max_failures,
-            overwrite,
-            progress,
-            cpus_per_worker,
-            log_every,
-        ).checkpoint
+        return train(cfg, out, overwrite)
     from raymeta.orchestration.meta_train.candidates import train_candidates
 
+    started = False
     with contextlib.ExitStack() as stack:
+
+        def one(single: MetaTrainConfig, part: Path, fresh: bool) -> MetaCheckpoint:
+            nonlocal started
+            if not started:  # Ray starts when the first candidate trains, after every check
+                stack.enter_context(ray_context(address))
+                started = True
+            return train(single, part, fresh)
+
         return train_candidates(
             cfg, out, one, preflight, overwrite, progress is not False, check_portable
         )
