@@ -31,9 +31,14 @@ def results(tmp_path: Path) -> Path:
 def test_table_default(results: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(results), "--sweep", "demo"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:3] == ["strategy", "n", "test_loss"]
+    assert lines[0].split()[:6] == ["strategy", "n", "tasks", "test_loss", "mean", "median"]
     assert [ln.split()[0] for ln in lines[2:6]] == STRATEGIES
-    assert lines[2].split()[1] == "4"  # 2 tasks x 2 seeds
+    assert lines[2].split()[1:3] == ["4", "2"]  # 4 runs (2 tasks x 2 seeds) over 2 tasks
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("win rate (row vs column)"))
+    assert lines[at].split()[-4:] == ["[1]", "[2]", "[3]", "[4]"]
+    # the synthetic strategies are strictly ordered on every task: upper triangle all won
+    assert lines[at + 2].split() == ["[1]", "meta+prior+pbt", "-", "1.00", "1.00", "1.00"]
+    assert lines[at + 5].split() == ["[4]", "scratch+broad+random", "0.00", "0.00", "0.00", "-"]
 
 
 def test_markdown_and_json(results: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -51,6 +56,31 @@ def test_markdown_and_json(results: Path, capsys: pytest.CaptureFixture[str]) ->
     best = doc["strategies"][0]
     assert best["rank"] == 1.0 and best["regret"] == 0.0 and best["reached"] == best["runs"] == 4
     assert best["ci_low"] < best["mean"] < best["ci_high"]
+    assert best["tasks"] == 2 and best["seeds"] == 2 and best["seed_invariant"] is False
+    assert best["median"] == pytest.approx(best["mean"])  # the median of two tasks is their mean
+    assert len(doc["win_rates"]) == 12 and doc["notes"] == []
+    pair = next(w for w in doc["win_rates"] if (w["a"], w["b"]) == (STRATEGIES[0], STRATEGIES[1]))
+    assert (pair["wins"], pair["losses"], pair["ties"], pair["rate"]) == (2, 0, 0, 1.0)
+
+
+def test_identical_seeds_are_noted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from raymeta.results import report
+
+    rows = synthetic_rows(sweep="demo", tasks=("a", "b", "c"), seeds=(0, 1))
+    for r in rows:  # a fixed default: the final value does not depend on the seed
+        if r["strategy"] == "meta+fixed-default" and r["metric"] == "test_loss":
+            r["value"] = {"a": 0.3, "b": 0.45, "c": 0.6}[r["task"]]
+    ResultSink(tmp_path / "results", "demo").append(rows, key="all")
+    rep = report(tmp_path / "results")
+    fixed = next(r for r in rep.rows if r["strategy"] == "meta+fixed-default")
+    assert fixed["seed_invariant"] is True and fixed["mean"] == pytest.approx(0.45)
+    assert rep.notes == [
+        "meta+fixed-default: seeds are identical by construction (each task gave exactly the "
+        "same value on every seed); its CI counts 3 tasks, not 6 runs"
+    ]
+    assert rep.wins[("meta+prior+pbt", "meta+fixed-default")]["tasks"] == 3
+    assert main(["report", str(tmp_path / "results")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "note: " + rep.notes[0]
 
 
 def test_plots_and_config_file(

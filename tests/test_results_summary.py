@@ -17,7 +17,7 @@ from raymeta.results import SCHEMA, make_plots, make_row, summarise
 from raymeta.results.curves import run_curves, validation_metric
 from raymeta.results.render import render
 from raymeta.results.schema import rows_to_table
-from raymeta.results.summary import mean_ci95, t_quantile
+from raymeta.results.summary import mean_ci95, notes, t_quantile, win_rates
 from raymeta.results.synthetic import synthetic_rows
 
 
@@ -89,12 +89,15 @@ def test_regret_and_rank_on_tiny_table() -> None:
     assert out["x"]["regret"] == pytest.approx(0.0) and out["x"]["rank"] == pytest.approx(1.25)
     assert out["y"]["regret"] == pytest.approx(0.25) and out["y"]["rank"] == pytest.approx(1.75)
     assert out["z"]["regret"] == pytest.approx(1.0) and out["z"]["rank"] == pytest.approx(3.0)
-    assert out["x"]["n"] == 3 and out["x"]["tasks"] == 2
-    assert out["x"]["mean"] == pytest.approx(np.mean([0.5, 1.5, 10.0]))
-    mean, half = mean_ci95([0.5, 1.5, 10.0])
+    assert out["x"]["n"] == 3 and out["x"]["tasks"] == 2 and out["x"]["seeds"] == 2
+    # the task is the unit: A's seeds (0.5, 1.5) average to 1.0 first, then mean over tasks
+    assert out["x"]["mean"] == pytest.approx(5.5) and out["x"]["median"] == pytest.approx(5.5)
+    half = 12.706204736174707 * np.std([1.0, 10.0], ddof=1) / np.sqrt(2)  # t(0.975, 1)
     assert out["x"]["ci95"] == pytest.approx(half) and out["x"]["ci_low"] == pytest.approx(
-        mean - half
+        5.5 - half
     )
+    # y and z gave the same value on both seeds of A, the only task with two seeds
+    assert [out[k]["seed_invariant"] for k in "xyz"] == [False, True, True]
 
 
 def test_accuracy_is_maximised_and_divergence_is_worst() -> None:
@@ -118,6 +121,108 @@ def test_accuracy_is_maximised_and_divergence_is_worst() -> None:
     assert (
         out["y"]["rank"] == 3 and out["y"]["regret"] == 1.0
     )  # a diverged seed makes the task mean inf
+
+
+def test_identical_seeds_count_once_and_ci_is_over_tasks() -> None:
+    task_vals = {"A": 1.0, "B": 2.0, "C": 10.0}  # the fixed strategy: same value on every seed
+    rows = [_final("fixed", t, seed, v) for t, v in task_vals.items() for seed in (0, 1, 2)]
+    noisy = {("A", 0): 0.5, ("A", 1): 0.7, ("A", 2): 0.9, ("B", 0): 1.0, ("B", 1): 3.0}
+    rows += [_final("noisy", t, seed, v) for (t, seed), v in noisy.items()]
+    rows += [_final("noisy", "C", 0, 4.0), _final("single", "A", 0, 1.0)]
+    rows += [_final("single", "B", 0, 1.0)]  # one seed per task: nothing to tell
+    out = {d["strategy"]: d for d in summarise(rows_to_table(rows))}
+    fixed = out["fixed"]
+    assert (fixed["n"], fixed["tasks"], fixed["seeds"]) == (9, 3, 3)
+    assert fixed["seed_invariant"] is True
+    assert out["noisy"]["seed_invariant"] is False and out["single"]["seed_invariant"] is False
+    t = np.array([1.0, 2.0, 10.0])
+    t_975_df2 = 4.302652729749462  # scipy.stats.t.ppf(0.975, 2)
+    assert fixed["mean"] == pytest.approx(t.mean()) and fixed["median"] == 2.0
+    assert fixed["ci95"] == pytest.approx(t_975_df2 * t.std(ddof=1) / np.sqrt(3), rel=1e-9)
+    # counting the 9 identical runs as samples would have given a far narrower interval
+    runs = np.repeat(t, 3)
+    assert fixed["ci95"] > 2 * 2.306004135204166 * runs.std(ddof=1) / np.sqrt(9)
+    per_task = np.array([0.7, 2.0, 4.0])  # noisy: seeds averaged per task first
+    assert out["noisy"]["mean"] == pytest.approx(per_task.mean())
+    assert out["noisy"]["median"] == pytest.approx(2.0) and out["noisy"]["n"] == 6
+    said = notes(list(out.values()), {})
+    assert said == [
+        "fixed: seeds are identical by construction (each task gave exactly the same value on "
+        "every seed); its CI counts 3 tasks, not 9 runs"
+    ]
+
+
+def _pair_table(a: list[float], b: list[float], metric: str = "test_loss") -> pa.Table:
+    """Strategies a and b on tasks t0..; two seeds each, offset by +-0.25 so the seed mean is the
+    given value."""
+    rows = []
+    for name, vals in (("a", a), ("b", b)):
+        for i, v in enumerate(vals):
+            rows += [_final(name, f"t{i:02d}", 0, v - 0.25, metric)]
+            rows += [_final(name, f"t{i:02d}", 1, v + 0.25, metric)]
+    return rows_to_table(rows)
+
+
+def test_win_rates_with_ties_and_orientation() -> None:
+    a, b = [1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 1.0, 5.0]  # a wins t0 and t3, ties t1, loses t2
+    wins = win_rates(_pair_table(a, b))
+    assert set(wins) == {("a", "b"), ("b", "a")}
+    ab, ba = wins[("a", "b")], wins[("b", "a")]
+    assert (ab["wins"], ab["losses"], ab["ties"], ab["tasks"]) == (2, 1, 1, 4)
+    assert (ba["wins"], ba["losses"], ba["ties"]) == (1, 2, 1)
+    assert ab["rate"] == pytest.approx((2 + 0.5) / 4) and ba["rate"] == pytest.approx(1.5 / 4)
+    d = np.array(a) - np.array(b)
+    assert ab["mean_diff"] == pytest.approx(d.mean()) and ba["mean_diff"] == pytest.approx(
+        -d.mean()
+    )
+    assert ab["median_diff"] == pytest.approx(np.median(d))
+    assert ab["driven_by_few"] is False and ab["few"] == 1  # 4 tasks: leave out 1, fewer than half
+    # accuracies: higher is better, differences stay a minus b in metric units
+    acc = win_rates(_pair_table(a, b, "test_accuracy"), metric="test_accuracy")[("a", "b")]
+    assert (acc["wins"], acc["losses"], acc["ties"]) == (1, 2, 1)
+    assert acc["mean_diff"] == pytest.approx(d.mean())
+    # a diverged seed loses the task; its difference is left out of the mean
+    rows = [_final("a", "t0", 0, float("nan")), _final("a", "t0", 1, 1.0)]
+    rows += [_final("b", "t0", 0, 5.0), _final("a", "t1", 0, 1.0), _final("b", "t1", 0, 3.0)]
+    rows += [_final("c", "t9", 0, 1.0)]  # shares no task with a or b: no pair
+    w = win_rates(rows_to_table(rows))
+    assert (w[("a", "b")]["wins"], w[("a", "b")]["losses"]) == (1, 1)
+    assert w[("a", "b")]["mean_diff"] == pytest.approx(-2.0) and w[("a", "b")]["diff_tasks"] == 1
+    assert ("a", "c") not in w and ("c", "b") not in w
+    with pytest.raises(DataError, match="available"):
+        win_rates(rows_to_table(rows), metric="test_accuracy")
+
+
+def test_driven_by_few_outlier_vs_consistent() -> None:
+    b = [1.0 + 0.1 * i for i in range(10)]
+    outlier = [v - 0.05 for v in b]  # a better by 0.05 on 9 tasks ...
+    outlier[7] = b[7] + 1.0  # ... and far worse on one: the mean says a is worse
+    wins = win_rates(_pair_table(outlier, b))
+    ab = wins[("a", "b")]
+    d = np.array(outlier) - np.array(b)
+    assert ab["mean_diff"] == pytest.approx(d.mean()) and d.mean() > 0
+    rest = d[np.argsort(np.abs(d))[:-2]]  # without the 2 largest |differences|
+    assert rest.mean() < 0  # the sign flips
+    assert ab["driven_by_few"] is True and wins[("b", "a")]["driven_by_few"] is True
+    assert ab["few"] == 2 and ab["rate"] == pytest.approx(0.9)
+    assert ab["median_diff"] == pytest.approx(np.median(d))
+    summary = summarise(_pair_table(outlier, b))
+    assert [r["strategy"] for r in summary] == ["a", "b"]  # a ranks first (wins 9 of 10)
+    assert notes(summary, wins) == [
+        f"a vs b: mean difference {d.mean():+.3g} is driven by 2 of 10 tasks "
+        f"(median difference {np.median(d):+.3g})"
+    ]
+    # two large tasks and eight tiny ones of the same sign: no flip, but the mean shrinks
+    shrink = [v + 0.01 for v in b]
+    shrink[2] += 1.0
+    shrink[5] += 1.0
+    assert win_rates(_pair_table(shrink, b))[("a", "b")]["driven_by_few"] is True
+    consistent = [v + 0.1 + 0.01 * (i % 3) for i, v in enumerate(b)]  # always worse by ~0.1
+    c = win_rates(_pair_table(consistent, b))
+    assert c[("a", "b")]["driven_by_few"] is False and c[("a", "b")]["rate"] == 0.0
+    assert notes(summarise(_pair_table(consistent, b)), c) == []
+    two = win_rates(_pair_table([1.0, 9.0], [2.0, 1.0]))[("a", "b")]
+    assert two["driven_by_few"] is False and two["few"] == 0  # too few tasks to tell
 
 
 def test_anytime_curve_and_time_to_target() -> None:
@@ -239,6 +344,35 @@ def test_render_formats() -> None:
     )
     doc = json.loads(render(summary, "json"))
     assert doc["metric"] == "test_loss" and len(doc["strategies"]) == len(summary)
+    assert "win_rates" not in doc and lines[0].split()[:6] == [
+        "strategy",
+        "n",
+        "tasks",
+        "test_loss",
+        "mean",
+        "median",
+    ]
+    # with win rates and notes: a numbered matrix after the table, then the notes
+    table = rows_to_table(synthetic_rows(tasks=("a", "b"), seeds=(0, 1)))
+    summary = summarise(table)
+    wins = win_rates(table)
+    full = render(summary, "table", wins=wins, notes=["x: a note"]).splitlines()
+    at = full.index("") + 3  # blank, footer, blank, matrix
+    assert full[at].startswith("win rate (row vs column)") and full[at].split()[-1] == "[4]"
+    first = full[at + 2].split()
+    assert first[:2] == ["[1]", "meta+prior+pbt"] and first[2] == "-"
+    rate = wins[("meta+prior+pbt", "scratch+broad+random")]["rate"]
+    assert first[-1] == f"{rate:.2f}" and full[-1] == "note: x: a note"
+    md = render(summary, "markdown", wins=wins, notes=["x: a note"]).splitlines()
+    assert "| [1] meta+prior+pbt | - |" in "\n".join(md) and md[-1] == "- x: a note"
+    doc = json.loads(render(summary, "json", wins=wins, notes=["x: a note"]))
+    assert len(doc["win_rates"]) == 12 and doc["notes"] == ["x: a note"]
+    pair = next(
+        w
+        for w in doc["win_rates"]
+        if (w["a"], w["b"]) == ("meta+prior+pbt", "scratch+broad+random")
+    )
+    assert pair["rate"] == rate and pair["tasks"] == 2
     one = summarise(rows_to_table([_final("x", "A", 0, 1.0)]))
     assert (
         json.loads(render(one, "json"))["strategies"][0]["ci95"] is None

@@ -14,7 +14,7 @@ def add_parser(sub: Any) -> None:
     p = add_command(
         sub,
         "report",
-        "summarise a results dataset: per-strategy mean and 95-percent CI, regret, rank, time to target; PNG plots",
+        "summarise a results dataset: per-strategy mean, median and 95-percent CI over tasks, regret, rank, time to target, pairwise per-task win rates and notes; PNG plots",
         run,
     )
     p.add_argument(

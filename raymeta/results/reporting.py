@@ -22,11 +22,14 @@ FORMATS = ("table", "markdown", "json")
 
 @dataclass
 class Report:
-    """Per-strategy summary rows (best average rank first), their text and the plots written."""
+    """Per-strategy summary rows (best average rank first), their text, the plots written, the
+    pairwise per-task win rates ({(a, b): {...}}, see ``summary.win_rates``) and the notes."""
 
     rows: list[dict[str, Any]]
     text: str
     plots: list[Path] = field(default_factory=list)
+    wins: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         return self.text
@@ -60,19 +63,23 @@ def report(
     plots: str | os.PathLike[str] | None = None,
 ) -> Report:
     """Summarise ``results_dir`` (a dataset of ``raymeta sweep`` or ``raymeta tune`` rows) per
-    strategy: mean and 95% CI of ``metric``, normalised regret, average rank and member-steps /
-    wall time to ``target`` (default: per task, the worst strategy's mean final best validation
-    value); ``plots`` also writes PNG plots into that directory."""
+    strategy: mean, median and 95% CI of ``metric`` over tasks (seeds averaged per task),
+    normalised regret, average rank and member-steps / wall time to ``target`` (default: per
+    task, the worst strategy's mean final best validation value), then pairwise per-task win
+    rates and notes (identical seeds, mean differences a few tasks drive); ``plots`` also
+    writes PNG plots into that directory."""
     from raymeta.results.curves import validation_metric
     from raymeta.results.plots import make_plots
     from raymeta.results.reader import read_results
     from raymeta.results.render import render
-    from raymeta.results.summary import summarise
+    from raymeta.results.summary import notes, summarise, win_rates
 
     check_report_args(metric, target, format, plots)
     table = read_results(Path(results_dir), sweep=sweep)
     rows = summarise(table, metric=metric, target=target)
-    text = render(rows, format, metric=metric, target=target)
+    wins = win_rates(table, metric=metric)
+    said = notes(rows, wins)
+    text = render(rows, format, metric=metric, target=target, wins=wins, notes=said)
     paths: list[Path] = []
     if plots is not None:
         try:
@@ -81,4 +88,4 @@ def report(
             ]
         except OSError as exc:
             raise ConfigError(f"--plots {plots}: {exc.strerror or exc}") from None
-    return Report(rows, text, paths)
+    return Report(rows, text, paths, wins, said)

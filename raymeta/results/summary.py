@@ -1,15 +1,19 @@
-"""Per-strategy aggregation: mean and 95% CI of the test metric, normalised regret, average rank,
-and member-steps / wall time to reach a target.
+"""Per-strategy aggregation: mean, median and 95% CI of the test metric over tasks, normalised
+regret, average rank, member-steps / wall time to reach a target, pairwise win rates and notes.
 
-Why these: the mean with a Student-t CI says how sure a difference is over few seeds; regret
-min-max normalised per task and ranks make tasks of different loss scales comparable; time to
-target is the speed-up a warm start buys (the FSBO/piBO way of reporting it).
+Why these: the unit of independence is the task, so each (strategy, task) is first averaged
+over its seeds and the mean, its Student-t CI and the median are taken over tasks (seeds that
+are identical by construction, e.g. a fixed default configuration, would otherwise count as
+independent samples and shrink the CI); the median next to the mean and the per-task win rates
+show the distribution, not just its centre, and ``notes`` says when a few tasks drive a mean
+difference. Regret min-max normalised per task and ranks make tasks of different loss scales
+comparable; time to target is the speed-up a warm start buys (the FSBO/piBO way of reporting it).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -148,6 +152,30 @@ def _seed_means(per_run: dict[RunKey, float]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _task_finals(raw: dict[RunKey, float]) -> dict[tuple[str, str], list[float]]:
+    """{(strategy, task): [final value per seed]} of raw (not oriented) values, in seed order."""
+    acc: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for (s, t, seed), v in raw.items():
+        acc.setdefault((s, t), []).append((seed, v))
+    return {k: [v for _, v in sorted(vs, key=lambda sv: sv[0])] for k, vs in acc.items()}
+
+
+def _seed_invariant(per_task: list[list[float]]) -> bool:
+    """True when every task with >= 2 seeds has exactly equal, finite values over its seeds
+    (and at least one task has >= 2 seeds: with one seed per task nothing can be told)."""
+    multi = [vs for vs in per_task if len(vs) >= 2]
+    return bool(multi) and all(all(math.isfinite(v) and v == vs[0] for v in vs) for vs in multi)
+
+
+def _checked_finals(table: pa.Table, metric: str) -> dict[RunKey, float]:
+    if table.num_rows == 0:
+        raise DataError("the results dataset holds no rows")
+    metrics = set(table["metric"].unique().to_pylist())
+    if metric not in metrics:
+        raise DataError(f"no rows with metric {metric!r} (available: {', '.join(sorted(metrics))})")
+    return final_values(table, metric)
+
+
 def _median(values: list[float]) -> float | None:
     m = float(np.median(values)) if values else float("inf")
     return m if math.isfinite(m) else None
@@ -158,6 +186,13 @@ def summarise(
 ) -> list[dict[str, Any]]:
     """One dict per strategy, best average rank first. See module docstring for the columns.
 
+    Columns: ``n`` runs (strategy, task, seed), ``tasks``, ``seeds`` (distinct seeds);
+    ``mean``, ``median`` and the 95% Student-t interval (``ci95`` half-width, ``ci_low``,
+    ``ci_high``) of the final ``metric`` over tasks, each task's value being the mean of its
+    finite seeds (a task whose seeds all diverged is left out; ``failed`` counts diverged
+    runs); ``seed_invariant``: every task with >= 2 seeds gave exactly the same value on all of
+    them (its seeds are no independent samples; the CI counts tasks either way).
+
     ``target`` is in units of the validation metric (``val_loss`` for ``test_loss``); a run
     reaches it when its anytime best validation value is <= target (>= for accuracies). With
     no target each task's target is the worst strategy's mean final best validation value on
@@ -165,12 +200,8 @@ def summarise(
     time to target are medians over runs, counting unreached runs as infinite (None if the
     median run never reached it).
     """
-    if table.num_rows == 0:
-        raise DataError("the results dataset holds no rows")
-    metrics = set(table["metric"].unique().to_pylist())
-    if metric not in metrics:
-        raise DataError(f"no rows with metric {metric!r} (available: {', '.join(sorted(metrics))})")
-    raw = final_values(table, metric)
+    raw = _checked_finals(table, metric)
+    by_task = _task_finals(raw)
     keys = list(raw)
     oriented_final = dict(
         zip(keys, oriented(np.array([raw[k] for k in keys]), metric).tolist(), strict=True)
@@ -194,14 +225,21 @@ def summarise(
         runs = [k for k in keys if k[0] == s]
         vals = [raw[k] for k in runs]
         finite = [v for v in vals if math.isfinite(v)]
-        mean, half = mean_ci95(finite)
+        per_task = [vs for (s2, _), vs in by_task.items() if s2 == s]
+        task_means = [
+            float(np.mean(ok)) for vs in per_task if (ok := [v for v in vs if math.isfinite(v)])
+        ]
+        mean, half = mean_ci95(task_means)
         hits = [curves[k].first_reaching(task_target[k[1]]) for k in curves if k[0] == s]
         out.append(
             {
                 "strategy": s,
                 "n": len(vals),
-                "tasks": len({k[1] for k in runs}),
+                "tasks": len(per_task),
+                "seeds": len({k[2] for k in runs}),
+                "seed_invariant": _seed_invariant(per_task),
                 "mean": mean,
+                "median": float(np.median(task_means)) if task_means else float("nan"),
                 "ci95": half,
                 "ci_low": mean - half,
                 "ci_high": mean + half,
@@ -215,4 +253,90 @@ def summarise(
             }
         )
     out.sort(key=lambda d: (d["rank"], d["strategy"]))
+    return out
+
+
+def _driven_by_few(diffs: list[float]) -> tuple[bool, int]:
+    """(whether leaving out the ``k`` tasks of largest |difference| flips the sign of the mean
+    difference or shrinks it by more than half, ``k``); ``k`` = min(2, (n - 1) // 2), so the
+    tasks left out are always fewer than half (no check below 3 tasks)."""
+    k = max(0, min(2, (len(diffs) - 1) // 2))
+    full = float(np.mean(diffs)) if diffs else 0.0
+    if k <= 0 or full == 0.0:
+        return False, k
+    rest = sorted(diffs, key=abs)[:-k]
+    m = float(np.mean(rest))
+    return (m * full < 0 or abs(m) < 0.5 * abs(full)), k
+
+
+def win_rates(table: pa.Table, metric: str = "test_loss") -> dict[tuple[str, str], dict[str, Any]]:
+    """Pairwise per-task comparison of seed-averaged final ``metric`` values, for every ordered
+    pair (a, b) of strategies that share at least one task.
+
+    Per pair: ``tasks`` both ran; ``wins`` (a better: lower loss, higher accuracy; a task where
+    a seed diverged counts as worst), ``losses``, ``ties`` (exactly equal); ``rate`` = (wins +
+    ties / 2) / tasks; ``mean_diff`` and ``median_diff`` of a minus b in metric units over the
+    tasks where both are finite (NaN if none); ``driven_by_few``: leaving out the ``few`` (at
+    most 2, always fewer than half) tasks of largest |a - b| flips the sign of the mean
+    difference or shrinks it by more than half.
+    """
+    raw = _checked_finals(table, metric)
+    by_task = _task_finals(raw)
+    value: dict[str, dict[str, float]] = {}  # strategy -> task -> raw seed mean (inf/nan kept)
+    for (s, t), vs in by_task.items():
+        value.setdefault(s, {})[t] = float(np.mean(vs))
+    names = sorted(value)
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for a in names:
+        for b in names:
+            common = sorted(set(value[a]) & set(value[b]))
+            if a == b or not common:
+                continue
+            va = np.array([value[a][t] for t in common])
+            vb = np.array([value[b][t] for t in common])
+            oa, ob = oriented(va, metric), oriented(vb, metric)
+            wins, losses = int(np.sum(oa < ob)), int(np.sum(oa > ob))
+            ties = len(common) - wins - losses
+            both = np.isfinite(va) & np.isfinite(vb)
+            diffs = (va - vb)[both].tolist()
+            driven, few = _driven_by_few(diffs)
+            out[(a, b)] = {
+                "wins": wins,
+                "losses": losses,
+                "ties": ties,
+                "tasks": len(common),
+                "rate": (wins + 0.5 * ties) / len(common),
+                "mean_diff": float(np.mean(diffs)) if diffs else float("nan"),
+                "median_diff": float(np.median(diffs)) if diffs else float("nan"),
+                "driven_by_few": driven,
+                "few": few,
+                "diff_tasks": len(diffs),
+            }
+    return out
+
+
+def notes(
+    summary_rows: Sequence[dict[str, Any]], wins: dict[tuple[str, str], dict[str, Any]]
+) -> list[str]:
+    """Sentences for the report: strategies whose seeds are identical (so its CI counts tasks,
+    not runs) and strategy pairs whose mean difference a few tasks drive (each pair once, the
+    better-ranked strategy first)."""
+    out = []
+    for d in summary_rows:
+        if d.get("seed_invariant"):
+            out.append(
+                f"{d['strategy']}: seeds are identical by construction (each task gave exactly "
+                f"the same value on every seed); its CI counts {d['tasks']} tasks, not {d['n']} runs"
+            )
+    order = [d["strategy"] for d in summary_rows]
+    order += sorted({s for pair in wins for s in pair} - set(order))
+    for i, a in enumerate(order):
+        for b in order[i + 1 :]:
+            w = wins.get((a, b))
+            if w is None or not w["driven_by_few"]:
+                continue
+            out.append(
+                f"{a} vs {b}: mean difference {w['mean_diff']:+.3g} is driven by {w['few']} of "
+                f"{w['diff_tasks']} tasks (median difference {w['median_diff']:+.3g})"
+            )
     return out
