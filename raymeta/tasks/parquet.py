@@ -25,6 +25,22 @@ has), each with exactly ``shots`` support and ``queries`` query rows (labels sta
 ids). A task with fewer rows is an error unless ``replace=True``, which lets exactly those tasks
 draw with replacement.
 
+Fixed tasks (``task(split, i)``: what ``raymeta tune``, sweeps and evaluation use) take the
+split-size options of the built-in families, ``task_shots``, ``val_size`` and ``test_size``
+(``None``, the default, keeps the split as stored). Setting ``task_shots`` and/or ``val_size``
+re-splits the task's *labelled* rows -- its stored train rows then val rows, in stored order --
+by a permutation seeded by the task id (SHA-256 and splitmix64: the same on every machine and in
+every process, never Python's ``hash()``) into ``task_shots`` train and ``val_size`` val rows;
+with only one of them set, the other split takes the rest (at least one row). Regression counts
+rows; classification counts per class (like digits' N-way K-shot sizes): every class of the
+labelled rows gets ``task_shots`` train and ``val_size`` val rows. Test rows are never moved into
+train or val: ``test_size`` only keeps the first ``test_size`` test rows (per class for
+classification), in stored order. Asking a task for more rows than it has is a one-line
+``ConfigError`` naming the task and the counts, raised when the family is built (from the scanned
+counts, before any row is read). Episodes (``sample()``) always use the stored splits, so these
+options never change what meta-training sees, and ``raymeta tune --task-option val_size=20
+--task parquet:TASK_ID`` works on a checkpoint's Parquet family.
+
 Shaped features (images): a feature shape declared in the schema metadata (``SHAPE_KEY``, written
 by ``write_tasks`` and ``raymeta data convert --shape``) or by the ``shape`` option makes
 ``input_shape`` that shape and every tensor come back ``[N, *shape]``, so ``conv4`` can train on
@@ -34,6 +50,7 @@ convert``). ``OPTIONS_DOC`` documents the family's options (``raymeta data --hel
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -85,6 +102,7 @@ __all__ = [
     "load_task_file",
     "meta_split_of",
     "parse_shape",
+    "resplit_order",
     "scan_tasks",
     "show_shape",
     "task_schema",
@@ -101,6 +119,12 @@ OPTIONS_DOC = {
     "n_classes": "classification: output units (default: the largest class id + 1)",
     "full_check": "scan every feature value when the family is built (default true)",
     "cache_tasks": "tasks whose rows are kept in memory (LRU), default 256",
+    "task_shots": "fixed tasks (tune, eval; also --task-option): train rows (per class if classification), "
+    "re-split from stored train+val rows, seeded by the task id (default: as stored)",
+    "val_size": "fixed tasks: val rows (per class if classification), re-split likewise; with one of "
+    "task_shots/val_size set, the other split takes the rest (default: as stored)",
+    "test_size": "fixed tasks: only the first test_size test rows (per class if classification); "
+    "test rows never move to train/val (default: all)",
 }
 
 Rows = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -307,6 +331,17 @@ def _mix(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+def resplit_order(task_id: str, n: int) -> np.ndarray:
+    """The permutation of a task's ``n`` labelled rows its fixed task re-splits them by: keyed by
+    the task id (SHA-256, then splitmix64 per row), the same in every process and on every machine."""
+    seed = int.from_bytes(
+        hashlib.sha256(b"raymeta.resplit\0" + task_id.encode()).digest()[:8], "big"
+    )
+    with np.errstate(over="ignore"):
+        keys = _mix(np.uint64(seed) + np.arange(n, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    return np.argsort(keys, kind="stable")
+
+
 def _merge_meta(meta: dict[str, str], ids: pa.Array, ms: pa.Array, where: str) -> None:
     if ms.null_count:
         raise DataError(f"{where}: column 'meta_split' has null values")
@@ -336,6 +371,9 @@ class ParquetFamily(TaskFamily):
         cache_tasks: int = 256,
         ways: int | None = None,
         shape: Any = None,
+        task_shots: int | None = None,
+        val_size: int | None = None,
+        test_size: int | None = None,
         **unknown: Any,
     ):
         if unknown:
@@ -346,6 +384,16 @@ class ParquetFamily(TaskFamily):
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_ROWS_OPTION:
                 raise ConfigError(
                     f"parquet: {key} must be an integer in 1..{MAX_ROWS_OPTION}, got {v!r}"
+                )
+        sizes = {"task_shots": task_shots, "val_size": val_size, "test_size": test_size}
+        for key, size in sizes.items():
+            if size is not None and (
+                isinstance(size, bool)
+                or not isinstance(size, int)
+                or not 1 <= size <= MAX_ROWS_OPTION
+            ):
+                raise ConfigError(
+                    f"parquet: {key} must be an integer in 1..{MAX_ROWS_OPTION} (or null: as stored), got {size!r}"
                 )
         if path is None or not isinstance(path, (str, os.PathLike)) or not str(path):
             raise ConfigError(
@@ -364,6 +412,7 @@ class ParquetFamily(TaskFamily):
         declared = None if shape is None else parse_shape(shape, "parquet: shape", ConfigError)
         self.path, self.shots, self.queries, self.replace = str(path), shots, queries, replace
         self.full_check, self.cache_tasks = bool(full_check), cache_tasks
+        self.task_shots, self.val_size, self.test_size = task_shots, val_size, test_size
         self.index = scan_tasks(path, full_check=self.full_check)
         self.kind = self.index.kind
         if declared is not None:
@@ -398,7 +447,59 @@ class ParquetFamily(TaskFamily):
                         raise ConfigError(
                             f"parquet: task {t!r} has {r[s]} {s} rows, fewer than {what}={need} (lower it or pass replace=True)"
                         )
+        self._check_split_sizes()
         self._cache: OrderedDict[str, Rows] = OrderedDict()
+
+    def _resplits(self) -> bool:
+        return self.task_shots is not None or self.val_size is not None
+
+    def _split_sizes(self, n: int) -> tuple[int, int]:
+        """(train, val) rows taken from ``n`` labelled rows (of one class for classification)."""
+        train = self.task_shots if self.task_shots is not None else n - (self.val_size or 0)
+        val = self.val_size if self.val_size is not None else n - train
+        return train, val
+
+    def _check_split_sizes(self) -> None:
+        """Every task (of every meta-split) can give its fixed task the requested split sizes;
+        checked on the scanned counts, so a too-large size fails before any row is read."""
+        if not self._resplits() and self.test_size is None:
+            return
+        ts, vs = self.task_shots, self.val_size
+        if ts is not None and vs is not None:
+            want, need = f"task_shots + val_size = {ts + vs}", ts + vs
+        elif ts is not None:
+            want, need = f"task_shots={ts} plus at least 1 val row", ts + 1
+        else:
+            want, need = f"val_size={vs} plus at least 1 train row", (vs or 0) + 1
+        classes = self.kind == "classification"
+        per = " per class" if classes else ""
+        for t in sorted(self.index.rows):
+            labelled: dict[int | None, int]
+            test: dict[int | None, int]
+            if classes:
+                by = self.index.class_rows.get(t, {s: {} for s in SPLITS})
+                labelled = {
+                    c: by["train"].get(c, 0) + by["val"].get(c, 0)
+                    for c in sorted({*by["train"], *by["val"]})
+                }
+                test = dict(sorted(by["test"].items()))
+            else:
+                r = self.index.rows[t]
+                labelled, test = {None: r["train"] + r["val"]}, {None: r["test"]}
+            if self._resplits():
+                for c, n in labelled.items():
+                    if n < need:
+                        of = "" if c is None else f" of class {c}"
+                        raise ConfigError(
+                            f"parquet: task {t!r} has {n} train+val rows{of}, fewer than {want}{per} (test rows never move into train/val; lower the sizes)"
+                        )
+            if self.test_size is not None:
+                for c, n in test.items():
+                    if n < self.test_size:
+                        of = "" if c is None else f" of class {c}"
+                        raise ConfigError(
+                            f"parquet: task {t!r} has {n} test rows{of}, fewer than test_size={self.test_size}{per} (lower it)"
+                        )
 
     def _check_ways(self, sampled: list[str], ways: int | None) -> int:
         """N of N-way: every class of a sampled task's train split must have ``shots`` train and
@@ -442,6 +543,9 @@ class ParquetFamily(TaskFamily):
             "cache_tasks": self.cache_tasks,
             "ways": self.ways,
             "shape": None if self.shape is None else list(self.shape),
+            "task_shots": self.task_shots,
+            "val_size": self.val_size,
+            "test_size": self.test_size,
         }
 
     def n_tasks(self, split: Split) -> int:
@@ -566,7 +670,7 @@ class ParquetFamily(TaskFamily):
             raise ConfigError(
                 f"parquet: task index {index} out of range (meta-split {split!r} has {len(ids)} tasks)"
             )
-        r = self.rows(ids[index])
+        r, notes = self.fixed_rows(ids[index])
         return Task(
             ids[index],
             *r["train"],
@@ -574,4 +678,49 @@ class ParquetFamily(TaskFamily):
             *r["test"],
             kind=self.kind,
             output_dim=self.output_dim,
+            notes=notes,
         )
+
+    def fixed_rows(self, task_id: str) -> tuple[Rows, list[str]]:
+        """A task's rows as its fixed task holds them: the stored splits, re-split and capped
+        by ``task_shots`` / ``val_size`` / ``test_size`` (module docstring), plus notes saying so."""
+        r = self.rows(task_id)
+        if not self._resplits() and self.test_size is None:
+            return r, []
+        out, notes = dict(r), []
+        if self._resplits():
+            x = torch.cat([r["train"][0], r["val"][0]])
+            y = torch.cat([r["train"][1], r["val"][1]])
+            order = torch.from_numpy(resplit_order(task_id, len(x)))
+            train, val = self._pick(y[order])
+            out["train"] = (x[order[train]], y[order[train]])
+            out["val"] = (x[order[val]], y[order[val]])
+            notes.append(
+                f"train/val re-split (seeded by the task id) from the stored {len(r['train'][0])} train + {len(r['val'][0])} val rows into {len(train)} + {len(val)}"
+            )
+        if self.test_size is not None:
+            xe, ye = r["test"]
+            keep = self._first(ye, self.test_size)
+            out["test"] = (xe[keep], ye[keep])
+            if len(keep) < len(xe):
+                notes.append(f"test split capped to {len(keep)} of its {len(xe)} rows")
+        return out, notes
+
+    def _groups(self, y: torch.Tensor) -> list[torch.Tensor]:
+        """Positions of ``y``'s rows, in order: one group (regression) or one per class."""
+        if self.kind != "classification":
+            return [torch.arange(len(y))]
+        return [torch.nonzero(y == c).flatten() for c in torch.unique(y).tolist()]
+
+    def _pick(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions (ascending) of the train and val rows among the permuted labelled rows."""
+        train, val = [], []
+        for pos in self._groups(y):
+            n_tr, n_va = self._split_sizes(len(pos))
+            train.append(pos[:n_tr])
+            val.append(pos[n_tr : n_tr + n_va])
+        return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+    def _first(self, y: torch.Tensor, k: int) -> torch.Tensor:
+        """Positions (ascending) of the first ``k`` rows (of each class for classification)."""
+        return torch.cat([pos[:k] for pos in self._groups(y)]).sort().values
