@@ -10,7 +10,7 @@ request the CLI and the Python API share.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -22,6 +22,7 @@ from raymeta.core.models import check_model_fits
 from raymeta.errors import ConfigError, DataError, RaymetaError
 from raymeta.finetune.evaluate import eval_device, evaluate_configs
 from raymeta.finetune.hparams import WEIGHT_DECAY_FLOOR, FinetuneConfig, broad_space
+from raymeta.finetune.select import SELECT_POPULATION, SELECT_TASKS, select_strategy
 from raymeta.priors.artifact import VERSION, Priors
 from raymeta.priors.fit import (
     BEST_OF,
@@ -42,6 +43,7 @@ from raymeta.tasks import Task, TaskFamily, make_family
 MIN_TASKS = 2
 MAX_TASKS = 4096  # meta-val tasks of one fit (the default is 32): each is built and kept
 MAX_FIT_RUNS = 1 << 20  # fine-tuning runs of one fit (the default is 6,144)
+MAX_SELECT_POPULATION = 4096  # members of one strategy-selection population
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,9 @@ class PriorFitConfig:
     safe_rate: float | None = SAFE_RATE
     objective: str = "final"
     device: str = "cpu"
+    select_tasks: int = SELECT_TASKS
+    select_population: int = SELECT_POPULATION
+    select_interval: int | None = None  # steps between evaluations (default: tune's, 4 reports)
 
     def __post_init__(self) -> None:
         c = checks
@@ -90,6 +95,10 @@ class PriorFitConfig:
             c.number("priors: safe rate", self.safe_rate, 0.0, 1.0)
         c.string("priors: objective", self.objective, tuple(OBJECTIVES))
         c.string("priors: device", self.device)
+        c.integer("priors: select-tasks", self.select_tasks, 0, MAX_TASKS)
+        c.integer("priors: select-population", self.select_population, 1, MAX_SELECT_POPULATION)
+        if self.select_interval is not None:
+            c.integer("priors: select-interval", self.select_interval, 1)
         runs = self.fit_runs
         if runs > MAX_FIT_RUNS:
             raise ConfigError(
@@ -107,14 +116,15 @@ class PriorFitConfig:
         return asdict(self)
 
 
-def val_tasks(family: TaskFamily, n: int, split: str = "val") -> list[Task]:
-    """The first ``n`` fixed tasks of a meta-split; a family without them is a one-line error."""
+def val_tasks(family: TaskFamily, n: int, split: str = "val", start: int = 0) -> list[Task]:
+    """Fixed tasks ``start .. start + n - 1`` of a meta-split; a family without them is a
+    one-line error."""
     out = []
-    for i in range(n):
+    for i in range(start, start + n):
         try:
             out.append(family.task(split, i))  # type: ignore[arg-type]
         except (RaymetaError, IndexError, KeyError) as exc:
-            have = f"only {i}" if i else "no"
+            have = f"only {i}" if i else "no"  # fewer than start + n tasks
             raise DataError(
                 f"family {family.name!r} has {have} meta-{split} tasks ({n} requested): {exc}"
             ) from None
@@ -155,6 +165,7 @@ def fit_priors(
     config: PriorFitConfig | None = None,
     *,
     progress: Callable[[int, int], None] | None = None,
+    select_progress: Callable[[int, int], None] | None = None,
     **fields: Any,
 ) -> Priors:
     """Fine-tune ``config.n_configs`` configs on ``config.n_tasks`` meta-val tasks and fit priors
@@ -275,6 +286,20 @@ def fit_priors(
         )
         fitted = refit(table, mean_of_repeats(rerun, refine_repeats)[0])
     learned, portfolio, model_probs, info = fitted
+    priors = Priors(VERSION, space, learned, portfolio, model_probs, info)
+    if cfg.select_tasks:
+        chosen, disjoint = selection_tasks(family, n_tasks, cfg.select_tasks, tasks)
+        priors.selection = select_strategy(
+            ckpt,
+            priors,
+            chosen,
+            population=cfg.select_population,
+            steps=max_steps,
+            interval=cfg.select_interval,
+            seed=seed,
+            tasks_disjoint=disjoint,
+            progress=select_progress,
+        )
     info |= {
         "family": ckpt.family.to_dict(),
         "n_tasks": n_tasks,
@@ -287,4 +312,15 @@ def fit_priors(
         "objective": objective,
         "fit_seconds": time.perf_counter() - t0,
     }
-    return Priors(VERSION, space, learned, portfolio, model_probs, info)
+    return priors
+
+
+def selection_tasks(
+    family: TaskFamily, after: int, n: int, fitted: Sequence[Task]
+) -> tuple[list[Task], bool]:
+    """Meta-val tasks for strategy selection: the ``n`` after the ``after`` the priors were
+    fitted on, or, where the family has too few, the fitted ones again (flagged False)."""
+    try:
+        return val_tasks(family, n, start=after), True
+    except DataError:
+        return list(fitted[:n]), False

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ import torch
 from raymeta.core.checkpoint import Candidate
 from raymeta.errors import ConfigError
 from raymeta.finetune.curves import Curves
+from raymeta.finetune.picks import Pick, check_pick, final_pick
 from raymeta.finetune.population import (
     SWEEP_RULE,
     Best,
@@ -36,6 +37,7 @@ from raymeta.finetune.population import (
     initial_state,
     run_schedule,
 )
+from raymeta.finetune.step import PopulationState
 from raymeta.priors import Prior
 from raymeta.tasks import Task
 
@@ -44,16 +46,24 @@ INITS = ("meta", "scratch")
 
 @dataclass
 class PopulationResult:
-    """The curves of every member, the best snapshot, its test metrics and the wall time."""
+    """The curves of every member, the best snapshot, the final picks (``picks``: rule ->
+    ``Pick``; ``test`` is the first rule's test metrics) and the wall time."""
 
     curves: Curves
     best: Best
     test: dict[str, float]
     wall_s: float
+    picks: dict[str, Pick] = field(default_factory=dict)
 
     @property
     def member_steps(self) -> int:
-        return self.curves.member_steps_total
+        """Member-steps of the population and of the first rule (a refit's run)."""
+        extra = next(iter(self.picks.values())).extra_steps if self.picks else 0
+        return self.curves.member_steps_total + extra
+
+    @property
+    def pick(self) -> Pick:
+        return next(iter(self.picks.values()))
 
 
 def run_population(
@@ -67,8 +77,11 @@ def run_population(
     seed: int,
     prior: Prior | None = None,
     pbt: bool = False,
+    picks: Sequence[str] = ("best",),
 ) -> PopulationResult:
-    """Fine-tune ``len(configs)`` members on ``task`` (see the module docstring)."""
+    """Fine-tune ``len(configs)`` members on ``task`` (see the module docstring) and apply
+    each final-pick rule of ``picks`` (``raymeta.finetune.picks``) to the population holding
+    the best snapshot."""
     if steps < 1 or interval < 1:
         raise ConfigError(f"steps and interval must be >= 1 (got {steps}, {interval})")
     if init not in INITS:
@@ -77,6 +90,10 @@ def run_population(
         raise ConfigError("PBT needs a prior to explore within")
     if not configs:
         raise ConfigError("a population needs at least one member")
+    if not picks:
+        raise ConfigError("at least one final pick rule is needed")
+    for rule in picks:
+        check_pick(rule)
     t0 = time.perf_counter()
     first = next(iter(candidates))
     groups: dict[str, list[int]] = {}
@@ -126,8 +143,17 @@ def run_population(
     for b, idx in zip(bests, members, strict=True):
         b.member = idx[b.member]  # the member's index in ``configs``
     g = min(range(len(pops)), key=lambda j: (bests[j].val_loss, bests[j].at, bests[j].member))
-    test = pops[g].score(bests[g].params, task.x_test, task.y_test)
-    return PopulationResult(curves, bests[g], test, time.perf_counter() - t0)
+    cand, idx = candidates[pops[g].name], members[g]
+
+    def start(m: int) -> PopulationState:  # member m of the group, as run_population seeded it
+        return initial_state(
+            cand.spec, cand.params if init == "meta" else None, [seed * 10_007 + idx[m]], dtype
+        )
+
+    chosen = {rule: final_pick(rule, pops[g], task, start, init == "meta") for rule in picks}
+    return PopulationResult(
+        curves, bests[g], chosen[picks[0]].test, time.perf_counter() - t0, chosen
+    )
 
 
 def _merge(evs: Sequence[Evaluation], members: list[list[int]]) -> Evaluation:

@@ -12,7 +12,14 @@ A strategy is ``INIT+PRIOR+SCHEDULER``:
   inner learning rate, whole train split, all layers; written ``INIT+fixed-default``);
 * SCHEDULER: ``pbt`` (exploit/explore within the prior), ``random`` (independent members,
   best by val), and in ``raymeta tune`` also ``pb2`` and ``asha`` (Ray Tune's schedulers).
-  Sweeps run their populations in-process, with ``pbt`` or ``random``.
+  Sweeps run their populations in-process, with ``pbt`` or ``random``;
+* an optional fourth part, the final pick (``raymeta.finetune.picks``): ``best`` (the default,
+  left out of the name), ``refit`` or ``soup``, e.g. ``meta+learned+pbt+refit`` or
+  ``meta+fixed-default+refit``.
+
+``auto`` is the strategy ``raymeta priors fit`` chose for the checkpoint's family from meta-val
+evidence (``raymeta.finetune.select``), resolved per checkpoint by ``resolve_auto``; it is the
+default of ``raymeta tune``.
 """
 
 from __future__ import annotations
@@ -27,12 +34,14 @@ if TYPE_CHECKING:  # torch-free at import: the CLI's --help reads the names belo
     import numpy as np
 
     from raymeta.core.checkpoint import MetaCheckpoint
-    from raymeta.priors import Prior
+    from raymeta.priors import Prior, Priors
 
 INITS = ("meta", "scratch")
 PRIORS = ("learned", "broad", "fixed-default")
 SCHEDULERS = ("pbt", "pb2", "asha", "random")
 IN_PROCESS_SCHEDULERS = ("pbt", "random")  # what a sweep's in-process population can run
+PICKS = ("best", "refit", "soup")  # ``raymeta.finetune.picks`` (torch-free names here)
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -40,12 +49,14 @@ class Strategy:
     init: str = "meta"
     prior: str = "learned"
     scheduler: str = "pbt"
+    pick: str = "best"
 
     def __post_init__(self) -> None:
         for what, value, choices in (
             ("INIT", self.init, INITS),
             ("PRIOR", self.prior, PRIORS),
             ("SCHEDULER", self.scheduler, SCHEDULERS),
+            ("PICK", self.pick, PICKS),
         ):
             if value not in choices:
                 raise ConfigError(
@@ -54,8 +65,16 @@ class Strategy:
 
     @classmethod
     def parse(cls, name: str) -> Strategy:
-        """``INIT+PRIOR+SCHEDULER`` or ``INIT+fixed-default`` (module docstring)."""
+        """``INIT+PRIOR+SCHEDULER[+PICK]`` or ``INIT+fixed-default[+PICK]`` (module
+        docstring; ``auto`` is resolved per checkpoint by ``resolve_auto``)."""
         parts = str(name).split("+")
+        pick = "best"
+        if (
+            len(parts) in (3, 4)
+            and parts[-1] in PICKS
+            and (len(parts) == 4 or parts[1] == PRIORS[2])
+        ):
+            pick = parts.pop()
         if len(parts) == 2 and parts[1] == "fixed-default":
             parts.append("random")
         if (
@@ -65,16 +84,18 @@ class Strategy:
             or parts[2] not in SCHEDULERS
         ):
             raise ConfigError(
-                f"unknown strategy {str(name)[:80]!r} (use INIT+PRIOR+SCHEDULER with INIT in "
-                f"{INITS}, PRIOR in {PRIORS[:2]}, SCHEDULER in {SCHEDULERS}, or INIT+fixed-default)"
+                f"unknown strategy {str(name)[:80]!r} (use auto, INIT+PRIOR+SCHEDULER[+PICK] with "
+                f"INIT in {INITS}, PRIOR in {PRIORS[:2]}, SCHEDULER in {SCHEDULERS}, PICK in "
+                f"{PICKS}, or INIT+fixed-default[+PICK])"
             )
-        return cls(*parts)
+        return cls(parts[0], parts[1], parts[2], pick)
 
     @property
     def name(self) -> str:
+        tail = "" if self.pick == "best" else f"+{self.pick}"
         if self.prior == "fixed-default":
-            return f"{self.init}+fixed-default"
-        return f"{self.init}+{self.prior}+{self.scheduler}"
+            return f"{self.init}+fixed-default{tail}"
+        return f"{self.init}+{self.prior}+{self.scheduler}{tail}"
 
     @property
     def fixed(self) -> bool:
@@ -83,26 +104,66 @@ class Strategy:
 
 
 def strategy_prior(
-    ckpt: MetaCheckpoint, strategy: Strategy, n_train: int, steps: int
+    ckpt: MetaCheckpoint,
+    strategy: Strategy,
+    n_train: int,
+    steps: int,
+    priors: Priors | None = None,
 ) -> tuple[Prior, list[dict[str, Any]]]:
     """The prior members are drawn from and explore within, and the portfolio to try first
-    (learned priors only). A checkpoint without fitted priors is a clear error for
-    ``learned``."""
+    (learned priors only: ``priors``, else the checkpoint's). A checkpoint without fitted
+    priors is a clear error for ``learned``."""
     from raymeta.finetune.hparams import broad_space
     from raymeta.priors import broad_prior, load_priors
 
     if strategy.prior == "learned":
-        priors = load_priors(ckpt)
+        priors = priors if priors is not None else load_priors(ckpt)
         return priors.learned, [dict(c) for c in priors.portfolio]
     return broad_prior(broad_space(list(ckpt.candidates), max_batch=n_train, max_steps=steps)), []
 
 
-def fixed_default(ckpt: MetaCheckpoint, n_train: int, steps: int) -> dict[str, Any]:
-    """The fixed default fine-tune of the checkpoint's first candidate for ``steps`` steps."""
+def fixed_default(
+    ckpt: MetaCheckpoint, n_train: int, steps: int, candidate: str | None = None
+) -> dict[str, Any]:
+    """The fixed default fine-tune of ``candidate`` for ``steps`` steps; by default of the
+    candidate strategy selection found best for it (``default_candidate``), else the first."""
     from raymeta.finetune.hparams import default_config
 
-    cand = ckpt.candidate()
+    cand = ckpt.candidate(candidate if candidate is not None else default_candidate(ckpt))
     return default_config(float(cand.info.get("inner_lr", 0.01)), steps, n_train, cand.name)
+
+
+def default_candidate(ckpt: MetaCheckpoint) -> str | None:
+    """The candidate whose fixed default fine-tune did best on meta-val (``priors fit``'s
+    strategy selection), or None (the checkpoint's first) without that evidence."""
+    sel = _selection(ckpt)
+    name = sel.get("default_candidate") if sel else None
+    return str(name) if name in ckpt.candidates else None
+
+
+def _selection(ckpt: MetaCheckpoint) -> dict[str, Any] | None:
+    if ckpt.priors is None:
+        return None
+    sel = ckpt.priors.get("selection")
+    return dict(sel) if isinstance(sel, dict) else None
+
+
+def resolve_auto(ckpt: MetaCheckpoint) -> tuple[Strategy, str]:
+    """``auto`` for this checkpoint: the strategy ``priors fit`` chose from meta-val evidence,
+    and one line saying why. Without that evidence: ``meta+learned+pbt`` with priors fitted
+    before strategy selection existed, ``meta+broad+pbt`` without priors."""
+    if ckpt.priors is None:
+        return Strategy("meta", "broad", "pbt"), (
+            "the meta-checkpoint has no priors.json, so no meta-val evidence to choose from "
+            "(run 'raymeta priors fit' to choose by measurement)"
+        )
+    sel = _selection(ckpt)
+    if sel is None or "chosen" not in sel:
+        return Strategy(), (
+            "its priors.json was fitted before strategy selection existed "
+            "(refit with 'raymeta priors fit' to choose by measurement)"
+        )
+    return Strategy.parse(str(sel["chosen"])), str(sel.get("why", "chosen on meta-val tasks"))
 
 
 def member_configs(

@@ -1,7 +1,9 @@
 """``priors.json``: the versioned artifact ``raymeta priors fit`` adds to a meta-checkpoint.
 
 It holds the search space, the learned prior, the greedy portfolio (configs to evaluate first,
-best first), model-selection probabilities and fitting diagnostics (``info``). The file is
+best first), model-selection probabilities, fitting diagnostics (``info``) and, from version 3,
+the strategy selection (``selection``: every strategy x final pick scored on meta-val tasks'
+test splits, the chosen one that ``auto`` runs, and why; ``raymeta.finetune.select``). The file is
 checksummed with the rest of the checkpoint (``raymeta.core.checkpoint.write_priors``).
 """
 
@@ -17,8 +19,8 @@ from raymeta.priors.prior import Prior, broad_prior
 from raymeta.priors.space import SearchSpace
 
 FORMAT = "raymeta-priors"
-VERSION = 2  # 2 added the learned prior's joint component; version 1 files still load
-READABLE = (1, 2)
+VERSION = 3  # 2 added the learned prior's joint component, 3 the strategy selection
+READABLE = (1, 2, 3)
 WHICH = ("learned", "broad")
 
 
@@ -30,6 +32,7 @@ class Priors:
     portfolio: list[dict[str, Any]]
     model_probs: dict[str, float]
     info: dict[str, Any] = field(default_factory=dict)
+    selection: dict[str, Any] | None = None
 
     def prior(self, which: str) -> Prior:
         """The prior a tuner samples from: ``learned`` (fitted) or ``broad`` (uniform baseline)."""
@@ -48,7 +51,7 @@ class Priors:
             "portfolio": [dict(c) for c in self.portfolio],
             "model_probs": dict(self.model_probs),
             "info": dict(self.info),
-        }
+        } | ({"selection": dict(self.selection)} if self.selection is not None else {})
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Priors:
@@ -69,6 +72,11 @@ class Priors:
                 space.validate(c) | {k: v for k, v in c.items() if k not in space}
                 for c in d["portfolio"]
             ]
+            selection = d.get("selection")
+            if selection is not None and not (
+                isinstance(selection, Mapping) and isinstance(selection.get("chosen"), str)
+            ):
+                raise ConfigError("its strategy selection has no chosen strategy")
             return cls(
                 version=int(d["version"]),
                 space=space,
@@ -76,6 +84,7 @@ class Priors:
                 portfolio=portfolio,
                 model_probs={str(k): float(v) for k, v in d["model_probs"].items()},
                 info=dict(d.get("info", {})),
+                selection=dict(selection) if selection is not None else None,
             )
         except (KeyError, TypeError, AttributeError, ConfigError) as exc:
             raise CheckpointError(f"priors.json is malformed: {exc}") from None

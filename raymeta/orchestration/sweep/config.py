@@ -12,6 +12,10 @@ Example::
     interval: 10                        # validation / PBT interval in steps
     fixed_steps: 10                     # steps of the fixed-default strategy
 
+A strategy is ``INIT+PRIOR+SCHEDULER[+PICK]``, ``INIT+fixed-default[+PICK]`` or ``auto``: what
+``raymeta priors fit`` chose for each checkpoint from meta-val evidence (``raymeta tune``'s
+default; a chosen fixed default fine-tune trains ``steps_per_member`` steps, as it was measured).
+
 Sizes mean what they mean in every raymeta command: ``population`` counts members,
 ``steps_per_member`` is how long each trains, and a unit's budget is their product (a cap: the
 unit's ``member_steps`` never exceed it). ``budget``, which here meant steps per member before
@@ -33,7 +37,7 @@ from typing import Any
 
 from raymeta.bounded_yaml import load_yaml_mapping
 from raymeta.errors import ConfigError, DeprecatedOption
-from raymeta.finetune.strategy import IN_PROCESS_SCHEDULERS, Strategy
+from raymeta.finetune.strategy import AUTO, IN_PROCESS_SCHEDULERS, Strategy
 from raymeta.results.sink import check_sweep_name
 from raymeta.tasks import check_split_options
 
@@ -198,7 +202,10 @@ def _meta_paths(raw: Any, base: Path | None) -> tuple[Path, ...]:
 
 
 def _strategy(name: str) -> str:
-    """A strategy a sweep's in-process population can run (pb2 and asha need Ray Tune)."""
+    """A strategy a sweep's in-process population can run (pb2 and asha need Ray Tune), or
+    ``auto`` (each checkpoint's strategy chosen on meta-val, ``finetune.strategy.resolve_auto``)."""
+    if name == AUTO:
+        return name
     strat = Strategy.parse(name)
     if strat.scheduler not in IN_PROCESS_SCHEDULERS:
         raise ConfigError(

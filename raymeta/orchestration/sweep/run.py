@@ -23,7 +23,14 @@ from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint
 from raymeta.errors import ClusterError, ConfigError, DataError, RaymetaError
 from raymeta.finetune.curves import final_rows
 from raymeta.finetune.run import run_population
-from raymeta.finetune.strategy import Strategy, fixed_default, member_configs, strategy_prior
+from raymeta.finetune.strategy import (
+    AUTO,
+    Strategy,
+    fixed_default,
+    member_configs,
+    resolve_auto,
+    strategy_prior,
+)
 from raymeta.lock import locks_output
 from raymeta.orchestration.sweep.config import SweepConfig
 from raymeta.plugins import add_import_roots, check_portable, import_roots
@@ -48,14 +55,16 @@ def run_unit(
     ckpt = _checkpoint(unit["meta"])
     family = make_family(resize_splits(ckpt.family, cfg.task_options, "sweep: task_options key"))
     task = family.task("test", int(unit["task"]))
-    strat = Strategy.parse(unit["strategy"])
+    auto = unit["strategy"] == AUTO
+    strat = resolve_auto(ckpt)[0] if auto else Strategy.parse(unit["strategy"])
     seed = int(unit["seed"])
     n_train = len(task.x_train)
     prior, portfolio = strategy_prior(ckpt, strat, n_train, cfg.steps_per_member)
-    fixed = fixed_default(ckpt, n_train, cfg.fixed_steps)
+    # ``auto`` runs what strategy selection measured: a default fine-tune as long as a member
+    steps = cfg.fixed_steps if strat.fixed and not auto else cfg.steps_per_member
+    fixed = fixed_default(ckpt, n_train, steps)
     rng = np.random.default_rng([seed, int(unit["task"])])
     configs = member_configs(strat, cfg.population, prior, portfolio, rng, fixed)
-    steps = cfg.fixed_steps if strat.fixed else cfg.steps_per_member
     res = run_population(
         task,
         ckpt.candidates,
@@ -66,10 +75,11 @@ def run_unit(
         seed=seed,
         prior=prior,
         pbt=strat.scheduler == "pbt" and not strat.fixed,
+        picks=(strat.pick,),
     )
     common = {"sweep": cfg.name, "strategy": unit["label"], "task": task.task_id, "seed": seed}
     return res.curves.rows(common) + final_rows(
-        common, "best", res.member_steps, res.test, res.best.config, res.wall_s
+        common, "best", res.member_steps, res.test, res.pick.config, res.wall_s
     )
 
 
@@ -89,7 +99,10 @@ def check_sweep(cfg: SweepConfig) -> list[str]:
         ckpt = _checkpoint(meta)
         names += [("family", ckpt.family.name)]
         names += [("model", c.spec.name) for c in ckpt.candidates.values()]
-        if any(Strategy.parse(s).prior == "learned" for s in cfg.strategies):
+        strategies = [
+            resolve_auto(ckpt)[0] if s == AUTO else Strategy.parse(s) for s in cfg.strategies
+        ]
+        if any(s.prior == "learned" for s in strategies):
             load_priors(ckpt)
         family = make_family(
             resize_splits(ckpt.family, cfg.task_options, "sweep: task_options key")

@@ -1,0 +1,136 @@
+"""Final picks: which weights a finished population hands back, the same in sweeps, strategy
+selection and ``raymeta tune``.
+
+A population ends with one best snapshot per member (its lowest validation loss). Picking the
+lowest of them all (``best``) is the obvious rule, and on tiny validation splits the wrong one:
+with 10 val points, the lowest of members x reports is often a snapshot that fits those 10
+points by luck (issue 15 measured val MSE 0.008 and test MSE 2.64 on a task where predicting 0
+scores 0.56). The rules:
+
+* ``best``: the lowest validation snapshot of any member (earliest, then lowest index, on ties);
+* ``refit``: the best snapshot's config, trained again from that member's initial weights on
+  train + val together for as many steps as the snapshot had trained (one extra member run; a
+  full-batch config stays full-batch on the larger set). The val split chose the config and
+  the stopping step, and then adds its rows to the training data;
+* ``soup``: the uniform average of the weights of the best ``ceil(SOUP_FRACTION x members)``
+  members (at least 2) of the best snapshot's model: members fine-tuned from one meta-init stay
+  in one basin, and their average is smoother than any one of them (Wortsman et al. 2022,
+  "model soups"). From scratch, members start in different basins, so ``soup`` is ``best``
+  there, and so it is for a population of one.
+
+Which rule a family should use is measured, not assumed: ``raymeta priors fit`` scores every
+rule on meta-val tasks' test splits (``raymeta.finetune.select``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from raymeta.errors import ConfigError
+from raymeta.finetune.population import Best, Population
+from raymeta.finetune.step import PopulationState
+from raymeta.tasks import Task
+
+PICKS = ("best", "refit", "soup")
+SOUP_FRACTION = 0.25
+
+Params = dict[str, torch.Tensor]
+InitState = Callable[[int], PopulationState]  # member index -> its one-member initial state
+
+
+@dataclass
+class Pick:
+    """What a rule hands back: weights, the config that trained them, their test metrics and
+    the member-steps the rule itself spent (``refit`` only)."""
+
+    rule: str
+    params: Params
+    config: dict[str, Any]
+    test: dict[str, float]
+    extra_steps: int = 0
+    members: int = 1  # snapshots averaged (soup)
+
+
+def check_pick(rule: str) -> str:
+    if rule not in PICKS:
+        raise ConfigError(f"unknown final pick {rule!r} (choose {', '.join(PICKS)})")
+    return rule
+
+
+def soup_members(pop: Population) -> list[int]:
+    """The members a soup averages: the best ``ceil(SOUP_FRACTION x n)`` (at least 2) by their
+    best snapshot's val loss, finite ones only (ties by the population's own order)."""
+    val = pop.best_val.cpu().tolist()
+    at = pop.best_at.cpu().tolist()
+    order = sorted(
+        (i for i in range(pop.n_members) if math.isfinite(val[i])),
+        key=lambda i: (val[i], at[i], i),
+    )
+    k = max(2, math.ceil(SOUP_FRACTION * pop.n_members))
+    return order[:k]
+
+
+def soup_params(pop: Population, members: Sequence[int]) -> Params:
+    """The uniform average of ``members``' best snapshots."""
+    idx = torch.tensor(list(members), device=pop.best_val.device)
+    return {k: v[idx].mean(dim=0) for k, v in pop.best_params.items()}
+
+
+def refit_params(
+    pop: Population, best: Best, start: PopulationState, task: Task
+) -> tuple[Params, int]:
+    """``best``'s config trained from ``start`` on train + val for the snapshot's steps; returns
+    the weights and the steps spent."""
+    x = torch.cat([task.x_train, task.x_val])
+    y = torch.cat([task.y_train, task.y_val])
+    cfg = dict(best.config)
+    steps = int(cfg.get("steps") or 0)
+    n_train = len(task.x_train)
+    if cfg.get("batch_size") is None or int(cfg["batch_size"]) >= n_train:
+        cfg["batch_size"] = len(x)  # full batch stays full batch
+    if steps < 1:
+        return {k: v[0].clone() for k, v in start.params.items()}, 0
+    one = Population(
+        pop.spec,
+        pop.kind,
+        pop.name,
+        [cfg],
+        [pop.seeds[best.member]],
+        start.to(x.device),
+        horizon=steps,
+        keep_best=False,
+    )
+    taken = one.train(x, y, steps)
+    return {k: v[0].detach().clone() for k, v in one.state.params.items()}, int(taken.sum())
+
+
+def final_pick(
+    rule: str,
+    pop: Population,
+    task: Task,
+    init_state: InitState,
+    soup_ok: bool,
+) -> Pick:
+    """Apply ``rule`` to ``pop`` (the population holding the best snapshot) and test the result
+    once. ``init_state(m)`` gives member ``m``'s initial weights (for ``refit``); ``soup_ok`` is
+    False where members do not share an init (scratch): ``soup`` is then ``best``."""
+    check_pick(rule)
+    best = pop.best()
+    if rule == "refit":
+        params, spent = refit_params(pop, best, init_state(best.member), task)
+        cfg = {**best.config}
+        return Pick(rule, params, cfg, pop.score(params, task.x_test, task.y_test), spent)
+    if rule == "soup" and soup_ok:
+        members = soup_members(pop)
+        if len(members) >= 2:
+            params = soup_params(pop, members)
+            test = pop.score(params, task.x_test, task.y_test)
+            return Pick(rule, params, dict(best.config), test, 0, len(members))
+    return Pick(
+        rule, best.params, dict(best.config), pop.score(best.params, task.x_test, task.y_test)
+    )
