@@ -38,8 +38,20 @@ def test_strategy_means_what_it_means_in_sweeps() -> None:
         "asha",
         "scratch+broad+asha",
     )
-    d = TuneRequest("m", "t", trials=2)
-    assert d.strategy_label == "meta+learned+pbt"
+    d = TuneRequest("m", "t", trials=2)  # no strategy: auto, resolved against the checkpoint
+    assert d.is_auto and d.strategy_label == "auto" and d.fingerprint()["scheduler"] == "auto"
+    assert TuneRequest("m", "t", trials=2, strategy="auto").is_auto
+    with pytest.raises(ConfigError, match="contradicts --strategy auto"):
+        TuneRequest("m", "t", trials=2, strategy="auto", prior="broad")
+    r = TuneRequest("m", "t", trials=2, strategy="meta+broad+pbt+refit")
+    assert (r.pick, r.strategy_label, r.fingerprint()["pick"]) == (
+        "refit",
+        "meta+broad+pbt+refit",
+        "refit",
+    )
+    assert "pick" not in TuneRequest("m", "t", trials=2, strategy="meta+broad+pbt").fingerprint()
+    one = TuneRequest("m", "t", trials=1, strategy="meta+fixed-default+soup")
+    assert one.as_strategy().pick == "soup" and one.strategy_label == "meta+fixed-default+soup"
     assert TuneRequest("m", "t", trials=2, init="scratch").strategy_label == "scratch+learned+pbt"
     with pytest.raises(ConfigError, match="contradicts --strategy"):
         TuneRequest("m", "t", trials=2, strategy="meta+learned+pbt", init="scratch")

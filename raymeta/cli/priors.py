@@ -15,6 +15,15 @@ the broad space by a pseudo-count; learning rate, weight decay, steps and batch 
 sub-prior per optimizer), a greedy portfolio minimising mean normalised regret, and model-selection
 probabilities. The result is written as a checksummed priors.json inside the meta-checkpoint.
 
+Then it chooses the STRATEGY new tasks of the family should run (what `raymeta tune` runs by
+default, `--strategy auto`): on --select-tasks further meta-val tasks it runs, as whole
+populations, the fixed default fine-tune of every candidate, a learned-prior and a broad PBT
+population from the meta-init and a broad PBT population from scratch, and scores every final
+pick (best: the lowest-val snapshot; refit: its config retrained on train+val; soup: the average
+of the best members) on those tasks' TEST splits, which nothing in the runs saw. Among the arms
+within 5% of the lowest mean test loss the best mean rank wins; priors.json records the whole
+table and why, and `raymeta priors show` prints it.
+
 Fitting priors for `raymeta tune`? Its members train the run's whole budget and keep their best
 snapshot, so use --objective anytime --max-steps <the run's steps per member>: every config then
 trains that long and is ranked by how soon and how far its val loss drops, not by its loss after
@@ -98,6 +107,27 @@ def add_parser(sub: Any) -> None:
         "per member)",
     )
     f.add_argument(
+        "--select-tasks",
+        type=int_arg(0, 4096),
+        default=None,
+        help="meta-val tasks (after the --tasks ones, where the family has them) the strategies "
+        "run on to choose tune's default strategy (default: half of --tasks, 2 to 16); 0 = no "
+        "selection (tune's auto then runs meta+learned+pbt)",
+    )
+    f.add_argument(
+        "--select-population",
+        type=int_arg(1, 4096),
+        default=8,
+        help="members of each population strategy during selection (tune's trials x members)",
+    )
+    f.add_argument(
+        "--select-interval",
+        type=int_arg(1, MAX_STEPS),
+        default=None,
+        help="steps between evaluations during selection (default: a quarter of --max-steps, "
+        "as tune reports)",
+    )
+    f.add_argument(
         "--chunk-size",
         type=int_arg(1),
         default=4096,
@@ -163,12 +193,33 @@ def _fit(args: argparse.Namespace) -> int:
         safe_rate=args.safe_rate if args.safe_rate > 0 else None,
         objective=args.objective,
         device=args.device,
+        select_tasks=args.select_tasks,
+        select_population=args.select_population,
+        select_interval=args.select_interval,
     )
-    priors = fit_priors(ckpt, config)
+    priors = fit_priors(
+        ckpt,
+        config,
+        progress=_progress("fine-tuning runs"),
+        select_progress=_progress("strategy runs"),
+    )
     write_priors(path, priors.to_dict())
     print(format_priors(priors))
     print(f"wrote {priors_file(path)} ({priors.info['fit_seconds']:.1f} s)", file=sys.stderr)
     return 0
+
+
+def _progress(what: str) -> Any:
+    """A progress callback printing ``what done/total`` about every 10% (and at the end)."""
+    shown = [-1]
+
+    def step(done: int, total: int) -> None:
+        tenth = 10 * done // max(total, 1)
+        if tenth != shown[0] or done == total:
+            shown[0] = tenth
+            print(f"  {what}: {done}/{total}", file=sys.stderr, flush=True)
+
+    return step
 
 
 def check_priors_writable(path: str) -> None:

@@ -71,7 +71,7 @@ class PriorFitConfig:
     safe_rate: float | None = SAFE_RATE
     objective: str = "final"
     device: str = "cpu"
-    select_tasks: int = SELECT_TASKS
+    select_tasks: int | None = None  # None: half of n_tasks, 2..SELECT_TASKS; 0: no selection
     select_population: int = SELECT_POPULATION
     select_interval: int | None = None  # steps between evaluations (default: tune's, 4 reports)
 
@@ -95,7 +95,8 @@ class PriorFitConfig:
             c.number("priors: safe rate", self.safe_rate, 0.0, 1.0)
         c.string("priors: objective", self.objective, tuple(OBJECTIVES))
         c.string("priors: device", self.device)
-        c.integer("priors: select-tasks", self.select_tasks, 0, MAX_TASKS)
+        if self.select_tasks is not None:
+            c.integer("priors: select-tasks", self.select_tasks, 0, MAX_TASKS)
         c.integer("priors: select-population", self.select_population, 1, MAX_SELECT_POPULATION)
         if self.select_interval is not None:
             c.integer("priors: select-interval", self.select_interval, 1)
@@ -106,6 +107,13 @@ class PriorFitConfig:
                 f"{1 + self.refine_repeats} runs = {runs:,} fine-tuning runs, more than the "
                 f"{MAX_FIT_RUNS:,} a fit may take (lower --tasks, --configs or --refine-repeats)"
             )
+
+    @property
+    def n_select(self) -> int:
+        """Meta-val tasks strategy selection runs on (``select_tasks``, or its default)."""
+        if self.select_tasks is not None:
+            return self.select_tasks
+        return min(SELECT_TASKS, max(2, self.n_tasks // 2))
 
     @property
     def fit_runs(self) -> int:
@@ -287,8 +295,8 @@ def fit_priors(
         fitted = refit(table, mean_of_repeats(rerun, refine_repeats)[0])
     learned, portfolio, model_probs, info = fitted
     priors = Priors(VERSION, space, learned, portfolio, model_probs, info)
-    if cfg.select_tasks:
-        chosen, disjoint = selection_tasks(family, n_tasks, cfg.select_tasks, tasks)
+    if cfg.n_select:
+        chosen, disjoint = selection_tasks(family, n_tasks, cfg.n_select, tasks)
         priors.selection = select_strategy(
             ckpt,
             priors,

@@ -94,4 +94,34 @@ def format_priors(pr: Priors, candidates: dict[str, dict[str, Any]] | None = Non
         )
     else:
         models = _table(["model", "P(best)"], [[m, f"{p:.2f}"] for m, p in pr.model_probs.items()])
-    return "\n\n".join([head, hp, "portfolio (evaluate in this order):\n" + port, models])
+    parts = [head, hp, "portfolio (evaluate in this order):\n" + port, models]
+    if pr.selection:
+        parts.append(format_selection(pr.selection))
+    return "\n\n".join(parts)
+
+
+def format_selection(sel: dict[str, Any]) -> str:
+    """The strategy-selection table: every arm x final pick on the meta-val tasks' test splits."""
+    rows = [
+        [
+            ("* " if r.get("label") == sel.get("chosen_label") else "  ") + str(r.get("label")),
+            _fmt(r.get("mean")),
+            _fmt(r.get("ci95")),
+            _fmt(r.get("median")),
+            _fmt(r.get("rank")),
+            f"{float(r.get('win_rate_vs_chosen', 0.0)):.0%}",
+            _fmt(r.get("member_steps")),
+        ]
+        for r in sel.get("table", [])
+    ]
+    disjoint = "" if sel.get("tasks_disjoint", True) else " (the priors' own tasks: too few others)"
+    head = (
+        f"strategy selection on {sel.get('tasks', '?')} meta-val tasks{disjoint}, test loss of "
+        f"each strategy x final pick (population {sel.get('population', '?')}, "
+        f"{sel.get('steps_per_member', '?')} steps per member); auto = {sel.get('chosen')}:\n"
+        f"{sel.get('why', '')}"
+    )
+    table = _table(
+        ["strategy", "mean", "±95%", "median", "rank", "wins vs *", "member-steps"], rows
+    )
+    return head + "\n" + table

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,12 @@ import torch
 
 from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint
 from raymeta.errors import ConfigError, DataError
-from raymeta.finetune.strategy import fixed_default, member_configs, strategy_prior
+from raymeta.finetune.strategy import (
+    fixed_default,
+    member_configs,
+    resolve_auto,
+    strategy_prior,
+)
 from raymeta.orchestration.tune.request import TuneRequest
 from raymeta.orchestration.tune.trainable import TrialSetup
 from raymeta.plugins import check_portable, import_roots
@@ -40,6 +45,7 @@ class TunePlan:
     prior: Prior
     portfolio: list[dict[str, Any]]
     initial: list[dict[str, Any]]  # every trial's first config (see ``member_configs``)
+    why: str = ""  # why this strategy ran (``auto``: what meta-val evidence chose it)
 
     @property
     def strategy(self) -> str:
@@ -149,6 +155,7 @@ def plan_tune(request: TuneRequest, crash_marker: str | None = None) -> TunePlan
     """Resolve the request: load the checkpoint, build and check the task, choose the prior and
     the trials' first configs (raises one-line ``RaymetaError``s, writes nothing)."""
     ckpt = load_meta_checkpoint(request.meta)
+    request, why = resolve_request(request, ckpt)
     names = [("family", ckpt.family.name)]
     names += [("model", c.spec.name) for c in ckpt.candidates.values()]
     for kind, name in names:
@@ -179,4 +186,23 @@ def plan_tune(request: TuneRequest, crash_marker: str | None = None) -> TunePlan
         device="cuda" if request.gpus_per_trial > 0 else "cpu",
         import_roots=import_roots(name for _, name in names),
     )
-    return TunePlan(request, ckpt, the_task, setup, prior, portfolio[: request.trials], initial)
+    return TunePlan(
+        request, ckpt, the_task, setup, prior, portfolio[: request.trials], initial, why
+    )
+
+
+def resolve_request(request: TuneRequest, ckpt: MetaCheckpoint) -> tuple[TuneRequest, str]:
+    """``request`` with ``auto`` replaced by the checkpoint's chosen strategy, and why.
+
+    A chosen fixed default fine-tune is one member for the request's steps per member (what
+    selection measured), whatever population was asked for: the report says so."""
+    if not request.is_auto:
+        return request, f"strategy {request.strategy_label} was given"
+    strat, why = resolve_auto(ckpt)
+    sizes: dict[str, Any] = {}
+    if strat.fixed:
+        sizes = {"trials": 1, "members_per_trial": 1, "budget": request.steps_per_member}
+        if request.population > 1:
+            why += f"; it is one member, so {request.population - 1} of the asked-for members did not run"
+    resolved = replace(request, strategy=strat.name, init=None, prior=None, scheduler=None, **sizes)
+    return resolved, f"auto = {strat.name}: {why}"
