@@ -49,7 +49,9 @@ def priors_ckpt(ckpt_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     d = tmp_path_factory.mktemp("priors") / "ckpt"
     shutil.copytree(ckpt_dir, d)
     ck = load_meta_checkpoint(d)
-    pr = fit_priors(ck, n_tasks=2, n_configs=4, rounds=1, refine_repeats=0, max_steps=4)
+    pr = fit_priors(
+        ck, n_tasks=2, n_configs=4, rounds=1, refine_repeats=0, max_steps=4, select_tasks=0
+    )
     write_priors(d, pr.to_dict())
     return d
 

@@ -259,10 +259,10 @@ def test_meta_train_then_tune_via_job_submit(cluster: Cluster, tmp_path: Path) -
     meta = json.loads((out / "meta.json").read_text())
     assert "sinusoid" in json.dumps(meta.get("family", meta))
 
-    # `raymeta tune` (learned prior, the default) needs the priors fitted into the checkpoint.
-    _run_job(
-        cluster, ["raymeta", "priors", "fit", "--meta", str(out), "--tasks", "4", "--configs", "8"]
-    )
+    # `raymeta tune` (auto, the default: here meta+learned+pbt, no strategy selection) needs
+    # the priors fitted into the checkpoint.
+    fit = ["raymeta", "priors", "fit", "--meta", str(out), "--tasks", "4", "--configs", "8"]
+    _run_job(cluster, [*fit, "--select-tasks", "0"])
     assert json.loads((out / "meta.json").read_text())["priors"].startswith("priors-")
 
     tune = ["raymeta", "tune", "--meta", str(out), "--task", "sinusoid:0", "--trials", "2"]

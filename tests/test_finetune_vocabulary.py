@@ -96,7 +96,9 @@ def test_a_new_hyperparameter_flows_from_the_space_to_the_rows(
     assert "momentum" in param_space(prior) and "momentum" in hyperparam_mutations(prior)
     assert hparams.tune_columns()["momentum"] == "mom"
     # a priors fit learns it and its portfolio carries it
-    fitted = fit_priors(ckpt, n_tasks=2, n_configs=4, rounds=1, refine_repeats=0, max_steps=4)
+    fitted = fit_priors(
+        ckpt, n_tasks=2, n_configs=4, rounds=1, refine_repeats=0, max_steps=4, select_tasks=0
+    )
     assert "momentum" in fitted.space and all("momentum" in c for c in fitted.portfolio)
     assert "momentum" in fitted.learned.sample(1, np.random.default_rng(0))[0]
 

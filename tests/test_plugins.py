@@ -312,7 +312,7 @@ def test_three_candidates_in_one_checkpoint(plugin: str, tmp_path: Path) -> None
         ck.candidates
     )
     # model selection: one probability per candidate, from the meta-val tasks
-    priors = fit_priors(ck, n_tasks=3, n_configs=8, max_steps=5, portfolio_size=2)
+    priors = fit_priors(ck, n_tasks=3, n_configs=8, max_steps=5, portfolio_size=2, select_tasks=0)
     assert list(priors.model_probs) == ["maml", "pre", "mine", "mlp"]
     assert abs(sum(priors.model_probs.values()) - 1) < 1e-9
     assert all(p > 0 for p in priors.model_probs.values())

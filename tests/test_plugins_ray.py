@@ -117,7 +117,7 @@ def test_own_model_and_family_through_train_priors_tune_and_sweep(
     assert stored["candidates"]["meta"]["model"]["name"] == f"{plugin}:Net"
     assert ck.candidates["meta"].info["metrics"]["step"] == 6
 
-    priors = fit_priors(ck, n_tasks=3, n_configs=8, max_steps=10, portfolio_size=2)
+    priors = fit_priors(ck, n_tasks=3, n_configs=8, max_steps=10, portfolio_size=2, select_tasks=0)
     write_priors(meta, priors.to_dict())
     probs = load_meta_checkpoint(meta).priors["model_probs"]  # type: ignore[index]
     assert set(probs) == {"meta", "mine"} and abs(sum(probs.values()) - 1) < 1e-6

@@ -30,7 +30,12 @@ def sinusoid_meta(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tr = meta_train(MetaTrainConfig(steps=100, meta_batch=10, val_tasks=5, seed=0))
     save_meta_checkpoint(path, tr.to_checkpoint())
     priors = fit_priors(
-        load_meta_checkpoint(path), n_tasks=4, n_configs=16, max_steps=20, portfolio_size=4
+        load_meta_checkpoint(path),
+        n_tasks=4,
+        n_configs=16,
+        max_steps=20,
+        portfolio_size=4,
+        select_tasks=0,  # tune's auto = meta+learned+pbt: these tests are about PBT
     )
     write_priors(path, priors.to_dict())
     return path
