@@ -231,3 +231,37 @@ def test_auto_resolves_per_checkpoint_in_tune_and_sweeps(selected: Path, tmp_pat
         {"meta": [str(selected)], "strategies": ["auto", "meta+fixed-default+refit"], "tasks": 1}
     )
     assert cfg.strategies == ("auto", "meta+fixed-default+refit")
+
+
+def test_tune_runs_auto_and_saves_the_picked_model(
+    ray_session: None, selected: Path, tmp_path: Path
+) -> None:
+    """``raymeta tune`` without a strategy runs the checkpoint's choice and says why; a soup
+    pick writes the averaged weights, whose test loss is the report's."""
+    from raymeta import load_model
+    from raymeta.orchestration.tune.run import run_tune
+
+    ck = load_meta_checkpoint(selected)
+    sel = load_priors(ck).selection
+    assert sel is not None
+    rep = run_tune(
+        meta=str(selected), task="sinusoid:0", trials=2, budget=16, out=tmp_path / "a", verbose=0
+    )
+    assert rep["strategy"] == sel["chosen"] and rep["strategy_why"].startswith("auto = ")
+    assert rep["pick"]["rule"] == Strategy.parse(sel["chosen"]).pick
+    rep = run_tune(
+        meta=str(selected),
+        task="sinusoid:0",
+        trials=2,
+        members_per_trial=2,
+        budget=16,
+        strategy="meta+broad+pbt+soup",
+        out=tmp_path / "b",
+        verbose=0,
+    )
+    assert rep["strategy"] == "meta+broad+pbt+soup" and rep["pick"]["members"] == 2
+    task = make_family(ck.family).task("test", 0)
+    model = load_model(tmp_path / "b")
+    with torch.no_grad():
+        got = torch.nn.functional.mse_loss(model(task.x_test), task.y_test)
+    assert float(got) == pytest.approx(rep["best"]["test_loss"], rel=1e-5)
