@@ -265,3 +265,32 @@ def test_tune_runs_auto_and_saves_the_picked_model(
     with torch.no_grad():
         got = torch.nn.functional.mse_loss(model(task.x_test), task.y_test)
     assert float(got) == pytest.approx(rep["best"]["test_loss"], rel=1e-5)
+
+
+def test_a_refit_that_fits_train_plus_val_worse_keeps_the_snapshot(ckpt: MetaCheckpoint) -> None:
+    task = _task64(ckpt)
+    cand = ckpt.candidate()
+    state = initial_state(cand.spec, cand.params, [0, 1], torch.float64)
+    pop = Population(cand.spec, task.kind, cand.name, [{"lr": 0.01}] * 2, [0, 1], state, horizon=4)
+    pop.train(task.x_train, task.y_train, 4)
+    pop.evaluate(task.x_val, task.y_val)
+    ok = final_pick(
+        "refit",
+        pop,
+        task,
+        lambda m: initial_state(cand.spec, cand.params, [m], torch.float64),
+        True,
+    )
+    assert not ok.fallback and ok.extra_steps == 4
+    m = pop.best_member()
+    pop.best_configs[m] = {**pop.best_configs[m], "lr": 1e6}  # a config that diverges from init
+    bad = final_pick(
+        "refit",
+        pop,
+        task,
+        lambda m: initial_state(cand.spec, cand.params, [m], torch.float64),
+        True,
+    )
+    b = pop.best()
+    assert bad.fallback and all(torch.equal(bad.params[k], b.params[k]) for k in b.params)
+    assert bad.test == pop.score(b.params, task.x_test, task.y_test)

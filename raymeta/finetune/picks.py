@@ -11,7 +11,9 @@ scores 0.56). The rules:
 * ``refit``: the best snapshot's config, trained again from that member's initial weights on
   train + val together for as many steps as the snapshot had trained (one extra member run; a
   full-batch config stays full-batch on the larger set). The val split chose the config and
-  the stopping step, and then adds its rows to the training data;
+  the stopping step, and then adds its rows to the training data. A refit that fits train +
+  val worse than the snapshot did (a PBT member's config, tuned for weights that other
+  configs trained, can diverge from the initial weights) is dropped for the snapshot;
 * ``soup``: the uniform average of the weights of the best ``ceil(SOUP_FRACTION x members)``
   members (at least 2) of the best snapshot's model: members fine-tuned from one meta-init stay
   in one basin, and their average is smoother than any one of them (Wortsman et al. 2022,
@@ -54,6 +56,7 @@ class Pick:
     test: dict[str, float]
     extra_steps: int = 0
     members: int = 1  # snapshots averaged (soup)
+    fallback: bool = False  # refit failed on train + val: the best snapshot was kept
 
 
 def check_pick(rule: str) -> str:
@@ -109,6 +112,18 @@ def refit_params(
     return {k: v[0].detach().clone() for k, v in one.state.params.items()}, int(taken.sum())
 
 
+def refit_failed(pop: Population, refit: Params, snapshot: Params, task: Task) -> bool:
+    """True when the refit fits train + val, the data it trained on, worse than the snapshot
+    it replaces (or not at all: NaN, inf): its config diverged or under-trained from the
+    initial weights (a PBT member's config was tuned for weights trained under other
+    configs), so the snapshot is kept. Uses no test data."""
+    x = torch.cat([task.x_train, task.x_val])
+    y = torch.cat([task.y_train, task.y_val])
+    new = pop.score(refit, x, y)["test_loss"]
+    old = pop.score(snapshot, x, y)["test_loss"]
+    return not math.isfinite(new) or new > old
+
+
 def final_pick(
     rule: str,
     pop: Population,
@@ -123,6 +138,9 @@ def final_pick(
     best = pop.best()
     if rule == "refit":
         params, spent = refit_params(pop, best, init_state(best.member), task)
+        if refit_failed(pop, params, best.params, task):
+            test = pop.score(best.params, task.x_test, task.y_test)
+            return Pick(rule, best.params, dict(best.config), test, spent, fallback=True)
         cfg = {**best.config}
         return Pick(rule, params, cfg, pop.score(params, task.x_test, task.y_test), spent)
     if rule == "soup" and soup_ok:

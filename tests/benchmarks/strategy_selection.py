@@ -99,7 +99,7 @@ def prepare(root: Path, family: str, args: argparse.Namespace) -> Path:
         tr = meta_train(replace(cfg, steps=args.meta_steps) if args.meta_steps else cfg)
         save_meta_checkpoint(meta, tr.to_checkpoint(), overwrite=True)
         print(f"{family}: meta-trained in {time.perf_counter() - t:.0f}s", flush=True)
-    if priors_file(meta) is None:
+    if priors_file(meta) is None or args.refit_priors:
         t = time.perf_counter()
         fitted = fit_priors(
             load_meta_checkpoint(meta),
@@ -195,6 +195,7 @@ def main() -> None:
     ap.add_argument("--select-tasks", type=int, default=20)
     ap.add_argument("--families", nargs="+", default=list(FAMILIES))
     ap.add_argument("--meta-steps", type=int, default=None, help="override (smoke runs)")
+    ap.add_argument("--refit-priors", action="store_true", help="fit priors again")
     ap.add_argument("--out", default="runs/sel")
     args = ap.parse_args()
     root = Path(args.out)

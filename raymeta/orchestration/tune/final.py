@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from raymeta.finetune.picks import SOUP_FRACTION, Pick, refit_params
+from raymeta.finetune.picks import SOUP_FRACTION, Pick, refit_failed, refit_params
 from raymeta.finetune.population import Population, data_dtype, initial_state
 from raymeta.orchestration.tune.plan import TunePlan
 from raymeta.orchestration.tune.trainable import load_trial
@@ -34,6 +34,9 @@ def tune_pick(plan: TunePlan, pop: Population, results: list[Any]) -> Pick:
             data_dtype(task.x_train),
         )
         params, spent = refit_params(pop, best, start, task)
+        if refit_failed(pop, params, best.params, task):
+            test = pop.score(best.params, task.x_test, task.y_test)
+            return Pick(rule, best.params, dict(best.config), test, spent, fallback=True)
         return Pick(
             rule, params, dict(best.config), pop.score(params, task.x_test, task.y_test), spent
         )
