@@ -1,4 +1,5 @@
-"""``raymeta bench sweep``: a large sweep (default 200 held-out sinusoid tasks x 4 strategies)
+"""``raymeta bench sweep``: a large sweep (default 200 held-out sinusoid tasks x 5 strategies,
+``auto`` included)
 on the embedded local Ray; reports wall time, units/s and the peak memory of the whole process
 tree (driver, raylet, workers), then the per-strategy summary table."""
 
@@ -12,7 +13,13 @@ import time
 from pathlib import Path
 
 HELP = "large sweep: wall time, peak memory and the strategy table"
-STRATEGIES = ["scratch+broad+random", "scratch+broad+pbt", "meta+fixed-default", "meta+learned+pbt"]
+STRATEGIES = [
+    "scratch+broad+random",
+    "scratch+broad+pbt",
+    "meta+fixed-default",
+    "meta+learned+pbt",
+    "auto",
+]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from raymeta.orchestration.sweep.run import run_sweep
     from raymeta.results import read_results
     from raymeta.results.render import render
-    from raymeta.results.summary import summarise
+    from raymeta.results.summary import notes, summarise, win_rates
 
     root = Path(args.out or tempfile.mkdtemp(prefix="raymeta-bench-sweep-"))
     meta = root / "meta"
@@ -115,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
         f"sweep: {n} units ({args.tasks} tasks x {len(STRATEGIES)} strategies) in {res['wall_s']:.1f}s "
         f"= {res['ran'] / max(res['wall_s'], 1e-9):.2f} units/s; peak RSS of the process tree {mem.peak / 2**30:.2f} GiB"
     )
-    rows = summarise(read_results(root / "results", sweep="bench"))
-    print(render(rows, "markdown"))
+    table = read_results(root / "results", sweep="bench")
+    rows, wins = summarise(table), win_rates(table)
+    print(render(rows, "markdown", wins=wins, notes=notes(rows, wins)))
     print(f"results: {root / 'results'}")
     return 0

@@ -97,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
     from raymeta.orchestration.tune.run import run_tune
     from raymeta.results import read_results
     from raymeta.results.render import render
-    from raymeta.results.summary import summarise
+    from raymeta.results.summary import notes, summarise, win_rates
 
     renamed(args, "population", "trials")
     if args.smoke_test:
@@ -181,7 +181,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"   done in {time.perf_counter() - t:.1f}s")
 
     _stage("4/4 comparison (target = the scratch run's final best validation loss on each task)")
-    print(render(summarise(pa.concat_tables(tables)), "table"))
+    table = pa.concat_tables(tables)
+    rows, wins = summarise(table), win_rates(table)
+    print(render(rows, "table", wins=wins, notes=notes(rows, wins)))
     print(f"\nquickstart finished in {time.perf_counter() - t_all:.0f}s; artifacts in {out}/")
     print(
         f"next: raymeta priors show --meta {meta}; raymeta report {out}/tune/task0-meta-learned/results --plots {out}/plots"
