@@ -294,3 +294,31 @@ def test_a_refit_that_fits_train_plus_val_worse_keeps_the_snapshot(ckpt: MetaChe
     b = pop.best()
     assert bad.fallback and all(torch.equal(bad.params[k], b.params[k]) for k in b.params)
     assert bad.test == pop.score(b.params, task.x_test, task.y_test)
+
+
+def test_selection_on_a_parquet_family_with_few_meta_val_tasks(tmp_path: Path) -> None:
+    """A Parquet family has as many meta-val tasks as its file: selection reuses the priors'
+    own tasks when there are no others, and says so."""
+    from raymeta.core.train import MetaTrainConfig, meta_train
+    from raymeta.tasks.parquet import write_tasks
+    from raymeta.tasks.sinusoid import Sinusoid
+
+    fam = Sinusoid(task_shots=8, val_size=6, test_size=20)
+    counts = {"train": 6, "val": 3, "test": 2}
+    tasks = [fam.task(s, i) for s, n in counts.items() for i in range(n)]
+    splits = [s for s, n in counts.items() for _ in range(n)]
+    data = tmp_path / "tasks.parquet"
+    write_tasks(data, tasks, meta_split=splits)
+    cfg = MetaTrainConfig(
+        family="parquet",
+        family_options={"path": str(data), "shots": 5, "queries": 5},
+        steps=3,
+        meta_batch=2,
+        val_tasks=2,
+    )
+    ck = meta_train(cfg).to_checkpoint()
+    pr = fit_priors(ck, n_tasks=3, n_configs=4, max_steps=6, refine_repeats=0, select_population=2)
+    sel = pr.selection
+    assert sel is not None and sel["tasks"] == 2 and sel["tasks_disjoint"] is False
+    assert {r["label"] for r in sel["table"]} >= {"meta+fixed-default", "scratch+broad+pbt"}
+    assert all(np.isfinite(r["mean"]) for r in sel["table"])
