@@ -138,6 +138,18 @@ def add_parser(sub: Any) -> None:
         help="seed of member inits, prior draws and minibatches",
     )
     p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="reproducible run: the same command (same --seed) into a fresh --out repeats the "
+        "run exactly (best config, val and test loss, model, every exploit). pbt and pb2 decide "
+        "synchronously: every trial pauses at each report until all have reported it, then "
+        "exploits go in a fixed order (about the same wall time on a small run, slower when "
+        "trials run at different speeds: each round waits for the slowest); asha runs one "
+        "trial at a time (no two in parallel); random is reproducible without the flag. Not "
+        "covered: a scheduler object from Python, GPU trials (CUDA kernels need not be "
+        "bitwise reproducible), a trial retried after a crash, a resumed run",
+    )
+    p.add_argument(
         "--max-failures",
         type=int_arg(0),
         default=2,
@@ -218,6 +230,7 @@ def _run(args: argparse.Namespace) -> int:
         cpus_per_trial=float(args.cpus_per_trial),
         gpus_per_trial=float(args.gpus_per_trial),
         task_options=parse_options(args.task_options, "task"),
+        deterministic=bool(args.deterministic),
     )
     report = run_tune(request, verbose=0 if args.quiet else 1)
     print(summary(report))

@@ -62,6 +62,8 @@ class TuneRequest:
     address: str | None = None
     storage: str | None = None
     label: str = "tune"  # the results' ``sweep`` column: what reports group runs by
+    # reproducible runs (``run.make_scheduler``): synchronous PBT/PB2, ASHA one trial at a time
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         c = checks
@@ -106,6 +108,7 @@ class TuneRequest:
             ),
         )
         c.string("label", self.label)
+        c.boolean("--deterministic", self.deterministic)
         for name in ("address", "storage"):
             if getattr(self, name) is not None:
                 c.string(f"--{name}", getattr(self, name))
@@ -187,18 +190,25 @@ class TuneRequest:
 
     def fingerprint(self) -> dict[str, Any]:
         """What must match for a rerun with the same ``out`` to be a resume."""
-        return {
-            "meta": str(Path(self.meta).expanduser().absolute()),
-            "task": self.task,
-            "trials": self.trials,
-            "members_per_trial": self.members_per_trial,
-            "budget": self.total_budget,
-            "interval": self.report_interval,
-            "scheduler": self.scheduler_name,
-            "init": self.init,
-            "prior": self.prior,
-            "seed": self.seed,
-        } | ({"task_options": dict(self.task_options)} if self.task_options else {})
+        return (
+            {
+                "meta": str(Path(self.meta).expanduser().absolute()),
+                "task": self.task,
+                "trials": self.trials,
+                "members_per_trial": self.members_per_trial,
+                "budget": self.total_budget,
+                "interval": self.report_interval,
+                "scheduler": self.scheduler_name,
+                "init": self.init,
+                "prior": self.prior,
+                "seed": self.seed,
+            }
+            | ({"task_options": dict(self.task_options)} if self.task_options else {})
+            | (
+                # only when on, so run.json files of earlier runs still match (and resume)
+                {"deterministic": True} if self.deterministic else {}
+            )
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -23,11 +23,14 @@ import io
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from raymeta.core.train import derive_seed
 from raymeta.errors import ConfigError, RaymetaError
 from raymeta.fileio import atomic_write_bytes, atomic_write_json
 from raymeta.finetune.curves import final_rows, val_rows
@@ -67,41 +70,139 @@ def _quiet_env(verbose: int) -> None:
         logging.getLogger("ray.tune.schedulers.pbt").setLevel(logging.WARNING)
 
 
+class _SeededDecisions:
+    """Mixin for Ray's PBT and PB2: seeded exploit/explore draws, no perturbation at the end.
+
+    Ray's PBT draws its clone sources and perturbations from Python's global ``random`` (and a
+    resample of a Tune domain, like PB2's acquisition restarts, from numpy's global RNG), never
+    seeded. Here those draws come from states of the scheduler's own, seeded from the run seed
+    and swapped in around each decision and out again, so nothing else in the driver that draws
+    from those modules shifts them (and they shift nothing else). With ``synch=True`` every
+    decision of a round is taken once all trials have reported it, in a fixed order (PBT:
+    upper quantile, middle, lower quantile; ties by trial order), so the whole run is a
+    function of the seed; asynchronous decisions depend on which trial reports first.
+
+    A trial's last report (its own clock at ``steps_per_member``) is never perturbed: an
+    exploit there would restart the trial only to end it with nothing left to train (and, in
+    synchronous mode, every trial would pause and restart once more at the end)."""
+
+    _raymeta_steps: int
+    _raymeta_rng: tuple[Any, Any]
+
+    def _raymeta_seed(self, seed: int, steps_per_member: int) -> None:
+        import random
+
+        import numpy as np
+
+        self._raymeta_steps = steps_per_member
+        self._raymeta_rng = (
+            random.Random(derive_seed(seed, 0, 17)).getstate(),
+            np.random.RandomState(derive_seed(seed, 0, 19) % 2**32).get_state(),
+        )
+
+    @contextmanager
+    def _raymeta_own_rng(self) -> Iterator[None]:
+        import random
+
+        import numpy as np
+
+        saved = random.getstate(), np.random.get_state()
+        random.setstate(self._raymeta_rng[0])
+        np.random.set_state(self._raymeta_rng[1])
+        try:
+            yield
+        finally:
+            self._raymeta_rng = random.getstate(), np.random.get_state()
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        with self._raymeta_own_rng():
+            super().on_trial_add(tune_controller, trial)  # type: ignore[misc]
+
+    def _exploit(self, tune_controller: Any, trial: Any, trial_to_clone: Any) -> None:
+        # the exploited trial keeps its own clock (trainable.py, "the budget is a cap"), not the
+        # one in the cloned config. ``TrialClock`` restores it after an asynchronous exploit
+        # (the reporting trial's own), but a synchronous round exploits trials that reported
+        # earlier, and the clone's clock may not even be updated yet
+        last = self._trial_state[trial].last_result or {}  # type: ignore[attr-defined]
+        own = last.get("trial_step")
+        super()._exploit(tune_controller, trial, trial_to_clone)  # type: ignore[misc]
+        if own is not None:
+            trial.set_config({**trial.config, TRIAL_STEPS: int(own)})
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        step = result.get("trial_step")
+        if step is not None and trial.config.get(TRIAL_STEPS) != step:
+            # what ``TrialClock`` does after the scheduler, now: a synchronous round may clone
+            # this trial's config (and log it to pbt_global.txt) before the callback runs
+            trial.set_config({**trial.config, TRIAL_STEPS: int(step)})
+        if int(step or 0) >= self._raymeta_steps:
+            return "CONTINUE"  # TrialScheduler.CONTINUE: the trial ends by itself
+        with self._raymeta_own_rng():
+            return str(super().on_trial_result(tune_controller, trial, result))  # type: ignore[misc]
+
+
 def make_scheduler(plan: TunePlan) -> Any:
-    """The request's Ray Tune scheduler: its own object, or the one its name stands for."""
+    """The request's Ray Tune scheduler: its own object, or the one its name stands for.
+
+    PBT and PB2 draw from RNGs seeded by the run seed (``_SeededDecisions``) and, with
+    ``deterministic``, take their decisions synchronously, so a rerun repeats the run exactly;
+    ASHA is made reproducible by running one trial at a time (``_tuner``); ``random`` (FIFO)
+    needs nothing: its trials never interact. A scheduler object given from Python is used as
+    it is."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
     from raymeta.orchestration.tune.space import clip_explore, hyperparam_mutations
 
-    name = plan.request.scheduler
+    req = plan.request
+    name = req.scheduler
     if not isinstance(name, str):
         return name
+    # asynchronous (the default): only exploited trials restart; synchronous PBT pauses (and,
+    # with a function trainable, restarts) every trial at every round
+    synch = bool(req.deterministic)
     if name == "pbt":
-        return PopulationBasedTraining(
+
+        class _PBT(_SeededDecisions, PopulationBasedTraining):  # type: ignore[misc]
+            pass
+
+        pbt = _PBT(
             time_attr="training_iteration",
             perturbation_interval=1,
             hyperparam_mutations=hyperparam_mutations(plan.prior, exclude=fixed_names()),
             custom_explore_fn=clip_explore(plan.prior),
             quantile_fraction=0.25,
             resample_probability=0.25,
-            # asynchronous: only exploited trials restart; synchronous PBT pauses (and, with a
-            # function trainable, restarts) every trial at every round
-            synch=False,
+            synch=synch,
         )
+        pbt._raymeta_seed(plan.seed, plan.setup.steps_per_member)
+        return pbt
     if name == "pb2":
         from ray.tune.schedulers.pb2 import PB2
+
+        class _PB2(_SeededDecisions, PB2):  # type: ignore[misc]
+            def _get_new_config(self, trial: Any, trial_to_clone: Any) -> Any:
+                # the GP's data in a fixed order (time, then trial), not the order reports came in
+                if len(self.data):
+                    self.data = self.data.sort_values(["Time", "Trial"], kind="stable")
+                    self.data = self.data.reset_index(drop=True)
+                return super()._get_new_config(trial, trial_to_clone)
 
         bounds: dict[str, Any] = {
             p.name: [p.low, p.high]
             for p in plan.prior.space
             if isinstance(p, Float) and p.name not in fixed_names()
         }
-        return PB2(
+        pb2 = _PB2(
             time_attr="training_iteration",
             perturbation_interval=1,
             hyperparam_bounds=bounds,
             quantile_fraction=0.25,
+            synch=synch,
         )
+        pb2._raymeta_seed(plan.seed, plan.setup.steps_per_member)
+        return pb2
     if name == "asha":
         return ASHAScheduler(
             time_attr="training_iteration",
@@ -112,9 +213,13 @@ def make_scheduler(plan: TunePlan) -> Any:
     return FIFOScheduler()
 
 
-def _search_alg(points: list[dict[str, Any]], seed: int, signer: StateSigner) -> Any:
+def _search_alg(
+    points: list[dict[str, Any]], seed: int, signer: StateSigner, max_concurrent: int = 0
+) -> Any:
     """The basic variant generator, but "finished" only once every trial it made has completed,
-    and signing each experiment snapshot (``_trust``) right after Tune wrote it.
+    and signing each experiment snapshot (``_trust``) right after Tune wrote it; at most
+    ``max_concurrent`` trials live at once (0: no limit; Tune ignores ``max_concurrent_trials``
+    for a generator given as the search algorithm).
 
     Why "finished" late: Tune caches a paused trial's actor for reuse only while the search is
     unfinished or a trial is staged. A plain generator is finished as soon as it has emitted
@@ -139,7 +244,7 @@ def _search_alg(points: list[dict[str, Any]], seed: int, signer: StateSigner) ->
             self.raymeta_signer.sign_snapshot(dirpath)
             return saved
 
-    alg = _KeepActors(points_to_evaluate=points, random_state=seed)
+    alg = _KeepActors(points_to_evaluate=points, random_state=seed, max_concurrent=max_concurrent)
     alg.raymeta_signer = signer
     return alg
 
@@ -161,7 +266,8 @@ def _check_run_file(out: Path, plan: TunePlan, write: bool = True) -> dict[str, 
         except ValueError:
             raise ConfigError(f"{p} is unreadable; remove {out} or pick another --out") from None
         if rec.get("fingerprint") != fp:
-            diff = sorted(k for k in fp if rec.get("fingerprint", {}).get(k) != fp[k])
+            old = rec.get("fingerprint", {})
+            diff = sorted(k for k in set(fp) | set(old) if old.get(k) != fp.get(k))
             raise ConfigError(
                 f"--out {out} holds a different tune run (differs in {', '.join(diff)}); pick another --out"
             )
@@ -223,7 +329,14 @@ def _tuner(
             mode="min",
             scheduler=make_scheduler(plan),
             num_samples=req.trials,
-            search_alg=_search_alg(points_to_evaluate(plan.initial), plan.seed, signer),
+            # ASHA's stops depend on which trials reached a rung first: one trial at a time
+            # fixes that order (the generator's), at the cost of running no two in parallel
+            search_alg=_search_alg(
+                points_to_evaluate(plan.initial),
+                plan.seed,
+                signer,
+                max_concurrent=1 if req.deterministic and req.scheduler == "asha" else 0,
+            ),
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(

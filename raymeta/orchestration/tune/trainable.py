@@ -33,6 +33,7 @@ import os
 import signal
 import tempfile
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,9 +92,10 @@ class TrialSetup:
 
 
 def trial_index(trial_id: str) -> int:
-    """Tune trial ids end in a running number (``abc12_00003``): a stable per-run index."""
+    """Tune trial ids end in a running number (``abc12_00003``): a stable per-run index (any
+    other id: a checksum of it, the same in every process, unlike ``hash``)."""
     tail = trial_id.rsplit("_", 1)[-1]
-    return int(tail) if tail.isdigit() else abs(hash(trial_id)) % 100_000
+    return int(tail) if tail.isdigit() else zlib.crc32(trial_id.encode()) % 100_000
 
 
 def member_config(config: Mapping[str, Any], model: str) -> dict[str, Any]:
