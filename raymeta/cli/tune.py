@@ -26,7 +26,9 @@ carved from train and the report says so). Sizes, as in every raymeta command: t
 is the members (--trials x --members-per-trial); --budget is the total member-steps of the whole
 population (default 100 per member) and a cap: each member trains budget // population steps,
 reporting every --interval steps, and the run never spends more. A strategy (--strategy
-INIT+PRIOR+SCHEDULER, or --init/--prior/--scheduler) means what it means in raymeta sweep.
+INIT+PRIOR+SCHEDULER[+PICK], or --init/--prior/--scheduler) means what it means in raymeta
+sweep; without one it is auto, the strategy `raymeta priors fit` chose from meta-val evidence
+(meta+learned+pbt for priors fitted before selection existed, meta+broad+pbt without priors).
 Outputs in --out: best_model.pt (weights only), report.json, results/ (Parquet rows),
 history.jsonl. Rerunning the same command with the same --out resumes an interrupted run; a
 crashed trial is retried up to --max-failures times from its last checkpoint. --population
@@ -84,9 +86,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--strategy",
         default=None,
-        metavar="INIT+PRIOR+SCHEDULER",
+        metavar="auto|INIT+PRIOR+SCHEDULER[+PICK]",
         help="the strategy at once, as in raymeta sweep (e.g. meta+learned+pbt, "
-        "scratch+broad+random, meta+fixed-default), or give --init, --prior, --scheduler",
+        "scratch+broad+random, meta+fixed-default+refit), or give --init, --prior, --scheduler. "
+        "Default auto: what 'raymeta priors fit' chose for this family on meta-val tasks (see "
+        "'raymeta priors show'); the report says which ran and why. PICK is the final model: "
+        "best (default: the lowest-val snapshot), refit (its config retrained on train+val) or "
+        "soup (the average of the best members' weights)",
     )
     p.add_argument(
         "--scheduler",
@@ -197,6 +203,20 @@ def summary(report: dict[str, Any]) -> str:
         f"{report['member_steps']} of {report['budget']}  exploits "
         f"{sum(1 for e in report['lineage'] if e['kind'] == 'exploit')}  wall {report['wall_s']:.1f}s",
     ]
+    if report.get("strategy_why"):
+        lines.append(f"why: {report['strategy_why']}")
+    pick = report.get("pick") or {}
+    if pick.get("rule") not in (None, "best"):
+        lines.append(
+            f"final pick {pick['rule']}"
+            + (f" of {pick['members']} members" if pick.get("members", 1) > 1 else "")
+            + (f" ({pick['extra_steps']} refit steps)" if pick.get("extra_steps") else "")
+            + (
+                ": the refit fitted train+val worse than the snapshot, kept the snapshot"
+                if pick.get("fallback")
+                else ""
+            )
+        )
     for note in report.get("task_notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)

@@ -7,7 +7,9 @@ member trains ``budget // population`` steps (``steps_per_member``) and the run'
 ``member_steps`` never exceed the budget.
 
 The strategy (``init``, ``prior``, ``scheduler``; or ``strategy="meta+learned+pbt"`` at once)
-means what it means in sweeps (``raymeta.finetune.strategy``). From Python, ``scheduler`` may
+means what it means in sweeps (``raymeta.finetune.strategy``). Without any of them it is
+``auto``: the strategy ``raymeta priors fit`` chose for the checkpoint's family on meta-val
+tasks, resolved by ``plan.plan_tune``. From Python, ``scheduler`` may
 also be a Ray Tune ``TrialScheduler`` object of your own instead of a name.
 
 Every field is checked when the request is made (types, ranges, finiteness: ``population=True``
@@ -28,7 +30,7 @@ from raymeta import checks
 from raymeta.core.checkpoint import MetaCheckpoint
 from raymeta.core.models import expected_shapes
 from raymeta.errors import ConfigError, DeprecatedOption
-from raymeta.finetune.strategy import SCHEDULERS, Strategy
+from raymeta.finetune.strategy import AUTO, SCHEDULERS, Strategy
 from raymeta.paths import probe_writable
 
 MAX_TRIALS = 100_000  # Tune trials of one run
@@ -78,11 +80,14 @@ class TuneRequest:
                 f"{MAX_MEMBERS:,}"
             )
         strat = self._strategy()
-        set_(self, "init", strat.init)
-        set_(self, "prior", strat.prior)
-        if self.scheduler is None or isinstance(self.scheduler, str):
-            set_(self, "scheduler", strat.scheduler)
-        if strat.fixed and trials * members != 1:
+        if strat is None:  # auto: resolved against the checkpoint by ``plan.plan_tune``
+            set_(self, "strategy", AUTO)
+        else:
+            set_(self, "init", strat.init)
+            set_(self, "prior", strat.prior)
+            if self.scheduler is None or isinstance(self.scheduler, str):
+                set_(self, "scheduler", strat.scheduler)
+        if strat is not None and strat.fixed and trials * members != 1:
             raise ConfigError(
                 f"strategy {strat.name} is one member with the fixed default config: "
                 "use --trials 1 --members-per-trial 1"
@@ -113,14 +118,22 @@ class TuneRequest:
             if getattr(self, name) is not None:
                 c.string(f"--{name}", getattr(self, name))
 
-    def _strategy(self) -> Strategy:
-        """``strategy`` and the ``init`` / ``prior`` / ``scheduler`` fields, reconciled."""
+    def _strategy(self) -> Strategy | None:
+        """``strategy`` and the ``init`` / ``prior`` / ``scheduler`` fields, reconciled; None
+        for ``auto`` (the default: no strategy and none of the three fields given)."""
         sched = (
             self.scheduler if self.scheduler is None or isinstance(self.scheduler, str) else None
         )
         if sched is not None and sched not in SCHEDULERS:
             raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {sched!r}")
         parts = {"init": self.init, "prior": self.prior, "scheduler": sched}
+        if self.strategy == AUTO or (
+            self.strategy is None and self.scheduler is None and not any(parts.values())
+        ):
+            given = [k for k, v in parts.items() if v is not None]
+            if given:
+                raise ConfigError(f"--{given[0]} contradicts --strategy auto")
+            return None
         if self.strategy is None:
             return Strategy(**{k: v for k, v in parts.items() if v is not None})
         strat = Strategy.parse(self.strategy)
@@ -177,16 +190,31 @@ class TuneRequest:
         return s if isinstance(s, str) else type(s).__name__
 
     @property
+    def is_auto(self) -> bool:
+        """The strategy is ``auto``: the checkpoint's choice, not yet resolved."""
+        return self.strategy == AUTO
+
+    @property
+    def pick(self) -> str:
+        """The final pick of the strategy (``best`` unless it names one)."""
+        return Strategy.parse(self.strategy).pick if self.strategy and not self.is_auto else "best"
+
+    @property
     def strategy_label(self) -> str:
         """The strategy as rows and reports name it (``meta+learned+pbt``)."""
+        if self.is_auto:
+            return AUTO
+        tail = "" if self.pick == "best" else f"+{self.pick}"
         if self.prior == "fixed-default":
-            return f"{self.init}+fixed-default"
-        return f"{self.init}+{self.prior}+{self.scheduler_name}"
+            return f"{self.init}+fixed-default{tail}"
+        return f"{self.init}+{self.prior}+{self.scheduler_name}{tail}"
 
     def as_strategy(self) -> Strategy:
         """The strategy (a custom scheduler object counts as PBT-like: the prior is explored)."""
+        if self.is_auto:
+            raise ConfigError("strategy auto is resolved against the meta-checkpoint first")
         sched = self.scheduler if isinstance(self.scheduler, str) else "pbt"
-        return Strategy(str(self.init), str(self.prior), sched)
+        return Strategy(str(self.init), str(self.prior), sched, self.pick)
 
     def fingerprint(self) -> dict[str, Any]:
         """What must match for a rerun with the same ``out`` to be a resume."""
@@ -198,12 +226,13 @@ class TuneRequest:
                 "members_per_trial": self.members_per_trial,
                 "budget": self.total_budget,
                 "interval": self.report_interval,
-                "scheduler": self.scheduler_name,
+                "scheduler": self.scheduler_name if not self.is_auto else AUTO,
                 "init": self.init,
                 "prior": self.prior,
                 "seed": self.seed,
             }
             | ({"task_options": dict(self.task_options)} if self.task_options else {})
+            | ({"pick": self.pick} if self.pick != "best" else {})
             | (
                 # only when on, so run.json files of earlier runs still match (and resume)
                 {"deterministic": True} if self.deterministic else {}

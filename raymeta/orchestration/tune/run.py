@@ -37,6 +37,7 @@ from raymeta.finetune.curves import final_rows, val_rows
 from raymeta.finetune.hparams import fixed_names, tune_columns
 from raymeta.finetune.population import Population
 from raymeta.lock import output_lock
+from raymeta.orchestration.tune.final import tune_pick
 from raymeta.orchestration.tune.lineage import (
     lineage,
     member_events,
@@ -430,6 +431,7 @@ def _run(request: TuneRequest, verbose: int, crash_marker: str | None) -> dict[s
 
     out = Path(request.out)
     plan = plan_tune(request, crash_marker)
+    request = plan.request  # ``auto`` resolved
     check_members_fit(request.members_per_trial, plan.ckpt)
     if request.scheduler == "pb2" and not any(isinstance(p, Float) for p in plan.prior.space):
         raise ConfigError(
@@ -467,7 +469,8 @@ def write_outputs(
     req = plan.request
     best_r, pop = _select_best(plan, results)
     best = pop.best()
-    test = pop.score(best.params, plan.task.x_test, plan.task.y_test)
+    final = tune_pick(plan, pop, results)
+    test = final.test
     hists = read_histories(out / HISTORY_FILE)
     errors = {
         str(r.metrics.get("trial_id")): str(r.error).strip().splitlines()[-1][:300]
@@ -499,12 +502,12 @@ def write_outputs(
             )
         ]
         sink.append(rows, key=f"{key}/{h.trial_id}")
-    total = sum(h.rows[-1]["spent"] for h in hists if h.rows)
+    total = sum(h.rows[-1]["spent"] for h in hists if h.rows) + final.extra_steps
     best_trial = str(best_r.metrics.get("trial_id"))
     trial = f"{best_trial}/m{best.member}"
     sink.append(final_rows(common, trial, total, test, best.config, wall_s), key=f"{key}/final")
     buf = io.BytesIO()
-    torch.save({k: v.contiguous() for k, v in best.params.items()}, buf)
+    torch.save({k: v.contiguous() for k, v in final.params.items()}, buf)
     atomic_write_bytes(out / MODEL_FILE, buf.getvalue())
     model_sha256 = hashlib.sha256(buf.getvalue()).hexdigest()  # raymeta.load_model checks it
     first = [h.rows[0]["val_loss"] for h in hists if h.rows]
@@ -512,6 +515,13 @@ def write_outputs(
         "task": plan.task.task_id,
         "task_notes": plan.notes,
         "strategy": plan.strategy,
+        "strategy_why": plan.why,
+        "pick": {
+            "rule": final.rule,
+            "members": final.members,
+            "extra_steps": final.extra_steps,
+            "fallback": final.fallback,
+        },
         "settings": plan.fingerprint(),
         "population": req.population,
         "members_per_trial": req.members_per_trial,
