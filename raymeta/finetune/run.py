@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from raymeta.core.checkpoint import Candidate
+from raymeta.core.checkpoint import Candidate, MetaCheckpoint
 from raymeta.errors import ConfigError
 from raymeta.finetune.curves import Curves
 from raymeta.finetune.picks import Pick, check_pick, final_pick
@@ -38,7 +38,8 @@ from raymeta.finetune.population import (
     run_schedule,
 )
 from raymeta.finetune.step import PopulationState
-from raymeta.priors import Prior
+from raymeta.finetune.strategy import Strategy, fixed_default, member_configs, strategy_prior
+from raymeta.priors import Prior, Priors
 from raymeta.tasks import Task
 
 INITS = ("meta", "scratch")
@@ -180,4 +181,40 @@ def _merge(evs: Sequence[Evaluation], members: list[list[int]]) -> Evaluation:
         cat([a for a in acc if a is not None]) if all(a is not None for a in acc) else None,
         events,
         sum(e.seconds for e in evs),
+    )
+
+
+def run_strategy(
+    ckpt: MetaCheckpoint,
+    strategy: Strategy,
+    task: Task,
+    *,
+    population: int,
+    steps: int,
+    interval: int,
+    seed: int,
+    rng: np.random.Generator,
+    priors: Priors | None = None,
+    candidate: str | None = None,
+    picks: Sequence[str] | None = None,
+) -> PopulationResult:
+    """One strategy's population on ``task``, as sweeps and strategy selection run it: members'
+    first configs from the strategy's prior (``priors``, else the checkpoint's) drawn with
+    ``rng``, or the fixed default fine-tune of ``candidate``; final picks ``picks`` (default:
+    the strategy's own)."""
+    n_train = len(task.x_train)
+    prior, portfolio = strategy_prior(ckpt, strategy, n_train, steps, priors)
+    fixed = fixed_default(ckpt, n_train, steps, candidate)
+    configs = member_configs(strategy, population, prior, portfolio, rng, fixed)
+    return run_population(
+        task,
+        ckpt.candidates,
+        configs,
+        init=strategy.init,
+        steps=steps,
+        interval=min(interval, steps),
+        seed=seed,
+        prior=prior,
+        pbt=strategy.scheduler == "pbt" and not strategy.fixed,
+        picks=tuple(picks) if picks is not None else (strategy.pick,),
     )

@@ -39,8 +39,8 @@ import numpy as np
 
 from raymeta.core.checkpoint import MetaCheckpoint
 from raymeta.finetune.picks import PICKS
-from raymeta.finetune.run import run_population
-from raymeta.finetune.strategy import Strategy, fixed_default, member_configs, strategy_prior
+from raymeta.finetune.run import run_strategy
+from raymeta.finetune.strategy import Strategy
 from raymeta.priors.artifact import Priors
 from raymeta.results.summary import mean_ci95
 from raymeta.tasks import Task
@@ -89,23 +89,18 @@ def run_arm(
     seed: int,
 ) -> dict[str, dict[str, float]]:
     """Run one arm on one task; returns pick -> test metrics and the member-steps spent."""
-    strat = arm.strategy
-    n_train = len(task.x_train)
-    prior, portfolio = strategy_prior(ckpt, strat, n_train, steps, priors)
-    fixed = fixed_default(ckpt, n_train, steps, arm.candidate or next(iter(ckpt.candidates)))
-    rng = np.random.default_rng([seed, 23])
-    configs = member_configs(strat, population, prior, portfolio, rng, fixed)
-    res = run_population(
+    res = run_strategy(
+        ckpt,
+        arm.strategy,
         task,
-        ckpt.candidates,
-        configs,
-        init=strat.init,
+        population=population,
         steps=steps,
-        interval=min(interval, steps),
+        interval=interval,
         seed=seed,
-        prior=prior,
-        pbt=strat.scheduler == "pbt" and not strat.fixed,
-        picks=arm.picks(len(configs)),
+        rng=np.random.default_rng([seed, 23]),
+        priors=priors,
+        candidate=arm.candidate or next(iter(ckpt.candidates)),
+        picks=arm.picks(1 if arm.strategy.fixed else population),
     )
     spent = res.curves.member_steps_total
     return {

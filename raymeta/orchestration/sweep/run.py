@@ -22,15 +22,8 @@ import torch
 from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint
 from raymeta.errors import ClusterError, ConfigError, DataError, RaymetaError
 from raymeta.finetune.curves import final_rows
-from raymeta.finetune.run import run_population
-from raymeta.finetune.strategy import (
-    AUTO,
-    Strategy,
-    fixed_default,
-    member_configs,
-    resolve_auto,
-    strategy_prior,
-)
+from raymeta.finetune.run import run_strategy
+from raymeta.finetune.strategy import AUTO, Strategy, resolve_auto
 from raymeta.lock import locks_output
 from raymeta.orchestration.sweep.config import SweepConfig
 from raymeta.plugins import add_import_roots, check_portable, import_roots
@@ -58,24 +51,17 @@ def run_unit(
     auto = unit["strategy"] == AUTO
     strat = resolve_auto(ckpt)[0] if auto else Strategy.parse(unit["strategy"])
     seed = int(unit["seed"])
-    n_train = len(task.x_train)
-    prior, portfolio = strategy_prior(ckpt, strat, n_train, cfg.steps_per_member)
     # ``auto`` runs what strategy selection measured: a default fine-tune as long as a member
     steps = cfg.fixed_steps if strat.fixed and not auto else cfg.steps_per_member
-    fixed = fixed_default(ckpt, n_train, steps)
-    rng = np.random.default_rng([seed, int(unit["task"])])
-    configs = member_configs(strat, cfg.population, prior, portfolio, rng, fixed)
-    res = run_population(
+    res = run_strategy(
+        ckpt,
+        strat,
         task,
-        ckpt.candidates,
-        configs,
-        init=strat.init,
+        population=cfg.population,
         steps=steps,
-        interval=min(cfg.interval, steps),
+        interval=cfg.interval,
         seed=seed,
-        prior=prior,
-        pbt=strat.scheduler == "pbt" and not strat.fixed,
-        picks=(strat.pick,),
+        rng=np.random.default_rng([seed, int(unit["task"])]),
     )
     common = {"sweep": cfg.name, "strategy": unit["label"], "task": task.task_id, "seed": seed}
     return res.curves.rows(common) + final_rows(
