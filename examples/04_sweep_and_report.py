@@ -1,6 +1,6 @@
 """Benchmark sweep + report through the Python API.
 
-Meta-trains a small sinusoid initialization in-process, fits priors, sweeps four strategies
+Meta-trains a small sinusoid initialization in-process, fits priors (and chooses a strategy), sweeps five strategies
 over held-out tasks on the embedded local Ray (results land in a Parquet dataset), then prints
 the per-strategy table and writes PNG plots.
 
@@ -37,6 +37,10 @@ def main() -> None:
             raymeta.load_meta_checkpoint(meta),
             n_tasks=8 if small else 32,
             n_configs=16 if small else 64,
+            max_steps=20 if small else 100,  # the sweep's steps per member
+            # then choose the family's strategy on further meta-val tasks ("auto" below)
+            select_tasks=2 if small else 16,
+            select_population=4 if small else 8,
         )
         raymeta.write_priors(meta, priors.to_dict())
 
@@ -49,6 +53,7 @@ def main() -> None:
                 "scratch+broad+pbt",
                 "meta+fixed-default",
                 "meta+learned+pbt",
+                "auto",  # what priors fit chose for this family on meta-val tasks
             ],
             "tasks": 2 if small else 20,
             "seeds": [0],

@@ -75,6 +75,7 @@ def main() -> None:
             n_configs=8 if small else 48,
             max_steps=per_member,
             objective="anytime",
+            select_population=4 if small else 8,  # strategy selection: tune's "auto"
         )
         priors = raymeta.fit_priors(raymeta.load_meta_checkpoint(meta), fit)
         raymeta.write_priors(meta, priors.to_dict())

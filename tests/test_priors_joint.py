@@ -129,7 +129,7 @@ def test_joint_json_round_trip_exact_and_version_1_still_loads() -> None:
     assert "joint" not in v1["learned"]
     assert Priors.from_dict(v1).learned.joint is None
     with pytest.raises(CheckpointError, match="version"):
-        Priors.from_dict(d | {"version": 3})
+        Priors.from_dict(d | {"version": 4})
 
 
 @pytest.mark.parametrize(
