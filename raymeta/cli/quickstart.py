@@ -146,6 +146,7 @@ def _run(args: argparse.Namespace) -> int:
                 ckpt,
                 n_tasks=8 if small else 16,
                 n_configs=16 if small else 32,
+                select_tasks=2 if small else None,  # the strategy selection behind tune's auto
                 max_steps=args.budget // args.trials,  # the tune runs' steps per member
             )
             write_priors(meta, priors.to_dict())
