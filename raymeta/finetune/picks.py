@@ -74,8 +74,7 @@ def soup_members(pop: Population) -> list[int]:
         (i for i in range(pop.n_members) if math.isfinite(val[i])),
         key=lambda i: (val[i], at[i], i),
     )
-    k = max(2, math.ceil(SOUP_FRACTION * pop.n_members))
-    return order[:k]
+    return order[: soup_size(pop.n_members)]
 
 
 def soup_params(pop: Population, members: Sequence[int]) -> Params:
@@ -84,16 +83,23 @@ def soup_params(pop: Population, members: Sequence[int]) -> Params:
     return {k: v[idx].mean(dim=0) for k, v in pop.best_params.items()}
 
 
+def train_and_val(task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+    """The task's labelled rows: train + val, the data a refit trains on."""
+    return torch.cat([task.x_train, task.x_val]), torch.cat([task.y_train, task.y_val])
+
+
 def refit_params(
-    pop: Population, best: Best, start: PopulationState, task: Task
+    pop: Population,
+    best: Best,
+    start: PopulationState,
+    n_train: int,
+    data: tuple[torch.Tensor, torch.Tensor],
 ) -> tuple[Params, int]:
-    """``best``'s config trained from ``start`` on train + val for the snapshot's steps; returns
-    the weights and the steps spent."""
-    x = torch.cat([task.x_train, task.x_val])
-    y = torch.cat([task.y_train, task.y_val])
+    """``best``'s config trained from ``start`` on ``data`` (train + val; ``n_train`` rows of it
+    are the train split) for the snapshot's steps; returns the weights and the steps spent."""
+    x, y = data
     cfg = dict(best.config)
     steps = int(cfg.get("steps") or 0)
-    n_train = len(task.x_train)
     if cfg.get("batch_size") is None or int(cfg["batch_size"]) >= n_train:
         cfg["batch_size"] = len(x)  # full batch stays full batch
     if steps < 1:
@@ -112,16 +118,26 @@ def refit_params(
     return {k: v[0].detach().clone() for k, v in one.state.params.items()}, int(taken.sum())
 
 
-def refit_failed(pop: Population, refit: Params, snapshot: Params, task: Task) -> bool:
-    """True when the refit fits train + val, the data it trained on, worse than the snapshot
-    it replaces (or not at all: NaN, inf): its config diverged or under-trained from the
+def refit_pick(pop: Population, start: PopulationState, task: Task) -> Pick:
+    """The ``refit`` rule for ``pop``'s best snapshot, trained from ``start``.
+
+    A refit that fits train + val, the data it trained on, worse than the snapshot it
+    replaces (or not at all: NaN, inf) has a config that diverged or under-trained from the
     initial weights (a PBT member's config was tuned for weights trained under other
-    configs), so the snapshot is kept. Uses no test data."""
-    x = torch.cat([task.x_train, task.x_val])
-    y = torch.cat([task.y_train, task.y_val])
-    new = pop.score(refit, x, y)["test_loss"]
-    old = pop.score(snapshot, x, y)["test_loss"]
-    return not math.isfinite(new) or new > old
+    configs): the snapshot is kept (``fallback``). Uses no test data."""
+    best = pop.best()
+    data = train_and_val(task)
+    params, spent = refit_params(pop, best, start, len(task.x_train), data)
+    new = pop.score(params, *data)["test_loss"]
+    failed = not math.isfinite(new) or new > pop.score(best.params, *data)["test_loss"]
+    kept = best.params if failed else params
+    test = pop.score(kept, task.x_test, task.y_test)
+    return Pick("refit", kept, dict(best.config), test, spent, fallback=failed)
+
+
+def soup_size(n_members: int) -> int:
+    """Snapshots a soup averages: ``ceil(SOUP_FRACTION x n)``, at least 2."""
+    return max(2, math.ceil(SOUP_FRACTION * n_members))
 
 
 def final_pick(
@@ -135,14 +151,9 @@ def final_pick(
     once. ``init_state(m)`` gives member ``m``'s initial weights (for ``refit``); ``soup_ok`` is
     False where members do not share an init (scratch): ``soup`` is then ``best``."""
     check_pick(rule)
-    best = pop.best()
     if rule == "refit":
-        params, spent = refit_params(pop, best, init_state(best.member), task)
-        if refit_failed(pop, params, best.params, task):
-            test = pop.score(best.params, task.x_test, task.y_test)
-            return Pick(rule, best.params, dict(best.config), test, spent, fallback=True)
-        cfg = {**best.config}
-        return Pick(rule, params, cfg, pop.score(params, task.x_test, task.y_test), spent)
+        return refit_pick(pop, init_state(pop.best_member()), task)
+    best = pop.best()
     if rule == "soup" and soup_ok:
         members = soup_members(pop)
         if len(members) >= 2:

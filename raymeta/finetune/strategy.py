@@ -142,10 +142,10 @@ def default_candidate(ckpt: MetaCheckpoint) -> str | None:
 
 
 def _selection(ckpt: MetaCheckpoint) -> dict[str, Any] | None:
-    if ckpt.priors is None:
-        return None
-    sel = ckpt.priors.get("selection")
-    return dict(sel) if isinstance(sel, dict) else None
+    """The checkpoint's strategy-selection record, as ``load_priors`` checked it."""
+    from raymeta.priors import load_priors
+
+    return load_priors(ckpt).selection if ckpt.priors is not None else None
 
 
 def resolve_auto(ckpt: MetaCheckpoint) -> tuple[Strategy, str]:
@@ -158,7 +158,7 @@ def resolve_auto(ckpt: MetaCheckpoint) -> tuple[Strategy, str]:
             "(run 'raymeta priors fit' to choose by measurement)"
         )
     sel = _selection(ckpt)
-    if sel is None or "chosen" not in sel:
+    if sel is None:
         return Strategy(), (
             "its priors.json was fitted before strategy selection existed "
             "(refit with 'raymeta priors fit' to choose by measurement)"

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from raymeta.finetune.picks import SOUP_FRACTION, Pick, refit_failed, refit_params
+from raymeta.finetune.picks import Pick, refit_pick, soup_size
 from raymeta.finetune.population import Population, data_dtype, initial_state
 from raymeta.orchestration.tune.plan import TunePlan
 from raymeta.orchestration.tune.trainable import load_trial
@@ -24,26 +24,19 @@ from raymeta.orchestration.tune.trainable import load_trial
 def tune_pick(plan: TunePlan, pop: Population, results: list[Any]) -> Pick:
     """Apply the plan's final pick to the run: ``pop`` holds the best snapshot."""
     task, rule = plan.task, plan.request.pick
-    best = pop.best()
     if rule == "refit":
         cand = plan.setup.candidates[pop.name]
         start = initial_state(
             cand.spec,
             cand.params if plan.setup.init == "meta" else None,
-            [pop.seeds[best.member] + 1],  # the trainable's scratch seed of that member
+            [pop.seeds[pop.best_member()] + 1],  # the trainable's scratch seed of that member
             data_dtype(task.x_train),
         )
-        params, spent = refit_params(pop, best, start, task)
-        if refit_failed(pop, params, best.params, task):
-            test = pop.score(best.params, task.x_test, task.y_test)
-            return Pick(rule, best.params, dict(best.config), test, spent, fallback=True)
-        return Pick(
-            rule, params, dict(best.config), pop.score(params, task.x_test, task.y_test), spent
-        )
+        return refit_pick(pop, start, task)
+    best = pop.best()
     if rule == "soup" and plan.setup.init == "meta":
         snaps = _snapshots(plan, pop.name, results)
-        k = max(2, math.ceil(SOUP_FRACTION * len(snaps)))
-        top = sorted(snaps, key=lambda s: s[0])[:k]
+        top = sorted(snaps, key=lambda s: s[0])[: soup_size(len(snaps))]
         if len(top) >= 2:
             params = {n: torch.stack([p[n] for _, p in top]).mean(dim=0) for n in top[0][1]}
             test = pop.score(params, task.x_test, task.y_test)
