@@ -112,6 +112,18 @@ def test_digits_split_table_is_a_partition_without_look_alikes() -> None:
     assert sorted(d for s in SPLITS for d in PLAIN_SPLIT[s]) == list(range(10))
 
 
+def test_packaged_digits_equal_scikit_learns() -> None:
+    """The copy shipped in raymeta/tasks/data is the data scikit-learn's loader returns."""
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    from raymeta.tasks.digits import read_digits
+
+    images, target = read_digits()
+    ref = sklearn_datasets.load_digits()
+    assert images.shape == (1797, 8, 8) and target.dtype == np.int64
+    np.testing.assert_array_equal(images, ref.images)
+    np.testing.assert_array_equal(target, ref.target)
+
+
 @pytest.mark.parametrize("rotations", [True, False])
 def test_digits_episodes_use_only_their_split(rotations: bool) -> None:
     ref = _digit_reference()

@@ -1,4 +1,4 @@
-"""N-way K-shot classification on scikit-learn's bundled 8x8 digits (1797 images, 10 digits).
+"""N-way K-shot classification on the UCI 8x8 handwritten digits (1797 images, 10 digits).
 
 Inputs are ``(1, 8, 8)`` floats in [0, 1] (pixel / 16). With ``rotations`` (the default) each
 digit rotated by 0/90/180/270 degrees is its own class, 40 classes split 24 / 8 / 8 into
@@ -13,14 +13,15 @@ A fixed task's val split holds ``val_size`` = 50 examples per class, as many as 
 baseline's on several held-out tasks (BENCHMARKS.md, "Time to quality"). Checkpoints record the
 options they were trained with, so older ones keep their sizes (``raymeta tune --task-option``).
 
-The data ships inside scikit-learn: nothing is downloaded.
+The data ships inside raymeta (``raymeta/tasks/data/digits.csv.gz``, the file scikit-learn
+bundles; source and license in ``data/README.md``): nothing is downloaded, and neither
+scikit-learn nor scipy is needed at run time.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -44,31 +45,24 @@ PLAIN_SPLIT: dict[str, tuple[int, ...]] = {
     "test": (7, 8, 9),
 }
 _SALT = 0x0D161757
+DIGITS_FILE = "digits.csv.gz"  # in raymeta/tasks/data/, with its source and license
 
 
-def _read_digits() -> tuple[np.ndarray, np.ndarray]:
-    """The 1797 images ``[N, 8, 8]`` (0..16) and targets, read straight from scikit-learn's
-    bundled ``digits.csv.gz``: importing scikit-learn itself (scipy) costs seconds per process."""
-    spec = importlib.util.find_spec("sklearn")
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        f = Path(root) / "datasets" / "data" / "digits.csv.gz"
-        if f.is_file():
-            data = np.loadtxt(f, delimiter=",", dtype=np.float32)
-            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+def read_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 1797 images ``[N, 8, 8]`` (0..16) and targets, read with numpy from the packaged
+    ``digits.csv.gz`` (57 kB): scikit-learn and scipy are ~200 MB to install for this file."""
     try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise DataError(
-            "digits: scikit-learn is not installed (pip install scikit-learn)"
-        ) from None
-    d = load_digits()
-    return d.images.astype(np.float32), d.target.astype(np.int64)
+        with resources.as_file(resources.files("raymeta.tasks") / "data" / DIGITS_FILE) as f:
+            data = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"digits: cannot read the packaged {DIGITS_FILE}: {exc}") from None
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
 
 
 @lru_cache(maxsize=1)
 def _digit_images() -> tuple[torch.Tensor, torch.Tensor]:
     """``[10, M, 8, 8]`` float images in [0, 1], padded per digit, and the count of each digit."""
-    raw, tgt = _read_digits()
+    raw, tgt = read_digits()
     images = torch.from_numpy(raw) / 16.0
     target = torch.from_numpy(tgt)
     counts = torch.bincount(target, minlength=10)
