@@ -51,7 +51,7 @@ def test_make_row_types_and_canonical_hparams() -> None:
         step=5,
         metric="val_loss",
         value=np.float32(0.25),
-        hparams={"b": np.float64(2.0), "a": "sgd"},
+        hparams={"steps": np.int64(3), "lr": np.float32(2.0), "optimizer": "sgd"},
         wall_s=1,
     )
     assert (
@@ -60,8 +60,9 @@ def test_make_row_types_and_canonical_hparams() -> None:
         and row["seed"] == 2
         and isinstance(row["seed"], int)
     )
-    assert row["value"] == 0.25 and row["hparams"] == '{"a": "sgd", "b": 2.0}'
-    assert json.loads(row["versions"])["raymeta"]
+    assert row["value"] == 0.25 and row["hparams"] == {"lr": 2.0, "optimizer": "sgd", "steps": 3}
+    assert list(row["hparams"]) == ["lr", "optimizer", "steps"]  # the vocabulary's order
+    assert isinstance(row["hparams"]["steps"], int) and isinstance(row["hparams"]["lr"], float)
     assert set(row) == set(SCHEMA.names)
     nan_row = make_row(
         sweep="s",
@@ -75,7 +76,17 @@ def test_make_row_types_and_canonical_hparams() -> None:
         hparams=None,
         wall_s=0,
     )
-    assert math.isnan(nan_row["value"]) and nan_row["hparams"] == "{}"
+    assert math.isnan(nan_row["value"]) and nan_row["hparams"] == {}
+    base = dict(sweep="s", strategy="a", task=3, seed=0, trial=1, step=5, metric="m", wall_s=0)
+    assert make_row(**base, value=1, hparams='{"lr": 1}')["hparams"] == {"lr": 1.0}  # schema 1
+    for bad, needle in (
+        ({"momentum": 0.9}, "unknown hyperparameter.*'momentum'"),
+        ({"steps": 2.5}, "steps=2.5"),
+        ({"optimizer": 1}, "optimizer=1"),
+        ({"lr": True}, "lr=True"),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            make_row(**base, value=1, hparams=bad)
     with pytest.raises(ConfigError):
         make_row(
             sweep="s",

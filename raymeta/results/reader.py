@@ -1,15 +1,28 @@
-"""Read a results dataset back as one table, refusing anything this version cannot interpret."""
+"""Read a results dataset back as one table, refusing anything this version cannot interpret.
+
+Parts of schema version 2 are read as they are; parts of version 1 (a ``sweep`` column,
+``hparams`` as JSON text, a per-row ``versions`` column) are converted on read, so an old
+sweep's results still report. Either way the ``sweep`` column comes from the part's folder.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raymeta.errors import DataError
-from raymeta.results.schema import SCHEMA, SCHEMA_VERSION, VERSION_KEY
-from raymeta.results.sink import check_sweep_name, read_schema_file
+from raymeta.errors import ConfigError, DataError
+from raymeta.results.schema import (
+    HPARAMS_TYPE,
+    PART_SCHEMA,
+    SCHEMA,
+    SCHEMA_VERSION,
+    VERSION_KEY,
+    hparams_dict,
+)
+from raymeta.results.sink import READABLE_VERSIONS, check_sweep_name, read_schema_file
 
 
 def list_sweeps(root: str | Path) -> list[str]:
@@ -18,14 +31,29 @@ def list_sweeps(root: str | Path) -> list[str]:
     return sorted(p.name.split("=", 1)[1] for p in root.glob("sweep=*") if p.is_dir())
 
 
-def _read_part(part: Path) -> pa.Table:
+def dataset_versions(root: str | Path) -> list[dict[str, Any]]:
+    """Every distinct library-versions record of the dataset's writers (from ``_schema.json``;
+    each part's own record is in its footer, key ``raymeta.results.versions``)."""
+    return list(read_schema_file(Path(root)).get("versions", []))
+
+
+def _from_v1(table: pa.Table, part: Path) -> pa.Table:
+    """A schema-1 part's columns as schema 2: hparams JSON -> struct, versions dropped."""
+    try:
+        hp = [hparams_dict(h) for h in table.column("hparams").to_pylist()]
+    except ConfigError as exc:
+        raise DataError(f"result part {part} (schema version 1): {exc}") from None
+    idx = table.schema.get_field_index("hparams")
+    return table.set_column(idx, "hparams", pa.array(hp, type=HPARAMS_TYPE))
+
+
+def _read_part(part: Path, sweep: str) -> pa.Table:
     try:
         pf = pq.ParquetFile(part)
-        version = (pf.schema_arrow.metadata or {}).get(VERSION_KEY)
-        if version != str(SCHEMA_VERSION).encode():
-            shown = version.decode() if version else "none"
+        raw = (pf.schema_arrow.metadata or {}).get(VERSION_KEY, b"none").decode()
+        if raw not in {str(v) for v in READABLE_VERSIONS}:
             raise DataError(
-                f"result part {part} has schema version {shown}, this raymeta reads version {SCHEMA_VERSION}"
+                f"result part {part} has schema version {raw}, this raymeta reads version {SCHEMA_VERSION}"
             )
         table = pf.read()
     except (OSError, ValueError) as exc:
@@ -33,15 +61,22 @@ def _read_part(part: Path) -> pa.Table:
             raise
         raise DataError(f"result part {part} is unreadable: {str(exc).splitlines()[0]}") from None
     try:
-        return table.select(SCHEMA.names).cast(SCHEMA)
-    except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError):
+        if raw == "1":
+            table = _from_v1(table.select(PART_SCHEMA.names), part)
+        table = table.select(PART_SCHEMA.names).cast(PART_SCHEMA)
+    except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         raise DataError(
-            f"result part {part} does not have the results columns {SCHEMA.names}"
+            f"result part {part} does not have the results columns {PART_SCHEMA.names}"
         ) from None
+    column = pa.array([sweep] * table.num_rows, pa.string())
+    return table.add_column(0, SCHEMA.field("sweep"), column).replace_schema_metadata(
+        SCHEMA.metadata
+    )
 
 
 def read_results(root: str | Path, sweep: str | None = None) -> pa.Table:
-    """All published rows under ``root`` (or of one sweep); hidden temp files are ignored.
+    """All published rows under ``root`` (or of one sweep) as a ``SCHEMA`` table; hidden temp
+    files are ignored.
 
     Raises ``DataError`` for a path that is not a results dataset, a foreign schema version,
     an unreadable part, or an unknown sweep. An existing but empty dataset gives an empty table.
@@ -58,7 +93,9 @@ def read_results(root: str | Path, sweep: str | None = None) -> pa.Table:
             )
         sweeps = [sweep]
     tables = [
-        _read_part(p) for s in sweeps for p in sorted((root / f"sweep={s}").glob("part-*.parquet"))
+        _read_part(p, s)
+        for s in sweeps
+        for p in sorted((root / f"sweep={s}").glob("part-*.parquet"))
     ]
     if not tables:
         return SCHEMA.empty_table()

@@ -1,17 +1,28 @@
-"""Append-only, exactly-once Parquet sink: ``ROOT/sweep=NAME/part-<sha256(key)>.parquet``.
+"""Append-only, exactly-once Parquet sink: ``ROOT/sweep=NAME/part-<sha256(keys)>.parquet``.
 
-Why one part file per key: a sweep appends the rows of one unit of work (say one
-strategy x task x seed) under one key. The part is written to a hidden temp file and published
-with ``os.link`` (atomic, fails if the name exists), so a killed sweep leaves either the whole
-part or nothing, and a re-run skips every key already published: no duplicate, no missing rows.
-Readers ignore hidden files, so a leftover temp file from a kill is harmless. The dataset
-(``_schema.json``, the sweep folder) is only created by the first append.
+Why parts keyed by units of work: a sweep appends the rows of a unit (say one strategy x task x
+seed) under its key, and ``append_many`` puts a batch of finished units in one part (a large
+sweep would otherwise leave a file per unit). A part's footer lists its keys
+(``KEYS_META``: ``[[key, rows], ...]``), so ``done_keys`` reads them without the rows. The part
+is written to a hidden temp file and published with ``os.link`` (atomic, fails if the name
+exists), so a killed writer leaves the whole batch or nothing, and a re-run skips every key
+already published: no duplicate, no missing rows. A single key's part is named after that key,
+so concurrent writers of one key agree; a batch relies on one writer per dataset (sweeps and
+tune runs hold their output's lock).
+
+Part files carry no ``sweep`` column (it is the Hive directory key), the schema version and the
+writer's library versions in their footer; every part has the identical ``PART_SCHEMA``, so
+pandas, pyarrow and Ray Data read the whole dataset in one call. Readers ignore hidden and
+``_``-prefixed names, so a leftover temp file from a kill and the marker ``_schema.json``
+(schema version, columns, every distinct versions record of the dataset's writers) are harmless.
+The dataset is only created by the first append.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -22,10 +33,19 @@ import pyarrow.parquet as pq
 
 from raymeta.errors import ConfigError, DataError
 from raymeta.fileio import atomic_write_json, make_temp_file
-from raymeta.results.schema import COLUMNS, SCHEMA_VERSION, rows_to_table
+from raymeta.results.schema import (
+    COLUMNS,
+    PART_SCHEMA,
+    SCHEMA_VERSION,
+    VERSIONS_KEY,
+    rows_to_table,
+    versions_json,
+)
 
 SCHEMA_FILE = "_schema.json"
-KEY_META = b"raymeta.results.key"
+KEYS_META = b"raymeta.results.keys"  # schema 2: JSON [[key, rows], ...] of the part's units
+KEY_META = b"raymeta.results.key"  # schema 1: the one key of the part
+READABLE_VERSIONS = (1, SCHEMA_VERSION)
 _SWEEP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 
 
@@ -37,14 +57,14 @@ def check_sweep_name(sweep: str) -> str:
     return sweep
 
 
-def part_name(key: str) -> str:
-    return f"part-{hashlib.sha256(key.encode()).hexdigest()[:32]}.parquet"
+def part_name(*keys: str) -> str:
+    """The part of one key, or of a batch (its sorted keys): a name that says what it holds."""
+    joined = "\n".join(sorted(keys))
+    return f"part-{hashlib.sha256(joined.encode()).hexdigest()[:32]}.parquet"
 
 
 def read_schema_file(root: Path) -> dict[str, Any]:
     """The dataset marker; a missing or foreign one means ``root`` is not a results dataset."""
-    import json
-
     marker = root / SCHEMA_FILE
     if not marker.is_file():
         raise DataError(f"{root} is not a raymeta results dataset (no {SCHEMA_FILE})")
@@ -54,11 +74,24 @@ def read_schema_file(root: Path) -> dict[str, Any]:
         raise DataError(f"{marker} is unreadable or not JSON") from None
     if not isinstance(info, dict) or "schema_version" not in info:
         raise DataError(f"{marker} has no schema_version: not a raymeta results dataset")
-    if info["schema_version"] != SCHEMA_VERSION:
+    if info["schema_version"] not in READABLE_VERSIONS:
         raise DataError(
             f"{root} holds results schema version {info['schema_version']}, this raymeta reads version {SCHEMA_VERSION}"
         )
     return info
+
+
+def part_keys(part: Path) -> list[tuple[str, int]]:
+    """``(key, rows)`` of every unit in ``part``, read from its footer (schema 1 or 2)."""
+    try:
+        meta = pq.read_schema(part).metadata or {}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"result part {part} is unreadable: {str(exc).splitlines()[0]}") from None
+    if KEYS_META in meta:
+        return [(str(k), int(n)) for k, n in json.loads(meta[KEYS_META])]
+    if KEY_META in meta:
+        return [(meta[KEY_META].decode(), -1)]
+    return []
 
 
 class ResultSink:
@@ -70,41 +103,66 @@ class ResultSink:
         if self.root.exists() and not self.root.is_dir():
             raise DataError(f"results path {self.root} exists and is not a directory")
         if (self.root / SCHEMA_FILE).exists():
-            read_schema_file(self.root)
+            version = read_schema_file(self.root)["schema_version"]
+            if version != SCHEMA_VERSION:
+                raise DataError(
+                    f"{self.root} holds results schema version {version}: this raymeta reads it but "
+                    f"appends only to version {SCHEMA_VERSION}; write new runs to another --out"
+                )
         self.dir = self.root / f"sweep={self.sweep}"
+        self._done: set[str] | None = None  # keys published, read once then kept up to date
 
     def _create(self) -> None:
-        """Make the dataset on the first append, so a run refused before any rows leaves nothing."""
-        if not (self.root / SCHEMA_FILE).exists():
-            atomic_write_json(
-                self.root / SCHEMA_FILE,
-                {"schema_version": SCHEMA_VERSION, "columns": list(COLUMNS)},
-            )
+        """Make the dataset on the first append (so a run refused before any rows leaves
+        nothing) and record this writer's versions in the marker once per distinct record."""
+        marker = self.root / SCHEMA_FILE
+        info: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "columns": list(COLUMNS)}
+        if marker.exists():
+            info = read_schema_file(self.root)
+        versions = json.loads(versions_json())
+        seen = list(info.get("versions", []))
+        if versions not in seen or not marker.exists():
+            atomic_write_json(marker, {**info, "versions": [*seen, versions]})
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def has(self, key: str) -> bool:
-        return (self.dir / part_name(key)).exists()
+        return key in self.done_keys()
 
     def append(self, rows: Sequence[Mapping[str, Any]], key: str) -> bool:
         """Publish ``rows`` as the part for ``key``; False (and nothing written) if it exists.
 
         An empty ``rows`` still publishes an (empty) part, which marks the key as done.
         """
-        if not key:
-            raise ConfigError("result key must be a non-empty string")
-        final = self.dir / part_name(key)
-        if final.exists():
-            return False
-        for i, row in enumerate(rows):
-            if row.get("sweep") != self.sweep:
-                raise ConfigError(
-                    f"result row {i} belongs to sweep {row.get('sweep')!r}, this sink writes sweep {self.sweep!r}"
-                )
-        table = rows_to_table(rows)
-        meta = dict(table.schema.metadata or {})
-        meta[KEY_META] = key.encode()
-        table = table.replace_schema_metadata(meta)
+        return key in self.append_many({key: rows})
+
+    def append_many(self, batch: Mapping[str, Sequence[Mapping[str, Any]]]) -> set[str]:
+        """Publish the rows of several keys as one part; returns the keys published (keys
+        already done are left out, and nothing is written when none is left)."""
+        for key in batch:
+            if not isinstance(key, str) or not key:
+                raise ConfigError("result key must be a non-empty string")
+        for key, rows in batch.items():
+            for i, row in enumerate(rows):
+                if row.get("sweep") != self.sweep:
+                    raise ConfigError(
+                        f"result row {i} of {key!r} belongs to sweep {row.get('sweep')!r}, this sink writes sweep {self.sweep!r}"
+                    )
+        if len(batch) == 1 and (self.dir / part_name(*batch)).exists():
+            return set()
+        if self._done is None:
+            self._done = self.done_keys()
+        todo = {k: rows for k, rows in batch.items() if k not in self._done}
+        if not todo:
+            return set()
+        table = rows_to_table([row for rows in todo.values() for row in rows]).drop_columns(
+            ["sweep"]
+        )
+        keys = [[k, len(rows)] for k, rows in todo.items()]
+        meta = {**(PART_SCHEMA.metadata or {}), VERSIONS_KEY: versions_json().encode()}
+        meta[KEYS_META] = json.dumps(keys).encode()
+        table = table.cast(PART_SCHEMA).replace_schema_metadata(meta)
         self._create()
+        final = self.dir / part_name(*todo)
         fd, tmp = make_temp_file(self.dir, final.name)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -114,24 +172,15 @@ class ResultSink:
             try:
                 os.link(tmp, final)  # atomic create-if-absent: concurrent writers of one key agree
             except FileExistsError:
-                return False
+                return set()
             except OSError:  # filesystems without hard links
                 os.replace(tmp, final)
-            return True
+            self._done |= set(todo)
+            return set(todo)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
     def done_keys(self) -> set[str]:
         """Keys whose parts are published (read from each part's footer, not its rows)."""
-        keys: set[str] = set()
-        for part in sorted(self.dir.glob("part-*.parquet")):
-            try:
-                meta = pq.read_schema(part).metadata or {}
-            except (OSError, ValueError) as exc:
-                raise DataError(
-                    f"result part {part} is unreadable: {str(exc).splitlines()[0]}"
-                ) from None
-            if KEY_META in meta:
-                keys.add(meta[KEY_META].decode())
-        return keys
+        return {k for part in sorted(self.dir.glob("part-*.parquet")) for k, _ in part_keys(part)}

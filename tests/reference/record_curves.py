@@ -301,7 +301,10 @@ def record_sweep_units(ckpts: dict[str, MetaCheckpoint], work: Path) -> list[dic
                     "priors": {"n_tasks": 2, "n_configs": 8, "max_steps": 10},
                     "rows": [
                         {k: r[k] for k in ("strategy", "task", "seed", "trial", "step", "metric")}
-                        | {"value": plain(r["value"]), "hparams": r["hparams"]}
+                        | {
+                            "value": plain(r["value"]),
+                            "hparams": json.dumps(r["hparams"], sort_keys=True),
+                        }
                         for r in rows
                     ],
                 }
