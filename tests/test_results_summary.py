@@ -17,7 +17,7 @@ from raymeta.results import SCHEMA, make_plots, make_row, summarise
 from raymeta.results.curves import run_curves, validation_metric
 from raymeta.results.render import render
 from raymeta.results.schema import rows_to_table
-from raymeta.results.summary import mean_ci95, notes, t_quantile, win_rates
+from raymeta.results.summary import bootstrap_ci, mean_ci95, notes, t_quantile, win_rates
 from raymeta.results.synthetic import synthetic_rows
 
 
@@ -70,6 +70,24 @@ def test_mean_ci95_hand_computed() -> None:
     assert m1 == 7.0 and math.isnan(h1)
 
 
+def test_bootstrap_ci_respects_the_metric_range_and_is_seeded() -> None:
+    rng = np.random.default_rng(3)
+    losses = np.concatenate([rng.lognormal(-3, 0.5, 18), [40.0, 65.0]])  # heavy tailed MSEs
+    low, high = bootstrap_ci(losses)
+    m, half = mean_ci95(losses)
+    assert m - half < 0  # the Student-t interval claims a negative mean MSE is plausible
+    assert 0 < losses.min() <= low < m < high <= losses.max()
+    assert bootstrap_ci(losses) == (low, high)  # seeded: a report is reproducible
+    acc = np.array([1.0] * 9 + [0.55])  # accuracies near the top of [0, 1]
+    a_low, a_high = bootstrap_ci(acc)
+    assert 0.0 <= a_low < acc.mean() < a_high <= 1.0
+    assert mean_ci95(acc)[0] + mean_ci95(acc)[1] > 1.0  # t would go above 1
+    assert all(math.isnan(x) for x in bootstrap_ci([0.3])) and bootstrap_ci([2.0, 2.0]) == (
+        2.0,
+        2.0,
+    )
+
+
 def test_regret_and_rank_on_tiny_table() -> None:
     rows = [
         # task A: x=1 (seeds 0.5 and 1.5), y=2, z=3 -> regret 0, 0.5, 1; ranks 1, 2, 3
@@ -92,9 +110,12 @@ def test_regret_and_rank_on_tiny_table() -> None:
     assert out["x"]["n"] == 3 and out["x"]["tasks"] == 2 and out["x"]["seeds"] == 2
     # the task is the unit: A's seeds (0.5, 1.5) average to 1.0 first, then mean over tasks
     assert out["x"]["mean"] == pytest.approx(5.5) and out["x"]["median"] == pytest.approx(5.5)
-    half = 12.706204736174707 * np.std([1.0, 10.0], ddof=1) / np.sqrt(2)  # t(0.975, 1)
-    assert out["x"]["ci95"] == pytest.approx(half) and out["x"]["ci_low"] == pytest.approx(
-        5.5 - half
+    # bootstrap of two task means (1, 10): resampled means 1, 5.5, 10 with chance 1/4, 1/2,
+    # 1/4, so the 2.5% and 97.5% quantiles are the two values themselves
+    assert (out["x"]["ci_low"], out["x"]["ci_high"], out["x"]["ci_kind"]) == (
+        1.0,
+        10.0,
+        "bootstrap",
     )
     # y and z gave the same value on both seeds of A, the only task with two seeds
     assert [out[k]["seed_invariant"] for k in "xyz"] == [False, True, True]
@@ -138,17 +159,21 @@ def test_identical_seeds_count_once_and_ci_is_over_tasks() -> None:
     t = np.array([1.0, 2.0, 10.0])
     t_975_df2 = 4.302652729749462  # scipy.stats.t.ppf(0.975, 2)
     assert fixed["mean"] == pytest.approx(t.mean()) and fixed["median"] == 2.0
-    assert fixed["ci95"] == pytest.approx(t_975_df2 * t.std(ddof=1) / np.sqrt(3), rel=1e-9)
+    assert (fixed["ci_low"], fixed["ci_high"]) == bootstrap_ci(t)
     # counting the 9 identical runs as samples would have given a far narrower interval
-    runs = np.repeat(t, 3)
-    assert fixed["ci95"] > 2 * 2.306004135204166 * runs.std(ddof=1) / np.sqrt(9)
+    wide, narrow = np.diff(bootstrap_ci(t))[0], np.diff(bootstrap_ci(np.repeat(t, 3)))[0]
+    assert wide > 1.4 * narrow
+    # the Student-t interval (kept for benchmarks) would reach below 0 for these losses
+    assert t.mean() - t_975_df2 * t.std(ddof=1) / np.sqrt(3) < 0 < fixed["ci_low"]
     per_task = np.array([0.7, 2.0, 4.0])  # noisy: seeds averaged per task first
     assert out["noisy"]["mean"] == pytest.approx(per_task.mean())
     assert out["noisy"]["median"] == pytest.approx(2.0) and out["noisy"]["n"] == 6
     said = notes(list(out.values()), {})
     assert said == [
         "fixed: seeds are identical by construction (each task gave exactly the same value on "
-        "every seed); its CI counts 3 tasks, not 9 runs"
+        "every seed); its CI counts 3 tasks, not 9 runs",
+        "every group has fewer than 5 tasks; a bootstrap CI over so few understates the "
+        "uncertainty (read it as the spread of the task means)",
     ]
 
 
@@ -375,7 +400,7 @@ def test_render_formats() -> None:
     assert pair["rate"] == rate and pair["tasks"] == 2
     one = summarise(rows_to_table([_final("x", "A", 0, 1.0)]))
     assert (
-        json.loads(render(one, "json"))["strategies"][0]["ci95"] is None
+        json.loads(render(one, "json"))["strategies"][0]["ci_low"] is None
     )  # NaN -> null, valid JSON
     assert "-" in render(one, "table").splitlines()[2]
 

@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raymeta.cli._common import add_command, address_arg, int_arg, path_arg
-from raymeta.options import renamed
+from raymeta.cli._common import add_command, address_arg, int_arg
+from raymeta.options import add_renamed
+from raymeta.paths import output_arg
 
 STRATEGIES = (("meta", "learned"), ("scratch", "broad"))
+LABEL = "quickstart"  # the tune runs' sweep label: what 'raymeta report' groups them by
 
 
 def add_parser(sub: Any) -> None:
@@ -32,7 +34,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--out",
-        type=path_arg,
+        type=output_arg("--out"),
         default="runs/quickstart",
         help="working directory for every artifact",
     )
@@ -42,12 +44,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--workers", type=int_arg(1, 1024), default=2, help="Ray Train workers")
     p.add_argument("--tasks", type=int_arg(1, 10_000), default=3, help="held-out tasks to tune")
     p.add_argument("--trials", type=int_arg(1, 100_000), default=4, help="PBT trials per task")
-    p.add_argument(
-        "--population",
-        type=int_arg(1, 100_000),
-        default=None,
-        help="deprecated name of --trials (one member per trial here, so the same number)",
-    )
+    add_renamed(p, "--population", "--trials", type=int_arg(1, 100_000))
     p.add_argument(
         "--budget",
         type=int_arg(1),
@@ -85,8 +82,6 @@ def _stage(msg: str) -> float:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import pyarrow as pa
-
     from raymeta.core.checkpoint import load_meta_checkpoint, write_priors
     from raymeta.core.train import MetaTrainConfig
     from raymeta.errors import ConfigError
@@ -95,11 +90,9 @@ def _run(args: argparse.Namespace) -> int:
     from raymeta.orchestration.ray_runtime import ray_context
     from raymeta.orchestration.tune.request import TuneRequest
     from raymeta.orchestration.tune.run import run_tune
-    from raymeta.results import read_results
-    from raymeta.results.render import render
-    from raymeta.results.summary import notes, summarise, win_rates
+    from raymeta.results import report as results_report
+    from raymeta.results.discover import find_datasets
 
-    renamed(args, "population", "trials")
     if args.smoke_test:
         args.steps, args.tasks, args.trials, args.budget = 40, 1, 2, 40
     for name in ("steps", "workers", "tasks", "trials", "budget"):
@@ -157,7 +150,7 @@ def _run(args: argparse.Namespace) -> int:
         t = _stage(
             f"3/4 tuning {args.tasks} held-out tasks: PBT x{args.trials}, meta+learned vs scratch+broad"
         )
-        tables = []
+        runs: list[Path] = []
         for i in range(args.tasks):
             for init, prior in STRATEGIES:
                 run_out = out / "tune" / f"task{i}-{init}-{prior}"
@@ -170,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
                     prior=prior,
                     out=run_out,
                     seed=i,
-                    label="quickstart",
+                    label=LABEL,
                 )
                 report: dict[str, Any] = run_tune(request, verbose=0)
                 best = report["best"]
@@ -178,15 +171,19 @@ def _run(args: argparse.Namespace) -> int:
                     f"   sinusoid:{i:<3} {init}+{prior}+pbt  test MSE {best['test_loss']:.4f}  ({report.get('wall_s', 0):.1f}s)",
                     flush=True,
                 )
-                tables.append(read_results(run_out / "results", sweep="quickstart"))
+                runs.append(run_out)
         print(f"   done in {time.perf_counter() - t:.1f}s")
 
     _stage("4/4 comparison (target = the scratch run's final best validation loss on each task)")
-    table = pa.concat_tables(tables)
-    rows, wins = summarise(table), win_rates(table)
-    print(render(rows, "table", wins=wins, notes=notes(rows, wins)))
+    # the table 'raymeta report' gives over the same runs, so the hint below reproduces it
+    print(results_report(runs, sweep=LABEL).text)
     print(f"\nquickstart finished in {time.perf_counter() - t_all:.0f}s; artifacts in {out}/")
+    tune_dir = out / "tune"
+    found = {d.root.resolve() for d in find_datasets(tune_dir)}
+    # the directory only when it holds no other runs (say of an earlier, larger quickstart)
+    same = found == {(r / "results").resolve() for r in runs}
+    where = str(tune_dir) if same else " ".join(str(r) for r in runs)
     print(
-        f"next: raymeta priors show --meta {meta}; raymeta report {out}/tune/task0-meta-learned/results --plots {out}/plots"
+        f"next: raymeta priors show --meta {meta}; raymeta report {where} --sweep {LABEL} --plots {out}/plots"
     )
     return 0

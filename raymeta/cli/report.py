@@ -1,12 +1,16 @@
-"""``raymeta report RESULTS_DIR``: per-strategy table of a results dataset, plus PNG plots."""
+"""``raymeta report PATH [PATH ...]``: per-sweep, per-strategy table of the results under the
+paths (datasets, tune run directories, folders of either, globs), plus PNG plots."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from typing import Any
 
 from raymeta.cli._common import add_command
+from raymeta.errors import ConfigError
+from raymeta.paths import output_arg
 from raymeta.results.reporting import FORMATS
 
 
@@ -14,19 +18,28 @@ def add_parser(sub: Any) -> None:
     p = add_command(
         sub,
         "report",
-        "summarise a results dataset: per-strategy mean, median and 95-percent CI over tasks, regret, rank, time to target, pairwise per-task win rates and notes; PNG plots",
+        "summarise results: per sweep and strategy, mean, median and 95-percent bootstrap CI over tasks, regret, rank, time to target, pairwise per-task win rates and notes; PNG plots",
         run,
     )
     p.add_argument(
-        "results_dir",
-        metavar="RESULTS_DIR",
-        help="results dataset written by 'raymeta sweep' (holds _schema.json)",
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="results written by 'raymeta tune' or 'raymeta sweep': a tune run directory, a results dataset (holds _schema.json), a directory holding such things at any depth, or a glob (quoted or not); all are read as one table",
     )
+    p.add_argument("--sweep", metavar="NAME", help="only this sweep (default: every sweep found)")
     p.add_argument(
-        "--sweep", metavar="NAME", help="only this sweep (default: every sweep in the dataset)"
+        "--pool",
+        action="store_true",
+        help="pool each strategy over sweeps (default: a strategy in two sweeps is two groups, shown as sweep/strategy)",
     )
     p.add_argument("--format", choices=FORMATS, default="table", help="output format")
-    p.add_argument("--plots", metavar="DIR", help="also write PNG plots into DIR")
+    p.add_argument(
+        "--plots",
+        type=output_arg("--plots"),
+        metavar="DIR",
+        help="also write PNG plots of the metric's validation curves (val_accuracy for test_accuracy) into DIR",
+    )
     p.add_argument(
         "--metric",
         default="test_loss",
@@ -42,9 +55,12 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from raymeta.results.reporting import report
 
+    if args.plots and importlib.util.find_spec("matplotlib") is None:  # before reading results
+        raise ConfigError("--plots needs matplotlib: pip install 'raymeta[plots]'")
     rep = report(
-        args.results_dir,
+        args.paths,
         sweep=args.sweep,
+        pool=args.pool,
         metric=args.metric,
         target=args.target,
         format=args.format,

@@ -58,11 +58,22 @@ class Curve:
         return float(self.budget[hit[0]]), float(self.wall[hit[0]])
 
 
-def task_ids(rows: pa.Table) -> list[str]:
-    """Task names, qualified as ``sweep/task`` when several sweeps are read together so that
-    equal task names from different sweeps never merge into one run."""
+def qualify_tasks(table: pa.Table) -> bool:
+    """Whether task names must be qualified as ``sweep/task``: only when some strategy appears
+    in several sweeps (pooled sweeps), so that its runs from different sweeps never merge. When
+    every strategy (or ``sweep/strategy`` group label) belongs to one sweep, equal task names
+    are the same task, and strategies from different sweeps are compared on it."""
+    if table.num_rows == 0 or len(table["sweep"].unique()) <= 1:
+        return False
+    pairs = table.select(["strategy", "sweep"]).group_by(["strategy", "sweep"]).aggregate([])
+    return pairs.num_rows > len(pairs["strategy"].unique())
+
+
+def task_ids(rows: pa.Table, qualify: bool | None = None) -> list[str]:
+    """Task names, as ``sweep/task`` when ``qualify`` (default: ``qualify_tasks(rows)``; pass
+    the full table's answer when ``rows`` is a part of it)."""
     tasks = rows["task"].to_pylist()
-    if len(rows["sweep"].unique()) <= 1:
+    if not (qualify_tasks(rows) if qualify is None else qualify):
         return tasks
     return [f"{s}/{t}" for s, t in zip(rows["sweep"].to_pylist(), tasks, strict=True)]
 
@@ -97,7 +108,7 @@ def run_curves(table: pa.Table, metric: str) -> dict[RunKey, Curve]:
     if rows.num_rows == 0:
         return {}
     s_code, s_names = _codes(rows["strategy"].to_pylist())
-    t_code, t_names = _codes(task_ids(rows))
+    t_code, t_names = _codes(task_ids(rows, qualify_tasks(table)))
     seed = rows["seed"].to_numpy()
     trial, _ = _codes(rows["trial"].to_pylist())
     step = rows["step"].to_numpy()

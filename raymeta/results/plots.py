@@ -1,5 +1,6 @@
-"""PNG plots of a results table: anytime best validation loss against member-steps and against
-wall time, and the strategies' average rank over the budget.
+"""PNG plots of a results table: the anytime best of one validation metric (``val_loss``, or
+``val_accuracy`` when accuracy is compared) against member-steps and against wall time, and
+the strategies' average rank over the budget.
 
 Why medians with an interquartile band: a few diverged or lucky runs should not dominate a
 curve that summarises dozens of tasks. Uses matplotlib's object API (no pyplot global state),
@@ -110,7 +111,7 @@ def _curve_plot(groups: dict[str, list[Curve]], axis: str, metric: str, path: Pa
     return _save(fig, path)
 
 
-def _rank_plot(curves: dict[RunKey, Curve], path: Path) -> Path | None:
+def _rank_plot(curves: dict[RunKey, Curve], metric: str, path: Path) -> Path | None:
     from matplotlib.figure import Figure
 
     strategies = sorted({k[0] for k in curves})
@@ -147,7 +148,7 @@ def _rank_plot(curves: dict[RunKey, Curve], path: Path) -> Path | None:
     ax.set_xlabel("budget: member-steps (summed over the run's members)")
     ax.set_ylabel("average rank (1 = best)")
     ax.set_title(
-        f"Average rank of anytime best validation loss over budget\n{len(complete)} task x seed pairs; a run not started yet ranks last, a finished one keeps its best"
+        f"Average rank of anytime best {metric} over budget\n{len(complete)} task x seed pairs; a run not started yet ranks last, a finished one keeps its best"
     )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(title="strategy", fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1))
@@ -155,7 +156,8 @@ def _rank_plot(curves: dict[RunKey, Curve], path: Path) -> Path | None:
 
 
 def make_plots(table: pa.Table, out_dir: str | Path, metric: str = "val_loss") -> list[Path]:
-    """Write the PNGs into ``out_dir`` (atomically each) and return their paths."""
+    """Write the PNGs of ``metric`` (a validation metric; accuracies are drawn on a linear
+    axis, losses on a log axis) into ``out_dir`` (atomically each) and return their paths."""
     curves = run_curves(table, metric)
     if not curves:
         raise DataError(f"no {metric!r} rows to plot")
@@ -165,7 +167,7 @@ def make_plots(table: pa.Table, out_dir: str | Path, metric: str = "val_loss") -
         _curve_plot(groups, "budget", metric, out / f"best_{metric}_vs_member_steps.png"),
         _curve_plot(groups, "wall", metric, out / f"best_{metric}_vs_wall_time.png"),
     ]
-    rank = _rank_plot(curves, out / f"rank_vs_budget_{metric}.png")
+    rank = _rank_plot(curves, metric, out / f"rank_vs_budget_{metric}.png")
     if rank is not None:
         paths.append(rank)
     return paths

@@ -8,6 +8,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from raymeta.results.summary import CI_DESCRIPTION
+
 FORMATS = ("table", "markdown", "json")
 
 
@@ -20,13 +22,14 @@ def _num(x: float | None, digits: int = 4) -> str:
 
 
 def _cells(summary: Sequence[dict[str, Any]], metric: str) -> tuple[list[str], list[list[str]]]:
+    kind = next((d["ci_kind"] for d in summary if d.get("ci_kind")), "")
     head = [
-        "strategy",
+        "sweep/strategy" if any("/" in d["strategy"] for d in summary) else "strategy",
         "n",
         "tasks",
         f"{metric} mean",
         "median",
-        "95% CI",
+        f"95% CI ({kind})" if kind else "95% CI",
         "regret",
         "rank",
         "member-steps to target",
@@ -35,7 +38,7 @@ def _cells(summary: Sequence[dict[str, Any]], metric: str) -> tuple[list[str], l
     ]
     body = []
     for d in summary:
-        ci = "-" if math.isnan(d["ci95"]) else f"[{_num(d['ci_low'])}, {_num(d['ci_high'])}]"
+        ci = "-" if math.isnan(d["ci_low"]) else f"[{_num(d['ci_low'])}, {_num(d['ci_high'])}]"
         n = f"{d['n']}" + (f" ({d['failed']} diverged)" if d["failed"] else "")
         steps = "-" if d["steps_to_target"] is None else f"{d['steps_to_target']:.0f}"
         body.append(
@@ -109,6 +112,7 @@ def render(
     *,
     wins: Wins | None = None,
     notes: Sequence[str] | None = None,
+    scope: str | None = None,
 ) -> str:
     """Text for ``raymeta report``; targets and medians are explained in a footer line. With
     ``wins`` (from ``win_rates``) a pairwise win-rate matrix follows the table, then ``notes``
@@ -118,6 +122,8 @@ def render(
         doc: dict[str, Any] = {
             "metric": metric,
             "target": target,
+            "scope": scope,
+            "interval": CI_DESCRIPTION,
             "strategies": [{k: _json_safe(v) for k, v in d.items()} for d in summary],
         }
         if wins is not None:
@@ -131,12 +137,12 @@ def render(
     head, body = _cells(summary, metric)
     tgt = f"{target:g}" if target is not None else "per task, the worst strategy's mean final best"
     note = (
-        "mean, median, 95% CI: over tasks, each task averaged over its seeds; regret: mean "
-        "normalised per task (0 best, 1 worst); rank: mean over tasks (1 best); to target: "
-        f"median over runs, target validation value = {tgt}"
+        f"mean, median, CI: over tasks, each task averaged over its seeds; {CI_DESCRIPTION}; "
+        "regret: mean normalised per task (0 best, 1 worst); rank: mean over tasks (1 best); "
+        f"to target: median over runs, target validation value = {tgt}"
     )
     table = _markdown if fmt == "markdown" else _aligned
-    lines = [*table(head, body), "", note]
+    lines = [*table(head, body), "", note, *([scope] if scope else [])]
     if wins is not None and len(summary) > 1:
         lines += ["", *table(*_win_matrix(summary, wins)), ""]
         lines.append(

@@ -1,13 +1,19 @@
-"""Per-strategy aggregation: mean, median and 95% CI of the test metric over tasks, normalised
-regret, average rank, member-steps / wall time to reach a target, pairwise win rates and notes.
+"""Per-strategy aggregation: mean, median and 95% bootstrap CI of the test metric over tasks,
+normalised regret, average rank, member-steps / wall time to reach a target, pairwise win rates
+and notes.
 
 Why these: the unit of independence is the task, so each (strategy, task) is first averaged
-over its seeds and the mean, its Student-t CI and the median are taken over tasks (seeds that
-are identical by construction, e.g. a fixed default configuration, would otherwise count as
-independent samples and shrink the CI); the median next to the mean and the per-task win rates
-show the distribution, not just its centre, and ``notes`` says when a few tasks drive a mean
-difference. Regret min-max normalised per task and ranks make tasks of different loss scales
-comparable; time to target is the speed-up a warm start buys (the FSBO/piBO way of reporting it).
+over its seeds and the mean, its CI and the median are taken over tasks (seeds that are
+identical by construction, e.g. a fixed default configuration, would otherwise count as
+independent samples and shrink the CI). The CI is a seeded percentile bootstrap of the mean
+(``bootstrap_ci``): losses are non-negative and heavy tailed and accuracies live in [0, 1],
+and a Student-t interval (``mean_ci95``, kept for callers that want it) can leave both ranges
+(a mean MSE "in [-2.7, 4.7]"); a percentile interval never leaves the range of the task
+values, and the fixed seed keeps a report reproducible. The median next to the mean and the
+per-task win rates show the distribution, not just its centre, and ``notes`` says when a few
+tasks drive a mean difference. Regret min-max normalised per task and ranks make tasks of
+different loss scales comparable; time to target is the speed-up a warm start buys (the
+FSBO/piBO way of reporting it).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from raymeta.results.curves import (
     RunKey,
     higher_is_better,
     oriented,
+    qualify_tasks,
     run_curves,
     task_ids,
     validation_metric,
@@ -78,6 +85,46 @@ def mean_ci95(values: Iterable[float]) -> tuple[float, float]:
     return float(v.mean()), t_quantile(0.975, v.size - 1) * se
 
 
+CI_LEVEL = 0.95
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+FEW_TASKS = 5  # below this a percentile bootstrap interval is noticeably too narrow
+CI_KIND = "bootstrap"
+CI_DESCRIPTION = (
+    f"{CI_LEVEL:.0%} CI: percentile bootstrap of the mean over tasks "
+    f"({BOOTSTRAP_RESAMPLES} resamples, seeded)"
+)
+
+
+def bootstrap_ci(
+    values: Iterable[float],
+    level: float = CI_LEVEL,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """(low, high) percentile-bootstrap interval of the mean; NaNs for fewer than 2 values.
+
+    Always inside [min, max] of ``values`` (so >= 0 for a loss, inside [0, 1] for an
+    accuracy) and the same for the same values (fixed ``seed``). Resampled in chunks so a
+    many-task dataset stays within a few MB."""
+    v = np.asarray(list(values), dtype=np.float64)
+    if v.size < 2:
+        return float("nan"), float("nan")
+    lo_v, hi_v = float(v.min()), float(v.max())
+    if lo_v == hi_v:
+        return lo_v, hi_v
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 1_000_000 // v.size)
+    means = np.concatenate(
+        [
+            v[rng.integers(0, v.size, size=(min(chunk, resamples - i), v.size))].mean(axis=1)
+            for i in range(0, resamples, chunk)
+        ]
+    )
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(np.clip(lo, lo_v, hi_v)), float(np.clip(hi, lo_v, hi_v))
+
+
 def _avg_ranks(values: dict[str, float]) -> dict[str, float]:
     """Rank 1 = best (lowest); ties share the average of their ranks."""
     items = sorted(values.items(), key=lambda kv: kv[1])
@@ -128,7 +175,7 @@ def final_values(table: pa.Table, metric: str) -> dict[RunKey, float]:
     out: dict[RunKey, tuple[int, list[float]]] = {}
     cols = [
         rows["strategy"].to_pylist(),
-        task_ids(rows),
+        task_ids(rows, qualify_tasks(table)),
         *(rows[c].to_pylist() for c in ("seed", "step", "value")),
     ]
     for s, t, seed, step, v in zip(*cols, strict=True):
@@ -187,8 +234,9 @@ def summarise(
     """One dict per strategy, best average rank first. See module docstring for the columns.
 
     Columns: ``n`` runs (strategy, task, seed), ``tasks``, ``seeds`` (distinct seeds);
-    ``mean``, ``median`` and the 95% Student-t interval (``ci95`` half-width, ``ci_low``,
-    ``ci_high``) of the final ``metric`` over tasks, each task's value being the mean of its
+    ``mean``, ``median`` and the 95% percentile-bootstrap interval of the mean (``ci_low``,
+    ``ci_high``, ``ci_kind``; see ``bootstrap_ci``) of the final ``metric`` over tasks, each
+    task's value being the mean of its
     finite seeds (a task whose seeds all diverged is left out; ``failed`` counts diverged
     runs); ``seed_invariant``: every task with >= 2 seeds gave exactly the same value on all of
     them (its seeds are no independent samples; the CI counts tasks either way).
@@ -229,7 +277,8 @@ def summarise(
         task_means = [
             float(np.mean(ok)) for vs in per_task if (ok := [v for v in vs if math.isfinite(v)])
         ]
-        mean, half = mean_ci95(task_means)
+        mean = float(np.mean(task_means)) if task_means else float("nan")
+        low, high = bootstrap_ci(task_means)
         hits = [curves[k].first_reaching(task_target[k[1]]) for k in curves if k[0] == s]
         out.append(
             {
@@ -240,9 +289,9 @@ def summarise(
                 "seed_invariant": _seed_invariant(per_task),
                 "mean": mean,
                 "median": float(np.median(task_means)) if task_means else float("nan"),
-                "ci95": half,
-                "ci_low": mean - half,
-                "ci_high": mean + half,
+                "ci_low": low,
+                "ci_high": high,
+                "ci_kind": CI_KIND,
                 "failed": len(vals) - len(finite),
                 "regret": regret[s],
                 "rank": rank[s],
@@ -319,7 +368,7 @@ def notes(
     summary_rows: Sequence[dict[str, Any]], wins: dict[tuple[str, str], dict[str, Any]]
 ) -> list[str]:
     """Sentences for the report: strategies whose seeds are identical (so its CI counts tasks,
-    not runs) and strategy pairs whose mean difference a few tasks drive (each pair once, the
+    not runs), strategies with too few tasks for a bootstrap CI to mean much, and strategy pairs whose mean difference a few tasks drive (each pair once, the
     better-ranked strategy first)."""
     out = []
     for d in summary_rows:
@@ -328,6 +377,13 @@ def notes(
                 f"{d['strategy']}: seeds are identical by construction (each task gave exactly "
                 f"the same value on every seed); its CI counts {d['tasks']} tasks, not {d['n']} runs"
             )
+    few = [d["strategy"] for d in summary_rows if 2 <= d.get("tasks", 0) < FEW_TASKS]
+    if few:
+        who = "every group has" if len(few) == len(summary_rows) else f"{', '.join(few)}: have"
+        out.append(
+            f"{who} fewer than {FEW_TASKS} tasks; a bootstrap CI over so few understates the "
+            "uncertainty (read it as the spread of the task means)"
+        )
     order = [d["strategy"] for d in summary_rows]
     order += sorted({s for pair in wins for s in pair} - set(order))
     for i, a in enumerate(order):
