@@ -107,10 +107,25 @@ def test_run_unit_rows(meta_dir: Path, tmp_path: Path) -> None:
     assert len(val) == len(fixed) and val != [r["value"] for r in fixed]
 
 
-def test_killed_sweep_resumes_exactly_once(
+_BATCHED = (
+    "import sys; from pathlib import Path; "
+    "from raymeta.orchestration.sweep.config import load_sweep; "
+    "from raymeta.orchestration.sweep.run import run_sweep; "
+    "run_sweep(load_sweep(sys.argv[1]), Path(sys.argv[2]), address=sys.argv[3], flush_units=2)"
+)
+
+
+def test_killed_batched_sweep_resumes_exactly_once(
     ray_session: None, meta_dir: Path, tmp_path: Path
 ) -> None:
+    """A sweep writing 2 units per part is SIGKILLed mid-sweep; the CLI rerun (default batches)
+    finishes it: every published part is whole, no unit is missing and none is duplicated, and
+    the dataset reads in one line with pandas and pyarrow."""
+    import pandas as pd
+    import pyarrow.parquet as pq
     import ray
+
+    from raymeta.results.sink import ResultSink, part_keys
 
     address = ray.get_runtime_context().gcs_address
     spec = _write(
@@ -124,20 +139,9 @@ def test_killed_sweep_resumes_exactly_once(
         interval=10,
     )
     out = tmp_path / "results"
-    cmd = [
-        sys.executable,
-        "-m",
-        "raymeta.cli.main",
-        "sweep",
-        str(spec),
-        "--out",
-        str(out),
-        "--address",
-        address,
-    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        cmd,
+        [sys.executable, "-c", _BATCHED, str(spec), str(out), address],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -146,20 +150,27 @@ def test_killed_sweep_resumes_exactly_once(
     )
     parts = out / "sweep=kill"
     deadline = time.time() + 240
-    while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 3 and proc.poll() is None:
+    while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 2 and proc.poll() is None:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # a real kill, mid-sweep
     proc.wait(timeout=30)
-    done_before = len(list(parts.glob("*.parquet")))
+    published = sorted(parts.glob("part-*.parquet"))
+    assert all(len(part_keys(p)) == 2 for p in published)  # whole batches only
+    done_before = len(ResultSink(out, "kill").done_keys())
     assert 0 < done_before < 12
-    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    cmd = [sys.executable, "-m", "raymeta.cli.main", "sweep", str(spec), "--out", str(out)]
+    rerun = subprocess.run(
+        [*cmd, "--address", address], capture_output=True, text=True, env=env, timeout=600
+    )
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert f"{done_before} already done" in rerun.stdout or "already done" in rerun.stdout
+    assert f"{done_before} already done" in rerun.stdout
     table = read_results(out, sweep="kill").to_pandas()
     finals = table[table.metric == "test_loss"]
     assert len(finals) == 12  # 2 strategies x 6 tasks x 1 seed, none missing
     assert not finals.duplicated(["strategy", "task", "seed"]).any()
     assert not table.duplicated(["strategy", "task", "seed", "trial", "step", "metric"]).any()
+    assert len(list(parts.glob("part-*.parquet"))) == len(published) + 1  # rest: one batch
+    assert len(pd.read_parquet(out)) == len(pq.read_table(out)) == len(table)
     assert load_sweep(spec).name == "kill"
 
 
