@@ -1,5 +1,6 @@
 """Results layer: the long/tidy results schema, an exactly-once Parquet sink, the reader,
-aggregation (CI, normalised regret, rank, time to target), plots and the report.
+aggregation (CI, normalised regret, rank, time to target), plots and the report over every
+dataset found under the paths given (``find_datasets``).
 
 Imports pyarrow, numpy and matplotlib only (matplotlib lazily, inside ``make_plots``); never
 ray or torch. Row conventions (metric names, what ``step``, ``trial`` and ``wall_s`` mean) are
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 from raymeta.lazy import lazy_attributes
 
 if TYPE_CHECKING:
+    from raymeta.results.discover import find_datasets
     from raymeta.results.plots import make_plots
     from raymeta.results.reader import list_sweeps, read_results
     from raymeta.results.reporting import Report, report
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from raymeta.results.summary import summarise
 
 _WHERE = {
+    "find_datasets": ".discover",
     "make_plots": ".plots",
     "list_sweeps": ".reader",
     "read_results": ".reader",
@@ -39,6 +42,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Report",
     "ResultSink",
+    "find_datasets",
     "list_sweeps",
     "make_plots",
     "make_row",
