@@ -43,15 +43,54 @@ def parse_options(items: Any, what: str) -> dict[str, Any]:
     return out
 
 
-def renamed(args: argparse.Namespace, old: str, new: str) -> None:
+def renamed(args: argparse.Namespace, old: str, new: str, default: Any = None) -> None:
     """A deprecated flag ``--old`` (or config key) still works as ``--new``, with a one-line
-    ``raymeta: warning:``; both at once is an error unless they agree."""
+    ``raymeta: warning:``; both at once is an error unless they agree (``default``: the value
+    ``--new`` has when not given)."""
     value = getattr(args, old, None)
     if value is None:
         return
-    flag, new_flag = "--" + old.replace("_", "-"), "--" + new.replace("_", "-")
-    if getattr(args, new, None) not in (None, value):
+    flag, new_flag = _shown(old), "--" + new.replace("_", "-")
+    if getattr(args, new, None) not in (None, default, value):
         raise ConfigError(f"give {new_flag}, not both it and the deprecated {flag}")
     warnings.warn(f"{flag} is deprecated, use {new_flag}", DeprecatedOption, stacklevel=2)
     setattr(args, new, value)
     setattr(args, old, None)
+
+
+def _shown(dest: str) -> str:
+    """How a deprecated spelling reads in its warning: ``--old-flag``, or for a positional
+    (dest ``positional_out``) ``the positional OUT``."""
+    if dest.startswith("positional_"):
+        return f"the positional {dest.removeprefix('positional_').upper()}"
+    return "--" + dest.replace("_", "-")
+
+
+def add_renamed(
+    parser: argparse.ArgumentParser, old: str, new: str, **kwargs: Any
+) -> argparse.Action:
+    """Declare ``old`` a deprecated spelling of the flag ``new``: ``--old`` (also a config key
+    ``old``) or, for a positional that became a flag, ``OUT`` (an optional positional). It
+    still works; ``apply_renamed`` (run by the CLI after the config file) moves its value to
+    ``new`` with one warning. Declared, not handled per command, so one check over the parser
+    tree can see every alias (tests/test_cli_conventions.py)."""
+    new_dest = new.lstrip("-").replace("-", "_")
+    kwargs.setdefault("help", argparse.SUPPRESS)  # --help shows one name per idea
+    if old.startswith("-"):
+        if kwargs.get("action") == "store_true":
+            kwargs.setdefault("default", None)  # None: not given, so it never overrides --new
+        act = parser.add_argument(old, **kwargs)
+    else:
+        kwargs.setdefault("metavar", old)
+        act = parser.add_argument(f"positional_{old.lower()}", nargs="?", **kwargs)
+    act.renamed_to = new_dest  # type: ignore[attr-defined]
+    return act
+
+
+def apply_renamed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every ``add_renamed`` alias of ``parser`` that was given: its value moves to the new
+    name, with one ``raymeta: warning:`` line each."""
+    for act in parser._actions:  # noqa: SLF001 - argparse exposes no public accessor
+        new = getattr(act, "renamed_to", None)
+        if new is not None:
+            renamed(args, act.dest, new, parser.get_default(new))

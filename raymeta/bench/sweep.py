@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+from raymeta.options import add_renamed
+
 HELP = "large sweep: wall time, peak memory and the strategy table"
 STRATEGIES = [
     "scratch+broad+random",
@@ -26,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", type=int, default=200, help="held-out tasks")
     p.add_argument("--population", type=int, default=8, help="members per unit")
     p.add_argument("--steps-per-member", type=int, default=50, help="steps of every member")
-    p.add_argument("--budget", type=int, default=None, help="deprecated name of --steps-per-member")
+    add_renamed(p, "--budget", "--steps-per-member", type=int)
     p.add_argument(
         "--meta-steps", type=int, default=1000, help="meta-training steps for the checkpoint"
     )
@@ -82,9 +84,6 @@ class _PeakRSS:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raymeta.options import renamed
-
-    renamed(args, "budget", "steps_per_member")
     from raymeta.core.checkpoint import load_meta_checkpoint, save_meta_checkpoint, write_priors
     from raymeta.core.train import MetaTrainConfig, meta_train
     from raymeta.finetune import fit_priors

@@ -20,6 +20,8 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from raymeta.options import add_renamed
+
 HELP = "tune: packed vs one-member trials, and time to quality of warm-started PBT"
 
 
@@ -37,11 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tasks", type=int, default=3, help="held-out tasks for (b); 0 skips (b)")
     p.add_argument("--trials", type=int, default=4, help="Ray Tune trials for (b)")
-    p.add_argument("--population", type=int, default=None, help="deprecated name of --trials")
+    add_renamed(p, "--population", "--trials", type=int)
     p.add_argument(
         "--members-per-trial", type=int, default=4, help="packed members per trial for (b)"
     )
-    p.add_argument("--steps", type=int, default=100, help="steps per member for (b)")
+    p.add_argument("--steps-per-member", type=int, default=100, help="steps per member for (b)")
+    add_renamed(p, "--steps", "--steps-per-member", type=int)
     p.add_argument(
         "--packing-steps", type=int, default=1000, help="steps per member for (a); 0 skips (a)"
     )
@@ -168,17 +171,16 @@ def quality(
 
 
 def run(args: argparse.Namespace) -> int:
-    from raymeta.options import parse_options, renamed
+    from raymeta.options import parse_options
     from raymeta.orchestration.ray_runtime import ray_context
 
-    renamed(args, "population", "trials")
     task_options = parse_options(args.task_options, "task")
     with tempfile.TemporaryDirectory(prefix="raymeta-bench-tune-") as d, ray_context(None):
         work = Path(d)
         meta = (
             Path(args.meta)
             if args.meta
-            else _default_meta(args.family, args.meta_steps, args.steps, work)
+            else _default_meta(args.family, args.meta_steps, args.steps_per_member, work)
         )
         if args.packing_steps > 0:
             r = packing(meta, args.family, args.packing_steps, work)
@@ -195,12 +197,12 @@ def run(args: argparse.Namespace) -> int:
                 args.tasks,
                 args.trials,
                 args.members_per_trial,
-                args.steps,
+                args.steps_per_member,
                 work,
                 task_options,
             )
             print(
-                f"(b) time to quality, {args.trials}x{args.members_per_trial} members, {args.steps} steps each, PBT"
+                f"(b) time to quality, {args.trials}x{args.members_per_trial} members, {args.steps_per_member} steps each, PBT"
             )
             print(
                 f"    {'task':<22} {'scratch val':>11} {'meta val':>9} {'steps frac':>10} {'meta test':>9} {'scratch test':>12}"

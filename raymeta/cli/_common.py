@@ -14,16 +14,30 @@ from raymeta.errors import ConfigError
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Shows a flag's default only when it has a meaningful one (not None/False/suppressed)."""
+    """Help as plain text: every meaningful default shown (0 included; not None, False or
+    suppressed), and reStructuredText markup (double backquotes, from docstrings used as
+    descriptions) taken out so ``--help`` never shows it."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "%(default)" in text or default in (None, False, argparse.SUPPRESS) or "default" in text:
+        hidden = default is None or default is False or default is argparse.SUPPRESS
+        if hidden or "%(default)" in text or "default" in text:
             return text
         if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
             return text + " (default: %(default)s)"
         return text
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        return plain(super()._expand_help(action))
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return super()._fill_text(plain(text), width, indent)
+
+
+def plain(text: str) -> str:
+    """``text`` without reStructuredText inline markup: ``x`` and `x` become x."""
+    return text.replace("`", "")
 
 
 class Parser(argparse.ArgumentParser):
@@ -33,12 +47,21 @@ class Parser(argparse.ArgumentParser):
     exactly one ``raymeta: error:`` line for every bad input, so scripts and the bad-input tests
     can rely on one format. Abbreviated long options are refused (``allow_abbrev=False``): a
     config value could otherwise be silently overridden by a prefix like ``--task`` for
-    ``--tasks``. Subparsers inherit the class (argparse builds them with ``type(parent)``).
+    ``--tasks``. Subparsers inherit the class (argparse builds them with ``type(parent)``), so every
+    subcommand and sub-subcommand refuses abbreviations and uses ``HelpFormatter``.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def format_help(self) -> str:
+        """As argparse's; an ``epilog`` may be a function, called only when help is shown (so a
+        text that needs a heavy import costs nothing on every other command line)."""
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
 
     def error(self, message: str) -> NoReturn:
         where = self.prog.removeprefix("raymeta").strip()

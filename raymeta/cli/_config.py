@@ -23,12 +23,17 @@ _INTERNAL = ("help", "config", "func", "_parser")
 
 
 def _explicit_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The options given on the command line, in either form (``--tasks 30``, ``--tasks=30``;
+    abbreviations never reach here: the parser refuses them). A deprecated alias and its new
+    name count as one option, so a flag in either spelling wins over the file in either."""
     given = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
-    return {
-        act.dest
-        for act in parser._actions  # noqa: SLF001 - argparse exposes no public accessor
-        if any(opt in given for opt in act.option_strings)
-    }
+    actions = parser._actions  # noqa: SLF001 - argparse exposes no public accessor
+    explicit = {act.dest for act in actions if any(opt in given for opt in act.option_strings)}
+    for act in actions:
+        new = getattr(act, "renamed_to", None)  # options.add_renamed
+        if new is not None and (act.dest in explicit or new in explicit):
+            explicit |= {act.dest, new}
+    return explicit
 
 
 def _coerce(act: argparse.Action, key: str, value: Any, where: str) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 
 from raymeta.cli._common import HelpFormatter, Parser
 from raymeta.cli._config import apply_config
+from raymeta.options import apply_renamed
 
 BENCHES = {
     "engine": (
@@ -41,23 +42,28 @@ def add_parser(sub: Any) -> None:
         help="run a performance or quality benchmark",
         description=__doc__,
         epilog=f"benchmarks:\n{lines}\n\nRun 'raymeta bench WHAT --help' for its options.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("what", choices=list(BENCHES), metavar="WHAT", help="which benchmark")
     p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
-    modname, help_text = BENCHES[args.what]
-    mod = importlib.import_module(modname)
-    bp = Parser(
-        prog=f"raymeta bench {args.what}", description=mod.HELP, formatter_class=HelpFormatter
-    )
+def bench_parser(what: str) -> Parser:
+    """The parser of ``raymeta bench WHAT`` (imports that benchmark's module, not torch)."""
+    mod = importlib.import_module(BENCHES[what][0])
+    bp = Parser(prog=f"raymeta bench {what}", description=mod.HELP)
     bp.add_argument(
         "--config", metavar="FILE.yaml", help="YAML mapping of option: value (flags win over it)"
     )
     mod.add_arguments(bp)
+    bp.set_defaults(func=mod.run)
+    return bp
+
+
+def _run(args: argparse.Namespace) -> int:
+    bp = bench_parser(args.what)
     rest = list(args.rest)
     bargs = apply_config(bp, bp.parse_args(rest), rest)
-    return int(mod.run(bargs) or 0)
+    apply_renamed(bp, bargs)
+    return int(bargs.func(bargs) or 0)

@@ -19,6 +19,7 @@ from raymeta import __version__
 from raymeta.cli._common import Parser
 from raymeta.cli._config import apply_config
 from raymeta.errors import DeprecatedOption, RaymetaError
+from raymeta.options import apply_renamed
 
 COMMANDS = (
     "quickstart",
@@ -87,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub_parser = getattr(args, "_parser", None)
         if sub_parser is not None:
             args = apply_config(sub_parser, args, argv)
+            apply_renamed(sub_parser, args)
         rc = args.func(args)
         return int(rc or 0)
     except RaymetaError as exc:
