@@ -37,13 +37,13 @@ def main() -> int:
     )
     p.add_argument("--steps", type=int, default=2000, help="meta-training steps")
     p.add_argument("--algo", default="maml", help="maml, fomaml, reptile, metasgd or anil")
-    p.add_argument("--eval-tasks", type=int, default=500, help="held-out tasks to score")
+    p.add_argument("--test-tasks", type=int, default=500, help="held-out meta-test tasks to score")
     p.add_argument("--out", help="save the meta-checkpoint to this directory")
     p.add_argument(
         "--smoke-test", action="store_true", help="tiny run to check that everything works"
     )
     args = p.parse_args()
-    steps, n_eval = (20, 20) if args.smoke_test else (args.steps, args.eval_tasks)
+    steps, n_eval = (20, 20) if args.smoke_test else (args.steps, args.test_tasks)
 
     cfg = raymeta.MetaTrainConfig(
         family="sinusoid",
