@@ -8,10 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from raymeta.cli.main import main
 from raymeta.core.checkpoint import load_meta_checkpoint
 
 
-def test_quickstart_smoke(ray_session: None, tmp_path: Path) -> None:
+def test_quickstart_smoke(
+    ray_session: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import ray
 
     address = ray.get_runtime_context().gcs_address
@@ -31,6 +36,14 @@ def test_quickstart_smoke(ray_session: None, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "meta+learned+pbt" in proc.stdout and "scratch+broad+pbt" in proc.stdout
     assert "quickstart finished" in proc.stdout
+    # the hint's 'raymeta report' reproduces the comparison table quickstart printed
+    hint = next(ln for ln in proc.stdout.splitlines() if ln.startswith("next: "))
+    argv = hint.split("; ")[1].split()
+    assert argv[:3] == ["raymeta", "report", str(out / "tune")]
+    assert main(argv[1:]) == 0
+    printed = proc.stdout.split("\n== 4/4")[1].split("\n", 1)[1]
+    assert capsys.readouterr().out.strip() == printed.split("\nquickstart finished")[0].strip()
+    assert list((out / "plots").glob("*.png"))
     ckpt = load_meta_checkpoint(out / "meta")
     assert ckpt.priors is not None
     for run in ("task0-meta-learned", "task0-scratch-broad"):
