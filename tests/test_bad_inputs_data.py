@@ -31,7 +31,7 @@ def fx(tmp_path_factory: pytest.TempPathFactory, ckpt_dir: Path) -> dict[str, Pa
     tasks) and a results dataset, shared read-only by every case."""
     root = tmp_path_factory.mktemp("bad_inputs_fx")
     sin = root / "sin.parquet"
-    assert main(["data", "make-sinusoid", str(sin), "--tasks", "30"]) == 0
+    assert main(["data", "make-sinusoid", "--out", str(sin), "--tasks", "30"]) == 0
     pmeta = root / "pmeta"
     opts = {"path": str(sin), "shots": 5, "queries": 5}
     tr = meta_train(
@@ -314,6 +314,7 @@ DATA_CASES: dict[str, Callable[..., list[str]]] = {
     "make-sinusoid tasks -1": lambda tmp, fx: [
         "data",
         "make-sinusoid",
+        "--out",
         str(tmp / "o.parquet"),
         "--tasks",
         "-1",
@@ -321,6 +322,7 @@ DATA_CASES: dict[str, Callable[..., list[str]]] = {
     "make-sinusoid tasks 1e9": lambda tmp, fx: [
         "data",
         "make-sinusoid",
+        "--out",
         str(tmp / "o.parquet"),
         "--tasks",
         "1000000000",
@@ -328,6 +330,7 @@ DATA_CASES: dict[str, Callable[..., list[str]]] = {
     "make-sinusoid train-size 1e12": lambda tmp, fx: [
         "data",
         "make-sinusoid",
+        "--out",
         str(tmp / "o.parquet"),
         "--train-size",
         "1000000000000",
@@ -335,6 +338,7 @@ DATA_CASES: dict[str, Callable[..., list[str]]] = {
     "make-sinusoid tasks abc": lambda tmp, fx: [
         "data",
         "make-sinusoid",
+        "--out",
         str(tmp / "o.parquet"),
         "--tasks",
         "abc",
@@ -342,17 +346,20 @@ DATA_CASES: dict[str, Callable[..., list[str]]] = {
     "make-sinusoid out is a directory": lambda tmp, fx: [
         "data",
         "make-sinusoid",
+        "--out",
         str(tmp),
-        "--force",
+        "--overwrite",
     ],  # fmt: skip
     "make-sinusoid out's parent is a file": lambda tmp, fx: [
         "data",
         "make-sinusoid",
+        "--out",
         str(fx["sin"] / "o.parquet"),
     ],  # fmt: skip
     "make-sinusoid out unwritable": lambda tmp, fx: [
         "data",
         "make-sinusoid",
+        "--out",
         str(_unwritable(tmp) / "o.parquet"),
     ],  # fmt: skip
     "data without an action": lambda tmp, fx: ["data"],
