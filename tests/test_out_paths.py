@@ -62,3 +62,88 @@ def test_refused_runs_leave_no_parents(tmp_path: Path, capsys: pytest.CaptureFix
     with pytest.raises(ConfigError):
         sink.append([{"sweep": "other"}], key="k")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- object-store URIs
+
+
+def _exit_code(argv: list[str]) -> int:
+    """``main``'s exit status, whether it returns it or argparse exits with it."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["meta-train", *SMALL, "--out", "s3://bucket/meta"],
+        ["tune", "--meta", "m", "--task", "sinusoid:0", "--out", "s3://bucket/run"],
+        ["sweep", "sweep.yaml", "--out", "gs://bucket/results"],
+        ["predict", "--run", "r", "--input", "x.parquet", "--out", "s3://bucket/p.parquet"],
+        ["quickstart", "--out", "abfs://c@a.dfs.core.windows.net/q"],
+        ["report", "results", "--plots", "s3://bucket/plots"],
+        ["bench", "engine", "--json", "s3://bucket/b.json"],
+        ["data", "make-sinusoid", "--out", "nosuchfs://bucket/x.parquet"],
+        ["data", "make-sinusoid", "--out", "hdfs://namenode:8020/x.parquet"],
+    ],
+)
+def test_uri_outputs_are_one_line_errors_and_make_nothing(
+    argv: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Never a local directory ``s3:``: a URI an option cannot take is refused at parse time,
+    naming the options that take one; a URI pyarrow cannot open is refused before any work."""
+    monkeypatch.chdir(tmp_path)
+    assert _exit_code(argv) == 2
+    err = _err(capsys)
+    assert "--storage" in err or "cannot use this URI" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_file_uri_and_object_store_outputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from raymeta.paths import RemoteFile, writing
+    from raymeta.tasks.parquet import scan_tasks
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "my data" / "tasks.parquet"
+    uri = "file://" + str(out).replace(" ", "%20")
+    assert main(["data", "make-sinusoid", "--out", uri, "--tasks", "5"]) == 0
+    assert len(scan_tasks(out).files) == 1 and sorted(os.listdir(out.parent)) == [out.name]
+    # a URI pyarrow.fs opens goes through it: mock:// is pyarrow's in-memory filesystem
+    assert main(["data", "make-sinusoid", "--out", "mock:///b/t.parquet", "--tasks", "5"]) == 0
+    assert "wrote mock:///b/t.parquet" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ["my data"]
+    # RemoteFile over pyarrow's LocalFileSystem: a temporary name, then one move
+    target = f"file://{tmp_path}/remote/x.bin"
+    with pytest.raises(RuntimeError), writing(RemoteFile.open(target, "--out", False)) as local:
+        local.write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+    assert not (tmp_path / "remote").exists() or os.listdir(tmp_path / "remote") == []
+    with writing(RemoteFile.open(target, "--out", False)) as local:
+        local.write_bytes(b"whole")
+    assert os.listdir(tmp_path / "remote") == ["x.bin"]
+    assert (tmp_path / "remote" / "x.bin").read_bytes() == b"whole"
+    with pytest.raises(ConfigError, match="exists"):
+        RemoteFile.open(target, "--out", False)
+    # from the API too: a URI that Path collapsed (/cwd/s3:/b/x) makes no directory 's3:'
+    with pytest.raises(ConfigError, match="would create a local directory 's3:'"):
+        probe_writable(Path("s3://bucket/x").absolute())
+    assert sorted(os.listdir(tmp_path)) == ["my data", "remote"]
+
+
+def test_plots_without_matplotlib_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "nowhere", "--plots", "plots"]) == 2
+    assert "--plots needs matplotlib: pip install 'raymeta[plots]'" in _err(capsys)
+    assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ from raymeta.cli._common import (
 )
 from raymeta.errors import ConfigError
 from raymeta.options import parse_options
+from raymeta.paths import output_arg
 
 DESCRIPTION = """Meta-train an initialization (MAML, FOMAML, Reptile, Meta-SGD, ANIL) over a task
 family with W Ray Train workers. Each worker computes the vmapped meta-gradient of its own shard
@@ -150,7 +151,10 @@ def add_parser(sub: Any) -> None:
     )
     r = p.add_argument_group("where and how to run")
     r.add_argument(
-        "--out", type=path_arg, default=None, help="output meta-checkpoint directory (required)"
+        "--out",
+        type=output_arg("--out"),
+        default=None,
+        help="output meta-checkpoint directory (required)",
     )
     r.add_argument(
         "--workers",

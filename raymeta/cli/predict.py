@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from raymeta.cli._common import add_command, column_names, int_arg, path_arg
+from raymeta.paths import output_arg
 
 DESCRIPTION = """\
 Run the best model of a 'raymeta tune' run (--run TUNE_DIR: best_model.pt + report.json) on a
@@ -42,7 +43,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--out",
         required=True,
-        type=path_arg,
+        type=output_arg("--out"),
         metavar="PRED.parquet",
         help="where to write the predictions",
     )

@@ -8,7 +8,7 @@ from typing import Any
 
 from raymeta.cli._common import add_command
 from raymeta.errors import ConfigError
-from raymeta.paths import check_output_dir
+from raymeta.paths import check_output_dir, output_arg
 
 EPILOG = """SWEEP.yaml keys: name, meta (list of meta-checkpoint dirs), strategies
 (INIT+PRIOR+SCHEDULER as in raymeta tune, e.g. scratch+broad+random, scratch+broad+pbt,
@@ -26,7 +26,10 @@ def add_parser(sub: Any) -> None:
     p.epilog = EPILOG
     p.add_argument("sweep_file", metavar="SWEEP.yaml", help="the sweep definition")
     p.add_argument(
-        "--out", required=True, help="results directory (a Parquet dataset partitioned by sweep)"
+        "--out",
+        required=True,
+        type=output_arg("--out"),
+        help="results directory (a Parquet dataset partitioned by sweep)",
     )
     p.add_argument(
         "--address", default=None, help="join this Ray cluster (default: embedded local Ray)"
