@@ -256,7 +256,7 @@ def test_bench_engine_cli_writes_records(tmp_path: Path) -> None:
 
     out = tmp_path / "engine.json"
     rc = main(
-        ["bench", "engine", "--quick", "--only", "1step", "--min-time", "0", "--json", str(out)]
+        ["bench", "engine", "--smoke-test", "--only", "1step", "--min-time", "0", "--out", str(out)]
     )
     assert rc == 0
     records = json.loads(out.read_text())
