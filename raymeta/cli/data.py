@@ -17,7 +17,8 @@ from typing import Any
 
 from raymeta.cli._common import add_command, column_names, float_arg, path_arg
 from raymeta.errors import ConfigError
-from raymeta.paths import check_output_file
+from raymeta.options import add_renamed
+from raymeta.paths import check_output_target, output_arg, writing
 
 CONVERT_DOC = """\
 Convert a table with named numeric feature columns and a target column into the task schema
@@ -58,8 +59,7 @@ def add_parser(sub: Any) -> None:
         "data",
         help="validate Parquet task data, convert a table, or write a demo task set",
         description=__doc__,
-        epilog=_family_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_family_help,  # built on --help only: it imports the Parquet module
     )
     inner = p.add_subparsers(dest="data_action", metavar="ACTION")
     v = add_command(
@@ -91,7 +91,7 @@ def add_parser(sub: Any) -> None:
     c.add_argument(
         "--out",
         required=True,
-        type=path_arg,
+        type=output_arg("--out", remote=True),
         metavar="TASKS.parquet",
         help="task set to write (atomically)",
     )
@@ -148,7 +148,13 @@ def add_parser(sub: Any) -> None:
         "write sinusoid regression tasks in the task-set schema",
         _make_sinusoid,
     )
-    m.add_argument("out", metavar="OUT.parquet", help="file to write (atomically)")
+    m.add_argument(
+        "--out",
+        type=output_arg("--out", remote=True),
+        metavar="OUT.parquet",
+        help="file to write (atomically; required): a path, file:// or object-store URI",
+    )
+    add_renamed(m, "OUT", "--out", type=output_arg("OUT", remote=True))
     m.add_argument(
         "--tasks",
         type=int,
@@ -158,7 +164,8 @@ def add_parser(sub: Any) -> None:
     m.add_argument("--train-size", type=int, default=20, help="train rows per task")
     m.add_argument("--val-size", type=int, default=20, help="val rows per task")
     m.add_argument("--test-size", type=int, default=50, help="test rows per task")
-    m.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    m.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_renamed(m, "--force", "--overwrite", action="store_true")
 
     def _help(_: argparse.Namespace) -> int:
         raise ConfigError(
@@ -210,10 +217,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    if Path(args.out).is_file() and not args.overwrite:
+    if isinstance(args.out, str) and Path(args.out).is_file() and not args.overwrite:
         raise ConfigError(f"{args.out} exists (pass --overwrite to replace it)")
-    out = check_output_file(args.out, "--out", force=True)
-    if Path(args.input).resolve() == out.resolve():
+    out = check_output_target(args.out, "--out", force=bool(args.overwrite))
+    if isinstance(out, Path) and Path(args.input).resolve() == out.resolve():
         raise ConfigError("--out must differ from --input")
     if args.val_fraction + args.test_fraction >= 1:
         raise ConfigError("--val-fraction + --test-fraction must be below 1 (train needs rows)")
@@ -224,22 +231,23 @@ def _convert(args: argparse.Namespace) -> int:
         v = getattr(args, flag)
         if v is not None and (not isinstance(v, str) or not v.strip()):
             raise ConfigError(f"--{flag.replace('_', '-')} must name a column, got {v!r}")
-    res = convert_table(
-        args.input,
-        out,
-        feature_columns=args.feature_columns,
-        target_column=args.target_column,
-        task_column=args.task_column,
-        split_column=args.split_column,
-        meta_split_column=args.meta_split_column,
-        shape=shape,
-        kind=args.kind,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-    )
+    with writing(out) as local:
+        res = convert_table(
+            args.input,
+            local,
+            feature_columns=args.feature_columns,
+            target_column=args.target_column,
+            task_column=args.task_column,
+            split_column=args.split_column,
+            meta_split_column=args.meta_split_column,
+            shape=shape,
+            kind=args.kind,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+        )
     shown = show_shape(res.shape or (res.width,))
     print(
-        f"wrote {res.path}: {res.rows} rows, {res.tasks} task{'s' if res.tasks != 1 else ''}, {res.kind}, feature shape {shown}"
+        f"wrote {out}: {res.rows} rows, {res.tasks} task{'s' if res.tasks != 1 else ''}, {res.kind}, feature shape {shown}"
     )
     if res.classes is not None:
         print("  classes: " + ", ".join(f"{i}={c}" for i, c in enumerate(res.classes[:50])))
@@ -263,7 +271,9 @@ def _make_sinusoid(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--tasks x (train + val + test rows) is {total} rows, at most {MAX_TOTAL_ROWS} in one file"
         )
-    out = check_output_file(args.out, "OUT", force=bool(args.force))
+    if args.out is None:
+        raise ConfigError("data make-sinusoid: give --out OUT.parquet")
+    out = check_output_target(args.out, "--out", force=bool(args.overwrite))
     from raymeta.tasks.parquet import write_tasks
     from raymeta.tasks.sinusoid import Sinusoid
 
@@ -275,7 +285,8 @@ def _make_sinusoid(args: argparse.Namespace) -> int:
         for i in range(n):
             tasks.append(fam.task(split, i))  # type: ignore[arg-type]
             splits.append(split)
-    write_tasks(out, tasks, meta_split=splits)
+    with writing(out) as local:
+        write_tasks(local, tasks, meta_split=splits)
     print(
         f"wrote {out}: {args.tasks} sinusoid tasks ("
         + ", ".join(f"{s} {n}" for s, n in counts.items())
