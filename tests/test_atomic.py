@@ -126,20 +126,47 @@ def test_live_writers_temporaries_are_kept(tmp_path: Path) -> None:
         sleeper.wait()
 
 
-def test_temporaries_get_umask_permissions(tmp_path: Path) -> None:
-    old = os.umask(0o027)
+@pytest.mark.parametrize("mask", [0o022, 0o002])
+def test_artifacts_get_umask_permissions(
+    tmp_path: Path, mask: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files 0o666 & ~umask, directories 0o777 & ~umask (as ``open``/``mkdir`` give, not
+    mkstemp/mkdtemp's 0600/0700), so pods with another uid read a shared volume; the run-signing
+    key stays 0600 whatever the umask."""
+    from raymeta.orchestration.tune.trust import key_file, load_key
+    from raymeta.results import ResultSink, make_row
+    from raymeta.tasks.parquet import write_tasks
+    from raymeta.tasks.sinusoid import Sinusoid
+
+    f_mode, d_mode = 0o666 & ~mask, 0o777 & ~mask
+    old = os.umask(mask)
     try:
-        assert umask() == 0o027
+        assert umask() == mask
+
+        def mode(p: Path | str) -> int:
+            return os.stat(p).st_mode & 0o777
+
         fd, f = make_temp_file(tmp_path, "x")
         os.close(fd)
-        assert os.stat(f).st_mode & 0o777 == 0o640
-        assert os.stat(make_temp_dir(tmp_path, "y")).st_mode & 0o777 == 0o750
+        assert mode(f) == f_mode and mode(make_temp_dir(tmp_path, "y")) == d_mode
         path = save_meta_checkpoint(tmp_path / "ck", ckpt("old"))
-        assert os.stat(path).st_mode & 0o777 == 0o750
+        assert mode(path) == mode(path / "weights") == d_mode
+        assert {mode(p) for p in path.rglob("*") if p.is_file()} == {f_mode}
         write_priors(path, {"which": "p"})
-        assert os.stat(path / "meta.json").st_mode & 0o777 == 0o640
         pf = priors_file(path)
-        assert pf is not None and os.stat(pf).st_mode & 0o777 == 0o640
+        assert pf is not None and mode(pf) == mode(path / "meta.json") == f_mode
+        sink = ResultSink(tmp_path / "results", "s")
+        row = dict(sweep="s", strategy="a", task="t", seed=0, trial="t0", step=1)
+        sink.append([make_row(**row, metric="val_loss", value=1.0, hparams={}, wall_s=0.1)], "k")
+        parts = [p for p in (tmp_path / "results").rglob("*.parquet")]
+        assert parts and {mode(p) for p in parts} == {f_mode}
+        assert {mode(p) for p in (tmp_path / "results").rglob("*") if p.is_dir()} == {d_mode}
+        fam = Sinusoid(task_shots=2, val_size=2, test_size=2)
+        write_tasks(tmp_path / "d" / "tasks.parquet", [fam.task("train", 0)], meta_split="train")
+        assert mode(tmp_path / "d" / "tasks.parquet") == f_mode
+        monkeypatch.setenv("RAYMETA_KEY_FILE", str(tmp_path / "cfg" / "run-key"))
+        assert len(load_key()) >= 16
+        assert mode(key_file()) == 0o600 and mode(key_file().parent) == 0o700
     finally:
         os.umask(old)
 
