@@ -45,10 +45,7 @@ class Curve:
         """Anytime best after ``x`` budget (or seconds): +inf before the first observation."""
         xs = self.budget if axis == "budget" else self.wall
         idx = np.searchsorted(xs, x, side="right") - 1
-        out = np.full(np.shape(x), np.inf)
-        ok = idx >= 0
-        out[ok] = self.best[idx[ok]]
-        return out
+        return np.where(idx >= 0, self.best[np.maximum(idx, 0)], np.inf)
 
     def first_reaching(self, target: float) -> tuple[float, float]:
         """(member-steps, seconds) when the anytime best first got to ``target``; inf if never."""
@@ -87,19 +84,24 @@ def _codes(values: list[Any]) -> tuple[np.ndarray, list[Any]]:
     return rank[np.asarray(arr.indices, dtype=np.int64)], sorted(names)  # codes follow name order
 
 
-def _budget(trials: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """Cumulative member-steps over events in time order: each event adds what its trial spent
-    since the trial's highest step so far (a step that goes back adds nothing)."""
+def _budget(runs: np.ndarray, trials: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Cumulative member-steps of each run over its events, for rows grouped by run and in
+    time order inside a run: each event adds what its trial spent since the trial's highest
+    step so far (a step that goes back adds nothing). One vectorised pass over all runs."""
     n = steps.size
-    by_trial = np.lexsort((np.arange(n), trials))  # group by trial, keep time order inside
-    tr, st = trials[by_trial], np.maximum(steps[by_trial], 0)
+    key = runs * (int(trials.max()) + 1) + trials  # a trial of a run
+    by_trial = np.lexsort((np.arange(n), key))  # group by trial, keep time order inside
+    tr, st = key[by_trial], np.maximum(steps[by_trial], 0)
     big = int(st.max()) + 1
     run_max = np.maximum.accumulate(st + tr * big) - tr * big  # running max within each trial
     prev = np.concatenate(([0], run_max[:-1]))
     prev[np.concatenate(([True], tr[1:] != tr[:-1]))] = 0  # a trial's first event starts at 0
     inc = np.empty(n, dtype=np.float64)
     inc[by_trial] = np.maximum(st - prev, 0)
-    return np.cumsum(inc)
+    total = np.cumsum(inc)
+    starts = np.flatnonzero(np.concatenate(([True], runs[1:] != runs[:-1])))
+    before = np.concatenate(([0.0], total[starts[1:] - 1]))  # the total when each run starts
+    return total - np.repeat(before, np.diff(np.append(starts, n)))
 
 
 def run_curves(table: pa.Table, metric: str) -> dict[RunKey, Curve]:
@@ -120,11 +122,12 @@ def run_curves(table: pa.Table, metric: str) -> dict[RunKey, Curve]:
     run = run.reshape(-1)
     order = np.lexsort((value, trial, step, wall, run))  # by run, time; ties: step, trial, value
     cuts = np.flatnonzero(np.diff(run[order])) + 1
+    budget = np.split(_budget(run[order], trial[order], step[order]), cuts)
     curves: dict[RunKey, Curve] = {}
-    for idx in np.split(order, cuts):
+    for idx, b in zip(np.split(order, cuts), budget, strict=True):
         i = idx[0]
         curves[(s_names[s_code[i]], t_names[t_code[i]], int(seed[i]))] = Curve(
-            budget=_budget(trial[idx], step[idx]),
+            budget=b,
             wall=np.maximum.accumulate(wall[idx]),
             best=np.minimum.accumulate(value[idx]),
         )

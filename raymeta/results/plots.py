@@ -46,7 +46,7 @@ def _save(fig: Any, path: Path) -> Path:
 
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=120)
     atomic_write_bytes(path, buf.getvalue())
     return path
 
@@ -70,7 +70,7 @@ def _curve_plot(groups: dict[str, list[Curve]], axis: str, metric: str, path: Pa
     positive = [v for _, a, b in spans.values() for v in (a, b) if v > 0]
     floor = min(positive) if positive else 1.0
     use_log = bool(positive) and max(positive) / floor >= 100
-    fig = Figure(figsize=(8, 5))
+    fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
     for i, (s, cs) in enumerate(groups.items()):
         if s not in spans:
@@ -105,8 +105,9 @@ def _curve_plot(groups: dict[str, list[Curve]], axis: str, metric: str, path: Pa
         f"Anytime best {metric} vs {what}\nmedian over runs (strategy x task x seed), band = 25-75%"
     )
     ax.grid(True, which="both", alpha=0.3)
+    who = "sweep/strategy" if any("/" in s for s in groups) else "strategy"
     ax.legend(
-        title="strategy (o = end of budget)", fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1)
+        title=f"{who} (o = end of budget)", fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1)
     )
     return _save(fig, path)
 
@@ -129,7 +130,7 @@ def _rank_plot(curves: dict[RunKey, Curve], metric: str, path: Path) -> Path | N
         ties = (v[None, :, :] == v[:, None, :]).sum(axis=1)
         total += 1 + less + (ties - 1) / 2
     avg = total / len(complete)
-    fig = Figure(figsize=(8, 5))
+    fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
     for i, s in enumerate(strategies):
         ax.plot(
@@ -151,14 +152,23 @@ def _rank_plot(curves: dict[RunKey, Curve], metric: str, path: Path) -> Path | N
         f"Average rank of anytime best {metric} over budget\n{len(complete)} task x seed pairs; a run not started yet ranks last, a finished one keeps its best"
     )
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(title="strategy", fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1))
+    who = "sweep/strategy" if any("/" in s for s in strategies) else "strategy"
+    ax.legend(title=who, fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1))
     return _save(fig, path)
 
 
-def make_plots(table: pa.Table, out_dir: str | Path, metric: str = "val_loss") -> list[Path]:
+def make_plots(
+    table: pa.Table,
+    out_dir: str | Path,
+    metric: str = "val_loss",
+    *,
+    curves: dict[RunKey, Curve] | None = None,
+) -> list[Path]:
     """Write the PNGs of ``metric`` (a validation metric; accuracies are drawn on a linear
-    axis, losses on a log axis) into ``out_dir`` (atomically each) and return their paths."""
-    curves = run_curves(table, metric)
+    axis, losses on a log axis) into ``out_dir`` (atomically each) and return their paths;
+    ``curves``: ``run_curves(table, metric)`` when the caller has them already."""
+    if curves is None:
+        curves = run_curves(table, metric)
     if not curves:
         raise DataError(f"no {metric!r} rows to plot")
     out = Path(out_dir)

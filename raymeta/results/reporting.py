@@ -112,7 +112,7 @@ def report(
     (default: per task, the worst group's mean final best validation value), then pairwise
     per-task win rates and notes; ``plots`` also writes PNG plots of the validation
     counterpart of ``metric`` (``val_accuracy`` for ``test_accuracy``) into that directory."""
-    from raymeta.results.curves import validation_metric
+    from raymeta.results.curves import run_curves, validation_metric
     from raymeta.results.discover import find_datasets, read_datasets
     from raymeta.results.plots import make_plots
     from raymeta.results.render import render
@@ -122,7 +122,8 @@ def report(
     datasets = find_datasets(paths)
     rows_table = read_datasets(datasets, sweep=sweep)
     table = group_rows(rows_table, pool)
-    rows = summarise(table, metric=metric, target=target)
+    curves = run_curves(table, validation_metric(metric))  # for the table and the plots
+    rows = summarise(table, metric=metric, target=target, curves=curves)
     groups = _sweeps_of(table)
     for d in rows:
         sw = groups.get(d["strategy"], [])
@@ -137,7 +138,10 @@ def report(
     if plots is not None:
         try:
             paths_out = [
-                Path(p) for p in make_plots(table, Path(plots), metric=validation_metric(metric))
+                Path(p)
+                for p in make_plots(
+                    table, Path(plots), metric=validation_metric(metric), curves=curves
+                )
             ]
         except OSError as exc:
             raise ConfigError(f"--plots {plots}: {exc.strerror or exc}") from None

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from raymeta.errors import DataError
 from raymeta.results.curves import (
+    Curve,
     RunKey,
     higher_is_better,
     oriented,
@@ -229,7 +230,11 @@ def _median(values: list[float]) -> float | None:
 
 
 def summarise(
-    table: pa.Table, metric: str = "test_loss", target: float | None = None
+    table: pa.Table,
+    metric: str = "test_loss",
+    target: float | None = None,
+    *,
+    curves: dict[RunKey, Curve] | None = None,
 ) -> list[dict[str, Any]]:
     """One dict per strategy, best average rank first. See module docstring for the columns.
 
@@ -246,7 +251,8 @@ def summarise(
     no target each task's target is the worst strategy's mean final best validation value on
     it, i.e. "how fast does each strategy get to where the weakest one ends". Steps and wall
     time to target are medians over runs, counting unreached runs as infinite (None if the
-    median run never reached it).
+    median run never reached it). ``curves``: ``run_curves(table, validation_metric(metric))``
+    when the caller has them already (the report draws them too).
     """
     raw = _checked_finals(table, metric)
     by_task = _task_finals(raw)
@@ -257,7 +263,8 @@ def summarise(
     regret, rank = regret_and_rank(_seed_means(oriented_final))
 
     vmetric = validation_metric(metric)
-    curves = run_curves(table, vmetric)
+    if curves is None:
+        curves = run_curves(table, vmetric)
     sign = -1.0 if higher_is_better(vmetric) else 1.0
     if target is not None:
         task_target = dict.fromkeys({t for _, t, _ in curves}, sign * float(target))
