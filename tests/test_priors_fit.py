@@ -232,3 +232,29 @@ def test_fit_device_is_checked_before_any_fine_tuning(
         err = capsys.readouterr().err
         assert err.startswith("raymeta: error: ") and err.count("\n") == 1 and needle in err
     assert priors_file(d) is None
+
+
+@pytest.mark.ray
+def test_fit_as_a_ray_task_writes_what_the_local_fit_writes(
+    ray_session: None, ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`priors fit --address`: the fit runs as a Ray task holding --cpus (its progress comes
+    back to the driver's stderr) and the driver writes the same priors a local fit computes
+    for the seed (the fit is a pure function of checkpoint, config and seed on CPU)."""
+    import shutil
+
+    d = tmp_path / "c"
+    shutil.copytree(ckpt_dir, d)
+    sizes = {"n_tasks": 2, "n_configs": 4, "max_steps": 4, "refine_repeats": 1}
+    args = ["priors", "fit", "--meta", str(d), "--tasks", "2", "--configs", "4"]
+    args += ["--max-steps", "4", "--refine-repeats", "1", "--select-tasks", "0", "--seed", "3"]
+    assert main([*args, "--address", "auto", "--gpus", "1"]) == 2  # the 2-CPU test cluster
+    err = capsys.readouterr().err
+    assert "the priors fit needs 1 GPUs" in err and err.count("\n") == 1
+    assert priors_file(d) is None
+    assert main([*args, "--address", "auto", "--cpus", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "priors fit: fine-tuning runs: 16/16 (100%)" in err
+    remote = load_priors(load_meta_checkpoint(d))
+    local = fit_priors(load_meta_checkpoint(ckpt_dir), seed=3, select_tasks=0, **sizes)
+    assert without_time(remote) == without_time(local)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from raymeta.cli._common import add_command, float_arg, int_arg, path_arg
+from raymeta.cli._common import add_command, address_arg, float_arg, int_arg, path_arg
 
 FIT_DESCRIPTION = """Fine-tune C configurations from the broad search space on N meta-validation
 tasks, starting from the meta-initialization (all configs of one model candidate train as ONE
@@ -135,9 +135,31 @@ def add_parser(sub: Any) -> None:
     )
     f.add_argument(
         "--device",
-        default="cpu",
-        help="where the fine-tuning populations train: cpu, or cuda[:N] on a GPU machine",
+        default=None,
+        help="where the fine-tuning populations train: cpu, or cuda[:N] on a GPU machine "
+        "(default: cuda with --gpus > 0, else cpu)",
     )
+    f.add_argument(
+        "--address",
+        type=address_arg,
+        default=None,
+        help="run the fit as a Ray task on this cluster (HOST:PORT or auto), holding --cpus "
+        "CPUs and --gpus GPUs there (e.g. a worker pod, not the RayJob's head); the driver "
+        "writes the priors. Default: fit here, without Ray",
+    )
+    f.add_argument(
+        "--cpus",
+        type=float_arg(0.0, low_open=True),
+        default=None,
+        help="CPUs the fit's Ray task reserves (and its torch threads), with --address (default 1)",
+    )
+    f.add_argument(
+        "--gpus",
+        type=float_arg(0.0),
+        default=None,
+        help="GPUs the fit's Ray task reserves, with --address (default 0; > 0 trains on cuda)",
+    )
+    f.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     s = add_command(
         inner,
         "show",
@@ -173,10 +195,18 @@ def _meta(args: argparse.Namespace) -> str:
 
 def _fit(args: argparse.Namespace) -> int:
     from raymeta.core.checkpoint import load_meta_checkpoint, priors_file, write_priors
+    from raymeta.errors import ConfigError
     from raymeta.finetune.fit import PriorFitConfig, fit_priors
     from raymeta.priors.show import format_priors
+    from raymeta.progress import Progress
 
     path = _meta(args)
+    for flag in ("cpus", "gpus"):
+        if getattr(args, flag) is not None and args.address is None:
+            raise ConfigError(f"--{flag} sizes the fit's Ray task: give --address too")
+    cpus = 1.0 if args.cpus is None else float(args.cpus)
+    gpus = 0.0 if args.gpus is None else float(args.gpus)
+    device = args.device or ("cuda" if gpus > 0 else "cpu")
     ckpt = load_meta_checkpoint(path)
     check_priors_writable(path)
     config = PriorFitConfig(
@@ -192,34 +222,32 @@ def _fit(args: argparse.Namespace) -> int:
         refine_repeats=args.refine_repeats,
         safe_rate=args.safe_rate if args.safe_rate > 0 else None,
         objective=args.objective,
-        device=args.device,
+        device=device,
         select_tasks=args.select_tasks,
         select_population=args.select_population,
         select_interval=args.select_interval,
     )
-    priors = fit_priors(
-        ckpt,
-        config,
-        progress=_progress("fine-tuning runs"),
-        select_progress=_progress("strategy runs"),
-    )
+    fit_line = Progress("priors fit: fine-tuning runs", quiet=args.quiet)
+    select_line = Progress("priors fit: strategy runs", quiet=args.quiet)
+    with fit_line, select_line:
+        if args.address is None:
+            priors = fit_priors(ckpt, config, progress=fit_line, select_progress=select_line)
+        else:
+            from raymeta.orchestration.priors_remote import fit_priors_remote
+
+            priors = fit_priors_remote(
+                ckpt,
+                config,
+                address=args.address,
+                cpus=cpus,
+                gpus=gpus,
+                progress=fit_line,
+                select_progress=select_line,
+            )
     write_priors(path, priors.to_dict())
     print(format_priors(priors))
     print(f"wrote {priors_file(path)} ({priors.info['fit_seconds']:.1f} s)", file=sys.stderr)
     return 0
-
-
-def _progress(what: str) -> Any:
-    """A progress callback printing ``what done/total`` about every 10% (and at the end)."""
-    shown = [-1]
-
-    def step(done: int, total: int) -> None:
-        tenth = 10 * done // max(total, 1)
-        if tenth != shown[0] or done == total:
-            shown[0] = tenth
-            print(f"  {what}: {done}/{total}", file=sys.stderr, flush=True)
-
-    return step
 
 
 def check_priors_writable(path: str) -> None:

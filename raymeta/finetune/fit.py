@@ -206,6 +206,8 @@ def fit_priors(
         )
     eval_device(device)  # fail before any fine-tuning
     t0 = time.perf_counter()
+    if progress is not None:  # the line shows from the start (building the tasks takes a while)
+        progress(0, cfg.fit_runs)
     family = make_family(ckpt.family)
     first = val_tasks(family, 1)[0]
     per_task = sum(
@@ -260,8 +262,8 @@ def fit_priors(
             new = [{**c, "steps": max_steps} for c in new]
 
         def step(done: int, _total: int, before: int = len(configs) * n_tasks) -> None:
-            if progress is not None:
-                progress(before + done, n_configs * n_tasks)
+            if progress is not None:  # one count over the whole fit, re-runs included
+                progress(before + done, cfg.fit_runs)
 
         part = evaluate_configs(
             ckpt,
@@ -280,13 +282,18 @@ def fit_priors(
         prior = fitted[0]
     refine_repeats = cfg.refine_repeats
     if refine_repeats and table is not None:  # final selection on fresh-seed re-runs
+
+        def rerun_step(done: int, _total: int) -> None:
+            if progress is not None:
+                progress(n_configs * n_tasks + done, cfg.fit_runs)
+
         rerun = evaluate_configs(
             ckpt,
             tasks,
             configs * refine_repeats,
             seed,
             chunk_size,
-            progress,
+            rerun_step,
             grid_max=max_steps,
             first_index=n_configs,
             objective=objective,
