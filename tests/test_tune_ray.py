@@ -42,7 +42,7 @@ def sinusoid_meta(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_pbt_exploits_retries_a_killed_trial_and_writes_outputs(
-    ray_session: None, sinusoid_meta: Path, tmp_path: Path
+    ray_session: None, sinusoid_meta: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     from raymeta.orchestration.tune.run import run_tune
 
@@ -57,8 +57,13 @@ def test_pbt_exploits_retries_a_killed_trial_and_writes_outputs(
         out=out,
         seed=1,
         verbose=0,
+        name="pbt-run",
     )
-    rep = run_tune(**kw, max_failures=2, _crash_marker=str(marker))
+    rep = run_tune(**{**kw, "verbose": 1}, max_failures=2, _crash_marker=str(marker))
+    # verbose 1: plain progress lines on a non-terminal stderr, nothing on stdout
+    captured = capfd.readouterr()
+    assert f"tune: member-steps: {4 * 4 * 40}/{4 * 4 * 40} (100%)" in captured.err
+    assert "member-steps" not in captured.out
     assert marker.is_file()  # one trial process really was SIGKILLed ...
     assert all(t["error"] is None for t in rep["trials"])  # ... and retried to completion
     assert any(e["kind"] == "restore" and e["trial"] == marker.read_text() for e in rep["lineage"])
@@ -88,6 +93,38 @@ def test_pbt_exploits_retries_a_killed_trial_and_writes_outputs(
     assert rep2["best"] == rep["best"] and read_results(out / "results").num_rows == len(df)
     with pytest.raises(ConfigError, match="different tune run"):
         run_tune(**{**kw, "seed": 2})
+    with pytest.raises(ConfigError, match=r"different tune run \(differs in name\)"):
+        run_tune(**{**kw, "name": "renamed"})
+    _ray_tune_tooling_sees_the_run(out, rep, df)
+
+
+def _ray_tune_tooling_sees_the_run(out: Path, rep: dict, df: object) -> None:
+    """--name names the experiment and the rows; Ray's own readers (ExperimentAnalysis,
+    Tuner.restore(...).get_results(), TensorBoard) see every trial and its reports, and the
+    loggers left no pickle beside the signed state (the rerun above verified and resumed)."""
+    from ray import tune
+    from ray.tune import ExperimentAnalysis
+
+    from raymeta.orchestration.tune.trainable import tune_trainable
+
+    exp = out / "ray_results" / "pbt-run"
+    assert rep["files"]["experiment"] == str(exp.resolve())
+    assert set(df["sweep"]) == {"pbt-run"}  # type: ignore[index]
+    trials = {t["trial"]: t["reports"] for t in rep["trials"]}
+    ea = ExperimentAnalysis(str(exp))
+    frames = ea.trial_dataframes
+    assert set(frames) == set(trials)
+    for tid, frame in frames.items():
+        assert {"val_loss", "best_val_loss", "trial_step"} <= set(frame.columns)
+        # every report (a retried trial's recomputed ones twice; history.jsonl dedups them)
+        assert len(frame) >= trials[tid] >= 8 and frame["val_loss"].notna().all()
+    assert set(ea.dataframe(metric="best_val_loss", mode="min")["trial_id"]) == set(trials)
+    grid = tune.Tuner.restore(str(exp), trainable=tune_trainable).get_results()
+    assert len(grid) == 4 and all(len(grid[i].metrics_dataframe) >= 8 for i in range(4))
+    assert min(grid[i].metrics["best_val_loss"] for i in range(4)) <= rep["best"]["val_loss"]
+    # TensorBoard: event files in every trial's directory (a new file after each restart)
+    assert len({p.parent for p in exp.glob("*/events.out.tfevents.*")}) == 4
+    assert not list(exp.glob("*/params.pkl"))
 
 
 @pytest.mark.slow

@@ -30,8 +30,10 @@ INIT+PRIOR+SCHEDULER[+PICK], or --init/--prior/--scheduler) means what it means 
 sweep; without one it is auto, the strategy `raymeta priors fit` chose from meta-val evidence
 (meta+learned+pbt for priors fitted before selection existed, meta+broad+pbt without priors).
 Outputs in --out: best_model.pt (weights only), report.json, results/ (Parquet rows),
-history.jsonl. Rerunning the same command with the same --out resumes an interrupted run; a
-crashed trial is retried up to --max-failures times from its last checkpoint. --population
+history.jsonl, and Ray Tune's experiment in ray_results/NAME (per-trial result.json,
+progress.csv, TensorBoard events: ExperimentAnalysis and `tensorboard --logdir` read it).
+Rerunning the same command with the same --out resumes an interrupted run; a crashed trial
+is retried up to --max-failures times from its last checkpoint. --population
 (deprecated) is the old name of --trials."""
 
 
@@ -173,7 +175,14 @@ def add_parser(sub: Any) -> None:
         default=0.0,
         help="GPUs per trial (fractions share a GPU); > 0 trains the packed members on CUDA",
     )
-    p.add_argument("--quiet", action="store_true", help="no Tune progress table")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="the run's name: the Ray Tune experiment directory (STORAGE/NAME, default "
+        "OUT/ray_results/tune-<hash of OUT>) and the results' sweep label (default: tune); "
+        "a resume must give the same name",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
 
 
 def _fmt(v: Any) -> str:
@@ -251,6 +260,7 @@ def _run(args: argparse.Namespace) -> int:
         gpus_per_trial=float(args.gpus_per_trial),
         task_options=parse_options(args.task_options, "task"),
         deterministic=bool(args.deterministic),
+        name=args.name,
     )
     report = run_tune(request, verbose=0 if args.quiet else 1)
     print(summary(report))

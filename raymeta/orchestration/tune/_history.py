@@ -16,7 +16,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ray.air.constants import EXPR_PARAM_FILE, EXPR_RESULT_FILE
 from ray.tune import Callback
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.utils.util import SafeFallbackEncoder
 
 from raymeta.fileio import atomic_write_bytes
 from raymeta.finetune.hparams import row_hparams
@@ -100,3 +103,75 @@ def truncate_history(path: str | Path, last: dict[str, float]) -> int:
     if dropped:
         atomic_write_bytes(p, "".join(keep).encode())
     return dropped
+
+
+class _KeepLocalLog:
+    """A per-trial log file is continued, not replaced, when the trial restarts in this driver.
+
+    Tune's file loggers copy the trial's *synced* copy over the local file whenever a trial
+    (re)starts with a checkpoint; within one driver (every PBT exploit, every retry) that copy
+    lags behind the snapshot, so reports vanish from ``result.json``. The local file, when
+    there is one, is the whole log; a resumed driver (new staging directory) has none and
+    restores the synced copy, which is the state the resume continues from."""
+
+    def _restore_from_remote(self, file_name: str, trial: Any) -> None:
+        if not Path(trial.local_path, file_name).is_file():
+            super()._restore_from_remote(file_name, trial)  # type: ignore[misc]
+
+
+class CsvLogger(_KeepLocalLog, CSVLoggerCallback):  # type: ignore[misc]
+    """Tune's ``progress.csv`` logger, continuing the local file (``_KeepLocalLog``)."""
+
+
+class JsonLogger(_KeepLocalLog, JsonLoggerCallback):  # type: ignore[misc]
+    """Tune's JSON logger (``<trial>/result.json``, ``params.json``: what ``ExperimentAnalysis``
+    and ``Tuner.restore(...).get_results()`` read), continuing the local file
+    (``_KeepLocalLog``) and without its ``params.pkl``: nothing in Ray
+    reads that pickle back, and a pickle in the experiment directory would be one more file the
+    trust boundary (``trust.py``) must sign at the instant Tune rewrites it (each exploit)."""
+
+    _SAVED_FILE_TEMPLATES = [EXPR_RESULT_FILE, EXPR_PARAM_FILE]
+
+    def update_config(self, trial: Any, config: dict[str, Any]) -> None:
+        self._trial_configs[trial] = config
+        with Path(trial.local_path, EXPR_PARAM_FILE).open("w") as f:
+            json.dump(config, f, indent=2, sort_keys=True, cls=SafeFallbackEncoder)
+
+
+def logger_callbacks() -> list[Callback]:
+    """Tune's per-trial logs: ``result.json`` + ``params.json``, ``progress.csv`` and, where
+    tensorboardX is importable (it comes with ``ray[tune]``), TensorBoard event files. Given
+    explicitly (Tune's automatic loggers stay off: they would add ``params.pkl``)."""
+    import importlib.util
+
+    from ray.tune.logger import TBXLoggerCallback
+
+    cbs: list[Callback] = [JsonLogger(), CsvLogger()]
+    if importlib.util.find_spec("tensorboardX") is not None:
+        cbs.append(TBXLoggerCallback())
+    return cbs
+
+
+class ProgressCallback(Callback):
+    """The run's progress line (``raymeta.progress``): member-steps reported of the budget and
+    the best validation loss so far. Tune keeps callbacks in ``tuner.pkl``, so the line itself
+    is not stored: the running driver sets ``line`` (class-wide; None: silent)."""
+
+    line: Any = None  # a raymeta.progress.Progress, set by the driver around ``fit``
+
+    def __init__(self, total_steps: int):
+        self.total = total_steps
+        self.steps: dict[str, int] = {}
+        self.best = math.inf
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        members = int(result.get("members", 1) or 1)
+        self.steps[str(trial.trial_id)] = int(result.get("trial_step", 0) or 0) * members
+        best = result.get("best_val_loss")
+        if isinstance(best, int | float) and best < self.best:
+            self.best = float(best)
+        if ProgressCallback.line is not None:
+            note = f"best val {self.best:.4g}" if math.isfinite(self.best) else ""
+            ProgressCallback.line.update(min(sum(self.steps.values()), self.total), note=note)

@@ -19,6 +19,7 @@ is not one trial and ``cpus_per_trial=nan`` never reaches Ray); ``check_paths`` 
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import warnings
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ from raymeta.core.models import expected_shapes
 from raymeta.errors import ConfigError, DeprecatedOption
 from raymeta.finetune.strategy import AUTO, SCHEDULERS, Strategy
 from raymeta.paths import probe_writable
+from raymeta.results.sink import check_sweep_name
 
 MAX_TRIALS = 100_000  # Tune trials of one run
 MAX_MEMBERS = 1 << 24  # members of the whole population
@@ -39,6 +41,7 @@ DEFAULT_STEPS_PER_MEMBER = 100
 # reports (= PBT perturbation rounds) per member by default: each exploit restarts a trial from a
 # checkpoint, so a handful of rounds keeps a small run fast while PBT still gets to act
 DEFAULT_REPORTS = 4
+DEFAULT_LABEL = "tune"
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,10 @@ class TuneRequest:
     gpus_per_trial: float = 0.0
     address: str | None = None
     storage: str | None = None
-    label: str = "tune"  # the results' ``sweep`` column: what reports group runs by
+    label: str = DEFAULT_LABEL  # the results' ``sweep`` column: what reports group runs by
+    # the run's name: the Tune experiment's (``storage/NAME``) and the results' label at once;
+    # None: the experiment is named after ``out`` (``tune-<hash>``) and the label is ``label``
+    name: str | None = None
     # reproducible runs (``run.make_scheduler``): synchronous PBT/PB2, ASHA one trial at a time
     deterministic: bool = False
 
@@ -87,6 +93,10 @@ class TuneRequest:
             set_(self, "prior", strat.prior)
             if self.scheduler is None or isinstance(self.scheduler, str):
                 set_(self, "scheduler", strat.scheduler)
+        if self.scheduler == "pb2" and importlib.util.find_spec("sklearn") is None:
+            raise ConfigError(  # Ray's PB2 fits a scikit-learn Gaussian process
+                "--scheduler pb2 needs scikit-learn: pip install 'raymeta[pb2]'"
+            )
         if strat is not None and strat.fixed and trials * members != 1:
             raise ConfigError(
                 f"strategy {strat.name} is one member with the fixed default config: "
@@ -113,6 +123,16 @@ class TuneRequest:
             ),
         )
         c.string("label", self.label)
+        if self.name is not None:
+            try:
+                check_sweep_name(self.name)
+            except ConfigError as exc:  # "sweep name 'x' must be ...": the flag's own words
+                raise ConfigError(f"--name{str(exc).removeprefix('sweep name')}") from None
+            if self.label not in (DEFAULT_LABEL, self.name):
+                raise ConfigError(
+                    f"--name {self.name} names the results too: give it, not label {self.label!r}"
+                )
+            set_(self, "label", self.name)
         c.boolean("--deterministic", self.deterministic)
         for name in ("address", "storage"):
             if getattr(self, name) is not None:
@@ -237,6 +257,9 @@ class TuneRequest:
                 # only when on, so run.json files of earlier runs still match (and resume)
                 {"deterministic": True} if self.deterministic else {}
             )
+            # the experiment directory is named after it: a rerun under another name (or
+            # none) is another run, refused by run.json, not a resume that cannot find its state
+            | ({"name": self.name} if self.name is not None else {})
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -59,11 +59,14 @@ HISTORY_FILE = "history.jsonl"
 
 
 def _quiet_env(verbose: int) -> None:
-    """Short progress output: no auto loggers, no snapshot/metrics-file warnings, and PBT's
-    per-exploit INFO lines only at ``verbose >= 2`` (the lineage is in report.json)."""
+    """Short progress output: no snapshot/metrics-file warnings, no logger chatter, and PBT's
+    per-exploit INFO lines only at ``verbose >= 2`` (the lineage is in report.json). Tune's
+    automatic loggers stay off: ``_tuner`` gives its own (``_history.logger_callbacks``)."""
     import logging
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # "Remote file not found: .../result.json" when a trial restarts before its log was synced
+    logging.getLogger("ray.tune.logger").setLevel(logging.ERROR)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
@@ -250,9 +253,12 @@ def _search_alg(
     return alg
 
 
-def _experiment(out: Path, storage: str | None) -> tuple[str, str]:
-    """(storage path, experiment name): deterministic in ``out`` so a rerun finds the run."""
-    name = "tune-" + hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:12]
+def _experiment(out: Path, storage: str | None, name: str | None = None) -> tuple[str, str]:
+    """(storage path, experiment name): the request's ``name``, else deterministic in ``out``,
+    so a rerun finds the run (a rerun under another name is refused by ``run.json``: the name
+    is part of the fingerprint)."""
+    if name is None:
+        name = "tune-" + hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:12]
     return (storage if storage else str((out / "ray_results").resolve())), name
 
 
@@ -297,7 +303,12 @@ def _tuner(
     from ray import tune
     from ray.tune import CLIReporter
 
-    from raymeta.orchestration.tune._history import HistoryCallback, TrialClock
+    from raymeta.orchestration.tune._history import (
+        HistoryCallback,
+        ProgressCallback,
+        TrialClock,
+        logger_callbacks,
+    )
     from raymeta.orchestration.tune.space import param_space, points_to_evaluate
 
     req = plan.request
@@ -348,11 +359,14 @@ def _tuner(
             # exploit a trial's latest checkpoint is the *source* trial's, which a num_to_keep
             # limit on the source may delete, and a retried or resumed trial could then not start
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-            verbose=verbose,
+            # Tune's own table only at verbose >= 2: at 1 the progress line (``run_tune``)
+            verbose=verbose if verbose >= 2 else 0,
             progress_reporter=reporter,
             callbacks=[
                 HistoryCallback(str((out / HISTORY_FILE).resolve())),
                 TrialClock(TRIAL_STEPS),
+                ProgressCallback(req.total_budget),
+                *logger_callbacks(),
             ],
         ),
     )
@@ -413,8 +427,10 @@ def run_tune(
     """Tune one task; returns the report (also written to ``out/report.json``).
 
     ``request`` is a ``TuneRequest``; or give its fields as keywords (``run_tune(meta=...,
-    task=..., trials=4, out=...)``). ``verbose``: 0 quiet, 1 Tune's progress table, 2 also PBT's
-    per-exploit lines."""
+    task=..., trials=4, out=...)``). ``verbose``: 0 quiet, 1 a progress line on stderr
+    (member-steps of the budget, best val loss), 2 also Tune's progress table and PBT's
+    per-exploit lines. ``name`` (a ``TuneRequest`` field) names the Tune experiment
+    (``storage/NAME``) and the result rows."""
     if request is None:
         request = TuneRequest.from_kwargs(**fields)
     elif fields:
@@ -438,7 +454,7 @@ def _run(request: TuneRequest, verbose: int, crash_marker: str | None) -> dict[s
             "--scheduler pb2 needs at least one continuous hyperparameter in the search space"
         )
     _quiet_env(verbose)
-    storage_path, name = _experiment(out, request.storage)
+    storage_path, name = _experiment(out, request.storage, request.name)
     exp_path = f"{storage_path.rstrip('/')}/{name}"
     signer = StateSigner(
         str(out), str((out / TRUST_DIR).resolve()), exp_path, run_digest(plan.fingerprint())
@@ -452,9 +468,25 @@ def _run(request: TuneRequest, verbose: int, crash_marker: str | None) -> dict[s
             cpus=request.cpus_per_trial, gpus=request.gpus_per_trial, what="a tune trial"
         )
         run = _check_run_file(out, plan)
-        grid = _tuner(plan, out, storage_path, name, verbose, signer, resume).fit()
+        tuner = _tuner(plan, out, storage_path, name, verbose, signer, resume)
+        with _progress_line(request, verbose):
+            grid = tuner.fit()
         results = [grid[i] for i in range(len(grid))]
     return write_outputs(plan, results, out, run, exp_path, time.perf_counter() - t0)
+
+
+@contextmanager
+def _progress_line(request: TuneRequest, verbose: int) -> Iterator[None]:
+    """The run's progress line on stderr while Tune runs (``_history.ProgressCallback``)."""
+    from raymeta.orchestration.tune._history import ProgressCallback
+    from raymeta.progress import Progress
+
+    with Progress("tune: member-steps", request.total_budget, quiet=verbose < 1) as line:
+        ProgressCallback.line = line
+        try:
+            yield
+        finally:
+            ProgressCallback.line = None
 
 
 def write_outputs(
