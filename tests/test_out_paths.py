@@ -137,13 +137,20 @@ def test_file_uri_and_object_store_outputs(
     assert sorted(os.listdir(tmp_path)) == ["my data", "remote"]
 
 
-def test_plots_without_matplotlib_is_one_line(
+def test_missing_extras_are_one_line_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """matplotlib (raymeta[plots]) and scikit-learn (raymeta[pb2]) are optional: asking for
+    what needs them without them is one line naming the extra, before anything is read."""
     import sys
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "sklearn", None)
     monkeypatch.chdir(tmp_path)
     assert main(["report", "nowhere", "--plots", "plots"]) == 2
     assert "--plots needs matplotlib: pip install 'raymeta[plots]'" in _err(capsys)
+    tune = ["tune", "--meta", "m", "--task", "sinusoid:0", "--out", "o", "--trials", "2"]
+    for how in (["--scheduler", "pb2"], ["--strategy", "meta+learned+pb2"]):
+        assert main([*tune, *how]) == 2
+        assert "pb2 needs scikit-learn: pip install 'raymeta[pb2]'" in _err(capsys)
     assert list(tmp_path.iterdir()) == []
