@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from raymeta.options import add_renamed
+from raymeta.paths import output_arg
 
 HELP = "large sweep: wall time, peak memory and the strategy table"
 STRATEGIES = [
@@ -32,7 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--meta-steps", type=int, default=1000, help="meta-training steps for the checkpoint"
     )
-    p.add_argument("--out", default=None, help="keep results here (default: a temp dir)")
+    p.add_argument(
+        "--out",
+        type=output_arg("--out"),
+        default=None,
+        help="keep results here (default: a temp dir)",
+    )
 
 
 def _tree_rss(root: int) -> int:
