@@ -145,13 +145,13 @@ def test_console_script(results: Path) -> None:
         timeout=120,
     )
     assert ok.returncode == 0 and ok.stdout.splitlines()[0].startswith("strategy")
-    bad = subprocess.run(
+    folder = subprocess.run(  # a sweep folder: that sweep of its dataset
         [str(exe), "report", str(results / "sweep=demo")],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert bad.returncode == 0 and "scratch+broad+random" in bad.stdout  # a sweep folder
+    assert folder.returncode == 0 and "; sweeps demo (grouped by sweep)" in folder.stdout
     (results.parent / "nothing").mkdir()
     bad = subprocess.run(
         [str(exe), "report", str(results.parent / "nothing")],
