@@ -3,14 +3,17 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.raymeta-installed
+TORCH ?= torch==2.13.0
 
 .PHONY: setup quickstart test test-all lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# The CPU build of torch that lies on disk; an unpinned torch may pull a multi-GB CUDA build.
-	$(BIN)/python -m pip install -q "torch==2.13.0"
+	# torch first, so pip keeps its build: the CPU one that lies on disk (PyPI's Linux wheel is
+	# the multi-GB CUDA build). Another build: make setup TORCH="torch --index-url URL" (README).
+	$(BIN)/python -m pip install -q $(TORCH)
+	# dev = the tools + the plots (matplotlib) and pb2 (scikit-learn) extras the tests use
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
