@@ -12,6 +12,7 @@ Every stage is resumable: rerunning the command reuses what a previous run finis
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -182,8 +183,10 @@ def _run(args: argparse.Namespace) -> int:
     found = {d.root.resolve() for d in find_datasets(tune_dir)}
     # the directory only when it holds no other runs (say of an earlier, larger quickstart)
     same = found == {(r / "results").resolve() for r in runs}
-    where = str(tune_dir) if same else " ".join(str(r) for r in runs)
+    where = shlex.quote(str(tune_dir)) if same else " ".join(shlex.quote(str(r)) for r in runs)
+    plots = shlex.quote(str(out / "plots"))
     print(
-        f"next: raymeta priors show --meta {meta}; raymeta report {where} --sweep {LABEL} --plots {out}/plots"
+        f"next: raymeta priors show --meta {shlex.quote(str(meta))}; "
+        f"raymeta report {where} --sweep {LABEL} --plots {plots}"
     )
     return 0
