@@ -482,6 +482,7 @@ def _progress_line(request: TuneRequest, verbose: int) -> Iterator[None]:
     from raymeta.progress import Progress
 
     with Progress("tune: member-steps", request.total_budget, quiet=verbose < 1) as line:
+        line.update(0)  # shown (and its clock ticking) while the trials' workers start
         ProgressCallback.line = line
         try:
             yield
