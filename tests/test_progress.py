@@ -68,3 +68,16 @@ def test_priors_fit_progress_on_stderr_and_quiet(
     assert main([*args, "--quiet"]) == 0
     got = capsys.readouterr()
     assert "priors fit:" not in got.err and got.err.startswith("wrote ")
+
+
+def test_meta_train_quiet_drops_its_progress_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["meta-train", "--local", "--family", "sinusoid", "--steps", "4"]
+    args += ["--meta-batch", "4", "--val-tasks", "2", "--log-every", "2"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert "step 4/4" in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    got = capsys.readouterr()
+    assert got.out == "" and "step" not in got.err
+    assert (tmp_path / "b" / "meta.json").is_file()

@@ -211,6 +211,7 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="run in this process without Ray (same shards as --workers)",
     )
+    r.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def build_config(args: argparse.Namespace) -> Any:
@@ -246,7 +247,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.local:
         from raymeta.orchestration.meta_train.local import run_local_meta_train
 
-        run_local_meta_train(cfg, args.out, overwrite=args.overwrite, log_every=args.log_every)
+        run_local_meta_train(
+            cfg,
+            args.out,
+            overwrite=args.overwrite,
+            log_every=args.log_every,
+            progress=not args.quiet,
+        )
         return 0
     from raymeta.orchestration.meta_train.ray_train import run_meta_train
 
@@ -262,5 +269,6 @@ def _run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         cpus_per_worker=args.cpus_per_worker,
         log_every=args.log_every,
+        progress=not args.quiet,
     )
     return 0

@@ -40,6 +40,7 @@ def add_parser(sub: Any) -> None:
         default=None,
         help="units at once (default: the cluster's CPUs)",
     )
+    p.add_argument("--quiet", action="store_true", help="no per-unit progress lines")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -50,7 +51,13 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-concurrency must be >= 1, got {args.max_concurrency}")
     cfg = load_sweep(args.sweep_file)
     check_output_dir(args.out, "--out")
-    out = run_sweep(cfg, Path(args.out), address=args.address, max_concurrency=args.max_concurrency)
+    out = run_sweep(
+        cfg,
+        Path(args.out),
+        address=args.address,
+        max_concurrency=args.max_concurrency,
+        progress=not args.quiet,
+    )
     print(
         f"sweep {cfg.name}: {out['units']} units ({out['ran']} run now) in {out['wall_s']:.1f}s -> {args.out}"
     )
