@@ -16,8 +16,8 @@ user on a rerun. What Ray 2.60 unpickles from an experiment directory (read from
   ``search_gen_state-*.json`` / ``searcher-state-*.pkl`` (Searchers) and
   ``callback-states-*.pkl`` (stateful callbacks; raymeta's callbacks have no state).
 * ``<trial>/error.pkl`` (``Trial.get_pickled_error`` for the ``ResultGrid``) and, for class
-  trainables only, ``dict_checkpoint.pkl`` in a checkpoint. ``params.pkl`` (JSON logger, off
-  here) is never read back. So every ``*.pkl`` at any depth is covered.
+  trainables only, ``dict_checkpoint.pkl`` in a checkpoint. ``params.pkl`` (Tune's JSON logger;
+  raymeta's, ``_history.JsonLogger``, does not write it) is never read back. So every ``*.pkl`` at any depth is covered.
 
 Not unpickled: trial checkpoints (``state.pt`` is loaded ``weights_only``, ``trial.json`` and
 Ray's ``.metadata.json`` are JSON), ``result.json``/``progress.csv`` (JSON/CSV), and scheduler
