@@ -57,6 +57,24 @@ def umask() -> int:
     return old
 
 
+# ``scheme://`` as typed, or ``scheme:/`` once ``Path`` collapsed it (one letter: a drive)
+_URI_START = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
+
+
+def local_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a ``Path``; a URI (``s3://b/x``) is an ``OSError``, never a local ``s3:``
+    directory: artifacts go to local or mounted paths (the CLI turns ``file://`` URIs into
+    paths and refuses others in one line, ``raymeta.paths``)."""
+    text = os.fspath(path)
+    if _URI_START.match(text):
+        raise OSError(
+            errno.EINVAL,
+            "a URI, not a local path (object stores take Ray's results: --storage)",
+            text,
+        )
+    return Path(path)
+
+
 def _tmp_prefix(name: str) -> str:
     return f".{name}.{os.getpid()}-"
 
@@ -150,7 +168,7 @@ def fsync_dir(directory: Path) -> None:
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
-    p = Path(path)
+    p = local_path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(p.parent, p.name)
     fd, tmp = make_temp_file(p.parent, p.name)
@@ -244,7 +262,7 @@ def atomic_dir(path: str | os.PathLike[str], overwrite: bool = False) -> Iterato
 
     An existing ``path`` stays in place, complete, until the new tree is, then both are swapped
     at once (``replace_dir``). Killed writers' temporaries of ``path`` are cleaned first."""
-    final = Path(path)
+    final = local_path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(final.parent, final.name)
     if final.exists() and not overwrite:

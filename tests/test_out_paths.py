@@ -11,7 +11,7 @@ from _kill_writer import ckpt  # tests/ is on sys.path (rootdir-less test module
 
 from raymeta.cli.main import main
 from raymeta.core.checkpoint import load_meta_checkpoint, save_meta_checkpoint
-from raymeta.errors import ConfigError
+from raymeta.errors import CheckpointError, ConfigError
 from raymeta.paths import probe_writable
 from raymeta.results import ResultSink
 
@@ -134,6 +134,8 @@ def test_file_uri_and_object_store_outputs(
     # from the API too: a URI that Path collapsed (/cwd/s3:/b/x) makes no directory 's3:'
     with pytest.raises(ConfigError, match="would create a local directory 's3:'"):
         probe_writable(Path("s3://bucket/x").absolute())
+    with pytest.raises(CheckpointError, match="a URI, not a local path"):
+        save_meta_checkpoint("s3://bucket/meta", ckpt("new"))
     assert sorted(os.listdir(tmp_path)) == ["my data", "remote"]
 
 
