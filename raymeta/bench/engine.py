@@ -30,6 +30,8 @@ from raymeta.core.engine import InnerConfig, MetaEngine
 from raymeta.core.models import ModelSpec, build_model
 from raymeta.core.reference import ref_meta_grad
 from raymeta.fileio import atomic_write_json
+from raymeta.options import add_renamed
+from raymeta.paths import output_arg
 from raymeta.tasks.base import TaskBatch
 from raymeta.tasks.sinusoid import Sinusoid
 
@@ -203,16 +205,23 @@ def run_workload(
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--json", metavar="PATH", help="also write the figures as a JSON list of records"
+        "--out",
+        type=output_arg("--out"),
+        metavar="PATH",
+        help="also write the figures as a JSON list of records",
     )
+    add_renamed(p, "--json", "--out", type=output_arg("--json"))
     p.add_argument(
-        "--quick", action="store_true", help="small meta-batches and short timings (a smoke test)"
+        "--smoke-test",
+        action="store_true",
+        help="small meta-batches and short timings (a smoke test)",
     )
+    add_renamed(p, "--quick", "--smoke-test", action="store_true")
     p.add_argument(
         "--min-time",
         type=float,
         default=None,
-        help="seconds to time each implementation (default 2, quick 0.2)",
+        help="seconds to time each implementation (default 2, smoke test 0.2)",
     )
     p.add_argument("--only", metavar="TEXT", help="run only the workloads whose name contains TEXT")
     p.add_argument(
@@ -232,7 +241,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    min_time = args.min_time if args.min_time is not None else (0.2 if args.quick else 2.0)
+    min_time = args.min_time if args.min_time is not None else (0.2 if args.smoke_test else 2.0)
     peers = _peers()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     records: list[dict[str, Any]] = []
@@ -242,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{'workload':<22} {'batch':>5} {'impl':<9} {'tasks/s':>10} {'x looped':>9} {'/ bare':>7}"
     )
-    for w in workloads(args.quick):
+    for w in workloads(args.smoke_test):
         if args.only and args.only not in w.name:
             continue
         for mb in w.meta_batches:
@@ -260,9 +269,9 @@ def run(args: argparse.Namespace) -> int:
                     f"{w.name:<22} {mb:>5} {impl:<9} {tps:>10.1f} {tps / res['looped']:>9.2f} {tps / res['bare']:>7.2f}",
                     flush=True,
                 )
-    if args.json:
-        atomic_write_json(Path(args.json), records)
-        print(f"wrote {len(records)} records to {args.json}")
+    if args.out:
+        atomic_write_json(Path(args.out), records)
+        print(f"wrote {len(records)} records to {args.out}")
     return 0
 
 

@@ -18,6 +18,8 @@ import torch
 
 from raymeta.core.train import MetaTrainConfig, MetaTrainer, meta_train
 from raymeta.fileio import atomic_write_json
+from raymeta.options import add_renamed
+from raymeta.paths import output_arg
 from raymeta.tasks import TaskBatch, TaskFamily
 
 HELP = "MAML sinusoid: held-out MSE after fine-tuning from the meta-init vs a random init"
@@ -42,7 +44,8 @@ def scores(tr: MetaTrainer, batch: TaskBatch) -> dict[int, float]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=2000, help="meta-training steps")
-    p.add_argument("--eval-tasks", type=int, default=500, help="held-out meta-test tasks")
+    p.add_argument("--test-tasks", type=int, default=500, help="held-out meta-test tasks")
+    add_renamed(p, "--eval-tasks", "--test-tasks", type=int)
     p.add_argument(
         "--inner-steps", type=int, default=1, help="inner SGD steps during meta-training"
     )
@@ -55,13 +58,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--outer-lr", type=float, default=5e-3, help="Adam step size of the outer loop")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--quick", action="store_true", help="50 steps on 50 tasks: a smoke test, not the benchmark"
+        "--smoke-test",
+        action="store_true",
+        help="50 steps on 50 tasks: a smoke test, not the benchmark",
     )
-    p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    add_renamed(p, "--quick", "--smoke-test", action="store_true")
+    p.add_argument(
+        "--out", type=output_arg("--out"), metavar="PATH", help="also write the figures as JSON"
+    )
+    add_renamed(p, "--json", "--out", type=output_arg("--json"))
 
 
 def run(args: argparse.Namespace) -> int:
-    steps, n_eval = (50, 50) if args.quick else (args.steps, args.eval_tasks)
+    steps, n_eval = (50, 50) if args.smoke_test else (args.steps, args.test_tasks)
     cfg = MetaTrainConfig(
         family="sinusoid",
         family_options={"shots": 10, "queries": 10, "task_shots": 5, "test_size": 100},
@@ -98,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"meta-training: {steps} steps in {seconds:.1f} s; target (< {TARGET_MSE} and >= {TARGET_RATIO:.0f}x): {'met' if ok else 'MISSED'}"
     )
-    if args.json:
+    if args.out:
         out: dict[str, Any] = {
             "steps": steps,
             "eval_tasks": n_eval,
@@ -108,5 +117,5 @@ def run(args: argparse.Namespace) -> int:
             "train_seconds": seconds,
             "target_met": ok,
         }
-        atomic_write_json(Path(args.json), out)
+        atomic_write_json(Path(args.out), out)
     return 0

@@ -24,6 +24,8 @@ import torch
 
 from raymeta.core.train import MetaTrainConfig, MetaTrainer
 from raymeta.fileio import atomic_write_json
+from raymeta.options import add_renamed
+from raymeta.paths import output_arg
 
 HELP = "tasks/s of meta-training: in-process engine vs Ray Train with 1 and 2 workers"
 
@@ -45,10 +47,16 @@ WORKLOADS = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--steps", type=int, default=None, help="outer steps timed per run (default 40, quick 8)"
+        "--steps",
+        type=int,
+        default=None,
+        help="outer steps timed per run (default 40, smoke test 8)",
     )
     p.add_argument(
-        "--warmup", type=int, default=None, help="untimed outer steps first (default 5, quick 2)"
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed outer steps first (default 5, smoke test 2)",
     )
     p.add_argument(
         "--threads",
@@ -70,9 +78,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--meta-batch", type=int, default=None, help="override every workload's meta-batch"
     )
     p.add_argument(
-        "--quick", action="store_true", help="few steps (a smoke test; figures are not steady)"
+        "--smoke-test",
+        action="store_true",
+        help="few steps (a smoke test; figures are not steady)",
     )
-    p.add_argument("--json", metavar="PATH", help="also write the figures as JSON records")
+    add_renamed(p, "--quick", "--smoke-test", action="store_true")
+    add_renamed(p, "--json", "--out", type=output_arg("--json"))
+    p.add_argument(
+        "--out",
+        type=output_arg("--out"),
+        metavar="PATH",
+        help="also write the figures as JSON records",
+    )
 
 
 def in_process_rate(cfg: MetaTrainConfig, steps: int, warmup: int) -> tuple[float, float]:
@@ -121,8 +138,8 @@ def ray_rate(
 def run(args: argparse.Namespace) -> int:
     from raymeta.orchestration.ray_runtime import ray_context
 
-    steps = args.steps or (8 if args.quick else 40)
-    warmup = args.warmup or (2 if args.quick else 5)
+    steps = args.steps or (8 if args.smoke_test else 40)
+    warmup = args.warmup or (2 if args.smoke_test else 5)
     torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
     print("tasks/s: per wall second (ratio to in-process) | per CPU second of rank 0 (ratio)")
@@ -138,8 +155,8 @@ def run(args: argparse.Namespace) -> int:
                 rows.append(_row(name, cfg, f"ray-w{w}", rate, cpu, base, base_cpu, fit_s))
     for r in rows:
         r.update(threads=args.threads, steps=steps, warmup=warmup)
-    if args.json:
-        atomic_write_json(args.json, rows)
+    if args.out:
+        atomic_write_json(args.out, rows)
     return 0
 
 

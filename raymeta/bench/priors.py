@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from raymeta.fileio import atomic_write_json
+from raymeta.options import add_renamed
+from raymeta.paths import output_arg
 
 HELP = "quality of learned priors vs the broad space on held-out meta-test tasks"
 
@@ -60,7 +62,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--reference", type=int, default=64, help="broad reference pool (for the median config)"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument(
+        "--out",
+        type=output_arg("--out"),
+        metavar="PATH",
+        help="also write the results to this JSON file",
+    )
+    add_renamed(p, "--json", "--out", type=output_arg("--json"))
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -202,9 +210,9 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
     print(format_rows(rows, args.samples))
-    if args.json:
+    if args.out:
         atomic_write_json(
-            Path(args.json),
+            Path(args.out),
             {
                 "args": {k: v for k, v in vars(args).items() if k not in ("func", "_parser")},
                 "rows": rows,

@@ -9,7 +9,8 @@ from typing import Any
 from raymeta.cli._common import add_command, address_arg, float_arg, int_arg, path_arg
 from raymeta.errors import ConfigError
 from raymeta.finetune.strategy import INITS, PRIORS, SCHEDULERS
-from raymeta.options import renamed
+from raymeta.options import add_renamed
+from raymeta.paths import output_arg
 
 DESCRIPTION = """Fine-tune one new task with a Ray Tune population warm-started from a
 meta-checkpoint: every member starts at the meta-learned initialization (or a seeded random
@@ -73,12 +74,7 @@ def add_parser(sub: Any) -> None:
         default=None,
         help="number of Ray Tune trials T (required)",
     )
-    p.add_argument(
-        "--population",
-        type=int_arg(1, MAX_TRIALS),
-        default=None,
-        help="deprecated name of --trials (the population is trials x members per trial)",
-    )
+    add_renamed(p, "--population", "--trials", type=int_arg(1, MAX_TRIALS))
     p.add_argument(
         "--members-per-trial",
         type=int_arg(1, MAX_MEMBERS),
@@ -138,7 +134,9 @@ def add_parser(sub: Any) -> None:
         default=None,
         help="Tune storage_path (local path or s3://, gs:// URI; default: OUT/ray_results)",
     )
-    p.add_argument("--out", type=path_arg, default=None, help="output directory (required)")
+    p.add_argument(
+        "--out", type=output_arg("--out"), default=None, help="output directory (required)"
+    )
     p.add_argument(
         "--seed",
         type=int_arg(0),
@@ -232,7 +230,6 @@ def summary(report: dict[str, Any]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    renamed(args, "population", "trials")
     for flag in ("meta", "task", "trials", "out"):
         if getattr(args, flag) is None:
             raise ConfigError(f"--{flag} is required")
