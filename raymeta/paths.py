@@ -141,7 +141,7 @@ class RemoteFile:
         if info.type == pafs.FileType.Directory:
             raise ConfigError(f"{flag} {uri} is a directory")
         if info.type != pafs.FileType.NotFound and not force:
-            raise ConfigError(f"{uri} exists (pass --force/--overwrite to replace it)")
+            raise ConfigError(f"{uri} exists (pass --overwrite to replace it)")
         return cls(fs, path.rstrip("/"), uri)
 
     def publish(self, local: str | os.PathLike[str]) -> None:

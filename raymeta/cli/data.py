@@ -4,7 +4,7 @@
 column, and prints its kind, feature width and shape, tasks per meta-split and the held-out
 (meta-test) task ids; ``--one-task`` checks a single-task file as ``raymeta tune --task FILE``
 reads it. ``convert`` turns a table with named numeric feature columns and a target column into
-the task schema. ``make-sinusoid OUT.parquet`` writes MAML sinusoid tasks in the schema: a
+the task schema. ``make-sinusoid --out OUT.parquet`` writes MAML sinusoid tasks in the schema: a
 starting point for your own data.
 """
 
