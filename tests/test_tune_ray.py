@@ -95,6 +95,8 @@ def test_pbt_exploits_retries_a_killed_trial_and_writes_outputs(
         run_tune(**{**kw, "seed": 2})
     with pytest.raises(ConfigError, match=r"different tune run \(differs in name\)"):
         run_tune(**{**kw, "name": "renamed"})
+    with pytest.raises(ConfigError, match="pbt-run already exists"):  # a name taken in --storage
+        run_tune(**{**kw, "out": tmp_path / "out2", "storage": str(out / "ray_results")})
     _ray_tune_tooling_sees_the_run(out, rep, df)
 
 

@@ -460,6 +460,12 @@ def _run(request: TuneRequest, verbose: int, crash_marker: str | None) -> dict[s
         str(out), str((out / TRUST_DIR).resolve()), exp_path, run_digest(plan.fingerprint())
     )
     _check_run_file(out, plan, write=False)  # another run's --out: its own message, first
+    if not (out / RUN_FILE).is_file() and Store(exp_path).files():
+        # a new run (run.json comes before any Tune file) whose experiment exists: another
+        # run's --name in a shared --storage
+        raise ConfigError(
+            f"Ray Tune experiment {exp_path} already exists (another run's); pick another --name"
+        )
     # before Ray starts, and so before anything (Tune included) reads a pickle from there
     resume = _trusted_resume(signer, out / HISTORY_FILE)
     t0 = time.perf_counter()
