@@ -24,7 +24,9 @@ from raymeta.errors import ConfigError
 
 MAX_BYTES = 1 << 20
 MAX_DEPTH = 64
-MAX_NODES = 100_000
+# A config is a mapping of flags (a sweep config lists tasks and strategies): far below this.
+# The bound is also a time bound: PyYAML composes ~25k nodes/s on a slow core.
+MAX_NODES = 20_000
 
 
 class _Refused(yaml.YAMLError):
