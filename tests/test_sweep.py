@@ -202,8 +202,10 @@ def test_same_basename_checkpoints_keep_every_row(
     import ray
 
     out = tmp_path / "results"
-    got = run_sweep(cfg, out, address=ray.get_runtime_context().gcs_address, progress=False)
+    address = ray.get_runtime_context().gcs_address
+    got = run_sweep(cfg, out, address=address, progress=False, flush_s=0.0)
     assert (got["units"], got["ran"]) == (2, 2)
+    assert len(list((out / "sweep=twins").glob("part-*.parquet"))) == 2  # flush_s=0: per unit
     table = read_results(out, sweep="twins").to_pandas()
     finals = table[table.metric == "test_loss"]
     assert sorted(finals.strategy) == sorted(u["label"] for u in units)
