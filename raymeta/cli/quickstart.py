@@ -12,6 +12,7 @@ Every stage is resumable: rerunning the command reuses what a previous run finis
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shlex
 import time
 from pathlib import Path
@@ -184,9 +185,11 @@ def _run(args: argparse.Namespace) -> int:
     # the directory only when it holds no other runs (say of an earlier, larger quickstart)
     same = found == {(r / "results").resolve() for r in runs}
     where = shlex.quote(str(tune_dir)) if same else " ".join(shlex.quote(str(r)) for r in runs)
-    plots = shlex.quote(str(out / "plots"))
+    # --plots only where matplotlib is installed (the 'plots' extra): a hint must run as printed
+    has_mpl = importlib.util.find_spec("matplotlib") is not None
+    plots = f" --plots {shlex.quote(str(out / 'plots'))}" if has_mpl else ""
     print(
         f"next: raymeta priors show --meta {shlex.quote(str(meta))}; "
-        f"raymeta report {where} --sweep {LABEL} --plots {plots}"
+        f"raymeta report {where} --sweep {LABEL}{plots}"
     )
     return 0

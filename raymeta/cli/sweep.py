@@ -40,7 +40,9 @@ def add_parser(sub: Any) -> None:
         default=None,
         help="units at once (default: the cluster's CPUs)",
     )
-    p.add_argument("--quiet", action="store_true", help="no per-unit progress lines")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress output (the progress line goes to stderr)"
+    )
 
 
 def _run(args: argparse.Namespace) -> int:

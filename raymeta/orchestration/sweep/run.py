@@ -29,6 +29,7 @@ from raymeta.lock import locks_output
 from raymeta.orchestration.sweep.config import SweepConfig
 from raymeta.plugins import add_import_roots, check_portable, import_roots
 from raymeta.priors import load_priors
+from raymeta.progress import Progress
 from raymeta.results import ResultSink
 from raymeta.tasks import make_family, resize_splits
 
@@ -188,30 +189,26 @@ def run_sweep(
         finished = 0
         buffer: dict[str, list[dict[str, Any]]] = {}
         flushed = time.monotonic()
+        bar = Progress(f"sweep {cfg.name}", total, quiet=not progress)
         try:
-            while queue or pending:
-                while queue and len(pending) < slots:
-                    u = queue.pop(0)
-                    pending[remote.remote(u, cfg_ref, roots)] = u
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    u = pending.pop(ref)
-                    try:
-                        buffer[u["key"]] = ray.get(ref)
-                    except ray.exceptions.RayError as exc:
-                        raise _unit_error(exc, u["key"]) from None
-                    finished += 1
-                    if len(buffer) >= flush_units or time.monotonic() - flushed >= flush_s:
-                        sink.append_many(buffer)
-                        buffer, flushed = {}, time.monotonic()
-                    if progress:
-                        el = time.perf_counter() - t0
-                        eta = el / finished * (len(todo) - finished)
-                        n = total - len(todo) + finished
-                        print(
-                            f"[{n}/{total}] {u['key']}  {el:6.1f}s elapsed, ~{eta:5.0f}s left",
-                            flush=True,
-                        )
+            with bar:
+                bar.update(total - len(todo))
+                while queue or pending:
+                    while queue and len(pending) < slots:
+                        u = queue.pop(0)
+                        pending[remote.remote(u, cfg_ref, roots)] = u
+                    ready, _ = ray.wait(list(pending), num_returns=1)
+                    for ref in ready:
+                        u = pending.pop(ref)
+                        try:
+                            buffer[u["key"]] = ray.get(ref)
+                        except ray.exceptions.RayError as exc:
+                            raise _unit_error(exc, u["key"]) from None
+                        finished += 1
+                        if len(buffer) >= flush_units or time.monotonic() - flushed >= flush_s:
+                            sink.append_many(buffer)
+                            buffer, flushed = {}, time.monotonic()
+                        bar.update(total - len(todo) + finished, note=f"last {u['key']}")
         finally:  # finished units are kept on an error or Ctrl-C, too
             if buffer:
                 sink.append_many(buffer)

@@ -527,8 +527,9 @@ def write_outputs(
         "seed": req.seed,
     }
     key = f"{plan.task.task_id}/{plan.strategy}/{req.seed}"
+    parts: dict[str, list[dict[str, Any]]] = {}  # one results part file for the whole run
     for h in hists:
-        rows = [
+        parts[f"{key}/{h.trial_id}"] = [
             row
             for r in h.rows
             for row in val_rows(
@@ -540,11 +541,11 @@ def write_outputs(
                 max(0.0, r["wall_time"] - started),
             )
         ]
-        sink.append(rows, key=f"{key}/{h.trial_id}")
     total = sum(h.rows[-1]["spent"] for h in hists if h.rows) + final.extra_steps
     best_trial = str(best_r.metrics.get("trial_id"))
     trial = f"{best_trial}/m{best.member}"
-    sink.append(final_rows(common, trial, total, test, best.config, wall_s), key=f"{key}/final")
+    parts[f"{key}/final"] = final_rows(common, trial, total, test, best.config, wall_s)
+    sink.append_many(parts)
     buf = io.BytesIO()
     torch.save({k: v.contiguous() for k, v in final.params.items()}, buf)
     atomic_write_bytes(out / MODEL_FILE, buf.getvalue())
