@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from raymeta.bench.args import add_json_out
 from raymeta.core.engine import InnerConfig, MetaEngine
 from raymeta.core.models import ModelSpec, build_model
 from raymeta.core.reference import ref_meta_grad
 from raymeta.fileio import atomic_write_json
 from raymeta.options import add_renamed
-from raymeta.paths import output_arg
 from raymeta.tasks.base import TaskBatch
 from raymeta.tasks.sinusoid import Sinusoid
 
@@ -204,13 +204,7 @@ def run_workload(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--out",
-        type=output_arg("--out"),
-        metavar="PATH",
-        help="also write the figures as a JSON list of records",
-    )
-    add_renamed(p, "--json", "--out", type=output_arg("--json"))
+    add_json_out(p, "also write the figures as a JSON list of records")
     p.add_argument(
         "--smoke-test",
         action="store_true",

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
+from raymeta.bench.args import add_json_out
 from raymeta.core.train import MetaTrainConfig, MetaTrainer, meta_train
 from raymeta.fileio import atomic_write_json
 from raymeta.options import add_renamed
-from raymeta.paths import output_arg
 from raymeta.tasks import TaskBatch, TaskFamily
 
 HELP = "MAML sinusoid: held-out MSE after fine-tuning from the meta-init vs a random init"
@@ -63,10 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="50 steps on 50 tasks: a smoke test, not the benchmark",
     )
     add_renamed(p, "--quick", "--smoke-test", action="store_true")
-    p.add_argument(
-        "--out", type=output_arg("--out"), metavar="PATH", help="also write the figures as JSON"
-    )
-    add_renamed(p, "--json", "--out", type=output_arg("--json"))
+    add_json_out(p, "also write the figures as JSON")
 
 
 def run(args: argparse.Namespace) -> int:

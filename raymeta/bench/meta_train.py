@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
+from raymeta.bench.args import add_json_out
 from raymeta.core.train import MetaTrainConfig, MetaTrainer
 from raymeta.fileio import atomic_write_json
 from raymeta.options import add_renamed
-from raymeta.paths import output_arg
 
 HELP = "tasks/s of meta-training: in-process engine vs Ray Train with 1 and 2 workers"
 
@@ -83,13 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="few steps (a smoke test; figures are not steady)",
     )
     add_renamed(p, "--quick", "--smoke-test", action="store_true")
-    add_renamed(p, "--json", "--out", type=output_arg("--json"))
-    p.add_argument(
-        "--out",
-        type=output_arg("--out"),
-        metavar="PATH",
-        help="also write the figures as JSON records",
-    )
+    add_json_out(p, "also write the figures as JSON records")
 
 
 def in_process_rate(cfg: MetaTrainConfig, steps: int, warmup: int) -> tuple[float, float]:

@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from raymeta.bench.args import add_json_out
 from raymeta.fileio import atomic_write_json
-from raymeta.options import add_renamed
-from raymeta.paths import output_arg
 
 HELP = "quality of learned priors vs the broad space on held-out meta-test tasks"
 
@@ -62,13 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--reference", type=int, default=64, help="broad reference pool (for the median config)"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--out",
-        type=output_arg("--out"),
-        metavar="PATH",
-        help="also write the results to this JSON file",
-    )
-    add_renamed(p, "--json", "--out", type=output_arg("--json"))
+    add_json_out(p, "also write the results to this JSON file")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
