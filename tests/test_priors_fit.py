@@ -199,6 +199,7 @@ def test_cli_fit_show_and_bad_input(
     assert main(["priors", "show", "--meta", str(d)]) == 0
     shown = capsys.readouterr().out
     assert "3 meta-val tasks x 5 configs" in shown and "lr" in shown
+    assert "fitted for --objective final, --max-steps 4" in shown  # what the priors serve
     assert "joint part" in shown  # the kernel-mixture component is shown with its centres
     with pytest.raises(SystemExit):
         main(["priors", "fit", "--meta", str(d), "--safe-rate", "1.5"])

@@ -325,6 +325,7 @@ def fit_priors(
         "refine_repeats": refine_repeats,
         "fit_runs": cfg.fit_runs,
         "objective": objective,
+        "max_steps": max_steps,
         "fit_seconds": time.perf_counter() - t0,
     }
     return priors

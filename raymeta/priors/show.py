@@ -47,6 +47,11 @@ def format_priors(pr: Priors, candidates: dict[str, dict[str, Any]] | None = Non
         f"priors v{pr.version}: family {fam}, {info.get('n_tasks', '?')} meta-val tasks x {info.get('n_configs', '?')} configs, "
         f"seed {info.get('seed', '?')}, top {info.get('quantile', '?')} quantile, fit {info.get('fit_seconds', 0.0):.1f} s"
     )
+    # what the priors serve: raymeta tune wants --objective anytime --max-steps <steps per member>
+    head += (
+        f"\nfitted for --objective {info.get('objective', 'final (older file)')}"
+        f", --max-steps {info.get('max_steps', '? (older file)')}"
+    )
     rows = [[p.name, _space(p), _dist(p, pr.learned.dists[p.name])] for p in pr.space]
     cond = pr.learned.conditional
     if cond is not None:  # the sub-priors sampling actually uses, after the pooled marginals
