@@ -88,6 +88,14 @@ def test_pbt_exploits_retries_a_killed_trial_and_writes_outputs(
         rep["best"]["test_loss"]
     )
     assert json.loads((out / "report.json").read_text())["best"] == rep["best"]
+    # a real tune run's results load in one line with pandas and pyarrow, in one part file
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    assert len(pd.read_parquet(out / "results")) == len(df)
+    flat = pq.read_table(out / "results").flatten()
+    assert flat.num_rows == len(df) and str(flat.schema.field("hparams.lr").type) == "double"
+    assert len(list((out / "results").glob("sweep=*/part-*.parquet"))) == 1
     # rerunning the finished run restores it (nothing retrained, no duplicate rows)
     rep2 = run_tune(**kw, max_failures=2)
     assert rep2["best"] == rep["best"] and read_results(out / "results").num_rows == len(df)
