@@ -1,9 +1,11 @@
 """The hyperparameter vocabulary is declared once (``raymeta.finetune.hparams.HPARAMS``).
 
-The proof: one more entry in that table, and nothing else, makes a new hyperparameter part of
-the broad space, of prior samples and PBT explores, of the members' tensors, of a fitted
-priors' space and portfolio, of the Ray Tune space, mutations and progress columns, and of the
-hyperparameters written into result rows (sweep units and tune reports alike).
+The proof: one more entry in that table makes a new hyperparameter part of the broad space, of
+prior samples and PBT explores, of the members' tensors, of a fitted priors' space and
+portfolio, of the Ray Tune space, mutations and progress columns, and of the hyperparameters
+written into result rows (sweep units and tune reports alike). The one other entry is its column
+type in the results schema (``raymeta.results.schema.HPARAM_TYPES``, the typed ``hparams``
+struct; the results layer never imports torch), which a test in test_results_format keeps equal.
 """
 
 from __future__ import annotations
@@ -40,8 +42,13 @@ MOMENTUM = HParam(
 
 @pytest.fixture()
 def extended(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The vocabulary with one more hyperparameter (the only change)."""
+    """The vocabulary with one more hyperparameter, and its column type in the results."""
+    import pyarrow as pa
+
+    from raymeta.results import schema
+
     monkeypatch.setattr(hparams, "HPARAMS", (*hparams.HPARAMS, MOMENTUM))
+    monkeypatch.setattr(schema, "HPARAM_TYPES", {**schema.HPARAM_TYPES, "momentum": pa.float64()})
     yield
 
 
@@ -83,7 +90,7 @@ def test_a_new_hyperparameter_flows_from_the_space_to_the_rows(
     assert "momentum" in res.best.config
     common = {"sweep": "s", "strategy": "meta+broad+pbt", "task": task.task_id, "seed": 0}
     row = final_rows(common, "best", res.member_steps, res.test, res.best.config, res.wall_s)[0]
-    assert json.loads(row["hparams"])["momentum"] == res.best.config["momentum"]
+    assert row["hparams"]["momentum"] == res.best.config["momentum"]
     # a tune report's rows: the trial history records the vocabulary's keys of a (real Tune)
     # trial's config, and the rows carry them
     trial = Trial("raymeta_test", config={**configs[0], "raymeta_trial_steps": 3}, stub=True)
@@ -91,7 +98,7 @@ def test_a_new_hyperparameter_flows_from_the_space_to_the_rows(
     rec = json.loads((tmp_path / "h.jsonl").read_text())
     assert rec["hparams"] == {k: configs[0][k] for k in hparams.names()}
     rows = val_rows(common, trial.trial_id, 3, {"val_loss": 0.5}, rec["hparams"], 1.0)
-    assert json.loads(rows[0]["hparams"])["momentum"] == configs[0]["momentum"]
+    assert rows[0]["hparams"]["momentum"] == configs[0]["momentum"]
     # the Ray Tune side: space, PBT mutations, progress columns
     assert "momentum" in param_space(prior) and "momentum" in hyperparam_mutations(prior)
     assert hparams.tune_columns()["momentum"] == "mom"

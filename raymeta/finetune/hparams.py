@@ -8,7 +8,8 @@ its column in Ray Tune's progress table. Everything else reads this table: the b
 function, the Tune param space, mutations and progress columns, the trial history, the
 hyperparameters written into result rows (``row_hparams``) and the looped reference. Adding a
 hyperparameter is one entry here plus its use in the step function (``step.py``) and the
-reference (``reference.py``).
+reference (``reference.py``), and its column type in the results' ``hparams`` struct
+(``raymeta.results.schema.HPARAM_TYPES``, which bumps the results schema version).
 
 =============  ===========  ==========================  =========================================
 name           type         broad range                 notes
