@@ -83,28 +83,9 @@ def run_population(
     """Fine-tune ``len(configs)`` members on ``task`` (see the module docstring) and apply
     each final-pick rule of ``picks`` (``raymeta.finetune.picks``) to the population holding
     the best snapshot."""
-    if steps < 1 or interval < 1:
-        raise ConfigError(f"steps and interval must be >= 1 (got {steps}, {interval})")
-    if init not in INITS:
-        raise ConfigError(f"unknown init {init!r} (use {' or '.join(INITS)})")
-    if pbt and prior is None:
-        raise ConfigError("PBT needs a prior to explore within")
-    if not configs:
-        raise ConfigError("a population needs at least one member")
-    if not picks:
-        raise ConfigError("at least one final pick rule is needed")
-    for rule in picks:
-        check_pick(rule)
+    check_run(steps, interval, init, pbt, prior, configs, picks)
     t0 = time.perf_counter()
-    first = next(iter(candidates))
-    groups: dict[str, list[int]] = {}
-    for i, c in enumerate(configs):
-        name = str(c.get("model") or first)
-        if name not in candidates:
-            raise ConfigError(
-                f"config asks for model {name!r}, not a candidate ({', '.join(candidates)})"
-            )
-        groups.setdefault(name, []).append(i)
+    groups = member_groups(candidates, configs)
     dtype = data_dtype(task.x_train)
     pops = []
     for name, idx in groups.items():
@@ -139,7 +120,68 @@ def run_population(
     members = list(groups.values())
     curves = Curves(started=t0)
     for evs in zip(*runs, strict=True):
-        curves.add(_merge(evs, members))
+        curves.add(merge_evaluations(evs, members))
+    return conclude(
+        task, candidates, pops, members, init=init, seed=seed, picks=picks, curves=curves, t0=t0
+    )
+
+
+def check_run(
+    steps: int,
+    interval: int,
+    init: str,
+    pbt: bool,
+    prior: Prior | None,
+    configs: Sequence[Mapping[str, Any]],
+    picks: Sequence[str],
+) -> None:
+    """What ``run_population`` (and its batched form) refuses before any work."""
+    if steps < 1 or interval < 1:
+        raise ConfigError(f"steps and interval must be >= 1 (got {steps}, {interval})")
+    if init not in INITS:
+        raise ConfigError(f"unknown init {init!r} (use {' or '.join(INITS)})")
+    if pbt and prior is None:
+        raise ConfigError("PBT needs a prior to explore within")
+    if not configs:
+        raise ConfigError("a population needs at least one member")
+    if not picks:
+        raise ConfigError("at least one final pick rule is needed")
+    for rule in picks:
+        check_pick(rule)
+
+
+def member_groups(
+    candidates: Mapping[str, Candidate], configs: Sequence[Mapping[str, Any]]
+) -> dict[str, list[int]]:
+    """Member indices by their config's ``model`` (the first candidate where unset), in
+    order of first appearance: one ``Population`` per group."""
+    first = next(iter(candidates))
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(configs):
+        name = str(c.get("model") or first)
+        if name not in candidates:
+            raise ConfigError(
+                f"config asks for model {name!r}, not a candidate ({', '.join(candidates)})"
+            )
+        groups.setdefault(name, []).append(i)
+    return groups
+
+
+def conclude(
+    task: Task,
+    candidates: Mapping[str, Candidate],
+    pops: Sequence[Population],
+    members: list[list[int]],
+    *,
+    init: str,
+    seed: int,
+    picks: Sequence[str],
+    curves: Curves,
+    t0: float,
+) -> PopulationResult:
+    """A finished run's result: the best snapshot of all groups (``pops``, whose members are
+    ``members`` in ``configs`` order) and each final pick of the group holding it."""
+    dtype = data_dtype(task.x_train)
     bests = [p.best() for p in pops]
     for b, idx in zip(bests, members, strict=True):
         b.member = idx[b.member]  # the member's index in ``configs``
@@ -157,7 +199,7 @@ def run_population(
     )
 
 
-def _merge(evs: Sequence[Evaluation], members: list[list[int]]) -> Evaluation:
+def merge_evaluations(evs: Sequence[Evaluation], members: list[list[int]]) -> Evaluation:
     """One evaluation of every group, members in their order in ``configs`` (exploit events
     name members by that index too)."""
     if len(evs) == 1:
@@ -202,10 +244,16 @@ def run_strategy(
     first configs from the strategy's prior (``priors``, else the checkpoint's) drawn with
     ``rng``, or the fixed default fine-tune of ``candidate``; final picks ``picks`` (default:
     the strategy's own)."""
-    n_train = len(task.x_train)
-    prior, portfolio = strategy_prior(ckpt, strategy, n_train, steps, priors)
-    fixed = fixed_default(ckpt, n_train, steps, candidate)
-    configs = member_configs(strategy, population, prior, portfolio, rng, fixed)
+    configs, prior, pbt = strategy_members(
+        ckpt,
+        strategy,
+        task,
+        population=population,
+        steps=steps,
+        rng=rng,
+        priors=priors,
+        candidate=candidate,
+    )
     return run_population(
         task,
         ckpt.candidates,
@@ -215,6 +263,26 @@ def run_strategy(
         interval=min(interval, steps),
         seed=seed,
         prior=prior,
-        pbt=strategy.scheduler == "pbt" and not strategy.fixed,
+        pbt=pbt,
         picks=tuple(picks) if picks is not None else (strategy.pick,),
     )
+
+
+def strategy_members(
+    ckpt: MetaCheckpoint,
+    strategy: Strategy,
+    task: Task,
+    *,
+    population: int,
+    steps: int,
+    rng: np.random.Generator,
+    priors: Priors | None = None,
+    candidate: str | None = None,
+) -> tuple[list[dict[str, Any]], Prior, bool]:
+    """A strategy's first member configs on ``task`` (drawn with ``rng``), the prior they
+    explore within, and whether the population exploits (PBT): what ``run_strategy`` runs."""
+    n_train = len(task.x_train)
+    prior, portfolio = strategy_prior(ckpt, strategy, n_train, steps, priors)
+    fixed = fixed_default(ckpt, n_train, steps, candidate)
+    configs = member_configs(strategy, population, prior, portfolio, rng, fixed)
+    return configs, prior, strategy.scheduler == "pbt" and not strategy.fixed

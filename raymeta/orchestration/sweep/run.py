@@ -1,31 +1,35 @@
 """``raymeta sweep``: many held-out tasks x strategies x seeds, distributed as Ray tasks.
 
-Each unit (meta-checkpoint, strategy, task, seed) is one Ray task running an in-process,
-vmapped population (``raymeta.finetune.run.run_population``); up to the cluster's CPU count run
-at once.
-The driver buffers finished units and appends them to the results dataset in batches (every
-``flush_units`` units or ``flush_s`` seconds, and at the end), one part file per batch listing
-its units' keys: a 200-task x 4-strategy sweep leaves a few dozen files, not 800. Appends are
+Units (meta-checkpoint, strategy, task, seed) of one checkpoint and strategy run in batches:
+one Ray task trains a batch's units as one packed, vmapped population per model
+(``batch.run_batch``), each unit with its own task data, seeds and PBT, so its rows are the
+ones it gets alone (``run_unit``); up to the cluster's CPU count of batches run at once.
+The driver buffers finished batches and appends them to the results dataset (once at least
+``flush_units`` units or ``flush_s`` seconds since the last write, and at the end), one part
+file per write listing its units' keys: whole batches only, a few files per sweep. Appends are
 atomic and idempotent, so a killed sweep rerun with the same command skips the published units,
 re-runs the buffered ones and leaves no duplicate or missing rows.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint
 from raymeta.errors import ClusterError, ConfigError, DataError, RaymetaError
-from raymeta.finetune.curves import final_rows
 from raymeta.finetune.run import run_strategy
 from raymeta.finetune.strategy import AUTO, Strategy, resolve_auto
 from raymeta.lock import locks_output
+from raymeta.orchestration.sweep.batch import (
+    cached_checkpoint,
+    plan_batches,
+    plan_unit,
+    run_batch,
+    unit_rows,
+)
 from raymeta.orchestration.sweep.config import SweepConfig
 from raymeta.plugins import add_import_roots, check_portable, import_roots
 from raymeta.priors import load_priors
@@ -34,45 +38,31 @@ from raymeta.results import ResultSink
 from raymeta.tasks import make_family, resize_splits
 
 
-@functools.lru_cache(maxsize=8)
-def _checkpoint(path: str) -> MetaCheckpoint:
-    return load_meta_checkpoint(path)
-
-
 def run_unit(
     unit: dict[str, Any], cfg: SweepConfig, import_roots: list[str] | None = None
 ) -> list[dict[str, Any]]:
-    """Run one (meta, strategy, task, seed) unit and return its result rows (pure, no Ray).
+    """Run one (meta, strategy, task, seed) unit alone and return its result rows (pure, no
+    Ray): the reference ``run_batch`` reproduces, and what ``raymeta tune``-style callers use.
 
     ``import_roots``: where the driver found the user's model and family modules, if any."""
     add_import_roots(import_roots or [])
     torch.set_num_threads(1)
-    ckpt = _checkpoint(unit["meta"])
-    family = make_family(resize_splits(ckpt.family, cfg.task_options, "sweep: task_options key"))
-    task = family.task("test", int(unit["task"]))
-    auto = unit["strategy"] == AUTO
-    strat = resolve_auto(ckpt)[0] if auto else Strategy.parse(unit["strategy"])
-    seed = int(unit["seed"])
-    # ``auto`` runs what strategy selection measured: a default fine-tune as long as a member
-    steps = cfg.fixed_steps if strat.fixed and not auto else cfg.steps_per_member
+    plan = plan_unit(unit, cfg)
     res = run_strategy(
-        ckpt,
-        strat,
-        task,
+        plan.ckpt,
+        plan.strategy,
+        plan.task,
         population=cfg.population,
-        steps=steps,
+        steps=plan.steps,
         interval=cfg.interval,
-        seed=seed,
-        rng=np.random.default_rng([seed, int(unit["task"])]),
+        seed=plan.seed,
+        rng=plan.rng(),
     )
-    common = {"sweep": cfg.name, "strategy": unit["label"], "task": task.task_id, "seed": seed}
-    return res.curves.rows(common) + final_rows(
-        common, "best", res.member_steps, res.test, res.pick.config, res.wall_s
-    )
+    return unit_rows(unit, cfg, plan, res)
 
 
 MAX_CONCURRENCY = 4096
-FLUSH_UNITS = 32  # finished units per results part
+FLUSH_UNITS = 256  # finished units per results part, and the most units of one Ray task
 FLUSH_S = 60.0  # ... or seconds since the last write, so a slow sweep persists its progress
 
 
@@ -86,7 +76,7 @@ def check_sweep(cfg: SweepConfig) -> list[str]:
     """
     names: list[tuple[str, str]] = []
     for meta in dict.fromkeys(str(m) for m in cfg.meta):
-        ckpt = _checkpoint(meta)
+        ckpt = cached_checkpoint(meta)
         names += [("family", ckpt.family.name)]
         names += [("model", c.spec.name) for c in ckpt.candidates.values()]
         strategies = [
@@ -146,8 +136,9 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Run every unit not yet in ``out``'s results dataset; returns counts and wall time.
 
-    Finished units are written in batches of ``flush_units``, or sooner once ``flush_s``
-    seconds passed since the last write; a kill loses at most the buffered units' work."""
+    A Ray task runs at most ``flush_units`` units (``batch.plan_batches``). Finished batches
+    are written once ``flush_units`` units are buffered, or sooner once ``flush_s`` seconds
+    passed since the last write; a kill loses at most the buffered and running batches' work."""
     import ray
 
     from raymeta.orchestration.ray_runtime import ray_context
@@ -182,10 +173,10 @@ def run_sweep(
         return {"units": total, "ran": 0, "wall_s": 0.0}
     with ray_context(address):
         slots = max_concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        remote = ray.remote(num_cpus=1, max_retries=2)(run_unit)
+        remote = ray.remote(num_cpus=1, max_retries=2)(run_batch)
         cfg_ref = ray.put(cfg)
-        pending: dict[Any, dict[str, Any]] = {}
-        queue = list(todo)
+        pending: dict[Any, list[dict[str, Any]]] = {}
+        queue = plan_batches(todo, slots, flush_units)
         finished = 0
         buffer: dict[str, list[dict[str, Any]]] = {}
         flushed = time.monotonic()
@@ -195,21 +186,27 @@ def run_sweep(
                 bar.update(total - len(todo))
                 while queue or pending:
                     while queue and len(pending) < slots:
-                        u = queue.pop(0)
-                        pending[remote.remote(u, cfg_ref, roots)] = u
+                        batch = queue.pop(0)
+                        pending[remote.remote(batch, cfg_ref, roots)] = batch
                     ready, _ = ray.wait(list(pending), num_returns=1)
                     for ref in ready:
-                        u = pending.pop(ref)
+                        batch = pending.pop(ref)
                         try:
-                            buffer[u["key"]] = ray.get(ref)
+                            buffer.update(ray.get(ref))
                         except ray.exceptions.RayError as exc:
-                            raise _unit_error(exc, u["key"]) from None
-                        finished += 1
+                            raise _unit_error(exc, _keys(batch)) from None
+                        finished += len(batch)
                         if len(buffer) >= flush_units or time.monotonic() - flushed >= flush_s:
                             sink.append_many(buffer)
                             buffer, flushed = {}, time.monotonic()
-                        bar.update(total - len(todo) + finished, note=f"last {u['key']}")
+                        bar.update(total - len(todo) + finished, note=f"last {batch[-1]['key']}")
         finally:  # finished units are kept on an error or Ctrl-C, too
             if buffer:
                 sink.append_many(buffer)
     return {"units": total, "ran": len(todo), "wall_s": time.perf_counter() - t0}
+
+
+def _keys(batch: list[dict[str, Any]]) -> str:
+    """A batch's units as an error names them."""
+    keys = [u["key"] for u in batch]
+    return keys[0] if len(keys) == 1 else f"{keys[0]} (one of a batch of {len(keys)})"

@@ -1,0 +1,261 @@
+"""Many units' populations as one: the batched form of ``run.run_population``.
+
+A sweep runs thousands of small populations (8 members, one task each) of the same model.
+Trained one by one, each optimizer step is a Python loop iteration for 8 members; packed, one
+step trains every member of every unit, each on its own task's data (per-member data, as
+priors fitting packs tasks x configs). The numbers do not change:
+
+* members keep their ``run_population`` seeds (minibatches ``seed * 1_000_003 + i``, scratch
+  init ``seed * 10_007 + i``) and member randomness is counter-based, so a member's trajectory
+  does not depend on who it is packed with;
+* a unit's members of one model are one contiguous slice of that model's packed
+  ``Population``; after each evaluation but the last, each unit exploits within its own slice
+  (``exploit_slice``) with its own generator ``default_rng(seed)``, in the order
+  ``run_population`` uses (its groups in order), so PBT never crosses units;
+* the best snapshot and the final picks are taken per unit from a ``Population`` holding only
+  its slice (``slice_population``), through the same ``run.conclude``.
+
+Units whose tasks differ in split shapes or dtype cannot share per-member tensors: they are
+packed by shape (``run_units`` groups them), never mixed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from raymeta.core.checkpoint import Candidate
+from raymeta.core.models import build_model
+from raymeta.finetune.curves import Curves
+from raymeta.finetune.population import (
+    SWEEP_RULE,
+    Evaluation,
+    ExploitRule,
+    Perturb,
+    Population,
+    data_dtype,
+    every,
+    exploit_worst,
+    initial_state,
+    run_schedule,
+)
+from raymeta.finetune.run import (
+    PopulationResult,
+    check_run,
+    conclude,
+    member_groups,
+    merge_evaluations,
+)
+from raymeta.finetune.step import PopulationState
+from raymeta.priors import Prior
+from raymeta.tasks import Task
+
+BATCH_MEMORY = 1 << 30  # bytes one packed population may take (weights, moments, data)
+MAX_BATCH_MEMBERS = 16384
+
+
+@dataclass
+class Unit:
+    """One population of a batch: what ``run_population`` would be called with."""
+
+    task: Task
+    configs: list[dict[str, Any]]
+    seed: int
+    prior: Prior | None = None
+
+
+def member_bytes(spec: Any, task: Task) -> int:
+    """A generous estimate of one packed member's memory: weights, two Adam moments, best
+    snapshot and the step's temporaries (about 12 copies of the weights), plus its task data
+    and activations."""
+    n_params = sum(p.numel() for p in build_model(spec).parameters())
+    item = torch.finfo(data_dtype(task.x_train)).bits // 8
+    data = sum(t.numel() * t.element_size() for t in (task.x_train, task.y_train))
+    data += sum(t.numel() * t.element_size() for t in (task.x_val, task.y_val))
+    return 12 * n_params * item + 4 * data
+
+
+def batch_members(spec: Any, task: Task, budget: int = BATCH_MEMORY) -> int:
+    """Members one packed population of ``spec`` on tasks like ``task`` may hold."""
+    return max(1, min(MAX_BATCH_MEMBERS, budget // max(1, member_bytes(spec, task))))
+
+
+def exploit_slice(
+    pop: Population,
+    lo: int,
+    hi: int,
+    rng: np.random.Generator,
+    perturb: Perturb,
+    rule: ExploitRule,
+) -> list[dict[str, Any]]:
+    """``Population.exploit`` restricted to members ``lo .. hi - 1`` of ``pop`` (one unit's
+    group): the same draws, copies and events (member indices local to the slice)."""
+    st = pop.state
+    view = PopulationState(  # basic slices are views: copies land in the packed tensors
+        {k: v[lo:hi] for k, v in st.params.items()},
+        {k: v[lo:hi] for k, v in st.m.items()},
+        {k: v[lo:hi] for k, v in st.v.items()},
+        st.step[lo:hi],
+    )
+    events: list[dict[str, Any]] = []
+
+    def explore(src: int, dst: int) -> None:
+        old = pop.configs[lo + dst]
+        new = (
+            old
+            if dst in rule.pinned
+            else {**perturb(pop.configs[lo + src], rng), "model": pop.name}
+        )
+        pop.set_config(lo + dst, new)
+        events.append({"kind": "member_exploit", "src": src, "dst": dst, "old": old, "new": new})
+
+    val = pop.last_val[lo:hi].cpu().numpy()
+    exploit_worst(view, val, rule.count(hi - lo), rng, explore)
+    return events
+
+
+def slice_population(pop: Population, lo: int, hi: int) -> Population:
+    """Members ``lo .. hi - 1`` of ``pop`` as a population of their own (copies): configs,
+    seeds, state, best snapshots and evaluations, for the per-unit best and final picks."""
+    sub = Population(
+        pop.spec,
+        pop.kind,
+        pop.name,
+        pop.configs[lo:hi],
+        pop.seeds[lo:hi],
+        pop.state.index(slice(lo, hi)),
+        horizon=pop.horizon,
+        keep_best=pop.keep_best,
+    )
+    t = {k: v if k == "evaluations" else v[lo:hi] for k, v in pop.tensors().items()}
+    sub.restore(t, pop.best_configs[lo:hi])
+    return sub
+
+
+def _slice_eval(ev: Evaluation, lo: int, hi: int, events: list[dict[str, Any]]) -> Evaluation:
+    acc = ev.accuracy[lo:hi] if ev.accuracy is not None else None
+    return Evaluation(ev.step, ev.taken[lo:hi], ev.loss[lo:hi], acc, events, ev.seconds)
+
+
+def run_units(
+    units: Sequence[Unit],
+    candidates: Mapping[str, Candidate],
+    *,
+    init: str,
+    steps: int,
+    interval: int,
+    pbt: bool = False,
+    picks: Sequence[str] = ("best",),
+    max_members: int | None = None,
+) -> list[PopulationResult]:
+    """``[run_population(u.task, candidates, u.configs, seed=u.seed, prior=u.prior, ...) for u
+    in units]``, the same numbers, trained packed (module docstring): units with equal task
+    shapes share one ``Population`` per model, at most ``max_members`` members each (default:
+    ``batch_members``)."""
+    for u in units:
+        check_run(steps, interval, init, pbt, u.prior, u.configs, picks)
+    out: dict[int, PopulationResult] = {}
+    by_shape: dict[tuple[Any, ...], list[int]] = {}
+    for i, u in enumerate(units):
+        t = u.task
+        key = (t.kind, t.x_train.dtype, t.y_train.dtype, t.x_train.shape, t.y_train.shape)
+        by_shape.setdefault(key + (t.x_val.shape, t.y_val.shape), []).append(i)
+    for idx in by_shape.values():
+        first = units[idx[0]]
+        spec = next(iter(candidates.values())).spec
+        cap = max_members or batch_members(spec, first.task)
+        chunk: list[int] = []
+        size = 0
+        for i in idx:  # chunks of whole units, at most ``cap`` members (one unit may exceed it)
+            n = len(units[i].configs)
+            if chunk and size + n > cap:
+                out.update(_run_packed(units, chunk, candidates, init, steps, interval, pbt, picks))
+                chunk, size = [], 0
+            chunk.append(i)
+            size += n
+        if chunk:
+            out.update(_run_packed(units, chunk, candidates, init, steps, interval, pbt, picks))
+    return [out[i] for i in range(len(units))]
+
+
+def _run_packed(
+    units: Sequence[Unit],
+    which: list[int],
+    candidates: Mapping[str, Candidate],
+    init: str,
+    steps: int,
+    interval: int,
+    pbt: bool,
+    picks: Sequence[str],
+) -> dict[int, PopulationResult]:
+    """Units ``which`` (equal task shapes) trained as one population per model."""
+    t0 = time.perf_counter()
+    groups = {i: member_groups(candidates, units[i].configs) for i in which}
+    # per model: the (unit, configs indices) segments and where each starts
+    layout: dict[str, list[tuple[int, list[int], int]]] = {}
+    where: dict[int, list[tuple[str, int, int]]] = {}  # unit -> its slices, in group order
+    for i in which:
+        for name, idx in groups[i].items():
+            segs = layout.setdefault(name, [])
+            lo = segs[-1][2] + len(segs[-1][1]) if segs else 0
+            segs.append((i, idx, lo))
+            where.setdefault(i, []).append((name, lo, lo + len(idx)))
+    tasks = [units[i].task for i in which]
+    row = {i: r for r, i in enumerate(which)}
+    xt, yt, xv, yv = (
+        torch.stack([getattr(t, k) for t in tasks])
+        for k in ("x_train", "y_train", "x_val", "y_val")
+    )
+    dtype = data_dtype(tasks[0].x_train)
+    pops: dict[str, Population] = {}
+    data: dict[str, tuple[torch.Tensor, ...]] = {}
+    for name, segs in layout.items():
+        cand = candidates[name]
+        scratch = [units[i].seed * 10_007 + j for i, idx, _ in segs for j in idx]
+        seeds = [units[i].seed * 1_000_003 + j for i, idx, _ in segs for j in idx]
+        configs = [units[i].configs[j] for i, idx, _ in segs for j in idx]
+        state = initial_state(cand.spec, cand.params if init == "meta" else None, scratch, dtype)
+        pops[name] = Population(
+            cand.spec, tasks[0].kind, name, configs, seeds, state, horizon=steps
+        )
+        rows = torch.tensor([row[i] for i, idx, _ in segs for _ in idx])
+        data[name] = (xt[rows], yt[rows], xv[rows], yv[rows])
+    rngs = {i: np.random.default_rng(units[i].seed) for i in which}
+    stops = every(min(interval, steps), steps)
+    runs = [
+        run_schedule(pops[name], data[name][:2], data[name][2:], stops, per_member_data=True)  # type: ignore[arg-type]
+        for name in layout
+    ]
+    curves = {i: Curves(started=t0) for i in which}
+    for s_i, evs in enumerate(zip(*runs, strict=True)):
+        by_model = dict(zip(layout, evs, strict=True))
+        last = s_i == len(stops) - 1
+        for i in which:
+            parts = []
+            for name, lo, hi in where[i]:
+                events: list[dict[str, Any]] = []
+                prior = units[i].prior
+                if pbt and prior is not None and not last:
+                    events = exploit_slice(pops[name], lo, hi, rngs[i], prior.perturb, SWEEP_RULE)
+                parts.append(_slice_eval(by_model[name], lo, hi, events))
+            curves[i].add(merge_evaluations(parts, list(groups[i].values())))
+    out = {}
+    for i in which:
+        sub = [slice_population(pops[name], lo, hi) for name, lo, hi in where[i]]
+        out[i] = conclude(
+            units[i].task,
+            candidates,
+            sub,
+            list(groups[i].values()),
+            init=init,
+            seed=units[i].seed,
+            picks=picks,
+            curves=curves[i],
+            t0=t0,
+        )
+    return out
