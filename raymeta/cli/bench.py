@@ -32,6 +32,10 @@ BENCHES = {
     ),
     "tune": ("raymeta.bench.tune", "packed members speed-up; time to quality of warm-started PBT"),
     "sweep": ("raymeta.bench.sweep", "a large sweep: wall time, peak memory, strategy table"),
+    "population": (
+        "raymeta.bench.population",
+        "population trainer vs a bare vmap(grad) SGD population",
+    ),
 }
 
 

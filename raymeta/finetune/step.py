@@ -74,7 +74,8 @@ class MemberHParams:
 
 @dataclass
 class PopulationState:
-    """Stacked member weights, Adam moments and per-member step counts."""
+    """Stacked member weights, Adam moments and per-member step counts. The moments move only
+    on a member's own Adam steps (an SGD member's stay as they were)."""
 
     params: Params
     m: Params
@@ -152,6 +153,40 @@ def hash_uniform(seed: torch.Tensor, step: torch.Tensor, idx: torch.Tensor) -> t
     return (h.double() + 0.5) / _P
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """What a ``train`` call's members need, decided once on the host from their hparams so
+    the step loop never synchronises: a population costs what its members use.
+
+    ``adam``: some member uses Adam (moments and the Adam update; else plain in-place SGD);
+    ``minibatch``: some member's batch is smaller than its train split (else no hashed mask);
+    ``head_only``: some member adapts only the head; ``decay``: some member has weight decay.
+    Every flag only skips work that would not change any member's numbers, so ``GENERAL``
+    (everything on) gives the same results as the plan of the members themselves."""
+
+    adam: bool = True
+    minibatch: bool = True
+    head_only: bool = True
+    decay: bool = True
+
+    @classmethod
+    def of(cls, hp: MemberHParams, n_train: int) -> StepPlan:
+        return cls(
+            adam=bool((hp["optimizer"] == _ADAM).any()),
+            minibatch=bool((hp["batch_size"] < n_train).any()),
+            head_only=bool((hp["adapt"] == _HEAD).any()),
+            decay=bool((hp["weight_decay"] != 0).any()),
+        )
+
+
+GENERAL = StepPlan()
+
+
+def _per(vec: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-member vector as ``[members, 1, ...]``, broadcasting over ``like``'s trailing dims."""
+    return vec.reshape(-1, *([1] * (like.dim() - 1)))
+
+
 class PopulationTrainer:
     """Trains stacked members of one model architecture on one task (or one task each)."""
 
@@ -168,21 +203,16 @@ class PopulationTrainer:
         x: torch.Tensor,
         y: torch.Tensor,
         d: int | None,
-    ) -> tuple[Params, torch.Tensor]:
-        """Per-member minibatch gradients and the minibatch mask's dtype.
+        minibatch: bool = True,
+    ) -> Params:
+        """Per-member minibatch gradients (the whole train split without ``minibatch``).
 
         The forward is vmapped over members; the backward is plain autograd on the sum of the
         member losses (members are independent, so that is every member's own gradient). This
         avoids ``torch.func.grad``, whose first call in a process imports ``torch._dynamo``
         (seconds per Tune trial process), and its per-step transform overhead."""
         n = x.shape[1] if d == 0 else x.shape[0]
-        idx = torch.arange(n, device=x.device).unsqueeze(0)
-        scores = hash_uniform(hp.seed.unsqueeze(1), t.unsqueeze(1), idx)
-        rank = torch.argsort(torch.argsort(scores, dim=1), dim=1)
         mdt = x.dtype if x.is_floating_point() else torch.float32
-        batch = hp["batch_size"]
-        mask = (rank < batch.unsqueeze(1)).to(mdt)
-        denom = batch.clamp(min=1).to(mdt)
 
         def member_loss(
             q: Params, xx: torch.Tensor, yy: torch.Tensor, mm: torch.Tensor, dd: torch.Tensor
@@ -190,11 +220,25 @@ class PopulationTrainer:
             out = functional_call(self.model, q, (xx,))
             return (per_example_loss(self.kind, out, yy) * mm).sum() / dd
 
+        def full_loss(q: Params, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+            out = functional_call(self.model, q, (xx,))
+            return per_example_loss(self.kind, out, yy).sum() / n
+
         with torch.enable_grad():
             leaves = {k: v.detach().requires_grad_() for k, v in p.items()}
-            losses = vmap(member_loss, in_dims=(0, d, d, 0, 0))(leaves, x, y, mask, denom)
+            if minibatch:
+                idx = torch.arange(n, device=x.device).unsqueeze(0)
+                scores = hash_uniform(hp.seed.unsqueeze(1), t.unsqueeze(1), idx)
+                order = torch.argsort(scores, dim=1)
+                rank = torch.empty_like(order).scatter_(1, order, idx.expand_as(order))
+                batch = hp["batch_size"]
+                mask = (rank < batch.unsqueeze(1)).to(mdt)
+                denom = batch.clamp(min=1).to(mdt)
+                losses = vmap(member_loss, in_dims=(0, d, d, 0, 0))(leaves, x, y, mask, denom)
+            else:
+                losses = vmap(full_loss, in_dims=(0, d, d))(leaves, x, y)
             g = torch.autograd.grad(losses.sum(), list(leaves.values()))
-        return dict(zip(leaves, g, strict=True)), mask
+        return dict(zip(leaves, g, strict=True))
 
     def _step(
         self,
@@ -208,39 +252,67 @@ class PopulationTrainer:
         d: int | None,
         adam: torch.Tensor,
         head_only: torch.Tensor,
+        plan: StepPlan = GENERAL,
     ) -> tuple[Params, Params, Params, torch.Tensor]:
         """One SGD / Adam step of every member, on the stacked tensors (per-member scalars are
         broadcast over each parameter's trailing dimensions). ``adam`` and ``head_only`` are the
-        members' optimizer and adapt choices as masks, computed once per ``train`` call."""
-        g, mask = self._grads(p, t, hp, x, y, d)
-        dt = mask.dtype
+        members' optimizer and adapt choices as masks, computed once per ``train`` call. The
+        moments move only on a member's own Adam steps, so an SGD member costs the same
+        whether or not it is packed with Adam members (``_sgd_step_``)."""
+        g = self._grads(p, t, hp, x, y, d, plan.minibatch)
+        dt = x.dtype if x.is_floating_point() else torch.float32
         limit = hp["steps"]
         active = (t < limit).to(dt)
         tn = t + (t < limit).long()
         tf = tn.clamp(min=1).to(dt)
         lr, wd = hp["lr"].to(dt), hp["weight_decay"].to(dt)
         body_keep = 1.0 - head_only.to(dt)
+        moves = (t < limit) & adam
         new_p, new_m, new_v = {}, {}, {}
         for k in p:
-
-            def per(vec: torch.Tensor, k: str = k) -> torch.Tensor:
-                return vec.reshape(-1, *([1] * (p[k].dim() - 1)))
-
             keep = (
-                per(body_keep)
+                _per(body_keep, p[k])
                 if not self.head_mask[k]
                 else torch.ones((), dtype=dt, device=x.device)
             )
-            gk = (g[k] + per(wd) * p[k]) * keep
+            gk = (g[k] + _per(wd, p[k]) * p[k]) * keep
             mk = _B1 * m[k] + (1 - _B1) * gk
             vk = _B2 * v[k] + (1 - _B2) * gk * gk
-            adam_upd = (mk / per(1 - _B1**tf)) / (torch.sqrt(vk / per(1 - _B2**tf)) + _EPS)
-            upd = torch.where(per(adam), adam_upd, gk)
-            on = per(active)
-            new_p[k] = p[k] - per(lr) * on * upd
-            new_m[k] = torch.where(on > 0, mk, m[k])
-            new_v[k] = torch.where(on > 0, vk, v[k])
+            bias1, bias2 = _per(1 - _B1**tf, p[k]), _per(1 - _B2**tf, p[k])
+            adam_upd = (mk / bias1) / (torch.sqrt(vk / bias2) + _EPS)
+            upd = torch.where(_per(adam, p[k]), adam_upd, gk)
+            new_p[k] = p[k] - _per(lr, p[k]) * _per(active, p[k]) * upd
+            new_m[k] = torch.where(_per(moves, p[k]), mk, m[k])
+            new_v[k] = torch.where(_per(moves, p[k]), vk, v[k])
         return new_p, new_m, new_v, tn
+
+    def _sgd_step_(
+        self,
+        p: Params,
+        t: torch.Tensor,
+        hp: MemberHParams,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        d: int | None,
+        body_keep: torch.Tensor | None,
+        plan: StepPlan,
+    ) -> torch.Tensor:
+        """One SGD step of every member, updating ``p`` in place with fused (``_foreach``)
+        ops: ``p -= lr * active * keep * (g + wd * p)``, the same update as ``_step``'s SGD
+        members. Returns the new step counts."""
+        g = self._grads(p, t, hp, x, y, d, plan.minibatch)
+        names = list(p)
+        ps, gs = [p[k] for k in names], [g[k] for k in names]
+        dt = x.dtype if x.is_floating_point() else torch.float32
+        on = t < hp["steps"]
+        lr_on = hp["lr"].to(dt) * on.to(dt)
+        lr_body = lr_on if body_keep is None else lr_on * body_keep
+        if plan.decay:
+            wd = hp["weight_decay"].to(dt)
+            torch._foreach_addcmul_(gs, ps, [_per(wd, q) for q in ps])
+        rates = [_per(lr_on if self.head_mask[k] else lr_body, p[k]) for k in names]
+        torch._foreach_addcmul_(ps, rates, gs, value=-1)
+        return t + on.long()
 
     def train(
         self,
@@ -250,16 +322,31 @@ class PopulationTrainer:
         y: torch.Tensor,
         n_steps: int,
         per_member_data: bool = False,
+        plan: StepPlan | None = None,
     ) -> PopulationState:
-        """Run ``n_steps`` steps for every member (members past their ``max_steps`` stay put)."""
+        """Run ``n_steps`` steps for every member (members past their ``max_steps`` stay put).
+
+        ``plan`` (default: ``StepPlan.of`` the members, one host read per call) chooses the
+        work each step does; ``GENERAL`` forces the path that handles every member kind."""
         d = 0 if per_member_data else None
+        n_train = int(x.shape[1] if per_member_data else x.shape[0])
+        plan = plan if plan is not None else StepPlan.of(hp, n_train)
         hp = hp.to(x.device)
         adam, head_only = hp["optimizer"] == _ADAM, hp["adapt"] == _HEAD
-        p, m, v, t = state.params, state.m, state.v, state.step
         with torch.no_grad():
+            if plan.adam:
+                p, m, v, t = state.params, state.m, state.v, state.step
+                for _ in range(n_steps):
+                    p, m, v, t = self._step(p, m, v, t, hp, x, y, d, adam, head_only, plan)
+                return PopulationState(p, m, v, t)
+            p = {k: q.clone() for k, q in state.params.items()}
+            t = state.step.clone()
+            dt = x.dtype if x.is_floating_point() else torch.float32
+            body_keep = (1.0 - head_only.to(dt)) if plan.head_only else None
             for _ in range(n_steps):
-                p, m, v, t = self._step(p, m, v, t, hp, x, y, d, adam, head_only)
-        return PopulationState(p, m, v, t)
+                t = self._sgd_step_(p, t, hp, x, y, d, body_keep, plan)
+            moments = ({k: q.clone() for k, q in mv.items()} for mv in (state.m, state.v))
+            return PopulationState(p, next(moments), next(moments), t)
 
     def evaluate(
         self, params: Params, x: torch.Tensor, y: torch.Tensor, per_member_data: bool = False

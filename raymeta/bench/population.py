@@ -1,0 +1,200 @@
+"""``raymeta bench population``: member-steps/s of raymeta's population trainer against its
+ceiling, a bare ``vmap(grad)`` SGD population, measured interleaved in the same run.
+
+Both train the SAME sinusoid-MLP members (plain SGD, one learning rate, the whole train split
+of each member's own task, from the same init) for the same steps:
+
+* ``raymeta`` -- ``finetune.step.PopulationTrainer.train`` (what priors fitting, sweeps and
+  Tune trials fine-tune with);
+* ``bare``    -- ``bare_population`` below: ``vmap(grad(loss))`` and one SGD line, sharing no
+  code with the trainer. It is the ceiling: raymeta's trainer carries per-member optimizers,
+  batch sizes, step limits and head-only adaptation, and should cost nothing for them when
+  no member uses them.
+
+Each round times one call of each (best of ``--repeats`` interleaved rounds, so both see the
+same load on a shared machine). Peak memory is the process's peak RSS after each size (on
+CUDA: each implementation's ``max_memory_allocated``). The two final weights are compared too
+(they should agree to rounding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from raymeta.bench.args import add_json_out
+from raymeta.core.models import ModelSpec, build_model
+from raymeta.errors import ConfigError
+from raymeta.fileio import atomic_write_json
+from raymeta.finetune.step import MemberHParams, PopulationState, PopulationTrainer
+from raymeta.tasks.sinusoid import Sinusoid
+
+HELP = "population trainer member-steps/s vs a bare vmap(grad) SGD population (and peak memory)"
+MLP = ModelSpec("mlp", (1,), 1, {"widths": [40, 40]})
+LR = 0.01
+Params = dict[str, torch.Tensor]
+
+
+def bare_population(
+    model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int
+) -> Params:
+    """The ceiling: an SGD population in as few ``torch.func`` lines as possible."""
+
+    def loss(p: Params, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+        return ((functional_call(model, p, (xx,)) - yy) ** 2).sum(-1).mean()
+
+    member_grads = vmap(grad(loss))
+    with torch.no_grad():
+        for _ in range(steps):
+            g = member_grads(params, x, y)
+            params = {k: params[k] - LR * g[k] for k in params}
+    return params
+
+
+def _peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
+    return kb / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _timed(fn: Callable[[], Params], dev: torch.device) -> tuple[float, Params]:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    out = fn()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return time.perf_counter() - t0, out
+
+
+def run_size(n: int, steps: int, repeats: int, dev: torch.device) -> list[dict[str, Any]]:
+    """Records of both implementations at ``n`` members (best of ``repeats`` rounds)."""
+    torch.manual_seed(0)
+    model = build_model(MLP).to(dev)
+    init = {k: v.detach() for k, v in model.named_parameters()}
+    b = Sinusoid(shots=10, queries=10).sample("train", n, torch.Generator().manual_seed(1))
+    x, y = b.xs.to(dev), b.ys.to(dev)
+    hp = MemberHParams.from_configs([{"lr": LR}] * n, list(range(n)), x.shape[1]).to(dev)
+    trainer = PopulationTrainer(model, "regression")
+    start = PopulationState.from_params(init, n).params
+    impls: dict[str, Callable[[int], Params]] = {
+        "raymeta": lambda k: (
+            trainer.train(
+                PopulationState.from_stacked(start), hp, x, y, k, per_member_data=True
+            ).params
+        ),
+        "bare": lambda k: bare_population(model, dict(start), x, y, k),
+    }
+    best = dict.fromkeys(impls, float("inf"))
+    mem: dict[str, float] = {}
+    final: dict[str, Params] = {}
+    for name, fn in impls.items():  # warm-up (and the CUDA peak of each)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        _timed(lambda fn=fn: fn(2), dev)  # type: ignore[misc]
+        if dev.type == "cuda":
+            mem[name] = torch.cuda.max_memory_allocated(dev) / 2**20
+    for _ in range(repeats):
+        for name, fn in impls.items():
+            sec, final[name] = _timed(lambda fn=fn: fn(steps), dev)  # type: ignore[misc]
+            best[name] = min(best[name], sec)
+    diff = max(float((final["raymeta"][k] - final["bare"][k]).abs().max()) for k in init)
+    rss = _peak_rss_mb()
+    bare_rate = n * steps / best["bare"]
+    return [
+        {
+            "members": n,
+            "impl": name,
+            "member_steps_per_s": round(n * steps / sec, 1),
+            "ratio_to_bare": round(n * steps / sec / bare_rate, 4),
+            "peak_mb": round(mem.get(name, rss), 1),
+            "peak_kind": "cuda_max_allocated" if dev.type == "cuda" else "process_rss",
+            "max_abs_diff_vs_bare": diff,
+            "device": str(dev),
+            "threads": torch.get_num_threads(),
+            "load_avg_1m": round(_load(), 2),
+        }
+        for name, sec in best.items()
+    ]
+
+
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # pragma: no cover - platforms without a load average
+        return float("nan")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_json_out(p, "also write the figures as a JSON list of records")
+    p.add_argument(
+        "--members",
+        type=int,
+        nargs="+",
+        default=None,
+        help="population sizes (default 64 1024 16384; smoke test 4 16)",
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="steps per timed call (default 20, smoke test 2)"
+    )
+    p.add_argument(
+        "--repeats", type=int, default=3, help="interleaved rounds; the best of each is reported"
+    )
+    p.add_argument("--smoke-test", action="store_true", help="tiny sizes (a smoke test)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)"
+    )
+    p.add_argument(
+        "--device", default=None, help="torch device (default: cuda when available, else cpu)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    members = args.members or ([4, 16] if args.smoke_test else [64, 1024, 16384])
+    steps = args.steps if args.steps is not None else (2 if args.smoke_test else 20)
+    if min(members) < 1 or steps < 1 or args.repeats < 1 or (args.threads or 1) < 1:
+        raise ConfigError(
+            "bench population: --members, --steps, --repeats and --threads must be >= 1"
+        )
+    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {dev}, {torch.get_num_threads()} threads, {steps} steps")
+    print(f"{'members':>8} {'impl':<8} {'member-steps/s':>15} {'/ bare':>7} {'peak MB':>8}")
+    records: list[dict[str, Any]] = []
+    for n in members:
+        rows = run_size(n, steps, args.repeats, dev)
+        for r in rows:
+            print(
+                f"{n:>8} {r['impl']:<8} {r['member_steps_per_s']:>15,.0f} "
+                f"{r['ratio_to_bare']:>7.2f} {r['peak_mb']:>8.0f}",
+                flush=True,
+            )
+        print(
+            f"{'':>8} max |raymeta - bare| = {rows[0]['max_abs_diff_vs_bare']:.2e}, "
+            f"load {rows[0]['load_avg_1m']}"
+        )
+        records.extend(rows)
+    if args.out:
+        atomic_write_json(Path(args.out), records)
+        print(f"wrote {len(records)} records to {args.out}")
+    return 0
+
+
+def main() -> None:  # pragma: no cover - convenience for `python -m raymeta.bench.population`
+    p = argparse.ArgumentParser(description=HELP)
+    add_arguments(p)
+    raise SystemExit(run(p.parse_args()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
