@@ -36,8 +36,11 @@ def _priors_path(d: Path) -> Path:
 
 
 def without_time(p: Priors) -> dict:
+    """The priors without what depends on the machine's state: the fit's duration and its
+    memory plan (the default budget is a share of the memory available when the fit starts)."""
     d = p.to_dict()
     d["info"].pop("fit_seconds")
+    d["info"].pop("memory")
     return d
 
 
@@ -259,3 +262,28 @@ def test_fit_as_a_ray_task_writes_what_the_local_fit_writes(
     remote = load_priors(load_meta_checkpoint(d))
     local = fit_priors(load_meta_checkpoint(ckpt_dir), seed=3, select_tasks=0, **sizes)
     assert without_time(remote) == without_time(local)
+
+
+def test_a_small_memory_budget_forces_chunks_and_changes_no_number(
+    ckpt: MetaCheckpoint,
+) -> None:
+    """Chunks sized from --memory-budget: a budget of 5 members' estimate trains the fit's 54
+    runs in chunks of 5, with exactly the priors of one chunk (member randomness is
+    counter-based); the plan is recorded in priors.json's info and reported in one line."""
+    from raymeta.finetune.fit import PriorFitConfig, memory_plan
+
+    sizes = {**SMALL, "select_tasks": 0, "seed": 2}
+    task = val_tasks(make_family(ckpt.family), 1)[0]
+    plan = memory_plan(ckpt, task, PriorFitConfig(**sizes))
+    assert plan.budget_source == "default" and plan.chunk_size >= 54  # all 54 runs fit at once
+    budget = plan.fixed + 5 * plan.per_member + plan.per_member // 2
+    lines: list[str] = []
+    small = fit_priors(ckpt, memory_budget=budget, log=lines.append, **sizes)
+    mem = small.info["memory"]
+    assert mem["chunk_size"] == 5 and mem["budget"] == budget
+    assert mem["budget_source"] == "--memory-budget" and mem["per_member"] == plan.per_member
+    assert len(lines) == 1 and "chunks of 5 members" in lines[0]
+    whole = fit_priors(ckpt, chunk_size=10**6, **sizes)
+    assert whole.info["memory"]["chunk_size"] == 10**6
+    assert whole.info["memory"]["budget_source"] == "--chunk-size"
+    assert without_time(small) == without_time(whole)

@@ -128,10 +128,18 @@ def add_parser(sub: Any) -> None:
         "as tune reports)",
     )
     f.add_argument(
+        "--memory-budget",
+        type=_size_arg,
+        default=None,
+        help="memory the fine-tuning chunks may use, e.g. 512MB, 4GB or 4GiB; chunks hold as "
+        "many members as fit it (default: 40%% of the memory available when the fit starts, "
+        "the free GPU memory on cuda)",
+    )
+    f.add_argument(
         "--chunk-size",
         type=int_arg(1),
-        default=4096,
-        help="members per vmapped chunk (bounds memory)",
+        default=None,
+        help="members per vmapped chunk (default: as many as fit --memory-budget)",
     )
     f.add_argument(
         "--device",
@@ -217,6 +225,7 @@ def _fit(args: argparse.Namespace) -> int:
         portfolio_size=args.portfolio,
         max_steps=args.max_steps,
         chunk_size=args.chunk_size,
+        memory_budget=args.memory_budget,
         rounds=args.rounds,
         shrink=args.shrink,
         refine_repeats=args.refine_repeats,
@@ -231,7 +240,13 @@ def _fit(args: argparse.Namespace) -> int:
     select_line = Progress("priors fit: strategy runs", quiet=args.quiet)
     with fit_line, select_line:
         if args.address is None:
-            priors = fit_priors(ckpt, config, progress=fit_line, select_progress=select_line)
+            priors = fit_priors(
+                ckpt,
+                config,
+                progress=fit_line,
+                select_progress=select_line,
+                log=None if args.quiet else _stderr_line,
+            )
         else:
             from raymeta.orchestration.priors_remote import fit_priors_remote
 
@@ -248,6 +263,23 @@ def _fit(args: argparse.Namespace) -> int:
     print(format_priors(priors))
     print(f"wrote {priors_file(path)} ({priors.info['fit_seconds']:.1f} s)", file=sys.stderr)
     return 0
+
+
+def _size_arg(text: Any) -> int:
+    """``type=`` for ``--memory-budget`` (``raymeta.memory.parse_size``)."""
+    from raymeta.errors import ConfigError
+    from raymeta.memory import parse_size
+
+    try:
+        return parse_size(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _stderr_line(text: str) -> None:
+    """A line on stderr that starts on a fresh line (a progress line may be open there)."""
+    sys.stderr.write(("\r\x1b[K" if sys.stderr.isatty() else "") + text + "\n")
+    sys.stderr.flush()
 
 
 def check_priors_writable(path: str) -> None:

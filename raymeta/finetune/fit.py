@@ -18,11 +18,13 @@ import numpy as np
 
 from raymeta import checks
 from raymeta.core.checkpoint import MetaCheckpoint
-from raymeta.core.models import check_model_fits
+from raymeta.core.models import check_model_fits, footprint
 from raymeta.errors import ConfigError, DataError, RaymetaError
 from raymeta.finetune.evaluate import eval_device, evaluate_configs
 from raymeta.finetune.hparams import WEIGHT_DECAY_FLOOR, FinetuneConfig, broad_space
+from raymeta.finetune.population import data_dtype
 from raymeta.finetune.select import SELECT_POPULATION, SELECT_TASKS, select_strategy
+from raymeta.memory import chunk_members, default_budget, member_bytes
 from raymeta.priors.artifact import VERSION, Priors
 from raymeta.priors.fit import (
     BEST_OF,
@@ -54,7 +56,9 @@ class PriorFitConfig:
     fine-tuned for its own ``steps`` (at most ``max_steps``; with ``objective="anytime"``
     exactly ``max_steps``, the steps per member of the runs the priors serve), ``refine_repeats``
     fresh-seed re-runs for the final selection; the fitting constants are documented in
-    ``raymeta.priors.fit``. ``chunk_size`` members train at once on ``device``."""
+    ``raymeta.priors.fit``. ``chunk_size`` members train at once on ``device``; ``None`` (the
+    default) sizes chunks from ``memory_budget`` bytes (``None``: a share of the memory available
+    when the fit starts, ``raymeta.memory.default_budget``), see ``memory_plan``."""
 
     n_tasks: int = 32
     n_configs: int = 64
@@ -62,7 +66,8 @@ class PriorFitConfig:
     quantile: float = QUANTILE
     portfolio_size: int = 8
     max_steps: int = 100
-    chunk_size: int = 4096
+    chunk_size: int | None = None
+    memory_budget: int | None = None  # bytes the fine-tuning chunks may use (None: default)
     rounds: int = ROUNDS
     shrink: float = SHRINK_TASKS
     condition_on: str | None = CONDITION_ON
@@ -83,7 +88,10 @@ class PriorFitConfig:
         c.number("priors: quantile", self.quantile, 0.0, 1.0, low_open=True)
         c.integer("priors: portfolio size", self.portfolio_size, 1)
         c.integer("priors: max-steps", self.max_steps, 1)
-        c.integer("priors: chunk-size", self.chunk_size, 1)
+        if self.chunk_size is not None:
+            c.integer("priors: chunk-size", self.chunk_size, 1)
+        if self.memory_budget is not None:
+            c.integer("priors: memory budget", self.memory_budget, 1)
         c.integer("priors: rounds", self.rounds, 1)
         c.number("priors: shrink", self.shrink, 0.0, low_open=True)
         if self.condition_on is not None:
@@ -139,6 +147,60 @@ def val_tasks(family: TaskFamily, n: int, split: str = "val", start: int = 0) ->
     return out
 
 
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How many members a fine-tuning chunk holds, and why (recorded in ``priors.json``)."""
+
+    budget: int  # bytes the chunks may use
+    budget_source: (
+        str  # "--memory-budget", "default" (a share of what was available), "--chunk-size"
+    )
+    per_member: int  # estimated peak bytes of one member (``raymeta.memory.member_bytes``)
+    fixed: int  # bytes taken before any chunk: the stacked task data every chunk gathers from
+    chunk_size: int
+
+    def line(self) -> str:
+        """The one line ``raymeta priors fit`` prints before fine-tuning."""
+        chosen = "given" if self.budget_source == "--chunk-size" else "fit"
+        return (
+            f"priors fit: memory budget {checks.fmt_bytes(self.budget)} ({self.budget_source}), "
+            f"~{checks.fmt_bytes(self.per_member)} per member + {checks.fmt_bytes(self.fixed)} "
+            f"of task data: chunks of {self.chunk_size:,} members ({chosen}; "
+            f"--memory-budget / --chunk-size change it)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def memory_plan(ckpt: MetaCheckpoint, task: Task, cfg: PriorFitConfig) -> MemoryPlan:
+    """Size the fine-tuning chunks from a memory budget (``raymeta.memory``).
+
+    A member costs copies of its parameters (the largest candidate's), its own copy of the
+    task's train and val tensors, and one forward's activations at the larger of the two split
+    sizes; the stacked data of all ``n_tasks`` tasks is paid once. ``cfg.chunk_size`` overrides
+    the result; the budget is then the estimate of that chunk, for the record.
+    """
+    data = (task.x_train, task.y_train, task.x_val, task.y_val)
+    data_bytes = sum(t.numel() * t.element_size() for t in data)
+    elem = data_dtype(task.x_train).itemsize  # the weights take the data's dtype
+    batch = max(int(task.x_train.shape[0]), int(task.x_val.shape[0]))
+    per_member = 1
+    for cand in ckpt.candidates.values():
+        n_params, acts = footprint(cand.spec)
+        per_member = max(per_member, member_bytes(n_params, data_bytes, acts * batch, elem))
+    fixed = data_bytes * cfg.n_tasks
+    if cfg.chunk_size is not None:
+        budget = fixed + per_member * min(cfg.chunk_size, cfg.fit_runs)
+        return MemoryPlan(budget, "--chunk-size", per_member, fixed, cfg.chunk_size)
+    if cfg.memory_budget is not None:
+        budget, source = cfg.memory_budget, "--memory-budget"
+    else:
+        budget, source = default_budget(cfg.device), "default"
+    chunk = chunk_members(budget, per_member, fixed, most=cfg.fit_runs)
+    return MemoryPlan(budget, source, per_member, fixed, chunk)
+
+
 def anchor_configs(
     space: SearchSpace, ckpt: MetaCheckpoint, max_steps: int
 ) -> list[dict[str, Any]]:
@@ -174,6 +236,7 @@ def fit_priors(
     *,
     progress: Callable[[int, int], None] | None = None,
     select_progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
     **fields: Any,
 ) -> Priors:
     """Fine-tune ``config.n_configs`` configs on ``config.n_tasks`` meta-val tasks and fit priors
@@ -190,20 +253,23 @@ def fit_priors(
     fine-tuning run of its own ``steps``: on digits that picked 4-7-step head-only configs,
     which top out above a full fine-tune once a tune run trains them for its whole budget.
     ``device`` is where the fine-tuning populations train (``"cuda"`` on a GPU machine).
+    ``log`` gets the one line that says how the chunks were sized (``MemoryPlan.line``).
     """
     try:
         cfg = replace(config, **fields) if config is not None else PriorFitConfig(**fields)
     except TypeError as exc:
         raise ConfigError(f"priors: {exc}") from None
     n_tasks, n_configs, seed, max_steps = cfg.n_tasks, cfg.n_configs, cfg.seed, cfg.max_steps
-    chunk_size, objective, device = cfg.chunk_size, cfg.objective, cfg.device
+    objective, device = cfg.objective, cfg.device
     for cand in ckpt.candidates.values():  # one chunk of members: weights, Adam moments, best
         n_params = check_model_fits(cand.spec)
-        checks.check_fits(
-            f"priors: a chunk of {chunk_size} members of {cand.name!r} ({n_params:,} parameters)",
-            4.0 * 6 * n_params * min(chunk_size, cfg.fit_runs),
-            "lower --chunk-size",
-        )
+        if cfg.chunk_size is not None:  # a chunk sized by the budget fits it by construction
+            checks.check_fits(
+                f"priors: a chunk of {cfg.chunk_size} members of {cand.name!r} "
+                f"({n_params:,} parameters)",
+                4.0 * 6 * n_params * min(cfg.chunk_size, cfg.fit_runs),
+                "lower --chunk-size",
+            )
     eval_device(device)  # fail before any fine-tuning
     t0 = time.perf_counter()
     if progress is not None:  # the line shows from the start (building the tasks takes a while)
@@ -225,6 +291,10 @@ def fit_priors(
         f"priors: {n_tasks} meta-val tasks", 2.0 * per_task * n_tasks, "lower --tasks"
     )
     tasks = val_tasks(family, n_tasks)
+    plan = memory_plan(ckpt, first, cfg)  # after the tasks: what they hold is not available
+    chunk_size = plan.chunk_size
+    if log is not None:
+        log(plan.line())
     space = broad_space(
         list(ckpt.candidates), max_batch=int(tasks[0].x_train.shape[0]), max_steps=max_steps
     )
@@ -326,6 +396,7 @@ def fit_priors(
         "fit_runs": cfg.fit_runs,
         "objective": objective,
         "max_steps": max_steps,
+        "memory": plan.to_dict(),
         "fit_seconds": time.perf_counter() - t0,
     }
     return priors
