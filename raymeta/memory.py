@@ -5,7 +5,8 @@ moments, gradients, the step's temporaries, its own copy of the task data), so a
 count that is harmless for a 40-parameter sinusoid MLP is tens of gigabytes for a 784-feature
 image MLP (issue 17: ``priors fit`` with 4,096-member chunks was killed at 24 GB). Chunks are
 therefore sized from a byte budget: by default a safe share (``BUDGET_SHARE``) of the memory
-available now (the free device memory on CUDA), or what the user gives (``--memory-budget 4GB``).
+available now (the free device memory on CUDA; at most ``CPU_BUDGET_CAP`` on the CPU, where
+larger chunks are no faster), or what the user gives (``--memory-budget 4GB``).
 
 ``parse_size`` reads the flag; ``available_bytes`` and ``default_budget`` size the default;
 ``member_bytes`` and ``chunk_members`` are the pure arithmetic, unit-tested with made-up sizes.
@@ -21,6 +22,11 @@ from pathlib import Path
 from raymeta.errors import ConfigError
 
 BUDGET_SHARE = 0.4  # of the available memory: room for the process itself, its peers, the OS
+# The default's ceiling on the CPU: there a population step is bound by memory bandwidth and
+# its time grows linearly with its members once a chunk holds a few dozen (issue 17 item 5a:
+# 85% of a 128-member step of the 784-feature MLP is the elementwise update), so a larger
+# chunk only costs memory. On CUDA larger chunks keep the device busy: no ceiling there.
+CPU_BUDGET_CAP = 2 << 30
 # Copies of a member's parameters alive at the peak of a training step, measured on the
 # 784-128-128-5 MLP (``BENCHMARKS.md``, issue 17 item 5a): weights, both Adam moments, the new
 # weights and moments of the step, the gradients, the update's temporaries, the copy a partly
@@ -111,8 +117,12 @@ def available_bytes(device: str = "cpu") -> int:
 
 
 def default_budget(device: str = "cpu", share: float = BUDGET_SHARE) -> int:
-    """The default budget: ``share`` of what ``available_bytes`` reports (at least 64 MiB)."""
-    return max(64 << 20, int(share * available_bytes(device)))
+    """The default budget: ``share`` of what ``available_bytes`` reports, at most
+    ``CPU_BUDGET_CAP`` off CUDA, at least 64 MiB."""
+    budget = int(share * available_bytes(device))
+    if not device.startswith("cuda"):
+        budget = min(budget, CPU_BUDGET_CAP)
+    return max(64 << 20, budget)
 
 
 def member_bytes(

@@ -9,6 +9,7 @@ from raymeta.cli.main import main
 from raymeta.errors import ConfigError
 from raymeta.memory import (
     ACTIVATION_COPIES,
+    CPU_BUDGET_CAP,
     DATA_COPIES,
     PARAM_COPIES,
     available_bytes,
@@ -91,7 +92,8 @@ def test_default_budget_is_a_share_of_what_is_available() -> None:
     have = available_bytes("cpu")
     assert have > 0
     budget = default_budget("cpu", share=0.5)
-    assert 64 << 20 <= budget <= max(64 << 20, have)
+    assert 64 << 20 <= budget <= max(64 << 20, min(have, CPU_BUDGET_CAP))
+    assert default_budget("cpu", share=1e-12) == 64 << 20  # never below 64 MiB
 
 
 def test_cli_memory_budget_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -132,8 +132,8 @@ def add_parser(sub: Any) -> None:
         type=_size_arg,
         default=None,
         help="memory the fine-tuning chunks may use, e.g. 512MB, 4GB or 4GiB; chunks hold as "
-        "many members as fit it (default: 40%% of the memory available when the fit starts, "
-        "the free GPU memory on cuda)",
+        "many members as fit it (default: 40%% of the memory available when the fit starts, at "
+        "most 2GiB on cpu, where larger chunks are no faster; of the free GPU memory on cuda)",
     )
     f.add_argument(
         "--chunk-size",
