@@ -12,13 +12,14 @@ learning-rate tensor per parameter under ``lr.<name>``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
+from raymeta.core.conv_batched import foldable, folded_meta_grad, has_conv
 from raymeta.core.losses import accuracy, loss_fn
 from raymeta.core.models import head_keys
 from raymeta.errors import ConfigError
@@ -28,6 +29,9 @@ Params = dict[str, torch.Tensor]
 ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "pretrain")
 LR_PREFIX = "lr."
 Reduction = Literal["mean", "sum"]
+ConvPath = Literal["auto", "vmap", "folded"]
+CONV_PATHS = ("auto", "vmap", "folded")
+FOLDABLE_ALGOS = ("maml", "fomaml", "metasgd", "anil")
 
 
 def check_algorithm(algo: str) -> str:
@@ -38,11 +42,16 @@ def check_algorithm(algo: str) -> str:
 
 @dataclass(frozen=True)
 class InnerConfig:
-    """Inner-loop hyperparameters; ``first_order`` drops second-order terms (FOMAML)."""
+    """Inner-loop hyperparameters; ``first_order`` drops second-order terms (FOMAML).
+
+    ``checkpoint`` recomputes each inner step during the backward pass instead of keeping its
+    activations (``torch.utils.checkpoint``): second-order MAML's memory then stays at about
+    one step's graph however many steps there are, for roughly one extra forward per step."""
 
     steps: int = 1
     lr: float = 0.01
     first_order: bool = False
+    checkpoint: bool = False
 
 
 class MetaEngine:
@@ -55,7 +64,12 @@ class MetaEngine:
         algo: str = "maml",
         inner: InnerConfig | None = None,
         chunk_size: int | None = None,
+        conv_path: ConvPath = "auto",
     ):
+        """``conv_path`` picks how a convolutional model's tasks are batched: ``vmap`` (fast on
+        GPU), ``folded`` (tasks folded into a grouped convolution, ``core.conv_batched``:
+        faster on CPU, where vmap's conv batching rule is slow) or ``auto`` (folded on CPU for
+        models it can fold, vmap elsewhere)."""
         self.model = model
         self.kind = kind
         self.algo = check_algorithm(algo)
@@ -63,9 +77,26 @@ class MetaEngine:
         if inner.steps < 0:
             raise ConfigError(f"inner steps must be >= 0, got {inner.steps}")
         if algo == "fomaml":
-            inner = InnerConfig(inner.steps, inner.lr, True)
+            inner = replace(inner, first_order=True)
+        if conv_path not in CONV_PATHS:
+            raise ConfigError(
+                f"unknown conv path {conv_path!r} (choose from {', '.join(CONV_PATHS)})"
+            )
         self.inner = inner
         self.chunk_size = chunk_size
+        self.foldable = algo in FOLDABLE_ALGOS and foldable(model)
+        self.has_conv = has_conv(model)
+        folds = conv_path == "folded" or (inner.checkpoint and algo in FOLDABLE_ALGOS)
+        if folds and not self.foldable:
+            raise ConfigError(
+                f"{'checkpoint_inner' if inner.checkpoint else 'conv path folded'} needs a conv4 "
+                f"or mlp model and one of {', '.join(FOLDABLE_ALGOS)}"
+            )
+        if inner.checkpoint and conv_path == "vmap" and algo in FOLDABLE_ALGOS:
+            raise ConfigError(
+                "checkpoint_inner cannot run on the vmap path (torch.func refuses it)"
+            )
+        self.conv_path = conv_path
         self.loss = loss_fn(kind)
         self.names = [n for n, _ in model.named_parameters()]
         self.adapt_keys = head_keys(self.names) if algo == "anil" else list(self.names)
@@ -99,7 +130,8 @@ class MetaEngine:
         fo = self.inner.first_order if first_order is None else first_order
         fast = self.model_params(params)
         partial = len(self.adapt_keys) != len(self.names)
-        for _ in range(steps):
+
+        def step(fast: Params) -> Params:
             if partial:
                 base = fast
 
@@ -116,7 +148,10 @@ class MetaEngine:
             for k in self.adapt_keys:
                 lr = params[LR_PREFIX + k] if self.algo == "metasgd" else self.inner.lr
                 new[k] = fast[k] - lr * g[k]
-            fast = new
+            return new
+
+        for _ in range(steps):
+            fast = step(fast)  # (checkpointing runs on the folded path: torch.func refuses it)
         return fast
 
     def _task_query(
@@ -144,6 +179,8 @@ class MetaEngine:
             }
         if self.algo == "reptile":
             loss_sum, grads = self._reptile_grad(params, batch)
+        elif self.uses_folded(batch.xs.device):
+            loss_sum, grads = self._folded_grad(params, batch)
         else:
             task_loss = vmap(self._task_query, in_dims=(None, 0, 0, 0, 0))
 
@@ -164,6 +201,39 @@ class MetaEngine:
                         grads[k] += g[k]
         if reduction == "mean":
             return loss_sum / n, {k: v / n for k, v in grads.items()}
+        return loss_sum, grads
+
+    def uses_folded(self, device: torch.device) -> bool:
+        """Whether meta-gradients on ``device`` take the folded grouped-convolution path."""
+        if self.conv_path == "auto":  # checkpointing needs plain autograd: folded
+            return self.foldable and (
+                self.inner.checkpoint or (self.has_conv and device.type == "cpu")
+            )
+        return self.conv_path == "folded"
+
+    def _folded_grad(self, params: Params, batch: TaskBatch) -> tuple[torch.Tensor, Params]:
+        """Summed loss and meta-gradient with the tasks of each chunk folded into channels."""
+        loss_sum = batch.xq.new_zeros((), dtype=batch.xs.dtype)
+        grads: Params = {}
+        for s, e in self._chunks(batch.n_tasks):
+            b = batch.slice(s, e)
+            lv, g = folded_meta_grad(
+                self.model,
+                self.loss,
+                params,
+                self.adapt_keys,
+                b.xs,
+                b.ys,
+                b.xq,
+                b.yq,
+                self.inner.steps,
+                self.inner.lr,
+                self.inner.first_order,
+                LR_PREFIX if self.algo == "metasgd" else None,
+                self.inner.checkpoint,
+            )
+            loss_sum = loss_sum + lv
+            grads = g if not grads else {k: grads[k] + g[k] for k in grads}
         return loss_sum, grads
 
     def _reptile_grad(self, params: Params, batch: TaskBatch) -> tuple[torch.Tensor, Params]:

@@ -1,0 +1,187 @@
+"""Many tasks' convolutional nets as ONE net: tasks folded into channels (grouped convolution).
+
+``vmap`` over a ``conv2d`` whose weight differs per task is slow on CPU: its batching rule
+and the double-backward of a batched convolution fall back to layouts oneDNN runs poorly (the
+Conv4 meta-gradient ran at 0.6x a Python loop over tasks). The hand-written trick of
+learn2learn/higher users is faster: stack the T tasks' weights along the output channels and
+run ``conv2d(..., groups=T)`` on inputs laid out ``(B, T*C, H, W)``; GroupNorm with ``T*G``
+groups, BatchNorm (batch statistics), ReLU and max-pooling act per channel, so they are
+already per task, and the head is one batched matmul. The forward and the second-order
+gradients are plain autograd on ordinary tensors, so they equal the per-task computation
+exactly (tests compare in float64 against the looped reference).
+
+Because it is plain autograd (no ``torch.func`` transform), it is also the path on which the
+inner loop can be checkpointed (``torch.utils.checkpoint`` refuses to run inside
+``torch.func.grad``), so MLPs fold too (linear layers become batched matmuls) when asked to
+checkpoint. Only ``models.Conv4`` / ``models.MLP``-shaped nets fold (``foldable``); anything
+else stays on the vmapped path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+Params = dict[str, torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def foldable(model: nn.Module) -> bool:
+    """True when ``model`` is ``head(body(x))`` with a ``Sequential`` body of conv / norm /
+    ReLU / pool layers, a flatten, then linear / ReLU layers, and a linear ``head`` -- what
+    ``models.Conv4`` and ``models.MLP`` build and ``folded_forward`` can run stacked."""
+    from raymeta.core.models import MLP, Conv4
+
+    body, head = getattr(model, "body", None), getattr(model, "head", None)
+    if type(model).forward not in (Conv4.forward, MLP.forward):
+        return False
+    if not isinstance(body, nn.Sequential) or not isinstance(head, nn.Linear):
+        return False
+    flat = False
+    for m in body:
+        if isinstance(m, nn.Flatten):
+            flat = True
+        elif isinstance(m, nn.Conv2d) and not flat:
+            if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
+                return False
+        elif isinstance(m, nn.BatchNorm2d) and not flat:
+            if m.track_running_stats:
+                return False
+        elif isinstance(m, (nn.GroupNorm, nn.MaxPool2d)) and not flat:
+            pass
+        elif not isinstance(m, (nn.ReLU, nn.Identity)) and not (isinstance(m, nn.Linear) and flat):
+            return False
+    return flat
+
+
+def has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def fold_inputs(x: torch.Tensor) -> torch.Tensor:
+    """``(T, B, C, H, W)`` task-major images -> ``(B, T*C, H, W)``, task t in channels t*C.."""
+    t, b, c, h, w = x.shape
+    return x.permute(1, 0, 2, 3, 4).reshape(b, t * c, h, w)
+
+
+def _merged(stacked: Mapping[str, torch.Tensor], key: str) -> torch.Tensor | None:
+    """``(T, C)`` per-task vectors as one ``(T*C,)`` vector over the folded channels."""
+    v = stacked.get(key)
+    return None if v is None else v.reshape(-1)
+
+
+def folded_forward(
+    model: nn.Module, stacked: Mapping[str, torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
+    """Outputs ``(T, B, out)`` of T copies of ``model``, copy t with weights ``stacked[k][t]``,
+    on folded inputs ``x`` of shape ``(B, T*C, H, W)`` (``fold_inputs``) for a conv net, or
+    on ``(T, B, *input_shape)`` for an MLP."""
+    t = next(iter(stacked.values())).shape[0]
+    h, folded = x, False
+    body = model.body
+    assert isinstance(body, nn.Sequential)
+    for i, m in enumerate(body):
+        pre = f"body.{i}."
+        if isinstance(m, nn.Conv2d):
+            w = stacked[pre + "weight"]
+            folded = True
+            h = F.conv2d(
+                h,
+                w.reshape(-1, *w.shape[2:]),
+                _merged(stacked, pre + "bias"),
+                m.stride,
+                m.padding,
+                m.dilation,
+                t,
+            )
+        elif isinstance(m, nn.GroupNorm):
+            h = F.group_norm(
+                h,
+                t * m.num_groups,
+                _merged(stacked, pre + "weight"),
+                _merged(stacked, pre + "bias"),
+                m.eps,
+            )
+        elif isinstance(m, nn.BatchNorm2d):
+            h = F.batch_norm(
+                h,
+                None,
+                None,
+                _merged(stacked, pre + "weight"),
+                _merged(stacked, pre + "bias"),
+                True,
+                0.0,
+                m.eps,
+            )
+        elif isinstance(m, nn.Flatten):
+            if folded:  # (B, T*C, H, W) -> (T, B, features), per-task C,H,W order
+                h = h.reshape(h.shape[0], t, -1).transpose(0, 1)
+            else:  # raw (T, B, *input_shape): an MLP
+                h = h.reshape(t, h.shape[1], -1)
+        elif isinstance(m, nn.Linear):
+            w, bias = stacked[pre + "weight"], stacked.get(pre + "bias")
+            h = torch.bmm(h, w.transpose(1, 2))
+            h = h if bias is None else h + bias.unsqueeze(1)
+        else:  # ReLU, Identity, MaxPool2d: per channel, hence per task already
+            h = m(h)
+    w, bias = stacked["head.weight"], stacked.get("head.bias")
+    out = torch.bmm(h, w.transpose(1, 2))
+    return out if bias is None else out + bias.unsqueeze(1)
+
+
+def folded_meta_grad(
+    model: nn.Module,
+    loss: LossFn,
+    params: Mapping[str, torch.Tensor],
+    adapt_keys: list[str],
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    xq: torch.Tensor,
+    yq: torch.Tensor,
+    steps: int,
+    lr: float,
+    first_order: bool,
+    lr_prefix: str | None = None,
+    checkpointed: bool = False,
+) -> tuple[torch.Tensor, Params]:
+    """Summed query loss over the T tasks and its gradient w.r.t. ``params`` (MAML / FOMAML /
+    ANIL / Meta-SGD: ``lr_prefix`` names per-parameter rates ``lr.<name>`` in ``params``).
+
+    Every task starts from the same weights expanded to ``(T, ...)``; the gradient of the
+    summed support loss w.r.t. the stacked weights is each task's own gradient (tasks do not
+    interact), and the meta-gradient flows back through the expand as the sum over tasks."""
+    names = [n for n, _ in model.named_parameters()]
+    t = xs.shape[0]
+    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    fast = {n: leaves[n].unsqueeze(0).expand(t, *leaves[n].shape) for n in names}
+    conv = has_conv(model)
+    sx, qx = (fold_inputs(xs), fold_inputs(xq)) if conv else (xs, xq)
+    per_task = torch.vmap(loss)
+
+    def step(fast: Params) -> Params:
+        inner = per_task(folded_forward(model, fast, sx), ys).sum()
+        g = torch.autograd.grad(inner, [fast[k] for k in adapt_keys], create_graph=not first_order)
+        new = dict(fast)
+        for k, gk in zip(adapt_keys, g, strict=True):
+            rate = leaves[lr_prefix + k] if lr_prefix else lr
+            new[k] = fast[k] - rate * gk
+        return new
+
+    with torch.enable_grad():
+        for _ in range(steps):
+            if checkpointed and not first_order:
+                fast = checkpoint(step, fast, use_reentrant=False)
+            else:
+                fast = step(fast)
+        total = per_task(folded_forward(model, fast, qx), yq).sum()
+        keys = list(leaves)
+        grads = torch.autograd.grad(total, [leaves[k] for k in keys], allow_unused=True)
+    out = {
+        k: torch.zeros_like(leaves[k]) if gk is None else gk
+        for k, gk in zip(keys, grads, strict=True)
+    }
+    return total.detach(), out
