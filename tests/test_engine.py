@@ -256,13 +256,42 @@ def test_bench_engine_cli_writes_records(tmp_path: Path) -> None:
 
     out = tmp_path / "engine.json"
     rc = main(
-        ["bench", "engine", "--smoke-test", "--only", "1step", "--min-time", "0", "--out", str(out)]
+        [
+            "bench",
+            "engine",
+            "--smoke-test",
+            "--only",
+            "1step",
+            "--min-time",
+            "0",
+            "--no-memory",
+            "--out",
+            str(out),
+        ]
     )
     assert rc == 0
     records = json.loads(out.read_text())
     impls = {r["impl"] for r in records}
     assert {"engine", "looped", "bare"} <= impls
     for r in records:
-        assert set(r) == {"workload", "meta_batch", "impl", "tasks_per_s"}
+        assert set(r) == {"workload", "meta_batch", "impl", "tasks_per_s", "x_looped", "x_bare"}
         assert r["workload"] == "sinusoid-mlp-1step" and r["meta_batch"] == 25
         assert r["tasks_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_bench_engine_long_inner_loop_reports_checkpointing_and_peak_memory(
+    tmp_path: Path,
+) -> None:
+    from raymeta.cli.main import main
+
+    out = tmp_path / "engine.json"
+    argv = ["bench", "engine", "--smoke-test", "--only", "wide", "--min-time", "0"]
+    assert main([*argv, "--out", str(out)]) == 0
+    records = {r["impl"]: r for r in json.loads(out.read_text())}
+    assert set(records) == {"engine", "bare", "looped", "engine-ckpt"}
+    for r in records.values():
+        assert r["peak_mb"] >= 0 and r["tasks_per_s"] > 0
+        assert r["x_looped"] == pytest.approx(
+            r["tasks_per_s"] / records["looped"]["tasks_per_s"], rel=0.01
+        )

@@ -8,13 +8,24 @@ Every implementation computes the same second-order MAML meta-gradient on the SA
   code with the engine: the engine should be within ~10% of it (its abstraction is ~free);
 * ``higher`` / ``torchopt`` -- the peers' per-task MAML loops, when those packages import.
 
+* ``engine-vmap`` -- the engine forced onto its vmap path (``conv_path="vmap"``; what the
+  engine used on CPU before the folded grouped-convolution path, and still uses on GPU);
+* ``engine-ckpt`` -- the engine with ``InnerConfig(checkpoint=True)`` (the long-inner-loop
+  workload only: checkpointing trades a forward per step for memory).
+
 Throughput is steady state: one warm-up call, then repeats until ``min_time`` has passed.
+Peak memory (``peak MB``) is the rise of the resident set's high-water mark
+(``ru_maxrss``) over one call, measured in a fresh spawned process per implementation, so
+one implementation's peak cannot hide another's.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import multiprocessing
+import resource
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +58,7 @@ class Workload:
     lr: float
     meta_batches: tuple[int, ...]
     make: Callable[[int, torch.Generator], TaskBatch]
+    checkpoint: bool = False  # also time the engine with a checkpointed inner loop
 
 
 def _sinusoid(n: int, g: torch.Generator) -> TaskBatch:
@@ -67,12 +79,24 @@ def _images(
 def workloads(quick: bool) -> list[Workload]:
     mlp = ModelSpec("mlp", (1,), 1, {"widths": [40, 40]})
     conv = ModelSpec("conv4", (1, 28, 28), 5, {"hidden": 64})
+    wide = ModelSpec("mlp", (1,), 1, {"widths": [64, 64] if quick else [512, 512]})
     sin_b = (25,) if quick else (25, 250, 1000)
+    long_steps = 3 if quick else 20
     return [
         Workload("sinusoid-mlp-1step", "regression", mlp, 1, 0.01, sin_b, _sinusoid),
         Workload("sinusoid-mlp-5step", "regression", mlp, 5, 0.01, sin_b, _sinusoid),
         Workload(
             "conv4-5way-1shot", "classification", conv, 1, 0.4, (4,) if quick else (32,), _images
+        ),
+        Workload(
+            f"sinusoid-wide-{long_steps}step",
+            "regression",
+            wide,
+            long_steps,
+            0.001,
+            (4,) if quick else (32,),
+            _sinusoid,
+            checkpoint=True,
         ),
     ]
 
@@ -172,13 +196,7 @@ def time_it(
     return best
 
 
-def run_workload(
-    w: Workload,
-    meta_batch: int,
-    min_time: float,
-    peers: list[str],
-    clock: Callable[[], float] = time.perf_counter,
-) -> dict[str, float]:
+def _impls(w: Workload, meta_batch: int, peers: list[str]) -> dict[str, Callable[[], Any]]:
     torch.manual_seed(0)
     model = build_model(w.spec)
     batch = w.make(meta_batch, torch.Generator().manual_seed(1))
@@ -191,6 +209,12 @@ def run_workload(
         "bare": lambda: bare_meta_grad(model, w.kind, params, batch, w.steps, w.lr),
         "looped": lambda: ref_meta_grad(model, w.kind, "maml", params, batch, w.steps, w.lr),
     }
+    if engine.uses_folded(batch.xs.device):
+        vm = MetaEngine(model, w.kind, "maml", InnerConfig(w.steps, w.lr), conv_path="vmap")
+        impls["engine-vmap"] = lambda: vm.meta_grad(params, batch)
+    if w.checkpoint:
+        ck = MetaEngine(model, w.kind, "maml", InnerConfig(w.steps, w.lr, checkpoint=True))
+        impls["engine-ckpt"] = lambda: ck.meta_grad(params, batch)
     if w.kind == "regression":
         if "higher" in peers:
             impls["higher"] = lambda: higher_meta_grad(
@@ -200,7 +224,42 @@ def run_workload(
             impls["torchopt"] = lambda: torchopt_meta_grad(
                 copy.deepcopy(model), w.kind, batch, w.steps, w.lr
             )
+    return impls
+
+
+def run_workload(
+    w: Workload,
+    meta_batch: int,
+    min_time: float,
+    peers: list[str],
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
+    impls = _impls(w, meta_batch, peers)
     return {name: meta_batch / time_it(fn, min_time, clock) for name, fn in impls.items()}
+
+
+def _rss_mb() -> float:
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def _peak_child(w: Workload, meta_batch: int, impl: str, threads: int) -> float:
+    torch.set_num_threads(threads)
+    fn = _impls(w, meta_batch, _peers())[impl]
+    before = _rss_mb()
+    fn()
+    return _rss_mb() - before
+
+
+def peak_memory(w: Workload, meta_batch: int, impls: list[str]) -> dict[str, float]:
+    """MB the high-water mark rises during one call of each implementation, each in a fresh
+    spawned process (so the parent's own peak does not mask a smaller one)."""
+    ctx = multiprocessing.get_context("spawn")
+    out = {}
+    with ctx.Pool(1, maxtasksperchild=1) as pool:
+        for impl in impls:
+            out[impl] = pool.apply(_peak_child, (w, meta_batch, impl, torch.get_num_threads()))
+    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -218,6 +277,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds to time each implementation (default 2, smoke test 0.2)",
     )
     p.add_argument("--only", metavar="TEXT", help="run only the workloads whose name contains TEXT")
+    p.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="skip the peak-memory column (one spawned process per implementation)",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -243,24 +307,29 @@ def run(args: argparse.Namespace) -> int:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock; peers: {', '.join(peers) or 'none installed'}"
     )
     print(
-        f"{'workload':<22} {'batch':>5} {'impl':<9} {'tasks/s':>10} {'x looped':>9} {'/ bare':>7}"
+        f"{'workload':<22} {'batch':>5} {'impl':<11} {'tasks/s':>10} {'x looped':>9} {'/ bare':>7} {'peak MB':>8}"
     )
     for w in workloads(args.smoke_test):
         if args.only and args.only not in w.name:
             continue
         for mb in w.meta_batches:
             res = run_workload(w, mb, min_time, peers, clock)
+            mem = {} if args.no_memory else peak_memory(w, mb, list(res))
             for impl, tps in res.items():
-                records.append(
-                    {
-                        "workload": w.name,
-                        "meta_batch": mb,
-                        "impl": impl,
-                        "tasks_per_s": round(tps, 2),
-                    }
-                )
+                rec: dict[str, Any] = {
+                    "workload": w.name,
+                    "meta_batch": mb,
+                    "impl": impl,
+                    "tasks_per_s": round(tps, 2),
+                    "x_looped": round(tps / res["looped"], 3),
+                    "x_bare": round(tps / res["bare"], 3),
+                }
+                if impl in mem:
+                    rec["peak_mb"] = round(mem[impl], 1)
+                records.append(rec)
+                peak = f"{mem[impl]:>8.1f}" if impl in mem else f"{'-':>8}"
                 print(
-                    f"{w.name:<22} {mb:>5} {impl:<9} {tps:>10.1f} {tps / res['looped']:>9.2f} {tps / res['bare']:>7.2f}",
+                    f"{w.name:<22} {mb:>5} {impl:<11} {tps:>10.1f} {tps / res['looped']:>9.2f} {tps / res['bare']:>7.2f} {peak}",
                     flush=True,
                 )
     if args.out:

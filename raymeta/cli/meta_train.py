@@ -118,6 +118,11 @@ def add_parser(sub: Any) -> None:
         "--first-order", action="store_true", help="drop second-order terms (MAML -> FOMAML)"
     )
     g.add_argument(
+        "--checkpoint-inner",
+        action="store_true",
+        help="recompute each inner step in the backward pass (less memory for long inner loops)",
+    )
+    g.add_argument(
         "--outer-optimizer", default="adam", choices=["adam", "sgd"], help="outer (meta) optimizer"
     )
     g.add_argument(
@@ -226,6 +231,7 @@ def build_config(args: argparse.Namespace) -> Any:
         inner_steps=args.inner_steps,
         inner_lr=args.inner_lr,
         first_order=bool(args.first_order),
+        checkpoint_inner=bool(args.checkpoint_inner),
         outer_optimizer=args.outer_optimizer,
         outer_lr=args.outer_lr,
         steps=args.steps,

@@ -45,6 +45,7 @@ class MetaTrainConfig:
     inner_steps: int = 1
     inner_lr: float = 0.01
     first_order: bool = False
+    checkpoint_inner: bool = False  # recompute inner steps in backward: memory ~flat in steps
     outer_optimizer: str = "adam"
     outer_lr: float = 1e-3
     steps: int = 1000
@@ -73,6 +74,7 @@ class MetaTrainConfig:
         c.string("outer-optimizer", self.outer_optimizer, OUTER_OPTIMIZERS)
         c.string("dtype", self.dtype, tuple(DTYPES))
         c.boolean("first-order", self.first_order)
+        c.boolean("checkpoint-inner", self.checkpoint_inner)
         for name in ("steps", "meta_batch", "shards", "val_tasks", "val_every"):
             c.integer(name.replace("_", "-"), getattr(self, name), 1)
         c.integer("inner-steps", self.inner_steps, 0, MAX_INNER_STEPS)
@@ -238,7 +240,7 @@ class MetaTrainer:
             model,
             self.family.kind,
             cfg.algo,
-            InnerConfig(cfg.inner_steps, cfg.inner_lr, cfg.first_order),
+            InnerConfig(cfg.inner_steps, cfg.inner_lr, cfg.first_order, cfg.checkpoint_inner),
             cfg.chunk_size,
         )
         self.params: Params = {
