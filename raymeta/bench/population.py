@@ -24,7 +24,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,24 +76,31 @@ def _timed(fn: Callable[[], Params], dev: torch.device) -> tuple[float, Params]:
     return time.perf_counter() - t0, out
 
 
-def run_size(n: int, steps: int, repeats: int, dev: torch.device) -> list[dict[str, Any]]:
-    """Records of both implementations at ``n`` members (best of ``repeats`` rounds)."""
+def run_size(
+    n: int,
+    steps: int,
+    repeats: int,
+    dev: torch.device,
+    trainers: Mapping[str, type[PopulationTrainer]] | None = None,
+) -> list[dict[str, Any]]:
+    """Records of each trainer (``trainers``: name -> class, default raymeta's) and the bare
+    population at ``n`` members (best of ``repeats`` interleaved rounds)."""
     torch.manual_seed(0)
     model = build_model(MLP).to(dev)
     init = {k: v.detach() for k, v in model.named_parameters()}
     b = Sinusoid(shots=10, queries=10).sample("train", n, torch.Generator().manual_seed(1))
     x, y = b.xs.to(dev), b.ys.to(dev)
     hp = MemberHParams.from_configs([{"lr": LR}] * n, list(range(n)), x.shape[1]).to(dev)
-    trainer = PopulationTrainer(model, "regression")
     start = PopulationState.from_params(init, n).params
-    impls: dict[str, Callable[[int], Params]] = {
-        "raymeta": lambda k: (
-            trainer.train(
+    impls: dict[str, Callable[[int], Params]] = {}
+    for name, cls in (trainers or {"raymeta": PopulationTrainer}).items():
+        tr = cls(model, "regression")
+        impls[name] = lambda k, tr=tr: (
+            tr.train(  # type: ignore[misc]
                 PopulationState.from_stacked(start), hp, x, y, k, per_member_data=True
             ).params
-        ),
-        "bare": lambda k: bare_population(model, dict(start), x, y, k),
-    }
+        )
+    impls["bare"] = lambda k: bare_population(model, dict(start), x, y, k)
     best = dict.fromkeys(impls, float("inf"))
     mem: dict[str, float] = {}
     final: dict[str, Params] = {}
@@ -107,7 +114,8 @@ def run_size(n: int, steps: int, repeats: int, dev: torch.device) -> list[dict[s
         for name, fn in impls.items():
             sec, final[name] = _timed(lambda fn=fn: fn(steps), dev)  # type: ignore[misc]
             best[name] = min(best[name], sec)
-    diff = max(float((final["raymeta"][k] - final["bare"][k]).abs().max()) for k in init)
+    first = next(iter(impls))
+    diff = max(float((final[first][k] - final["bare"][k]).abs().max()) for k in init)
     rss = _peak_rss_mb()
     bare_rate = n * steps / best["bare"]
     return [

@@ -204,8 +204,11 @@ class PopulationTrainer:
         y: torch.Tensor,
         d: int | None,
         minibatch: bool = True,
+        scale: torch.Tensor | None = None,
     ) -> Params:
-        """Per-member minibatch gradients (the whole train split without ``minibatch``).
+        """Per-member minibatch gradients (the whole train split without ``minibatch``), each
+        times its member's ``scale`` if given (folded into the loss: no extra pass over the
+        weights, which is how the SGD path applies its per-member learning rates).
 
         The forward is vmapped over members; the backward is plain autograd on the sum of the
         member losses (members are independent, so that is every member's own gradient). This
@@ -237,7 +240,8 @@ class PopulationTrainer:
                 losses = vmap(member_loss, in_dims=(0, d, d, 0, 0))(leaves, x, y, mask, denom)
             else:
                 losses = vmap(full_loss, in_dims=(0, d, d))(leaves, x, y)
-            g = torch.autograd.grad(losses.sum(), list(leaves.values()))
+            total = (losses if scale is None else losses * scale).sum()
+            g = torch.autograd.grad(total, list(leaves.values()))
         return dict(zip(leaves, g, strict=True))
 
     def _step(
@@ -299,19 +303,22 @@ class PopulationTrainer:
     ) -> torch.Tensor:
         """One SGD step of every member, updating ``p`` in place with fused (``_foreach``)
         ops: ``p -= lr * active * keep * (g + wd * p)``, the same update as ``_step``'s SGD
-        members. Returns the new step counts."""
-        g = self._grads(p, t, hp, x, y, d, plan.minibatch)
-        names = list(p)
-        ps, gs = [p[k] for k in names], [g[k] for k in names]
+        members, with ``lr * active`` folded into the loss. Returns the new step counts."""
         dt = x.dtype if x.is_floating_point() else torch.float32
         on = t < hp["steps"]
-        lr_on = hp["lr"].to(dt) * on.to(dt)
-        lr_body = lr_on if body_keep is None else lr_on * body_keep
+        rate = hp["lr"].to(dt) * on.to(dt)
+        g = self._grads(p, t, hp, x, y, d, plan.minibatch, scale=rate)
+        names = list(p)
+        ps, gs = [p[k] for k in names], [g[k] for k in names]
+        if body_keep is not None:
+            body = [i for i, k in enumerate(names) if not self.head_mask[k]]
+            torch._foreach_mul_([gs[i] for i in body], [_per(body_keep, ps[i]) for i in body])
         if plan.decay:
-            wd = hp["weight_decay"].to(dt)
-            torch._foreach_addcmul_(gs, ps, [_per(wd, q) for q in ps])
-        rates = [_per(lr_on if self.head_mask[k] else lr_body, p[k]) for k in names]
-        torch._foreach_addcmul_(ps, rates, gs, value=-1)
+            decay = rate * hp["weight_decay"].to(dt)
+            body_decay = decay if body_keep is None else decay * body_keep
+            rates = [_per(decay if self.head_mask[k] else body_decay, p[k]) for k in names]
+            torch._foreach_addcmul_(gs, ps, rates)
+        torch._foreach_sub_(ps, gs)
         return t + on.long()
 
     def train(
