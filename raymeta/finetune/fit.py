@@ -161,12 +161,11 @@ class MemoryPlan:
 
     def line(self) -> str:
         """The one line ``raymeta priors fit`` prints before fine-tuning."""
-        chosen = "given" if self.budget_source == "--chunk-size" else "fit"
+        fmt = checks.fmt_bytes
         return (
-            f"priors fit: memory budget {checks.fmt_bytes(self.budget)} ({self.budget_source}), "
-            f"~{checks.fmt_bytes(self.per_member)} per member + {checks.fmt_bytes(self.fixed)} "
-            f"of task data: chunks of {self.chunk_size:,} members ({chosen}; "
-            f"--memory-budget / --chunk-size change it)"
+            f"priors fit: memory budget {fmt(self.budget)} ({self.budget_source}), "
+            f"~{fmt(self.per_member)} per member + {fmt(self.fixed)} of task data: chunks of "
+            f"{self.chunk_size:,} members (--memory-budget or --chunk-size change it)"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -293,6 +292,12 @@ def fit_priors(
     tasks = val_tasks(family, n_tasks)
     plan = memory_plan(ckpt, first, cfg)  # after the tasks: what they hold is not available
     chunk_size = plan.chunk_size
+    if cfg.n_select:  # selection populations are not chunked: refuse one the machine cannot hold
+        checks.check_fits(
+            f"priors: strategy-selection populations of {cfg.select_population} members",
+            plan.per_member * cfg.select_population,
+            "lower --select-population",
+        )
     if log is not None:
         log(plan.line())
     space = broad_space(
