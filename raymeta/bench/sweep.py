@@ -1,7 +1,17 @@
 """``raymeta bench sweep``: a large sweep (default 200 held-out sinusoid tasks x 5 strategies,
 ``auto`` included)
-on the embedded local Ray; reports wall time, units/s and the peak memory of the whole process
-tree (driver, raylet, workers), then the per-strategy summary table."""
+on the embedded local Ray; reports wall time, units/s, member-steps/s, the results' part-file
+count and the peak memory of the whole process tree (driver, raylet, workers), then the
+per-strategy summary table.
+
+The ceiling, measured in the same run right after each sweep: a bare ``torch.func``
+``vmap(grad)`` full-batch SGD population of the sweep's member count (same model, each member on
+a held-out task's train split, as many steps as a member), on as many threads as the sweep had
+CPU slots. ``sweep / bare`` is how much of the machine's vmapped throughput the sweep's
+scheduling, PBT, evaluation, final picks and result writing leave (issue 17).
+
+The meta-checkpoint and priors are kept in ``--out`` and reused; every sweep writes a fresh
+``results-N`` folder there, so a rerun measures again instead of finding every unit done."""
 
 from __future__ import annotations
 
@@ -37,8 +47,61 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out",
         type=output_arg("--out"),
         default=None,
-        help="keep results here (default: a temp dir)",
+        help="keep the checkpoint (reused when present) and results here (default: a temp dir)",
     )
+    p.add_argument(
+        "--batch-units",
+        type=int,
+        default=None,
+        help="most units one Ray task trains packed (default: the sweep's; 1: every unit alone)",
+    )
+    p.add_argument(
+        "--repeat", type=int, default=1, help="sweeps (each followed by its bare ceiling)"
+    )
+
+
+def bare_rate(meta: Path, members: int, steps: int, threads: int) -> float:
+    """Member-steps/s of a bare ``vmap(grad)`` SGD population of ``members`` members of the
+    checkpoint's first candidate, each full-batch on a held-out task's train split."""
+    import torch
+    from torch.func import functional_call, grad, vmap
+
+    from raymeta.core.checkpoint import load_meta_checkpoint
+    from raymeta.core.losses import per_example_loss
+    from raymeta.core.models import build_model
+    from raymeta.tasks import make_family
+
+    ckpt = load_meta_checkpoint(meta)
+    cand = ckpt.candidate()
+    family = make_family(ckpt.family)
+    tasks = [family.task("test", i) for i in range(min(members, 64))]
+    pick = torch.arange(members) % len(tasks)
+    x = torch.stack([t.x_train for t in tasks])[pick]
+    y = torch.stack([t.y_train for t in tasks])[pick]
+    model = build_model(cand.spec)
+    names = [k for k, _ in model.named_parameters()]
+    params = {
+        k: cand.params[k].detach().unsqueeze(0).repeat(members, *[1] * cand.params[k].dim())
+        for k in names
+    }
+    kind = tasks[0].kind
+
+    def loss(p: dict[str, torch.Tensor], xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+        return per_example_loss(kind, functional_call(model, p, (xx,)), yy).mean()
+
+    g = vmap(grad(loss))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g(params, x, y)  # warm-up (the first call imports and traces)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            d = g(params, x, y)
+            params = {k: v - 0.01 * d[k] for k, v in params.items()}
+        wall = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(before)
+    return members * steps / wall
 
 
 def _tree_rss(root: int) -> int:
@@ -92,6 +155,7 @@ class _PeakRSS:
 def run(args: argparse.Namespace) -> int:
     from raymeta.core.checkpoint import load_meta_checkpoint, save_meta_checkpoint, write_priors
     from raymeta.core.train import MetaTrainConfig, meta_train
+    from raymeta.errors import ConfigError
     from raymeta.finetune import fit_priors
     from raymeta.orchestration.sweep.config import parse_sweep
     from raymeta.orchestration.sweep.run import run_sweep
@@ -99,6 +163,11 @@ def run(args: argparse.Namespace) -> int:
     from raymeta.results.render import render
     from raymeta.results.summary import notes, summarise, win_rates
 
+    for flag, value in (("--tasks", args.tasks), ("--repeat", args.repeat)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if args.batch_units is not None and args.batch_units < 1:
+        raise ConfigError(f"--batch-units must be >= 1, got {args.batch_units}")
     root = Path(args.out or tempfile.mkdtemp(prefix="raymeta-bench-sweep-"))
     meta = root / "meta"
     if not (meta / "meta.json").exists():
@@ -120,15 +189,32 @@ def run(args: argparse.Namespace) -> int:
             "interval": max(1, args.steps_per_member // 10),
         }
     )
-    with _PeakRSS() as mem:
-        res = run_sweep(cfg, root / "results", progress=False)
-    n = res["units"]
-    print(
-        f"sweep: {n} units ({args.tasks} tasks x {len(STRATEGIES)} strategies) in {res['wall_s']:.1f}s "
-        f"= {res['ran'] / max(res['wall_s'], 1e-9):.2f} units/s; peak RSS of the process tree {mem.peak / 2**30:.2f} GiB"
-    )
-    table = read_results(root / "results", sweep="bench")
+    threads = os.cpu_count() or 1
+    for rep in range(args.repeat):
+        results = Path(tempfile.mkdtemp(dir=root, prefix="results-"))
+        load = os.getloadavg()[0]
+        with _PeakRSS() as mem:
+            res = run_sweep(cfg, results, progress=False, batch_units=args.batch_units)
+        n = res["units"]
+        table = read_results(results, sweep="bench")
+        pdf = table.to_pandas()
+        steps = int(pdf[pdf.metric == "test_loss"]["step"].sum())  # member-steps incl. refits
+        vals = pdf[pdf.metric == "val_loss"]
+        members = len(vals.drop_duplicates(["strategy", "task", "seed", "trial"]))
+        parts = len(list(results.glob("sweep=bench/part-*.parquet")))
+        rate = steps / max(res["wall_s"], 1e-9)
+        bare = bare_rate(meta, members, args.steps_per_member, threads)
+        print(
+            f"[{rep + 1}/{args.repeat}] sweep: {n} units ({args.tasks} tasks x {len(STRATEGIES)} "
+            f"strategies, {members} members) in {res['wall_s']:.1f}s = "
+            f"{res['ran'] / max(res['wall_s'], 1e-9):.2f} units/s, {rate:,.0f} member-steps/s; "
+            f"bare vmap(grad) SGD population of {members} members ({threads} threads): "
+            f"{bare:,.0f} member-steps/s; sweep/bare = {rate / bare:.1%}; {parts} part files; "
+            f"peak RSS of the process tree {mem.peak / 2**30:.2f} GiB; "
+            f"load average {load:.2f} -> {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
     rows, wins = summarise(table), win_rates(table)
     print(render(rows, "markdown", wins=wins, notes=notes(rows, wins)))
-    print(f"results: {root / 'results'}")
+    print(f"results: {results}")
     return 0

@@ -51,7 +51,7 @@ from raymeta.finetune.run import (
     member_groups,
     merge_evaluations,
 )
-from raymeta.finetune.step import PopulationState
+from raymeta.finetune.step import MemberHParams, PopulationState
 from raymeta.priors import Prior
 from raymeta.tasks import Task
 
@@ -67,6 +67,51 @@ class Unit:
     configs: list[dict[str, Any]]
     seed: int
     prior: Prior | None = None
+
+
+class PackedPopulation(Population):
+    """A ``Population`` whose hyperparameter tensors are patched, not rebuilt, after exploits:
+    a packed population of thousands of members changes a few configs per evaluation, and
+    rebuilding every member's tensors each time costs more than the training between."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.packed_hp: tuple[int, MemberHParams] | None = None
+        self.changed: set[int] = set()
+
+    def set_config(self, member: int, config: Mapping[str, Any]) -> None:
+        self.configs[member] = dict(config)
+        self.changed.add(member)
+
+    def hparams(self, n_train: int) -> MemberHParams:
+        if self.packed_hp is None or self.packed_hp[0] != n_train:
+            hp = MemberHParams.from_configs(self.configs, self.seeds, n_train, self.horizon)
+            self.packed_hp, self.changed = (n_train, hp), set()
+        hp = self.packed_hp[1]
+        if self.changed:
+            idx = sorted(self.changed)
+            part = MemberHParams.from_configs(
+                [self.configs[i] for i in idx], [self.seeds[i] for i in idx], n_train, self.horizon
+            )
+            at = torch.tensor(idx)
+            for k, v in part.values.items():
+                hp.values[k][at] = v
+            hp.seed[at] = part.seed
+            self.changed = set()
+        return hp
+
+
+def scratch_state(spec: Any, seeds: Sequence[int], dtype: torch.dtype) -> PopulationState:
+    """``initial_state(spec, None, seeds, dtype)``, the same weights: each member's model is
+    built after seeding the CPU generator alone (``torch.manual_seed`` also walks every
+    accelerator backend, which costs more than building a small model)."""
+    inits = []
+    for s in seeds:
+        torch.default_generator.manual_seed(int(s))
+        inits.append({k: v.detach() for k, v in build_model(spec).named_parameters()})
+    return PopulationState.from_stacked(
+        {k: torch.stack([p[k] for p in inits]).to(dtype) for k in inits[0]}
+    )
 
 
 def member_bytes(spec: Any, task: Task) -> int:
@@ -85,6 +130,34 @@ def batch_members(spec: Any, task: Task, budget: int = BATCH_MEMORY) -> int:
     return max(1, min(MAX_BATCH_MEMBERS, budget // max(1, member_bytes(spec, task))))
 
 
+class CopyLog(PopulationState):
+    """A stand-in state for ``exploit_worst`` that records its copies (as indices of the
+    packed population) instead of making them, so every unit's copies of one evaluation are
+    made at once (``apply_copies``)."""
+
+    def __init__(self, lo: int, n: int, log: list[tuple[int, int]]) -> None:
+        super().__init__({}, {}, {}, torch.zeros(n, dtype=torch.int64))
+        self.lo, self.log = lo, log
+
+    def copy_member(self, src: int, dst: int) -> None:
+        self.log.append((self.lo + src, self.lo + dst))
+
+
+def apply_copies(pop: Population, log: Sequence[tuple[int, int]]) -> None:
+    """Make the recorded copies: each ``dst`` takes ``src``'s weights, optimizer state and
+    step. Within a unit sources are the best and destinations the worst ``k <= n / 2``
+    members, so no copy reads a member another one writes and one gather equals them all."""
+    if not log:
+        return
+    st = pop.state
+    src = torch.tensor([a for a, _ in log], device=st.step.device)
+    dst = torch.tensor([b for _, b in log], device=st.step.device)
+    for d in (st.params, st.m, st.v):
+        for t in d.values():
+            t[dst] = t[src]
+    st.step[dst] = st.step[src]
+
+
 def exploit_slice(
     pop: Population,
     lo: int,
@@ -92,16 +165,13 @@ def exploit_slice(
     rng: np.random.Generator,
     perturb: Perturb,
     rule: ExploitRule,
+    log: list[tuple[int, int]],
 ) -> list[dict[str, Any]]:
     """``Population.exploit`` restricted to members ``lo .. hi - 1`` of ``pop`` (one unit's
-    group): the same draws, copies and events (member indices local to the slice)."""
-    st = pop.state
-    view = PopulationState(  # basic slices are views: copies land in the packed tensors
-        {k: v[lo:hi] for k, v in st.params.items()},
-        {k: v[lo:hi] for k, v in st.m.items()},
-        {k: v[lo:hi] for k, v in st.v.items()},
-        st.step[lo:hi],
-    )
+    group): the same draws, configs and events (member indices local to the slice); the
+    weight copies are appended to ``log`` for ``apply_copies``."""
+    if 2 * rule.count(hi - lo) > hi - lo:
+        raise ValueError("batched exploits need the worst half or fewer to copy the best")
     events: list[dict[str, Any]] = []
 
     def explore(src: int, dst: int) -> None:
@@ -115,7 +185,7 @@ def exploit_slice(
         events.append({"kind": "member_exploit", "src": src, "dst": dst, "old": old, "new": new})
 
     val = pop.last_val[lo:hi].cpu().numpy()
-    exploit_worst(view, val, rule.count(hi - lo), rng, explore)
+    exploit_worst(CopyLog(lo, hi - lo, log), val, rule.count(hi - lo), rng, explore)
     return events
 
 
@@ -219,8 +289,12 @@ def _run_packed(
         scratch = [units[i].seed * 10_007 + j for i, idx, _ in segs for j in idx]
         seeds = [units[i].seed * 1_000_003 + j for i, idx, _ in segs for j in idx]
         configs = [units[i].configs[j] for i, idx, _ in segs for j in idx]
-        state = initial_state(cand.spec, cand.params if init == "meta" else None, scratch, dtype)
-        pops[name] = Population(
+        state = (
+            initial_state(cand.spec, cand.params, scratch, dtype)
+            if init == "meta"
+            else scratch_state(cand.spec, scratch, dtype)
+        )
+        pops[name] = PackedPopulation(
             cand.spec, tasks[0].kind, name, configs, seeds, state, horizon=steps
         )
         rows = torch.tensor([row[i] for i, idx, _ in segs for _ in idx])
@@ -235,15 +309,20 @@ def _run_packed(
     for s_i, evs in enumerate(zip(*runs, strict=True)):
         by_model = dict(zip(layout, evs, strict=True))
         last = s_i == len(stops) - 1
+        logs: dict[str, list[tuple[int, int]]] = {name: [] for name in layout}
         for i in which:
             parts = []
             for name, lo, hi in where[i]:
                 events: list[dict[str, Any]] = []
                 prior = units[i].prior
                 if pbt and prior is not None and not last:
-                    events = exploit_slice(pops[name], lo, hi, rngs[i], prior.perturb, SWEEP_RULE)
+                    events = exploit_slice(
+                        pops[name], lo, hi, rngs[i], prior.perturb, SWEEP_RULE, logs[name]
+                    )
                 parts.append(_slice_eval(by_model[name], lo, hi, events))
             curves[i].add(merge_evaluations(parts, list(groups[i].values())))
+        for name, log in logs.items():
+            apply_copies(pops[name], log)
     out = {}
     for i in which:
         sub = [slice_population(pops[name], lo, hi) for name, lo, hi in where[i]]

@@ -133,10 +133,12 @@ def run_sweep(
     progress: bool = True,
     flush_units: int = FLUSH_UNITS,
     flush_s: float = FLUSH_S,
+    batch_units: int | None = None,
 ) -> dict[str, Any]:
     """Run every unit not yet in ``out``'s results dataset; returns counts and wall time.
 
-    A Ray task runs at most ``flush_units`` units (``batch.plan_batches``). Finished batches
+    A Ray task runs at most ``batch_units`` units (default ``flush_units``; 1 runs every unit
+    alone, the unbatched baseline), see ``batch.plan_batches``. Finished batches
     are written once ``flush_units`` units are buffered, or sooner once ``flush_s`` seconds
     passed since the last write; a kill loses at most the buffered and running batches' work."""
     import ray
@@ -153,6 +155,10 @@ def run_sweep(
         )
     if isinstance(flush_units, bool) or not isinstance(flush_units, int) or flush_units < 1:
         raise ConfigError(f"flush_units must be an integer >= 1, got {flush_units!r}")
+    if batch_units is not None and (
+        isinstance(batch_units, bool) or not isinstance(batch_units, int) or batch_units < 1
+    ):
+        raise ConfigError(f"batch_units must be an integer >= 1, got {batch_units!r}")
     if not flush_s >= 0:
         raise ConfigError(f"flush_s must be >= 0 seconds, got {flush_s!r}")
     out = Path(out)
@@ -176,7 +182,7 @@ def run_sweep(
         remote = ray.remote(num_cpus=1, max_retries=2)(run_batch)
         cfg_ref = ray.put(cfg)
         pending: dict[Any, list[dict[str, Any]]] = {}
-        queue = plan_batches(todo, slots, flush_units)
+        queue = plan_batches(todo, slots, min(batch_units or flush_units, flush_units))
         finished = 0
         buffer: dict[str, list[dict[str, Any]]] = {}
         flushed = time.monotonic()
