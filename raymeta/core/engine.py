@@ -130,8 +130,8 @@ class MetaEngine:
         fo = self.inner.first_order if first_order is None else first_order
         fast = self.model_params(params)
         partial = len(self.adapt_keys) != len(self.names)
-
-        def step(fast: Params) -> Params:
+        # (a checkpointed inner loop runs on the folded path: torch.func refuses checkpoint)
+        for _ in range(steps):
             if partial:
                 base = fast
 
@@ -148,10 +148,7 @@ class MetaEngine:
             for k in self.adapt_keys:
                 lr = params[LR_PREFIX + k] if self.algo == "metasgd" else self.inner.lr
                 new[k] = fast[k] - lr * g[k]
-            return new
-
-        for _ in range(steps):
-            fast = step(fast)  # (checkpointing runs on the folded path: torch.func refuses it)
+            fast = new
         return fast
 
     def _task_query(
