@@ -73,12 +73,14 @@ def test_fast_path_equals_general_path(
 ) -> None:
     trainer, state, hp, x, y = _setup(configs, per_member)
     assert StepPlan.of(hp, N_TRAIN) == plan
+    before = {k: v.clone() for k, v in state.params.items()}
     fast = trainer.train(state, hp, x, y, N_STEPS, per_member_data=per_member)
     general = trainer.train(state, hp, x, y, N_STEPS, per_member_data=per_member, plan=GENERAL)
     _close(fast, general)
     assert not torch.equal(fast.params["head.weight"], state.params["head.weight"])
-    # the input state is untouched (the SGD path updates its own copy in place)
+    # the input state is untouched (the SGD path updates only tensors it made in place)
     assert torch.equal(state.step, torch.zeros_like(state.step))
+    assert all(torch.equal(state.params[k], v) for k, v in before.items())
     # and resuming is the same as one call (a Population trains between evaluations)
     half = trainer.train(state, hp, x, y, 3, per_member_data=per_member)
     _close(trainer.train(half, hp, x, y, N_STEPS - 3, per_member_data=per_member), fast)

@@ -300,10 +300,13 @@ class PopulationTrainer:
         d: int | None,
         body_keep: torch.Tensor | None,
         plan: StepPlan,
+        inplace: bool,
     ) -> torch.Tensor:
-        """One SGD step of every member, updating ``p`` in place with fused (``_foreach``)
-        ops: ``p -= lr * active * keep * (g + wd * p)``, the same update as ``_step``'s SGD
-        members, with ``lr * active`` folded into the loss. Returns the new step counts."""
+        """One SGD step of every member with fused (``_foreach``) ops, ``p -= lr * active *
+        keep * (g + wd * p)`` (the same update as ``_step``'s SGD members, with ``lr * active``
+        folded into the loss): into ``p``'s tensors with ``inplace``, else into new tensors
+        set in ``p`` (the first step, so a call never copies its input weights). Returns the
+        new step counts."""
         dt = x.dtype if x.is_floating_point() else torch.float32
         on = t < hp["steps"]
         rate = hp["lr"].to(dt) * on.to(dt)
@@ -318,7 +321,10 @@ class PopulationTrainer:
             body_decay = decay if body_keep is None else decay * body_keep
             rates = [_per(decay if self.head_mask[k] else body_decay, p[k]) for k in names]
             torch._foreach_addcmul_(gs, ps, rates)
-        torch._foreach_sub_(ps, gs)
+        if inplace:
+            torch._foreach_sub_(ps, gs)
+        else:
+            p.update(zip(names, torch._foreach_sub(ps, gs), strict=True))
         return t + on.long()
 
     def train(
@@ -346,14 +352,13 @@ class PopulationTrainer:
                 for _ in range(n_steps):
                     p, m, v, t = self._step(p, m, v, t, hp, x, y, d, adam, head_only, plan)
                 return PopulationState(p, m, v, t)
-            p = {k: q.clone() for k, q in state.params.items()}
-            t = state.step.clone()
+            p, t = dict(state.params), state.step
             dt = x.dtype if x.is_floating_point() else torch.float32
             body_keep = (1.0 - head_only.to(dt)) if plan.head_only else None
-            for _ in range(n_steps):
-                t = self._sgd_step_(p, t, hp, x, y, d, body_keep, plan)
-            moments = ({k: q.clone() for k, q in mv.items()} for mv in (state.m, state.v))
-            return PopulationState(p, next(moments), next(moments), t)
+            for i in range(n_steps):
+                t = self._sgd_step_(p, t, hp, x, y, d, body_keep, plan, inplace=i > 0)
+            # no member's moments moved: the new state shares them with ``state``
+            return PopulationState(p, state.m, state.v, t)
 
     def evaluate(
         self, params: Params, x: torch.Tensor, y: torch.Tensor, per_member_data: bool = False
