@@ -15,7 +15,7 @@ Every implementation computes the same second-order MAML meta-gradient on the SA
 
 Throughput is steady state: one warm-up call, then repeats until ``min_time`` has passed.
 Peak memory (``peak MB``) is the rise of the resident set's high-water mark
-(``ru_maxrss``) over one call, measured in a fresh spawned process per implementation, so
+(``VmHWM``, else ``ru_maxrss``) over one call, measured in a fresh spawned process per implementation, so
 one implementation's peak cannot hide another's.
 """
 
@@ -239,6 +239,16 @@ def run_workload(
 
 
 def _rss_mb() -> float:
+    """The resident high-water mark in MB: ``VmHWM`` on Linux (per address space, so a spawned
+    child does not inherit its parent's peak across exec, as ``ru_maxrss`` does), else
+    ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
