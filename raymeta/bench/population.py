@@ -152,7 +152,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="population sizes (default 64 1024 16384; smoke test 4 16)",
     )
     p.add_argument(
-        "--steps", type=int, default=None, help="steps per timed call (default 20, smoke test 2)"
+        "--steps-per-member",
+        type=int,
+        default=None,
+        help="steps of every member per timed call (default 20, smoke test 2)",
     )
     p.add_argument(
         "--repeats", type=int, default=3, help="interleaved rounds; the best of each is reported"
@@ -168,7 +171,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     members = args.members or ([4, 16] if args.smoke_test else [64, 1024, 16384])
-    steps = args.steps if args.steps is not None else (2 if args.smoke_test else 20)
+    steps = (
+        args.steps_per_member
+        if args.steps_per_member is not None
+        else (2 if args.smoke_test else 20)
+    )
     if min(members) < 1 or steps < 1 or args.repeats < 1 or (args.threads or 1) < 1:
         raise ConfigError(
             "bench population: --members, --steps, --repeats and --threads must be >= 1"

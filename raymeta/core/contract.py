@@ -325,7 +325,11 @@ def _batch(
 def _meta_grad(
     model: nn.Module, who: str, algo: str, batch: TaskBatch
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    engine = MetaEngine(model, "regression", algo, InnerConfig(steps=1, lr=INNER_LR))
+    # the vmap path explicitly: it is the one every device can run (CUDA always does), while the
+    # CPU's folded path for Conv4-shaped nets would hide a model that breaks under vmap
+    engine = MetaEngine(
+        model, "regression", algo, InnerConfig(steps=1, lr=INNER_LR), conv_path="vmap"
+    )
     try:
         loss, grads = engine.meta_grad(engine.init_params(), batch)
     except Exception as exc:
