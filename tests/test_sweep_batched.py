@@ -130,3 +130,24 @@ def test_plan_batches_whole_groups() -> None:
     assert sorted(len(b) for b in batches) == [3] * 8 + [4] * 4  # 10 = 4 + 3 + 3 per group
     assert [len(b) for b in plan_batches(units, slots=1, max_units=100)] == [10] * 4
     assert len(plan_batches(units[:1], slots=8, max_units=100)) == 1
+
+
+def test_one_member_units_exploit_nothing_as_alone(meta_dir: Path) -> None:
+    """A unit (or a unit's share of one model) of a single member: PBT has no one to copy, as
+    in ``run_population`` (this raised in a batch of such units before)."""
+    ckpt = load_meta_checkpoint(meta_dir)
+    family = make_family(ckpt.family)
+    strat = Strategy.parse("meta+broad+pbt")
+    units, alone = [], []
+    kw = dict(init=strat.init, steps=6, interval=2, pbt=True, picks=(strat.pick,))
+    for t in range(2):
+        task = _f64(family.task("test", t))
+        configs, prior, _ = strategy_members(
+            ckpt, strat, task, population=1, steps=6, rng=np.random.default_rng([3, t])
+        )
+        units.append(Unit(task, configs, 3, prior))
+        alone.append(run_population(task, ckpt.candidates, configs, seed=3, prior=prior, **kw))
+    packed = run_units(units, ckpt.candidates, **kw)
+    for a, b in zip(alone, packed, strict=True):
+        assert b.curves.events == a.curves.events == []
+        assert b.test == pytest.approx(a.test, rel=1e-12)

@@ -170,7 +170,8 @@ def exploit_slice(
     """``Population.exploit`` restricted to members ``lo .. hi - 1`` of ``pop`` (one unit's
     group): the same draws, configs and events (member indices local to the slice); the
     weight copies are appended to ``log`` for ``apply_copies``."""
-    if 2 * rule.count(hi - lo) > hi - lo:
+    n, k = hi - lo, rule.count(hi - lo)
+    if n >= 2 and 2 * k > n:  # (a unit of one member exploits nothing, as unbatched)
         raise ValueError("batched exploits need the worst half or fewer to copy the best")
     events: list[dict[str, Any]] = []
 
