@@ -15,10 +15,10 @@ larger chunks are no faster), or what the user gives (``--memory-budget 4GB``).
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
 
+from raymeta import checks
 from raymeta.errors import ConfigError
 
 BUDGET_SHARE = 0.4  # of the available memory: room for the process itself, its peers, the OS
@@ -111,8 +111,8 @@ def available_bytes(device: str = "cpu") -> int:
             import psutil
 
             found.append(int(psutil.virtual_memory().available))
-        except ImportError:  # no /proc and no psutil: physical pages, an upper bound
-            found.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        except ImportError:  # no /proc and no psutil: physical memory, an upper bound
+            found.append(checks.memory_limit())
     return min(found)
 
 
