@@ -260,15 +260,8 @@ def fit_priors(
         raise ConfigError(f"priors: {exc}") from None
     n_tasks, n_configs, seed, max_steps = cfg.n_tasks, cfg.n_configs, cfg.seed, cfg.max_steps
     objective, device = cfg.objective, cfg.device
-    for cand in ckpt.candidates.values():  # one chunk of members: weights, Adam moments, best
-        n_params = check_model_fits(cand.spec)
-        if cfg.chunk_size is not None:  # a chunk sized by the budget fits it by construction
-            checks.check_fits(
-                f"priors: a chunk of {cfg.chunk_size} members of {cand.name!r} "
-                f"({n_params:,} parameters)",
-                4.0 * 6 * n_params * min(cfg.chunk_size, cfg.fit_runs),
-                "lower --chunk-size",
-            )
+    for cand in ckpt.candidates.values():
+        check_model_fits(cand.spec)
     eval_device(device)  # fail before any fine-tuning
     t0 = time.perf_counter()
     if progress is not None:  # the line shows from the start (building the tasks takes a while)
@@ -292,6 +285,10 @@ def fit_priors(
     tasks = val_tasks(family, n_tasks)
     plan = memory_plan(ckpt, first, cfg)  # after the tasks: what they hold is not available
     chunk_size = plan.chunk_size
+    if cfg.chunk_size is not None:  # a chunk sized by the budget fits it by construction
+        checks.check_fits(
+            f"priors: a chunk of {chunk_size} members", plan.budget, "lower --chunk-size"
+        )
     if cfg.n_select:  # selection populations are not chunked: refuse one the machine cannot hold
         checks.check_fits(
             f"priors: strategy-selection populations of {cfg.select_population} members",
