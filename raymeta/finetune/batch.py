@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from raymeta.core.checkpoint import Candidate
-from raymeta.core.models import build_model
+from raymeta.core.models import footprint
 from raymeta.finetune.curves import Curves
 from raymeta.finetune.population import (
     SWEEP_RULE,
@@ -52,6 +52,7 @@ from raymeta.finetune.run import (
     merge_evaluations,
 )
 from raymeta.finetune.step import MemberHParams, PopulationState
+from raymeta.memory import member_bytes as estimate_member_bytes
 from raymeta.priors import Prior
 from raymeta.tasks import Task
 
@@ -101,28 +102,15 @@ class PackedPopulation(Population):
         return hp
 
 
-def scratch_state(spec: Any, seeds: Sequence[int], dtype: torch.dtype) -> PopulationState:
-    """``initial_state(spec, None, seeds, dtype)``, the same weights: each member's model is
-    built after seeding the CPU generator alone (``torch.manual_seed`` also walks every
-    accelerator backend, which costs more than building a small model)."""
-    inits = []
-    for s in seeds:
-        torch.default_generator.manual_seed(int(s))
-        inits.append({k: v.detach() for k, v in build_model(spec).named_parameters()})
-    return PopulationState.from_stacked(
-        {k: torch.stack([p[k] for p in inits]).to(dtype) for k in inits[0]}
-    )
-
-
 def member_bytes(spec: Any, task: Task) -> int:
-    """A generous estimate of one packed member's memory: weights, two Adam moments, best
-    snapshot and the step's temporaries (about 12 copies of the weights), plus its task data
-    and activations."""
-    n_params = sum(p.numel() for p in build_model(spec).parameters())
-    item = torch.finfo(data_dtype(task.x_train)).bits // 8
+    """One packed member's estimated peak bytes (``raymeta.memory.member_bytes``: weights,
+    moments, snapshot, temporaries, activations at its largest split and its task data)."""
+    n_params, acts = footprint(spec)
     data = sum(t.numel() * t.element_size() for t in (task.x_train, task.y_train))
     data += sum(t.numel() * t.element_size() for t in (task.x_val, task.y_val))
-    return 12 * n_params * item + 4 * data
+    batch = max(int(task.x_train.shape[0]), int(task.x_val.shape[0]))
+    item = data_dtype(task.x_train).itemsize
+    return estimate_member_bytes(n_params, data, acts * batch, item)
 
 
 def batch_members(spec: Any, task: Task, budget: int = BATCH_MEMORY) -> int:
@@ -293,7 +281,7 @@ def _run_packed(
         state = (
             initial_state(cand.spec, cand.params, scratch, dtype)
             if init == "meta"
-            else scratch_state(cand.spec, scratch, dtype)
+            else initial_state(cand.spec, None, scratch, dtype)
         )
         pops[name] = PackedPopulation(
             cand.spec, tasks[0].kind, name, configs, seeds, state, horizon=steps
