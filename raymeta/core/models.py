@@ -14,6 +14,7 @@ must meet is checked by ``raymeta.testing.check_model``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -124,18 +125,29 @@ class Conv4(nn.Module):
             ch = hidden
         blocks.append(nn.Flatten(start_dim=-3))
         self.body = nn.Sequential(*blocks)
-        with torch.no_grad():
-            try:
-                feat = self.body(torch.zeros(1, *input_shape)).shape[-1]
-            except (ValueError, RuntimeError) as exc:  # e.g. 1 value per GroupNorm group
-                raise ConfigError(
-                    f"conv4 with hidden={hidden}, norm={norm!r} does not fit inputs of shape "
-                    f"{tuple(input_shape)}: {str(exc).splitlines()[0]}"
-                ) from None
+        feat = _conv4_features(tuple(int(d) for d in input_shape), hidden, norm)
         self.head = nn.Linear(feat, output_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
+
+
+def _conv4_features(input_shape: tuple[int, ...], hidden: int, norm: str) -> int:
+    """Conv4's flattened feature size, computed rather than run: a forward pass on the meta
+    device (where ``footprint`` builds models) imports torch's meta kernels, seconds in every
+    process that loads a checkpoint. Refuses, as that forward on one example would, a block
+    whose norm would see one value per group (GroupNorm) or channel (BatchNorm)."""
+    _, h, w = input_shape
+    for block in range(1, 5):
+        values = h * w * (hidden // min(8, hidden) if norm == "group" else 1)
+        if norm != "none" and values == 1:
+            raise ConfigError(
+                f"conv4 with hidden={hidden}, norm={norm!r} does not fit inputs of shape "
+                f"{input_shape}: block {block}'s {norm} norm would see 1 value per "
+                f"{'group' if norm == 'group' else 'channel'}"
+            )
+        h, w = -(-h // 2), -(-w // 2)  # 2x2 max-pool, ceil mode
+    return hidden * h * w
 
 
 ModelFactory = Callable[..., nn.Module]
@@ -186,6 +198,8 @@ def footprint(spec: ModelSpec) -> tuple[int, int]:
     before they build the real model. A user's model whose forward cannot run on the meta
     device is measured on the CPU instead."""
     model = _skeleton(spec)
+    if type(model) in (MLP, Conv4):  # sized by walking its layers: no meta-device forward
+        return sum(p.numel() for p in model.parameters()), _builtin_activations(model, spec)
     try:
         return _count(model, spec)
     except ConfigError:
@@ -193,6 +207,29 @@ def footprint(spec: ModelSpec) -> tuple[int, int]:
         if spec.name in BUILTIN_MODELS or not on_meta:
             raise
     return _count(build_model(spec), spec)
+
+
+def _builtin_activations(model: nn.Module, spec: ModelSpec) -> int:
+    """Values per example that a built-in model's leaf modules output (what ``_count``'s hooks
+    would sum), from the layer types alone; ``tests/test_models_footprint.py`` checks it
+    against a real forward."""
+    shape = tuple(int(d) for d in spec.input_shape)
+    total = 0
+    for m in model.modules():
+        if list(m.children()):
+            continue
+        if isinstance(m, nn.Flatten):
+            shape = (math.prod(shape),)
+        elif isinstance(m, nn.Linear):
+            shape = (m.out_features,)
+        elif isinstance(m, nn.Conv2d):
+            shape = (m.out_channels, *shape[1:])  # 3x3, padding 1: the same height and width
+        elif isinstance(m, nn.MaxPool2d):
+            shape = (shape[0], *(-(-d // 2) for d in shape[1:]))
+        elif not isinstance(m, (nn.ReLU, nn.GroupNorm, nn.BatchNorm2d, nn.Identity)):
+            raise TypeError(f"unexpected layer {type(m).__name__} in a built-in model")
+        total += math.prod(shape)
+    return total
 
 
 def _count(model: nn.Module, spec: ModelSpec) -> tuple[int, int]:
