@@ -47,6 +47,17 @@ trained. Example:
 Trained candidates run one after another (one Ray Train run each); a rerun of the same command
 skips the finished ones and resumes the interrupted one.
 
+MAML++: the options of Antoniou et al., "How to train your MAML" (2019), for the top of the
+few-shot tables: --multi-step-loss N (weights start uniform over the inner steps, the earlier
+ones decay linearly to a floor of 0.03/S and the last grows; from outer step N on, the last
+step's loss alone), --learn-inner-lr (LSLR: a learned [inner-steps] rate per parameter tensor,
+stored as lslr.<name> in the checkpoint and used by meta-validation), --outer-schedule cosine
+--outer-lr-min LR (cosine annealing of the outer lr over --steps; a resumed run continues it
+exactly), --first-order-until N (derivative-order annealing). Example:
+  raymeta meta-train --family omniglot --model conv4 --inner-steps 5 --inner-lr 0.1 \
+      --multi-step-loss 1000 --learn-inner-lr --outer-schedule cosine \
+      --outer-lr-min 1e-5 --first-order-until 500 --out ck
+
 YOUR OWN MODEL OR FAMILY: --model mypkg.nets:TinyNet and --family mypkg.tasks:Waves import your
 code in every Ray worker (the import path is stored in meta.json). A factory is called as
 factory(input_shape, output_dim, **model_options) and returns a torch.nn.Module whose last layer
@@ -127,6 +138,43 @@ def add_parser(sub: Any) -> None:
     )
     g.add_argument(
         "--outer-lr", type=float_arg(0.0, low_open=True), default=1e-3, help="outer learning rate"
+    )
+    m = p.add_argument_group(
+        "MAML++ options (Antoniou et al. 2019; see MAML++ below)",
+    )
+    m.add_argument(
+        "--multi-step-loss",
+        type=int_arg(0),
+        default=0,
+        metavar="N",
+        help="for the first N outer steps, the task loss is a weighted sum of the query losses "
+        "after every inner step, annealed toward the last step's (0 = off)",
+    )
+    m.add_argument(
+        "--learn-inner-lr",
+        action="store_true",
+        help="learn one inner learning rate per parameter tensor per inner step (maml, fomaml, "
+        "anil)",
+    )
+    m.add_argument(
+        "--outer-schedule",
+        default="constant",
+        choices=["constant", "cosine"],
+        help="outer learning-rate schedule over --steps",
+    )
+    m.add_argument(
+        "--outer-lr-min",
+        type=float_arg(0.0),
+        default=0.0,
+        help="the cosine schedule's final outer learning rate (below --outer-lr)",
+    )
+    m.add_argument(
+        "--first-order-until",
+        type=int_arg(0),
+        default=0,
+        metavar="N",
+        help="first-order meta-gradients for the first N outer steps, second-order after "
+        "(maml, metasgd, anil)",
     )
     g.add_argument("--steps", type=int_arg(1), default=1000, help="outer steps")
     g.add_argument(
@@ -243,6 +291,11 @@ def build_config(args: argparse.Namespace) -> Any:
         shards=args.workers,
         dtype=args.dtype,
         candidates=list(args.candidates or []),
+        multi_step_loss=args.multi_step_loss,
+        learn_inner_lr=bool(args.learn_inner_lr),
+        outer_schedule=args.outer_schedule,
+        outer_lr_min=args.outer_lr_min,
+        first_order_until=args.first_order_until,
     ).validate()
 
 

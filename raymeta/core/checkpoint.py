@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from raymeta import __version__
-from raymeta.core.engine import LR_PREFIX
+from raymeta.core.engine import LR_PREFIX, LSLR_PREFIX
 from raymeta.core.models import ModelSpec, check_model_fits, expected_shapes
 from raymeta.errors import CheckpointError, ConfigError
 from raymeta.fileio import (
@@ -267,8 +267,9 @@ def check_weights(
     spec: ModelSpec,
     wfile: Path | str,
 ) -> None:
-    """The tensors are exactly the model's parameters (Meta-SGD's ``lr.*`` tensors allowed),
-    with the model's shapes, in floating point; anything else is one ``CheckpointError``."""
+    """The tensors are exactly the model's parameters (Meta-SGD's ``lr.*`` tensors allowed, or
+    MAML++'s per-step ``lslr.*`` rates), with the model's shapes, in floating point; anything
+    else is one ``CheckpointError``."""
     from raymeta.plugins import short_name
 
     label = short_name(spec.name)
@@ -293,10 +294,21 @@ def check_weights(
 def _extra_shapes(
     params: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]
 ) -> dict[str, tuple[int, ...]]:
-    """Meta-SGD checkpoints also hold one learning-rate tensor per parameter (all or none)."""
+    """Meta-SGD checkpoints also hold one learning-rate tensor per parameter (all or none);
+    LSLR (MAML++) checkpoints one ``[S]`` tensor of per-step rates per adapted parameter (all
+    parameters, or ANIL's ``head.*`` ones), every one with the same S >= 1."""
+    extra: dict[str, tuple[int, ...]] = {}
     if any(k.startswith(LR_PREFIX) for k in params):
-        return {LR_PREFIX + k: v for k, v in expected.items()}
-    return {}
+        extra.update({LR_PREFIX + k: v for k, v in expected.items()})
+    lslr = [params[k] for k in params if k.startswith(LSLR_PREFIX)]
+    if lslr:  # S: the commonest length, so the odd tensor out is the one the error names
+        lengths = [int(t.shape[0]) for t in lslr if t.dim() == 1 and t.shape[0] >= 1]
+        s = max(set(lengths), key=lengths.count) if lengths else 1
+        heads = [k for k in expected if k.startswith("head.")]
+        body_rates = any(LSLR_PREFIX + k in params for k in expected if k not in heads)
+        adapted = list(expected) if body_rates else heads
+        extra.update({LSLR_PREFIX + k: (s,) for k in adapted})
+    return extra
 
 
 def load_meta_checkpoint(path: str | Path) -> MetaCheckpoint:

@@ -19,7 +19,7 @@ else stays on the vmapped path.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -147,9 +147,15 @@ def folded_meta_grad(
     first_order: bool,
     lr_prefix: str | None = None,
     checkpointed: bool = False,
+    lslr_prefix: str | None = None,
+    step_weights: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, Params]:
     """Summed query loss over the T tasks and its gradient w.r.t. ``params`` (MAML / FOMAML /
     ANIL / Meta-SGD: ``lr_prefix`` names per-parameter rates ``lr.<name>`` in ``params``).
+
+    MAML++: where ``params`` holds ``<lslr_prefix><name>`` (learned per-step rates, shape
+    ``[steps]``), step ``i`` uses its entry ``i``; ``step_weights`` (one per inner step) makes
+    each task's loss the weighted sum of its query losses after every step (multi-step loss).
 
     Every task starts from the same weights expanded to ``(T, ...)``; the gradient of the
     summed support loss w.r.t. the stacked weights is each task's own gradient (tasks do not
@@ -162,22 +168,34 @@ def folded_meta_grad(
     sx, qx = (fold_inputs(xs), fold_inputs(xq)) if conv else (xs, xq)
     per_task = torch.vmap(loss)
 
-    def step(fast: Params) -> Params:
+    def rate(k: str, i: int) -> torch.Tensor | float:
+        if lr_prefix:
+            return leaves[lr_prefix + k]
+        per_step = leaves.get(lslr_prefix + k) if lslr_prefix else None
+        return lr if per_step is None else per_step[min(i, per_step.shape[0] - 1)]
+
+    def step(fast: Params, i: int) -> Params:
         inner = per_task(folded_forward(model, fast, sx), ys).sum()
         g = torch.autograd.grad(inner, [fast[k] for k in adapt_keys], create_graph=not first_order)
         new = dict(fast)
         for k, gk in zip(adapt_keys, g, strict=True):
-            rate = leaves[lr_prefix + k] if lr_prefix else lr
-            new[k] = fast[k] - rate * gk
+            new[k] = fast[k] - rate(k, i) * gk
         return new
 
+    def query(fast: Params) -> torch.Tensor:
+        return per_task(folded_forward(model, fast, qx), yq).sum()
+
     with torch.enable_grad():
-        for _ in range(steps):
+        total = xq.new_zeros((), dtype=xs.dtype)
+        for i in range(steps):
             if checkpointed and not first_order:
-                fast = checkpoint(step, fast, use_reentrant=False)
+                fast = checkpoint(step, fast, i, use_reentrant=False)
             else:
-                fast = step(fast)
-        total = per_task(folded_forward(model, fast, qx), yq).sum()
+                fast = step(fast, i)
+            if step_weights is not None and step_weights[i] != 0.0:
+                total = total + step_weights[i] * query(fast)
+        if step_weights is None:
+            total = query(fast)
         keys = list(leaves)
         grads = torch.autograd.grad(total, [leaves[k] for k in keys], allow_unused=True)
     out = {

@@ -6,12 +6,21 @@ Inner-loop adaptation is a pure function of ``(params, support, hparams)`` writt
 meta-parameters. The only Python loop is over *chunks* (to bound memory), never over tasks.
 
 Meta-parameters are a flat ``dict[str, Tensor]``: the model's parameters, plus for Meta-SGD one
-learning-rate tensor per parameter under ``lr.<name>``.
+learning-rate tensor per parameter under ``lr.<name>``, plus with MAML++'s learned per-step
+rates (LSLR) one ``[inner_steps]`` tensor per adapted parameter under ``lslr.<name>``. The
+rates travel with the parameters: whenever ``lslr.<name>`` is present, inner step ``i`` uses its
+entry ``i`` (the last entry for steps past its length), so an engine evaluating a loaded
+checkpoint's parameters runs its learned inner loop without being told.
+
+The MAML++ options that change one outer step (multi-step loss weights, a first-order step of a
+second-order algorithm) are arguments of ``meta_grad``; their schedules over outer steps live
+in ``core.train``, which keeps this module stateless.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -28,6 +37,9 @@ from raymeta.tasks.base import TaskBatch
 Params = dict[str, torch.Tensor]
 ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "pretrain")
 LR_PREFIX = "lr."
+LSLR_PREFIX = "lslr."
+LSLR_ALGOS = ("maml", "fomaml", "anil")
+MSL_ALGOS = ("maml", "fomaml", "metasgd", "anil")
 Reduction = Literal["mean", "sum"]
 ConvPath = Literal["auto", "vmap", "folded"]
 CONV_PATHS = ("auto", "vmap", "folded")
@@ -52,6 +64,7 @@ class InnerConfig:
     lr: float = 0.01
     first_order: bool = False
     checkpoint: bool = False
+    learn_lr: bool = False  # MAML++ LSLR: ``init_params`` adds ``lslr.<name>`` rates per step
 
 
 class MetaEngine:
@@ -78,6 +91,13 @@ class MetaEngine:
             raise ConfigError(f"inner steps must be >= 0, got {inner.steps}")
         if algo == "fomaml":
             inner = replace(inner, first_order=True)
+        if inner.learn_lr and algo not in LSLR_ALGOS:
+            raise ConfigError(
+                f"learned per-step inner learning rates work with {', '.join(LSLR_ALGOS)}, "
+                f"not {algo}"
+            )
+        if inner.learn_lr and inner.steps < 1:
+            raise ConfigError("learned per-step inner learning rates need inner steps >= 1")
         if conv_path not in CONV_PATHS:
             raise ConfigError(
                 f"unknown conv path {conv_path!r} (choose from {', '.join(CONV_PATHS)})"
@@ -103,11 +123,15 @@ class MetaEngine:
 
     # ----------------------------------------------------------------- parameters
     def init_params(self) -> Params:
-        """Meta-parameters from the model's current weights (plus Meta-SGD learning rates)."""
+        """Meta-parameters from the model's current weights (plus Meta-SGD learning rates, or
+        LSLR's ``[steps]`` rates per adapted parameter, all starting at the inner lr)."""
         params = {n: p.detach().clone() for n, p in self.model.named_parameters()}
         if self.algo == "metasgd":
             for n in self.names:
                 params[LR_PREFIX + n] = torch.full_like(params[n], self.inner.lr)
+        if self.inner.learn_lr:
+            for n in self.adapt_keys:
+                params[LSLR_PREFIX + n] = params[n].new_full((self.inner.steps,), self.inner.lr)
         return params
 
     def model_params(self, params: Mapping[str, torch.Tensor]) -> Params:
@@ -129,36 +153,64 @@ class MetaEngine:
         steps = self.inner.steps if steps is None else steps
         fo = self.inner.first_order if first_order is None else first_order
         fast = self.model_params(params)
-        partial = len(self.adapt_keys) != len(self.names)
         # (a checkpointed inner loop runs on the folded path: torch.func refuses checkpoint)
-        for _ in range(steps):
-            if partial:
-                base = fast
-
-                def inner_loss(sub: Params, base: Params = base) -> torch.Tensor:
-                    return self.loss(functional_call(self.model, {**base, **sub}, (x,)), y)
-
-                g = grad(inner_loss)({k: fast[k] for k in self.adapt_keys})
-            else:
-                # every parameter adapts: differentiate the dict itself (no merge per step)
-                g = grad(lambda q: self.loss(functional_call(self.model, q, (x,)), y))(fast)
-            if fo:
-                g = {k: v.detach() for k, v in g.items()}
-            new = dict(fast)
-            for k in self.adapt_keys:
-                lr = params[LR_PREFIX + k] if self.algo == "metasgd" else self.inner.lr
-                new[k] = fast[k] - lr * g[k]
-            fast = new
+        for i in range(steps):
+            fast = self._inner_step(params, fast, x, y, i, fo)
         return fast
 
+    def _inner_step(
+        self,
+        params: Mapping[str, torch.Tensor],
+        fast: Params,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        i: int,
+        fo: bool,
+    ) -> Params:
+        """Inner step ``i`` (0-based) from ``fast``; the rate is Meta-SGD's ``lr.<name>``,
+        LSLR's ``lslr.<name>[i]`` when present, or the fixed inner lr."""
+        if len(self.adapt_keys) != len(self.names):
+            base = fast
+
+            def inner_loss(sub: Params, base: Params = base) -> torch.Tensor:
+                return self.loss(functional_call(self.model, {**base, **sub}, (x,)), y)
+
+            g = grad(inner_loss)({k: fast[k] for k in self.adapt_keys})
+        else:
+            # every parameter adapts: differentiate the dict itself (no merge per step)
+            g = grad(lambda q: self.loss(functional_call(self.model, q, (x,)), y))(fast)
+        if fo:
+            g = {k: v.detach() for k, v in g.items()}
+        new = dict(fast)
+        for k in self.adapt_keys:
+            new[k] = fast[k] - step_rate(params, k, i, self.algo, self.inner.lr) * g[k]
+        return new
+
     def _task_query(
-        self, params: Params, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor
+        self,
+        params: Params,
+        xs: torch.Tensor,
+        ys: torch.Tensor,
+        xq: torch.Tensor,
+        yq: torch.Tensor,
+        fo: bool,
+        weights: tuple[float, ...] | None,
     ) -> torch.Tensor:
+        """One task's query loss after the inner loop, or with MSL ``weights`` the weighted sum
+        of its query losses after every inner step (zero weights are skipped)."""
         if self.algo == "pretrain":  # multi-task pretraining: the shared weights on all rows
             x, y = torch.cat([xs, xq]), torch.cat([ys, yq])
             return self.loss(functional_call(self.model, self.model_params(params), (x,)), y)
-        fast = self.adapt(params, xs, ys)
-        return self.loss(functional_call(self.model, fast, (xq,)), yq)
+        if weights is None:
+            fast = self.adapt(params, xs, ys, first_order=fo)
+            return self.loss(functional_call(self.model, fast, (xq,)), yq)
+        fast = self.model_params(params)
+        total = xq.new_zeros((), dtype=xs.dtype)
+        for i, w in enumerate(weights):
+            fast = self._inner_step(params, fast, xs, ys, i, fo)
+            if w != 0.0:
+                total = total + w * self.loss(functional_call(self.model, fast, (xq,)), yq)
+        return total
 
     def _chunks(self, n: int) -> list[tuple[int, int]]:
         size = self.chunk_size or n
@@ -166,10 +218,23 @@ class MetaEngine:
 
     # ----------------------------------------------------------------- outer loop
     def meta_grad(
-        self, params: Params, batch: TaskBatch, reduction: Reduction = "mean"
+        self,
+        params: Params,
+        batch: TaskBatch,
+        reduction: Reduction = "mean",
+        first_order: bool = False,
+        step_weights: Sequence[float] | None = None,
     ) -> tuple[torch.Tensor, Params]:
-        """Query loss and meta-gradient over ``batch`` (mean over tasks, or sum for sharding)."""
+        """Query loss and meta-gradient over ``batch`` (mean over tasks, or sum for sharding).
+
+        ``first_order=True`` makes this one step first-order (MAML++'s derivative-order
+        annealing: a second-order algorithm's early steps); it never makes FOMAML second-order.
+        ``step_weights`` (MAML++'s multi-step loss, one weight per inner step) replaces each
+        task's final query loss by the weighted sum of its query losses after every inner step;
+        the returned loss is that weighted sum (what is differentiated)."""
         n = batch.n_tasks
+        fo = self.inner.first_order or bool(first_order)
+        weights = self._check_weights(step_weights)
         if n == 0:
             return batch.xq.new_zeros((), dtype=batch.xs.dtype), {
                 k: torch.zeros_like(v) for k, v in params.items()
@@ -177,9 +242,15 @@ class MetaEngine:
         if self.algo == "reptile":
             loss_sum, grads = self._reptile_grad(params, batch)
         elif self.uses_folded(batch.xs.device):
-            loss_sum, grads = self._folded_grad(params, batch)
+            loss_sum, grads = self._folded_grad(params, batch, fo, weights)
         else:
-            task_loss = vmap(self._task_query, in_dims=(None, 0, 0, 0, 0))
+
+            def one_task(
+                p: Params, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor
+            ) -> torch.Tensor:
+                return self._task_query(p, xs, ys, xq, yq, fo, weights)
+
+            task_loss = vmap(one_task, in_dims=(None, 0, 0, 0, 0))
 
             def chunk_loss(p: Params, b: TaskBatch) -> torch.Tensor:
                 return task_loss(p, b.xs, b.ys, b.xq, b.yq).sum()
@@ -200,6 +271,23 @@ class MetaEngine:
             return loss_sum / n, {k: v / n for k, v in grads.items()}
         return loss_sum, grads
 
+    def _check_weights(self, step_weights: Sequence[float] | None) -> tuple[float, ...] | None:
+        """MSL weights as a tuple of floats: one per inner step, finite, >= 0, for an
+        algorithm with an inner loop whose query loss is differentiated."""
+        if step_weights is None:
+            return None
+        if self.algo not in MSL_ALGOS:
+            raise ConfigError(
+                f"a multi-step loss works with {', '.join(MSL_ALGOS)}, not {self.algo}"
+            )
+        w = tuple(float(v) for v in step_weights)
+        if len(w) != self.inner.steps or not all(math.isfinite(v) and v >= 0 for v in w):
+            raise ConfigError(
+                f"multi-step loss weights must be {self.inner.steps} finite numbers >= 0 "
+                f"(one per inner step), got {list(w)[:8]}"
+            )
+        return w
+
     def uses_folded(self, device: torch.device) -> bool:
         """Whether meta-gradients on ``device`` take the folded grouped-convolution path."""
         if self.conv_path == "auto":  # checkpointing needs plain autograd: folded
@@ -208,7 +296,9 @@ class MetaEngine:
             )
         return self.conv_path == "folded"
 
-    def _folded_grad(self, params: Params, batch: TaskBatch) -> tuple[torch.Tensor, Params]:
+    def _folded_grad(
+        self, params: Params, batch: TaskBatch, fo: bool, weights: tuple[float, ...] | None
+    ) -> tuple[torch.Tensor, Params]:
         """Summed loss and meta-gradient with the tasks of each chunk folded into channels."""
         loss_sum = batch.xq.new_zeros((), dtype=batch.xs.dtype)
         grads: Params = {}
@@ -225,9 +315,11 @@ class MetaEngine:
                 b.yq,
                 self.inner.steps,
                 self.inner.lr,
-                self.inner.first_order,
+                fo,
                 LR_PREFIX if self.algo == "metasgd" else None,
                 self.inner.checkpoint,
+                LSLR_PREFIX,
+                weights,
             )
             loss_sum = loss_sum + lv
             grads = g if not grads else {k: grads[k] + g[k] for k in grads}
@@ -252,7 +344,8 @@ class MetaEngine:
     def evaluate(
         self, params: Params, batch: TaskBatch, steps: int | None = None
     ) -> dict[str, float]:
-        """Query loss (and accuracy) after ``steps`` first-order inner steps, averaged over tasks."""
+        """Query loss (and accuracy) after ``steps`` first-order inner steps, averaged over tasks
+        (with the learned rates the parameters carry: Meta-SGD's, or LSLR's per step)."""
 
         def one(
             p: Params, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor
@@ -274,3 +367,17 @@ class MetaEngine:
         if self.kind == "classification":
             out["accuracy"] = float(torch.cat(accs).mean())
         return out
+
+
+def step_rate(
+    params: Mapping[str, torch.Tensor], key: str, i: int, algo: str, lr: float
+) -> torch.Tensor | float:
+    """The rate of inner step ``i`` for parameter ``key``: Meta-SGD's ``lr.<key>``, else LSLR's
+    ``lslr.<key>[i]`` when the parameters carry it (its last entry past its length), else
+    ``lr``."""
+    if algo == "metasgd":
+        return params[LR_PREFIX + key]
+    rates = params.get(LSLR_PREFIX + key)
+    if rates is None:
+        return lr
+    return rates[min(i, rates.shape[0] - 1)]

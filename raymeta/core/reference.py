@@ -34,6 +34,43 @@ def head_names(names: Sequence[str]) -> list[str]:
     return [n for n in names if n.startswith("head.")]
 
 
+def ref_adapt_trace(
+    model: nn.Module,
+    kind: str,
+    params: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    lr: float,
+    algo: str = "maml",
+    first_order: bool = False,
+    learn_lr: bool = False,
+) -> list[Params]:
+    """Inner loop for ONE task with ``torch.autograd.grad``; the graph back to ``params`` is
+    kept (``create_graph``) unless ``first_order``. Meta-SGD reads rates from ``lr.<name>``,
+    MAML++'s LSLR (``learn_lr``) step ``i``'s rate from ``lslr.<name>[i]``. Returns the fast
+    weights after every step (the last is the adapted model; MSL needs them all)."""
+    names = [n for n, _ in model.named_parameters()]
+    keys = head_names(names) if algo == "anil" else names
+    fast = {n: params[n] for n in names}
+    trace = [fast]
+    for i in range(steps):
+        loss = ref_loss(kind, functional_call(model, fast, (x,)), y)
+        grads = torch.autograd.grad(loss, [fast[k] for k in keys], create_graph=not first_order)
+        new = dict(fast)
+        for k, g in zip(keys, grads, strict=True):
+            if algo == "metasgd":
+                rate: torch.Tensor | float = params["lr." + k]
+            elif learn_lr:
+                rate = params["lslr." + k][i]
+            else:
+                rate = lr
+            new[k] = fast[k] - rate * g
+        fast = new
+        trace.append(fast)
+    return trace
+
+
 def ref_adapt(
     model: nn.Module,
     kind: str,
@@ -44,21 +81,11 @@ def ref_adapt(
     lr: float,
     algo: str = "maml",
     first_order: bool = False,
+    learn_lr: bool = False,
 ) -> Params:
-    """Inner loop for ONE task with ``torch.autograd.grad``; the graph back to ``params`` is
-    kept (``create_graph``) unless ``first_order``. Meta-SGD reads rates from ``lr.<name>``."""
-    names = [n for n, _ in model.named_parameters()]
-    keys = head_names(names) if algo == "anil" else names
-    fast = {n: params[n] for n in names}
-    for _ in range(steps):
-        loss = ref_loss(kind, functional_call(model, fast, (x,)), y)
-        grads = torch.autograd.grad(loss, [fast[k] for k in keys], create_graph=not first_order)
-        new = dict(fast)
-        for k, g in zip(keys, grads, strict=True):
-            rate = params["lr." + k] if algo == "metasgd" else lr
-            new[k] = fast[k] - rate * g
-        fast = new
-    return fast
+    """The adapted weights of ``ref_adapt_trace`` (after the last inner step)."""
+    trace = ref_adapt_trace(model, kind, params, x, y, steps, lr, algo, first_order, learn_lr)
+    return trace[-1]
 
 
 def ref_meta_grad(
@@ -70,11 +97,15 @@ def ref_meta_grad(
     steps: int,
     lr: float,
     first_order: bool = False,
+    learn_lr: bool = False,
+    step_weights: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, Params]:
     """Mean query loss and mean meta-gradient, looping over the tasks of ``batch`` in Python.
 
     Reptile's "gradient" is the mean of ``params - adapted`` (SGD-adapted, no graph);
-    ``pretrain`` (multi-task pretraining) has no inner loop."""
+    ``pretrain`` (multi-task pretraining) has no inner loop. ``learn_lr``: LSLR rates
+    ``lslr.<name>`` in ``params``; ``step_weights``: MAML++'s multi-step loss, the task loss is
+    ``sum_i w_i * query_loss(after step i+1)``."""
     n = batch.n_tasks
     total = torch.zeros((), dtype=batch.xs.dtype)
     acc = {k: torch.zeros_like(v) for k, v in params.items()}
@@ -86,8 +117,20 @@ def ref_meta_grad(
             y = torch.cat([batch.ys[i], batch.yq[i]])
             qloss = ref_loss(kind, functional_call(model, leaf, (x,)), y)
         else:
-            fast = ref_adapt(model, kind, leaf, batch.xs[i], batch.ys[i], steps, lr, algo, fo)
-            qloss = ref_loss(kind, functional_call(model, fast, (batch.xq[i],)), batch.yq[i])
+            trace = ref_adapt_trace(
+                model, kind, leaf, batch.xs[i], batch.ys[i], steps, lr, algo, fo, learn_lr
+            )
+            fast = trace[-1]
+            if step_weights is None:
+                qloss = ref_loss(kind, functional_call(model, fast, (batch.xq[i],)), batch.yq[i])
+            else:
+                qloss = sum(
+                    (
+                        w * ref_loss(kind, functional_call(model, f, (batch.xq[i],)), batch.yq[i])
+                        for w, f in zip(step_weights, trace[1:], strict=True)
+                    ),
+                    start=torch.zeros((), dtype=batch.xs.dtype),
+                )
         total = total + qloss.detach()
         if algo == "reptile":
             for k in fast:

@@ -20,13 +20,33 @@ import torch
 from raymeta import checks
 from raymeta.core.candidates import CandidateConfig, as_candidate, check_candidates
 from raymeta.core.checkpoint import Candidate, MetaCheckpoint
-from raymeta.core.engine import InnerConfig, MetaEngine, Params, check_algorithm
+from raymeta.core.engine import (
+    LSLR_ALGOS,
+    LSLR_PREFIX,
+    MSL_ALGOS,
+    InnerConfig,
+    MetaEngine,
+    Params,
+    check_algorithm,
+)
 from raymeta.core.models import ModelSpec, build_model, footprint
 from raymeta.errors import ConfigError
 from raymeta.plugins import canonical, short_name
 from raymeta.tasks import FamilySpec, TaskBatch, TaskFamily, make_family
 
 OUTER_OPTIMIZERS = ("adam", "sgd")
+OUTER_SCHEDULES = ("constant", "cosine")
+SECOND_ORDER_ALGOS = ("maml", "metasgd", "anil")
+# fields added after the first release, left out of the fingerprint at their defaults so the
+# fingerprint (resume / "same config" checks) of a config that does not use them is unchanged
+LATER_DEFAULTS: dict[str, Any] = {
+    "multi_step_loss": 0,
+    "learn_inner_lr": False,
+    "outer_schedule": "constant",
+    "outer_lr_min": 0.0,
+    "first_order_until": 0,
+}
+MSL_FLOOR = 0.03  # MAML++'s floor of a non-final weight, times the number of inner steps
 MAX_INNER_STEPS = 100_000
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -58,6 +78,13 @@ class MetaTrainConfig:
     shards: int = 1
     dtype: str = "float32"
     candidates: list[Any] = field(default_factory=list)
+    # MAML++ (Antoniou et al. 2019): multi-step loss for the first N outer steps, learned
+    # per-layer per-step inner rates, cosine-annealed outer lr, first-order until step N
+    multi_step_loss: int = 0
+    learn_inner_lr: bool = False
+    outer_schedule: str = "constant"
+    outer_lr_min: float = 0.0
+    first_order_until: int = 0
 
     def validate(self) -> MetaTrainConfig:
         """Types, ranges and finiteness of every field (one-line ``ConfigError``s), so the
@@ -89,6 +116,7 @@ class MetaTrainConfig:
             )
         if self.chunk_size is not None:
             c.integer("chunk-size", self.chunk_size, 1)
+        self._validate_mamlpp()
         if not isinstance(self.candidates, (list, tuple)):
             raise ConfigError(
                 f"candidates must be a list, got {checks.show_value(self.candidates)}"
@@ -99,6 +127,39 @@ class MetaTrainConfig:
             if cand.weights is None:
                 self.single(cand).validate()
         return self
+
+    def _validate_mamlpp(self) -> None:
+        """The MAML++ options: ranges, and only with the algorithms they mean something for
+        (each refusal one line, before any work)."""
+        c = checks
+        c.integer("multi-step-loss", self.multi_step_loss, 0)
+        c.boolean("learn-inner-lr", self.learn_inner_lr)
+        c.string("outer-schedule", self.outer_schedule, OUTER_SCHEDULES)
+        c.number("outer-lr-min", self.outer_lr_min, 0.0)
+        c.integer("first-order-until", self.first_order_until, 0)
+        if self.outer_lr_min >= self.outer_lr:
+            raise ConfigError(
+                f"outer-lr-min {self.outer_lr_min:g} must be below outer-lr {self.outer_lr:g}"
+            )
+        if self.outer_lr_min and self.outer_schedule != "cosine":
+            raise ConfigError("outer-lr-min only applies with --outer-schedule cosine")
+        if self.candidates:  # each trained candidate is checked with its own algo, by single
+            return
+        if self.multi_step_loss and (self.algo not in MSL_ALGOS or self.inner_steps < 1):
+            raise ConfigError(
+                f"multi-step-loss needs one of {', '.join(MSL_ALGOS)} with inner-steps >= 1 "
+                f"(got {self.algo}, {self.inner_steps} inner steps)"
+            )
+        if self.learn_inner_lr and (self.algo not in LSLR_ALGOS or self.inner_steps < 1):
+            raise ConfigError(
+                f"learn-inner-lr needs one of {', '.join(LSLR_ALGOS)} with inner-steps >= 1 "
+                f"(got {self.algo}, {self.inner_steps} inner steps; Meta-SGD learns its own rates)"
+            )
+        if self.first_order_until and (self.algo not in SECOND_ORDER_ALGOS or self.first_order):
+            raise ConfigError(
+                f"first-order-until anneals a second-order algorithm ({', '.join(SECOND_ORDER_ALGOS)}"
+                f" without --first-order), not {'first-order ' if self.first_order else ''}{self.algo}"
+            )
 
     def single(self, cand: CandidateConfig) -> MetaTrainConfig:
         """The one-model config that trains candidate ``cand`` (its unset fields from this run)."""
@@ -138,8 +199,43 @@ class MetaTrainConfig:
         return cls(**d)
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes the result (used to refuse mismatched resumes)."""
-        return hashlib.sha256(repr(sorted(self.to_dict().items())).encode()).hexdigest()[:16]
+        """Hash of everything that changes the result (used to refuse mismatched resumes);
+        options added later count only when they differ from their defaults, so a config that
+        does not use them keeps the fingerprint it had before they existed."""
+        d = {
+            k: v
+            for k, v in self.to_dict().items()
+            if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])
+        }
+        return hashlib.sha256(repr(sorted(d.items())).encode()).hexdigest()[:16]
+
+
+def msl_weights(inner_steps: int, step: int, until: int) -> tuple[float, ...] | None:
+    """MAML++'s multi-step loss weights at outer step ``step`` (0-based), or None (the plain
+    final-step loss) once ``step >= until`` or with ``until == 0``.
+
+    As in Antoniou et al.'s ``get_per_step_loss_importance_vector``: all S weights start at
+    1/S; each non-final weight falls by ``step / (S * until)`` down to a floor of 0.03/S while
+    the final one grows by ``(S-1)`` times that, capped so the sum stays 1; at ``until`` the
+    loss becomes the final step's alone (one-hot)."""
+    if until <= 0 or step >= until:
+        return None
+    s = inner_steps
+    decay = step / (s * until)
+    floor = MSL_FLOOR / s
+    early = [max(1.0 / s - decay, floor) for _ in range(s - 1)]
+    last = min(1.0 / s + (s - 1) * decay, 1.0 - (s - 1) * floor)
+    return (*early, last)
+
+
+def outer_lr_at(cfg: MetaTrainConfig, step: int) -> float:
+    """The outer learning rate of outer step ``step`` (0-based): constant, or torch's
+    ``CosineAnnealingLR`` over ``cfg.steps`` in closed form (``outer_lr`` at step 0, falling
+    to ``outer_lr_min``), a function of the step alone so a resumed run continues exactly."""
+    if cfg.outer_schedule == "constant":
+        return cfg.outer_lr
+    t = min(step, cfg.steps) / cfg.steps
+    return cfg.outer_lr_min + (cfg.outer_lr - cfg.outer_lr_min) * (1 + math.cos(math.pi * t)) / 2
 
 
 class DivergedError(ConfigError):
@@ -240,7 +336,13 @@ class MetaTrainer:
             model,
             self.family.kind,
             cfg.algo,
-            InnerConfig(cfg.inner_steps, cfg.inner_lr, cfg.first_order, cfg.checkpoint_inner),
+            InnerConfig(
+                cfg.inner_steps,
+                cfg.inner_lr,
+                cfg.first_order,
+                cfg.checkpoint_inner,
+                cfg.learn_inner_lr,
+            ),
             cfg.chunk_size,
         )
         self.params: Params = {
@@ -262,15 +364,27 @@ class MetaTrainer:
         return TaskBatch.cat(parts).to(self.device, self.dtype)
 
     def local_grad(self, step: int | None = None) -> tuple[torch.Tensor, Params]:
-        """Summed query loss and summed meta-gradient over this process's shards."""
-        batch = self.draw(self.step if step is None else step)
+        """Summed query loss and summed meta-gradient over this process's shards (with the MAML++
+        options of outer step ``step``: its multi-step loss weights, first- or second-order)."""
+        s = self.step if step is None else step
+        batch = self.draw(s)
         detached = {k: v.detach() for k, v in self.params.items()}
-        return self.engine.meta_grad(detached, batch, reduction="sum")
+        return self.engine.meta_grad(
+            detached,
+            batch,
+            reduction="sum",
+            first_order=s < self.cfg.first_order_until,
+            step_weights=msl_weights(self.cfg.inner_steps, s, self.cfg.multi_step_loss),
+        )
 
     def apply(self, grad_sums: Params) -> None:
-        """Outer step with the all-reduced gradient sums (divided by the global meta-batch)."""
+        """Outer step with the all-reduced gradient sums (divided by the global meta-batch), at
+        this step's outer learning rate (``outer_lr_at``)."""
         for k, p in self.params.items():
             p.grad = (grad_sums[k] / self.cfg.meta_batch).to(p.dtype)
+        lr = outer_lr_at(self.cfg, self.step)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
@@ -303,12 +417,17 @@ class MetaTrainer:
         """This run as a one-candidate meta-checkpoint; the candidate is ``name`` (default:
         the model's short name). The family is stored under the name a Ray worker imports."""
         name = name or short_name(self.spec.name)
-        info = {
+        info: dict[str, Any] = {
             "algorithm": self.cfg.algo,
             "inner_lr": self.cfg.inner_lr,
             "inner_steps": self.cfg.inner_steps,
             "metrics": metrics or {},
         }
+        if self.cfg.learn_inner_lr:  # the mean learned rate of each inner step, for reading
+            rates = [v.detach() for k, v in self.params.items() if k.startswith(LSLR_PREFIX)]
+            info["learned_inner_lrs"] = [
+                float(x) for x in torch.stack(rates).mean(0).cpu().tolist()
+            ]
         params = {k: v.detach().cpu().float() for k, v in self.params.items()}
         return MetaCheckpoint(
             family=FamilySpec(self.cfg.family, self.family.options()),
