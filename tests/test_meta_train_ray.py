@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from raymeta.core.checkpoint import load_meta_checkpoint
-from raymeta.core.train import MetaTrainConfig, MetaTrainer, meta_train
+from raymeta.core.train import MetaTrainConfig, MetaTrainer, meta_train, msl_weights
 from raymeta.errors import ClusterError, ConfigError
 from raymeta.orchestration.meta_train.run_state import begin_run, plan_run, state_dir_for
 
@@ -39,6 +39,13 @@ CFG = MetaTrainConfig(
     val_every=10,
     val_tasks=8,
     shards=W,
+    # MAML++ options, so the resume at step 10 lands inside the multi-step loss, past the
+    # first-order phase and mid-way down the cosine schedule
+    multi_step_loss=15,
+    learn_inner_lr=True,
+    outer_schedule="cosine",
+    outer_lr_min=1e-4,
+    first_order_until=8,
 )
 CLI = [sys.executable, "-m", "raymeta.cli.main", "meta-train"]
 
@@ -74,9 +81,14 @@ def test_first_meta_gradient_equals_in_process_engine(reference: tuple[Path, Any
         ref_tr = MetaTrainer(CFG)  # world 1: all shards of step 0 in one vmapped batch
         _, want = ref_tr.local_grad(0)
         assert _max_rel(got, want) <= 1e-6
-        # and against the engine on the whole meta-batch with the mean reduction
+        # and against the engine on the whole meta-batch with the mean reduction (step 0's
+        # MAML++ options: first-order, multi-step loss weights)
         _, mean = ref_tr.engine.meta_grad(
-            {k: v.detach() for k, v in ref_tr.params.items()}, ref_tr.draw(0), reduction="mean"
+            {k: v.detach() for k, v in ref_tr.params.items()},
+            ref_tr.draw(0),
+            reduction="mean",
+            first_order=True,
+            step_weights=msl_weights(CFG.inner_steps, 0, CFG.multi_step_loss),
         )
         assert _max_rel({k: v / CFG.meta_batch for k, v in got.items()}, mean) <= 1e-6
 
