@@ -309,9 +309,9 @@ def test_evaluate_and_validation_use_learned_rates() -> None:
     # an engine built without LSLR still runs the loop the parameters carry (a loaded checkpoint)
     plain = MetaEngine(model, kind, "maml", InnerConfig(2, LR))
     assert plain.evaluate(params, batch)["loss"] == engine.evaluate(params, batch)["loss"]
-    # past its last step the loop keeps the last learned rate
+    # past its learned steps the loop goes on at the fixed inner lr
     padded = {
-        k: torch.cat([v, v[-1:], v[-1:]]) if k.startswith(LSLR_PREFIX) else v
+        k: torch.cat([v, v.new_full((2,), LR)]) if k.startswith(LSLR_PREFIX) else v
         for k, v in params.items()
     }
     assert engine.evaluate(params, batch, steps=4)["loss"] == pytest.approx(

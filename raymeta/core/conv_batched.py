@@ -154,7 +154,7 @@ def folded_meta_grad(
     ANIL / Meta-SGD: ``lr_prefix`` names per-parameter rates ``lr.<name>`` in ``params``).
 
     MAML++: where ``params`` holds ``<lslr_prefix><name>`` (learned per-step rates, shape
-    ``[steps]``), step ``i`` uses its entry ``i``; ``step_weights`` (one per inner step) makes
+    ``[steps]``), step ``i`` uses its entry ``i`` (``lr`` past its length); ``step_weights`` (one per inner step) makes
     each task's loss the weighted sum of its query losses after every step (multi-step loss).
 
     Every task starts from the same weights expanded to ``(T, ...)``; the gradient of the
@@ -172,7 +172,7 @@ def folded_meta_grad(
         if lr_prefix:
             return leaves[lr_prefix + k]
         per_step = leaves.get(lslr_prefix + k) if lslr_prefix else None
-        return lr if per_step is None else per_step[min(i, per_step.shape[0] - 1)]
+        return lr if per_step is None or i >= per_step.shape[0] else per_step[i]
 
     def step(fast: Params, i: int) -> Params:
         inner = per_task(folded_forward(model, fast, sx), ys).sum()

@@ -9,8 +9,10 @@ Meta-parameters are a flat ``dict[str, Tensor]``: the model's parameters, plus f
 learning-rate tensor per parameter under ``lr.<name>``, plus with MAML++'s learned per-step
 rates (LSLR) one ``[inner_steps]`` tensor per adapted parameter under ``lslr.<name>``. The
 rates travel with the parameters: whenever ``lslr.<name>`` is present, inner step ``i`` uses its
-entry ``i`` (the last entry for steps past its length), so an engine evaluating a loaded
-checkpoint's parameters runs its learned inner loop without being told.
+entry ``i``, so an engine evaluating a loaded checkpoint's parameters runs its learned inner loop
+without being told. Steps past the learned ones (an evaluation with more steps than training
+had) use the fixed inner lr: repeating the last learned rate, often the largest (the loop learns
+to finish with a big step), made 10-step sinusoid evaluation of a 5-step LSLR model diverge.
 
 The MAML++ options that change one outer step (multi-step loss weights, a first-order step of a
 second-order algorithm) are arguments of ``meta_grad``; their schedules over outer steps live
@@ -373,11 +375,10 @@ def step_rate(
     params: Mapping[str, torch.Tensor], key: str, i: int, algo: str, lr: float
 ) -> torch.Tensor | float:
     """The rate of inner step ``i`` for parameter ``key``: Meta-SGD's ``lr.<key>``, else LSLR's
-    ``lslr.<key>[i]`` when the parameters carry it (its last entry past its length), else
-    ``lr``."""
+    ``lslr.<key>[i]`` when the parameters carry it and it has an entry ``i``, else ``lr``."""
     if algo == "metasgd":
         return params[LR_PREFIX + key]
     rates = params.get(LSLR_PREFIX + key)
-    if rates is None:
+    if rates is None or i >= rates.shape[0]:
         return lr
-    return rates[min(i, rates.shape[0] - 1)]
+    return rates[i]
