@@ -36,6 +36,10 @@ BENCHES = {
         "raymeta.bench.population",
         "population trainer vs a bare vmap(grad) SGD population",
     ),
+    "fewshot": (
+        "raymeta.bench.fewshot",
+        "Omniglot / sinusoid / digits beside published numbers, with baselines",
+    ),
 }
 
 

@@ -9,7 +9,9 @@ A strategy is ``INIT+PRIOR+SCHEDULER``:
   portfolio first, then samples of the learned prior), ``broad`` (samples of the broad space
   over the checkpoint's candidates, the task's train split and the run's steps per member), or
   ``fixed-default`` (one member with the fixed default fine-tune: SGD at the meta-training
-  inner learning rate, whole train split, all layers; written ``INIT+fixed-default``);
+  inner learning rate, whole train split, all layers; written ``INIT+fixed-default``), or
+  ``fixed-head`` (the same fine-tune of the head only: a linear probe, with a pretrained
+  candidate the "pretrain, then linear probe" baseline; written ``INIT+fixed-head``);
 * SCHEDULER: ``pbt`` (exploit/explore within the prior), ``random`` (independent members,
   best by val), and in ``raymeta tune`` also ``pb2`` and ``asha`` (Ray Tune's schedulers).
   Sweeps run their populations in-process, with ``pbt`` or ``random``;
@@ -37,7 +39,8 @@ if TYPE_CHECKING:  # torch-free at import: the CLI's --help reads the names belo
     from raymeta.priors import Prior, Priors
 
 INITS = ("meta", "scratch")
-PRIORS = ("learned", "broad", "fixed-default")
+PRIORS = ("learned", "broad", "fixed-default", "fixed-head")
+FIXED_PRIORS = PRIORS[2:]  # one member with a fixed config: no search, no scheduler
 SCHEDULERS = ("pbt", "pb2", "asha", "random")
 IN_PROCESS_SCHEDULERS = ("pbt", "random")  # what a sweep's in-process population can run
 PICKS = ("best", "refit", "soup")  # ``raymeta.finetune.picks`` (torch-free names here)
@@ -72,10 +75,10 @@ class Strategy:
         if (
             len(parts) in (3, 4)
             and parts[-1] in PICKS
-            and (len(parts) == 4 or parts[1] == PRIORS[2])
+            and (len(parts) == 4 or parts[1] in FIXED_PRIORS)
         ):
             pick = parts.pop()
-        if len(parts) == 2 and parts[1] == "fixed-default":
+        if len(parts) == 2 and parts[1] in FIXED_PRIORS:
             parts.append("random")
         if (
             len(parts) != 3
@@ -86,21 +89,21 @@ class Strategy:
             raise ConfigError(
                 f"unknown strategy {str(name)[:80]!r} (use auto, INIT+PRIOR+SCHEDULER[+PICK] with "
                 f"INIT in {INITS}, PRIOR in {PRIORS[:2]}, SCHEDULER in {SCHEDULERS}, PICK in "
-                f"{PICKS}, or INIT+fixed-default[+PICK])"
+                f"{PICKS}, or INIT+fixed-default[+PICK] / INIT+fixed-head[+PICK])"
             )
         return cls(parts[0], parts[1], parts[2], pick)
 
     @property
     def name(self) -> str:
         tail = "" if self.pick == "best" else f"+{self.pick}"
-        if self.prior == "fixed-default":
-            return f"{self.init}+fixed-default{tail}"
+        if self.fixed:
+            return f"{self.init}+{self.prior}{tail}"
         return f"{self.init}+{self.prior}+{self.scheduler}{tail}"
 
     @property
     def fixed(self) -> bool:
-        """One member with the fixed default config (no search, no scheduler)."""
-        return self.prior == "fixed-default"
+        """One member with a fixed config (no search, no scheduler)."""
+        return self.prior in FIXED_PRIORS
 
 
 def strategy_prior(
@@ -174,9 +177,10 @@ def member_configs(
     rng: np.random.Generator,
     fixed: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """The first configs of ``n`` members: the fixed default alone, or (learned) the portfolio
-    first and then samples of ``prior`` drawn with ``rng``."""
+    """The first configs of ``n`` members: the fixed default alone (of the head only for
+    ``fixed-head``), or (learned) the portfolio first and then samples of ``prior`` drawn
+    with ``rng``."""
     if strategy.fixed:
-        return [dict(fixed)]
+        return [dict(fixed, adapt="head") if strategy.prior == "fixed-head" else dict(fixed)]
     head = [dict(c) for c in portfolio[:n]] if strategy.prior == "learned" else []
     return head + prior.sample(n - len(head), rng)

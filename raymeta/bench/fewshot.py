@@ -1,0 +1,704 @@
+"""``raymeta bench fewshot``: the standard few-shot benchmarks beside the published numbers,
+with the baselines that keep meta-learning honest (issue 18).
+
+Why this exists: a researcher comparing raymeta with other meta-learning libraries looks first at
+Omniglot and the MAML sinusoid beside the papers' numbers, and the few-shot literature since 2019
+("A Closer Look at Few-shot Classification", "Rethinking Few-Shot Image Classification") shows
+that supervised pretraining followed by fine-tuning or a linear probe often matches MAML. So every
+setting runs, with raymeta's own code paths and under ONE fine-tuning budget (the same steps and
+the same support data for every row):
+
+* **meta-init, paper protocol**: ``raymeta.meta_train`` (MAML), then SGD at the meta-training inner
+  learning rate on the whole support set, all layers (``hparams.default_config``);
+* **meta-init, learned priors**: the same init, fine-tuned with the first config of the portfolio
+  ``raymeta.fit_priors`` learned on the family's meta-val tasks (not a hand-set rate);
+* **pretrain + fine-tune / linear probe**: the ``algo=pretrain`` candidate (multi-task supervised
+  training on the meta-train tasks, no inner loop), fine-tuned with its own fitted priors' best
+  all-layer config, and with its best head-only config (``adapt=head``: a linear probe);
+* **scratch**: a seeded random init per episode with the paper protocol's config.
+
+Fine-tuning and scoring go through ``raymeta.finetune.population.Population`` (the runner of
+``tune``, sweeps and priors fitting): the test episodes are the population's members, each on
+its own support set, scored on its own query set. Each number is a mean over test episodes
+(tasks) with a 95% normal interval ``mean +- 1.96 * sd / sqrt(n)`` (``interval``).
+
+Budgets: ``full`` is the standard protocol (Omniglot needs a GPU: ``benchmarks/gpu_fewshot.sh``),
+``cpu`` a reduced preset that finishes in minutes on a 2-core CPU (its rows say "cpu budget"),
+``smoke`` seconds, for the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HELP = "standard few-shot benchmarks (Omniglot, sinusoid, digits) beside published numbers"
+SUITES = ("omniglot", "sinusoid", "digits")
+BUDGETS = ("smoke", "cpu", "full")
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+OMNIGLOT_ENV = "RAYMETA_OMNIGLOT"
+
+# published anchors (percent accuracy; sinusoid: MSE after 1 / 5 / 10 steps)
+OMNIGLOT_ANCHORS: dict[str, dict[str, float]] = {
+    "5w1s": {"MAML": 98.7, "Meta-SGD": 99.53, "MAML++": 99.47, "ProtoNets": 98.8},
+    "5w5s": {"MAML": 99.9},
+    "20w1s": {"MAML": 95.8},
+    "20w5s": {"MAML": 98.9},
+}
+SINUSOID_ANCHORS = {"MAML": {1: 0.67, 5: 0.38, 10: 0.35}}
+TARGETS = {("omniglot", "5w1s"): 99.3, ("omniglot", "20w1s"): 96.5, ("sinusoid", "*"): 0.20}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One benchmark setting: the family, how raymeta meta-trains and pretrains on it, and the
+    evaluation protocol (``episodes`` test tasks, ``ft_steps`` fine-tuning steps for every row,
+    scored after each of ``report_steps``)."""
+
+    suite: str
+    name: str
+    family_options: dict[str, Any]
+    meta: dict[str, Any]  # MetaTrainConfig fields of the meta-learned init
+    pretrain_steps: int
+    episodes: int
+    ft_steps: int
+    report_steps: tuple[int, ...]
+    priors: dict[str, Any]  # PriorFitConfig fields
+    anchors: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def family(self) -> str:
+        return self.suite
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.suite != "sinusoid"
+
+    @property
+    def metric(self) -> str:
+        return "mse" if self.suite == "sinusoid" else "accuracy_pct"
+
+
+# ----------------------------------------------------------------------------- presets
+def _priors(budget: str) -> dict[str, Any]:
+    if budget == "smoke":
+        return {"n_tasks": 2, "n_configs": 4, "rounds": 1, "refine_repeats": 0}
+    if budget == "cpu":
+        return {"n_tasks": 8, "n_configs": 24, "rounds": 2, "refine_repeats": 1}
+    return {"n_tasks": 32, "n_configs": 64, "rounds": 2, "refine_repeats": 2}
+
+
+def _sinusoid(budget: str) -> list[Setting]:
+    fam = {"shots": 5, "queries": 10, "task_shots": 5, "test_size": 100}
+    base = {
+        "model": "mlp",
+        "model_options": {"widths": [40, 40]},
+        "meta_batch": 25,
+    }
+    paper = {**base, "algo": "maml", "inner_steps": 1, "inner_lr": 0.01, "outer_lr": 1e-3}
+    tuned = {**base, "algo": "maml", "inner_steps": 5, "inner_lr": 0.01, "outer_lr": 1e-3}
+    steps = {"smoke": (3, 3), "cpu": (15_000, 5_000), "full": (70_000, 70_000)}[budget]
+    episodes = 20 if budget == "smoke" else 500
+    pre = {"smoke": 3, "cpu": 3_000, "full": 10_000}[budget]
+    smoke = budget == "smoke"
+    common = dict(
+        family_options=fam,
+        pretrain_steps=pre,
+        episodes=episodes,
+        ft_steps=2 if smoke else 10,
+        report_steps=(1, 2) if smoke else (1, 5, 10),
+        priors=_priors(budget),
+        anchors=SINUSOID_ANCHORS,
+    )
+    return [
+        Setting(
+            "sinusoid",
+            "K5-maml1",
+            meta={**paper, "steps": steps[0]},
+            **common,  # type: ignore[arg-type]
+        ),
+        Setting(
+            "sinusoid",
+            "K5-maml5",
+            meta={**tuned, "steps": steps[1]},
+            **common,  # type: ignore[arg-type]
+        ),
+    ]
+
+
+def _omniglot(budget: str, path: str) -> list[Setting]:
+    fam_base = {"path": path, "queries": 15, "test_size": 15}
+    grid = {  # name: ways, shots, inner steps, inner lr, meta-batch (the MAML paper's Omniglot)
+        "5w1s": (5, 1, 1, 0.4, 32),
+        "5w5s": (5, 5, 1, 0.4, 32),
+        "20w1s": (20, 1, 5, 0.1, 16),
+        "20w5s": (20, 5, 5, 0.1, 16),
+    }
+    if budget == "smoke":  # 14x14 images: seconds, for the tests
+        names, hidden, steps, pre, episodes = ["5w1s"], 16, 2, 2, 10
+        fam_base["image_size"] = 14
+    elif budget == "cpu":
+        names, hidden, steps, pre, episodes = ["5w1s"], 32, 300, 300, 200
+    else:
+        names, hidden, steps, pre, episodes = list(grid), 64, 0, 0, 600
+    out = []
+    for name in names:
+        ways, shots, k, lr, mb = grid[name]
+        if budget == "full":  # about 5 (5-way) / 10 (20-way) minutes of one GPU, by design
+            steps, pre = (12_000, 12_000) if ways == 5 else (6_000, 6_000)
+        if budget == "cpu":
+            k, mb = 1, 8
+        if budget == "smoke":
+            k, mb = 1, 2
+        meta = {
+            "model": "conv4",
+            "model_options": {"hidden": hidden},
+            "algo": "maml",
+            "inner_steps": k,
+            "inner_lr": lr,
+            "outer_lr": 1e-3,
+            "meta_batch": mb,
+            "steps": steps,
+        }
+        out.append(
+            Setting(
+                "omniglot",
+                name,
+                family_options={**fam_base, "ways": ways, "shots": shots},
+                meta=meta,
+                pretrain_steps=pre,
+                episodes=episodes,
+                ft_steps=2 if budget == "smoke" else 10,
+                report_steps=(2,) if budget == "smoke" else (10,),
+                priors=_priors(budget),
+                anchors=OMNIGLOT_ANCHORS[name],
+            )
+        )
+    return out
+
+
+def _digits(budget: str) -> list[Setting]:
+    steps, pre, episodes, hidden = {
+        "smoke": (2, 2, 10, 16),
+        "cpu": (1_000, 1_000, 600, 32),
+        "full": (10_000, 10_000, 600, 64),
+    }[budget]
+    out = []
+    for shots in (1, 5):
+        meta = {
+            "model": "conv4",
+            "model_options": {"hidden": hidden},
+            "algo": "maml",
+            "inner_steps": 1,
+            "inner_lr": 0.4,
+            "outer_lr": 1e-3,
+            "meta_batch": 2 if budget == "smoke" else 16,
+            "steps": steps,
+        }
+        out.append(
+            Setting(
+                "digits",
+                f"5w{shots}s",
+                family_options={"ways": 5, "shots": shots, "queries": 15, "test_size": 15},
+                meta=meta,
+                pretrain_steps=pre,
+                episodes=episodes,
+                ft_steps=2 if budget == "smoke" else 10,
+                report_steps=(2,) if budget == "smoke" else (10,),
+                priors=_priors(budget),
+            )
+        )
+    return out
+
+
+def settings(suite: str, budget: str, data_path: str | None = None) -> list[Setting]:
+    """The settings of ``suite`` at ``budget`` (module docstring); a one-line ``ConfigError``
+    for an unknown suite or budget, or (omniglot) a missing data directory."""
+    from raymeta.errors import ConfigError
+
+    if suite not in SUITES:
+        raise ConfigError(f"unknown suite {suite!r} (choose from {', '.join(SUITES)})")
+    if budget not in BUDGETS:
+        raise ConfigError(f"unknown budget {budget!r} (choose from {', '.join(BUDGETS)})")
+    if suite == "sinusoid":
+        return _sinusoid(budget)
+    if suite == "digits":
+        return _digits(budget)
+    return _omniglot(budget, omniglot_path(data_path))
+
+
+def omniglot_path(given: str | None) -> str:
+    """The Omniglot directory (``--data-path``, else ``$RAYMETA_OMNIGLOT``), checked before any
+    work: a missing directory or archive is one line."""
+    import os
+
+    from raymeta.errors import ConfigError, DataError
+    from raymeta.tasks.omniglot import resolve_path
+
+    try:
+        return str(resolve_path(given if given else os.environ.get(OMNIGLOT_ENV)))
+    except DataError as exc:
+        raise ConfigError(f"{exc} (--data-path DIR)") from None
+
+
+# ----------------------------------------------------------------------------- statistics
+@dataclass(frozen=True)
+class Interval:
+    """A mean over ``n`` episodes with its 95% normal interval ``mean +- half``."""
+
+    mean: float
+    half: float
+    n: int
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half
+
+    def overlaps(self, other: Interval) -> bool:
+        return self.low <= other.high and other.low <= self.high
+
+
+def interval(values: Sequence[float]) -> Interval:
+    """Mean and 95% half-width ``1.96 * sd / sqrt(n)`` (sample sd, ``n - 1``) of per-episode
+    values; one value has half-width 0 (no spread to estimate)."""
+    vals = [float(v) for v in values]
+    if not vals:
+        raise ValueError("interval of no values")
+    n = len(vals)
+    mean = math.fsum(vals) / n
+    if n < 2:
+        return Interval(mean, 0.0, n)
+    var = math.fsum((v - mean) ** 2 for v in vals) / (n - 1)
+    return Interval(mean, Z95 * math.sqrt(var / n), n)
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+def finetune_episodes(
+    cand: Any,
+    tasks: Sequence[Any],
+    config: Mapping[str, Any],
+    init: str,
+    report_steps: Sequence[int],
+    seed: int,
+    device: str = "cpu",
+    chunk: int = 256,
+) -> dict[int, list[float]]:
+    """Fine-tune ``cand`` on every task's train (support) split with ``config`` and score it on
+    the task's test (query) split after each of ``report_steps``: per-episode accuracy in percent
+    (classification) or MSE. ``init`` is ``meta`` (the candidate's weights) or ``scratch``
+    (a seeded random init per episode). Members = episodes, each on its own data."""
+    import torch
+
+    from raymeta.core.train import derive_seed
+    from raymeta.finetune.population import Population, data_dtype, initial_state, run_schedule
+
+    dev = torch.device(device)
+    out: dict[int, list[float]] = {s: [] for s in report_steps}
+    for start in range(0, len(tasks), chunk):
+        part = tasks[start : start + chunk]
+        xt, yt, xq, yq = (
+            torch.stack([getattr(t, k) for t in part]).to(dev)
+            for k in ("x_train", "y_train", "x_test", "y_test")
+        )
+        idx = list(range(start, start + len(part)))
+        state = initial_state(
+            cand.spec,
+            cand.params if init == "meta" else None,
+            [derive_seed(seed, 1, i) % 2**31 for i in idx],
+            data_dtype(xt),
+        ).to(dev)
+        pop = Population(
+            cand.spec,
+            part[0].kind,
+            cand.name,
+            [dict(config, model=cand.name)] * len(part),
+            [derive_seed(seed, 2, i) % 2**31 for i in idx],
+            state,
+            keep_best=False,
+        )
+        for ev in run_schedule(pop, (xt, yt), (xq, yq), list(report_steps), per_member_data=True):
+            vals = ev.accuracy * 100.0 if ev.accuracy is not None else ev.loss
+            out[ev.step].extend(float(v) for v in vals.tolist())
+    return out
+
+
+def pick_config(
+    portfolio: Sequence[Mapping[str, Any]], adapt: str | None, budget: int, n_train: int
+) -> tuple[dict[str, Any], str]:
+    """The first portfolio config (its best) with ``adapt`` (any when None), its steps capped at
+    the budget; without one of that ``adapt``, the first config with ``adapt`` set (said so)."""
+    how = "priors portfolio #1"
+    match = [c for c in portfolio if adapt is None or c.get("adapt", "all") == adapt]
+    if match:
+        cfg = dict(match[0])
+        how = f"priors portfolio #{list(portfolio).index(match[0]) + 1}"
+    else:
+        cfg = dict(portfolio[0], adapt=adapt)
+        how += f" with adapt={adapt} (no {adapt} config in the portfolio)"
+    cfg["steps"] = min(int(cfg.get("steps", budget)), budget)
+    cfg["batch_size"] = min(int(cfg.get("batch_size", n_train)), n_train)
+    return cfg, how
+
+
+def describe(cfg: Mapping[str, Any]) -> str:
+    parts = [f"{cfg.get('optimizer', 'sgd')} lr {float(cfg['lr']):.3g}", f"{cfg['steps']} steps"]
+    if cfg.get("adapt", "all") != "all":
+        parts.append(f"adapt {cfg['adapt']}")
+    if float(cfg.get("weight_decay", 0.0) or 0.0) > 1e-6:
+        parts.append(f"wd {float(cfg['weight_decay']):.2g}")
+    return ", ".join(parts)
+
+
+# ----------------------------------------------------------------------------- one setting
+Log = Callable[[str], None]
+
+
+def _train(setting: Setting, algo: str, steps: int, seed: int, device: str, log: Log) -> Any:
+    """Meta-train (or pretrain) with raymeta's in-process loop; the one-candidate checkpoint."""
+    from raymeta.core.train import MetaTrainConfig, meta_train
+
+    meta = dict(setting.meta)
+    if algo == "pretrain":
+        meta.update(algo="pretrain", inner_steps=0)
+    cfg = MetaTrainConfig(
+        family=setting.family,
+        family_options=dict(setting.family_options),
+        seed=seed,
+        val_every=max(steps // 5, 1),
+        val_tasks=2 if steps < 100 else 32,
+        **{**meta, "steps": steps},
+    ).validate()
+    t0 = time.perf_counter()
+
+    def progress(step: int, m: dict[str, float]) -> None:
+        log(
+            f"  {algo} step {step}/{steps}: "
+            + "  ".join(f"{k} {v:.3g}" for k, v in m.items())
+            + f"  ({time.perf_counter() - t0:.0f} s)"
+        )
+
+    tr = meta_train(cfg, progress=progress, log_every=max(steps // 5, 1), device=device)
+    name = "pretrain" if algo == "pretrain" else "meta"
+    ckpt = tr.to_checkpoint(metrics={"seconds": time.perf_counter() - t0}, name=name)
+    return ckpt, time.perf_counter() - t0
+
+
+def _fit(ckpt: Any, setting: Setting, seed: int, device: str, log: Log) -> tuple[Any, float]:
+    from raymeta.finetune.fit import fit_priors
+
+    t0 = time.perf_counter()
+    pri = fit_priors(
+        ckpt,
+        seed=seed,
+        max_steps=setting.ft_steps,
+        select_tasks=0,
+        device=device,
+        **setting.priors,
+    )
+    return pri, time.perf_counter() - t0
+
+
+def run_setting(
+    setting: Setting,
+    budget: str,
+    seed: int,
+    device: str,
+    episodes: int | None,
+    log: Log,
+    cache: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train the inits, fit their priors and score every row (module docstring) on the test
+    episodes; returns the setting's record (rows with per-step intervals). ``cache`` shares
+    what two settings of one suite have in common (the pretrained init, its priors, the
+    baseline rows) when they differ only in how the meta-init is trained."""
+    from raymeta.finetune.hparams import default_config
+    from raymeta.tasks import FamilySpec, make_family
+
+    n_ep = episodes or setting.episodes
+    log(f"== {setting.suite} {setting.name} ({budget} budget)")
+    cache = {} if cache is None else cache
+    meta_ckpt, meta_s = _train(setting, "maml", int(setting.meta["steps"]), seed, device, log)
+    base = repr(
+        (
+            sorted(setting.family_options.items()),
+            setting.meta["model"],
+            setting.meta["model_options"],
+            setting.meta["inner_lr"],
+            setting.pretrain_steps,
+            n_ep,
+            seed,
+        )
+    )
+    if base not in cache:
+        pre = _train(setting, "pretrain", setting.pretrain_steps, seed, device, log)
+        log(f"  fitting priors on meta-val tasks ({setting.priors})")
+        cache[base] = (*pre, *_fit(pre[0], setting, seed, device, log))
+    pre_ckpt, pre_s, pre_pri, pre_fit_s = cache[base]
+    meta_pri, meta_fit_s = _fit(meta_ckpt, setting, seed, device, log)
+    family = make_family(FamilySpec(setting.family, dict(setting.family_options)))
+    tasks = [family.task("test", i) for i in range(n_ep)]  # type: ignore[arg-type]
+    n_train = int(tasks[0].x_train.shape[0])
+    budget_steps = setting.ft_steps
+    lr = float(setting.meta["inner_lr"])
+    fixed = default_config(lr, budget_steps, n_train, "meta")
+    meta_cfg, meta_how = pick_config(meta_pri.portfolio, None, budget_steps, n_train)
+    pre_all, pre_all_how = pick_config(pre_pri.portfolio, "all", budget_steps, n_train)
+    pre_head, pre_head_how = pick_config(pre_pri.portfolio, "head", budget_steps, n_train)
+    algo = str(setting.meta["algo"]).upper()
+    plan = [
+        ("meta", f"raymeta {algo} init, paper protocol", meta_ckpt, "meta", fixed, "fixed"),
+        ("meta", f"raymeta {algo} init + learned priors", meta_ckpt, "meta", meta_cfg, meta_how),
+        ("pretrain", "pretrain + fine-tune (paper protocol)", pre_ckpt, "meta", fixed, "fixed"),
+        ("pretrain", "pretrain + fine-tune (priors)", pre_ckpt, "meta", pre_all, pre_all_how),
+        ("pretrain", "pretrain + linear probe (priors)", pre_ckpt, "meta", pre_head, pre_head_how),
+        ("scratch", "scratch (paper protocol)", meta_ckpt, "scratch", fixed, "fixed"),
+    ]
+    rows = []
+    for kind, label, ckpt, init, cfg, how in plan:
+        t0 = time.perf_counter()
+        cand = ckpt.candidate()
+        key = repr((base, label, sorted(cfg.items())))
+        if kind != "meta" and key in cache:  # the same init and config on the same episodes
+            rows.append(cache[key])
+            continue
+        vals = finetune_episodes(cand, tasks, cfg, init, setting.report_steps, seed, device)
+        ivs = {s: interval(v) for s, v in vals.items()}
+        rows.append(
+            {
+                "row": label,
+                "kind": kind,
+                "init": init if init == "scratch" else cand.name,
+                "config": {k: v for k, v in cfg.items() if k != "model"},
+                "config_source": how,
+                "results": {
+                    str(s): {"mean": iv.mean, "ci95": iv.half, "low": iv.low, "high": iv.high}
+                    for s, iv in ivs.items()
+                },
+                "n": n_ep,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        cache[key] = rows[-1]
+        last = ivs[setting.report_steps[-1]]
+        log(f"  {label}: {fmt(last, setting)} ({describe(cfg)}; {how})")
+    return {
+        "suite": setting.suite,
+        "setting": setting.name,
+        "budget": budget,
+        "metric": setting.metric,
+        "episodes": n_ep,
+        "ft_steps": setting.ft_steps,
+        "report_steps": list(setting.report_steps),
+        "family_options": {k: v for k, v in setting.family_options.items() if k != "path"},
+        "meta_train": {**setting.meta, "seconds": meta_s},
+        "pretrain": {"steps": setting.pretrain_steps, "seconds": pre_s},
+        "priors": {**setting.priors, "seconds": meta_fit_s + pre_fit_s},
+        "anchors": {
+            k: ({str(s): x for s, x in v.items()} if isinstance(v, dict) else v)
+            for k, v in setting.anchors.items()
+        },
+        "rows": rows,
+    }
+
+
+# ----------------------------------------------------------------------------- the report
+def fmt(iv: Interval, setting: Setting) -> str:
+    if setting.higher_is_better:
+        return f"{iv.mean:.2f} +- {iv.half:.2f}"
+    return f"{iv.mean:.3f} +- {iv.half:.3f}"
+
+
+def row_interval(row: Mapping[str, Any], step: int) -> Interval:
+    r = row["results"][str(step)]
+    return Interval(float(r["mean"]), float(r["ci95"]), int(row["n"]))
+
+
+def best_row(rec: Mapping[str, Any], kind: str, higher: bool) -> Mapping[str, Any]:
+    """The row of ``kind`` with the best mean at the last reported step."""
+    last = rec["report_steps"][-1]
+    rows = [r for r in rec["rows"] if r["kind"] == kind]
+    return sorted(rows, key=lambda r: row_interval(r, last).mean, reverse=higher)[0]
+
+
+def verdict(rec: Mapping[str, Any]) -> str:
+    """Where meta-learning wins and where pretraining does, from the intervals: a winner only
+    where the best meta-learned row's interval and the best pretrained row's do not overlap."""
+    higher = rec["metric"] != "mse"
+    last = rec["report_steps"][-1]
+    m, p = best_row(rec, "meta", higher), best_row(rec, "pretrain", higher)
+    mi, pi = row_interval(m, last), row_interval(p, last)
+    unit = "%" if higher else " MSE"
+    nums = f"{m['row']} {mi.mean:.3g}{unit} vs {p['row']} {pi.mean:.3g}{unit}"
+    if mi.overlaps(pi):
+        return f"{rec['setting']}: no clear winner, the 95% intervals overlap ({nums})"
+    meta_wins = (mi.mean > pi.mean) == higher
+    who = "meta-learning wins" if meta_wins else "pretraining wins"
+    return f"{rec['setting']}: {who} ({nums}, intervals disjoint)"
+
+
+def target_line(rec: Mapping[str, Any]) -> str | None:
+    key = (rec["suite"], rec["setting"] if rec["suite"] != "sinusoid" else "*")
+    if key not in TARGETS:
+        return None
+    goal = TARGETS[key]
+    higher = rec["metric"] != "mse"
+    best = best_row(rec, "meta", higher)
+    iv = row_interval(best, rec["report_steps"][-1])
+    met = iv.mean >= goal if higher else iv.mean <= goal
+    label = f"target {'>=' if higher else '<='} {goal}: {'met' if met else 'MISSED'}"
+    if rec["budget"] != "full" and rec["suite"] == "omniglot":
+        label += " (cpu budget: the target is for the full protocol)"
+    return f"{rec['setting']}: {label} (best meta row: {best['row']}, {iv.mean:.4g})"
+
+
+def render(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The report's lines: one table per setting, anchors first, then the verdicts."""
+    lines: list[str] = []
+    for rec in records:
+        higher = rec["metric"] != "mse"
+        steps = rec["report_steps"]
+        tag = "" if rec["budget"] == "full" else f" [{rec['budget']} budget]"
+        what = "accuracy % on" if higher else "MSE on"
+        lines.append("")
+        lines.append(
+            f"{rec['suite']} {rec['setting']}{tag}: {what} {rec['episodes']} test episodes, "
+            f"mean +- 95% interval, fine-tuning budget {rec['ft_steps']} steps on the support set"
+        )
+        head = f"{'method':<44}" + "".join(f"{'step ' + str(s):>18}" for s in steps)
+        lines.append(head + "  config")
+        for name, v in rec["anchors"].items():
+            cells = (
+                "".join(f"{v.get(str(s), '-'):>18}" for s in steps)
+                if isinstance(v, dict)
+                else "".join(f"{'':>18}" for _ in steps[:-1]) + f"{v:>18}"
+            )
+            lines.append(f"{name + ' (published)':<44}{cells}")
+        for row in rec["rows"]:
+            cells = ""
+            for s in steps:
+                iv = row_interval(row, s)
+                cell = (
+                    f"{iv.mean:.2f} +- {iv.half:.2f}"
+                    if higher
+                    else f"{iv.mean:.3f} +- {iv.half:.3f}"
+                )
+                cells += f"{cell:>18}"
+            lines.append(f"{row['row']:<44}{cells}  {describe(row['config'])}")
+        mt = rec["meta_train"]
+        lines.append(
+            f"(meta-train: {mt['algo']} {mt['steps']} steps, {mt['inner_steps']} inner x lr "
+            f"{mt['inner_lr']}, meta-batch {mt['meta_batch']}, {mt['seconds']:.0f} s; pretrain "
+            f"{rec['pretrain']['steps']} steps, {rec['pretrain']['seconds']:.0f} s; priors fit "
+            f"{rec['priors']['seconds']:.0f} s)"
+        )
+    lines.append("")
+    for rec in records:
+        t = target_line(rec)
+        if t:
+            lines.append(t)
+    for rec in records:
+        lines.append(verdict(rec))
+    return lines
+
+
+# ----------------------------------------------------------------------------- CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from raymeta.bench.args import add_json_out
+
+    p.add_argument("--suite", required=True, metavar="|".join(SUITES), help="which benchmark")
+    p.add_argument(
+        "--budget",
+        default="cpu",
+        metavar="|".join(BUDGETS),
+        help="full = the standard protocol (GPU for omniglot), cpu = a reduced preset for a "
+        "2-core CPU (labelled so), smoke = seconds (default: cpu)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--episodes", type=int, default=None, help="test episodes/tasks (default: the preset's)"
+    )
+    p.add_argument(
+        "--setting",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="run only this setting of the suite (e.g. 5w1s); repeatable",
+    )
+    p.add_argument(
+        "--data-path",
+        default=None,
+        metavar="DIR",
+        help=f"Omniglot directory (default: ${OMNIGLOT_ENV})",
+    )
+    p.add_argument("--quiet", action="store_true", help="print only the final report")
+    add_json_out(p, "also write the records as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check every input first (one-line ``ConfigError``s, exit 2), then run and report."""
+    from raymeta import checks
+    from raymeta.errors import ConfigError
+    from raymeta.finetune.evaluate import eval_device
+
+    if args.episodes is not None:
+        checks.integer("--episodes", args.episodes, 1)
+    checks.integer("--seed", args.seed, 0)
+    chosen = settings(args.suite, args.budget, args.data_path)
+    if args.setting:
+        names = [s.name for s in chosen]
+        bad = [n for n in args.setting if n not in names]
+        if bad:
+            raise ConfigError(
+                f"--setting {bad[0]!r} is not a {args.suite} setting at budget {args.budget} "
+                f"(choose from {', '.join(names)})"
+            )
+        chosen = [s for s in chosen if s.name in args.setting]
+    eval_device(args.device)
+
+    def log(line: str) -> None:
+        if not args.quiet:
+            print(line, flush=True)
+
+    t0 = time.perf_counter()
+    cache: dict[str, Any] = {}
+    records = [
+        run_setting(s, args.budget, args.seed, args.device, args.episodes, log, cache)
+        for s in chosen
+    ]
+    for line in render(records):
+        print(line)
+    seconds = time.perf_counter() - t0
+    print(f"total {seconds:.0f} s on {args.device}")
+    if args.out:
+        from raymeta.core.checkpoint import versions
+        from raymeta.fileio import atomic_write_json
+
+        atomic_write_json(
+            Path(args.out),
+            {
+                "benchmark": "fewshot",
+                "suite": args.suite,
+                "budget": args.budget,
+                "device": args.device,
+                "seed": args.seed,
+                "seconds": seconds,
+                "versions": versions(),
+                "settings": records,
+                "verdicts": [verdict(r) for r in records],
+                "targets": [t for t in (target_line(r) for r in records) if t],
+            },
+        )
+    sys.stdout.flush()
+    return 0

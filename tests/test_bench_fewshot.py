@@ -1,0 +1,201 @@
+"""``raymeta bench fewshot`` (issue 18): the command in smoke mode for each suite, its JSON
+records, the 95% interval against an independent computation, the verdict sentences, bad
+inputs, and the ``fixed-head`` (linear probe) strategy it made expressible in sweeps."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from raymeta.bench.fewshot import Interval, interval, render, verdict
+from raymeta.cli.main import main
+from raymeta.core.train import MetaTrainConfig, MetaTrainer
+from raymeta.errors import ConfigError
+from raymeta.finetune.hparams import broad_space
+from raymeta.finetune.run import run_strategy
+from raymeta.finetune.strategy import Strategy, member_configs
+from raymeta.priors import broad_prior
+
+ROW_FIELDS = {"row", "kind", "init", "config", "config_source", "results", "n", "seconds"}
+
+
+def _smoke(tmp_path: Path, suite: str, setting: str, *extra: str) -> dict[str, Any]:
+    out = tmp_path / f"{suite}.json"
+    argv = ["bench", "fewshot", "--suite", suite, "--budget", "smoke", "--setting", setting]
+    rc = main([*argv, "--episodes", "4", "--quiet", "--out", str(out), *extra])
+    assert rc == 0
+    return json.loads(out.read_text())
+
+
+def _check_record(doc: dict[str, Any], suite: str, metric: str, steps: list[int]) -> None:
+    assert doc["benchmark"] == "fewshot" and doc["suite"] == suite and doc["budget"] == "smoke"
+    assert {"torch", "raymeta"} <= set(doc["versions"])
+    (rec,) = doc["settings"]
+    assert rec["metric"] == metric and rec["episodes"] == 4 and rec["report_steps"] == steps
+    kinds = [r["kind"] for r in rec["rows"]]
+    assert kinds.count("meta") == 2 and kinds.count("pretrain") == 3 and "scratch" in kinds
+    for row in rec["rows"]:
+        assert set(row) >= ROW_FIELDS and row["n"] == 4
+        assert row["config"]["steps"] <= rec["ft_steps"]  # one budget for every row
+        for s in steps:
+            r = row["results"][str(s)]
+            assert math.isfinite(r["mean"]) and r["ci95"] >= 0
+            assert r["low"] == pytest.approx(r["mean"] - r["ci95"])
+            assert r["high"] == pytest.approx(r["mean"] + r["ci95"])
+            if metric == "accuracy_pct":
+                assert 0.0 <= r["mean"] <= 100.0
+    probe = next(r for r in rec["rows"] if "linear probe" in r["row"])
+    assert probe["config"]["adapt"] == "head"
+    assert len(doc["verdicts"]) == 1 and doc["verdicts"][0].startswith(rec["setting"])
+
+
+def test_smoke_sinusoid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = _smoke(tmp_path, "sinusoid", "K5-maml1")
+    _check_record(doc, "sinusoid", "mse", [1, 2])
+    assert doc["settings"][0]["anchors"]["MAML"] == {"1": 0.67, "5": 0.38, "10": 0.35}
+    assert any("target <= 0.2" in t for t in doc["targets"])
+    printed = capsys.readouterr().out
+    assert "MAML (published)" in printed and "smoke budget" in printed
+
+
+def test_smoke_digits(tmp_path: Path) -> None:
+    _check_record(_smoke(tmp_path, "digits", "5w1s"), "digits", "accuracy_pct", [2])
+
+
+def test_smoke_omniglot(tmp_path: Path, omniglot_dir: Path) -> None:
+    doc = _smoke(tmp_path, "omniglot", "5w1s", "--data-path", str(omniglot_dir))
+    _check_record(doc, "omniglot", "accuracy_pct", [2])
+    assert doc["settings"][0]["anchors"]["Meta-SGD"] == 99.53
+    assert "path" not in doc["settings"][0]["family_options"]  # no machine path in records
+
+
+def test_interval_matches_an_independent_computation() -> None:
+    rng = random.Random(7)
+    for n in (2, 3, 50, 600):
+        vals = [rng.gauss(0.5, 2.0) for _ in range(n)]
+        z = statistics.NormalDist().inv_cdf(0.975)
+        half = z * statistics.stdev(vals) / math.sqrt(n)
+        iv = interval(vals)
+        assert iv.n == n
+        assert iv.mean == pytest.approx(statistics.fmean(vals), rel=1e-12, abs=1e-15)
+        assert iv.half == pytest.approx(half, rel=1e-12)
+        # and against numpy's float64 sample standard deviation
+        assert iv.half == pytest.approx(z * np.std(vals, ddof=1) / np.sqrt(n), rel=1e-12)
+    assert interval([3.0]) == Interval(3.0, 0.0, 1)
+    assert interval([1.0, 1.0, 1.0]).half == 0.0
+
+
+def _rec(metric: str, meta: tuple[float, float], pre: tuple[float, float]) -> dict[str, Any]:
+    def row(name: str, kind: str, mean: float, half: float) -> dict[str, Any]:
+        res = {"mean": mean, "ci95": half, "low": mean - half, "high": mean + half}
+        return {"row": name, "kind": kind, "config": {"lr": 0.1, "steps": 10}, "n": 600,
+                "results": {"10": res}}  # fmt: skip
+
+    return {
+        "suite": "digits" if metric != "mse" else "sinusoid",
+        "setting": "s",
+        "budget": "cpu",
+        "metric": metric,
+        "episodes": 600,
+        "ft_steps": 10,
+        "report_steps": [10],
+        "anchors": {},
+        "meta_train": {
+            "algo": "maml",
+            "steps": 1,
+            "inner_steps": 1,
+            "inner_lr": 0.1,
+            "meta_batch": 2,
+            "seconds": 0.0,
+        },  # fmt: skip
+        "pretrain": {"steps": 1, "seconds": 0.0},
+        "priors": {"seconds": 0.0},
+        "rows": [
+            row("meta-a", "meta", *meta),
+            row("meta-worse", "meta", meta[0] - 50 if metric != "mse" else meta[0] + 50, 0.1),
+            row("pre-a", "pretrain", *pre),
+            row("scratch", "scratch", 20.0, 1.0),
+        ],
+    }
+
+
+def test_verdicts_come_from_the_intervals() -> None:
+    assert "meta-learning wins" in verdict(_rec("accuracy_pct", (90.0, 1.0), (85.0, 1.0)))
+    assert "pretraining wins" in verdict(_rec("accuracy_pct", (85.0, 1.0), (90.0, 1.0)))
+    assert "no clear winner" in verdict(_rec("accuracy_pct", (90.0, 3.0), (85.0, 3.0)))
+    # lower is better for MSE
+    assert "meta-learning wins" in verdict(_rec("mse", (0.2, 0.01), (0.5, 0.01)))
+    assert "pretraining wins" in verdict(_rec("mse", (0.5, 0.01), (0.2, 0.01)))
+    lines = render([_rec("accuracy_pct", (90.0, 1.0), (85.0, 1.0))])
+    assert "[cpu budget]" in "\n".join(lines) and lines[-1].startswith("s: meta-learning wins")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--suite", "imagenet"], "unknown suite 'imagenet'"),
+        (["--suite", "digits", "--budget", "huge"], "unknown budget 'huge'"),
+        (["--suite", "omniglot", "--data-path", "/nonexistent/omni"], "does not exist"),
+        (["--suite", "digits", "--episodes", "0"], "--episodes"),
+        (["--suite", "digits", "--setting", "7w3s"], "--setting '7w3s'"),
+    ],
+)
+def test_bad_inputs_are_one_line(
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("RAYMETA_OMNIGLOT", raising=False)
+    assert main(["bench", "fewshot", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("raymeta: error:") and message in err[0]
+
+
+def test_omniglot_without_a_data_path_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RAYMETA_OMNIGLOT", raising=False)
+    assert main(["bench", "fewshot", "--suite", "omniglot", "--budget", "smoke"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no data path given" in err[0] and "--data-path" in err[0]
+
+
+def test_fixed_head_strategy_is_a_linear_probe() -> None:
+    """``INIT+fixed-head``: one member, the fixed default fine-tune of the head only; a sweep
+    over a checkpoint with an ``algo=pretrain`` candidate runs 'pretrain, then linear probe'."""
+    s = Strategy.parse("meta+fixed-head")
+    assert s.fixed and s.name == "meta+fixed-head" and s.scheduler == "random"
+    assert Strategy.parse("meta+fixed-head+refit").pick == "refit"
+    with pytest.raises(ConfigError):
+        Strategy.parse("meta+fixed-tail")
+    fixed = {"lr": 0.01, "steps": 5, "batch_size": 5, "model": "mlp"}
+    prior = broad_prior(broad_space(["mlp"], max_batch=5, max_steps=5))
+    rng = np.random.default_rng(0)
+    assert member_configs(s, 4, prior, [], rng, fixed) == [dict(fixed, adapt="head")]
+    assert member_configs(Strategy.parse("meta+fixed-default"), 4, prior, [], rng, fixed) == [fixed]
+    cfg = MetaTrainConfig(family="sinusoid", algo="pretrain", steps=1, model="mlp")
+    ckpt = MetaTrainer(cfg).to_checkpoint(name="pretrain")
+    task = ckpt_task()
+    res = run_strategy(
+        ckpt, s, task, population=1, steps=5, interval=5, seed=0, rng=np.random.default_rng(0)
+    )
+    init = ckpt.candidate().params
+    assert res.pick.config["adapt"] == "head"
+    for k, v in res.pick.params.items():
+        moved = not torch.equal(v.reshape(init[k].shape), init[k])
+        assert moved == k.startswith("head."), k  # only the head moved
+
+
+def ckpt_task() -> Any:
+    from raymeta.tasks import FamilySpec, make_family
+
+    return make_family(FamilySpec("sinusoid", {})).task("test", 0)  # type: ignore[arg-type]
