@@ -177,6 +177,7 @@ class Population:
         self.last_acc: torch.Tensor | None = None
         self.evaluations = 0
         self._hp: tuple[int, MemberHParams] | None = None
+        self._owns_state = False  # ``train`` copies ``state`` once, then trains in place
 
     @property
     def n_members(self) -> int:
@@ -200,20 +201,16 @@ class Population:
         each member took."""
         n_train = int(x.shape[1] if per_member_data else x.shape[0])
         hp = self.hparams(n_train)
+        if not self._owns_state:  # the constructor's (or restore's) tensors stay the caller's
+            self.state, self._owns_state = self.state.index(slice(None)), True
         state = self.state
         before = state.step.clone()
         active = torch.nonzero(hp["steps"].to(state.step.device) > state.step).flatten()
-        if active.numel() == self.n_members:
-            self.state = self.trainer.train(state, hp, x, y, n_steps, per_member_data)
-        elif active.numel() > 0:
-            xs, ys = (x[active], y[active]) if per_member_data else (x, y)
-            sub = self.trainer.train(
-                state.index(active), hp.index(active.cpu()), xs, ys, n_steps, per_member_data
+        if active.numel() > 0:
+            members = None if active.numel() == self.n_members else active.cpu()
+            self.state = self.trainer.train(
+                state, hp, x, y, n_steps, per_member_data, members=members, inplace=True
             )
-            for whole, part in ((state.params, sub.params), (state.m, sub.m), (state.v, sub.v)):
-                for k in whole:
-                    whole[k][active] = part[k]
-            state.step[active] = sub.step
         return self.state.step - before
 
     def evaluate(
@@ -310,6 +307,7 @@ class Population:
         self.state = PopulationState.from_state_dict(
             {k[6:]: v for k, v in t.items() if k.startswith("state.")}
         )
+        self._owns_state = False
         self.best_params = {k[5:]: v.clone() for k, v in t.items() if k.startswith("best.")}
         self.best_val, self.last_val = t["best_val"].clone(), t["last_val"].clone()
         self.best_step, self.best_at = t["best_step"].clone(), t["best_at"].clone()

@@ -160,14 +160,19 @@ class StepPlan:
 
     ``adam``: some member uses Adam (moments and the Adam update; else plain in-place SGD);
     ``minibatch``: some member's batch is smaller than its train split (else no hashed mask);
-    ``head_only``: some member adapts only the head; ``decay``: some member has weight decay.
-    Every flag only skips work that would not change any member's numbers, so ``GENERAL``
-    (everything on) gives the same results as the plan of the members themselves."""
+    ``head_only``: some member adapts only the head; ``decay``: some member has weight decay;
+    ``grouped``: members are ordered into contiguous optimizer / batch groups for the call
+    (``MemberGroups``) so each group does only its own work with in-place (``_foreach``)
+    updates; off, every member runs the one masked computation that handles every kind (the
+    general path, kept as the fast path's reference). Every flag only skips work that would not
+    change any member's numbers, so ``GENERAL`` gives the same results as the plan of the
+    members themselves."""
 
     adam: bool = True
     minibatch: bool = True
     head_only: bool = True
     decay: bool = True
+    grouped: bool = True
 
     @classmethod
     def of(cls, hp: MemberHParams, n_train: int) -> StepPlan:
@@ -179,7 +184,59 @@ class StepPlan:
         )
 
 
-GENERAL = StepPlan()
+@dataclass(frozen=True)
+class MemberGroups:
+    """A ``train`` call's members in the order its steps work on (decided once per call, on
+    the host): SGD members full batch, SGD minibatch, Adam minibatch, Adam full batch. So the
+    SGD members are the rows ``[0, sgd)``, the Adam members ``[sgd, n)`` and the members that
+    draw minibatches one contiguous run ``mini``: each group's work is on a slice (a view),
+    no Adam math touches an SGD member and no hash a full-batch one.
+
+    ``order[r]`` is the member (index into the call's members) at working row ``r``; ``None``
+    when the members already are in that order. The flags say whether any member of a group
+    adapts only its head or has weight decay."""
+
+    order: torch.Tensor | None
+    n: int
+    sgd: int
+    mini: tuple[int, int]
+    sgd_head: bool
+    sgd_decay: bool
+    adam_head: bool
+    adam_decay: bool
+
+    @classmethod
+    def of(cls, hp: MemberHParams, n_train: int, plan: StepPlan) -> MemberGroups:
+        """The groups of ``hp``'s members (read on the host) under ``plan``: a flag the plan
+        turns off is off for every group (``StepPlan(adam=False)`` trains every member SGD)."""
+        opt, bs = hp["optimizer"].cpu(), hp["batch_size"].cpu()
+        adam = (opt == _ADAM) & plan.adam
+        mini = (bs < n_train) & plan.minibatch
+        head = (hp["adapt"].cpu() == _HEAD) & plan.head_only
+        decay = (hp["weight_decay"].cpu() != 0) & plan.decay
+        key = torch.where(adam, 3 - mini.long(), mini.long())
+        order = torch.argsort(key, stable=True)
+        n, sgd = int(key.numel()), int((~adam).sum())
+        lo = int((key == 0).sum())
+        hi = lo + int(((key == 1) | (key == 2)).sum())
+        same = bool(torch.equal(order, torch.arange(n)))
+        return cls(
+            None if same else order,
+            n,
+            sgd,
+            (lo, hi),
+            bool((head & ~adam).any()),
+            bool((decay & ~adam).any()),
+            bool((head & adam).any()),
+            bool((decay & adam).any()),
+        )
+
+
+GENERAL = StepPlan(grouped=False)
+
+
+def _clone(d: Params) -> Params:
+    return {k: v.clone() for k, v in d.items()}
 
 
 def _per(vec: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -290,7 +347,7 @@ class PopulationTrainer:
             new_v[k] = torch.where(_per(moves, p[k]), vk, v[k])
         return new_p, new_m, new_v, tn
 
-    def _sgd_step_(
+    def _group_grads(
         self,
         p: Params,
         t: torch.Tensor,
@@ -298,34 +355,118 @@ class PopulationTrainer:
         x: torch.Tensor,
         y: torch.Tensor,
         d: int | None,
-        body_keep: torch.Tensor | None,
-        plan: StepPlan,
-        inplace: bool,
+        mini: tuple[int, int],
+        scale: torch.Tensor,
+    ) -> Params:
+        """``_grads`` for members in ``MemberGroups`` order: the per-example losses of every
+        member in one vmapped forward, the hashed minibatch mask only for the rows ``mini``,
+        each member's loss times its ``scale`` (an SGD member's ``lr * active``, an Adam
+        member's ``active``), one backward."""
+        n = x.shape[1] if d == 0 else x.shape[0]
+        mdt = x.dtype if x.is_floating_point() else torch.float32
+
+        def examples(q: Params, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+            return per_example_loss(self.kind, functional_call(self.model, q, (xx,)), yy)
+
+        with torch.enable_grad():
+            leaves = {k: v.detach().requires_grad_() for k, v in p.items()}
+            per = vmap(examples, in_dims=(0, d, d))(leaves, x, y)
+            lo, hi = mini
+            if hi > lo:
+                idx = torch.arange(n, device=x.device).unsqueeze(0)
+                scores = hash_uniform(hp.seed[lo:hi].unsqueeze(1), t[lo:hi].unsqueeze(1), idx)
+                order = torch.argsort(scores, dim=1)
+                rank = torch.empty_like(order).scatter_(1, order, idx.expand_as(order))
+                batch = hp["batch_size"][lo:hi]
+                mask = (rank < batch.unsqueeze(1)).to(mdt)
+                losses = torch.cat(
+                    [
+                        per[:lo].sum(1) / n,
+                        (per[lo:hi] * mask).sum(1) / batch.clamp(min=1).to(mdt),
+                        per[hi:].sum(1) / n,
+                    ]
+                )
+            else:
+                losses = per.sum(1) / n
+            g = torch.autograd.grad((losses * scale).sum(), list(leaves.values()))
+        return dict(zip(leaves, g, strict=True))
+
+    def _grouped(
+        self,
+        p: Params,
+        m: Params,
+        v: Params,
+        t: torch.Tensor,
+        hp: MemberHParams,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        d: int | None,
+        groups: MemberGroups,
+        n_steps: int,
+        fresh: bool,
     ) -> torch.Tensor:
-        """One SGD step of every member with fused (``_foreach``) ops, ``p -= lr * active *
-        keep * (g + wd * p)`` (the same update as ``_step``'s SGD members, with ``lr * active``
-        folded into the loss): into ``p``'s tensors with ``inplace``, else into new tensors
-        set in ``p`` (the first step, so a call never copies its input weights). Returns the
-        new step counts."""
+        """``n_steps`` steps of members in ``groups`` order, in place: the SGD rows ``[0, s)``
+        as ``p -= lr * active * keep * (g + wd * p)`` with ``lr * active`` folded into the loss,
+        the Adam rows ``[s, n)`` as ``_step``'s Adam update (the same operations in the same
+        order) on their slices of ``p`` and of the moments ``m``/``v`` (which hold only the
+        Adam rows). Without ``fresh`` the tensors of ``p`` are the caller's and only an all-SGD
+        call gets here: its first step writes new tensors into ``p``. Returns the new step
+        counts; nothing here reads a tensor on the host."""
         dt = x.dtype if x.is_floating_point() else torch.float32
-        on = t < hp["steps"]
-        rate = hp["lr"].to(dt) * on.to(dt)
-        g = self._grads(p, t, hp, x, y, d, plan.minibatch, scale=rate)
+        dev, s, n = x.device, groups.sgd, groups.n
         names = list(p)
-        ps, gs = [p[k] for k in names], [g[k] for k in names]
-        if body_keep is not None:
-            body = [i for i, k in enumerate(names) if not self.head_mask[k]]
-            torch._foreach_mul_([gs[i] for i in body], [_per(body_keep, ps[i]) for i in body])
-        if plan.decay:
-            decay = rate * hp["weight_decay"].to(dt)
-            body_decay = decay if body_keep is None else decay * body_keep
-            rates = [_per(decay if self.head_mask[k] else body_decay, p[k]) for k in names]
-            torch._foreach_addcmul_(gs, ps, rates)
-        if inplace:
-            torch._foreach_sub_(ps, gs)
-        else:
-            p.update(zip(names, torch._foreach_sub(ps, gs), strict=True))
-        return t + on.long()
+        body = [not self.head_mask[k] for k in names]
+        limit = hp["steps"]
+        lr, wd = hp["lr"].to(dt), hp["weight_decay"].to(dt)
+        keep = 1.0 - (hp["adapt"] == _HEAD).to(dt)
+        lrs = torch.cat([lr[:s], torch.ones(n - s, dtype=dt, device=dev)])
+        na = n - s
+        h = {k: torch.empty_like(m[k]) for k in names} if na else {}
+        b2v, one = (
+            torch.full((na,), _B2, dtype=dt, device=dev),
+            torch.ones(na, dtype=dt, device=dev),
+        )
+        for _ in range(n_steps):
+            on = t < limit
+            onf = on.to(dt)
+            g = self._group_grads(p, t, hp, x, y, d, groups.mini, lrs * onf)
+            if s:
+                ps, gs = [p[k][:s] for k in names], [g[k][:s] for k in names]
+                if groups.sgd_head:
+                    bk = [i for i in range(len(names)) if body[i]]
+                    torch._foreach_mul_([gs[i] for i in bk], [_per(keep[:s], gs[i]) for i in bk])
+                if groups.sgd_decay:
+                    decay = lr[:s] * onf[:s] * wd[:s]
+                    body_decay = decay * keep[:s] if groups.sgd_head else decay
+                    rates = [
+                        _per(body_decay if b else decay, q) for b, q in zip(body, ps, strict=True)
+                    ]
+                    torch._foreach_addcmul_(gs, ps, rates)
+                if fresh:
+                    torch._foreach_sub_(ps, gs)
+                else:  # all SGD: ``ps`` are the whole tensors, the caller's
+                    p.update(zip(names, torch._foreach_sub(ps, gs), strict=True))
+                    fresh = True
+            if na:
+                on_a, onf_a = on[s:], onf[s:]
+                w1, d1 = (1 - _B1) * onf_a, torch.where(on_a, b2v, one)
+                tf = (t[s:] + on_a.long()).clamp(min=1).to(dt)
+                root2 = torch.sqrt(1 - _B2**tf)
+                step = -(lr[s:] * onf_a) / (1 - _B1**tf)
+                wd_on = wd[s:] * onf_a
+                for i, k in enumerate(names):
+                    pk, gk, mk, vk, hk = p[k][s:], g[k][s:], m[k], v[k], h[k]
+                    if groups.adam_decay:
+                        gk.addcmul_(pk, _per(wd_on, pk))
+                    if groups.adam_head and body[i]:
+                        gk.mul_(_per(keep[s:], gk))
+                    mk.lerp_(gk, _per(w1, mk))
+                    vk.mul_(_per(d1, vk)).addcmul_(gk, gk, value=1 - _B2)
+                    torch.sqrt(vk, out=hk).div_(_per(root2, hk)).add_(_EPS)
+                    torch.div(mk, hk, out=gk)
+                    pk.addcmul_(gk, _per(step, gk))
+            t = t + on.long()
+        return t
 
     def train(
         self,
@@ -336,29 +477,101 @@ class PopulationTrainer:
         n_steps: int,
         per_member_data: bool = False,
         plan: StepPlan | None = None,
+        *,
+        members: torch.Tensor | None = None,
+        inplace: bool = False,
     ) -> PopulationState:
         """Run ``n_steps`` steps for every member (members past their ``max_steps`` stay put).
 
         ``plan`` (default: ``StepPlan.of`` the members, one host read per call) chooses the
-        work each step does; ``GENERAL`` forces the path that handles every member kind."""
+        work each step does; ``GENERAL`` forces the path that handles every member kind.
+        ``members`` (indices) trains only those members, the others keep their state.
+        ``inplace`` writes the result into ``state``'s tensors (a caller that owns them: a
+        ``Population``); otherwise ``state`` is left as it was and tensors the call did not
+        change (the moments of a call without Adam members) are shared with it."""
         d = 0 if per_member_data else None
         n_train = int(x.shape[1] if per_member_data else x.shape[0])
-        plan = plan if plan is not None else StepPlan.of(hp, n_train)
+        sel = hp if members is None else hp.index(members.cpu())
+        plan = plan if plan is not None else StepPlan.of(sel, n_train)
+        if not plan.grouped:
+            return self._train_general(state, hp, x, y, n_steps, d, plan, members, inplace)
+        groups = MemberGroups.of(sel, n_train, plan)
+        rows = groups.order
+        if members is not None:
+            rows = members.cpu() if rows is None else members.cpu()[rows]
+        s, dev = groups.sgd, x.device
+        with torch.no_grad():
+            if rows is None:  # every member, already in group order: no gather
+                hpw, xw, yw = hp.to(dev), x, y
+                p, t = dict(state.params), state.step
+                fresh = inplace
+                if s < groups.n and not inplace:
+                    p, fresh = {k: q.clone() for k, q in p.items()}, True
+                m_out = state.m if inplace or s == groups.n else _clone(state.m)
+                v_out = state.v if inplace or s == groups.n else _clone(state.v)
+                mw, vw = ({k: q[s:] for k, q in d_.items()} for d_ in (m_out, v_out))
+                t = self._grouped(p, mw, vw, t, hpw, xw, yw, d, groups, n_steps, fresh)
+                return PopulationState(p, m_out, v_out, t)
+            r = rows.to(dev)
+            ra = r[s:]
+            hpw = hp.index(rows).to(dev)
+            xw, yw = (x[r], y[r]) if per_member_data else (x, y)
+            p = {k: q.index_select(0, r) for k, q in state.params.items()}
+            mw = {k: q.index_select(0, ra) for k, q in state.m.items()}
+            vw = {k: q.index_select(0, ra) for k, q in state.v.items()}
+            tw = self._grouped(p, mw, vw, state.step[r], hpw, xw, yw, d, groups, n_steps, True)
+            if inplace:
+                out = state
+                for whole, part, at in ((out.params, p, r), (out.m, mw, ra), (out.v, vw, ra)):
+                    for k in whole:
+                        whole[k].index_copy_(0, at, part[k])
+                out.step.index_copy_(0, r, tw)
+                return out
+
+            def put(whole: Params, part: Params, at: torch.Tensor) -> Params:
+                if at.numel() == 0:
+                    return whole
+                return {k: q.index_copy(0, at, part[k]) for k, q in whole.items()}
+
+            return PopulationState(
+                put(state.params, p, r),
+                put(state.m, mw, ra),
+                put(state.v, vw, ra),
+                state.step.index_copy(0, r, tw),
+            )
+
+    def _train_general(
+        self,
+        state: PopulationState,
+        hp: MemberHParams,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        n_steps: int,
+        d: int | None,
+        plan: StepPlan,
+        members: torch.Tensor | None,
+        inplace: bool,
+    ) -> PopulationState:
+        """The general path (``GENERAL``): every member through ``_step``'s masked update."""
+        if members is not None:
+            idx = members.to(state.step.device)
+            xs, ys = (x[idx.to(x.device)], y[idx.to(x.device)]) if d == 0 else (x, y)
+            sub = self._train_general(
+                state.index(idx), hp.index(members.cpu()), xs, ys, n_steps, d, plan, None, False
+            )
+            out = state if inplace else state.index(slice(None))
+            for whole, part in ((out.params, sub.params), (out.m, sub.m), (out.v, sub.v)):
+                for k in whole:
+                    whole[k][idx] = part[k]
+            out.step[idx] = sub.step
+            return out
         hp = hp.to(x.device)
         adam, head_only = hp["optimizer"] == _ADAM, hp["adapt"] == _HEAD
         with torch.no_grad():
-            if plan.adam:
-                p, m, v, t = state.params, state.m, state.v, state.step
-                for _ in range(n_steps):
-                    p, m, v, t = self._step(p, m, v, t, hp, x, y, d, adam, head_only, plan)
-                return PopulationState(p, m, v, t)
-            p, t = dict(state.params), state.step
-            dt = x.dtype if x.is_floating_point() else torch.float32
-            body_keep = (1.0 - head_only.to(dt)) if plan.head_only else None
-            for i in range(n_steps):
-                t = self._sgd_step_(p, t, hp, x, y, d, body_keep, plan, inplace=i > 0)
-            # no member's moments moved: the new state shares them with ``state``
-            return PopulationState(p, state.m, state.v, t)
+            p, m, v, t = state.params, state.m, state.v, state.step
+            for _ in range(n_steps):
+                p, m, v, t = self._step(p, m, v, t, hp, x, y, d, adam, head_only, plan)
+            return PopulationState(p, m, v, t)
 
     def evaluate(
         self, params: Params, x: torch.Tensor, y: torch.Tensor, per_member_data: bool = False

@@ -1,0 +1,180 @@
+"""The grouped population step on populations that mix optimizers (float64).
+
+Members of every kind, in an order that interleaves them, trained by the grouped path
+(``MemberGroups``: SGD and Adam members in contiguous slices, minibatch members in one run)
+against the looped ``torch.optim`` reference member by member, and against the general path
+(``GENERAL``) with moments and step counts; subsets (``members=``) and in-place training
+(``inplace=``, what ``Population`` does) change nothing of any member's numbers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from raymeta.core.models import ModelSpec, build_model
+from raymeta.finetune.population import Population
+from raymeta.finetune.reference import ref_train_member
+from raymeta.finetune.step import (
+    GENERAL,
+    MemberGroups,
+    MemberHParams,
+    PopulationState,
+    PopulationTrainer,
+    StepPlan,
+)
+
+N_TRAIN, N_STEPS = 9, 8
+# interleaved kinds: the grouped path reorders them (sgd-full, sgd-mini, adam-mini, adam-full)
+MIXED: list[dict[str, Any]] = [
+    {"lr": 0.01, "optimizer": "adam", "weight_decay": 0.05},
+    {"lr": 0.05},
+    {"lr": 0.02, "optimizer": "adam", "batch_size": 4, "adapt": "head"},
+    {"lr": 0.03, "weight_decay": 0.1, "batch_size": 3},
+    {"lr": 0.04, "optimizer": "adam", "steps": 3},  # stops early, mid-call
+    {"lr": 0.1, "adapt": "head", "steps": 5},
+    {"lr": 0.02, "optimizer": "adam", "batch_size": 2, "weight_decay": 0.01, "steps": 6},
+    {"lr": 0.06, "batch_size": 100},  # larger than the data: full batch
+    {"lr": 0.03, "optimizer": "adam", "adapt": "head", "weight_decay": 0.02, "batch_size": 5},
+    {"lr": 0.02, "batch_size": 1, "adapt": "head", "weight_decay": 0.03, "steps": 1},
+]
+SEEDS = [21 + 3 * i for i in range(len(MIXED))]
+
+
+def _setup(
+    configs: list[dict[str, Any]], per_member: bool
+) -> tuple[PopulationTrainer, PopulationState, MemberHParams, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("mlp", (2,), 1, {"widths": [6, 5]})).double()
+    init = {k: v.detach().clone() for k, v in model.named_parameters()}
+    g = torch.Generator().manual_seed(5)
+    shape = (len(configs), N_TRAIN, 2) if per_member else (N_TRAIN, 2)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    y = torch.sin(x.sum(-1, keepdim=True))
+    hp = MemberHParams.from_configs(configs, SEEDS[: len(configs)], N_TRAIN)
+    state = PopulationState.from_params(init, len(configs))
+    return PopulationTrainer(model, "regression"), state, hp, x, y
+
+
+def _close(a: PopulationState, b: PopulationState) -> None:
+    for part in ("params", "m", "v"):
+        for k, want in getattr(b, part).items():
+            torch.testing.assert_close(getattr(a, part)[k], want, rtol=1e-11, atol=1e-13)
+    assert torch.equal(a.step, b.step)
+
+
+def test_groups_are_contiguous_and_ordered() -> None:
+    _, _, hp, _, _ = _setup(MIXED, per_member=False)
+    groups = MemberGroups.of(hp, N_TRAIN, StepPlan.of(hp, N_TRAIN))
+    assert groups.order is not None
+    order = groups.order.tolist()
+    assert sorted(order) == list(range(len(MIXED)))
+    adam = [MIXED[i].get("optimizer") == "adam" for i in order]
+    mini = [MIXED[i].get("batch_size", N_TRAIN) < N_TRAIN for i in order]
+    assert adam == [False] * groups.sgd + [True] * (len(MIXED) - groups.sgd)
+    lo, hi = groups.mini
+    assert mini == [r in range(lo, hi) for r in range(len(MIXED))]
+    assert (groups.sgd_head, groups.sgd_decay, groups.adam_head, groups.adam_decay) == (
+        True,
+        True,
+        True,
+        True,
+    )
+    # members already in group order need no gather; a plan without Adam has no Adam group
+    ordered = hp.index(groups.order)
+    assert MemberGroups.of(ordered, N_TRAIN, StepPlan.of(ordered, N_TRAIN)).order is None
+    assert MemberGroups.of(hp, N_TRAIN, StepPlan(adam=False)).sgd == len(MIXED)
+
+
+@pytest.mark.parametrize("per_member", [False, True], ids=["shared-data", "per-member-data"])
+def test_mixed_population_matches_looped_reference(per_member: bool) -> None:
+    trainer, state, hp, x, y = _setup(MIXED, per_member)
+    out = trainer.train(state, hp, x, y, N_STEPS, per_member_data=per_member)
+    for i, cfg in enumerate(MIXED):
+        init = {k: v[i] for k, v in state.params.items()}
+        xi, yi = (x[i], y[i]) if per_member else (x, y)
+        want = ref_train_member(trainer.model, "regression", init, cfg, SEEDS[i], xi, yi, N_STEPS)
+        for k, w in want.items():
+            torch.testing.assert_close(out.params[k][i], w, rtol=1e-9, atol=1e-11)
+        assert int(out.step[i]) == min(N_STEPS, cfg.get("steps", N_STEPS))
+        if cfg.get("adapt") == "head":  # the body stayed exactly at the init
+            for k in init:
+                if not k.startswith("head."):
+                    assert torch.equal(out.params[k][i], init[k]), (i, k)
+        if cfg.get("optimizer") != "adam":  # an SGD member's moments never move
+            assert all(float(v[i].abs().max()) == 0 for v in out.m.values())
+
+
+@pytest.mark.parametrize("per_member", [False, True], ids=["shared-data", "per-member-data"])
+def test_grouped_path_equals_general_path(per_member: bool) -> None:
+    trainer, state, hp, x, y = _setup(MIXED, per_member)
+    before = {k: v.clone() for k, v in state.state_dict().items()}
+    fast = trainer.train(state, hp, x, y, N_STEPS, per_member_data=per_member)
+    general = trainer.train(state, hp, x, y, N_STEPS, per_member_data=per_member, plan=GENERAL)
+    _close(fast, general)
+    assert all(torch.equal(state.state_dict()[k], v) for k, v in before.items())  # untouched
+    # resuming (moments and step counts carried) is the same as one call
+    half = trainer.train(state, hp, x, y, 3, per_member_data=per_member)
+    _close(trainer.train(half, hp, x, y, N_STEPS - 3, per_member_data=per_member), fast)
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["copy", "in-place"])
+def test_a_subset_of_members_trains_alone(inplace: bool) -> None:
+    """``members=`` trains those members exactly as a population of them alone; the others
+    keep their weights, moments and steps (what ``Population.train`` does with members that
+    reached their limit)."""
+    trainer, state, hp, x, y = _setup(MIXED, per_member=True)
+    warm = trainer.train(state, hp, x, y, 2, per_member_data=True)
+    some = torch.tensor([8, 0, 3, 6, 1])
+    alone = trainer.train(warm.index(some), hp.index(some), x[some], y[some], 4, True)
+    keep = {k: v.clone() for k, v in warm.state_dict().items()}
+    target = warm.index(slice(None)) if inplace else warm
+    out = trainer.train(target, hp, x, y, 4, True, members=some, inplace=inplace)
+    assert (out is target) == inplace
+    _close(out.index(some), alone)
+    rest = [i for i in range(len(MIXED)) if i not in some.tolist()]
+    _close(out.index(rest), PopulationState.from_state_dict(keep).index(rest))
+    if not inplace:
+        assert all(torch.equal(warm.state_dict()[k], v) for k, v in keep.items())
+
+
+def test_population_trains_in_place_only_its_own_copy() -> None:
+    """A ``Population`` copies the state it was given once, then trains in place: the
+    caller's tensors never change, and the numbers are the trainer's."""
+    trainer, state, hp, x, y = _setup(MIXED, per_member=True)
+    spec = ModelSpec("mlp", (2,), 1, {"widths": [6, 5]})
+    given = {k: v.clone() for k, v in state.state_dict().items()}
+    pop = Population(spec, "regression", "mlp", MIXED, SEEDS, state, horizon=None)
+    pop.trainer = trainer  # the same float64 model
+    pop.train(x, y, 3, per_member_data=True)
+    pop.train(x, y, N_STEPS - 3, per_member_data=True)  # some members are done by now
+    assert all(torch.equal(state.state_dict()[k], v) for k, v in given.items())
+    want = trainer.train(state, hp, x, y, N_STEPS, per_member_data=True, plan=GENERAL)
+    _close(pop.state, want)
+
+
+def test_members_at_different_budgets_cost_only_their_steps() -> None:
+    """Members stop at their own ``steps`` inside one call; nothing of theirs moves after."""
+    configs = [
+        {**c, "steps": s} for c, s in zip(MIXED, (1, 2, 3, 4, 5, 6, 7, 8, 2, 1), strict=True)
+    ]
+    trainer, state, hp, x, y = _setup(configs, per_member=False)
+    out = trainer.train(state, hp, x, y, N_STEPS)
+    assert out.step.tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 2, 1]
+    again = trainer.train(out, hp, x, y, 3)
+    _close(again, out)
+    _close(out, trainer.train(state, hp, x, y, N_STEPS, plan=GENERAL))
+
+
+def test_perturb_sign_draw_is_the_choice_stream() -> None:
+    """``Prior.perturb`` draws its step sign with ``integers(0, 2)`` where it used
+    ``choice((-1, 1))``: the same values from the same stream (exploits are unchanged)."""
+    for seed in range(50):
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        for _ in range(20):
+            assert (a.random(), a.choice((-1.0, 1.0))) == (
+                b.random(),
+                (-1.0, 1.0)[int(b.integers(0, 2))],
+            )
