@@ -151,8 +151,11 @@ def _omniglot(budget: str, path: str) -> list[Setting]:
     out = []
     for name in names:
         ways, shots, k, lr, mb = grid[name]
-        if budget == "full":  # about 5 (5-way) / 10 (20-way) minutes of one GPU, by design
-            steps, pre = (12_000, 12_000) if ways == 5 else (6_000, 6_000)
+        if budget == "full":
+            # sized from the Conv4 throughput measured on an H100 / H200 (~1,100 tasks/s at
+            # meta-batch 32, one inner step; BENCHMARKS.md "GPU"): ~4 min of 5-way and ~9 min
+            # of 20-way meta-training (5 inner steps, 4x the images); not yet run on a GPU
+            steps, pre = (8_000, 4_000) if ways == 5 else (1_500, 1_000)
         if budget == "cpu":
             k, mb = 1, 8
         if budget == "smoke":
