@@ -32,6 +32,7 @@ import torch
 from raymeta.core.checkpoint import Candidate
 from raymeta.core.models import footprint
 from raymeta.finetune.curves import Curves
+from raymeta.finetune.picks import refit_config, train_and_val
 from raymeta.finetune.population import (
     SWEEP_RULE,
     Evaluation,
@@ -46,9 +47,11 @@ from raymeta.finetune.population import (
 )
 from raymeta.finetune.run import (
     PopulationResult,
+    best_group,
     check_run,
     conclude,
     member_groups,
+    member_start,
     merge_evaluations,
 )
 from raymeta.finetune.step import MemberHParams, PopulationState
@@ -56,6 +59,7 @@ from raymeta.memory import member_bytes as estimate_member_bytes
 from raymeta.priors import Prior
 from raymeta.tasks import Task
 
+Params = dict[str, torch.Tensor]
 BATCH_MEMORY = 1 << 30  # bytes one packed population may take (weights, moments, data)
 MAX_BATCH_MEMBERS = 16384
 
@@ -312,18 +316,69 @@ def _run_packed(
             curves[i].add(merge_evaluations(parts, list(groups[i].values())))
         for name, log in logs.items():
             apply_copies(pops[name], log)
+    subs = {i: [slice_population(pops[name], lo, hi) for name, lo, hi in where[i]] for i in which}
+    members = {i: list(groups[i].values()) for i in which}
+    refits = packed_refits(units, subs, members, candidates, init) if "refit" in picks else {}
     out = {}
     for i in which:
-        sub = [slice_population(pops[name], lo, hi) for name, lo, hi in where[i]]
         out[i] = conclude(
             units[i].task,
             candidates,
-            sub,
-            list(groups[i].values()),
+            subs[i],
+            members[i],
             init=init,
             seed=units[i].seed,
             picks=picks,
             curves=curves[i],
             t0=t0,
+            refitted=refits.get(i),
         )
+    return out
+
+
+def packed_refits(
+    units: Sequence[Unit],
+    subs: Mapping[int, Sequence[Population]],
+    members: Mapping[int, list[list[int]]],
+    candidates: Mapping[str, Candidate],
+    init: str,
+) -> dict[int, tuple[Params, int]]:
+    """The ``refit`` pick's training of every unit ``subs`` holds (unit -> its groups, whose
+    members are ``members`` in its configs order), packed: one population per model of one
+    member per unit, each on its own task's train + val, each for its own snapshot's steps.
+    Returns unit -> (weights, steps spent), what ``picks.refit_params`` gives it alone (a
+    one-member population on the same data: the same numbers up to the rounding of packed
+    matmuls). A refit is one member run per unit: alone it is a Python loop of that many
+    steps per unit, which costs a sweep of ``auto`` units more than all its populations."""
+    jobs: dict[str, list[tuple[int, dict[str, Any], int, PopulationState, Task]]] = {}
+    out: dict[int, tuple[Params, int]] = {}
+    for i, pops in subs.items():
+        task = units[i].task
+        g, _ = best_group(pops, members[i])
+        pop = pops[g]
+        best = pop.best()
+        n_rows = len(task.x_train) + len(task.x_val)
+        cfg, steps = refit_config(best, len(task.x_train), n_rows)
+        member = members[i][g][best.member]
+        start = member_start(
+            candidates[pop.name], init, units[i].seed, member, data_dtype(task.x_train)
+        )
+        if steps < 1:
+            out[i] = ({k: v[0].clone() for k, v in start.params.items()}, 0)
+        else:
+            jobs.setdefault(pop.name, []).append((i, cfg, pop.seeds[best.member], start, task))
+    for name, js in jobs.items():
+        first = js[0][3].params
+        state = PopulationState.from_stacked(
+            {k: torch.cat([j[3].params[k] for j in js]) for k in first}
+        )
+        spec = candidates[name].spec
+        configs, seeds = [j[1] for j in js], [j[2] for j in js]
+        pop = Population(spec, js[0][4].kind, name, configs, seeds, state, keep_best=False)
+        data = [train_and_val(j[4]) for j in js]
+        x, y = torch.stack([d[0] for d in data]), torch.stack([d[1] for d in data])
+        taken = pop.train(x, y, max(int(c["steps"]) for c in configs), per_member_data=True)
+        for r, j in enumerate(js):
+            params = {k: v[r].clone() for k, v in pop.state.params.items()}
+            out[j[0]] = (params, int(taken[r]))
     return out

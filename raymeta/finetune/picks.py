@@ -88,6 +88,14 @@ def train_and_val(task: Task) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([task.x_train, task.x_val]), torch.cat([task.y_train, task.y_val])
 
 
+def refit_config(best: Best, n_train: int, n_rows: int) -> tuple[dict[str, Any], int]:
+    """The config a refit of ``best`` trains (``n_rows`` rows: train + val) and its steps."""
+    cfg = dict(best.config)
+    if cfg.get("batch_size") is None or int(cfg["batch_size"]) >= n_train:
+        cfg["batch_size"] = n_rows  # full batch stays full batch
+    return cfg, int(cfg.get("steps") or 0)
+
+
 def refit_params(
     pop: Population,
     best: Best,
@@ -98,10 +106,7 @@ def refit_params(
     """``best``'s config trained from ``start`` on ``data`` (train + val; ``n_train`` rows of it
     are the train split) for the snapshot's steps; returns the weights and the steps spent."""
     x, y = data
-    cfg = dict(best.config)
-    steps = int(cfg.get("steps") or 0)
-    if cfg.get("batch_size") is None or int(cfg["batch_size"]) >= n_train:
-        cfg["batch_size"] = len(x)  # full batch stays full batch
+    cfg, steps = refit_config(best, n_train, len(x))
     if steps < 1:
         return {k: v[0].clone() for k, v in start.params.items()}, 0
     one = Population(
@@ -118,8 +123,14 @@ def refit_params(
     return {k: v[0].detach().clone() for k, v in one.state.params.items()}, int(taken.sum())
 
 
-def refit_pick(pop: Population, start: PopulationState, task: Task) -> Pick:
-    """The ``refit`` rule for ``pop``'s best snapshot, trained from ``start``.
+def refit_pick(
+    pop: Population,
+    start: PopulationState,
+    task: Task,
+    refitted: tuple[Params, int] | None = None,
+) -> Pick:
+    """The ``refit`` rule for ``pop``'s best snapshot, trained from ``start`` (or the weights
+    and steps of that training, ``refitted``: batched sweeps train many units' refits packed).
 
     A refit that fits train + val, the data it trained on, worse than the snapshot it
     replaces (or not at all: NaN, inf) has a config that diverged or under-trained from the
@@ -127,7 +138,11 @@ def refit_pick(pop: Population, start: PopulationState, task: Task) -> Pick:
     configs): the snapshot is kept (``fallback``). Uses no test data."""
     best = pop.best()
     data = train_and_val(task)
-    params, spent = refit_params(pop, best, start, len(task.x_train), data)
+    params, spent = (
+        refitted
+        if refitted is not None
+        else refit_params(pop, best, start, len(task.x_train), data)
+    )
     new = pop.score(params, *data)["test_loss"]
     failed = not math.isfinite(new) or new > pop.score(best.params, *data)["test_loss"]
     kept = best.params if failed else params
@@ -146,13 +161,15 @@ def final_pick(
     task: Task,
     init_state: InitState,
     soup_ok: bool,
+    refitted: tuple[Params, int] | None = None,
 ) -> Pick:
     """Apply ``rule`` to ``pop`` (the population holding the best snapshot) and test the result
     once. ``init_state(m)`` gives member ``m``'s initial weights (for ``refit``); ``soup_ok`` is
-    False where members do not share an init (scratch): ``soup`` is then ``best``."""
+    False where members do not share an init (scratch): ``soup`` is then ``best``.
+    ``refitted``: see ``refit_pick``."""
     check_pick(rule)
     if rule == "refit":
-        return refit_pick(pop, init_state(pop.best_member()), task)
+        return refit_pick(pop, init_state(pop.best_member()), task, refitted)
     best = pop.best()
     if rule == "soup" and soup_ok:
         members = soup_members(pop)

@@ -43,6 +43,7 @@ from raymeta.priors import Prior, Priors
 from raymeta.tasks import Task
 
 INITS = ("meta", "scratch")
+Params = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -167,6 +168,25 @@ def member_groups(
     return groups
 
 
+def best_group(pops: Sequence[Population], members: list[list[int]]) -> tuple[int, list[Best]]:
+    """Which of ``pops`` (groups whose members are ``members`` in ``configs`` order) holds
+    the best snapshot, and each group's best (``member``: its index in ``configs``)."""
+    bests = [p.best() for p in pops]
+    for b, idx in zip(bests, members, strict=True):
+        b.member = idx[b.member]  # the member's index in ``configs``
+    g = min(range(len(pops)), key=lambda j: (bests[j].val_loss, bests[j].at, bests[j].member))
+    return g, bests
+
+
+def member_start(
+    cand: Candidate, init: str, seed: int, member: int, dtype: torch.dtype
+) -> PopulationState:
+    """Member ``member``'s (index in ``configs``) one-member initial state, as
+    ``run_population`` seeded it."""
+    params = cand.params if init == "meta" else None
+    return initial_state(cand.spec, params, [seed * 10_007 + member], dtype)
+
+
 def conclude(
     task: Task,
     candidates: Mapping[str, Candidate],
@@ -178,22 +198,21 @@ def conclude(
     picks: Sequence[str],
     curves: Curves,
     t0: float,
+    refitted: tuple[Params, int] | None = None,
 ) -> PopulationResult:
     """A finished run's result: the best snapshot of all groups (``pops``, whose members are
-    ``members`` in ``configs`` order) and each final pick of the group holding it."""
+    ``members`` in ``configs`` order) and each final pick of the group holding it
+    (``refitted``: the ``refit`` pick's training, done already; see ``picks.refit_pick``)."""
     dtype = data_dtype(task.x_train)
-    bests = [p.best() for p in pops]
-    for b, idx in zip(bests, members, strict=True):
-        b.member = idx[b.member]  # the member's index in ``configs``
-    g = min(range(len(pops)), key=lambda j: (bests[j].val_loss, bests[j].at, bests[j].member))
+    g, bests = best_group(pops, members)
     cand, idx = candidates[pops[g].name], members[g]
 
     def start(m: int) -> PopulationState:  # member m of the group, as run_population seeded it
-        return initial_state(
-            cand.spec, cand.params if init == "meta" else None, [seed * 10_007 + idx[m]], dtype
-        )
+        return member_start(cand, init, seed, idx[m], dtype)
 
-    chosen = {rule: final_pick(rule, pops[g], task, start, init == "meta") for rule in picks}
+    chosen = {
+        rule: final_pick(rule, pops[g], task, start, init == "meta", refitted) for rule in picks
+    }
     return PopulationResult(
         curves, bests[g], chosen[picks[0]].test, time.perf_counter() - t0, chosen
     )
