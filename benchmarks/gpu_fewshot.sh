@@ -5,7 +5,8 @@
 #
 # Usage (repo root; OUT = a folder for the logs and JSON records):
 #   OUT=/tmp/out OMNIGLOT=/path/to/omniglot bash benchmarks/gpu_fewshot.sh [SETTING ...]
-# SETTING defaults to 5w1s (the target: >= 99.3% with <= 5 min of meta-training); 20w1s (target
+# SETTING defaults to "5w1s 5w1s-mamlpp" (plain MAML, then MAML++, sharing one pretrained
+# baseline; the target is >= 99.3% with <= 5 min of meta-training); "20w1s 20w1s-mamlpp" (target
 # >= 96.5%, <= 10 min) takes a call of its own. The Omniglot archives (5.6 MB) must travel with
 # the working tree: copy them under shared/omniglot/ (or carry them) and the default finds them.
 #
@@ -23,12 +24,11 @@ if [ -d .whl ]; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-SETTINGS=("$@"); [ ${#SETTINGS[@]} -eq 0 ] && SETTINGS=(5w1s)
-for s in "${SETTINGS[@]}"; do
-  echo "== omniglot $s, full budget, cuda"
-  # 5-way settings are sized for ~5 min of meta-training, 20-way for ~10 (one setting per call)
-  timeout 580 python3 -m raymeta.cli.main bench fewshot --suite omniglot --budget full \
-    --setting "$s" --device cuda --data-path "$OMNIGLOT" --out "$OUT/omniglot_$s.json" \
-    2>&1 | tee "$OUT/omniglot_$s.log" || echo "omniglot $s rc=$?"
-done
+SETTINGS=("$@"); [ ${#SETTINGS[@]} -eq 0 ] && SETTINGS=(5w1s 5w1s-mamlpp)
+args=(); for s in "${SETTINGS[@]}"; do args+=(--setting "$s"); done
+tag=$(IFS=_; echo "${SETTINGS[*]}")
+echo "== omniglot ${SETTINGS[*]}, full budget, cuda"
+timeout 590 python3 -m raymeta.cli.main bench fewshot --suite omniglot --budget full "${args[@]}" \
+  --device cuda --data-path "$OMNIGLOT" --out "$OUT/omniglot_$tag.json" \
+  2>&1 | tee "$OUT/omniglot_$tag.log" || echo "omniglot rc=$?"
 echo "== done"

@@ -104,7 +104,7 @@ def _sinusoid(budget: str) -> list[Setting]:
     }
     paper = {**base, "algo": "maml", "inner_steps": 1, "inner_lr": 0.01, "outer_lr": 1e-3}
     tuned = {**base, "algo": "maml", "inner_steps": 5, "inner_lr": 0.01, "outer_lr": 1e-3}
-    steps = {"smoke": (3, 3), "cpu": (15_000, 5_000), "full": (70_000, 70_000)}[budget]
+    steps = {"smoke": (3, 3), "cpu": (10_000, 4_000), "full": (70_000, 70_000)}[budget]
     episodes = 20 if budget == "smoke" else 500
     pre = {"smoke": 3, "cpu": 3_000, "full": 10_000}[budget]
     smoke = budget == "smoke"
@@ -130,7 +130,26 @@ def _sinusoid(budget: str) -> list[Setting]:
             meta={**tuned, "steps": steps[1]},
             **common,  # type: ignore[arg-type]
         ),
+        Setting(
+            "sinusoid",
+            "K5-mamlpp",
+            meta={**tuned, **maml_plus_plus(steps[1]), "steps": steps[1]},
+            **common,  # type: ignore[arg-type]
+        ),
     ]
+
+
+def maml_plus_plus(steps: int) -> dict[str, Any]:
+    """MAML++'s meta-train options (Antoniou et al. 2019) for a run of ``steps`` outer steps:
+    the multi-step loss over the first fifth, learned per-layer per-step inner rates (LSLR),
+    cosine annealing of the outer rate, first-order for the first tenth."""
+    return {
+        "multi_step_loss": max(steps // 5, 1),
+        "learn_inner_lr": True,
+        "outer_schedule": "cosine",
+        "outer_lr_min": 1e-5,
+        "first_order_until": steps // 10,
+    }
 
 
 def _omniglot(budget: str, path: str) -> list[Setting]:
@@ -145,19 +164,24 @@ def _omniglot(budget: str, path: str) -> list[Setting]:
         names, hidden, steps, pre, episodes = ["5w1s"], 16, 2, 2, 10
         fam_base["image_size"] = 14
     elif budget == "cpu":
-        names, hidden, steps, pre, episodes = ["5w1s"], 32, 300, 300, 200
+        names, hidden, steps, pre, episodes = ["5w1s"], 32, 150, 150, 200
     else:
-        names, hidden, steps, pre, episodes = list(grid), 64, 0, 0, 600
+        names, hidden, steps, pre, episodes = [], 64, 0, 0, 600
+        for n in grid:  # each standard setting with plain MAML, then with MAML++
+            names += [n, f"{n}-mamlpp"]
     out = []
     for name in names:
-        ways, shots, k, lr, mb = grid[name]
+        plus = name.endswith("-mamlpp")
+        ways, shots, k, lr, mb = grid[name.removesuffix("-mamlpp")]
         if budget == "full":
             # sized from the Conv4 throughput measured on an H100 / H200 (~1,100 tasks/s at
             # meta-batch 32, one inner step; BENCHMARKS.md "GPU"): ~4 min of 5-way and ~9 min
             # of 20-way meta-training (5 inner steps, 4x the images); not yet run on a GPU
-            steps, pre = (8_000, 4_000) if ways == 5 else (1_500, 1_000)
+            steps, pre = (3_000, 2_000) if ways == 5 else (1_000, 600)
+            if plus:  # 5 inner steps (MAML++'s Omniglot setting): about 5x a 1-step MAML step
+                k, lr, steps = 5, 0.1, (2_000 if ways == 5 else 800)
         if budget == "cpu":
-            k, mb = 1, 8
+            k, mb = 1, 4
         if budget == "smoke":
             k, mb = 1, 2
         meta = {
@@ -170,6 +194,8 @@ def _omniglot(budget: str, path: str) -> list[Setting]:
             "meta_batch": mb,
             "steps": steps,
         }
+        if plus:
+            meta.update(maml_plus_plus(steps))
         out.append(
             Setting(
                 "omniglot",
@@ -181,7 +207,7 @@ def _omniglot(budget: str, path: str) -> list[Setting]:
                 ft_steps=2 if budget == "smoke" else 10,
                 report_steps=(2,) if budget == "smoke" else (10,),
                 priors=_priors(budget),
-                anchors=OMNIGLOT_ANCHORS[name],
+                anchors=OMNIGLOT_ANCHORS[name.removesuffix("-mamlpp")],
             )
         )
     return out
@@ -190,7 +216,7 @@ def _omniglot(budget: str, path: str) -> list[Setting]:
 def _digits(budget: str) -> list[Setting]:
     steps, pre, episodes, hidden = {
         "smoke": (2, 2, 10, 16),
-        "cpu": (1_000, 1_000, 600, 32),
+        "cpu": (400, 400, 600, 32),
         "full": (10_000, 10_000, 600, 64),
     }[budget]
     out = []
@@ -202,7 +228,7 @@ def _digits(budget: str) -> list[Setting]:
             "inner_steps": 1,
             "inner_lr": 0.4,
             "outer_lr": 1e-3,
-            "meta_batch": 2 if budget == "smoke" else 16,
+            "meta_batch": {"smoke": 2, "cpu": 8, "full": 16}[budget],
             "steps": steps,
         }
         out.append(
@@ -372,7 +398,8 @@ def _train(setting: Setting, algo: str, steps: int, seed: int, device: str, log:
     from raymeta.core.train import MetaTrainConfig, meta_train
 
     meta = dict(setting.meta)
-    if algo == "pretrain":
+    if algo == "pretrain":  # no inner loop, so none of MAML++'s inner-loop options
+        meta = {k: v for k, v in meta.items() if k not in maml_plus_plus(1)}
         meta.update(algo="pretrain", inner_steps=0)
     cfg = MetaTrainConfig(
         family=setting.family,
@@ -458,9 +485,11 @@ def run_setting(
     meta_cfg, meta_how = pick_config(meta_pri.portfolio, None, budget_steps, n_train)
     pre_all, pre_all_how = pick_config(pre_pri.portfolio, "all", budget_steps, n_train)
     pre_head, pre_head_how = pick_config(pre_pri.portfolio, "head", budget_steps, n_train)
-    algo = str(setting.meta["algo"]).upper()
+    algo = "MAML++" if setting.meta.get("learn_inner_lr") else str(setting.meta["algo"]).upper()
+    # MAML++ learns its own per-step inner rates: SGD at the inner lr is not its paper's protocol
+    proto = "fixed SGD protocol" if algo == "MAML++" else "paper protocol"
     plan = [
-        ("meta", f"raymeta {algo} init, paper protocol", meta_ckpt, "meta", fixed, "fixed"),
+        ("meta", f"raymeta {algo} init, {proto}", meta_ckpt, "meta", fixed, "fixed"),
         ("meta", f"raymeta {algo} init + learned priors", meta_ckpt, "meta", meta_cfg, meta_how),
         ("pretrain", "pretrain + fine-tune (paper protocol)", pre_ckpt, "meta", fixed, "fixed"),
         ("pretrain", "pretrain + fine-tune (priors)", pre_ckpt, "meta", pre_all, pre_all_how),
@@ -600,7 +629,7 @@ def render(records: Sequence[Mapping[str, Any]]) -> list[str]:
             lines.append(f"{row['row']:<44}{cells}  {describe(row['config'])}")
         mt = rec["meta_train"]
         lines.append(
-            f"(meta-train: {mt['algo']} {mt['steps']} steps, {mt['inner_steps']} inner x lr "
+            f"(meta-train: {'MAML++' if mt.get('learn_inner_lr') else mt['algo']} {mt['steps']} steps, {mt['inner_steps']} inner x lr "
             f"{mt['inner_lr']}, meta-batch {mt['meta_batch']}, {mt['seconds']:.0f} s; pretrain "
             f"{rec['pretrain']['steps']} steps, {rec['pretrain']['seconds']:.0f} s; priors fit "
             f"{rec['priors']['seconds']:.0f} s)"
