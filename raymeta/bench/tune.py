@@ -175,7 +175,12 @@ def run(args: argparse.Namespace) -> int:
     from raymeta.orchestration.ray_runtime import ray_context
 
     task_options = parse_options(args.task_options, "task")
-    with tempfile.TemporaryDirectory(prefix="raymeta-bench-tune-") as d, ray_context(None):
+    # one Ray session for every run below (``run_tune`` reuses it), without idle prestarted
+    # workers that Tune's trial actors cannot use
+    with (
+        tempfile.TemporaryDirectory(prefix="raymeta-bench-tune-") as d,
+        ray_context(None, prestart_workers=False),
+    ):
         work = Path(d)
         meta = (
             Path(args.meta)

@@ -34,9 +34,18 @@ LOOPBACK = "127.0.0.1"
 _LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def local_init_kwargs() -> dict[str, Any]:
-    """The ``ray.init`` arguments of raymeta's embedded Ray (use inside ``loopback_only``)."""
-    return {"_node_ip_address": LOOPBACK, "include_dashboard": False}
+def local_init_kwargs(*, prestart_workers: bool = True) -> dict[str, Any]:
+    """The ``ray.init`` arguments of raymeta's embedded Ray (use inside ``loopback_only``).
+
+    ``prestart_workers=False``: the raylet does not start one idle Python worker per CPU when
+    the driver connects. Why: Ray Tune gives its trial actors a ``runtime_env`` (env vars), so
+    the raylet starts fresh worker processes for them and never uses those idle ones; on a
+    small machine their start-up (each imports Ray) only competes for CPU with the driver and
+    the trial processes (``raymeta tune``). Ray tasks (sweeps) do use them: keep the default."""
+    kwargs: dict[str, Any] = {"_node_ip_address": LOOPBACK, "include_dashboard": False}
+    if not prestart_workers:
+        kwargs["_system_config"] = {"prestart_worker_first_driver": False}
+    return kwargs
 
 
 @contextlib.contextmanager
@@ -63,12 +72,12 @@ def loopback_only() -> Iterator[None]:
             os.environ[_LOCAL_ONLY_ENV] = old_env
 
 
-def start_local_ray(**kwargs: Any) -> None:
+def start_local_ray(*, prestart_workers: bool = True, **kwargs: Any) -> None:
     """``ray.init`` of an embedded, loopback-only Ray; ``kwargs`` add to ``local_init_kwargs``."""
     import ray
 
     with loopback_only():
-        ray.init(**{**local_init_kwargs(), **kwargs})
+        ray.init(**{**local_init_kwargs(prestart_workers=prestart_workers), **kwargs})
         node_ip = ray.util.get_node_ip_address()
     if node_ip != LOOPBACK:  # a Ray upgrade changed the mechanism: never run exposed
         ray.shutdown()
@@ -149,8 +158,13 @@ def ray_context(
     num_gpus: int | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     quiet: bool = True,
+    prestart_workers: bool = True,
 ) -> Iterator[None]:
-    """Run the block with Ray available; only a Ray started here is shut down here."""
+    """Run the block with Ray available; only a Ray started here is shut down here.
+
+    An already-initialised Ray is used as it is, so a process that runs several Ray jobs in a
+    row (``raymeta bench tune``, ``raymeta quickstart``, a notebook) starts Ray once.
+    ``prestart_workers`` applies to an embedded Ray started here (``local_init_kwargs``)."""
     import ray
 
     if ray.is_initialized():
@@ -163,7 +177,12 @@ def ray_context(
         before = _reaper.descendants(os.getpid()) if sys.platform.startswith("linux") else set()
         try:
             with _quiet_auth_notice(quiet):
-                start_local_ray(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+                start_local_ray(
+                    num_cpus=num_cpus,
+                    num_gpus=num_gpus,
+                    prestart_workers=prestart_workers,
+                    **kwargs,
+                )
         except ClusterError:
             raise
         except Exception as exc:  # Ray raises bare Exception when its node fails to start

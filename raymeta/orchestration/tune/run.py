@@ -469,7 +469,8 @@ def _run(request: TuneRequest, verbose: int, crash_marker: str | None) -> dict[s
     # before Ray starts, and so before anything (Tune included) reads a pickle from there
     resume = _trusted_resume(signer, out / HISTORY_FILE)
     t0 = time.perf_counter()
-    with ray_context(request.address):
+    # no idle prestarted workers: Tune's trial actors cannot use them (``local_init_kwargs``)
+    with ray_context(request.address, prestart_workers=False):
         check_resources(
             cpus=request.cpus_per_trial, gpus=request.gpus_per_trial, what="a tune trial"
         )
