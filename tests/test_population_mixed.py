@@ -72,20 +72,61 @@ def test_groups_are_contiguous_and_ordered() -> None:
     order = groups.order.tolist()
     assert sorted(order) == list(range(len(MIXED)))
     adam = [MIXED[i].get("optimizer") == "adam" for i in order]
+    head = [MIXED[i].get("adapt") == "head" for i in order]
     mini = [MIXED[i].get("batch_size", N_TRAIN) < N_TRAIN for i in order]
-    assert adam == [False] * groups.sgd + [True] * (len(MIXED) - groups.sgd)
-    lo, hi = groups.mini
-    assert mini == [r in range(lo, hi) for r in range(len(MIXED))]
-    assert (groups.sgd_head, groups.sgd_decay, groups.adam_head, groups.adam_decay) == (
-        True,
-        True,
-        True,
-        True,
-    )
+    n, s = len(MIXED), groups.sgd
+    assert adam == [False] * s + [True] * (n - s)
+    assert head == [
+        r in range(groups.sgd_all, s) or r in range(s, groups.adam_all) for r in range(n)
+    ]
+    segs = groups.segments
+    assert [(g.lo, g.hi, g.head) for g in segs] == [
+        (0, groups.sgd_all, False),
+        (groups.sgd_all, groups.adam_all, True),
+        (groups.adam_all, n, False),
+    ]
+    for g in segs:  # every minibatch row of a segment is inside its run
+        assert all(g.mini[0] <= r < g.mini[1] for r in range(g.lo, g.hi) if mini[r])
+    assert groups.sgd_decay and groups.adam_decay
     # members already in group order need no gather; a plan without Adam has no Adam group
     ordered = hp.index(groups.order)
     assert MemberGroups.of(ordered, N_TRAIN, StepPlan.of(ordered, N_TRAIN)).order is None
-    assert MemberGroups.of(hp, N_TRAIN, StepPlan(adam=False)).sgd == len(MIXED)
+    assert MemberGroups.of(hp, N_TRAIN, StepPlan(adam=False)).sgd == n
+    # no head-only member: one forward and backward for everyone
+    alls = MemberGroups.of(hp, N_TRAIN, StepPlan(head_only=False))
+    assert [(g.lo, g.hi, g.head) for g in alls.segments] == [(0, n, False)]
+
+
+@pytest.mark.parametrize(
+    "adapt", ["head", "all"], ids=["every-member-head-only", "no-member-head-only"]
+)
+def test_one_segment_populations_match_general_path(adapt: str) -> None:
+    """Populations of one kind of adaptation (a learned prior often gives every member
+    ``head``): one segment; the same numbers as the general path."""
+    configs = [{**c, "adapt": adapt} for c in MIXED]
+    trainer, state, hp, x, y = _setup(configs, per_member=True)
+    groups = MemberGroups.of(hp, N_TRAIN, StepPlan.of(hp, N_TRAIN))
+    assert [g.head for g in groups.segments] == [adapt == "head"]
+    fast = trainer.train(state, hp, x, y, N_STEPS, per_member_data=True)
+    _close(fast, trainer.train(state, hp, x, y, N_STEPS, True, plan=GENERAL))
+
+
+def test_a_member_switched_to_head_only_keeps_its_body() -> None:
+    """PBT may switch a member's ``adapt`` from ``all`` to ``head`` after its body moments
+    moved: from then on its body and body moments stay as they are (only ``head.*`` moves),
+    in the grouped path and the general one alike."""
+    trainer, state, hp, x, y = _setup(MIXED, per_member=True)
+    warm = trainer.train(state, hp, x, y, 2, per_member_data=True)
+    switched = [{**c, "adapt": "head"} if c.get("adapt", "all") == "all" else c for c in MIXED]
+    hp2 = MemberHParams.from_configs(switched, SEEDS, N_TRAIN)
+    fast = trainer.train(warm, hp2, x, y, 4, per_member_data=True)
+    _close(fast, trainer.train(warm, hp2, x, y, 4, True, plan=GENERAL))
+    body = [k for k in warm.params if not k.startswith("head.")]
+    adam = [i for i, c in enumerate(MIXED) if c.get("optimizer") == "adam" and "adapt" not in c]
+    assert adam and any(float(warm.m[k][adam].abs().max()) > 0 for k in body)
+    for k in body:
+        assert torch.equal(fast.params[k], warm.params[k])
+        assert torch.equal(fast.m[k], warm.m[k]) and torch.equal(fast.v[k], warm.v[k])
 
 
 @pytest.mark.parametrize("per_member", [False, True], ids=["shared-data", "per-member-data"])

@@ -125,7 +125,7 @@ def refit_params(
 
 def refit_pick(
     pop: Population,
-    start: PopulationState,
+    start: PopulationState | None,
     task: Task,
     refitted: tuple[Params, int] | None = None,
 ) -> Pick:
@@ -138,11 +138,11 @@ def refit_pick(
     configs): the snapshot is kept (``fallback``). Uses no test data."""
     best = pop.best()
     data = train_and_val(task)
-    params, spent = (
-        refitted
-        if refitted is not None
-        else refit_params(pop, best, start, len(task.x_train), data)
-    )
+    if refitted is None:
+        if start is None:
+            raise ValueError("refit_pick needs the initial weights or the refit's result")
+        refitted = refit_params(pop, best, start, len(task.x_train), data)
+    params, spent = refitted
     new = pop.score(params, *data)["test_loss"]
     failed = not math.isfinite(new) or new > pop.score(best.params, *data)["test_loss"]
     kept = best.params if failed else params
@@ -169,7 +169,8 @@ def final_pick(
     ``refitted``: see ``refit_pick``."""
     check_pick(rule)
     if rule == "refit":
-        return refit_pick(pop, init_state(pop.best_member()), task, refitted)
+        start = init_state(pop.best_member()) if refitted is None else None
+        return refit_pick(pop, start, task, refitted)
     best = pop.best()
     if rule == "soup" and soup_ok:
         members = soup_members(pop)

@@ -185,49 +185,79 @@ class StepPlan:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """Working rows ``[lo, hi)`` that share one forward and backward: ``head`` members adapt
+    only the head (no gradient flows into the body), and the rows ``mini`` (a run inside
+    ``[lo, hi)``, maybe empty) draw minibatches. A full-batch row inside that run gets the
+    whole split as its minibatch (the hash mask keeps every row), the same loss."""
+
+    lo: int
+    hi: int
+    head: bool
+    mini: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class MemberGroups:
     """A ``train`` call's members in the order its steps work on (decided once per call, on
-    the host): SGD members full batch, SGD minibatch, Adam minibatch, Adam full batch. So the
-    SGD members are the rows ``[0, sgd)``, the Adam members ``[sgd, n)`` and the members that
-    draw minibatches one contiguous run ``mini``: each group's work is on a slice (a view),
-    no Adam math touches an SGD member and no hash a full-batch one.
+    the host), by optimizer, then adapt, then batch::
+
+        SGD: all+full, all+mini, head+mini, head+full | Adam: head+full, head+mini, all+mini, all+full
+
+    so the SGD members are the rows ``[0, sgd)`` (those that move their body ``[0, sgd_all)``),
+    the Adam members ``[sgd, n)`` (those that move their body ``[adam_all, n)``), the head-only
+    members one run, and each ``Segment`` (at most three: all, head, all; one without head-only
+    members) has its minibatch rows in one run. Each group's work is on slices (views): no Adam
+    math touches an SGD member, no body gradient or update a head-only member, no hash a
+    full-batch segment.
 
     ``order[r]`` is the member (index into the call's members) at working row ``r``; ``None``
-    when the members already are in that order. The flags say whether any member of a group
-    adapts only its head or has weight decay."""
+    when the members already are in that order. ``sgd_decay`` / ``adam_decay``: some member of
+    the group has weight decay."""
 
     order: torch.Tensor | None
     n: int
     sgd: int
-    mini: tuple[int, int]
-    sgd_head: bool
+    sgd_all: int
+    adam_all: int
+    segments: tuple[Segment, ...]
     sgd_decay: bool
-    adam_head: bool
     adam_decay: bool
 
     @classmethod
     def of(cls, hp: MemberHParams, n_train: int, plan: StepPlan) -> MemberGroups:
         """The groups of ``hp``'s members (read on the host) under ``plan``: a flag the plan
-        turns off is off for every group (``StepPlan(adam=False)`` trains every member SGD)."""
-        opt, bs = hp["optimizer"].cpu(), hp["batch_size"].cpu()
-        adam = (opt == _ADAM) & plan.adam
-        mini = (bs < n_train) & plan.minibatch
+        turns off is off for every member (``StepPlan(adam=False)`` trains every member SGD)."""
+        adam = (hp["optimizer"].cpu() == _ADAM) & plan.adam
+        mini = ((hp["batch_size"].cpu() < n_train) & plan.minibatch).long()
         head = (hp["adapt"].cpu() == _HEAD) & plan.head_only
         decay = (hp["weight_decay"].cpu() != 0) & plan.decay
-        key = torch.where(adam, 3 - mini.long(), mini.long())
+        key = torch.where(
+            adam, torch.where(head, 4 + mini, 7 - mini), torch.where(head, 3 - mini, mini)
+        )
         order = torch.argsort(key, stable=True)
-        n, sgd = int(key.numel()), int((~adam).sum())
-        lo = int((key == 0).sum())
-        hi = lo + int(((key == 1) | (key == 2)).sum())
+        n = int(key.numel())
+        at = [int((key < k).sum()) for k in range(9)]  # rows before kind k
+        if at[6] == at[2]:  # no head-only member: one segment
+            cuts = [(0, n, False)]
+        else:
+            cuts = [(0, at[2], False), (at[2], at[6], True), (at[6], n, False)]
+        is_mini = mini[order].bool()
+        segments = []
+        for lo, hi, hd in cuts:
+            if hi > lo:
+                rows = torch.nonzero(is_mini[lo:hi]).flatten()
+                run = (lo + int(rows[0]), lo + int(rows[-1]) + 1) if rows.numel() else (lo, lo)
+                segments.append(Segment(lo, hi, hd, run))
         same = bool(torch.equal(order, torch.arange(n)))
         return cls(
             None if same else order,
             n,
-            sgd,
-            (lo, hi),
-            bool((head & ~adam).any()),
+            at[4],
+            at[2],
+            at[6],
+            tuple(segments),
             bool((decay & ~adam).any()),
-            bool((head & adam).any()),
             bool((decay & adam).any()),
         )
 
@@ -319,7 +349,9 @@ class PopulationTrainer:
         broadcast over each parameter's trailing dimensions). ``adam`` and ``head_only`` are the
         members' optimizer and adapt choices as masks, computed once per ``train`` call. The
         moments move only on a member's own Adam steps, so an SGD member costs the same
-        whether or not it is packed with Adam members (``_sgd_step_``)."""
+        whether or not it is packed with Adam members; a head-only member's body and its body
+        moments do not move at all (not even by momentum a member that adapted everything
+        before a PBT explore switched it to ``head`` carries: only ``head.*`` moves)."""
         g = self._grads(p, t, hp, x, y, d, plan.minibatch)
         dt = x.dtype if x.is_floating_point() else torch.float32
         limit = hp["steps"]
@@ -329,25 +361,24 @@ class PopulationTrainer:
         lr, wd = hp["lr"].to(dt), hp["weight_decay"].to(dt)
         body_keep = 1.0 - head_only.to(dt)
         moves = (t < limit) & adam
+        body_moves = moves & ~head_only
         new_p, new_m, new_v = {}, {}, {}
         for k in p:
-            keep = (
-                _per(body_keep, p[k])
-                if not self.head_mask[k]
-                else torch.ones((), dtype=dt, device=x.device)
-            )
+            head = self.head_mask[k]
+            keep = _per(body_keep, p[k]) if not head else torch.ones((), dtype=dt, device=x.device)
             gk = (g[k] + _per(wd, p[k]) * p[k]) * keep
             mk = _B1 * m[k] + (1 - _B1) * gk
             vk = _B2 * v[k] + (1 - _B2) * gk * gk
             bias1, bias2 = _per(1 - _B1**tf, p[k]), _per(1 - _B2**tf, p[k])
             adam_upd = (mk / bias1) / (torch.sqrt(vk / bias2) + _EPS)
             upd = torch.where(_per(adam, p[k]), adam_upd, gk)
-            new_p[k] = p[k] - _per(lr, p[k]) * _per(active, p[k]) * upd
-            new_m[k] = torch.where(_per(moves, p[k]), mk, m[k])
-            new_v[k] = torch.where(_per(moves, p[k]), vk, v[k])
+            new_p[k] = p[k] - _per(lr, p[k]) * _per(active, p[k]) * keep * upd
+            mv = _per(moves if head else body_moves, p[k])
+            new_m[k] = torch.where(mv, mk, m[k])
+            new_v[k] = torch.where(mv, vk, v[k])
         return new_p, new_m, new_v, tn
 
-    def _group_grads(
+    def _segment_grads(
         self,
         p: Params,
         t: torch.Tensor,
@@ -355,41 +386,51 @@ class PopulationTrainer:
         x: torch.Tensor,
         y: torch.Tensor,
         d: int | None,
-        mini: tuple[int, int],
+        seg: Segment,
         scale: torch.Tensor,
     ) -> Params:
-        """``_grads`` for members in ``MemberGroups`` order: the per-example losses of every
-        member in one vmapped forward, the hashed minibatch mask only for the rows ``mini``,
-        each member's loss times its ``scale`` (an SGD member's ``lr * active``, an Adam
-        member's ``active``), one backward."""
+        """``_grads`` of the working rows of ``seg``: the per-example losses of its members in
+        one vmapped forward, the hashed minibatch mask only for its rows ``seg.mini``, each
+        member's loss times its ``scale`` (an SGD member's ``lr * active``, an Adam member's
+        ``active``), one backward; for a head-only segment the body is a constant (gradients
+        of the head only)."""
+        lo, hi = seg.lo, seg.hi
         n = x.shape[1] if d == 0 else x.shape[0]
         mdt = x.dtype if x.is_floating_point() else torch.float32
+        xs, ys = (x[lo:hi], y[lo:hi]) if d == 0 else (x, y)
 
         def examples(q: Params, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
             return per_example_loss(self.kind, functional_call(self.model, q, (xx,)), yy)
 
         with torch.enable_grad():
-            leaves = {k: v.detach().requires_grad_() for k, v in p.items()}
-            per = vmap(examples, in_dims=(0, d, d))(leaves, x, y)
-            lo, hi = mini
-            if hi > lo:
+            q = {k: v[lo:hi].detach() for k, v in p.items()}
+            wrt = [k for k in q if self.head_mask[k] or not seg.head]
+            for k in wrt:
+                q[k].requires_grad_()
+            per = vmap(examples, in_dims=(0, d, d))(q, xs, ys)
+            a, b = seg.mini[0] - lo, seg.mini[1] - lo
+            if b > a:
                 idx = torch.arange(n, device=x.device).unsqueeze(0)
-                scores = hash_uniform(hp.seed[lo:hi].unsqueeze(1), t[lo:hi].unsqueeze(1), idx)
+                scores = hash_uniform(
+                    hp.seed[seg.mini[0] : seg.mini[1]].unsqueeze(1),
+                    t[seg.mini[0] : seg.mini[1]].unsqueeze(1),
+                    idx,
+                )
                 order = torch.argsort(scores, dim=1)
                 rank = torch.empty_like(order).scatter_(1, order, idx.expand_as(order))
-                batch = hp["batch_size"][lo:hi]
+                batch = hp["batch_size"][seg.mini[0] : seg.mini[1]]
                 mask = (rank < batch.unsqueeze(1)).to(mdt)
                 losses = torch.cat(
                     [
-                        per[:lo].sum(1) / n,
-                        (per[lo:hi] * mask).sum(1) / batch.clamp(min=1).to(mdt),
-                        per[hi:].sum(1) / n,
+                        per[:a].sum(1) / n,
+                        (per[a:b] * mask).sum(1) / batch.clamp(min=1).to(mdt),
+                        per[b:].sum(1) / n,
                     ]
                 )
             else:
                 losses = per.sum(1) / n
-            g = torch.autograd.grad((losses * scale).sum(), list(leaves.values()))
-        return dict(zip(leaves, g, strict=True))
+            g = torch.autograd.grad((losses * scale[lo:hi]).sum(), [q[k] for k in wrt])
+        return dict(zip(wrt, g, strict=True))
 
     def _grouped(
         self,
@@ -403,50 +444,64 @@ class PopulationTrainer:
         d: int | None,
         groups: MemberGroups,
         n_steps: int,
-        fresh: bool,
     ) -> torch.Tensor:
         """``n_steps`` steps of members in ``groups`` order, in place: the SGD rows ``[0, s)``
-        as ``p -= lr * active * keep * (g + wd * p)`` with ``lr * active`` folded into the loss,
-        the Adam rows ``[s, n)`` as ``_step``'s Adam update (the same operations in the same
-        order) on their slices of ``p`` and of the moments ``m``/``v`` (which hold only the
-        Adam rows). Without ``fresh`` the tensors of ``p`` are the caller's and only an all-SGD
-        call gets here: its first step writes new tensors into ``p``. Returns the new step
-        counts; nothing here reads a tensor on the host."""
+        as ``p -= lr * active * (g + wd * p)`` with ``lr * active`` folded into the loss, the
+        Adam rows ``[s, n)`` as ``_step``'s Adam update on their slices of ``p`` and of the
+        moments ``m``/``v`` (which hold only the Adam rows), written as ``torch.optim``'s Adam
+        writes it (``m.lerp_``, ``p += -lr / bias1 * m / (sqrt(v) / sqrt(bias2) + eps)``: 11
+        in-place passes, one buffer, where ``_step`` makes 20 tensors); a head-only member's
+        body, and its body moments, are not touched. An inactive Adam member's gradient is zero
+        (its loss weight is) and its decay, moment weights and step are zero, so nothing of it
+        moves. Returns the new step counts; nothing here reads a tensor on the host."""
         dt = x.dtype if x.is_floating_point() else torch.float32
         dev, s, n = x.device, groups.sgd, groups.n
         names = list(p)
-        body = [not self.head_mask[k] for k in names]
+        head = [self.head_mask[k] for k in names]
         limit = hp["steps"]
         lr, wd = hp["lr"].to(dt), hp["weight_decay"].to(dt)
-        keep = 1.0 - (hp["adapt"] == _HEAD).to(dt)
         lrs = torch.cat([lr[:s], torch.ones(n - s, dtype=dt, device=dev)])
-        na = n - s
-        h = {k: torch.empty_like(m[k]) for k in names} if na else {}
+        na, sa, aa = n - s, groups.sgd_all, groups.adam_all
+        # the rows each parameter moves: head parameters every member's, body ones only the
+        # members that adapt everything ([0, sgd_all) of SGD, [adam_all, n) of Adam)
+        sgd_rows = [(0, s if hd else sa) for hd in head]
+        adam_rows = [(s if hd else aa, n) for hd in head]
+        h = {k: torch.empty_like(m[k][r[0] - s :]) for k, r in zip(names, adam_rows, strict=True)}
         b2v, one = (
             torch.full((na,), _B2, dtype=dt, device=dev),
             torch.ones(na, dtype=dt, device=dev),
         )
+
+        def grad_rows(g: Params, k: str, hd: bool, lo: int, hi: int) -> torch.Tensor:
+            """Rows ``[lo, hi)`` (working order) of ``g[k]``: a head parameter's gradient has
+            every row, a body parameter's only the all-members' segments' (the head-only rows
+            ``[sgd_all, adam_all)`` between them have none)."""
+            off = 0 if hd or lo < sa else aa - sa
+            return g[k][lo - off : hi - off]
+
         for _ in range(n_steps):
             on = t < limit
             onf = on.to(dt)
-            g = self._group_grads(p, t, hp, x, y, d, groups.mini, lrs * onf)
+            scale = lrs * onf
+            parts = [self._segment_grads(p, t, hp, x, y, d, sg, scale) for sg in groups.segments]
+            g: Params = {}
+            for k in names:
+                have = [part[k] for part in parts if k in part]
+                g[k] = p[k][:0] if not have else have[0] if len(have) == 1 else torch.cat(have)
+
             if s:
-                ps, gs = [p[k][:s] for k in names], [g[k][:s] for k in names]
-                if groups.sgd_head:
-                    bk = [i for i in range(len(names)) if body[i]]
-                    torch._foreach_mul_([gs[i] for i in bk], [_per(keep[:s], gs[i]) for i in bk])
+                ps = [p[k][lo:hi] for k, (lo, hi) in zip(names, sgd_rows, strict=True)]
+                gs = [
+                    grad_rows(g, k, hd, lo, hi)
+                    for k, hd, (lo, hi) in zip(names, head, sgd_rows, strict=True)
+                ]
                 if groups.sgd_decay:
                     decay = lr[:s] * onf[:s] * wd[:s]
-                    body_decay = decay * keep[:s] if groups.sgd_head else decay
                     rates = [
-                        _per(body_decay if b else decay, q) for b, q in zip(body, ps, strict=True)
+                        _per(decay[lo:hi], q) for q, (lo, hi) in zip(ps, sgd_rows, strict=True)
                     ]
                     torch._foreach_addcmul_(gs, ps, rates)
-                if fresh:
-                    torch._foreach_sub_(ps, gs)
-                else:  # all SGD: ``ps`` are the whole tensors, the caller's
-                    p.update(zip(names, torch._foreach_sub(ps, gs), strict=True))
-                    fresh = True
+                torch._foreach_sub_(ps, gs)
             if na:
                 on_a, onf_a = on[s:], onf[s:]
                 w1, d1 = (1 - _B1) * onf_a, torch.where(on_a, b2v, one)
@@ -454,17 +509,21 @@ class PopulationTrainer:
                 root2 = torch.sqrt(1 - _B2**tf)
                 step = -(lr[s:] * onf_a) / (1 - _B1**tf)
                 wd_on = wd[s:] * onf_a
-                for i, k in enumerate(names):
-                    pk, gk, mk, vk, hk = p[k][s:], g[k][s:], m[k], v[k], h[k]
+                for k, hd, (lo, hi) in zip(names, head, adam_rows, strict=True):
+                    r = slice(lo - s, hi - s)  # the rows of the Adam-only vectors and moments
+
+                    def per(vec: torch.Tensor, like: torch.Tensor, r: slice = r) -> torch.Tensor:
+                        return _per(vec[r], like)
+
+                    pk, gk, hk = p[k][lo:hi], grad_rows(g, k, hd, lo, hi), h[k]
+                    mk, vk = m[k][r], v[k][r]
                     if groups.adam_decay:
-                        gk.addcmul_(pk, _per(wd_on, pk))
-                    if groups.adam_head and body[i]:
-                        gk.mul_(_per(keep[s:], gk))
-                    mk.lerp_(gk, _per(w1, mk))
-                    vk.mul_(_per(d1, vk)).addcmul_(gk, gk, value=1 - _B2)
-                    torch.sqrt(vk, out=hk).div_(_per(root2, hk)).add_(_EPS)
+                        gk.addcmul_(pk, per(wd_on, pk))
+                    mk.lerp_(gk, per(w1, mk))
+                    vk.mul_(per(d1, vk)).addcmul_(gk, gk, value=1 - _B2)
+                    torch.sqrt(vk, out=hk).div_(per(root2, hk)).add_(_EPS)
                     torch.div(mk, hk, out=gk)
-                    pk.addcmul_(gk, _per(step, gk))
+                    pk.addcmul_(gk, per(step, gk))
             t = t + on.long()
         return t
 
@@ -503,14 +562,11 @@ class PopulationTrainer:
         with torch.no_grad():
             if rows is None:  # every member, already in group order: no gather
                 hpw, xw, yw = hp.to(dev), x, y
-                p, t = dict(state.params), state.step
-                fresh = inplace
-                if s < groups.n and not inplace:
-                    p, fresh = {k: q.clone() for k, q in p.items()}, True
+                p = dict(state.params) if inplace else _clone(state.params)
                 m_out = state.m if inplace or s == groups.n else _clone(state.m)
                 v_out = state.v if inplace or s == groups.n else _clone(state.v)
                 mw, vw = ({k: q[s:] for k, q in d_.items()} for d_ in (m_out, v_out))
-                t = self._grouped(p, mw, vw, t, hpw, xw, yw, d, groups, n_steps, fresh)
+                t = self._grouped(p, mw, vw, state.step, hpw, xw, yw, d, groups, n_steps)
                 return PopulationState(p, m_out, v_out, t)
             r = rows.to(dev)
             ra = r[s:]
@@ -519,7 +575,7 @@ class PopulationTrainer:
             p = {k: q.index_select(0, r) for k, q in state.params.items()}
             mw = {k: q.index_select(0, ra) for k, q in state.m.items()}
             vw = {k: q.index_select(0, ra) for k, q in state.v.items()}
-            tw = self._grouped(p, mw, vw, state.step[r], hpw, xw, yw, d, groups, n_steps, True)
+            tw = self._grouped(p, mw, vw, state.step[r], hpw, xw, yw, d, groups, n_steps)
             if inplace:
                 out = state
                 for whole, part, at in ((out.params, p, r), (out.m, mw, ra), (out.v, vw, ra)):

@@ -63,6 +63,12 @@ def _family(meta: str, options: str) -> TaskFamily:
     return make_family(resize_splits(ckpt.family, opts, "sweep: task_options key"))
 
 
+@functools.lru_cache(maxsize=8)
+def _auto(meta: str) -> Strategy:
+    """``auto`` of a checkpoint, resolved once per worker (it reads the priors' record)."""
+    return resolve_auto(cached_checkpoint(meta))[0]
+
+
 def plan_unit(unit: dict[str, Any], cfg: SweepConfig) -> UnitPlan:
     """Resolve one unit; ``auto`` runs what strategy selection measured: a default fine-tune
     as long as a member (``steps_per_member``), where a named fixed default runs
@@ -71,7 +77,7 @@ def plan_unit(unit: dict[str, Any], cfg: SweepConfig) -> UnitPlan:
     family = _family(unit["meta"], json.dumps(cfg.task_options, sort_keys=True))
     task = family.task("test", int(unit["task"]))
     auto = unit["strategy"] == AUTO
-    strat = resolve_auto(ckpt)[0] if auto else Strategy.parse(unit["strategy"])
+    strat = _auto(unit["meta"]) if auto else Strategy.parse(unit["strategy"])
     steps = cfg.fixed_steps if strat.fixed and not auto else cfg.steps_per_member
     return UnitPlan(ckpt, strat, task, steps, int(unit["seed"]), int(unit["task"]))
 
