@@ -194,6 +194,7 @@ def slice_population(pop: Population, lo: int, hi: int) -> Population:
         pop.state.index(slice(lo, hi)),
         horizon=pop.horizon,
         keep_best=pop.keep_best,
+        trainer=pop.trainer,
     )
     t = {k: v if k == "evaluations" else v[lo:hi] for k, v in pop.tensors().items()}
     sub.restore(t, pop.best_configs[lo:hi])

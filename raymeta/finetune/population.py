@@ -158,13 +158,19 @@ class Population:
         *,
         horizon: int | None = None,
         keep_best: bool = True,
+        trainer: PopulationTrainer | None = None,
     ) -> None:
+        """``trainer``: another population's of the same ``spec`` and ``kind`` to share (a
+        trainer holds no member state; building its model is most of a small population's
+        set-up, and batched sweeps slice thousands of populations out of one)."""
         self.spec, self.kind, self.name = spec, kind, name
         self.configs: list[Config] = [dict(c) for c in configs]
         self.seeds = [int(s) for s in seeds]
         self.state = state
         self.horizon, self.keep_best = horizon, keep_best
-        self.trainer = PopulationTrainer(build_model(spec), kind)
+        self.trainer = (
+            trainer if trainer is not None else PopulationTrainer(build_model(spec), kind)
+        )
         n, dev = len(self.configs), state.step.device
         self.best_params: Params = (
             {k: v.clone() for k, v in state.params.items()} if keep_best else {}

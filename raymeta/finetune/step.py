@@ -632,7 +632,9 @@ class PopulationTrainer:
     def evaluate(
         self, params: Params, x: torch.Tensor, y: torch.Tensor, per_member_data: bool = False
     ) -> dict[str, torch.Tensor]:
-        """Per-member mean loss (and accuracy for classification) on ``(x, y)``."""
+        """Per-member mean loss (and accuracy for classification) on ``(x, y)``. One member on
+        shared data is one plain forward (a vmap's set-up costs more than a small model's
+        forward, and final picks score thousands of single weights)."""
         d = 0 if per_member_data else None
 
         def one(q: Params, xx: torch.Tensor, yy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -641,7 +643,12 @@ class PopulationTrainer:
             return per_example_loss(self.kind, out, yy).mean(), acc
 
         with torch.no_grad():
-            loss, acc = vmap(one, in_dims=(0, d, d))(params, x, y)
+            if d is None and next(iter(params.values())).shape[0] == 1:  # no vmap for one
+                loss, acc = (
+                    r.unsqueeze(0) for r in one({k: v[0] for k, v in params.items()}, x, y)
+                )
+            else:
+                loss, acc = vmap(one, in_dims=(0, d, d))(params, x, y)
         out = {"loss": loss}
         if self.kind == "classification":
             out["accuracy"] = acc
