@@ -43,6 +43,8 @@ SUITES = ("omniglot", "sinusoid", "digits")
 BUDGETS = ("smoke", "cpu", "full")
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 OMNIGLOT_ENV = "RAYMETA_OMNIGLOT"
+PRIORS_PICKS = ("val", "first")  # how a learned-priors row picks its config (``pick_config``)
+VAL_EPISODES = 64  # meta-val episodes ``val`` picks on
 
 # published anchors (percent accuracy; sinusoid: MSE after 1 / 5 / 10 steps)
 OMNIGLOT_ANCHORS: dict[str, dict[str, float]] = {
@@ -373,22 +375,40 @@ def finetune_episodes(
     return out
 
 
-def pick_config(
+def portfolio_configs(
     portfolio: Sequence[Mapping[str, Any]], adapt: str | None, budget: int, n_train: int
-) -> tuple[dict[str, Any], str]:
-    """The first portfolio config (its best) with ``adapt`` (any when None), its steps capped at
-    the budget; without one of that ``adapt``, the first config with ``adapt`` set (said so)."""
-    how = "priors portfolio #1"
-    match = [c for c in portfolio if adapt is None or c.get("adapt", "all") == adapt]
-    if match:
-        cfg = dict(match[0])
-        how = f"priors portfolio #{list(portfolio).index(match[0]) + 1}"
+) -> list[tuple[dict[str, Any], str]]:
+    """The portfolio's configs with ``adapt`` (any when None), in portfolio order, steps capped
+    at the budget and minibatches at the support set; without one of that ``adapt``, the first
+    config with ``adapt`` set (said so). Each with where it came from."""
+    idx = [i for i, c in enumerate(portfolio) if adapt is None or c.get("adapt", "all") == adapt]
+    if idx:
+        out = [(dict(portfolio[i]), f"priors portfolio #{i + 1}") for i in idx]
     else:
-        cfg = dict(portfolio[0], adapt=adapt)
-        how += f" with adapt={adapt} (no {adapt} config in the portfolio)"
-    cfg["steps"] = min(int(cfg.get("steps", budget)), budget)
-    cfg["batch_size"] = min(int(cfg.get("batch_size", n_train)), n_train)
-    return cfg, how
+        out = [(dict(portfolio[0], adapt=adapt), f"priors portfolio #1 with adapt={adapt}")]
+    for cfg, _ in out:
+        cfg["steps"] = min(int(cfg.get("steps", budget)), budget)
+        cfg["batch_size"] = min(int(cfg.get("batch_size", n_train)), n_train)
+    return out
+
+
+def pick_config(
+    options: Sequence[tuple[dict[str, Any], str]],
+    how: str,
+    score: Callable[[dict[str, Any]], float],
+    higher: bool,
+) -> tuple[dict[str, Any], str]:
+    """``first``: the portfolio's first config (the fit puts a safe one there: it must improve on
+    most meta-val tasks); ``val``: the config with the best mean ``score`` on meta-val tasks
+    (NaN and inf count as worst), which is how a tuner would choose among the portfolio."""
+    if how == "first" or len(options) == 1:
+        return options[0]
+    worst = -math.inf if higher else math.inf
+    scores = [score(c) for c, _ in options]
+    scores = [v if math.isfinite(v) else worst for v in scores]
+    best = (max if higher else min)(range(len(options)), key=scores.__getitem__)
+    cfg, src = options[best]
+    return cfg, f"{src}, best of {len(options)} on meta-val"
 
 
 def describe(cfg: Mapping[str, Any]) -> str:
@@ -458,6 +478,7 @@ def run_setting(
     episodes: int | None,
     log: Log,
     cache: dict[str, Any] | None = None,
+    priors_pick: str = "val",
 ) -> dict[str, Any]:
     """Train the inits, fit their priors and score every row (module docstring) on the test
     episodes; returns the setting's record (rows with per-step intervals). ``cache`` shares
@@ -479,6 +500,7 @@ def run_setting(
             setting.pretrain_steps,
             n_ep,
             seed,
+            priors_pick,
         )
     )
     if base not in cache:
@@ -493,9 +515,37 @@ def run_setting(
     budget_steps = setting.ft_steps
     lr = float(setting.meta["inner_lr"])
     fixed = default_config(lr, budget_steps, n_train, "meta")
-    meta_cfg, meta_how = pick_config(meta_pri.portfolio, None, budget_steps, n_train)
-    pre_all, pre_all_how = pick_config(pre_pri.portfolio, "all", budget_steps, n_train)
-    pre_head, pre_head_how = pick_config(pre_pri.portfolio, "head", budget_steps, n_train)
+    final_step = setting.report_steps[-1]
+    val = [family.task("val", i) for i in range(VAL_EPISODES)]  # type: ignore[arg-type]
+
+    def on_val(ckpt: Any) -> Callable[[dict[str, Any]], float]:
+        def score(cfg: dict[str, Any]) -> float:
+            got = finetune_episodes(
+                ckpt.candidate(), val, cfg, "meta", (final_step,), seed, device
+            )[final_step]
+            return math.fsum(got) / len(got)
+
+        return score
+
+    higher = setting.higher_is_better
+    meta_cfg, meta_how = pick_config(
+        portfolio_configs(meta_pri.portfolio, None, budget_steps, n_train),
+        priors_pick,
+        on_val(meta_ckpt),
+        higher,
+    )
+    pre_all, pre_all_how = pick_config(
+        portfolio_configs(pre_pri.portfolio, "all", budget_steps, n_train),
+        priors_pick,
+        on_val(pre_ckpt),
+        higher,
+    )
+    pre_head, pre_head_how = pick_config(
+        portfolio_configs(pre_pri.portfolio, "head", budget_steps, n_train),
+        priors_pick,
+        on_val(pre_ckpt),
+        higher,
+    )
     algo = plus_label(setting.meta)
     # MAML++ trains for its own inner loop: SGD at the inner lr is not its paper's protocol
     proto = "fixed SGD protocol" if algo.startswith("MAML++") else "paper protocol"
@@ -546,7 +596,7 @@ def run_setting(
         "family_options": {k: v for k, v in setting.family_options.items() if k != "path"},
         "meta_train": {**setting.meta, "seconds": meta_s},
         "pretrain": {"steps": setting.pretrain_steps, "seconds": pre_s},
-        "priors": {**setting.priors, "seconds": meta_fit_s + pre_fit_s},
+        "priors": {**setting.priors, "pick": priors_pick, "seconds": meta_fit_s + pre_fit_s},
         "anchors": {
             k: ({str(s): x for s, x in v.items()} if isinstance(v, dict) else v)
             for k, v in setting.anchors.items()
@@ -571,7 +621,12 @@ def best_row(rec: Mapping[str, Any], kind: str, higher: bool) -> Mapping[str, An
     """The row of ``kind`` with the best mean at the last reported step."""
     last = rec["report_steps"][-1]
     rows = [r for r in rec["rows"] if r["kind"] == kind]
-    return sorted(rows, key=lambda r: row_interval(r, last).mean, reverse=higher)[0]
+
+    def key(r: Mapping[str, Any]) -> float:  # a diverged row (NaN) is the worst
+        m = row_interval(r, last).mean
+        return m if math.isfinite(m) else (-math.inf if higher else math.inf)
+
+    return sorted(rows, key=key, reverse=higher)[0]
 
 
 def verdict(rec: Mapping[str, Any]) -> str:
@@ -685,6 +740,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help=f"Omniglot directory (default: ${OMNIGLOT_ENV})",
     )
+    p.add_argument(
+        "--priors-pick",
+        default="val",
+        metavar="|".join(PRIORS_PICKS),
+        help="the learned-priors rows' config: val = the portfolio config best on "
+        f"{VAL_EPISODES} meta-val episodes, first = the portfolio's first (default: val)",
+    )
     p.add_argument("--quiet", action="store_true", help="print only the final report")
     add_json_out(p, "also write the records as JSON")
 
@@ -709,6 +771,7 @@ def run(args: argparse.Namespace) -> int:
             )
         chosen = [s for s in chosen if s.name in args.setting]
     eval_device(args.device)
+    checks.string("--priors-pick", args.priors_pick, PRIORS_PICKS)
 
     def log(line: str) -> None:
         if not args.quiet:
@@ -717,7 +780,9 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     cache: dict[str, Any] = {}
     records = [
-        run_setting(s, args.budget, args.seed, args.device, args.episodes, log, cache)
+        run_setting(
+            s, args.budget, args.seed, args.device, args.episodes, log, cache, args.priors_pick
+        )
         for s in chosen
     ]
     for line in render(records):
