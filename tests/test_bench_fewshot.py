@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from raymeta.bench.fewshot import Interval, interval, render, verdict
+from raymeta.bench.fewshot import (
+    Interval,
+    interval,
+    pick_config,
+    portfolio_configs,
+    render,
+    verdict,
+)
 from raymeta.cli.main import main
 from raymeta.core.train import MetaTrainConfig, MetaTrainer
 from raymeta.errors import ConfigError
@@ -146,6 +153,7 @@ def test_verdicts_come_from_the_intervals() -> None:
         (["--suite", "omniglot", "--data-path", "/nonexistent/omni"], "does not exist"),
         (["--suite", "digits", "--episodes", "0"], "--episodes"),
         (["--suite", "digits", "--setting", "7w3s"], "--setting '7w3s'"),
+        (["--suite", "digits", "--priors-pick", "best"], "--priors-pick"),
     ],
 )
 def test_bad_inputs_are_one_line(
@@ -199,3 +207,25 @@ def ckpt_task() -> Any:
     from raymeta.tasks import FamilySpec, make_family
 
     return make_family(FamilySpec("sinusoid", {})).task("test", 0)  # type: ignore[arg-type]
+
+
+def test_priors_rows_pick_on_meta_val() -> None:
+    """``val`` takes the portfolio config with the best meta-val score (a diverged one, NaN,
+    never wins); ``first`` the fit's first; steps and minibatch stay within the budget."""
+    portfolio = [
+        {"lr": 0.01, "steps": 50, "batch_size": 99, "adapt": "head"},
+        {"lr": 0.1, "steps": 5, "adapt": "all"},
+        {"lr": 9.0, "steps": 5, "adapt": "all"},
+    ]
+    opts = portfolio_configs(portfolio, None, budget=10, n_train=5)
+    assert [c["steps"] for c, _ in opts] == [10, 5, 5] and opts[0][0]["batch_size"] == 5
+    loss = {0.01: 1.0, 0.1: 0.5, 9.0: float("nan")}
+    cfg, how = pick_config(opts, "val", lambda c: loss[c["lr"]], higher=False)
+    assert cfg["lr"] == 0.1 and "portfolio #2" in how and "meta-val" in how
+    acc = {0.01: 80.0, 0.1: 60.0, 9.0: float("nan")}
+    assert pick_config(opts, "val", lambda c: acc[c["lr"]], higher=True)[0]["lr"] == 0.01
+    assert pick_config(opts, "first", lambda c: 0.0, higher=False)[0]["lr"] == 0.01
+    (head,) = portfolio_configs(portfolio, "head", 10, 5)
+    assert head[0]["adapt"] == "head" and head[1] == "priors portfolio #1"
+    (forced,) = portfolio_configs(portfolio[1:], "head", 10, 5)
+    assert forced[0]["adapt"] == "head" and "with adapt=head" in forced[1]
