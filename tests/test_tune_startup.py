@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -67,7 +68,7 @@ _PROBE = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_embedded_ray_without_prestarted_workers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_embedded_ray_without_prestarted_workers(tmp_path: Path) -> None:
     """Two embedded Rays in a fresh process: the default prestarts idle workers (so the flag is
     what removes them), ``prestart_workers=False`` starts none, and tasks still run."""
     res = subprocess.run(
