@@ -111,6 +111,30 @@ def test_one_segment_populations_match_general_path(adapt: str) -> None:
     _close(fast, trainer.train(state, hp, x, y, N_STEPS, True, plan=GENERAL))
 
 
+def _kind(c: dict[str, Any]) -> str:
+    return f"{c.get('optimizer', 'sgd')}-{c.get('adapt', 'all')}"
+
+
+@pytest.mark.parametrize(
+    "drop",
+    [
+        ("adam-all",),
+        ("sgd-all",),
+        ("sgd-all", "sgd-head"),
+        ("adam-all", "adam-head"),
+        ("sgd-head",),
+    ],
+    ids=lambda d: "without-" + "+".join(d),
+)
+def test_populations_missing_some_kinds_match_general_path(drop: tuple[str, ...]) -> None:
+    """Empty groups (no Adam member that adapts everything, no SGD member, ...) leave empty
+    slices and segments; the numbers stay the general path's."""
+    configs = [c for c in MIXED if _kind(c) not in drop]
+    trainer, state, hp, x, y = _setup(configs, per_member=True)
+    fast = trainer.train(state, hp, x, y, N_STEPS, per_member_data=True)
+    _close(fast, trainer.train(state, hp, x, y, N_STEPS, True, plan=GENERAL))
+
+
 def test_a_member_switched_to_head_only_keeps_its_body() -> None:
     """PBT may switch a member's ``adapt`` from ``all`` to ``head`` after its body moments
     moved: from then on its body and body moments stay as they are (only ``head.*`` moves),

@@ -458,6 +458,7 @@ class PopulationTrainer:
         dev, s, n = x.device, groups.sgd, groups.n
         names = list(p)
         head = [self.head_mask[k] for k in names]
+        head_of = self.head_mask
         limit = hp["steps"]
         lr, wd = hp["lr"].to(dt), hp["weight_decay"].to(dt)
         lrs = torch.cat([lr[:s], torch.ones(n - s, dtype=dt, device=dev)])
@@ -472,29 +473,30 @@ class PopulationTrainer:
             torch.ones(na, dtype=dt, device=dev),
         )
 
-        def grad_rows(g: Params, k: str, hd: bool, lo: int, hi: int) -> torch.Tensor:
-            """Rows ``[lo, hi)`` (working order) of ``g[k]``: a head parameter's gradient has
-            every row, a body parameter's only the all-members' segments' (the head-only rows
-            ``[sgd_all, adam_all)`` between them have none)."""
-            off = 0 if hd or lo < sa else aa - sa
-            return g[k][lo - off : hi - off]
+        segs = groups.segments
+
+        def grad_rows(g: list[Params], k: str, lo: int, hi: int) -> torch.Tensor:
+            """Rows ``[lo, hi)`` (working order) of the gradient of ``k``: ``g`` holds each
+            segment's gradients, a head parameter's rows joined (small), a body parameter's
+            rows are one all-members segment's (head-only segments have none)."""
+            if hi <= lo:  # no such member: an empty view to write nothing into
+                return p[k][lo:hi]
+            if len(g) == 1 or self.head_mask[k]:
+                return g[0][k][lo:hi]
+            j = next(j for j, sg in enumerate(segs) if not sg.head and sg.lo <= lo and hi <= sg.hi)
+            return g[j][k][lo - segs[j].lo : hi - segs[j].lo]
 
         for _ in range(n_steps):
             on = t < limit
             onf = on.to(dt)
             scale = lrs * onf
-            parts = [self._segment_grads(p, t, hp, x, y, d, sg, scale) for sg in groups.segments]
-            g: Params = {}
-            for k in names:
-                have = [part[k] for part in parts if k in part]
-                g[k] = p[k][:0] if not have else have[0] if len(have) == 1 else torch.cat(have)
+            g = [self._segment_grads(p, t, hp, x, y, d, sg, scale) for sg in segs]
+            if len(g) > 1:  # every segment has the head's gradient: one tensor of all rows
+                g[0].update({k: torch.cat([part[k] for part in g]) for k in names if head_of[k]})
 
             if s:
                 ps = [p[k][lo:hi] for k, (lo, hi) in zip(names, sgd_rows, strict=True)]
-                gs = [
-                    grad_rows(g, k, hd, lo, hi)
-                    for k, hd, (lo, hi) in zip(names, head, sgd_rows, strict=True)
-                ]
+                gs = [grad_rows(g, k, lo, hi) for k, (lo, hi) in zip(names, sgd_rows, strict=True)]
                 if groups.sgd_decay:
                     decay = lr[:s] * onf[:s] * wd[:s]
                     rates = [
@@ -509,13 +511,13 @@ class PopulationTrainer:
                 root2 = torch.sqrt(1 - _B2**tf)
                 step = -(lr[s:] * onf_a) / (1 - _B1**tf)
                 wd_on = wd[s:] * onf_a
-                for k, hd, (lo, hi) in zip(names, head, adam_rows, strict=True):
+                for k, (lo, hi) in zip(names, adam_rows, strict=True):
                     r = slice(lo - s, hi - s)  # the rows of the Adam-only vectors and moments
 
                     def per(vec: torch.Tensor, like: torch.Tensor, r: slice = r) -> torch.Tensor:
                         return _per(vec[r], like)
 
-                    pk, gk, hk = p[k][lo:hi], grad_rows(g, k, hd, lo, hi), h[k]
+                    pk, gk, hk = p[k][lo:hi], grad_rows(g, k, lo, hi), h[k]
                     mk, vk = m[k][r], v[k][r]
                     if groups.adam_decay:
                         gk.addcmul_(pk, per(wd_on, pk))
@@ -572,9 +574,9 @@ class PopulationTrainer:
             ra = r[s:]
             hpw = hp.index(rows).to(dev)
             xw, yw = (x[r], y[r]) if per_member_data else (x, y)
-            p = {k: q.index_select(0, r) for k, q in state.params.items()}
-            mw = {k: q.index_select(0, ra) for k, q in state.m.items()}
-            vw = {k: q.index_select(0, ra) for k, q in state.v.items()}
+            p = {k: q[r] for k, q in state.params.items()}  # (index_select is 5-8x slower on CPU)
+            mw = {k: q[ra] for k, q in state.m.items()}
+            vw = {k: q[ra] for k, q in state.v.items()}
             tw = self._grouped(p, mw, vw, state.step[r], hpw, xw, yw, d, groups, n_steps)
             if inplace:
                 out = state
