@@ -243,3 +243,38 @@ def test_perturb_sign_draw_is_the_choice_stream() -> None:
                 b.random(),
                 (-1.0, 1.0)[int(b.integers(0, 2))],
             )
+
+
+class _ScaledAfterHead(torch.nn.Module):
+    """A model whose output is not its head's: ``2 * head(body(x))``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(2, 5), torch.nn.Tanh())
+        self.head = torch.nn.Linear(5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * self.head(self.body(x))
+
+
+def test_head_only_steps_run_the_head_on_cached_features() -> None:
+    """A head-only member's body is constant within a call, so its steps run the head alone on
+    the body's features (same numbers); a model whose output is not its head's output is
+    detected and runs whole."""
+    configs = [{**c, "adapt": "head"} for c in MIXED]
+    trainer, state, hp, x, y = _setup(configs, per_member=True)
+    fast = trainer.train(state, hp, x, y, N_STEPS, per_member_data=True)
+    assert trainer.head_is_last is True
+    _close(fast, trainer.train(state, hp, x, y, N_STEPS, True, plan=GENERAL))
+    torch.manual_seed(0)
+    odd = PopulationTrainer(_ScaledAfterHead().double(), "regression")
+    init = {k: v.detach().clone() for k, v in odd.model.named_parameters()}
+    st = PopulationState.from_params(init, len(configs))
+    got = odd.train(st, hp, x, y, N_STEPS, per_member_data=True)
+    assert odd.head_is_last is False
+    _close(got, odd.train(st, hp, x, y, N_STEPS, True, plan=GENERAL))
+    for i, cfg in enumerate(configs):
+        one = {k: v[i] for k, v in st.params.items()}
+        want = ref_train_member(odd.model, "regression", one, cfg, SEEDS[i], x[i], y[i], N_STEPS)
+        for k, w in want.items():
+            torch.testing.assert_close(got.params[k][i], w, rtol=1e-9, atol=1e-11)

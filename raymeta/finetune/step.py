@@ -281,6 +281,51 @@ class PopulationTrainer:
         self.model, self.kind = model, kind
         names = [n for n, _ in model.named_parameters()]
         self.head_mask = {n: n.startswith(HEAD_PREFIX) for n in names}
+        # whether the model's output is ``self.head`` of the head's input (checked on first
+        # use: the model contract names the head, it does not promise nothing follows it)
+        self.head_is_last: bool | None = None
+
+    def head_inputs(
+        self, p: Params, x: torch.Tensor, d: int | None, lo: int, hi: int
+    ) -> torch.Tensor | None:
+        """What ``self.model.head`` receives (the body's features) for members ``[lo, hi)``
+        of ``p`` on their data, from one vmapped forward; ``None`` where the model's output
+        is not the head's output of them (then a head-only member runs the whole model). A
+        head-only member's body does not move, so within a ``train`` call its features are
+        constants: its steps run the head alone."""
+        head = getattr(self.model, "head", None)
+        if not isinstance(head, nn.Module) or self.head_is_last is False:
+            return None
+        q = {k: v[lo:hi] for k, v in p.items()}
+        xs = x[lo:hi] if d == 0 else x
+        seen: list[torch.Tensor] = []
+
+        def run(qq: Params, xx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            seen.clear()
+            hook = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+            try:
+                out = functional_call(self.model, qq, (xx,))
+            finally:
+                hook.remove()
+            return (seen[0] if len(seen) == 1 else out), out
+
+        with torch.no_grad():
+            feats, out = vmap(run, in_dims=(0, d))(q, xs)
+            if len(seen) != 1:  # the head ran more than once (or not at all)
+                self.head_is_last = False
+                return None
+            if self.head_is_last is None:
+                again = vmap(self._head_forward)(self._head_params(q), feats)
+                self.head_is_last = again.shape == out.shape and bool(torch.equal(again, out))
+        return feats if self.head_is_last else None
+
+    def _head_params(self, q: Params) -> Params:
+        return {k[len(HEAD_PREFIX) :]: v for k, v in q.items() if self.head_mask[k]}
+
+    def _head_forward(self, hq: Params, feats: torch.Tensor) -> torch.Tensor:
+        head = self.model.head
+        assert isinstance(head, nn.Module)
+        return functional_call(head, hq, (feats,))
 
     def _grads(
         self,
@@ -388,12 +433,13 @@ class PopulationTrainer:
         d: int | None,
         seg: Segment,
         scale: torch.Tensor,
+        feats: torch.Tensor | None = None,
     ) -> Params:
         """``_grads`` of the working rows of ``seg``: the per-example losses of its members in
         one vmapped forward, the hashed minibatch mask only for its rows ``seg.mini``, each
         member's loss times its ``scale`` (an SGD member's ``lr * active``, an Adam member's
         ``active``), one backward; for a head-only segment the body is a constant (gradients
-        of the head only)."""
+        of the head only), and with its ``feats`` (``head_inputs``) only the head runs."""
         lo, hi = seg.lo, seg.hi
         n = x.shape[1] if d == 0 else x.shape[0]
         mdt = x.dtype if x.is_floating_point() else torch.float32
@@ -402,12 +448,18 @@ class PopulationTrainer:
         def examples(q: Params, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
             return per_example_loss(self.kind, functional_call(self.model, q, (xx,)), yy)
 
+        def head_examples(hq: Params, ff: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+            return per_example_loss(self.kind, self._head_forward(hq, ff), yy)
+
         with torch.enable_grad():
             q = {k: v[lo:hi].detach() for k, v in p.items()}
             wrt = [k for k in q if self.head_mask[k] or not seg.head]
             for k in wrt:
                 q[k].requires_grad_()
-            per = vmap(examples, in_dims=(0, d, d))(q, xs, ys)
+            if feats is not None:
+                per = vmap(head_examples, in_dims=(0, 0, d))(self._head_params(q), feats, ys)
+            else:
+                per = vmap(examples, in_dims=(0, d, d))(q, xs, ys)
             a, b = seg.mini[0] - lo, seg.mini[1] - lo
             if b > a:
                 idx = torch.arange(n, device=x.device).unsqueeze(0)
@@ -486,11 +538,19 @@ class PopulationTrainer:
             j = next(j for j, sg in enumerate(segs) if not sg.head and sg.lo <= lo and hi <= sg.hi)
             return g[j][k][lo - segs[j].lo : hi - segs[j].lo]
 
+        feats = {}  # a head-only segment's features: constants for the call (see head_inputs)
+        for j, sg in enumerate(segs):
+            f = self.head_inputs(p, x, d, sg.lo, sg.hi) if sg.head and n_steps > 1 else None
+            if f is not None:
+                feats[j] = f
         for _ in range(n_steps):
             on = t < limit
             onf = on.to(dt)
             scale = lrs * onf
-            g = [self._segment_grads(p, t, hp, x, y, d, sg, scale) for sg in segs]
+            g = [
+                self._segment_grads(p, t, hp, x, y, d, sg, scale, feats.get(j))
+                for j, sg in enumerate(segs)
+            ]
             if len(g) > 1:  # every segment has the head's gradient: one tensor of all rows
                 g[0].update({k: torch.cat([part[k] for part in g]) for k in names if head_of[k]})
 
