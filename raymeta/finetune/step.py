@@ -4,9 +4,13 @@ A *member* is one fine-tuning run (weights, optimizer state, hyperparameters). M
 share a model architecture are stacked along a leading dimension and trained together with
 ``vmap``; their hyperparameters are tensors (``MemberHParams``, one per entry of the
 vocabulary in ``hparams.py``), so a population mixing learning rates, weight decays, optimizers
-(SGD / Adam), batch sizes, step budgets and "head only" adaptation is still ONE computation.
-This is the pure functional core; ``population.Population`` is the stateful runner around it
-that priors fitting, sweeps and Ray Tune trials all use.
+(SGD / Adam), batch sizes, step budgets and "head only" adaptation is still one call. Within
+it a population costs what its members need: each call orders its members into contiguous
+groups (``MemberGroups``: by optimizer, adapt and batch), so SGD members never pay for Adam,
+full-batch members for minibatch sampling, and head-only members for their body (whose
+features are computed once per call). ``GENERAL`` (one masked update of every member) is kept
+as the grouped path's reference. This is the pure functional core; ``population.Population``
+is the stateful runner around it that priors fitting, sweeps and Ray Tune trials all use.
 
 Randomness (minibatch selection) comes from a counter-based hash of ``(member seed, member
 step, example index)``, so a member's trajectory does not depend on which other members it is
@@ -501,7 +505,7 @@ class PopulationTrainer:
         as ``p -= lr * active * (g + wd * p)`` with ``lr * active`` folded into the loss, the
         Adam rows ``[s, n)`` as ``_step``'s Adam update on their slices of ``p`` and of the
         moments ``m``/``v`` (which hold only the Adam rows), written as ``torch.optim``'s Adam
-        writes it (``m.lerp_``, ``p += -lr / bias1 * m / (sqrt(v) / sqrt(bias2) + eps)``: 11
+        writes it (``m.lerp_``, ``p += -lr / bias1 * m / (sqrt(v) / sqrt(bias2) + eps)``: ten
         in-place passes, one buffer, where ``_step`` makes 20 tensors); a head-only member's
         body, and its body moments, are not touched. An inactive Adam member's gradient is zero
         (its loss weight is) and its decay, moment weights and step are zero, so nothing of it
@@ -510,7 +514,6 @@ class PopulationTrainer:
         dev, s, n = x.device, groups.sgd, groups.n
         names = list(p)
         head = [self.head_mask[k] for k in names]
-        head_of = self.head_mask
         limit = hp["steps"]
         lr, wd = hp["lr"].to(dt), hp["weight_decay"].to(dt)
         lrs = torch.cat([lr[:s], torch.ones(n - s, dtype=dt, device=dev)])
@@ -552,7 +555,9 @@ class PopulationTrainer:
                 for j, sg in enumerate(segs)
             ]
             if len(g) > 1:  # every segment has the head's gradient: one tensor of all rows
-                g[0].update({k: torch.cat([part[k] for part in g]) for k in names if head_of[k]})
+                g[0].update(
+                    {k: torch.cat([part[k] for part in g]) for k in names if self.head_mask[k]}
+                )
 
             if s:
                 ps = [p[k][lo:hi] for k, (lo, hi) in zip(names, sgd_rows, strict=True)]
