@@ -40,7 +40,11 @@ OWN_MEANING = {
         "raymeta bench learning",
         "raymeta bench meta-train",
     },
-    "--budget": {"raymeta quickstart", "raymeta tune"},
+    "--budget": {
+        "raymeta quickstart",
+        "raymeta tune",
+        "raymeta bench fewshot",
+    },  # fewshot: a preset
 }
 
 
@@ -112,6 +116,15 @@ def test_one_name_per_idea(parsers: list[argparse.ArgumentParser]) -> None:
                 assert opt not in CONVENTION, (p.prog, opt, "a chosen name is never an alias")
 
 
+def _required(p: argparse.ArgumentParser) -> list[str]:
+    """The command's required options with some value (e.g. ``bench fewshot --suite``)."""
+    out: list[str] = []
+    for act in p._actions:
+        if act.required and act.option_strings:
+            out += [act.option_strings[0], str(next(iter(act.choices or ["x"])))]
+    return out
+
+
 def _value(act: argparse.Action, tmp: Path) -> list[str]:
     if act.nargs == 0:
         return []
@@ -125,7 +138,7 @@ def test_every_deprecated_alias_works_and_warns_once(
     for p in parsers:
         for act in _aliases(p):
             new = act.renamed_to  # type: ignore[attr-defined]
-            argv = [*act.option_strings[:1], *_value(act, tmp_path)]
+            argv = [*_required(p), *act.option_strings[:1], *_value(act, tmp_path)]
             for how in ("flag", "config key"):
                 if how == "config key":
                     if not act.option_strings:
@@ -136,7 +149,7 @@ def test_every_deprecated_alias_works_and_warns_once(
                         value = 3  # type: ignore[assignment]
                     cfg = tmp_path / "c.yaml"
                     cfg.write_text(f"{key}: {value}\n")
-                    argv = ["--config", str(cfg)]
+                    argv = [*_required(p), "--config", str(cfg)]
                 try:
                     args = p.parse_args(argv)
                 except SystemExit:
