@@ -483,6 +483,13 @@ META_TRAIN_FLAGS = {
     "--dtype": st.sampled_from(["float32", "float64", "int8"]),
     "--workers": numbers,
     "--log-every": numbers,
+    "--multi-step-loss": numbers,
+    "--learn-inner-lr": switch,
+    "--outer-schedule": st.sampled_from(["constant", "cosine", "linear", ""]),
+    "--outer-lr-min": numbers,
+    "--first-order-until": numbers,
+    "--first-order": switch,
+    "--checkpoint-inner": switch,
     "--config": st.just("CONFIG"),
 }
 
