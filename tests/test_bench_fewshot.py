@@ -143,6 +143,12 @@ def test_verdicts_come_from_the_intervals() -> None:
     assert "pretraining wins" in verdict(_rec("mse", (0.5, 0.01), (0.2, 0.01)))
     lines = render([_rec("accuracy_pct", (90.0, 1.0), (85.0, 1.0))])
     assert "[cpu budget]" in "\n".join(lines) and lines[-1].startswith("s: meta-learning wins")
+    # a diverged pretrain row (NaN) prints as such and never counts as the best
+    rec = _rec("mse", (0.4, 0.05), (3.0, 0.2))
+    rec["rows"].append(dict(rec["rows"][2], row="pre-nan"))
+    rec["rows"][-1]["results"] = {"10": {"mean": math.nan, "ci95": math.nan}}
+    text = "\n".join(render([rec]))
+    assert "diverged" in text and "vs pre-a 3 MSE" in text
 
 
 @pytest.mark.parametrize(

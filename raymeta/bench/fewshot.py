@@ -584,7 +584,7 @@ def run_setting(
         )
         cache[key] = rows[-1]
         last = ivs[setting.report_steps[-1]]
-        log(f"  {label}: {fmt(last, setting)} ({describe(cfg)}; {how})")
+        log(f"  {label}: {fmt(last, setting.higher_is_better)} ({describe(cfg)}; {how})")
     return {
         "suite": setting.suite,
         "setting": setting.name,
@@ -606,8 +606,11 @@ def run_setting(
 
 
 # ----------------------------------------------------------------------------- the report
-def fmt(iv: Interval, setting: Setting) -> str:
-    if setting.higher_is_better:
+def fmt(iv: Interval, higher: bool) -> str:
+    """``mean +- half``; ``diverged`` where an episode's fine-tune blew up (NaN)."""
+    if not math.isfinite(iv.mean):
+        return "diverged"
+    if higher:
         return f"{iv.mean:.2f} +- {iv.half:.2f}"
     return f"{iv.mean:.3f} +- {iv.half:.3f}"
 
@@ -686,11 +689,7 @@ def render(records: Sequence[Mapping[str, Any]]) -> list[str]:
             cells = ""
             for s in steps:
                 iv = row_interval(row, s)
-                cell = (
-                    f"{iv.mean:.2f} +- {iv.half:.2f}"
-                    if higher
-                    else f"{iv.mean:.3f} +- {iv.half:.3f}"
-                )
+                cell = fmt(iv, higher)
                 cells += f"{cell:>18}"
             lines.append(f"{row['row']:<44}{cells}  {describe(row['config'])}")
         mt = rec["meta_train"]
