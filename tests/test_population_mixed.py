@@ -278,3 +278,41 @@ def test_head_only_steps_run_the_head_on_cached_features() -> None:
         want = ref_train_member(odd.model, "regression", one, cfg, SEEDS[i], x[i], y[i], N_STEPS)
         for k, w in want.items():
             torch.testing.assert_close(got.params[k][i], w, rtol=1e-9, atol=1e-11)
+
+
+class _DrawsOutsideReset(torch.nn.Module):
+    """Draws randomness outside ``reset_parameters``: re-running resets would not rebuild it."""
+
+    def __init__(self, input_shape: tuple[int, ...], output_dim: int) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.rand(3))
+        self.body = torch.nn.Linear(int(input_shape[0]), 3)
+        self.head = torch.nn.Linear(3, output_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x) * self.scale)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ModelSpec("mlp", (2,), 1, {"widths": [6, 5]}),
+        ModelSpec("conv4", (1, 12, 12), 3, {"hidden": 4}),
+        ModelSpec("drawsoutsidereset", (2,), 1),
+    ],
+    ids=["mlp", "conv4", "draws-outside-reset"],
+)
+def test_scratch_inits_are_the_seeds_builds(spec: ModelSpec, monkeypatch: Any) -> None:
+    """Scratch members' initial weights without a model build per seed are what a build per
+    seed gives; a model whose build draws outside ``reset_parameters`` is built per seed."""
+    from raymeta.core.models import MODELS
+    from raymeta.finetune.population import scratch_inits, scratch_params
+
+    monkeypatch.setitem(MODELS, "drawsoutsidereset", _DrawsOutsideReset)
+    seeds = [11, 5, 2**33 + 1, 7, 11]
+    got = scratch_inits(spec, seeds)
+    for s, params in zip(seeds, got, strict=True):
+        want = scratch_params(spec, s)
+        assert params.keys() == want.keys()
+        assert all(torch.equal(params[k], want[k]) for k in want)
+    assert not torch.equal(got[0]["head.weight"], got[1]["head.weight"])
