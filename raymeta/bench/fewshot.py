@@ -44,7 +44,7 @@ BUDGETS = ("smoke", "cpu", "full")
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 OMNIGLOT_ENV = "RAYMETA_OMNIGLOT"
 PRIORS_PICKS = ("val", "first")  # how a learned-priors row picks its config (``pick_config``)
-VAL_EPISODES = 64  # meta-val episodes ``val`` picks on
+VAL_EPISODES = 64  # meta-val episodes ``val`` picks on (at most as many as test episodes)
 
 # published anchors (percent accuracy; sinusoid: MSE after 1 / 5 / 10 steps)
 OMNIGLOT_ANCHORS: dict[str, dict[str, float]] = {
@@ -516,7 +516,8 @@ def run_setting(
     lr = float(setting.meta["inner_lr"])
     fixed = default_config(lr, budget_steps, n_train, "meta")
     final_step = setting.report_steps[-1]
-    val = [family.task("val", i) for i in range(VAL_EPISODES)]  # type: ignore[arg-type]
+    n_val = min(VAL_EPISODES, n_ep)  # a smoke run's few episodes pick on as few
+    val = [family.task("val", i) for i in range(n_val)]  # type: ignore[arg-type]
 
     def on_val(ckpt: Any) -> Callable[[dict[str, Any]], float]:
         def score(cfg: dict[str, Any]) -> float:
