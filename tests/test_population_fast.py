@@ -119,3 +119,23 @@ def test_bench_population_cli_writes_records(tmp_path: Path) -> None:
         assert r["members"] == 3 and r["member_steps_per_s"] > 0 and r["peak_mb"] > 0
         assert r["max_abs_diff_vs_bare"] < 1e-5  # the same SGD, float32 rounding apart
     assert [r["ratio_to_bare"] for r in records if r["impl"] == "bare"] == [1.0]
+
+
+def test_bench_population_mixed_members(tmp_path: Path) -> None:
+    """``--members-config mixed``: raymeta's members mix optimizers and the rest (as priors
+    draw them); the ceiling stays the bare SGD population, with nothing to compare weights to."""
+    from raymeta.bench.population import mixed_configs
+    from raymeta.cli.main import main
+
+    configs = mixed_configs(64, 10)
+    assert {c["optimizer"] for c in configs} == {"sgd", "adam"}
+    assert {c["adapt"] for c in configs} == {"all", "head"}
+    assert any(c["batch_size"] < 10 for c in configs) and any(
+        c["batch_size"] == 10 for c in configs
+    )
+    out = tmp_path / "mixed.json"
+    argv = ["bench", "population", "--smoke-test", "--members", "3", "--repeats", "1"]
+    assert main([*argv, "--members-config", "mixed", "--out", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert {r["config"] for r in records} == {"mixed"}
+    assert all(r["max_abs_diff_vs_bare"] is None for r in records)
