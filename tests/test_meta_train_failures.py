@@ -32,6 +32,7 @@ def _fit(tmp: Path, workers: int, **debug: object) -> None:
     )
 
 
+@pytest.mark.slow  # ~28 s; the default run keeps test_plugins_ray's bug-in-a-worker (same path)
 def test_input_error_in_a_worker_is_named_and_not_promised_to_resume(
     ray_session: None, tmp_path: Path
 ) -> None:
