@@ -48,7 +48,14 @@ def _check_record(doc: dict[str, Any], suite: str, metric: str, steps: list[int]
     (rec,) = doc["settings"]
     assert rec["metric"] == metric and rec["episodes"] == 4 and rec["report_steps"] == steps
     kinds = [r["kind"] for r in rec["rows"]]
-    assert kinds.count("meta") == 2 and kinds.count("pretrain") == 3 and "scratch" in kinds
+    assert kinds.count("meta") == 3 and kinds.count("pretrain") == 3 and "scratch" in kinds
+    # the selected row is the fixed protocol or a portfolio config, chosen on meta-val
+    sel = next(r for r in rec["rows"] if "selected on meta-val" in r["row"])
+    assert "best of" in sel["config_source"] and "on meta-val" in sel["config_source"]
+    fixed = rec["rows"][0]
+    assert sel["config_source"].startswith(("fixed protocol", "priors portfolio #"))
+    if sel["config_source"].startswith("fixed protocol"):
+        assert sel["config"] == fixed["config"] and sel["results"] == fixed["results"]
     for row in rec["rows"]:
         assert set(row) >= ROW_FIELDS and row["n"] == 4
         assert row["config"]["steps"] <= rec["ft_steps"]  # one budget for every row
