@@ -101,6 +101,32 @@ def _priors(budget: str) -> dict[str, Any]:
     return {"n_tasks": 32, "n_configs": 64, "rounds": 2, "refine_repeats": 2}
 
 
+def _classification(
+    suite: str,
+    name: str,
+    budget: str,
+    family_options: dict[str, Any],
+    meta: dict[str, Any],
+    pretrain_steps: int,
+    episodes: int,
+    anchors: dict[str, Any] | None = None,
+) -> Setting:
+    """An image suite's setting: 10 fine-tuning steps scored at the last (2 in smoke runs)."""
+    smoke = budget == "smoke"
+    return Setting(
+        suite,
+        name,
+        family_options=family_options,
+        meta=meta,
+        pretrain_steps=pretrain_steps,
+        episodes=episodes,
+        ft_steps=2 if smoke else 10,
+        report_steps=(2,) if smoke else (10,),
+        priors=_priors(budget),
+        anchors=anchors or {},
+    )
+
+
 def _sinusoid(budget: str) -> list[Setting]:
     fam = {"shots": 5, "queries": 10, "task_shots": 5, "test_size": 100}
     base = {
@@ -213,20 +239,9 @@ def _omniglot(budget: str, path: str) -> list[Setting]:
         }
         if plus:
             meta.update(maml_plus_plus(steps))
-        out.append(
-            Setting(
-                "omniglot",
-                name,
-                family_options={**fam_base, "ways": ways, "shots": shots},
-                meta=meta,
-                pretrain_steps=pre,
-                episodes=episodes,
-                ft_steps=2 if budget == "smoke" else 10,
-                report_steps=(2,) if budget == "smoke" else (10,),
-                priors=_priors(budget),
-                anchors=OMNIGLOT_ANCHORS[name.removesuffix("-mamlpp")],
-            )
-        )
+        fam = {**fam_base, "ways": ways, "shots": shots}
+        anchors = OMNIGLOT_ANCHORS[name.removesuffix("-mamlpp")]
+        out.append(_classification("omniglot", name, budget, fam, meta, pre, episodes, anchors))
     return out
 
 
@@ -248,19 +263,8 @@ def _digits(budget: str) -> list[Setting]:
             "meta_batch": {"smoke": 2, "cpu": 8, "full": 16}[budget],
             "steps": steps,
         }
-        out.append(
-            Setting(
-                "digits",
-                f"5w{shots}s",
-                family_options={"ways": 5, "shots": shots, "queries": 15, "test_size": 15},
-                meta=meta,
-                pretrain_steps=pre,
-                episodes=episodes,
-                ft_steps=2 if budget == "smoke" else 10,
-                report_steps=(2,) if budget == "smoke" else (10,),
-                priors=_priors(budget),
-            )
-        )
+        fam = {"ways": 5, "shots": shots, "queries": 15, "test_size": 15}
+        out.append(_classification("digits", f"5w{shots}s", budget, fam, meta, pre, episodes))
     return out
 
 
