@@ -35,24 +35,33 @@ AT_LIMIT = [{**c, "steps": s} for c, s in zip(SGD_FULL, (1, 3, 7, 2), strict=Tru
 
 
 def _setup(
-    configs: list[dict[str, Any]], per_member: bool
+    configs: list[dict[str, Any]],
+    per_member: bool,
+    data_seed: int = 3,
+    seeds: list[int] | None = None,
 ) -> tuple[PopulationTrainer, PopulationState, MemberHParams, torch.Tensor, torch.Tensor]:
+    """A float64 MLP population on ``N_TRAIN`` examples (shared, or one set per member);
+    member ``i``'s minibatch seed is ``seeds[i]`` (default ``7 + i``). Also used by
+    tests/test_population_mixed.py."""
     torch.manual_seed(0)
     model = build_model(ModelSpec("mlp", (2,), 1, {"widths": [6, 5]})).double()
     init = {k: v.detach().clone() for k, v in model.named_parameters()}
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator().manual_seed(data_seed)
     shape = (len(configs), N_TRAIN, 2) if per_member else (N_TRAIN, 2)
     x = torch.randn(*shape, generator=g, dtype=torch.float64)
     y = torch.sin(x.sum(-1, keepdim=True))
-    hp = MemberHParams.from_configs(configs, [7 + i for i in range(len(configs))], N_TRAIN)
+    seeds = [7 + i for i in range(len(configs))] if seeds is None else seeds[: len(configs)]
+    hp = MemberHParams.from_configs(configs, seeds, N_TRAIN)
     state = PopulationState.from_params(init, len(configs))
     return PopulationTrainer(model, "regression"), state, hp, x, y
 
 
-def _close(a: PopulationState, b: PopulationState) -> None:
+def _close(
+    a: PopulationState, b: PopulationState, rtol: float = 1e-12, atol: float = 1e-14
+) -> None:
     for part in ("params", "m", "v"):
         for k, want in getattr(b, part).items():
-            torch.testing.assert_close(getattr(a, part)[k], want, rtol=1e-12, atol=1e-14)
+            torch.testing.assert_close(getattr(a, part)[k], want, rtol=rtol, atol=atol)
     assert torch.equal(a.step, b.step)
 
 

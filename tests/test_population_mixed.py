@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import test_population_fast as fast  # tests/ is on sys.path (rootdir-less test modules)
 import torch
 
-from raymeta.core.models import ModelSpec, build_model
+from raymeta.core.models import ModelSpec
 from raymeta.finetune.population import Population
 from raymeta.finetune.reference import ref_train_member
 from raymeta.finetune.step import (
@@ -46,23 +47,12 @@ SEEDS = [21 + 3 * i for i in range(len(MIXED))]
 def _setup(
     configs: list[dict[str, Any]], per_member: bool
 ) -> tuple[PopulationTrainer, PopulationState, MemberHParams, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = build_model(ModelSpec("mlp", (2,), 1, {"widths": [6, 5]})).double()
-    init = {k: v.detach().clone() for k, v in model.named_parameters()}
-    g = torch.Generator().manual_seed(5)
-    shape = (len(configs), N_TRAIN, 2) if per_member else (N_TRAIN, 2)
-    x = torch.randn(*shape, generator=g, dtype=torch.float64)
-    y = torch.sin(x.sum(-1, keepdim=True))
-    hp = MemberHParams.from_configs(configs, SEEDS[: len(configs)], N_TRAIN)
-    state = PopulationState.from_params(init, len(configs))
-    return PopulationTrainer(model, "regression"), state, hp, x, y
+    assert fast.N_TRAIN == N_TRAIN
+    return fast._setup(configs, per_member, data_seed=5, seeds=SEEDS)
 
 
 def _close(a: PopulationState, b: PopulationState) -> None:
-    for part in ("params", "m", "v"):
-        for k, want in getattr(b, part).items():
-            torch.testing.assert_close(getattr(a, part)[k], want, rtol=1e-11, atol=1e-13)
-    assert torch.equal(a.step, b.step)
+    fast._close(a, b, rtol=1e-11, atol=1e-13)
 
 
 def test_groups_are_contiguous_and_ordered() -> None:
