@@ -16,8 +16,10 @@ the same support data for every row):
   portfolio's configs scores best on the meta-val episodes: what raymeta's ``auto`` strategy
   does (choose on meta-val evidence), so a small or poor priors fit cannot lose to the fixed
   protocol by construction of the row, only by a val-to-test gap;
-* **pretrain + fine-tune / linear probe**: the ``algo=pretrain`` candidate (multi-task supervised
-  training on the meta-train tasks, no inner loop), fine-tuned with its own fitted priors' best
+* **pretrain + fine-tune / linear probe**: the ``algo=pretrain`` candidate (on digits and
+  Omniglot one C-way classifier over all meta-train classes with their global labels, then a
+  zero N-way head: the "Closer Look" baseline, ``core.pretrain``; on sinusoid multi-task
+  training on the meta-train episodes), fine-tuned with its own fitted priors' best
   all-layer config, and with its best head-only config (``adapt=head``: a linear probe);
 * **scratch**: a seeded random init per episode with the paper protocol's config.
 
@@ -463,6 +465,32 @@ def _train(setting: Setting, algo: str, steps: int, seed: int, device: str, log:
     return ckpt, time.perf_counter() - t0
 
 
+def _pretrain_info(ckpt: Any) -> dict[str, Any]:
+    """How the pretrain rows' init was trained (``core.pretrain``): ``global-labels`` (one
+    C-way classifier over all meta-train classes, then a zero N-way head: the "Closer Look"
+    baseline) or ``episodic`` (multi-task on episodes: regression families), for the record."""
+    from raymeta.core.pretrain import INFO_KEY, formulation_of
+
+    info = ckpt.candidate().info
+    out: dict[str, Any] = {"formulation": formulation_of(info)}
+    entry = info.get(INFO_KEY) or {}
+    for key in ("classes", "batch_size", "head_init"):
+        if key in entry:
+            out[key] = entry[key]
+    return out
+
+
+def _pretrain_how(pre: Mapping[str, Any]) -> str:
+    """`` (global labels, 24-way)`` / `` (episodic)`` for the report's footer; nothing for a
+    record written before the formulation was recorded."""
+    how = pre.get("formulation")
+    if how == "global-labels":
+        return (
+            f" (global labels, {pre.get('classes', '?')}-way, batch {pre.get('batch_size', '?')})"
+        )
+    return f" ({how})" if how else ""
+
+
 def _fit(ckpt: Any, setting: Setting, seed: int, device: str, log: Log) -> tuple[Any, float]:
     from raymeta.finetune.fit import fit_priors
 
@@ -610,7 +638,7 @@ def run_setting(
         "report_steps": list(setting.report_steps),
         "family_options": {k: v for k, v in setting.family_options.items() if k != "path"},
         "meta_train": {**setting.meta, "seconds": meta_s},
-        "pretrain": {"steps": setting.pretrain_steps, "seconds": pre_s},
+        "pretrain": {"steps": setting.pretrain_steps, "seconds": pre_s, **_pretrain_info(pre_ckpt)},
         "priors": {**setting.priors, "pick": priors_pick, "seconds": meta_fit_s + pre_fit_s},
         "anchors": {
             k: ({str(s): x for s, x in v.items()} if isinstance(v, dict) else v)
@@ -712,7 +740,8 @@ def render(records: Sequence[Mapping[str, Any]]) -> list[str]:
         lines.append(
             f"(meta-train: {plus_label(mt)} {mt['steps']} steps, {mt['inner_steps']} inner x lr "
             f"{mt['inner_lr']}, meta-batch {mt['meta_batch']}, {mt['seconds']:.0f} s; pretrain "
-            f"{rec['pretrain']['steps']} steps, {rec['pretrain']['seconds']:.0f} s; priors fit "
+            f"{rec['pretrain']['steps']} steps{_pretrain_how(rec['pretrain'])}, "
+            f"{rec['pretrain']['seconds']:.0f} s; priors fit "
             f"{rec['priors']['seconds']:.0f} s)"
         )
     lines.append("")

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from raymeta import checks
+from raymeta.core import pretrain
 from raymeta.core.candidates import CandidateConfig, as_candidate, check_candidates
 from raymeta.core.checkpoint import Candidate, MetaCheckpoint
 from raymeta.core.engine import (
@@ -207,6 +208,7 @@ class MetaTrainConfig:
             for k, v in self.to_dict().items()
             if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])
         }
+        d.update(pretrain.fingerprint_tag(self))  # global-label pretraining is a new result
         return hashlib.sha256(repr(sorted(d.items())).encode()).hexdigest()[:16]
 
 
@@ -324,14 +326,21 @@ class MetaTrainer:
         self.spec = ModelSpec(
             name, self.family.input_shape, self.family.output_dim, dict(cfg.model_options)
         )
+        # algo=pretrain on global labels trains a C-way model and stores it N-way (core.pretrain)
+        self.global_pretrain: pretrain.GlobalPretraining | None = None
+        if pretrain.formulation(cfg.algo, self.family) == pretrain.GLOBAL:
+            self.global_pretrain = pretrain.GlobalPretraining(
+                self.family, self.spec, self.family.episode_examples()
+            )
+        train_spec = self.global_pretrain.train_spec if self.global_pretrain else self.spec
         checks.check_fits(
             f"meta-training {name!r} on {cfg.family} (meta-batch {cfg.meta_batch}, "
             f"{self.family.episode_examples()} examples per task)",
-            estimate_memory(cfg, self.family, self.spec, world, self.device.type != "cpu"),
+            estimate_memory(cfg, self.family, train_spec, world, self.device.type != "cpu"),
             "lower --meta-batch / --val-tasks, set --chunk-size, or use a smaller model",
         )
         torch.manual_seed(cfg.seed)
-        model = build_model(self.spec).to(device=self.device, dtype=self.dtype)
+        model = build_model(train_spec).to(device=self.device, dtype=self.dtype)
         self.engine = MetaEngine(
             model,
             self.family.kind,
@@ -348,6 +357,15 @@ class MetaTrainer:
         self.params: Params = {
             k: v.requires_grad_(True) for k, v in self.engine.init_params().items()
         }
+        self.eval_engine = self.engine  # global-label pretraining evaluates its N-way model
+        if self.global_pretrain is not None:
+            self.eval_engine = MetaEngine(
+                self.global_pretrain.skeleton(self.device, self.dtype),
+                self.family.kind,
+                cfg.algo,
+                InnerConfig(cfg.inner_steps, cfg.inner_lr),
+                cfg.chunk_size,
+            )
         opt_cls = torch.optim.Adam if cfg.outer_optimizer == "adam" else torch.optim.SGD
         self.opt = opt_cls(list(self.params.values()), lr=cfg.outer_lr)
         self.step = 0
@@ -367,6 +385,18 @@ class MetaTrainer:
         """Summed query loss and summed meta-gradient over this process's shards (with the MAML++
         options of outer step ``step``: its multi-step loss weights, first- or second-order)."""
         s = self.step if step is None else step
+        if self.global_pretrain is not None:  # labelled minibatch, sharded like the episodes
+            gp = self.global_pretrain
+            sizes = shard_sizes(self.cfg.meta_batch, self.cfg.shards)
+            mine = self.my_shards()
+            x, y = gp.draw(
+                [derive_seed(self.cfg.seed, s, r) for r in mine],
+                [sizes[r] for r in mine],
+                self.device,
+                self.dtype,
+            )
+            chunk = self.cfg.chunk_size * gp.per_task if self.cfg.chunk_size else None
+            return gp.grad(self.engine.model, self.params, x, y, chunk)
         batch = self.draw(s)
         detached = {k: v.detach() for k, v in self.params.items()}
         return self.engine.meta_grad(
@@ -392,7 +422,14 @@ class MetaTrainer:
     def validate(self) -> dict[str, float]:
         g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, -1, 0))
         batch = self.family.sample("val", self.cfg.val_tasks, g).to(self.device, self.dtype)
-        return self.engine.evaluate(self.params, batch, self.cfg.eval_steps)
+        return self.eval_engine.evaluate(self.stored_params(), batch, self.cfg.eval_steps)
+
+    def stored_params(self) -> Params:
+        """The parameters a checkpoint stores: the trained ones, or after global-label
+        pretraining the trained body with a fresh N-way head (``core.pretrain``)."""
+        if self.global_pretrain is not None:
+            return self.global_pretrain.n_way(self.params)
+        return {k: v.detach() for k, v in self.params.items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -428,7 +465,11 @@ class MetaTrainer:
             info["learned_inner_lrs"] = [
                 float(x) for x in torch.stack(rates).mean(0).cpu().tolist()
             ]
-        params = {k: v.detach().cpu().float() for k, v in self.params.items()}
+        if self.global_pretrain is not None:  # which pretraining ran (reports say it)
+            info[pretrain.INFO_KEY] = self.global_pretrain.info(self.cfg.meta_batch)
+        elif self.cfg.algo == pretrain.PRETRAIN:
+            info[pretrain.INFO_KEY] = {"formulation": pretrain.EPISODIC}
+        params = {k: v.cpu().float() for k, v in self.stored_params().items()}
         return MetaCheckpoint(
             family=FamilySpec(self.cfg.family, self.family.options()),
             candidates={name: Candidate(name, self.spec, params, info)},
@@ -487,10 +528,16 @@ def _preflight(cfg: MetaTrainConfig) -> None:
     trainer.family.sample("val", 1, torch.Generator().manual_seed(0))
     label = short_name(trainer.spec.name)
     model, spec = trainer.engine.model, trainer.spec
+    if trainer.global_pretrain is not None:  # its model is built C-way (core.pretrain)
+        spec = trainer.global_pretrain.train_spec
     try:
         check_model_runs(model, spec.input_shape, spec.output_dim)
         detached = {k: v.detach() for k, v in trainer.params.items()}
         loss, _ = trainer.engine.meta_grad(detached, batch)
+        if trainer.global_pretrain is not None:  # its labelled step too, on a few examples
+            gp = trainer.global_pretrain
+            x, y = gp.draw([0], [1], trainer.device, trainer.dtype)
+            loss = loss + gp.grad(model, detached, x, y)[0]
     except ConfigError:
         raise
     except Exception as exc:

@@ -9,6 +9,8 @@ rotations and 1 without.
 Every draw comes from the caller's ``torch.Generator``: the same generator state gives the same
 episodes. Classes within an episode are drawn in random order, so the label ``j`` (0..ways-1) of
 the ``j``-th drawn class is a fresh random labelling per episode; examples are shuffled too.
+``sample_labelled`` draws plain labelled examples instead, labelled by the class's position in
+its meta-split's class list (global labels, for ``algo=pretrain``'s C-way pretraining).
 """
 
 from __future__ import annotations
@@ -90,6 +92,28 @@ class ClassPool:
             out.append((self._images(c, example), label))
             start += k
         return out
+
+    def sample_labelled(
+        self, classes: torch.Tensor, n: int, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` distinct examples drawn uniformly from all examples of ``classes`` (every
+        rotation of a base class counted as its own class): images ``[n, 1, H, W]`` and labels
+        ``[n]``, the label of an example being its class's position in ``classes``.
+
+        Uniform over examples, as an ordinary supervised minibatch over the pooled classes is
+        (a class with more images is seen more often). Without replacement within one draw
+        while ``n`` fits the pool, with replacement beyond it (a tiny split)."""
+        cls_all = classes.long()
+        counts = self.counts[cls_all // self.n_rot]
+        ends = counts.cumsum(0)
+        total = int(ends[-1])
+        if n <= total:
+            flat = torch.rand(total, generator=g).topk(n).indices
+        else:
+            flat = torch.randint(total, (n,), generator=g)
+        label = torch.searchsorted(ends, flat, right=True)
+        example = flat - (ends[label] - counts[label])
+        return self._images(cls_all[label], example), label
 
     def _images(self, cls: torch.Tensor, example: torch.Tensor) -> torch.Tensor:
         """Float images ``[*cls.shape, 1, H, W]`` of the given (class, example) pairs, rotated."""
@@ -193,6 +217,18 @@ class EpisodicFamily(TaskFamily):
         return sample_episodes(
             self.pool, self.classes[split], n_tasks, self.ways, self.shots, self.queries, generator
         )
+
+    def global_classes(self, split: Split) -> int | None:
+        """The split's classes (rotations included): its global labels are their positions."""
+        return int(self.classes[check_split(split)].numel())
+
+    def sample_labelled(
+        self, split: Split, n: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` examples of ``split`` with global labels (``ClassPool.sample_labelled``)."""
+        check_split(split)
+        check_positive_ints(self.name, n=n)
+        return self.pool.sample_labelled(self.classes[split], n, generator)
 
     def task(self, split: Split, index: int) -> Task:
         check_split(split)

@@ -147,6 +147,36 @@ class TaskFamily(ABC):
     def default_model(self) -> str:
         return "mlp" if len(self.input_shape) == 1 else "conv4"
 
+    def global_classes(self, split: Split) -> int | None:
+        """The number of *global* classes of meta-split ``split``, or None: not available (the
+        default, and the answer of every regression family).
+
+        Why it exists: the few-shot literature's strongest simple baseline ("A Closer Look at
+        Few-shot Classification", Chen et al. 2019; "Rethinking Few-Shot Image Classification",
+        Tian et al. 2020) pretrains one C-way classifier over *all* meta-train classes with
+        their global labels, then fits a fresh N-way head per task. Episodes cannot express it:
+        they relabel their classes 0..N-1 at random, so a shared head learns nothing from them.
+        ``algo=pretrain`` (``raymeta.core.pretrain``) uses global labels when the family
+        offers them and falls back to episodic multi-task pretraining when it does not.
+
+        A family that answers an integer C must also implement ``sample_labelled``, whose labels
+        are ``0..C-1``; the classes of two meta-splits are never the same class. The image
+        families (``EpisodicFamily``: digits, omniglot) implement both; a rotated copy of a class
+        is its own class, as in their episodes. Parquet classification families do not: a
+        stored task's labels are ids *within that task* (class 3 of one task need not be class
+        3 of another), so there is no class identity across tasks to trust and they keep the
+        episodic fallback."""
+        return None
+
+    def sample_labelled(
+        self, split: Split, n: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` examples ``x [n, *input_shape]`` of meta-split ``split`` with their global labels
+        ``y [n]`` (int64 in ``0..global_classes(split)-1``), using only ``generator`` for
+        randomness. Only for families whose ``global_classes`` is not None; the default is a
+        one-line ``ConfigError`` saying global labels are not available."""
+        raise ConfigError(f"{self.name}: global class labels are not available for this family")
+
     def episode_examples(self) -> int:
         """Support plus query examples of one sampled episode (sizes memory before a run).
 
