@@ -120,3 +120,19 @@ def test_anchor_configs_are_the_standard_full_fine_tunes(ckpt: MetaCheckpoint) -
     for c in got:
         assert space.validate(c) == c
         assert (c["adapt"], c["batch_size"], c["steps"], c["model"]) == ("all", 10, 7, "mlp")
+
+
+@pytest.mark.parametrize("objective", ["final", "anytime"])
+def test_both_objectives_open_with_the_standard_fine_tunes(
+    ckpt: MetaCheckpoint, objective: str
+) -> None:
+    """A quarter of the first round is the anchors, for ``final`` fits too, so the fit's table
+    holds the default fine-tune (SGD at the meta-training inner lr, all layers) and a portfolio
+    can keep it. A portfolio as large as the fit is every evaluated config: the anchors are
+    among them (before, a ``final`` fit drew all 16 from the broad space)."""
+    kw = {"n_tasks": 2, "n_configs": 16, "rounds": 1, "refine_repeats": 0, "max_steps": 4}
+    pr = fit_priors(ckpt, seed=1, select_tasks=0, objective=objective, portfolio_size=16, **kw)  # type: ignore[arg-type]
+    assert pr.info["anchors"] == 4 and pr.info["rounds"] == [16]
+    assert len(pr.portfolio) == 16
+    for anchor in anchor_configs(pr.space, ckpt, 4):
+        assert anchor in pr.portfolio

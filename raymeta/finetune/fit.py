@@ -251,6 +251,7 @@ def fit_priors(
     ranked by their anytime loss (``priors.table``). With ``"final"`` a config is one
     fine-tuning run of its own ``steps``: on digits that picked 4-7-step head-only configs,
     which top out above a full fine-tune once a tune run trains them for its whole budget.
+    Either way the first round opens with ``anchor_configs`` (the standard fine-tunes).
     ``device`` is where the fine-tuning populations train (``"cuda"`` on a GPU machine).
     ``log`` gets the one line that says how the chunks were sized (``MemoryPlan.line``).
     """
@@ -322,11 +323,11 @@ def fit_priors(
             cfg.safe_rate,
         )
 
-    # The final objective's tuned numbers (issue 4) were measured without anchors; anytime fits
-    # (population runs) start from them. Anchors take at most a quarter of the first round.
-    anchors = (
-        anchor_configs(space, ckpt, max_steps)[: sizes[0] // 4] if objective == "anytime" else []
-    )
+    # Both objectives start from the standard fine-tunes (a quarter of the first round at
+    # most), so a portfolio holds the default fine-tune whenever it is good on meta-val: without
+    # them a sinusoid fit's portfolio held only head-only or cautious configs and lost to the
+    # fixed protocol (2.67 vs 0.40 MSE; BENCHMARKS.md "Sinusoid toward 0.20").
+    anchors = anchor_configs(space, ckpt, max_steps)[: sizes[0] // 4]
     for size in sizes:
         head = [] if configs else anchors  # anchors open the first round only
         new = head + prior.sample(size - len(head), rng)
@@ -397,6 +398,7 @@ def fit_priors(
         "refine_repeats": refine_repeats,
         "fit_runs": cfg.fit_runs,
         "objective": objective,
+        "anchors": len(anchors),  # standard fine-tunes that opened the first round
         "max_steps": max_steps,
         "memory": plan.to_dict(),
         "fit_seconds": time.perf_counter() - t0,
