@@ -5,6 +5,7 @@ in ``test_population.py``; each plan below only skips work its members do not ne
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,10 @@ def test_fast_path_equals_general_path(
     fast = trainer.train(state, hp, x, y, N_STEPS, per_member_data=per_member)
     general = trainer.train(state, hp, x, y, N_STEPS, per_member_data=per_member, plan=GENERAL)
     _close(fast, general)
+    # the general step under the members' own plan (what a compiled trainer runs) skips work
+    # without changing any number either
+    ungrouped = dataclasses.replace(plan, grouped=False)
+    _close(trainer.train(state, hp, x, y, N_STEPS, per_member, plan=ungrouped), general)
     assert not torch.equal(fast.params["head.weight"], state.params["head.weight"])
     # the input state is untouched (the SGD path updates only tensors it made in place)
     assert torch.equal(state.step, torch.zeros_like(state.step))

@@ -9,6 +9,8 @@ against the same bare SGD ceiling (what the issue's targets are stated against):
 
 * ``raymeta`` -- ``finetune.step.PopulationTrainer.train`` (what priors fitting, sweeps and
   Tune trials fine-tune with);
+* ``compiled`` -- with ``--compile``: the same trainer with ``compile=True`` (``torch.compile``
+  of its general step; CUDA graphs on a GPU), timed after its first call (which compiles);
 * ``bare``    -- ``bare_population`` below: ``vmap(grad(loss))`` and one SGD line, sharing no
   code with the trainer. It is the ceiling: raymeta's trainer carries per-member optimizers,
   batch sizes, step limits and head-only adaptation, and should cost nothing for them when
@@ -107,10 +109,10 @@ def run_size(
     steps: int,
     repeats: int,
     dev: torch.device,
-    trainers: Mapping[str, type[PopulationTrainer]] | None = None,
+    trainers: Mapping[str, Callable[[nn.Module, str], PopulationTrainer]] | None = None,
     config: str = "sgd",
 ) -> list[dict[str, Any]]:
-    """Records of each trainer (``trainers``: name -> class, default raymeta's) and the bare
+    """Records of each trainer (``trainers``: name -> factory, default raymeta's) and the bare
     population at ``n`` members (best of ``repeats`` interleaved rounds); ``config`` is the
     trainers' members: ``sgd`` (the bare population's) or ``mixed`` (``mixed_configs``)."""
     torch.manual_seed(0)
@@ -123,8 +125,8 @@ def run_size(
     hp = MemberHParams.from_configs(configs, list(range(n)), n_train).to(dev)
     start = PopulationState.from_params(init, n).params
     impls: dict[str, Callable[[int], Params]] = {}
-    for name, cls in (trainers or {"raymeta": PopulationTrainer}).items():
-        tr = cls(model, "regression")
+    for name, make in (trainers or {"raymeta": PopulationTrainer}).items():
+        tr = make(model, "regression")
         impls[name] = lambda k, tr=tr: (
             tr.train(  # type: ignore[misc]
                 PopulationState.from_stacked(start), hp, x, y, k, per_member_data=True
@@ -133,23 +135,24 @@ def run_size(
     impls["bare"] = lambda k: bare_population(model, dict(start), x, y, k)
     best = dict.fromkeys(impls, float("inf"))
     mem: dict[str, float] = {}
+    first_call: dict[str, float] = {}  # a compiled trainer's compile time is in its first call
     final: dict[str, Params] = {}
     for name, fn in impls.items():  # warm-up (and the CUDA peak of each)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        _timed(lambda fn=fn: fn(2), dev)  # type: ignore[misc]
+        first_call[name] = _timed(lambda fn=fn: fn(2), dev)[0]  # type: ignore[misc]
         if dev.type == "cuda":
             mem[name] = torch.cuda.max_memory_allocated(dev) / 2**20
     for _ in range(repeats):
         for name, fn in impls.items():
             sec, final[name] = _timed(lambda fn=fn: fn(steps), dev)  # type: ignore[misc]
             best[name] = min(best[name], sec)
-    first = next(iter(impls))
-    diff = (
-        max(float((final[first][k] - final["bare"][k]).abs().max()) for k in init)
-        if config == "sgd"
-        else None  # other members than the bare population's: nothing to compare
-    )
+
+    def diff(name: str) -> float | None:
+        if config != "sgd":  # other members than the bare population's: nothing to compare
+            return None
+        return max(float((final[name][k] - final["bare"][k]).abs().max()) for k in init)
+
     rss = _peak_rss_mb()
     bare_rate = n * steps / best["bare"]
     return [
@@ -161,7 +164,8 @@ def run_size(
             "ratio_to_bare": round(n * steps / sec / bare_rate, 4),
             "peak_mb": round(mem.get(name, rss), 1),
             "peak_kind": "cuda_max_allocated" if dev.type == "cuda" else "process_rss",
-            "max_abs_diff_vs_bare": diff,
+            "max_abs_diff_vs_bare": diff(name),
+            "first_call_s": round(first_call[name], 3),
             "device": str(dev),
             "threads": torch.get_num_threads(),
             "load_avg_1m": round(_load(), 2),
@@ -202,6 +206,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="raymeta's members: sgd (the bare population's, default) or mixed "
         "(SGD/Adam, weight decay, minibatches, head-only: as priors and broad spaces mix them)",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the trainer with torch.compile (PopulationTrainer(compile=True); CUDA "
+        "graphs on a GPU); its first call per size compiles (reported as compile_s)",
+    )
     p.add_argument("--smoke-test", action="store_true", help="tiny sizes (a smoke test)")
     p.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)"
@@ -229,18 +239,26 @@ def run(args: argparse.Namespace) -> int:
         f"torch {torch.__version__}, {dev}, {torch.get_num_threads()} threads, {steps} steps, "
         f"{args.members_config} members"
     )
-    print(f"{'members':>8} {'impl':<8} {'member-steps/s':>15} {'/ bare':>7} {'peak MB':>8}")
+    print(
+        f"{'members':>8} {'impl':<8} {'member-steps/s':>15} {'/ bare':>7} {'peak MB':>8} "
+        f"{'1st call s':>10}"
+    )
     records: list[dict[str, Any]] = []
+    trainers: dict[str, Callable[[nn.Module, str], PopulationTrainer]] = {
+        "raymeta": PopulationTrainer
+    }
+    if args.compile:
+        trainers["compiled"] = lambda model, kind: PopulationTrainer(model, kind, compile=True)
     for n in members:
-        rows = run_size(n, steps, args.repeats, dev, config=args.members_config)
+        rows = run_size(n, steps, args.repeats, dev, trainers, config=args.members_config)
         for r in rows:
             print(
                 f"{n:>8} {r['impl']:<8} {r['member_steps_per_s']:>15,.0f} "
-                f"{r['ratio_to_bare']:>7.2f} {r['peak_mb']:>8.0f}",
+                f"{r['ratio_to_bare']:>7.2f} {r['peak_mb']:>8.0f} {r['first_call_s']:>10.2f}",
                 flush=True,
             )
-        diff = rows[0]["max_abs_diff_vs_bare"]
-        same = "" if diff is None else f"max |raymeta - bare| = {diff:.2e}, "
+        diffs = [(r["impl"], r["max_abs_diff_vs_bare"]) for r in rows if r["impl"] != "bare"]
+        same = "".join(f"max |{i} - bare| = {d:.2e}, " for i, d in diffs if d is not None)
         print(f"{'':>8} {same}load {rows[0]['load_avg_1m']}")
         records.extend(rows)
     if args.out:

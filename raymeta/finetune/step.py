@@ -19,6 +19,7 @@ packed with: training members together or one by one gives the same results.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -281,8 +282,11 @@ def _per(vec: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class PopulationTrainer:
     """Trains stacked members of one model architecture on one task (or one task each)."""
 
-    def __init__(self, model: nn.Module, kind: str):
-        self.model, self.kind = model, kind
+    def __init__(self, model: nn.Module, kind: str, compile: bool = False):
+        """``compile``: run every step through ``torch.compile`` of the general step
+        (``compiled_step``); off by default (see there for when it pays)."""
+        self.model, self.kind, self.compile = model, kind, compile
+        self._compiled: dict[str, Any] = {}
         names = [n for n, _ in model.named_parameters()]
         self.head_mask = {n: n.startswith(HEAD_PREFIX) for n in names}
         # whether the model's output is ``self.head`` of the head's input (checked on first
@@ -341,6 +345,7 @@ class PopulationTrainer:
         d: int | None,
         minibatch: bool = True,
         scale: torch.Tensor | None = None,
+        functional: bool = False,
     ) -> Params:
         """Per-member minibatch gradients (the whole train split without ``minibatch``), each
         times its member's ``scale`` if given (folded into the loss: no extra pass over the
@@ -349,7 +354,9 @@ class PopulationTrainer:
         The forward is vmapped over members; the backward is plain autograd on the sum of the
         member losses (members are independent, so that is every member's own gradient). This
         avoids ``torch.func.grad``, whose first call in a process imports ``torch._dynamo``
-        (seconds per Tune trial process), and its per-step transform overhead."""
+        (seconds per Tune trial process), and its per-step transform overhead. ``functional``
+        takes the same gradient with ``torch.func.grad`` instead: what ``torch.compile``
+        traces into one graph (``torch.autograd.grad`` would break it in two)."""
         n = x.shape[1] if d == 0 else x.shape[0]
         mdt = x.dtype if x.is_floating_point() else torch.float32
 
@@ -363,21 +370,27 @@ class PopulationTrainer:
             out = functional_call(self.model, q, (xx,))
             return per_example_loss(self.kind, out, yy).sum() / n
 
-        with torch.enable_grad():
-            leaves = {k: v.detach().requires_grad_() for k, v in p.items()}
+        if minibatch:
+            idx = torch.arange(n, device=x.device).unsqueeze(0)
+            scores = hash_uniform(hp.seed.unsqueeze(1), t.unsqueeze(1), idx)
+            order = torch.argsort(scores, dim=1)
+            rank = torch.empty_like(order).scatter_(1, order, idx.expand_as(order))
+            batch = hp["batch_size"]
+            mask = (rank < batch.unsqueeze(1)).to(mdt)
+            denom = batch.clamp(min=1).to(mdt)
+
+        def total(leaves: Params) -> torch.Tensor:
             if minibatch:
-                idx = torch.arange(n, device=x.device).unsqueeze(0)
-                scores = hash_uniform(hp.seed.unsqueeze(1), t.unsqueeze(1), idx)
-                order = torch.argsort(scores, dim=1)
-                rank = torch.empty_like(order).scatter_(1, order, idx.expand_as(order))
-                batch = hp["batch_size"]
-                mask = (rank < batch.unsqueeze(1)).to(mdt)
-                denom = batch.clamp(min=1).to(mdt)
                 losses = vmap(member_loss, in_dims=(0, d, d, 0, 0))(leaves, x, y, mask, denom)
             else:
                 losses = vmap(full_loss, in_dims=(0, d, d))(leaves, x, y)
-            total = (losses if scale is None else losses * scale).sum()
-            g = torch.autograd.grad(total, list(leaves.values()))
+            return (losses if scale is None else losses * scale).sum()
+
+        if functional:
+            return torch.func.grad(total)(dict(p))
+        with torch.enable_grad():
+            leaves = {k: v.detach().requires_grad_() for k, v in p.items()}
+            g = torch.autograd.grad(total(leaves), list(leaves.values()))
         return dict(zip(leaves, g, strict=True))
 
     def _step(
@@ -393,6 +406,7 @@ class PopulationTrainer:
         adam: torch.Tensor,
         head_only: torch.Tensor,
         plan: StepPlan = GENERAL,
+        functional: bool = False,
     ) -> tuple[Params, Params, Params, torch.Tensor]:
         """One SGD / Adam step of every member, on the stacked tensors (per-member scalars are
         broadcast over each parameter's trailing dimensions). ``adam`` and ``head_only`` are the
@@ -401,7 +415,7 @@ class PopulationTrainer:
         whether or not it is packed with Adam members; a head-only member's body and its body
         moments do not move at all (not even by momentum a member that adapted everything
         before a PBT explore switched it to ``head`` carries: only ``head.*`` moves)."""
-        g = self._grads(p, t, hp, x, y, d, plan.minibatch)
+        g = self._grads(p, t, hp, x, y, d, plan.minibatch, functional=functional)
         dt = x.dtype if x.is_floating_point() else torch.float32
         limit = hp["steps"]
         active = (t < limit).to(dt)
@@ -412,10 +426,18 @@ class PopulationTrainer:
         moves = (t < limit) & adam
         body_moves = moves & ~head_only
         new_p, new_m, new_v = {}, {}, {}
-        for k in p:
+        for k in p:  # the plan's flags skip what no member needs (constants when compiled)
             head = self.head_mask[k]
-            keep = _per(body_keep, p[k]) if not head else torch.ones((), dtype=dt, device=x.device)
-            gk = (g[k] + _per(wd, p[k]) * p[k]) * keep
+            gk = g[k] + _per(wd, p[k]) * p[k] if plan.decay else g[k]
+            if plan.head_only and not head:
+                keep = _per(body_keep, p[k])
+                gk = gk * keep
+            else:
+                keep = torch.ones((), dtype=dt, device=x.device)
+            if not plan.adam:
+                new_p[k] = p[k] - _per(lr * active, p[k]) * keep * gk
+                new_m[k], new_v[k] = m[k], v[k]
+                continue
             mk = _B1 * m[k] + (1 - _B1) * gk
             vk = _B2 * v[k] + (1 - _B2) * gk * gk
             bias1, bias2 = _per(1 - _B1**tf, p[k]), _per(1 - _B2**tf, p[k])
@@ -619,7 +641,7 @@ class PopulationTrainer:
         n_train = int(x.shape[1] if per_member_data else x.shape[0])
         sel = hp if members is None else hp.index(members.cpu())
         plan = plan if plan is not None else StepPlan.of(sel, n_train)
-        if not plan.grouped:
+        if not plan.grouped or self.compile:
             return self._train_general(state, hp, x, y, n_steps, d, plan, members, inplace)
         groups = MemberGroups.of(sel, n_train, plan)
         rows = groups.order
@@ -675,7 +697,8 @@ class PopulationTrainer:
         members: torch.Tensor | None,
         inplace: bool,
     ) -> PopulationState:
-        """The general path (``GENERAL``): every member through ``_step``'s masked update."""
+        """The general path (``GENERAL``): every member through ``_step``'s masked update
+        (compiled with ``compile``: ``compiled_step``)."""
         if members is not None:
             idx = members.to(state.step.device)
             xs, ys = (x[idx.to(x.device)], y[idx.to(x.device)]) if d == 0 else (x, y)
@@ -690,11 +713,38 @@ class PopulationTrainer:
             return out
         hp = hp.to(x.device)
         adam, head_only = hp["optimizer"] == _ADAM, hp["adapt"] == _HEAD
+        graphs = self.compile and x.device.type == "cuda"
+        step = self.compiled_step(x.device) if self.compile else self._step
         with torch.no_grad():
             p, m, v, t = state.params, state.m, state.v, state.step
             for _ in range(n_steps):
-                p, m, v, t = self._step(p, m, v, t, hp, x, y, d, adam, head_only, plan)
+                if graphs:  # each step's outputs are the next one's inputs (CUDA graph trees)
+                    torch.compiler.cudagraph_mark_step_begin()
+                p, m, v, t = step(p, m, v, t, hp, x, y, d, adam, head_only, plan)
+            if graphs:  # a graph's outputs live in its pool until its next replay: copy out
+                p, m, v = (_clone(q) for q in (p, m, v))
+                t = t.clone()
             return PopulationState(p, m, v, t)
+
+    def compiled_step(self, device: torch.device) -> Any:
+        """``_step`` (the general masked step, gradients by ``torch.func.grad``) through
+        ``torch.compile``: on CUDA with ``mode="reduce-overhead"`` (CUDA graphs: the step's few
+        hundred small kernels are launched as one graph, the launch-bound cost of a large
+        population of small models), elsewhere inductor's default (fused elementwise code).
+
+        Why optional: the first call compiles for tens of seconds (45-85 s for the sinusoid MLP
+        on 2 busy CPU cores), and again for each new member count, data shape or step plan, so
+        it pays only for long runs (``raymeta bench population --compile`` measures both;
+        BENCHMARKS.md). The plan's flags are constants of the compiled graph: a population
+        without Adam members has no Adam math in it.
+        Results equal the eager general step to rounding (``tests/test_population_compiled.py``).
+        """
+        mode = "reduce-overhead" if device.type == "cuda" else "default"
+        if mode not in self._compiled:
+            self._compiled[mode] = torch.compile(
+                functools.partial(self._step, functional=True), mode=mode, dynamic=False
+            )
+        return self._compiled[mode]
 
     def evaluate(
         self, params: Params, x: torch.Tensor, y: torch.Tensor, per_member_data: bool = False
