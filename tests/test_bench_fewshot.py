@@ -76,12 +76,18 @@ def test_smoke_sinusoid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     _check_record(doc, "sinusoid", "mse", [1, 2])
     assert doc["settings"][0]["anchors"]["MAML"] == {"1": 0.67, "5": 0.38, "10": 0.35}
     assert any("target <= 0.2" in t for t in doc["targets"])
+    assert doc["settings"][0]["pretrain"]["formulation"] == "episodic"  # no classes to pool
     printed = capsys.readouterr().out
     assert "MAML (published)" in printed and "smoke budget" in printed
 
 
 def test_smoke_digits(tmp_path: Path) -> None:
-    _check_record(_smoke(tmp_path, "digits", "5w1s"), "digits", "accuracy_pct", [2])
+    doc = _smoke(tmp_path, "digits", "5w1s")
+    _check_record(doc, "digits", "accuracy_pct", [2])
+    # the pretrain rows' init is the "Closer Look" baseline: 24-way on global labels, N-way head
+    pre = doc["settings"][0]["pretrain"]
+    assert pre["formulation"] == "global-labels" and pre["classes"] == 24
+    assert pre["head_init"] == "zeros" and pre["batch_size"] == 2 * 5 * (1 + 15)
 
 
 def test_smoke_omniglot(tmp_path: Path, omniglot_dir: Path) -> None:
