@@ -7,9 +7,12 @@ sweep lets members start from any of them. A candidate is one of:
 * **meta-learned**: a model (built-in, plugin or import path) meta-trained with an algorithm
   (MAML, FOMAML, Reptile, Meta-SGD, ANIL). Two candidates may share a model and differ in
   algorithm or inner-loop settings, or share an algorithm and differ in model or width.
-* **multi-task pretrained** (``algo=pretrain``): the same model trained by plain supervised
-  learning on the meta-train tasks (the loss of the shared weights on each task's support and
-  query rows, no inner loop), the "pretrain, then fine-tune" baseline of few-shot learning.
+* **pretrained** (``algo=pretrain``): the same model trained by plain supervised learning, the
+  "pretrain, then fine-tune" baseline of few-shot learning, no inner loop. On a family with
+  global classes (digits, Omniglot) it is one C-way classifier over all meta-train classes,
+  stored with a fresh zero N-way head ("A Closer Look at Few-shot Classification"); elsewhere
+  the shared weights' loss on each meta-train task's support and query rows (``core.pretrain``;
+  the candidate's info records which ran, ``info["pretrain"]["formulation"]``).
 * **pretrained from a file** (``weights=PATH``): the user's own weights for the model, read
   with ``torch.load(weights_only=True)`` (tensors only, never a pickled object) and checked
   name by name and shape by shape against the model before anything runs.
