@@ -248,3 +248,20 @@ def test_priors_rows_pick_on_meta_val() -> None:
     assert head[0]["adapt"] == "head" and head[1] == "priors portfolio #1"
     (forced,) = portfolio_configs(portfolio[1:], "head", 10, 5)
     assert forced[0]["adapt"] == "head" and "with adapt=head" in forced[1]
+
+
+def test_sinusoid_report_names_each_init_architecture() -> None:
+    """The sinusoid settings differ in their model (K5-best: 3 hidden layers of 40), so the
+    report's meta-train line says which one and how the outer rate ran; older records without
+    the model still render."""
+    from raymeta.bench.fewshot import architecture, settings
+
+    best = next(s for s in settings("sinusoid", "cpu") if s.name == "K5-best")
+    assert architecture(best.meta) == "mlp 40x40x40"
+    rec = _rec("mse", (0.2, 0.01), (0.5, 0.01))
+    rec["meta_train"] |= {k: best.meta[k] for k in ("model", "model_options", "outer_lr")}
+    rec["meta_train"] |= {"outer_schedule": "cosine", "outer_lr_min": 1e-5}
+    text = "\n".join(render([rec]))
+    assert "(meta-train: mlp 40x40x40, MAML 1 steps" in text
+    assert "outer lr 0.01 cosine to 1e-05" in text
+    assert "(meta-train: MAML 1 steps" in "\n".join(render([_rec("mse", (0.2, 0.01), (0.5, 0.01))]))

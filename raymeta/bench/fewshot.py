@@ -199,6 +199,19 @@ def _sinusoid(budget: str) -> list[Setting]:
     ]
 
 
+def architecture(meta: Mapping[str, Any]) -> str:
+    """The model a row's init used, for the report (the sinusoid settings differ in it):
+    ``mlp 40x40x40``, ``conv4 hidden 32``; empty for a record that did not store it."""
+    model, opts = meta.get("model"), meta.get("model_options") or {}
+    if not model:
+        return ""
+    if "widths" in opts:
+        return f"{model} {'x'.join(str(w) for w in opts['widths'])}"
+    if "hidden" in opts:
+        return f"{model} hidden {opts['hidden']}"
+    return str(model)
+
+
 def plus_label(meta: Mapping[str, Any]) -> str:
     """``MAML++`` with all its options, ``MAML++ w/o LSLR`` without learned inner rates."""
     if meta.get("learn_inner_lr"):
@@ -761,9 +774,14 @@ def render(records: Sequence[Mapping[str, Any]]) -> list[str]:
                 cells += f"{cell:>18}"
             lines.append(f"{row['row']:<{w}}{cells}  {describe(row['config'])}")
         mt = rec["meta_train"]
+        arch = architecture(mt)
+        outer = f", outer lr {mt['outer_lr']:g}" if "outer_lr" in mt else ""
+        if mt.get("outer_schedule", "constant") != "constant":
+            outer += f" {mt['outer_schedule']} to {mt.get('outer_lr_min', 0.0):g}"
         lines.append(
-            f"(meta-train: {plus_label(mt)} {mt['steps']} steps, {mt['inner_steps']} inner x lr "
-            f"{mt['inner_lr']}, meta-batch {mt['meta_batch']}, {mt['seconds']:.0f} s; pretrain "
+            f"(meta-train: {arch + ', ' if arch else ''}{plus_label(mt)} {mt['steps']} steps, "
+            f"{mt['inner_steps']} inner x lr {mt['inner_lr']}{outer}, meta-batch "
+            f"{mt['meta_batch']}, {mt['seconds']:.0f} s; pretrain "
             f"{rec['pretrain']['steps']} steps{_pretrain_how(rec['pretrain'])}, "
             f"{rec['pretrain']['seconds']:.0f} s; priors fit "
             f"{rec['priors']['seconds']:.0f} s)"
