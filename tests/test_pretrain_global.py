@@ -19,8 +19,7 @@ from raymeta.core.pretrain import EPISODIC, GLOBAL, formulation_of
 from raymeta.core.train import MetaTrainConfig, MetaTrainer, derive_seed, meta_train, preflight
 from raymeta.errors import ConfigError
 from raymeta.tasks import make_family
-from raymeta.tasks._episodic import ClassPool
-from raymeta.tasks.digits import ROTATED_SPLIT, read_digits
+from raymeta.tasks.digits import ROTATED_SPLIT, ClassPool, read_digits
 
 TINY = {"model": "conv4", "model_options": {"hidden": 16}}
 FAM = {"ways": 5, "shots": 1, "queries": 3}
