@@ -95,6 +95,8 @@ def test_smoke_omniglot(tmp_path: Path, omniglot_dir: Path) -> None:
     _check_record(doc, "omniglot", "accuracy_pct", [2])
     assert doc["settings"][0]["anchors"]["Meta-SGD"] == 99.53
     assert "path" not in doc["settings"][0]["family_options"]  # no machine path in records
+    pre = doc["settings"][0]["pretrain"]  # 1100 meta-train characters x 4 rotations
+    assert pre["formulation"] == "global-labels" and pre["classes"] == 4400
 
 
 def test_interval_matches_an_independent_computation() -> None:
