@@ -200,7 +200,9 @@ class MetaEngine:
     ) -> torch.Tensor:
         """One task's query loss after the inner loop, or with MSL ``weights`` the weighted sum
         of its query losses after every inner step (zero weights are skipped)."""
-        if self.algo == "pretrain":  # multi-task pretraining: the shared weights on all rows
+        # episodic pretraining (families without global classes; with them, core.pretrain
+        # trains a C-way classifier instead): the shared weights on all of a task's rows
+        if self.algo == "pretrain":
             x, y = torch.cat([xs, xq]), torch.cat([ys, yq])
             return self.loss(functional_call(self.model, self.model_params(params), (x,)), y)
         if weights is None:
