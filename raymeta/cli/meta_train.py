@@ -37,8 +37,9 @@ CANDIDATES: one meta-checkpoint can hold several models for 'raymeta priors fit'
 'raymeta tune' / sweeps to choose from. Each --candidate is a name followed by what differs
 from the run's flags: model=, algo=, inner_steps=, inner_lr=, first_order=, weights=; any other
 KEY=VALUE is an option of the candidate's model (a candidate naming its own model does not
-inherit --model-option). algo=pretrain trains the model by plain multi-task supervised
-learning on the meta-train tasks; weights=FILE takes your own pretrained weights (a state dict
+inherit --model-option). algo=pretrain trains the model by plain supervised learning: on
+families with global classes (digits, omniglot) one classifier over all meta-train classes,
+stored with a fresh N-way head (zeros); elsewhere on the meta-train tasks' own rows; weights=FILE takes your own pretrained weights (a state dict
 of tensors, read with torch.load(weights_only=True) and checked against the model) and is not
 trained. Example:
   raymeta meta-train --family digits --out ck --candidate 'cnn model=conv4 hidden=32' \
@@ -106,8 +107,8 @@ def add_parser(sub: Any) -> None:
         "--algo",
         default="maml",
         choices=["maml", "fomaml", "reptile", "metasgd", "anil", "pretrain"],
-        help="meta-learning algorithm (pretrain = multi-task supervised pretraining, the "
-        "'pretrain, then fine-tune' baseline)",
+        help="meta-learning algorithm (pretrain = supervised pretraining, over all meta-train "
+        "classes where the family has global classes: the 'pretrain, then fine-tune' baseline)",
     )
     g.add_argument(
         "--candidate",
