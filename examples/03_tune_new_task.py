@@ -19,12 +19,12 @@ from pathlib import Path
 import raymeta
 
 
-def small_checkpoint(where: Path, steps: int, steps_per_member: int) -> Path:
-    """A small sinusoid meta-checkpoint with priors fitted for tune members of this length."""
+def small_checkpoint(where: Path, steps: int, fit: raymeta.PriorFitConfig) -> Path:
+    """A small sinusoid meta-checkpoint with priors fitted for tune members of
+    ``fit.max_steps`` steps."""
     path = where / "sinusoid-meta"
     trainer = raymeta.meta_train(raymeta.MetaTrainConfig(steps=steps, meta_batch=16, val_tasks=10))
     raymeta.save_meta_checkpoint(path, trainer.to_checkpoint())
-    fit = raymeta.PriorFitConfig(n_tasks=8, n_configs=32, max_steps=steps_per_member)
     priors = raymeta.fit_priors(raymeta.load_meta_checkpoint(path), fit)
     raymeta.write_priors(path, priors.to_dict())
     return path
@@ -43,7 +43,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="raymeta-example-") as d:
         work = Path(d)
         trials, steps = (2, 10) if small else (4, 60)
-        meta = Path(args.meta) if args.meta else small_checkpoint(work, 40 if small else 500, steps)
+        # smoke sizes: just enough to exercise each stage; the strategies below are named, so
+        # the smoke run skips priors fit's strategy selection (what tune's "auto" would use)
+        fit = raymeta.PriorFitConfig(
+            n_tasks=4 if small else 8,
+            n_configs=8 if small else 32,
+            max_steps=steps,
+            select_tasks=0 if small else None,
+        )
+        meta = Path(args.meta) if args.meta else small_checkpoint(work, 10 if small else 500, fit)
         for strategy in ("meta+learned+pbt", "scratch+broad+pbt"):
             request = raymeta.TuneRequest(
                 meta,

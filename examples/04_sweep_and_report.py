@@ -30,13 +30,13 @@ def main() -> None:
     meta = out / "meta"
     if not (meta / "meta.json").exists():
         trainer = raymeta.meta_train(
-            raymeta.MetaTrainConfig(steps=40 if small else 2000, meta_batch=10 if small else 25)
+            raymeta.MetaTrainConfig(steps=10 if small else 2000, meta_batch=10 if small else 25)
         )
         raymeta.save_meta_checkpoint(meta, trainer.to_checkpoint())
         priors = raymeta.fit_priors(
             raymeta.load_meta_checkpoint(meta),
-            n_tasks=8 if small else 32,
-            n_configs=16 if small else 64,
+            n_tasks=4 if small else 32,
+            n_configs=8 if small else 64,
             max_steps=20 if small else 100,  # the sweep's steps per member
             # then choose the family's strategy on further meta-val tasks ("auto" below)
             select_tasks=2 if small else 16,

@@ -49,7 +49,7 @@ def test_quickstart_smoke(
     for run in ("task0-meta-learned", "task0-scratch-broad"):
         report = json.loads((out / "tune" / run / "report.json").read_text())
         assert report["best"]["test_loss"] >= 0
-    # Every stage is resumable: a rerun reuses the finished artifacts.
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "reusing" in again.stdout
+    # Every stage is resumable: a rerun reuses the finished artifacts. In this process, on the
+    # test Ray it already holds (the fresh-interpreter path is the run above).
+    assert main(cmd[3:]) == 0
+    assert "reusing" in capsys.readouterr().out
