@@ -136,3 +136,9 @@ def test_both_objectives_open_with_the_standard_fine_tunes(
     assert len(pr.portfolio) == 16
     for anchor in anchor_configs(pr.space, ckpt, 4):
         assert anchor in pr.portfolio
+    # anchors=False (--no-anchors): the whole round is broad draws, none of them an anchor
+    bare = fit_priors(
+        ckpt, seed=1, select_tasks=0, objective=objective, portfolio_size=16, anchors=False, **kw
+    )  # type: ignore[arg-type]
+    assert bare.info["anchors"] == 0 and len(bare.portfolio) == 16
+    assert not any(a in bare.portfolio for a in anchor_configs(pr.space, ckpt, 4))

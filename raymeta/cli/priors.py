@@ -107,6 +107,14 @@ def add_parser(sub: Any) -> None:
         "per member)",
     )
     f.add_argument(
+        "--no-anchors",
+        dest="anchors",
+        action="store_false",
+        help="draw the whole first round from the broad space (default: it opens with the "
+        "standard fine-tunes, SGD at the meta-training inner lr and Adam at 1e-3/3e-3/1e-2, so "
+        "the portfolio holds the default fine-tune when it is good on meta-val)",
+    )
+    f.add_argument(
         "--select-tasks",
         type=int_arg(0, 4096),
         default=None,
@@ -235,6 +243,7 @@ def _fit(args: argparse.Namespace) -> int:
         select_tasks=args.select_tasks,
         select_population=args.select_population,
         select_interval=args.select_interval,
+        anchors=args.anchors,
     )
     fit_line = Progress("priors fit: fine-tuning runs", quiet=args.quiet)
     select_line = Progress("priors fit: strategy runs", quiet=args.quiet)

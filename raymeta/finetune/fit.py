@@ -79,6 +79,9 @@ class PriorFitConfig:
     select_tasks: int | None = None  # None: half of n_tasks, 2..SELECT_TASKS; 0: no selection
     select_population: int = SELECT_POPULATION
     select_interval: int | None = None  # steps between evaluations (default: tune's, 4 reports)
+    # open the first round with the standard fine-tunes (``anchor_configs``); False: all broad
+    # draws, as fits were before (what records of older fits need to be reproduced)
+    anchors: bool = True
 
     def __post_init__(self) -> None:
         c = checks
@@ -106,6 +109,7 @@ class PriorFitConfig:
         if self.select_tasks is not None:
             c.integer("priors: select-tasks", self.select_tasks, 0, MAX_TASKS)
         c.integer("priors: select-population", self.select_population, 1, MAX_SELECT_POPULATION)
+        c.boolean("priors: anchors", self.anchors)
         if self.select_interval is not None:
             c.integer("priors: select-interval", self.select_interval, 1)
         runs = self.fit_runs
@@ -251,7 +255,8 @@ def fit_priors(
     ranked by their anytime loss (``priors.table``). With ``"final"`` a config is one
     fine-tuning run of its own ``steps``: on digits that picked 4-7-step head-only configs,
     which top out above a full fine-tune once a tune run trains them for its whole budget.
-    Either way the first round opens with ``anchor_configs`` (the standard fine-tunes).
+    Either way the first round opens with ``anchor_configs`` (the standard fine-tunes) unless
+    ``anchors=False``.
     ``device`` is where the fine-tuning populations train (``"cuda"`` on a GPU machine).
     ``log`` gets the one line that says how the chunks were sized (``MemoryPlan.line``).
     """
@@ -327,7 +332,7 @@ def fit_priors(
     # most), so a portfolio holds the default fine-tune whenever it is good on meta-val: without
     # them a sinusoid fit's portfolio held only head-only or cautious configs and lost to the
     # fixed protocol (2.67 vs 0.40 MSE; BENCHMARKS.md "Sinusoid toward 0.20").
-    anchors = anchor_configs(space, ckpt, max_steps)[: sizes[0] // 4]
+    anchors = anchor_configs(space, ckpt, max_steps)[: sizes[0] // 4] if cfg.anchors else []
     for size in sizes:
         head = [] if configs else anchors  # anchors open the first round only
         new = head + prior.sample(size - len(head), rng)
