@@ -22,13 +22,18 @@ def _compiled(trainer: PopulationTrainer) -> PopulationTrainer:
     return PopulationTrainer(trainer.model, trainer.kind, compile=True)
 
 
+# uniform populations (one optimizer, one adapt: what a compiled trainer compiles), each with
+# weight decay, minibatches and members that stop mid-call
+ADAM_HEAD = [{**c, "optimizer": "adam", "adapt": "head"} for c in mixed.MIXED]
+SGD_ALL = [{k: v for k, v in c.items() if k not in ("optimizer", "adapt")} for c in mixed.MIXED]
+
+
+@pytest.mark.parametrize("configs", [ADAM_HEAD, SGD_ALL], ids=["adam-head", "sgd-all"])
 @pytest.mark.parametrize("per_member", [False, True], ids=["shared-data", "per-member-data"])
-def test_compiled_step_equals_eager_step(per_member: bool) -> None:
-    """Every member kind (SGD / Adam, weight decay, minibatches, head-only, members that stop
-    mid-call): the compiled step equals the eager general and grouped paths, moments and step
-    counts included, across two calls (state carried), and one member equals the looped
-    reference."""
-    trainer, state, hp, x, y = mixed._setup(mixed.MIXED, per_member)
+def test_compiled_step_equals_eager_step(configs: list[dict], per_member: bool) -> None:
+    """The compiled step equals the eager general and grouped paths, moments and step counts
+    included, across two calls (state carried), and one member equals the looped reference."""
+    trainer, state, hp, x, y = mixed._setup(configs, per_member)
     comp = _compiled(trainer)
     half = comp.train(state, hp, x, y, 3, per_member_data=per_member)
     out = comp.train(half, hp, x, y, mixed.N_STEPS - 3, per_member_data=per_member)
@@ -36,10 +41,10 @@ def test_compiled_step_equals_eager_step(per_member: bool) -> None:
     mixed._close(out, general)
     mixed._close(out, trainer.train(state, hp, x, y, mixed.N_STEPS, per_member))
     assert len(comp._compiled) == 1  # one compiled function, reused by the second call
-    i = 2  # Adam, minibatch, head-only
+    i = 2  # a minibatch member
     init = {k: v[i] for k, v in state.params.items()}
     xi, yi = (x[i], y[i]) if per_member else (x, y)
-    cfg = mixed.MIXED[i]
+    cfg = configs[i]
     want = ref_train_member(trainer.model, "regression", init, cfg, mixed.SEEDS[i], xi, yi, 8)
     for k, w in want.items():
         torch.testing.assert_close(out.params[k][i], w, rtol=1e-9, atol=1e-11)
@@ -47,7 +52,18 @@ def test_compiled_step_equals_eager_step(per_member: bool) -> None:
 
 def test_compiled_step_trains_a_subset_of_members() -> None:
     """``members=`` (what PBT's exploit and sweeps' refits use) through the compiled step."""
-    trainer, state, hp, x, y = mixed._setup(mixed.MIXED, True)
+    trainer, state, hp, x, y = mixed._setup(SGD_ALL, True)
     some = torch.tensor([1, 4, 8])
-    out = _compiled(trainer).train(state, hp, x, y, 5, True, members=some)
+    comp = _compiled(trainer)
+    out = comp.train(state, hp, x, y, 5, True, members=some)
     mixed._close(out, trainer.train(state, hp, x, y, 5, True, plan=GENERAL, members=some))
+    assert len(comp._compiled) == 1
+
+
+def test_mixed_populations_take_the_grouped_eager_path() -> None:
+    """A population mixing optimizers and adapts is not compiled (the grouped path is faster
+    for it) and gives the eager numbers."""
+    trainer, state, hp, x, y = mixed._setup(mixed.MIXED, True)
+    comp = _compiled(trainer)
+    mixed._close(comp.train(state, hp, x, y, 4, True), trainer.train(state, hp, x, y, 4, True))
+    assert comp._compiled == {}
