@@ -246,6 +246,14 @@ def test_priors_rows_pick_on_meta_val() -> None:
     acc = {0.01: 80.0, 0.1: 60.0, 9.0: float("nan")}
     assert pick_config(opts, "val", lambda c: acc[c["lr"]], higher=True)[0]["lr"] == 0.01
     assert pick_config(opts, "first", lambda c: 0.0, higher=False)[0]["lr"] == 0.01
+    # keep_first_within: the first (a default) stays unless beaten by more than the margin
+    near = {0.01: 0.382, 0.1: 0.380, 9.0: float("nan")}
+    cfg, how = pick_config(opts, "val", lambda c: near[c["lr"]], False, keep_first_within=0.05)
+    assert cfg["lr"] == 0.01 and "within 5% of the best of 3" in how
+    assert pick_config(opts, "val", lambda c: loss[c["lr"]], False, 0.05)[0]["lr"] == 0.1
+    near_acc = {0.01: 54.0, 0.1: 56.0, 9.0: float("nan")}
+    assert pick_config(opts, "val", lambda c: near_acc[c["lr"]], True, 0.05)[0]["lr"] == 0.01
+    assert pick_config(opts, "val", lambda c: near_acc[c["lr"]], True, 0.01)[0]["lr"] == 0.1
     (head,) = portfolio_configs(portfolio, "head", 10, 5)
     assert head[0]["adapt"] == "head" and head[1] == "priors portfolio #1"
     (forced,) = portfolio_configs(portfolio[1:], "head", 10, 5)
