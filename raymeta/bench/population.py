@@ -210,7 +210,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--compile",
         action="store_true",
         help="also time the trainer with torch.compile (PopulationTrainer(compile=True); CUDA "
-        "graphs on a GPU); its first call per size compiles (reported as compile_s)",
+        "graphs on a GPU); its first call per size compiles (the '1st call s' column)",
     )
     p.add_argument("--smoke-test", action="store_true", help="tiny sizes (a smoke test)")
     p.add_argument(

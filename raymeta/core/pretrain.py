@@ -101,14 +101,8 @@ def family_has_global_labels(family: Any) -> bool:
 def fingerprint_tag(cfg: MetaTrainConfig) -> dict[str, str]:
     """``{"pretrain_labels": "global"}`` when ``cfg`` or one of its trained candidates
     pretrains on global labels, else nothing: every other run keeps its fingerprint."""
-    algos = {cfg.algo}
-    for cand in cfg.candidates:
-        algo = getattr(cand, "algo", None) if not isinstance(cand, Mapping) else cand.get("algo")
-        weights = (
-            getattr(cand, "weights", None) if not isinstance(cand, Mapping) else cand.get("weights")
-        )
-        if weights is None:
-            algos.add(algo or cfg.algo)
+    # cfg.candidates are CandidateConfig objects (MetaTrainConfig.__post_init__ converts them)
+    algos = {cfg.algo} | {c.algo or cfg.algo for c in cfg.candidates if c.weights is None}
     if PRETRAIN in algos and family_has_global_labels(cfg.family):
         return {FINGERPRINT_KEY: "global"}
     return {}

@@ -440,8 +440,8 @@ class PopulationTrainer:
                 gk = gk * keep
             else:
                 keep = torch.ones((), dtype=dt, device=x.device)
-            if not plan.adam:
-                new_p[k] = p[k] - _per(lr * active, p[k]) * keep * gk
+            if not plan.adam:  # gk already carries keep
+                new_p[k] = p[k] - _per(lr * active, p[k]) * gk
                 new_m[k], new_v[k] = m[k], v[k]
                 continue
             mk = _B1 * m[k] + (1 - _B1) * gk
