@@ -101,8 +101,16 @@ def family_has_global_labels(family: Any) -> bool:
 def fingerprint_tag(cfg: MetaTrainConfig) -> dict[str, str]:
     """``{"pretrain_labels": "global"}`` when ``cfg`` or one of its trained candidates
     pretrains on global labels, else nothing: every other run keeps its fingerprint."""
-    # cfg.candidates are CandidateConfig objects (MetaTrainConfig.__post_init__ converts them)
-    algos = {cfg.algo} | {c.algo or cfg.algo for c in cfg.candidates if c.weights is None}
+    algos = {cfg.algo}
+    # candidates may still be dicts here (configs whose per-candidate parts are fingerprinted
+    # before conversion, e.g. each trained candidate's own run): read both forms
+    for cand in cfg.candidates:
+        algo = getattr(cand, "algo", None) if not isinstance(cand, Mapping) else cand.get("algo")
+        weights = (
+            getattr(cand, "weights", None) if not isinstance(cand, Mapping) else cand.get("weights")
+        )
+        if weights is None:
+            algos.add(algo or cfg.algo)
     if PRETRAIN in algos and family_has_global_labels(cfg.family):
         return {FINGERPRINT_KEY: "global"}
     return {}
