@@ -201,3 +201,40 @@ def test_killed_driver_leaves_no_ray_process_behind() -> None:
         for p in tree:  # only the processes this test's driver started
             with contextlib.suppress(psutil.Error):
                 p.kill()
+
+
+JOIN = textwrap.dedent(
+    """
+    import sys, ray
+    from raymeta.orchestration.ray_runtime import ray_context
+
+    with ray_context(sys.argv[1]):
+        print("CPUS", ray.cluster_resources()["CPU"])
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["auto", "explicit"])
+def test_joins_a_token_cluster_on_this_machine_from_a_fresh_shell(
+    ray_session: None, how: str
+) -> None:
+    """Ray (>= 2.59) starts clusters on one machine with token authentication; a driver that
+    gives ray.init an explicit address sends no token unless RAY_AUTH_MODE=token is set, and
+    failed after ~20 s with "Failed to connect" (raymeta resolves ``auto`` to the explicit
+    address, so both forms failed). From a shell without RAY_AUTH_* both now join with this
+    machine's token."""
+    import ray
+
+    gcs = ray.get_runtime_context().gcs_address
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    if how == "auto":
+        env["RAY_ADDRESS"] = gcs
+    out = subprocess.run(
+        [sys.executable, "-c", JOIN, "auto" if how == "auto" else gcs],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "CPUS 2.0" in out.stdout

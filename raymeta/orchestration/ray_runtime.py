@@ -196,11 +196,16 @@ def ray_context(
         # the routable IP would wait forever for a raylet there
         local = _is_loopback(parse_address(target)[0])
         try:
-            with loopback_only() if local else contextlib.nullcontext():
+            with (
+                loopback_only() if local else contextlib.nullcontext(),
+                _quiet_auth_notice(quiet),
+            ):
+                if local or _wants_auto(address):
+                    _use_local_token()
                 ray.init(address=target, **kwargs)
         except Exception as exc:  # ConnectionError, ValueError (bad port), auth errors...
             raise ClusterError(
-                f"cannot connect to the Ray cluster at {target}: {_first(exc)}"
+                f"cannot connect to the Ray cluster at {target}: {_first(exc)}{_auth_hint()}"
             ) from None
     try:
         yield
@@ -224,6 +229,48 @@ def _quiet_auth_notice(quiet: bool) -> Iterator[None]:
         yield
     finally:
         log.setLevel(old)
+
+
+def _wants_auto(address: str | None) -> bool:
+    """Whether the user asked for ``auto`` (the argument, else ``RAY_ADDRESS``)."""
+    given = address if address is not None else os.environ.get("RAY_ADDRESS")
+    return (given or "").strip() == "auto"
+
+
+def _use_local_token() -> None:
+    """Join a cluster on this machine with this machine's Ray token, as ``ray.init("auto")``
+    does and an explicit address does not.
+
+    Why: Ray (>= 2.59) starts clusters on one machine (``ray start --head``, an embedded
+    ``ray.init``) with token authentication, but a driver given an explicit address sends no
+    token unless ``RAY_AUTH_MODE=token`` is set, and fails after ~20 s with "Failed to connect".
+    raymeta resolves ``--address auto`` to the explicit address (to probe it first), so without
+    this both ``auto`` and ``127.0.0.1:PORT`` failed from a fresh shell. Only for loopback
+    addresses and ``auto`` (this machine): the token is a secret, never sent to another host
+    unasked. An explicit ``RAY_AUTH_MODE`` is respected; a token-sending driver also joins a
+    cluster without authentication."""
+    if os.environ.get("RAY_AUTH_MODE") is not None:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a later Ray moved it: the error's hint still names the fix
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def _auth_hint() -> str:
+    """Why a reachable cluster may refuse this driver: Ray turns token authentication on for
+    clusters started on one machine (``ray start``, an embedded ``ray.init``) but a driver
+    given an explicit address sends no token unless ``RAY_AUTH_MODE=token`` is set."""
+    if os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "token":
+        return ""
+    return (
+        " (if the cluster uses token authentication, as Ray >= 2.59 turns on for clusters "
+        "started on one machine: set RAY_AUTH_MODE=token, with the token in RAY_AUTH_TOKEN, "
+        "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
+    )
 
 
 def _first(exc: BaseException) -> str:
