@@ -4,6 +4,7 @@ whole support set) at several meta-steps; extra fine-tune lrs scored on 64 meta-
 on test. Why a script: the screens need MSE at several meta-steps of one run, which the bench
 command does not print. Usage (one torch thread, as the recorded runs):
   python benchmarks/sinusoid_curve.py NAME STEPS EVAL_EVERY JSON_OVERRIDES [JSON_EXTRA_LRS]
+An ANIL init (``"algo": "anil"``) is fine-tuned as its paper does: head only.
 """
 
 import json
@@ -56,6 +57,8 @@ while tr.step < steps:
         parts = []
         for lr in lrs:
             c = default_config(lr, 10, 5, "meta")
+            if cfg.algo == "anil":
+                c["adapt"] = "head"
             te = finetune_episodes(cand, test, c, "meta", (1, 5, 10), 0)
             va = finetune_episodes(cand, val, c, "meta", (10,), 0)[10]
             ivs = {k: interval(v) for k, v in te.items()}

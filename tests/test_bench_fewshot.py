@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from raymeta.bench.fewshot import (
+    LEARNED,
     Interval,
     interval,
     pick_config,
@@ -48,7 +49,9 @@ def _check_record(doc: dict[str, Any], suite: str, metric: str, steps: list[int]
     (rec,) = doc["settings"]
     assert rec["metric"] == metric and rec["episodes"] == 4 and rec["report_steps"] == steps
     kinds = [r["kind"] for r in rec["rows"]]
-    assert kinds.count("meta") == 3 and kinds.count("pretrain") == 3 and "scratch" in kinds
+    learned = [r for r in rec["rows"] if r["config_source"] == LEARNED]
+    assert kinds.count("meta") == 3 + len(learned) and kinds.count("pretrain") == 3
+    assert "scratch" in kinds
     # the selected row is the fixed protocol or a portfolio config, chosen on meta-val
     sel = next(r for r in rec["rows"] if "selected on meta-val" in r["row"])
     assert "best of" in sel["config_source"] and "on meta-val" in sel["config_source"]
@@ -59,6 +62,7 @@ def _check_record(doc: dict[str, Any], suite: str, metric: str, steps: list[int]
     for row in rec["rows"]:
         assert set(row) >= ROW_FIELDS and row["n"] == 4
         assert row["config"]["steps"] <= rec["ft_steps"]  # one budget for every row
+        assert row["config"].get("learned_rates", False) == (row in learned)
         for s in steps:
             r = row["results"][str(s)]
             assert math.isfinite(r["mean"]) and r["ci95"] >= 0
@@ -79,6 +83,79 @@ def test_smoke_sinusoid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert doc["settings"][0]["pretrain"]["formulation"] == "episodic"  # no classes to pool
     printed = capsys.readouterr().out
     assert "MAML (published)" in printed and "smoke budget" in printed
+
+
+def test_smoke_sinusoid_learned_rates_row(tmp_path: Path) -> None:
+    """An init that learned its inner rates (K5-lslr) gets a row scored with its own inner
+    loop beside the fixed protocol; the others do not (test_smoke_sinusoid)."""
+    doc = _smoke(tmp_path, "sinusoid", "K5-lslr")
+    _check_record(doc, "sinusoid", "mse", [1, 2])
+    rec = doc["settings"][0]
+    (row,) = [r for r in rec["rows"] if r["config_source"] == LEARNED]
+    assert row["row"] == "raymeta MAML+LSLR init, its learned inner loop" and row["kind"] == "meta"
+    assert rec["meta_train"]["learn_inner_lr"] and rec["meta_train"]["rates_lr_scale"] == 0.1
+
+
+@pytest.mark.parametrize("algo", ["maml", "metasgd"])
+def test_learned_loop_episodes_equal_the_looped_reference(algo: str) -> None:
+    """Per-episode MSE of the learned-loop row against ``ref_adapt`` (autograd, one task at a
+    time, float64), LSLR's steps past the learned ones at the inner lr."""
+    from dataclasses import replace
+
+    from raymeta.bench.fewshot import learned_loop, learned_loop_episodes
+    from raymeta.core.models import build_model
+    from raymeta.core.reference import ref_adapt, ref_loss
+    from raymeta.tasks import FamilySpec, make_family
+
+    fam = {"shots": 5, "queries": 10, "task_shots": 5, "test_size": 7}
+    meta = {
+        "algo": algo,
+        "inner_steps": 2,
+        "inner_lr": 0.02,
+        "learn_inner_lr": algo == "maml",
+        "rates_lr_scale": 0.5,
+        "model": "mlp",
+        "model_options": {"widths": [8, 8]},
+        "meta_batch": 4,
+    }
+    cfg = MetaTrainConfig(
+        family="sinusoid", family_options=fam, steps=3, val_tasks=2, val_every=3, **meta
+    ).validate()
+    tr = MetaTrainer(cfg)
+    for _ in range(3):
+        tr.apply(tr.local_grad()[1])
+    cand = tr.to_checkpoint().candidate()
+    cand = replace(cand, params={k: v.double() for k, v in cand.params.items()})
+    assert learned_loop(meta, 10) == {"learned_rates": True, "steps": 10, "inner_lr": 0.02}
+    assert learned_loop({**meta, "algo": "maml", "learn_inner_lr": False}, 10) == {}
+    family = make_family(FamilySpec("sinusoid", fam))
+    tasks = [family.task("test", i) for i in range(5)]
+    got = learned_loop_episodes(cand, tasks, meta, (1, 2, 4))
+    model = build_model(cand.spec).double()
+    for steps in (1, 2, 4):
+        p = dict(cand.params)
+        if algo == "maml" and steps > 2:  # LSLR past its learned steps: the inner lr
+            p = {
+                k: torch.cat([v, v.new_full((steps - 2,), 0.02)]) if k.startswith("lslr.") else v
+                for k, v in p.items()
+            }
+        for i, t in enumerate(tasks):
+            leaf = {k: v.detach().requires_grad_(True) for k, v in p.items()}
+            fast = ref_adapt(
+                model,
+                "regression",
+                leaf,
+                t.x_train.double(),
+                t.y_train.double(),
+                steps,
+                0.02,
+                algo=algo,
+                first_order=True,
+                learn_lr=algo == "maml",
+            )
+            out = torch.func.functional_call(model, fast, (t.x_test.double(),))
+            want = float(ref_loss("regression", out, t.y_test.double()).detach())
+            assert got[steps][i] == pytest.approx(want, rel=1e-10), (steps, i)
 
 
 def test_smoke_digits(tmp_path: Path) -> None:

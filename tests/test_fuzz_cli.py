@@ -488,6 +488,7 @@ META_TRAIN_FLAGS = {
     "--outer-schedule": st.sampled_from(["constant", "cosine", "linear", ""]),
     "--outer-lr-min": numbers,
     "--first-order-until": numbers,
+    "--rates-lr-scale": numbers,
     "--first-order": switch,
     "--checkpoint-inner": switch,
     "--config": st.just("CONFIG"),

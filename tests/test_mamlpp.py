@@ -250,6 +250,50 @@ def test_interrupted_run_resumed_from_checkpoint_equals_uninterrupted() -> None:
     assert any(float((v.detach() - SMALL.inner_lr).abs().max()) > 1e-6 for v in rates)
 
 
+@pytest.mark.parametrize("algo", ["maml", "metasgd"])
+def test_rates_lr_scale_moves_only_the_learned_rates_slower(algo: str) -> None:
+    """Adam's first step moves every element by ~its learning rate, so with
+    ``rates_lr_scale=0.1`` the learned rates (LSLR's ``lslr.*``, Meta-SGD's ``lr.*``) move a
+    tenth as far as with 1, and every other parameter exactly as far."""
+    from raymeta.core.engine import LR_PREFIX
+
+    base = replace(SMALL, multi_step_loss=0, first_order_until=0, outer_schedule="constant")
+    base = replace(base, outer_lr_min=0.0, algo=algo, learn_inner_lr=algo == "maml")
+    moved = {}
+    for scale in (1.0, 0.1):
+        tr = MetaTrainer(replace(base, rates_lr_scale=scale).validate())
+        before = {k: v.detach().clone() for k, v in tr.params.items()}
+        tr.apply(tr.local_grad()[1])
+        moved[scale] = {k: (tr.params[k].detach() - before[k]) for k in before}
+    rates = [k for k in moved[1.0] if k.startswith((LSLR_PREFIX, LR_PREFIX))]
+    assert rates and len(rates) < len(moved[1.0])
+    for k, d in moved[1.0].items():
+        if k in rates:
+            assert torch.allclose(moved[0.1][k], 0.1 * d, rtol=1e-6, atol=1e-15), k
+            assert float(d.abs().max()) > 0
+        else:
+            assert torch.equal(moved[0.1][k], d), k
+
+
+def test_rates_lr_scale_resumes_exactly_and_keeps_old_fingerprints() -> None:
+    cfg = replace(SMALL, rates_lr_scale=0.25).validate()
+    whole = meta_train(cfg)
+    first = MetaTrainer(cfg)
+    for _ in range(4):
+        first.apply(first.local_grad()[1])
+    buf = io.BytesIO()
+    torch.save(first.state_dict(), buf)
+    buf.seek(0)
+    resumed = MetaTrainer(cfg)
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    while resumed.step < cfg.steps:
+        resumed.apply(resumed.local_grad()[1])
+    for k, v in whole.params.items():
+        assert torch.equal(resumed.params[k], v), k
+    # another scale is another run (the default's fingerprint: test_old_meta_json_...)
+    assert cfg.fingerprint() != SMALL.fingerprint()
+
+
 def test_order_annealing_switches_at_n() -> None:
     cfg = replace(SMALL, multi_step_loss=0, learn_inner_lr=False)
     tr = MetaTrainer(cfg)
@@ -390,6 +434,12 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"algo": "fomaml", "first_order_until": 5}, "first-order-until anneals"),
     ({"first_order": True, "first_order_until": 5}, "first-order-until anneals"),
     ({"learn_inner_lr": "yes"}, "learn-inner-lr"),
+    ({"learn_inner_lr": True, "rates_lr_scale": 0.0}, "rates-lr-scale"),
+    ({"learn_inner_lr": True, "rates_lr_scale": float("nan")}, "rates-lr-scale"),
+    ({"learn_inner_lr": True, "rates_lr_scale": float("inf")}, "rates-lr-scale"),
+    ({"learn_inner_lr": True, "rates_lr_scale": -0.1}, "rates-lr-scale"),
+    ({"learn_inner_lr": True, "rates_lr_scale": "0.1"}, "rates-lr-scale"),
+    ({"rates_lr_scale": 0.1}, "rates-lr-scale scales the outer lr of learned inner rates"),
 ]
 
 
@@ -432,16 +482,19 @@ def test_cli_flags_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
             "1e-5",
             "--first-order-until",
             "20",
+            "--rates-lr-scale",
+            "0.1",
         ]
     )
     cfg = build_config(args)
     assert (cfg.multi_step_loss, cfg.learn_inner_lr, cfg.outer_schedule) == (50, True, "cosine")
-    assert (cfg.outer_lr_min, cfg.first_order_until) == (1e-5, 20)
+    assert (cfg.outer_lr_min, cfg.first_order_until, cfg.rates_lr_scale) == (1e-5, 20, 0.1)
     out = str(tmp_path / "o")
     for argv, needle in [
         (["--algo", "metasgd", "--learn-inner-lr"], "learn-inner-lr needs one of"),
         (["--outer-schedule", "cosine", "--outer-lr-min", "0.01"], "must be below outer-lr"),
         (["--algo", "fomaml", "--first-order-until", "3"], "first-order-until anneals"),
+        (["--rates-lr-scale", "0.1"], "needs --learn-inner-lr or algo metasgd"),
     ]:
         assert cli_main(["meta-train", "--local", "--out", out, *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -149,10 +149,13 @@ def _sinusoid(budget: str) -> list[Setting]:
         "outer_schedule": "cosine",
         "outer_lr_min": 1e-5,
     }
+    # learned per-step inner rates (LSLR) over 3 inner steps, the rates at a tenth of the outer
+    # rate (BENCHMARKS.md "Learned inner rates on sinusoid")
+    lslr = {**best, "inner_steps": 3, "learn_inner_lr": True, "rates_lr_scale": 0.1}
     steps = {
-        "smoke": (3, 3, 3),
-        "cpu": (10_000, 4_000, 20_000),
-        "full": (70_000, 70_000, 70_000),
+        "smoke": (3, 3, 3, 3),
+        "cpu": (10_000, 4_000, 20_000, 5_000),
+        "full": (70_000, 70_000, 70_000, 70_000),
     }[budget]
     episodes = 20 if budget == "smoke" else 500
     pre = {"smoke": 3, "cpu": 3_000, "full": 10_000}[budget]
@@ -191,6 +194,12 @@ def _sinusoid(budget: str) -> list[Setting]:
         ),
         Setting(
             "sinusoid",
+            "K5-lslr",
+            meta={**lslr, "steps": steps[3]},
+            **common,  # type: ignore[arg-type]
+        ),
+        Setting(
+            "sinusoid",
             "K5-mamlpp",
             # without LSLR: with learned inner rates the cpu preset diverged at step 731
             # (BENCHMARKS.md, few-shot section)
@@ -214,9 +223,10 @@ def architecture(meta: Mapping[str, Any]) -> str:
 
 
 def plus_label(meta: Mapping[str, Any]) -> str:
-    """``MAML++`` with all its options, ``MAML++ w/o LSLR`` without learned inner rates."""
+    """``MAML++`` with all its options, ``MAML++ w/o LSLR`` without learned inner rates,
+    ``MAML+LSLR`` with learned inner rates but not the multi-step loss."""
     if meta.get("learn_inner_lr"):
-        return "MAML++"
+        return "MAML++" if meta.get("multi_step_loss") else f"{str(meta['algo']).upper()}+LSLR"
     if meta.get("multi_step_loss"):
         return "MAML++ w/o LSLR"
     return str(meta["algo"]).upper()
@@ -474,6 +484,8 @@ def pick_config(
 
 
 def describe(cfg: Mapping[str, Any]) -> str:
+    if cfg.get("learned_rates"):
+        return f"the init's own inner loop, {cfg['steps']} steps"
     parts = [f"{cfg.get('optimizer', 'sgd')} lr {float(cfg['lr']):.3g}", f"{cfg['steps']} steps"]
     if cfg.get("adapt", "all") != "all":
         parts.append(f"adapt {cfg['adapt']}")
@@ -492,7 +504,7 @@ def _train(setting: Setting, algo: str, steps: int, seed: int, device: str, log:
 
     meta = dict(setting.meta)
     if algo == "pretrain":  # no inner loop, so none of MAML++'s inner-loop options
-        meta = {k: v for k, v in meta.items() if k not in maml_plus_plus(1)}
+        meta = {k: v for k, v in meta.items() if k not in {*maml_plus_plus(1), "rates_lr_scale"}}
         meta.update(algo="pretrain", inner_steps=0)
     cfg = MetaTrainConfig(
         family=setting.family,
@@ -541,6 +553,57 @@ def _pretrain_how(pre: Mapping[str, Any]) -> str:
             f" (global labels, {pre.get('classes', '?')}-way, batch {pre.get('batch_size', '?')})"
         )
     return f" ({how})" if how else ""
+
+
+LEARNED = "learned rates (LSLR per step, then the inner lr; Meta-SGD per parameter)"
+
+
+def learned_loop(meta: Mapping[str, Any], steps: int) -> dict[str, Any]:
+    """The row config of an init that learned its inner rates (``learn_inner_lr``, Meta-SGD),
+    empty for one that did not. Why a row of its own: the fine-tuning runner applies one rate
+    per member, so the learned rates reach only the engine's own inner loop (what Meta-SGD's
+    and MAML++'s papers evaluate with); the fixed-protocol row beside it shows what a plain
+    fine-tune of the same init gives."""
+    if not (meta.get("learn_inner_lr") or meta.get("algo") == "metasgd"):
+        return {}
+    return {"learned_rates": True, "steps": steps, "inner_lr": float(meta["inner_lr"])}
+
+
+def learned_loop_episodes(
+    cand: Any,
+    tasks: Sequence[Any],
+    meta: Mapping[str, Any],
+    report_steps: Sequence[int],
+    device: str = "cpu",
+    chunk: int = 256,
+) -> dict[int, list[float]]:
+    """Per-episode query MSE (or accuracy in percent) after each of ``report_steps`` steps of
+    the init's own inner loop (``MetaEngine.episode_scores``: first-order, with the rates the
+    parameters carry), on the same episodes as ``finetune_episodes``."""
+    import torch
+
+    from raymeta.core.engine import InnerConfig, MetaEngine
+    from raymeta.core.models import build_model
+    from raymeta.tasks import TaskBatch
+
+    dev = torch.device(device)
+    model = build_model(cand.spec).to(dev)
+    kind = tasks[0].kind
+    inner = InnerConfig(int(meta["inner_steps"]), float(meta["inner_lr"]))
+    engine = MetaEngine(model, kind, str(meta["algo"]), inner, chunk)
+    params = {k: v.to(dev) for k, v in cand.params.items()}
+    batch = TaskBatch(
+        *(
+            torch.stack([getattr(t, k) for t in tasks])
+            for k in ("x_train", "y_train", "x_test", "y_test")
+        )
+    ).to(dev, next(iter(params.values())).dtype)
+    out: dict[int, list[float]] = {}
+    for s in report_steps:
+        losses, accs = engine.episode_scores(params, batch, s)
+        vals = accs * 100.0 if kind == "classification" else losses
+        out[s] = [float(v) for v in vals.cpu()]
+    return out
 
 
 def _fit(ckpt: Any, setting: Setting, seed: int, device: str, log: Log) -> tuple[Any, float]:
@@ -642,10 +705,27 @@ def run_setting(
         higher,
     )
     algo = plus_label(setting.meta)
-    # MAML++ trains for its own inner loop: SGD at the inner lr is not its paper's protocol
-    proto = "fixed SGD protocol" if algo.startswith("MAML++") else "paper protocol"
+    # an init trained for its own inner loop (MAML++, learned rates): SGD at the inner lr is
+    # not its paper's protocol
+    proto = (
+        "fixed SGD protocol" if "++" in algo or learned_loop(setting.meta, 1) else "paper protocol"
+    )
     plan = [
         ("meta", f"raymeta {algo} init, {proto}", meta_ckpt, "meta", fixed, "fixed"),
+        *(
+            [
+                (
+                    "meta",
+                    f"raymeta {algo} init, its learned inner loop",
+                    meta_ckpt,
+                    "meta",
+                    own,
+                    LEARNED,
+                )
+            ]
+            if (own := learned_loop(setting.meta, budget_steps))
+            else []
+        ),
         ("meta", f"raymeta {algo} init + learned priors", meta_ckpt, "meta", meta_cfg, meta_how),
         ("meta", f"raymeta {algo} init, selected on meta-val", meta_ckpt, "meta", sel_cfg, sel_how),
         ("pretrain", "pretrain + fine-tune (paper protocol)", pre_ckpt, "meta", fixed, "fixed"),
@@ -661,7 +741,10 @@ def run_setting(
         if kind != "meta" and key in cache:  # the same init and config on the same episodes
             rows.append(cache[key])
             continue
-        vals = finetune_episodes(cand, tasks, cfg, init, setting.report_steps, seed, device)
+        if how == LEARNED:
+            vals = learned_loop_episodes(cand, tasks, setting.meta, setting.report_steps, device)
+        else:
+            vals = finetune_episodes(cand, tasks, cfg, init, setting.report_steps, seed, device)
         ivs = {s: interval(v) for s, v in vals.items()}
         rows.append(
             {

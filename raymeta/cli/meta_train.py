@@ -158,6 +158,14 @@ def add_parser(sub: Any) -> None:
         "anil)",
     )
     m.add_argument(
+        "--rates-lr-scale",
+        type=float_arg(0.0, low_open=True),
+        default=1.0,
+        metavar="X",
+        help="outer learning rate of learned inner rates (--learn-inner-lr, metasgd) as a "
+        "multiple of --outer-lr (default 1; 0.1 measured best on sinusoid, see BENCHMARKS.md)",
+    )
+    m.add_argument(
         "--outer-schedule",
         default="constant",
         choices=["constant", "cosine"],
@@ -297,6 +305,7 @@ def build_config(args: argparse.Namespace) -> Any:
         outer_schedule=args.outer_schedule,
         outer_lr_min=args.outer_lr_min,
         first_order_until=args.first_order_until,
+        rates_lr_scale=args.rates_lr_scale,
     ).validate()
 
 

@@ -350,6 +350,18 @@ class MetaEngine:
     ) -> dict[str, float]:
         """Query loss (and accuracy) after ``steps`` first-order inner steps, averaged over tasks
         (with the learned rates the parameters carry: Meta-SGD's, or LSLR's per step)."""
+        losses, accs = self.episode_scores(params, batch, steps)
+        out = {"loss": float(losses.mean())}
+        if self.kind == "classification":
+            out["accuracy"] = float(accs.mean())
+        return out
+
+    def episode_scores(
+        self, params: Params, batch: TaskBatch, steps: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-task query loss and accuracy (zeros for regression) after ``steps`` first-order
+        inner steps of this engine's own inner loop: what ``evaluate`` averages, and what a
+        benchmark needs per episode for its intervals (``bench.fewshot``'s learned-loop row)."""
 
         def one(
             p: Params, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor
@@ -367,10 +379,7 @@ class MetaEngine:
             lo, ac = run(detached, b.xs, b.ys, b.xq, b.yq)
             losses.append(lo.detach())
             accs.append(ac.detach())
-        out = {"loss": float(torch.cat(losses).mean())}
-        if self.kind == "classification":
-            out["accuracy"] = float(torch.cat(accs).mean())
-        return out
+        return torch.cat(losses), torch.cat(accs)
 
 
 def step_rate(

@@ -22,6 +22,7 @@ from raymeta.core import pretrain
 from raymeta.core.candidates import CandidateConfig, as_candidate, check_candidates
 from raymeta.core.checkpoint import Candidate, MetaCheckpoint
 from raymeta.core.engine import (
+    LR_PREFIX,
     LSLR_ALGOS,
     LSLR_PREFIX,
     MSL_ALGOS,
@@ -46,6 +47,7 @@ LATER_DEFAULTS: dict[str, Any] = {
     "outer_schedule": "constant",
     "outer_lr_min": 0.0,
     "first_order_until": 0,
+    "rates_lr_scale": 1.0,
 }
 MSL_FLOOR = 0.03  # MAML++'s floor of a non-final weight, times the number of inner steps
 MAX_INNER_STEPS = 100_000
@@ -86,6 +88,10 @@ class MetaTrainConfig:
     outer_schedule: str = "constant"
     outer_lr_min: float = 0.0
     first_order_until: int = 0
+    # the outer learning rate of learned inner rates (LSLR's lslr.*, Meta-SGD's lr.*) as a
+    # multiple of outer_lr: an outer Adam step moves every parameter by ~outer_lr, which at
+    # inner rates of ~0.01 is a 10-100% change per step (BENCHMARKS.md "Learned inner rates")
+    rates_lr_scale: float = 1.0
 
     def validate(self) -> MetaTrainConfig:
         """Types, ranges and finiteness of every field (one-line ``ConfigError``s), so the
@@ -138,6 +144,7 @@ class MetaTrainConfig:
         c.string("outer-schedule", self.outer_schedule, OUTER_SCHEDULES)
         c.number("outer-lr-min", self.outer_lr_min, 0.0)
         c.integer("first-order-until", self.first_order_until, 0)
+        c.number("rates-lr-scale", self.rates_lr_scale, 0.0, low_open=True)
         if self.outer_lr_min >= self.outer_lr:
             raise ConfigError(
                 f"outer-lr-min {self.outer_lr_min:g} must be below outer-lr {self.outer_lr:g}"
@@ -155,6 +162,11 @@ class MetaTrainConfig:
             raise ConfigError(
                 f"learn-inner-lr needs one of {', '.join(LSLR_ALGOS)} with inner-steps >= 1 "
                 f"(got {self.algo}, {self.inner_steps} inner steps; Meta-SGD learns its own rates)"
+            )
+        if self.rates_lr_scale != 1.0 and not (self.learn_inner_lr or self.algo == "metasgd"):
+            raise ConfigError(
+                f"rates-lr-scale scales the outer lr of learned inner rates: it needs "
+                f"--learn-inner-lr or algo metasgd (got {self.algo} without learned rates)"
             )
         if self.first_order_until and (self.algo not in SECOND_ORDER_ALGOS or self.first_order):
             raise ConfigError(
@@ -228,6 +240,18 @@ def msl_weights(inner_steps: int, step: int, until: int) -> tuple[float, ...] | 
     early = [max(1.0 / s - decay, floor) for _ in range(s - 1)]
     last = min(1.0 / s + (s - 1) * decay, 1.0 - (s - 1) * floor)
     return (*early, last)
+
+
+def rate_groups(params: Params, scale: float) -> list[dict[str, Any]]:
+    """The outer optimizer's parameter groups: one group, or with ``scale != 1`` the learned
+    inner rates (``lslr.*``, ``lr.*``) in a second group whose learning rate is ``scale`` times
+    the outer rate (``lr_scale``, read by ``MetaTrainer.apply`` at every step, so the schedule
+    applies to both). Why only then: a checkpoint written with one group resumes unchanged."""
+    rates = [v for k, v in params.items() if k.startswith((LSLR_PREFIX, LR_PREFIX))]
+    rest = [v for k, v in params.items() if not k.startswith((LSLR_PREFIX, LR_PREFIX))]
+    if scale == 1.0 or not rates:
+        return [{"params": list(params.values()), "lr_scale": 1.0}]
+    return [{"params": rest, "lr_scale": 1.0}, {"params": rates, "lr_scale": scale}]
 
 
 def outer_lr_at(cfg: MetaTrainConfig, step: int) -> float:
@@ -367,7 +391,7 @@ class MetaTrainer:
                 cfg.chunk_size,
             )
         opt_cls = torch.optim.Adam if cfg.outer_optimizer == "adam" else torch.optim.SGD
-        self.opt = opt_cls(list(self.params.values()), lr=cfg.outer_lr)
+        self.opt = opt_cls(rate_groups(self.params, cfg.rates_lr_scale), lr=cfg.outer_lr)
         self.step = 0
 
     def my_shards(self) -> list[int]:
@@ -414,7 +438,7 @@ class MetaTrainer:
             p.grad = (grad_sums[k] / self.cfg.meta_batch).to(p.dtype)
         lr = outer_lr_at(self.cfg, self.step)
         for group in self.opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
