@@ -5,10 +5,25 @@ from __future__ import annotations
 import argparse
 
 from raymeta.options import add_renamed
-from raymeta.paths import output_arg
+from raymeta.paths import check_output_file, output_arg
+
+MAX_THREADS = 1024  # torch intra-op threads: more than any machine's cores, far below C int
 
 
 def add_json_out(p: argparse.ArgumentParser, help: str) -> None:
-    """``--out PATH`` for a benchmark's JSON records (``--json`` is its deprecated spelling)."""
+    """``--out PATH`` for a benchmark's JSON records (``--json`` is its deprecated spelling).
+
+    Marks the namespace (``_json_out``) so ``raymeta bench`` checks the path before the
+    benchmark runs: the records are written last, and a directory or unwritable ``--out``
+    must not cost a whole benchmark run before it is refused."""
     p.add_argument("--out", type=output_arg("--out"), metavar="PATH", help=help)
     add_renamed(p, "--json", "--out", type=output_arg("--json"))
+    p.set_defaults(_json_out=True)
+
+
+def check_json_out(args: argparse.Namespace) -> None:
+    """Refuse (one-line ``ConfigError``) a JSON ``--out`` that could not be written at the end:
+    a directory, or a place where no file can be created. An existing file is replaced, as
+    before."""
+    if getattr(args, "_json_out", False) and args.out:
+        check_output_file(args.out, "--out", force=True)

@@ -37,7 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from raymeta.bench.args import add_json_out
+from raymeta import checks
+from raymeta.bench.args import MAX_THREADS, add_json_out
+from raymeta.cli._common import float_arg, int_arg
 from raymeta.core.engine import InnerConfig, MetaEngine
 from raymeta.core.models import ModelSpec, build_model
 from raymeta.core.reference import ref_meta_grad
@@ -47,6 +49,7 @@ from raymeta.tasks.base import TaskBatch
 from raymeta.tasks.sinusoid import Sinusoid
 
 HELP = "time the vmapped meta-learning engine against a looped reference, bare torch.func and peers"
+MAX_MIN_TIME = 86_400.0  # seconds per implementation: a day; infinity would never end
 
 
 @dataclass
@@ -282,7 +285,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_renamed(p, "--quick", "--smoke-test", action="store_true")
     p.add_argument(
         "--min-time",
-        type=float,
+        type=float_arg(0.0, MAX_MIN_TIME),
         default=None,
         help="seconds to time each implementation (default 2, smoke test 0.2)",
     )
@@ -294,7 +297,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=int_arg(1, MAX_THREADS),
         default=None,
         help="torch intra-op threads (default: torch's own choice)",
     )
@@ -306,7 +309,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """``--min-time`` finite (NaN or infinity would time one implementation forever) and
+    ``--threads`` a positive count torch accepts, before any timing; ``--config`` values arrive
+    here without the flags' types."""
+    if args.min_time is not None:
+        checks.number("--min-time", args.min_time, 0.0, MAX_MIN_TIME)
+    if args.threads is not None:
+        checks.integer("--threads", args.threads, 1, MAX_THREADS)
+    if args.only is not None:
+        checks.string("--only", args.only)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     min_time = args.min_time if args.min_time is not None else (0.2 if args.smoke_test else 2.0)

@@ -38,7 +38,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from raymeta.bench.args import add_json_out
+from raymeta import checks
+from raymeta.bench.args import MAX_THREADS, add_json_out
+from raymeta.cli._common import int_arg
 from raymeta.core.models import ModelSpec, build_model
 from raymeta.errors import ConfigError
 from raymeta.fileio import atomic_write_json
@@ -185,19 +187,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_json_out(p, "also write the figures as a JSON list of records")
     p.add_argument(
         "--members",
-        type=int,
+        type=int_arg(1),
         nargs="+",
         default=None,
         help="population sizes (default 64 1024 16384; smoke test 4 16)",
     )
     p.add_argument(
         "--steps-per-member",
-        type=int,
+        type=int_arg(1),
         default=None,
         help="steps of every member per timed call (default 20, smoke test 2)",
     )
     p.add_argument(
-        "--repeats", type=int, default=3, help="interleaved rounds; the best of each is reported"
+        "--repeats",
+        type=int_arg(1),
+        default=3,
+        help="interleaved rounds; the best of each is reported",
     )
     p.add_argument(
         "--members-config",
@@ -214,11 +219,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--smoke-test", action="store_true", help="tiny sizes (a smoke test)")
     p.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)"
+        "--threads",
+        type=int_arg(1, MAX_THREADS),
+        default=None,
+        help="torch intra-op threads (default: torch's own)",
     )
     p.add_argument(
         "--device", default=None, help="torch device (default: cuda when available, else cpu)"
     )
+
+
+def check_args(args: argparse.Namespace, members: list[int], steps: int) -> torch.device:
+    """Every size, ``--threads`` and ``--device`` checked before the first population is built
+    (one-line ``ConfigError``s; ``--config`` values arrive without the flags' types), and
+    the largest population's memory estimated: an absurd ``--members`` is refused up front
+    instead of failing in an allocator's error after the smaller sizes ran. Returns the device."""
+    from raymeta.finetune.evaluate import eval_device
+
+    if not isinstance(members, list) or not members:
+        raise ConfigError(f"--members must be population sizes, got {checks.show_value(members)}")
+    for n in members:
+        checks.integer("--members", n, 1)
+    checks.integer("--steps-per-member", steps, 1)
+    checks.integer("--repeats", args.repeats, 1)
+    if args.threads is not None:
+        checks.integer("--threads", args.threads, 1, MAX_THREADS)
+    if args.device is not None:
+        checks.string("--device", args.device)
+    dev = eval_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    params = sum(p.numel() for p in build_model(MLP).parameters())
+    # start, trainer and bare copies, gradients and optimizer moments of every member: a floor
+    checks.check_fits(f"--members {max(members)}", max(members) * params * 4 * 8, "lower --members")
+    return dev
 
 
 def run(args: argparse.Namespace) -> int:
@@ -228,11 +260,7 @@ def run(args: argparse.Namespace) -> int:
         if args.steps_per_member is not None
         else (2 if args.smoke_test else 20)
     )
-    if min(members) < 1 or steps < 1 or args.repeats < 1 or (args.threads or 1) < 1:
-        raise ConfigError(
-            "bench population: --members, --steps, --repeats and --threads must be >= 1"
-        )
-    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = check_args(args, members, steps)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(

@@ -24,6 +24,7 @@ import threading
 import time
 from pathlib import Path
 
+from raymeta.cli._common import int_arg
 from raymeta.options import add_renamed
 from raymeta.paths import output_arg
 
@@ -38,12 +39,15 @@ STRATEGIES = [
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tasks", type=int, default=200, help="held-out tasks")
-    p.add_argument("--population", type=int, default=8, help="members per unit")
-    p.add_argument("--steps-per-member", type=int, default=50, help="steps of every member")
-    add_renamed(p, "--budget", "--steps-per-member", type=int)
+    p.add_argument("--tasks", type=int_arg(1), default=200, help="held-out tasks")
+    p.add_argument("--population", type=int_arg(1), default=8, help="members per unit")
+    p.add_argument("--steps-per-member", type=int_arg(1), default=50, help="steps of every member")
+    add_renamed(p, "--budget", "--steps-per-member", type=int_arg(1))
     p.add_argument(
-        "--meta-steps", type=int, default=1000, help="meta-training steps for the checkpoint"
+        "--meta-steps",
+        type=int_arg(1),
+        default=1000,
+        help="meta-training steps for the checkpoint",
     )
     p.add_argument(
         "--out",
@@ -53,19 +57,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--batch-units",
-        type=int,
+        type=int_arg(1),
         default=None,
         help="most units one Ray task trains packed (default: the sweep's; 1: every unit alone)",
     )
     p.add_argument(
-        "--repeat", type=int, default=1, help="sweeps (each followed by its bare ceiling)"
+        "--repeat", type=int_arg(1), default=1, help="sweeps (each followed by its bare ceiling)"
     )
     p.add_argument(
         "--bare-repeats",
-        type=int,
+        type=int_arg(1),
         default=3,
         help="timings of the bare ceiling after each sweep; the best is reported (default 3)",
     )
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every flag against the sweep's own limits (``parse_sweep``'s), and ``--out``, before the
+    meta-checkpoint is trained: the sweep config is only built after that training, so a size
+    it refuses would otherwise fail minutes into the run. ``--config`` values and the Python
+    callers arrive here without the parser's ``int_arg`` types, so the types are checked too."""
+    from raymeta import checks
+    from raymeta.orchestration.sweep.config import MAX_POPULATION, MAX_STEPS, MAX_TASKS
+    from raymeta.paths import check_output_dir
+
+    checks.integer("--tasks", args.tasks, 1, MAX_TASKS)
+    checks.integer("--population", args.population, 1, MAX_POPULATION)
+    checks.integer("--steps-per-member", args.steps_per_member, 1, MAX_STEPS)
+    checks.integer("--meta-steps", args.meta_steps, 1)
+    checks.integer("--repeat", args.repeat, 1)
+    checks.integer("--bare-repeats", args.bare_repeats, 1)
+    if args.batch_units is not None:
+        checks.integer("--batch-units", args.batch_units, 1)
+    if args.out:
+        check_output_dir(args.out, "--out")
 
 
 def bare_rate(meta: Path, members: int, steps: int, threads: int, repeats: int = 1) -> float:
@@ -167,7 +192,6 @@ class _PeakRSS:
 def run(args: argparse.Namespace) -> int:
     from raymeta.core.checkpoint import load_meta_checkpoint, save_meta_checkpoint, write_priors
     from raymeta.core.train import MetaTrainConfig, meta_train
-    from raymeta.errors import ConfigError
     from raymeta.finetune import fit_priors
     from raymeta.orchestration.sweep.config import parse_sweep
     from raymeta.orchestration.sweep.run import run_sweep
@@ -175,15 +199,7 @@ def run(args: argparse.Namespace) -> int:
     from raymeta.results.render import render
     from raymeta.results.summary import notes, summarise, win_rates
 
-    for flag, value in (
-        ("--tasks", args.tasks),
-        ("--repeat", args.repeat),
-        ("--bare-repeats", args.bare_repeats),
-    ):
-        if value < 1:
-            raise ConfigError(f"{flag} must be >= 1, got {value}")
-    if args.batch_units is not None and args.batch_units < 1:
-        raise ConfigError(f"--batch-units must be >= 1, got {args.batch_units}")
+    check_args(args)
     root = Path(args.out or tempfile.mkdtemp(prefix="raymeta-bench-sweep-"))
     meta = root / "meta"
     if not (meta / "meta.json").exists():

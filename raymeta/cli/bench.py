@@ -12,6 +12,7 @@ import argparse
 import importlib
 from typing import Any
 
+from raymeta.bench.args import check_json_out
 from raymeta.cli._common import HelpFormatter, Parser
 from raymeta.cli._config import apply_config
 from raymeta.options import apply_renamed
@@ -74,4 +75,5 @@ def _run(args: argparse.Namespace) -> int:
     rest = list(args.rest)
     bargs = apply_config(bp, bp.parse_args(rest), rest)
     apply_renamed(bp, bargs)
+    check_json_out(bargs)
     return int(bargs.func(bargs) or 0)

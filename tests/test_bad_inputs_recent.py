@@ -1,0 +1,138 @@
+"""Bad inputs to the recently added commands and flags are one line and exit 2, before any work.
+
+The same contract as ``test_bad_inputs.py`` (whose ``run_bad`` runs each case in-process in a
+fresh directory and asserts exit 2, one ``raymeta: error:`` line, no traceback and the
+directory unchanged), for ``raymeta bench fewshot | population | sweep | engine``. Every case
+here used to start the benchmark (a late failure minutes in, a hang, or an internal error with
+exit 1); none may start any work now, so each runs in well under a second after torch is
+imported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_bad_inputs import RO, run_bad  # tests/ is on sys.path (rootdir-less test modules)
+
+FS = ["bench", "fewshot", "--suite", "sinusoid", "--budget", "smoke", "--quiet"]
+POP = ["bench", "population", "--smoke-test", "--repeats", "1"]
+ENG = ["bench", "engine", "--smoke-test", "--no-memory"]
+SW = ["bench", "sweep", "--tasks", "2", "--meta-steps", "2", "--population", "2"]
+
+
+# ------------------------------------------------- a JSON --out is checked before the run
+@pytest.mark.parametrize("bench", [FS, POP, ENG, ["bench", "learning"], ["bench", "priors"]])
+@pytest.mark.parametrize(
+    "out, match",
+    [
+        (".", "is a directory"),  # was: the whole benchmark ran, then 'Device or resource busy'
+        (RO + "/records.json", "not writable"),  # was: 'Operation not permitted' after the run
+        ("afile/records.json", "not a directory"),
+    ],
+)
+def test_bench_json_out_is_checked_first(
+    bench: list[str], out: str, match: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "afile").write_text("a file, not a directory\n")
+    line = run_bad([*bench, "--out", out], tmp_path, capsys)
+    assert match in line and "--out" in line
+
+
+def test_bench_deprecated_json_is_checked_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--json`` (the deprecated spelling) becomes ``--out`` and is checked as it is; the
+    deprecation warning is the one extra line."""
+    from raymeta.cli.main import main
+
+    rc = main([*ENG, "--json", str(tmp_path)])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("raymeta: error:")]
+    assert rc == 2 and "Traceback" not in err
+    assert len(errors) == 1 and "is a directory" in errors[0]
+
+
+# ------------------------------------------------------------------------ bench sweep
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        # each was refused by the sweep config only after the meta-checkpoint was trained
+        (["--population", "0"], "--population: value must be >= 1"),
+        (["--population", "5000"], "--population must be <= 4096"),
+        (["--steps-per-member", "0"], "--steps-per-member"),
+        (["--steps-per-member", "2000000"], "--steps-per-member must be <="),
+        (["--budget", "0"], "--budget"),  # the deprecated spelling
+        (["--tasks", str(2**62)], "--tasks must be <= 10000"),
+        (["--tasks", "1.5"], "expected an integer"),
+        (["--meta-steps", "0"], "--meta-steps"),
+        (["--batch-units", "0"], "--batch-units"),
+        (["--repeat", "-1"], "--repeat"),
+        (["--bare-repeats", "0"], "--bare-repeats"),
+        (["--out", "afile"], "exists and is not a directory"),  # was: after meta-training
+        (["--out", RO], "not writable"),
+    ],
+)
+def test_bench_sweep_flags(
+    extra: list[str], match: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "afile").write_text("a file, not a directory\n")
+    line = run_bad([*SW, *extra], tmp_path, capsys)
+    assert match in line
+
+
+# ------------------------------------------------------------------- bench population
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--device", "bogus"], "unknown device 'bogus'"),  # was: internal error, exit 1
+        (["--device", "cuda:3"], "cuda"),  # was: AssertionError on a CPU-only torch
+        (["--threads", str(2**62)], "--threads: value must be <= 1024"),  # was: overflow
+        (["--threads", "0"], "--threads"),
+        (["--members", "100000000000"], "memory"),  # was: the allocator's error, exit 1
+        (["--members", "4", "0"], "--members"),
+        (["--members", "1e3"], "expected an integer"),
+        (["--steps-per-member", "0"], "--steps-per-member"),
+        (["--repeats", "0"], "--repeats"),
+    ],
+)
+def test_bench_population_flags(
+    extra: list[str], match: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = run_bad([*POP, *extra], tmp_path, capsys)
+    assert match in line
+
+
+# ----------------------------------------------------------------------- bench engine
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--min-time", "nan"], "finite"),  # was: timed the first implementation forever
+        (["--min-time", "inf"], "finite"),  # likewise
+        (["--min-time", "-1"], "--min-time"),
+        (["--threads", "-1"], "--threads: value must be >= 1"),  # was: internal error
+        (["--threads", str(2**62)], "--threads"),
+    ],
+)
+def test_bench_engine_flags(
+    extra: list[str], match: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = run_bad([*ENG, *extra], tmp_path, capsys)
+    assert match in line
+
+
+@pytest.mark.parametrize(
+    "bench, text, match",
+    [
+        (ENG, "min_time: .inf\n", "finite"),
+        (ENG, "threads: 0\n", "threads"),
+        (["bench", "sweep"], "tasks: 20000\n", "--tasks must be <= 10000"),
+        (POP, "threads: -2\n", "threads"),
+    ],
+)
+def test_bench_config_values(
+    bench: list[str], text: str, match: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "c.yaml").write_text(text)
+    line = run_bad([*bench, "--config", "c.yaml"], tmp_path, capsys)
+    assert match in line
