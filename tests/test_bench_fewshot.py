@@ -352,3 +352,30 @@ def test_sinusoid_report_names_each_init_architecture() -> None:
     assert "(meta-train: mlp 40x40x40, MAML 1 steps" in text
     assert "outer lr 0.01 cosine to 1e-05" in text
     assert "(meta-train: MAML 1 steps" in "\n".join(render([_rec("mse", (0.2, 0.01), (0.5, 0.01))]))
+
+
+def test_target_judges_a_learned_loop_after_its_own_steps() -> None:
+    """The sinusoid target ("<= 0.20 after at most 10 steps") judges a learned inner loop
+    after the steps its rates were trained for (fixed before any test episode), every other
+    row after the budget's last step; a NaN row never wins."""
+    from raymeta.bench.fewshot import target_line
+
+    rec = _rec("mse", (0.30, 0.02), (2.0, 0.1))
+    rec["report_steps"] = [3, 10]
+    rec["meta_train"]["inner_steps"] = 3
+
+    def res(mean: float) -> dict[str, float]:
+        return {"mean": mean, "ci95": 0.01, "low": mean - 0.01, "high": mean + 0.01}
+
+    for row in rec["rows"]:
+        row["results"]["3"] = res(0.25)
+    learned = {"row": "own loop", "kind": "meta", "n": 600, "config": {"learned_rates": True}}
+    rec["rows"].append({**learned, "results": {"3": res(0.15), "10": res(3.0)}})
+    rec["rows"].append({**learned, "row": "nan", "results": {"3": res(math.nan), "10": res(0.1)}})
+    line = target_line(rec)
+    assert line is not None
+    assert "target <= 0.2: met" in line and "own loop, 0.15 after 3 steps" in line
+    rec["rows"][-2]["results"]["3"] = res(0.35)  # the learned loop no better than the rest
+    line = target_line(rec)
+    assert line is not None
+    assert "MISSED" in line and "meta-a, 0.3 after 10 steps" in line
