@@ -53,6 +53,25 @@ def test_bench_deprecated_json_is_checked_first(
     assert len(errors) == 1 and "is a directory" in errors[0]
 
 
+# ---------------------------------------------------------------------- bench fewshot
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        # was: a meta-training, a pretraining and two priors fits, then a hang listing the tasks
+        (["--episodes", "1000000000000"], "--episodes must be <= 10000"),
+        (["--episodes", "0"], "--episodes must be >= 1"),
+        (["--setting", "bogus"], "--setting 'bogus'"),
+        (["--seed", str(2**70)], "--seed"),
+        (["--device", "bogus"], "unknown device"),
+    ],
+)
+def test_bench_fewshot_flags(
+    extra: list[str], match: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = run_bad([*FS, *extra], tmp_path, capsys)
+    assert match in line
+
+
 # ------------------------------------------------------------------------ bench sweep
 @pytest.mark.parametrize(
     "extra, match",

@@ -51,6 +51,7 @@ BUDGETS = ("smoke", "cpu", "full")
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 OMNIGLOT_ENV = "RAYMETA_OMNIGLOT"
 PRIORS_PICKS = ("val", "first")  # how a learned-priors row picks its config (``pick_config``)
+MAX_EPISODES = 10_000  # test episodes: one population; checked up front, not after training
 VAL_EPISODES = 64  # meta-val episodes ``val`` picks on (at most as many as test episodes)
 
 # published anchors (percent accuracy; sinusoid: MSE after 1 / 5 / 10 steps)
@@ -963,7 +964,7 @@ def run(args: argparse.Namespace) -> int:
     from raymeta.finetune.evaluate import eval_device
 
     if args.episodes is not None:
-        checks.integer("--episodes", args.episodes, 1)
+        checks.integer("--episodes", args.episodes, 1, MAX_EPISODES)
     checks.integer("--seed", args.seed, 0)
     chosen = settings(args.suite, args.budget, args.data_path)
     if args.setting:
