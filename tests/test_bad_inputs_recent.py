@@ -155,3 +155,26 @@ def test_bench_config_values(
     (tmp_path / "c.yaml").write_text(text)
     line = run_bad([*bench, "--config", "c.yaml"], tmp_path, capsys)
     assert match in line
+
+
+# ------------------------------------------------ meta-train: options for other algorithms
+MT = ["meta-train", "--local", "--steps", "2", "--meta-batch", "2", "--val-tasks", "2"]
+
+
+@pytest.mark.parametrize("algo", ["reptile", "pretrain"])
+def test_checkpoint_inner_needs_a_differentiated_inner_loop(
+    algo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was silently ignored (a run without the memory saving asked for), as the other options
+    of some algorithms only (--learn-inner-lr, --multi-step-loss) are refused."""
+    line = run_bad([*MT, "--out", "out", "--algo", algo, "--checkpoint-inner"], tmp_path, capsys)
+    assert "checkpoint-inner" in line and algo in line
+
+
+def test_checkpoint_inner_in_the_python_api() -> None:
+    from raymeta.core.train import MetaTrainConfig
+    from raymeta.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"checkpoint-inner .*\(got reptile"):
+        MetaTrainConfig(algo="reptile", checkpoint_inner=True).validate()
+    MetaTrainConfig(algo="fomaml", checkpoint_inner=True).validate()  # still valid

@@ -22,6 +22,7 @@ from raymeta.core import pretrain
 from raymeta.core.candidates import CandidateConfig, as_candidate, check_candidates
 from raymeta.core.checkpoint import Candidate, MetaCheckpoint
 from raymeta.core.engine import (
+    FOLDABLE_ALGOS,
     LR_PREFIX,
     LSLR_ALGOS,
     LSLR_PREFIX,
@@ -167,6 +168,12 @@ class MetaTrainConfig:
             raise ConfigError(
                 f"rates-lr-scale scales the outer lr of learned inner rates: it needs "
                 f"--learn-inner-lr or algo metasgd (got {self.algo} without learned rates)"
+            )
+        if self.checkpoint_inner and self.algo not in FOLDABLE_ALGOS:
+            # reptile and pretrain never backpropagate through inner steps: nothing to recompute
+            raise ConfigError(
+                f"checkpoint-inner recomputes a differentiated inner loop: it needs one of "
+                f"{', '.join(FOLDABLE_ALGOS)} (got {self.algo}, which has none)"
             )
         if self.first_order_until and (self.algo not in SECOND_ORDER_ALGOS or self.first_order):
             raise ConfigError(
