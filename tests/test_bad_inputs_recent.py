@@ -178,3 +178,27 @@ def test_checkpoint_inner_in_the_python_api() -> None:
     with pytest.raises(ConfigError, match=r"checkpoint-inner .*\(got reptile"):
         MetaTrainConfig(algo="reptile", checkpoint_inner=True).validate()
     MetaTrainConfig(algo="fomaml", checkpoint_inner=True).validate()  # still valid
+
+
+# --------------------------------------- the older benchmarks' counts are typed flags too
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        # each started its benchmark (training, Ray) instead of being refused
+        (["bench", "learning", "--test-tasks", "0"], "--test-tasks"),  # was: internal error
+        (["bench", "learning", "--outer-lr", "nan"], "--outer-lr"),
+        (["bench", "meta-train", "--threads", "-1"], "--threads"),  # was: internal error
+        (["bench", "meta-train", "--workers", "0"], "--workers"),
+        (["bench", "meta-train", "--meta-batch", "0"], "--meta-batch"),
+        (["bench", "priors", "--samples", "0"], "--samples"),
+        (["bench", "priors", "--tasks", "0"], "--tasks"),
+        (["bench", "tune", "--trials", "0"], "--trials"),
+        (["bench", "tune", "--tasks", "-1"], "--tasks"),
+        (["bench", "tune", "--population", "0"], "--population"),  # the deprecated spelling
+    ],
+)
+def test_older_bench_flags(
+    argv: list[str], match: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = run_bad(argv, tmp_path, capsys)
+    assert match in line

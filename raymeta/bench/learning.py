@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from raymeta.bench.args import add_json_out
+from raymeta.cli._common import float_arg, int_arg
 from raymeta.core.train import MetaTrainConfig, MetaTrainer, meta_train
 from raymeta.fileio import atomic_write_json
 from raymeta.options import add_renamed
@@ -43,20 +44,28 @@ def scores(tr: MetaTrainer, batch: TaskBatch) -> dict[int, float]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=2000, help="meta-training steps")
-    p.add_argument("--test-tasks", type=int, default=500, help="held-out meta-test tasks")
-    add_renamed(p, "--eval-tasks", "--test-tasks", type=int)
+    p.add_argument("--steps", type=int_arg(1), default=2000, help="meta-training steps")
+    p.add_argument("--test-tasks", type=int_arg(1), default=500, help="held-out meta-test tasks")
+    add_renamed(p, "--eval-tasks", "--test-tasks", type=int_arg(1))
     p.add_argument(
-        "--inner-steps", type=int, default=1, help="inner SGD steps during meta-training"
+        "--inner-steps",
+        type=int_arg(0, 100_000),
+        default=1,
+        help="inner SGD steps during meta-training",
     )
     p.add_argument(
         "--inner-lr",
-        type=float,
+        type=float_arg(0.0, low_open=True),
         default=0.01,
         help="inner SGD step size (training and fine-tuning)",
     )
-    p.add_argument("--outer-lr", type=float, default=5e-3, help="Adam step size of the outer loop")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--outer-lr",
+        type=float_arg(0.0, low_open=True),
+        default=5e-3,
+        help="Adam step size of the outer loop",
+    )
+    p.add_argument("--seed", type=int_arg(0), default=0)
     p.add_argument(
         "--smoke-test",
         action="store_true",

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from raymeta.bench.args import add_json_out
+from raymeta.bench.args import MAX_THREADS, add_json_out
+from raymeta.cli._common import int_arg
 from raymeta.core.train import MetaTrainConfig, MetaTrainer
 from raymeta.fileio import atomic_write_json
 from raymeta.options import add_renamed
@@ -48,24 +49,28 @@ WORKLOADS = {
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--steps",
-        type=int,
+        type=int_arg(1),
         default=None,
         help="outer steps timed per run (default 40, smoke test 8)",
     )
     p.add_argument(
         "--warmup",
-        type=int,
+        type=int_arg(0),
         default=None,
         help="untimed outer steps first (default 5, smoke test 2)",
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=int_arg(1, MAX_THREADS),
         default=1,
         help="torch threads of the in-process run and of each Ray worker",
     )
     p.add_argument(
-        "--workers", type=int, nargs="+", default=[1, 2], help="Ray Train worker counts to time"
+        "--workers",
+        type=int_arg(1),
+        nargs="+",
+        default=[1, 2],
+        help="Ray Train worker counts to time",
     )
     p.add_argument(
         "--workload",
@@ -75,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="which workloads",
     )
     p.add_argument(
-        "--meta-batch", type=int, default=None, help="override every workload's meta-batch"
+        "--meta-batch", type=int_arg(1), default=None, help="override every workload's meta-batch"
     )
     p.add_argument(
         "--smoke-test",

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from raymeta.bench.args import add_json_out
+from raymeta.cli._common import int_arg
 from raymeta.fileio import atomic_write_json
 
 HELP = "quality of learned priors vs the broad space on held-out meta-test tasks"
@@ -44,23 +45,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--meta-steps",
-        type=int,
+        type=int_arg(1),
         default=None,
         help="meta-training steps when no --meta is given (default: the family preset)",
     )
     p.add_argument(
-        "--tasks", type=int, default=None, help="meta-val tasks to fit on (default: preset)"
+        "--tasks",
+        type=int_arg(2, 4096),
+        default=None,
+        help="meta-val tasks to fit on (default: preset)",
     )
     p.add_argument(
-        "--configs", type=int, default=None, help="configs per meta-val task (default: preset)"
+        "--configs",
+        type=int_arg(4),
+        default=None,
+        help="configs per meta-val task (default: preset)",
     )
-    p.add_argument("--test-tasks", type=int, default=32, help="held-out meta-test tasks")
-    p.add_argument("--samples", type=int, default=8, help="configs per draw (best-of-N)")
-    p.add_argument("--draws", type=int, default=8, help="independent draws per prior (averaged)")
+    p.add_argument("--test-tasks", type=int_arg(1), default=32, help="held-out meta-test tasks")
+    p.add_argument("--samples", type=int_arg(1), default=8, help="configs per draw (best-of-N)")
     p.add_argument(
-        "--reference", type=int, default=64, help="broad reference pool (for the median config)"
+        "--draws", type=int_arg(1), default=8, help="independent draws per prior (averaged)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--reference",
+        type=int_arg(1),
+        default=64,
+        help="broad reference pool (for the median config)",
+    )
+    p.add_argument("--seed", type=int_arg(0), default=0)
     add_json_out(p, "also write the results to this JSON file")
 
 

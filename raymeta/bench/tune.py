@@ -20,6 +20,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from raymeta.cli._common import int_arg
 from raymeta.options import add_renamed
 
 HELP = "tune: packed vs one-member trials, and time to quality of warm-started PBT"
@@ -37,19 +38,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=["sinusoid", "digits"],
         help="family of the default checkpoint",
     )
-    p.add_argument("--tasks", type=int, default=3, help="held-out tasks for (b); 0 skips (b)")
-    p.add_argument("--trials", type=int, default=4, help="Ray Tune trials for (b)")
-    add_renamed(p, "--population", "--trials", type=int)
     p.add_argument(
-        "--members-per-trial", type=int, default=4, help="packed members per trial for (b)"
+        "--tasks", type=int_arg(0), default=3, help="held-out tasks for (b); 0 skips (b)"
     )
-    p.add_argument("--steps-per-member", type=int, default=100, help="steps per member for (b)")
-    add_renamed(p, "--steps", "--steps-per-member", type=int)
+    p.add_argument("--trials", type=int_arg(1), default=4, help="Ray Tune trials for (b)")
+    add_renamed(p, "--population", "--trials", type=int_arg(1))
     p.add_argument(
-        "--packing-steps", type=int, default=1000, help="steps per member for (a); 0 skips (a)"
+        "--members-per-trial", type=int_arg(1), default=4, help="packed members per trial for (b)"
     )
     p.add_argument(
-        "--meta-steps", type=int, default=500, help="meta-training steps of the default checkpoint"
+        "--steps-per-member", type=int_arg(1), default=100, help="steps per member for (b)"
+    )
+    add_renamed(p, "--steps", "--steps-per-member", type=int_arg(1))
+    p.add_argument(
+        "--packing-steps",
+        type=int_arg(0),
+        default=1000,
+        help="steps per member for (a); 0 skips (a)",
+    )
+    p.add_argument(
+        "--meta-steps",
+        type=int_arg(1),
+        default=500,
+        help="meta-training steps of the default checkpoint",
     )
     p.add_argument(
         "--task-option",
