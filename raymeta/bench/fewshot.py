@@ -805,12 +805,12 @@ def row_interval(row: Mapping[str, Any], step: int) -> Interval:
 
 
 def best_row(rec: Mapping[str, Any], kind: str, higher: bool) -> Mapping[str, Any]:
-    """The row of ``kind`` with the best mean at the last reported step."""
-    last = rec["report_steps"][-1]
+    """The row of ``kind`` with the best mean at the step it is judged at (``scored_step``:
+    the last reported step, a learned inner loop's own length)."""
     rows = [r for r in rec["rows"] if r["kind"] == kind]
 
     def key(r: Mapping[str, Any]) -> float:  # a diverged row (NaN) is the worst
-        m = row_interval(r, last).mean
+        m = row_interval(r, scored_step(rec, r)).mean
         return m if math.isfinite(m) else (-math.inf if higher else math.inf)
 
     return sorted(rows, key=key, reverse=higher)[0]
@@ -822,9 +822,11 @@ def verdict(rec: Mapping[str, Any]) -> str:
     higher = rec["metric"] != "mse"
     last = rec["report_steps"][-1]
     m, p = best_row(rec, "meta", higher), best_row(rec, "pretrain", higher)
-    mi, pi = row_interval(m, last), row_interval(p, last)
+    ms = scored_step(rec, m)
+    mi, pi = row_interval(m, ms), row_interval(p, last)
     unit = "%" if higher else " MSE"
-    nums = f"{m['row']} {mi.mean:.3g}{unit} vs {p['row']} {pi.mean:.3g}{unit}"
+    after = f" after {ms} steps" if ms != last else ""
+    nums = f"{m['row']} {mi.mean:.3g}{unit}{after} vs {p['row']} {pi.mean:.3g}{unit}"
     if mi.overlaps(pi):
         return f"{rec['setting']}: no clear winner, the 95% intervals overlap ({nums})"
     meta_wins = (mi.mean > pi.mean) == higher
@@ -838,12 +840,9 @@ def target_line(rec: Mapping[str, Any]) -> str | None:
         return None
     goal = TARGETS[key]
     higher = rec["metric"] != "mse"
-    scored = []
-    for row in (r for r in rec["rows"] if r["kind"] == "meta"):
-        step = scored_step(rec, row)
-        m = row_interval(row, step).mean
-        scored.append(((m if math.isfinite(m) else (-math.inf if higher else math.inf)), step, row))
-    value, step, best = (max if higher else min)(scored, key=lambda t: t[0])
+    best = best_row(rec, "meta", higher)
+    step = scored_step(rec, best)
+    value = row_interval(best, step).mean
     met = value >= goal if higher else value <= goal
     label = f"target {'>=' if higher else '<='} {goal}: {'met' if met else 'MISSED'}"
     if rec["budget"] != "full" and rec["suite"] == "omniglot":
