@@ -202,3 +202,26 @@ def test_older_bench_flags(
 ) -> None:
     line = run_bad(argv, tmp_path, capsys)
     assert match in line
+
+
+# ------------------------------------------------------------ fit_priors' own arguments
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        # was: AttributeError: 'str' object has no attribute 'candidates'
+        (("runs/meta",), "ckpt must be a MetaCheckpoint"),
+        # was: 'priors: replace() should be called on dataclass instances'
+        ((None, {"n_tasks": 2}), "config must be a PriorFitConfig"),
+    ],
+)
+def test_fit_priors_refuses_wrong_argument_types(
+    args: tuple[object, ...], match: str, ckpt_dir: Path
+) -> None:
+    from raymeta import fit_priors, load_meta_checkpoint
+    from raymeta.errors import ConfigError
+
+    real = load_meta_checkpoint(ckpt_dir)
+    ckpt, *rest = args
+    with pytest.raises(ConfigError, match=match) as info:
+        fit_priors(real if ckpt is None else ckpt, *rest)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)

@@ -233,6 +233,26 @@ def anchor_configs(
     return out
 
 
+def _fit_config(ckpt: Any, config: PriorFitConfig | None, fields: dict[str, Any]) -> PriorFitConfig:
+    """``fit_priors``'s arguments checked before anything else: a path or a dict passed for
+    the checkpoint or the config would otherwise fail as an ``AttributeError`` deep in the fit,
+    not as the one-line ``ConfigError`` every other bad argument is."""
+    if not isinstance(ckpt, MetaCheckpoint):
+        raise ConfigError(
+            f"priors: ckpt must be a MetaCheckpoint (raymeta.load_meta_checkpoint(path)), got "
+            f"{checks.show_value(ckpt)}"
+        )
+    if config is not None and not isinstance(config, PriorFitConfig):
+        raise ConfigError(
+            f"priors: config must be a PriorFitConfig (or pass its fields as keywords), got "
+            f"{checks.show_value(config)}"
+        )
+    try:
+        return replace(config, **fields) if config is not None else PriorFitConfig(**fields)
+    except TypeError as exc:
+        raise ConfigError(f"priors: {exc}") from None
+
+
 def fit_priors(
     ckpt: MetaCheckpoint,
     config: PriorFitConfig | None = None,
@@ -260,10 +280,7 @@ def fit_priors(
     ``device`` is where the fine-tuning populations train (``"cuda"`` on a GPU machine).
     ``log`` gets the one line that says how the chunks were sized (``MemoryPlan.line``).
     """
-    try:
-        cfg = replace(config, **fields) if config is not None else PriorFitConfig(**fields)
-    except TypeError as exc:
-        raise ConfigError(f"priors: {exc}") from None
+    cfg = _fit_config(ckpt, config, fields)
     n_tasks, n_configs, seed, max_steps = cfg.n_tasks, cfg.n_configs, cfg.seed, cfg.max_steps
     objective, device = cfg.objective, cfg.device
     for cand in ckpt.candidates.values():
