@@ -349,3 +349,14 @@ def test_task_options_override_split_sizes_only(
         err = capsys.readouterr().err
         assert rc == 2 and err.count("\n") == 1 and needle in err, err
     assert not out.exists()
+
+
+def test_plan_notes_an_init_with_learned_rates(tmp_path: Path, untrained_meta: Path) -> None:
+    """An LSLR init's rates reach only the engine's own loop: ``raymeta tune`` says so in
+    its notes (printed as ``note:`` lines and stored in report.json), a plain init does not."""
+    cfg = MetaTrainConfig(steps=1, val_tasks=1, inner_steps=2, learn_inner_lr=True)
+    lslr = save_meta_checkpoint(tmp_path / "lslr", MetaTrainer(cfg).to_checkpoint())
+    (note,) = [n for n in plan(lslr, "sinusoid:1", 2).notes if "inner rates" in n]
+    assert "learned its inner rates (LSLR, 2 inner steps)" in note
+    assert "one learning rate per member" in note
+    assert not [n for n in plan(untrained_meta, "sinusoid:1", 2).notes if "inner rates" in n]

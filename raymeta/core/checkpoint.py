@@ -62,6 +62,17 @@ class Candidate:
     params: dict[str, torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def learned_rates(self) -> str | None:
+        """``LSLR`` or ``Meta-SGD`` when the parameters carry learned inner rates (used by the
+        engine's own inner loop, ``MetaEngine.evaluate``; fine-tuning applies one rate per
+        member and ignores them), else None."""
+        if any(k.startswith(LSLR_PREFIX) for k in self.params):
+            return "LSLR"
+        if any(k.startswith(LR_PREFIX) for k in self.params):
+            return "Meta-SGD"
+        return None
+
 
 @dataclass
 class MetaCheckpoint:

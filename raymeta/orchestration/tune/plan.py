@@ -61,7 +61,19 @@ class TunePlan:
 
     @property
     def notes(self) -> list[str]:
-        return list(self.task.notes)
+        """What the user should know: the task's notes, and for an init that learned its inner
+        rates, that fine-tuning does not use them (its short loop was trained for them: a plain
+        fine-tune of it can do far worse, BENCHMARKS.md "Learned inner rates")."""
+        out = list(self.task.notes)
+        for name, cand in self.ckpt.candidates.items():
+            if cand.learned_rates:
+                steps = cand.info.get("inner_steps", "?")
+                out.append(
+                    f"candidate {name!r} learned its inner rates ({cand.learned_rates}, "
+                    f"{steps} inner steps); fine-tuning applies one learning rate per member, "
+                    "not those rates (its own loop: MetaEngine.evaluate)"
+                )
+        return out
 
     def fingerprint(self) -> dict[str, Any]:
         return self.request.fingerprint()
