@@ -4,7 +4,14 @@ whole support set) at several meta-steps; extra fine-tune lrs scored on 64 meta-
 on test. Why a script: the screens need MSE at several meta-steps of one run, which the bench
 command does not print. Usage (one torch thread, as the recorded runs):
   python benchmarks/sinusoid_curve.py NAME STEPS EVAL_EVERY JSON_OVERRIDES [JSON_EXTRA_LRS]
-An ANIL init (``"algo": "anil"``) is fine-tuned as its paper does: head only.
+An ANIL init (``"algo": "anil"``) is fine-tuned as its paper does: head only. An init that
+learns its inner rates (``"learn_inner_lr": true`` or ``"algo": "metasgd"``, with
+``"rates_lr_scale"``) is also scored with its own inner loop (the bench's learned-loop row,
+``learned_loop_episodes``) after 1 / 2 / 3 / 5 / 10 steps, and on meta-val after its own steps:
+BENCHMARKS.md "Learned inner rates on sinusoid", e.g.
+  python benchmarks/sinusoid_curve.py L3 5000 1000 '{"learn_inner_lr":true,"inner_steps":3,
+    "rates_lr_scale":0.1,"outer_lr":1e-2,"outer_schedule":"cosine","outer_lr_min":1e-5,
+    "model_options":{"widths":[40,40,40]}}'
 """
 
 import json
@@ -13,7 +20,7 @@ import time
 
 import torch
 
-from raymeta.bench.fewshot import finetune_episodes, interval
+from raymeta.bench.fewshot import finetune_episodes, interval, learned_loop, learned_loop_episodes
 from raymeta.core.train import MetaTrainConfig, MetaTrainer, diverged, nonfinite
 from raymeta.finetune.hparams import default_config
 from raymeta.tasks import FamilySpec, make_family
@@ -66,6 +73,14 @@ while tr.step < steps:
                 f"lr {lr:g}: "
                 + " / ".join(f"{ivs[k].mean:.3f}" for k in (1, 5, 10))
                 + f" ±{ivs[10].half:.3f} (val10 {sum(va) / len(va):.3f})"
+            )
+        if learned_loop(meta, 10):
+            own = learned_loop_episodes(cand, test, meta, (1, 2, 3, 5, 10))
+            va = learned_loop_episodes(cand, val, meta, (cfg.inner_steps,))[cfg.inner_steps]
+            parts.append(
+                "own loop: "
+                + " / ".join(f"{interval(v).mean:.3f}" for v in own.values())
+                + f" (val{cfg.inner_steps} {sum(va) / len(va):.3f})"
             )
         print(
             f"{name} step {tr.step} train {train_s:.0f}s wall {time.perf_counter() - t0:.0f}s | "
