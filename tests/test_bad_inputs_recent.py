@@ -11,6 +11,7 @@ imported.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_bad_inputs import RO, run_bad  # tests/ is on sys.path (rootdir-less test modules)
@@ -225,3 +226,29 @@ def test_fit_priors_refuses_wrong_argument_types(
     with pytest.raises(ConfigError, match=match) as info:
         fit_priors(real if ckpt is None else ckpt, *rest)  # type: ignore[arg-type]
     assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------- meta_train / run_meta_train arguments
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        # was: AttributeError: 'dict' object has no attribute 'validate'
+        (lambda mt, rmt, cfg: mt({"steps": 2}), "cfg must be a MetaTrainConfig"),
+        # was: ZeroDivisionError after the first step
+        (lambda mt, rmt, cfg: mt(cfg, progress=print, log_every=0), "log-every must be >= 1"),
+        # was: torch's RuntimeError listing every device type
+        (lambda mt, rmt, cfg: mt(cfg, device="bogus"), "unknown device 'bogus'"),
+        # was: TypeError from dataclasses.replace / pathlib, before Ray
+        (lambda mt, rmt, cfg: rmt({"steps": 2}, "out", 1), "cfg must be a MetaTrainConfig"),
+        (lambda mt, rmt, cfg: rmt(cfg, 5, 1), "out must be a directory path"),
+    ],
+)
+def test_meta_train_api_refuses_wrong_arguments(call: Any, match: str, tmp_path: Path) -> None:
+    from raymeta import MetaTrainConfig, meta_train, run_meta_train
+    from raymeta.errors import ConfigError
+
+    cfg = MetaTrainConfig(steps=2, meta_batch=2, val_tasks=2)
+    with pytest.raises(ConfigError, match=match) as info:
+        call(meta_train, run_meta_train, cfg)
+    assert "\n" not in str(info.value)
+    assert not list(tmp_path.iterdir())

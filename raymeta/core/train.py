@@ -512,6 +512,23 @@ class MetaTrainer:
 ProgressFn = Callable[[int, dict[str, float]], None]
 
 
+def _check_call(cfg: Any, log_every: Any, device: Any) -> None:
+    """``meta_train``'s own arguments as one-line ``ConfigError``s before the first step: a
+    dict config was an ``AttributeError``, ``log_every=0`` a ``ZeroDivisionError`` after the
+    first step, an unknown device torch's ``RuntimeError``."""
+    if not isinstance(cfg, MetaTrainConfig):
+        raise ConfigError(
+            "cfg must be a MetaTrainConfig (MetaTrainConfig.from_dict(d) reads a mapping), "
+            f"got {checks.show_value(cfg)}"
+        )
+    checks.integer("log-every", log_every, 1)
+    if not isinstance(device, torch.device):
+        try:
+            torch.device(checks.string("device", device))
+        except RuntimeError:
+            raise ConfigError(f"unknown device {device!r} (use cpu or cuda[:N])") from None
+
+
 def meta_train(
     cfg: MetaTrainConfig,
     progress: ProgressFn | None = None,
@@ -519,6 +536,7 @@ def meta_train(
     device: str | torch.device = "cpu",
 ) -> MetaTrainer:
     """Meta-train in this process (all shards here); returns the trainer with final parameters."""
+    _check_call(cfg, log_every, device)
     tr = MetaTrainer(cfg, device=device)
     t0, tasks = time.perf_counter(), 0
     while tr.step < cfg.steps:

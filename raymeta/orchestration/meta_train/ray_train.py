@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -101,6 +102,18 @@ class _Pump:
             pass
 
 
+def _check_cfg_out(cfg: Any, out: Any) -> None:
+    """The Python API's ``cfg`` and ``out`` as one-line errors: a dict config was a TypeError
+    from ``dataclasses.replace``, a non-path ``out`` one from ``pathlib``."""
+    if not isinstance(cfg, MetaTrainConfig):
+        raise ConfigError(
+            "cfg must be a MetaTrainConfig (MetaTrainConfig.from_dict(d) reads a mapping), "
+            f"got {checks.show_value(cfg)}"
+        )
+    if not isinstance(out, (str, os.PathLike)) or not str(out).strip():
+        raise ConfigError(f"out must be a directory path, got {checks.show_value(out)}")
+
+
 def _check_args(
     workers: int,
     gpus_per_worker: float,
@@ -133,6 +146,7 @@ def train_distributed(
     _debug: dict[str, Any] | None = None,
 ) -> MetaTrainResult:
     """Meta-train on Ray Train and write the meta-checkpoint to ``out`` (see module doc)."""
+    _check_cfg_out(cfg, out)
     _check_args(workers, gpus_per_worker, cpus_per_worker, checkpoint_every, max_failures)
     cfg = dataclasses.replace(cfg, shards=workers).validate()
     check_portable("family", cfg.family)
@@ -197,6 +211,7 @@ def run_meta_train(
             log_every,
         ).checkpoint
 
+    _check_cfg_out(cfg, out)
     _check_args(workers, gpus_per_worker, cpus_per_worker, checkpoint_every, max_failures)
     cfg = dataclasses.replace(cfg, shards=workers).validate()
     if not cfg.candidates:
