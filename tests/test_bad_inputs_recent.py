@@ -191,6 +191,8 @@ def test_checkpoint_inner_in_the_python_api() -> None:
         (["bench", "meta-train", "--threads", "-1"], "--threads"),  # was: internal error
         (["bench", "meta-train", "--workers", "0"], "--workers"),
         (["bench", "meta-train", "--meta-batch", "0"], "--meta-batch"),
+        # was: refused by the 4-worker run, after the in-process timing and the Ray start
+        (["bench", "meta-train", "--workers", "4", "--meta-batch", "2"], "smaller than"),
         (["bench", "priors", "--samples", "0"], "--samples"),
         (["bench", "priors", "--tasks", "0"], "--tasks"),
         (["bench", "tune", "--trials", "0"], "--trials"),

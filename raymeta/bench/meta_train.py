@@ -134,8 +134,22 @@ def ray_rate(
     return tasks / secs, tasks / cpu, res.seconds
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Every workload's config at every ``--workers`` count validated before anything runs: a
+    meta-batch smaller than a worker count was refused only after the in-process timing and
+    the Ray start, by that worker count's run."""
+    for name in args.workload:
+        cfg = WORKLOADS[name]
+        if args.meta_batch:
+            cfg = dataclasses.replace(cfg, meta_batch=args.meta_batch)
+        for w in args.workers:
+            dataclasses.replace(cfg, shards=w).validate()
+
+
 def run(args: argparse.Namespace) -> int:
     from raymeta.orchestration.ray_runtime import ray_context
+
+    check_args(args)
 
     steps = args.steps or (8 if args.smoke_test else 40)
     warmup = args.warmup or (2 if args.smoke_test else 5)
