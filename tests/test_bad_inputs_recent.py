@@ -198,6 +198,10 @@ def test_checkpoint_inner_in_the_python_api() -> None:
         (["bench", "tune", "--trials", "0"], "--trials"),
         (["bench", "tune", "--tasks", "-1"], "--tasks"),
         (["bench", "tune", "--population", "0"], "--population"),  # the deprecated spelling
+        # were refused by tune only after meta-training a checkpoint and the packing run
+        (["bench", "tune", "--trials", "200000"], "--trials must be <= 100000"),
+        (["bench", "tune", "--trials", "1000", "--members-per-trial", "100000"], "16,777,216"),
+        (["bench", "tune", "--meta", "missing"], "does not exist"),  # was: after Ray started
     ],
 )
 def test_older_bench_flags(

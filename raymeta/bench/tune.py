@@ -189,11 +189,34 @@ def quality(
     return rows
 
 
+def check_args(args: argparse.Namespace, task_options: dict[str, Any]) -> None:
+    """(b)'s tune request built once with the flags before anything runs: its limits (trials x
+    members, budget, task options) were otherwise checked only after the default checkpoint
+    was meta-trained and (a) had run. A given ``--meta`` is loaded (checked) before Ray starts."""
+    from raymeta.core.checkpoint import load_meta_checkpoint
+    from raymeta.orchestration.tune.request import TuneRequest
+
+    if args.meta:
+        load_meta_checkpoint(args.meta)
+    if args.tasks > 0:
+        TuneRequest(
+            args.meta or "meta",
+            f"{args.family}:0",
+            trials=args.trials,
+            members_per_trial=args.members_per_trial,
+            strategy="meta+learned+pbt",
+            budget=args.trials * args.members_per_trial * args.steps_per_member,
+            interval=max(1, args.steps_per_member // 20),
+            task_options=task_options,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from raymeta.options import parse_options
     from raymeta.orchestration.ray_runtime import ray_context
 
     task_options = parse_options(args.task_options, "task")
+    check_args(args, task_options)
     # one Ray session for every run below (``run_tune`` reuses it), without idle prestarted
     # workers that Tune's trial actors cannot use
     with (
