@@ -40,6 +40,15 @@ def test_bench_json_out_is_checked_first(
     assert match in line and "--out" in line
 
 
+def test_bench_json_out_check_leaves_the_namespace_alone() -> None:
+    """The check is marked on the parser's action: ``bench priors`` writes ``vars(args)`` into
+    its records, which must not gain a key."""
+    from raymeta.cli.bench import bench_parser
+
+    keys = set(vars(bench_parser("priors").parse_args([])))
+    assert keys == {a.dest for a in bench_parser("priors")._actions if a.dest != "help"} | {"func"}
+
+
 def test_bench_deprecated_json_is_checked_first(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -13,17 +13,19 @@ MAX_THREADS = 1024  # torch intra-op threads: more than any machine's cores, far
 def add_json_out(p: argparse.ArgumentParser, help: str) -> None:
     """``--out PATH`` for a benchmark's JSON records (``--json`` is its deprecated spelling).
 
-    Marks the namespace (``_json_out``) so ``raymeta bench`` checks the path before the
-    benchmark runs: the records are written last, and a directory or unwritable ``--out``
-    must not cost a whole benchmark run before it is refused."""
-    p.add_argument("--out", type=output_arg("--out"), metavar="PATH", help=help)
+    The action is marked (``json_out``, as ``add_renamed`` marks aliases) so ``raymeta bench``
+    checks the path before the benchmark runs: the records are written last, and a directory
+    or unwritable ``--out`` must not cost a whole benchmark run before it is refused."""
+    act = p.add_argument("--out", type=output_arg("--out"), metavar="PATH", help=help)
+    act.json_out = True  # type: ignore[attr-defined]
     add_renamed(p, "--json", "--out", type=output_arg("--json"))
-    p.set_defaults(_json_out=True)
 
 
-def check_json_out(args: argparse.Namespace) -> None:
+def check_json_out(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse (one-line ``ConfigError``) a JSON ``--out`` that could not be written at the end:
     a directory, or a place where no file can be created. An existing file is replaced, as
     before."""
-    if getattr(args, "_json_out", False) and args.out:
-        check_output_file(args.out, "--out", force=True)
+    for act in p._actions:  # noqa: SLF001 - argparse exposes no public accessor
+        value = getattr(args, act.dest, None)
+        if getattr(act, "json_out", False) and value:
+            check_output_file(value, "--out", force=True)

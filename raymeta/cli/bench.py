@@ -75,5 +75,5 @@ def _run(args: argparse.Namespace) -> int:
     rest = list(args.rest)
     bargs = apply_config(bp, bp.parse_args(rest), rest)
     apply_renamed(bp, bargs)
-    check_json_out(bargs)
+    check_json_out(bp, bargs)
     return int(bargs.func(bargs) or 0)
