@@ -267,3 +267,14 @@ def test_meta_train_api_refuses_wrong_arguments(call: Any, match: str, tmp_path:
         call(meta_train, run_meta_train, cfg)
     assert "\n" not in str(info.value)
     assert not list(tmp_path.iterdir())
+
+
+def test_bench_sweep_out_with_a_foreign_meta_folder_is_refused_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--out DIR`` whose ``meta`` is not a meta-checkpoint: was refused only when saving the
+    freshly meta-trained checkpoint into it."""
+    (tmp_path / "o" / "meta").mkdir(parents=True)
+    (tmp_path / "o" / "meta" / "notes.txt").write_text("someone else's\n")
+    line = run_bad([*SW, "--out", "o"], tmp_path, capsys)
+    assert "holds no meta-checkpoint" in line

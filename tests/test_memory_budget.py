@@ -3,6 +3,8 @@ the ``--memory-budget`` flag's one-line errors."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from raymeta.cli.main import main
@@ -104,3 +106,25 @@ def test_cli_memory_budget_errors_are_one_line(capsys: pytest.CaptureFixture[str
         err = capsys.readouterr().err
         assert err.startswith("raymeta: error: priors fit: argument --memory-budget: ")
         assert needle in err and err.count("\n") == 1
+
+
+def test_config_file_size_may_be_a_yaml_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``memory_budget: 5`` in a config file is ``--memory-budget 5`` (5 bytes), as on the
+    command line (it was refused as "must be a string"): the run gets past the config to the
+    missing checkpoint; a list is still refused."""
+    cfg = tmp_path / "fit.yaml"
+    for text, needle in (
+        ("memory_budget: 5\n", "nowhere"),
+        ("memory_budget: 2GiB\n", "nowhere"),
+        ("memory_budget: [5]\n", "'memory_budget' takes one value"),
+        ("memory_budget: 0\n", "less than one byte"),
+    ):
+        cfg.write_text(text)
+        assert (
+            main(["priors", "fit", "--meta", str(tmp_path / "nowhere"), "--config", str(cfg)]) == 2
+        )
+        err = capsys.readouterr().err
+        assert err.startswith("raymeta: error:") and err.count("\n") == 1, err
+        assert needle in err and "must be a string" not in err, err

@@ -274,6 +274,7 @@ def test_candidate_cli_form_and_validation(tmp_path: Path) -> None:
         ("a model_options=abc widths=[3]", "must be a mapping"),
         ("a model_options=5", "must be a mapping"),
         ("a weights=~nosuchuser_xyz/w.pt", "does not exist"),
+        (f"a weights={tmp_path}", "is a directory, not a weights file"),
     ]:
         with pytest.raises(ConfigError, match=msg):
             CandidateConfig.parse(text).validate()

@@ -192,6 +192,7 @@ class _PeakRSS:
 def run(args: argparse.Namespace) -> int:
     from raymeta.core.checkpoint import load_meta_checkpoint, save_meta_checkpoint, write_priors
     from raymeta.core.train import MetaTrainConfig, meta_train
+    from raymeta.errors import ConfigError
     from raymeta.finetune import fit_priors
     from raymeta.orchestration.sweep.config import parse_sweep
     from raymeta.orchestration.sweep.run import run_sweep
@@ -202,6 +203,12 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)
     root = Path(args.out or tempfile.mkdtemp(prefix="raymeta-bench-sweep-"))
     meta = root / "meta"
+    if (meta.exists() or meta.is_symlink()) and not (meta / "meta.json").is_file():
+        # checked before the meta-training, which could not save into it afterwards
+        raise ConfigError(
+            f"--out {root}: {meta} exists but holds no meta-checkpoint (meta.json); "
+            "remove it or choose another --out"
+        )
     if not (meta / "meta.json").exists():
         t = time.perf_counter()
         tr = meta_train(MetaTrainConfig(steps=args.meta_steps, meta_batch=25, inner_steps=1))

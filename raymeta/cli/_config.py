@@ -62,7 +62,14 @@ def _coerce(act: argparse.Action, key: str, value: Any, where: str) -> Any:
     if act.nargs not in (None, argparse.OPTIONAL):
         raise ConfigError(f"{bad} cannot be set from a config file")
     kind = getattr(act.type, "__name__", "")
-    if act.type in (None, str) or kind not in ("int", "float"):
+    if act.type not in (None, str) and kind not in ("int", "float"):
+        # a flag with its own parser (a size such as 4GiB) reads a YAML number as the command
+        # line reads the same digits: memory_budget: 5 is --memory-budget 5
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{bad} must be a string, got {show_value(value)}")
+    elif act.type in (None, str):
         if not isinstance(value, str):
             raise ConfigError(f"{bad} must be a string, got {show_value(value)}")
     elif kind == "int":  # YAML types the value: a quoted '3' is a string, 2.5 is no integer

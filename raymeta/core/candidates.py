@@ -85,9 +85,14 @@ class CandidateConfig:
             checks.string(f"{what} weights", self.weights)
             try:
                 p = Path(self.weights).expanduser()
-                found = p.is_file()
+                found, folder = p.is_file(), p.is_dir()
             except (RuntimeError, OSError, ValueError):  # ~nosuchuser, a NUL, a long name
-                found = False
+                found = folder = False
+            if folder:
+                raise ConfigError(
+                    f"{what}: weights {self.weights!r} is a directory, not a weights file "
+                    "(a torch state dict saved with torch.save)"
+                )
             if not found:
                 raise ConfigError(f"{what}: weights file {self.weights!r} does not exist")
             self.weights = str(p.absolute())
