@@ -512,15 +512,22 @@ class MetaTrainer:
 ProgressFn = Callable[[int, dict[str, float]], None]
 
 
-def _check_call(cfg: Any, log_every: Any, device: Any) -> None:
-    """``meta_train``'s own arguments as one-line ``ConfigError``s before the first step: a
-    dict config was an ``AttributeError``, ``log_every=0`` a ``ZeroDivisionError`` after the
-    first step, an unknown device torch's ``RuntimeError``."""
+def require_config(cfg: Any) -> MetaTrainConfig:
+    """``cfg`` if it is a ``MetaTrainConfig``, else a one-line ``ConfigError`` (the Python API's
+    entry points take the dataclass; a dict failed deep inside with an ``AttributeError``)."""
     if not isinstance(cfg, MetaTrainConfig):
         raise ConfigError(
             "cfg must be a MetaTrainConfig (MetaTrainConfig.from_dict(d) reads a mapping), "
             f"got {checks.show_value(cfg)}"
         )
+    return cfg
+
+
+def _check_call(cfg: Any, log_every: Any, device: Any) -> None:
+    """``meta_train``'s own arguments as one-line ``ConfigError``s before the first step: a
+    dict config was an ``AttributeError``, ``log_every=0`` a ``ZeroDivisionError`` after the
+    first step, an unknown device torch's ``RuntimeError``."""
+    require_config(cfg)
     checks.integer("log-every", log_every, 1)
     if not isinstance(device, torch.device):
         try:

@@ -26,7 +26,7 @@ from typing import Any
 
 from raymeta import checks
 from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint, save_meta_checkpoint
-from raymeta.core.train import MetaTrainConfig, preflight
+from raymeta.core.train import MetaTrainConfig, preflight, require_config
 from raymeta.errors import ClusterError, ConfigError
 from raymeta.lock import locks_output
 from raymeta.orchestration.meta_train._worker import FINAL_DIR, load_state, train_loop
@@ -105,11 +105,7 @@ class _Pump:
 def _check_cfg_out(cfg: Any, out: Any) -> None:
     """The Python API's ``cfg`` and ``out`` as one-line errors: a dict config was a TypeError
     from ``dataclasses.replace``, a non-path ``out`` one from ``pathlib``."""
-    if not isinstance(cfg, MetaTrainConfig):
-        raise ConfigError(
-            "cfg must be a MetaTrainConfig (MetaTrainConfig.from_dict(d) reads a mapping), "
-            f"got {checks.show_value(cfg)}"
-        )
+    require_config(cfg)
     if not isinstance(out, (str, os.PathLike)) or not str(out).strip():
         raise ConfigError(f"out must be a directory path, got {checks.show_value(out)}")
 
