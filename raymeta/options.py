@@ -1,11 +1,12 @@
 """Options shared by the CLI, the benchmarks and config files: ``KEY=VALUE`` options
-(``--family-option``, ``--task-option``, ...) and renamed flags (``renamed``), one way for every
-command."""
+(``--family-option``, ``--task-option``, ...), renamed flags (``renamed``) and range-checked
+number flags (``int_arg``, ``float_arg``), one way for every command."""
 
 from __future__ import annotations
 
 import argparse
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from raymeta import checks
@@ -94,3 +95,36 @@ def apply_renamed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         new = getattr(act, "renamed_to", None)
         if new is not None:
             renamed(args, act.dest, new, parser.get_default(new))
+
+
+def _typed(kind: str, check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """An argparse ``type=``: a flag's text (or a config file's value, already typed by YAML)
+    through ``check``; failures become ``ArgumentTypeError`` so argparse prints one line."""
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                value = int(text, 10) if kind == "int" else float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected {kind_word}, got {text!r}") from None
+        try:
+            return check(value)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    kind_word = "an integer" if kind == "int" else "a number"
+    parse.__name__ = kind
+    return parse
+
+
+def int_arg(low: int | None = None, high: int | None = checks.MAX_INT) -> Callable[[Any], int]:
+    """``type=`` for an integer flag within ``[low, high]`` (bools and floats refused)."""
+    return _typed("int", lambda v: checks.integer("value", v, low, high))
+
+
+def float_arg(
+    low: float | None = None, high: float | None = None, low_open: bool = False
+) -> Callable[[Any], float]:
+    """``type=`` for a finite number within ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    return _typed("float", lambda v: checks.number("value", v, low, high, low_open))

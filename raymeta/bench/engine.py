@@ -39,12 +39,11 @@ from torch.func import functional_call, grad, vmap
 
 from raymeta import checks
 from raymeta.bench.args import MAX_THREADS, add_json_out
-from raymeta.cli._common import float_arg, int_arg
 from raymeta.core.engine import InnerConfig, MetaEngine
 from raymeta.core.models import ModelSpec, build_model
 from raymeta.core.reference import ref_meta_grad
 from raymeta.fileio import atomic_write_json
-from raymeta.options import add_renamed
+from raymeta.options import add_renamed, float_arg, int_arg
 from raymeta.tasks.base import TaskBatch
 from raymeta.tasks.sinusoid import Sinusoid
 

@@ -17,10 +17,9 @@ from typing import Any
 import torch
 
 from raymeta.bench.args import add_json_out
-from raymeta.cli._common import float_arg, int_arg
 from raymeta.core.train import MetaTrainConfig, MetaTrainer, meta_train
 from raymeta.fileio import atomic_write_json
-from raymeta.options import add_renamed
+from raymeta.options import add_renamed, float_arg, int_arg
 from raymeta.tasks import TaskBatch, TaskFamily
 
 HELP = "MAML sinusoid: held-out MSE after fine-tuning from the meta-init vs a random init"

@@ -23,10 +23,9 @@ from typing import Any
 import torch
 
 from raymeta.bench.args import MAX_THREADS, add_json_out
-from raymeta.cli._common import int_arg
 from raymeta.core.train import MetaTrainConfig, MetaTrainer
 from raymeta.fileio import atomic_write_json
-from raymeta.options import add_renamed
+from raymeta.options import add_renamed, int_arg
 
 HELP = "tasks/s of meta-training: in-process engine vs Ray Train with 1 and 2 workers"
 

@@ -40,11 +40,11 @@ from torch.func import functional_call, grad, vmap
 
 from raymeta import checks
 from raymeta.bench.args import MAX_THREADS, add_json_out
-from raymeta.cli._common import int_arg
 from raymeta.core.models import ModelSpec, build_model
 from raymeta.errors import ConfigError
 from raymeta.fileio import atomic_write_json
 from raymeta.finetune.step import MemberHParams, PopulationState, PopulationTrainer
+from raymeta.options import int_arg
 from raymeta.tasks.sinusoid import Sinusoid
 
 HELP = "population trainer member-steps/s vs a bare vmap(grad) SGD population (and peak memory)"

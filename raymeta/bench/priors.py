@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from raymeta.bench.args import add_json_out
-from raymeta.cli._common import int_arg
 from raymeta.fileio import atomic_write_json
+from raymeta.options import int_arg
 
 HELP = "quality of learned priors vs the broad space on held-out meta-test tasks"
 

@@ -24,8 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from raymeta.cli._common import int_arg
-from raymeta.options import add_renamed
+from raymeta.options import add_renamed, int_arg
 from raymeta.paths import output_arg
 
 HELP = "large sweep: wall time, peak memory and the strategy table"

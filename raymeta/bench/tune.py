@@ -20,8 +20,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from raymeta.cli._common import int_arg
-from raymeta.options import add_renamed
+from raymeta.options import add_renamed, int_arg
 
 HELP = "tune: packed vs one-member trials, and time to quality of warm-started PBT"
 

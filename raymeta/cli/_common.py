@@ -10,7 +10,9 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from raymeta import checks
-from raymeta.errors import ConfigError
+from raymeta.options import float_arg, int_arg
+
+__all__ = ["float_arg", "int_arg"]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -86,39 +88,6 @@ def add_command(
         "--config", metavar="FILE.yaml", help="YAML mapping of option: value (flags win over it)"
     )
     return p
-
-
-def _typed(kind: str, check: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """An argparse ``type=``: a flag's text (or a config file's value, already typed by YAML)
-    through ``check``; failures become ``ArgumentTypeError`` so argparse prints one line."""
-
-    def parse(value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            try:
-                value = int(text, 10) if kind == "int" else float(text)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"expected {kind_word}, got {text!r}") from None
-        try:
-            return check(value)
-        except ConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    kind_word = "an integer" if kind == "int" else "a number"
-    parse.__name__ = kind
-    return parse
-
-
-def int_arg(low: int | None = None, high: int | None = checks.MAX_INT) -> Callable[[Any], int]:
-    """``type=`` for an integer flag within ``[low, high]`` (bools and floats refused)."""
-    return _typed("int", lambda v: checks.integer("value", v, low, high))
-
-
-def float_arg(
-    low: float | None = None, high: float | None = None, low_open: bool = False
-) -> Callable[[Any], float]:
-    """``type=`` for a finite number within ``[low, high]`` (``(low, high]`` with ``low_open``)."""
-    return _typed("float", lambda v: checks.number("value", v, low, high, low_open))
 
 
 _ADDRESS = re.compile(r"^(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
