@@ -256,6 +256,8 @@ def test_fit_priors_refuses_wrong_argument_types(
         # was: TypeError from dataclasses.replace / pathlib, before Ray
         (lambda mt, rmt, cfg: rmt({"steps": 2}, "out", 1), "cfg must be a MetaTrainConfig"),
         (lambda mt, rmt, cfg: rmt(cfg, 5, 1), "out must be a directory path"),
+        # was: accepted (Python's modulo takes a negative divisor), before Ray
+        (lambda mt, rmt, cfg: rmt(cfg, "out", 1, log_every=-1), "log-every must be >= 1"),
     ],
 )
 def test_meta_train_api_refuses_wrong_arguments(call: Any, match: str, tmp_path: Path) -> None:
@@ -278,3 +280,11 @@ def test_bench_sweep_out_with_a_foreign_meta_folder_is_refused_first(
     (tmp_path / "o" / "meta" / "notes.txt").write_text("someone else's\n")
     line = run_bad([*SW, "--out", "o"], tmp_path, capsys)
     assert "holds no meta-checkpoint" in line
+
+
+def test_bench_without_what_names_the_benchmarks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``raymeta bench`` alone: argparse named the hidden remainder ("required: WHAT, rest")."""
+    line = run_bad(["bench"], tmp_path, capsys)
+    assert "which benchmark? one of engine," in line and "rest" not in line

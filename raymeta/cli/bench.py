@@ -15,6 +15,7 @@ from typing import Any
 from raymeta.bench.args import check_json_out
 from raymeta.cli._common import HelpFormatter, Parser
 from raymeta.cli._config import apply_config
+from raymeta.errors import ConfigError
 from raymeta.options import apply_renamed
 
 BENCHES = {
@@ -53,7 +54,7 @@ def add_parser(sub: Any) -> None:
         epilog=f"benchmarks:\n{lines}\n\nRun 'raymeta bench WHAT --help' for its options.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("what", choices=list(BENCHES), metavar="WHAT", help="which benchmark")
+    p.add_argument("what", nargs="?", choices=list(BENCHES), metavar="WHAT", help="which benchmark")
     p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(func=_run)
 
@@ -71,6 +72,10 @@ def bench_parser(what: str) -> Parser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.what is None:  # argparse would name the hidden REMAINDER ("WHAT, rest")
+        raise ConfigError(
+            f"bench: which benchmark? one of {', '.join(BENCHES)} (raymeta bench --help)"
+        )
     bp = bench_parser(args.what)
     rest = list(args.rest)
     bargs = apply_config(bp, bp.parse_args(rest), rest)

@@ -102,10 +102,13 @@ class _Pump:
             pass
 
 
-def _check_cfg_out(cfg: Any, out: Any) -> None:
-    """The Python API's ``cfg`` and ``out`` as one-line errors: a dict config was a TypeError
-    from ``dataclasses.replace``, a non-path ``out`` one from ``pathlib``."""
+def _check_cfg_out(cfg: Any, out: Any, log_every: Any = None) -> None:
+    """The Python API's ``cfg``, ``out`` and ``log_every`` as one-line errors: a dict config was
+    a TypeError from ``dataclasses.replace``, a non-path ``out`` one from ``pathlib``, and a
+    ``log_every`` below 1 went unchecked."""
     require_config(cfg)
+    if log_every is not None:
+        checks.integer("log-every", log_every, 1)
     if not isinstance(out, (str, os.PathLike)) or not str(out).strip():
         raise ConfigError(f"out must be a directory path, got {checks.show_value(out)}")
 
@@ -207,7 +210,7 @@ def run_meta_train(
             log_every,
         ).checkpoint
 
-    _check_cfg_out(cfg, out)
+    _check_cfg_out(cfg, out, log_every)
     _check_args(workers, gpus_per_worker, cpus_per_worker, checkpoint_every, max_failures)
     cfg = dataclasses.replace(cfg, shards=workers).validate()
     if not cfg.candidates:
