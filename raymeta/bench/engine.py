@@ -37,7 +37,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from raymeta import checks
 from raymeta.bench.args import MAX_THREADS, add_json_out
 from raymeta.core.engine import InnerConfig, MetaEngine
 from raymeta.core.models import ModelSpec, build_model
@@ -308,20 +307,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """``--min-time`` finite (NaN or infinity would time one implementation forever) and
-    ``--threads`` a positive count torch accepts, before any timing; ``--config`` values arrive
-    here without the flags' types."""
-    if args.min_time is not None:
-        checks.number("--min-time", args.min_time, 0.0, MAX_MIN_TIME)
-    if args.threads is not None:
-        checks.integer("--threads", args.threads, 1, MAX_THREADS)
-    if args.only is not None:
-        checks.string("--only", args.only)
-
-
 def run(args: argparse.Namespace) -> int:
-    check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     min_time = args.min_time if args.min_time is not None else (0.2 if args.smoke_test else 2.0)

@@ -41,7 +41,6 @@ from torch.func import functional_call, grad, vmap
 from raymeta import checks
 from raymeta.bench.args import MAX_THREADS, add_json_out
 from raymeta.core.models import ModelSpec, build_model
-from raymeta.errors import ConfigError
 from raymeta.fileio import atomic_write_json
 from raymeta.finetune.step import MemberHParams, PopulationState, PopulationTrainer
 from raymeta.options import int_arg
@@ -229,23 +228,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def check_args(args: argparse.Namespace, members: list[int], steps: int) -> torch.device:
-    """Every size, ``--threads`` and ``--device`` checked before the first population is built
-    (one-line ``ConfigError``s; ``--config`` values arrive without the flags' types), and
-    the largest population's memory estimated: an absurd ``--members`` is refused up front
-    instead of failing in an allocator's error after the smaller sizes ran. Returns the device."""
+def check_args(args: argparse.Namespace, members: list[int]) -> torch.device:
+    """``--device`` checked and the largest population's memory estimated before the first
+    population is built: an absurd ``--members`` is refused up front instead of failing in an
+    allocator's error after the smaller sizes ran (the counts' ranges are the flags' types,
+    which ``--config`` values pass through too). Returns the device."""
     from raymeta.finetune.evaluate import eval_device
 
-    if not isinstance(members, list) or not members:
-        raise ConfigError(f"--members must be population sizes, got {checks.show_value(members)}")
-    for n in members:
-        checks.integer("--members", n, 1)
-    checks.integer("--steps-per-member", steps, 1)
-    checks.integer("--repeats", args.repeats, 1)
-    if args.threads is not None:
-        checks.integer("--threads", args.threads, 1, MAX_THREADS)
-    if args.device is not None:
-        checks.string("--device", args.device)
     dev = eval_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     params = sum(p.numel() for p in build_model(MLP).parameters())
     # start, trainer and bare copies, gradients and optimizer moments of every member: a floor
@@ -260,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
         if args.steps_per_member is not None
         else (2 if args.smoke_test else 20)
     )
-    dev = check_args(args, members, steps)
+    dev = check_args(args, members)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(

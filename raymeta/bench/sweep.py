@@ -72,10 +72,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Every flag against the sweep's own limits (``parse_sweep``'s), and ``--out``, before the
-    meta-checkpoint is trained: the sweep config is only built after that training, so a size
-    it refuses would otherwise fail minutes into the run. ``--config`` values and the Python
-    callers arrive here without the parser's ``int_arg`` types, so the types are checked too."""
+    """Every flag against the sweep's own limits (``parse_sweep``'s upper bounds, which the
+    flags' ``int_arg`` types do not know), and ``--out``, before the meta-checkpoint is trained:
+    the sweep config is only built after that training, so a size it refuses would otherwise
+    fail minutes into the run."""
     from raymeta import checks
     from raymeta.orchestration.sweep.config import MAX_POPULATION, MAX_STEPS, MAX_TASKS
     from raymeta.paths import check_output_dir
