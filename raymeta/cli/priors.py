@@ -132,8 +132,8 @@ def add_parser(sub: Any) -> None:
         "--select-interval",
         type=int_arg(1, MAX_STEPS),
         default=None,
-        help="steps between evaluations during selection (default: a quarter of --max-steps, "
-        "as tune reports)",
+        help="steps between evaluations during selection, at most --max-steps (default: a "
+        "quarter of --max-steps, as tune reports)",
     )
     f.add_argument(
         "--memory-budget",

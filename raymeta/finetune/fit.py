@@ -112,6 +112,12 @@ class PriorFitConfig:
         c.boolean("priors: anchors", self.anchors)
         if self.select_interval is not None:
             c.integer("priors: select-interval", self.select_interval, 1)
+            if self.select_interval > self.max_steps:  # the runs would be clamped to max-steps
+                raise ConfigError(
+                    f"priors: select-interval {self.select_interval} is more than max-steps "
+                    f"{self.max_steps}, the steps every selection run trains (at most "
+                    f"{self.max_steps}: one evaluation, at the end)"
+                )
         runs = self.fit_runs
         if runs > MAX_FIT_RUNS:
             raise ConfigError(
