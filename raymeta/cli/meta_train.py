@@ -127,7 +127,10 @@ def add_parser(sub: Any) -> None:
         help="inner-loop learning rate",
     )
     g.add_argument(
-        "--first-order", action="store_true", help="drop second-order terms (MAML -> FOMAML)"
+        "--first-order",
+        action="store_true",
+        help="drop second-order terms (MAML -> FOMAML): maml, metasgd, anil (a no-op with "
+        "fomaml; reptile and pretrain have none to drop)",
     )
     g.add_argument(
         "--checkpoint-inner",

@@ -40,6 +40,13 @@ from raymeta.tasks import FamilySpec, TaskBatch, TaskFamily, make_family
 OUTER_OPTIMIZERS = ("adam", "sgd")
 OUTER_SCHEDULES = ("constant", "cosine")
 SECOND_ORDER_ALGOS = ("maml", "metasgd", "anil")
+# the algorithms whose meta-gradient goes through the inner loop, so that first_order has
+# second-order terms to drop. fomaml drops them always: the flag asks for what it already is,
+# a no-op rather than a mistake. reptile never differentiates through the inner loop (its
+# update is the adapted weights' difference) and pretrain has no inner loop to differentiate:
+# first_order=True there asked for something they cannot do (False, the default, is what
+# meta.json records for them, and stays valid)
+FIRST_ORDER_ALGOS = ("maml", "fomaml", "metasgd", "anil")
 # fields added after the first release, left out of the fingerprint at their defaults so the
 # fingerprint (resume / "same config" checks) of a config that does not use them is unchanged
 LATER_DEFAULTS: dict[str, Any] = {
@@ -133,8 +140,27 @@ class MetaTrainConfig:
         check_candidates(self.candidates)
         for cand in self.candidates:  # each trained candidate's own settings must hold too
             if cand.weights is None:
+                self._check_candidate_first_order(cand)
                 self.single(cand).validate()
         return self
+
+    def _check_candidate_first_order(self, cand: CandidateConfig) -> None:
+        """A trained candidate's first_order (its own, or the run's it inherits) needs an
+        algorithm with second-order terms; named here, as ``single`` loses where it came from."""
+        one = self.single(cand)
+        if not one.first_order or one.algo in FIRST_ORDER_ALGOS:
+            return
+        if cand.first_order is None:
+            raise ConfigError(
+                f"candidate {cand.name!r} ({one.algo}) inherits --first-order, which drops the "
+                f"second-order terms of a differentiated inner loop and {one.algo} has none: give "
+                f"it first_order=false, or first_order=true to the candidates that need it"
+            )
+        raise ConfigError(
+            f"candidate {cand.name!r}: first_order=true drops the second-order terms of a "
+            f"differentiated inner loop: it needs one of {', '.join(FIRST_ORDER_ALGOS)} "
+            f"(got {one.algo}, which has none)"
+        )
 
     def _validate_mamlpp(self) -> None:
         """The MAML++ options: ranges, and only with the algorithms they mean something for
@@ -174,6 +200,11 @@ class MetaTrainConfig:
             raise ConfigError(
                 f"checkpoint-inner recomputes a differentiated inner loop: it needs one of "
                 f"{', '.join(FOLDABLE_ALGOS)} (got {self.algo}, which has none)"
+            )
+        if self.first_order and self.algo not in FIRST_ORDER_ALGOS:
+            raise ConfigError(
+                f"first-order drops the second-order terms of a differentiated inner loop: it "
+                f"needs one of {', '.join(FIRST_ORDER_ALGOS)} (got {self.algo}, which has none)"
             )
         if self.first_order_until and (self.algo not in SECOND_ORDER_ALGOS or self.first_order):
             raise ConfigError(
