@@ -151,8 +151,8 @@ def add_parser(sub: Any) -> None:
         type=int_arg(0),
         default=0,
         metavar="N",
-        help="for the first N outer steps, the task loss is a weighted sum of the query losses "
-        "after every inner step, annealed toward the last step's (0 = off)",
+        help="for the first N outer steps (at most --steps), the task loss is a weighted sum of "
+        "the query losses after every inner step, annealed toward the last step's (0 = off)",
     )
     m.add_argument(
         "--learn-inner-lr",
@@ -185,8 +185,8 @@ def add_parser(sub: Any) -> None:
         type=int_arg(0),
         default=0,
         metavar="N",
-        help="first-order meta-gradients for the first N outer steps, second-order after "
-        "(maml, metasgd, anil)",
+        help="first-order meta-gradients for the first N outer steps (below --steps), "
+        "second-order after (maml, metasgd, anil)",
     )
     g.add_argument("--steps", type=int_arg(1), default=1000, help="outer steps")
     g.add_argument(

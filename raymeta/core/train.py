@@ -178,6 +178,21 @@ class MetaTrainConfig:
             )
         if self.outer_lr_min and self.outer_schedule != "cosine":
             raise ConfigError("outer-lr-min only applies with --outer-schedule cosine")
+        # both count outer steps of this run (a run never goes past steps: another steps is
+        # another config). A longer multi-step loss would stop its annealing part-way; N = steps
+        # anneals over the whole run. First-order until N >= steps never turns second-order.
+        if self.multi_step_loss > self.steps:
+            raise ConfigError(
+                f"multi-step-loss {self.multi_step_loss} must be at most steps {self.steps}: "
+                f"its annealing over the first N outer steps would stop part-way (N = "
+                f"{self.steps} anneals over the whole run)"
+            )
+        if self.first_order_until >= self.steps:
+            raise ConfigError(
+                f"first-order-until {self.first_order_until} must be below steps {self.steps}: "
+                f"the run turns second-order at outer step N, which it never reaches (for a "
+                f"first-order run, pass --first-order)"
+            )
         if self.candidates:  # each trained candidate is checked with its own algo, by single
             return
         if self.multi_step_loss and (self.algo not in MSL_ALGOS or self.inner_steps < 1):
