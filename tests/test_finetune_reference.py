@@ -5,7 +5,8 @@ before the refactor (``tests/reference/record_curves.py`` says how): the priors 
 (``evaluate_configs``), the sweep's population (``run_population``), a packed Tune trial
 (``MemberGroup`` driven the way ``tune_trainable`` drove it), whole sweep units and two whole
 priors fits. Here the same inputs go through ``raymeta.finetune`` and must give the same
-curves, picks and rows: float64 to 1e-9 where the old code ran in float64, float32 to 1e-5.
+curves, picks and rows: float64 to 1e-6 where the old code ran in float64 (see ``F64``),
+float32 to 1e-5.
 
 One deliberate change is allowed: a best config's ``steps`` is now the steps its member really
 trained (it was the config's own, unused ``steps``), so that key is compared on its own.
@@ -43,7 +44,14 @@ from raymeta.priors import broad_prior
 from raymeta.tasks import Task, make_family
 
 REF = json.loads((Path(__file__).parent / "reference" / "curves.json").read_text())
-F64 = {"rtol": 1e-9, "atol": 1e-12}
+# The tiny checkpoints below are meta-trained in float32 and cast to float64: their last bits
+# depend on the CPU's matmul kernels (AVX2 vs AVX-512 / AMX), so on another CPU than the
+# record's the float64 runs start from weights one float32 ulp (6e-8) away and end up to ~1e-8
+# (relative) from the record, up to 7e-7 for the member of learning rate 2.0 that diverges (its
+# loss is 9e122 by its fourth evaluation: divergence amplifies the start's difference). 1e-6
+# bounds that and is still 3+ orders of magnitude below what any change to the fine-tuning
+# math moves (a different update, minibatch or seed: >= 1e-3).
+F64 = {"rtol": 1e-6, "atol": 1e-12}
 F32 = {"rtol": 1e-5, "atol": 1e-7}
 
 
