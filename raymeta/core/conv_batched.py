@@ -80,6 +80,22 @@ def folded_forward(
     """Outputs ``(T, B, out)`` of T copies of ``model``, copy t with weights ``stacked[k][t]``,
     on folded inputs ``x`` of shape ``(B, T*C, H, W)`` (``fold_inputs``) for a conv net, or
     on ``(T, B, *input_shape)`` for an MLP."""
+    return folded_head(stacked, folded_body(model, stacked, x))
+
+
+def folded_head(stacked: Mapping[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+    """The head (``head.weight`` / ``head.bias`` of ``stacked``) of T copies on their features
+    ``h`` of shape ``(T, B, features)``: one batched matmul."""
+    w, bias = stacked["head.weight"], stacked.get("head.bias")
+    out = torch.bmm(h, w.transpose(1, 2))
+    return out if bias is None else out + bias.unsqueeze(1)
+
+
+def folded_body(
+    model: nn.Module, stacked: Mapping[str, torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
+    """What the head of each of ``folded_forward``'s T copies receives: ``(T, B, features)``
+    (a head-only fine-tune computes it once and then trains the head alone)."""
     t = next(iter(stacked.values())).shape[0]
     h, folded = x, False
     body = model.body
@@ -128,9 +144,7 @@ def folded_forward(
             h = h if bias is None else h + bias.unsqueeze(1)
         else:  # ReLU, Identity, MaxPool2d: per channel, hence per task already
             h = m(h)
-    w, bias = stacked["head.weight"], stacked.get("head.bias")
-    out = torch.bmm(h, w.transpose(1, 2))
-    return out if bias is None else out + bias.unsqueeze(1)
+    return h
 
 
 def folded_meta_grad(

@@ -28,6 +28,14 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from raymeta.core.conv_batched import (
+    fold_inputs,
+    foldable,
+    folded_body,
+    folded_forward,
+    folded_head,
+    has_conv,
+)
 from raymeta.core.losses import accuracy, per_example_loss
 from raymeta.core.models import HEAD_PREFIX
 from raymeta.errors import ConfigError
@@ -288,16 +296,20 @@ def _per(vec: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class PopulationTrainer:
     """Trains stacked members of one model architecture on one task (or one task each)."""
 
-    def __init__(self, model: nn.Module, kind: str, compile: bool = False):
+    def __init__(self, model: nn.Module, kind: str, compile: bool = False, fold: bool = True):
         """``compile``: run the steps of uniform populations through ``torch.compile`` of the
-        general step (``compiled_step``); off by default (see there for when it pays)."""
+        general step (``compiled_step``); off by default (see there for when it pays).
+        ``fold``: run built-in MLP / Conv4 shapes as one stacked net (``folded``); off, every
+        model runs vmapped (the reference the stacked net is tested against)."""
         self.model, self.kind, self.compile = model, kind, compile
         self._compiled: dict[str, Any] = {}
+        self.folds = fold and foldable(model)
+        self.conv = self.folds and has_conv(model)
         names = [n for n, _ in model.named_parameters()]
         self.head_mask = {n: n.startswith(HEAD_PREFIX) for n in names}
         # whether the model's output is ``self.head`` of the head's input (checked on first
         # use: the model contract names the head, it does not promise nothing follows it)
-        self.head_is_last: bool | None = None
+        self.head_is_last: bool | None = True if self.folds else None  # foldable: by construction
 
     def head_inputs(
         self, p: Params, x: torch.Tensor, d: int | None, lo: int, hi: int
@@ -312,6 +324,9 @@ class PopulationTrainer:
             return None
         q = {k: v[lo:hi] for k, v in p.items()}
         xs = x[lo:hi] if d == 0 else x
+        if self.folded(x.device):  # the head is last by construction (``foldable``)
+            with torch.no_grad():
+                return folded_body(self.model, q, self._stacked_inputs(xs, d, hi - lo))
         seen: list[torch.Tensor] = []
 
         def run(qq: Params, xx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -335,6 +350,59 @@ class PopulationTrainer:
 
     def _head_params(self, q: Params) -> Params:
         return {k[len(HEAD_PREFIX) :]: v for k, v in q.items() if self.head_mask[k]}
+
+    def folded(self, device: torch.device) -> bool:
+        """Whether members run as one stacked net (``raymeta.core.conv_batched``: linear layers
+        as batched matmuls, convolutions grouped by member) instead of ``vmap`` over
+        ``functional_call``. Why: for the small models fine-tuning packs, a vmapped forward
+        and backward costs ~1 ms of transform overhead per call, 2-3x the stacked net's whole
+        step at 16 members on this CPU (BENCHMARKS.md, issue 17 fifth pass), and each grouped
+        segment, evaluation and head-only call pays it. Built-in MLP / Conv4 shapes only
+        (``foldable``), and convolutions only on the CPU, as the meta-engine does (on CUDA the
+        vmapped convolution is the fast one); results equal the vmapped ones to rounding."""
+        return self.folds and (device.type == "cpu" or not self.conv)
+
+    def _stacked_inputs(self, x: torch.Tensor, d: int | None, m: int) -> torch.Tensor:
+        """``m`` members' inputs as the stacked net takes them: ``(m, B, ...)`` (shared data
+        expanded, a view), folded into channels for a conv net."""
+        xs = x if d == 0 else x.expand(m, *x.shape)
+        return fold_inputs(xs) if self.conv else xs
+
+    def _example_losses(self, out: torch.Tensor, y: torch.Tensor, d: int | None) -> torch.Tensor:
+        """Per-example losses ``(M, B)`` of stacked outputs ``(M, B, ...)``."""
+        m, b = out.shape[0], out.shape[1]
+        ys = y if d == 0 else y.expand(m, *y.shape)
+        return per_example_loss(self.kind, out.flatten(0, 1), ys.flatten(0, 1)).reshape(m, b)
+
+    def member_examples(
+        self, q: Params, x: torch.Tensor, y: torch.Tensor, d: int | None
+    ) -> torch.Tensor:
+        """Per-example losses ``(M, B)`` of the members ``q`` (stacked weights) on their data
+        (``d=0``: ``x``/``y`` are per member; ``None``: shared): the stacked net where
+        ``folded``, else ``vmap`` over ``functional_call``."""
+        if self.folded(x.device):
+            m = next(iter(q.values())).shape[0]
+            out = folded_forward(self.model, q, self._stacked_inputs(x, d, m))
+            return self._example_losses(out, y, d)
+
+        def examples(qq: Params, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+            return per_example_loss(self.kind, functional_call(self.model, qq, (xx,)), yy)
+
+        return vmap(examples, in_dims=(0, d, d))(q, x, y)
+
+    def head_examples(
+        self, q: Params, feats: torch.Tensor, y: torch.Tensor, d: int | None
+    ) -> torch.Tensor:
+        """``member_examples`` of the head alone on the members' body features ``feats``
+        (``head_inputs``); ``q`` holds (at least) the members' ``head.*`` weights."""
+        hq = {k: v for k, v in q.items() if self.head_mask[k]}
+        if self.folded(feats.device):
+            return self._example_losses(folded_head(hq, feats), y, d)
+
+        def examples(h: Params, ff: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+            return per_example_loss(self.kind, self._head_forward(h, ff), yy)
+
+        return vmap(examples, in_dims=(0, 0, d))(self._head_params(hq), feats, y)
 
     def _head_forward(self, hq: Params, feats: torch.Tensor) -> torch.Tensor:
         head = self.model.head
@@ -365,17 +433,6 @@ class PopulationTrainer:
         traces into one graph (``torch.autograd.grad`` would break it in two)."""
         n = x.shape[1] if d == 0 else x.shape[0]
         mdt = x.dtype if x.is_floating_point() else torch.float32
-
-        def member_loss(
-            q: Params, xx: torch.Tensor, yy: torch.Tensor, mm: torch.Tensor, dd: torch.Tensor
-        ) -> torch.Tensor:
-            out = functional_call(self.model, q, (xx,))
-            return (per_example_loss(self.kind, out, yy) * mm).sum() / dd
-
-        def full_loss(q: Params, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
-            out = functional_call(self.model, q, (xx,))
-            return per_example_loss(self.kind, out, yy).sum() / n
-
         if minibatch:
             idx = torch.arange(n, device=x.device).unsqueeze(0)
             scores = hash_uniform(hp.seed.unsqueeze(1), t.unsqueeze(1), idx)
@@ -386,10 +443,8 @@ class PopulationTrainer:
             denom = batch.clamp(min=1).to(mdt)
 
         def total(leaves: Params) -> torch.Tensor:
-            if minibatch:
-                losses = vmap(member_loss, in_dims=(0, d, d, 0, 0))(leaves, x, y, mask, denom)
-            else:
-                losses = vmap(full_loss, in_dims=(0, d, d))(leaves, x, y)
+            per = self.member_examples(leaves, x, y, d)
+            losses = (per * mask).sum(1) / denom if minibatch else per.sum(1) / n
             return (losses if scale is None else losses * scale).sum()
 
         if functional:
@@ -476,22 +531,15 @@ class PopulationTrainer:
         n = x.shape[1] if d == 0 else x.shape[0]
         mdt = x.dtype if x.is_floating_point() else torch.float32
         xs, ys = (x[lo:hi], y[lo:hi]) if d == 0 else (x, y)
-
-        def examples(q: Params, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
-            return per_example_loss(self.kind, functional_call(self.model, q, (xx,)), yy)
-
-        def head_examples(hq: Params, ff: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
-            return per_example_loss(self.kind, self._head_forward(hq, ff), yy)
-
         with torch.enable_grad():
             q = {k: v[lo:hi].detach() for k, v in p.items()}
             wrt = [k for k in q if self.head_mask[k] or not seg.head]
             for k in wrt:
                 q[k].requires_grad_()
             if feats is not None:
-                per = vmap(head_examples, in_dims=(0, 0, d))(self._head_params(q), feats, ys)
+                per = self.head_examples(q, feats, ys, d)
             else:
-                per = vmap(examples, in_dims=(0, d, d))(q, xs, ys)
+                per = self.member_examples(q, xs, ys, d)
             a, b = seg.mini[0] - lo, seg.mini[1] - lo
             if b > a:
                 idx = torch.arange(n, device=x.device).unsqueeze(0)
@@ -775,6 +823,12 @@ class PopulationTrainer:
                 loss, acc = (
                     r.unsqueeze(0) for r in one({k: v[0] for k, v in params.items()}, x, y)
                 )
+            elif self.folded(x.device):
+                m = next(iter(params.values())).shape[0]
+                z = folded_forward(self.model, params, self._stacked_inputs(x, d, m))
+                loss = self._example_losses(z, y, d).mean(1)
+                if self.kind == "classification":
+                    acc = accuracy(z, y if d == 0 else y.expand(m, *y.shape))
             else:
                 loss, acc = vmap(one, in_dims=(0, d, d))(params, x, y)
         out = {"loss": loss}
