@@ -40,7 +40,7 @@ from torch import nn
 from raymeta.core.models import ModelSpec, build_model
 from raymeta.errors import CheckpointError, ConfigError, DataError, RaymetaError
 from raymeta.fileio import read_json_file
-from raymeta.paths import check_output_file
+from raymeta.paths import check_apart, check_output_file
 from raymeta.plugins import blame
 from raymeta.tasks.parquet import FeatureReader, atomic_file, show_shape
 
@@ -183,22 +183,44 @@ class Predictions:
     columns: list[str]
 
 
+# what a tune run directory holds (orchestration.tune.run): never a place for predictions
+RUN_ENTRIES = (REPORT_FILE, MODEL_FILE, "run.json", "history.jsonl", "results", "ray_results")
+
+
 def _check_out(
-    out: str | os.PathLike[str], source: str | os.PathLike[str], overwrite: bool
+    out: str | os.PathLike[str],
+    source: str | os.PathLike[str],
+    overwrite: bool,
+    run: str | os.PathLike[str] | None = None,
 ) -> Path:
     p = Path(out)
     if not str(out) or "\0" in str(out):
         raise ConfigError(f"--out must be a file path, got {str(out)!r}")
+    if run is not None:
+        _check_not_in_run(p, Path(run))
     if p.exists() and not p.is_dir() and not overwrite:
         raise ConfigError(f"{p} exists (pass --overwrite to replace it)")
     p = check_output_file(p, "--out", force=True)
-    try:
-        same = p.exists() and Path(source).exists() and p.resolve() == Path(source).resolve()
-    except OSError:
-        same = False
-    if same:
-        raise ConfigError("--out must differ from --input")
+    check_apart(p, source)
     return p
+
+
+def _check_not_in_run(out: Path, run: Path) -> None:
+    """``--out RUN/best_model.pt --overwrite`` would replace the model it predicts with (and
+    ``RUN/report.json`` the record of the run): refuse the run's own files, its results
+    dataset, its experiment and its hidden state."""
+    try:
+        o, r = out.expanduser().resolve(), run.expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        return
+    if r not in o.parents:
+        return
+    top = o.relative_to(r).parts[0]
+    if top in RUN_ENTRIES or top.startswith("."):
+        raise ConfigError(
+            f"--out {out} would overwrite part of the tune run {run} ({top}); write the "
+            "predictions elsewhere"
+        )
 
 
 def predict(
@@ -216,7 +238,7 @@ def predict(
     ``overwrite``."""
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
         raise ConfigError(f"batch_rows must be an integer >= 1, got {batch_rows!r}")
-    dest = _check_out(out, source, overwrite)
+    dest = _check_out(out, source, overwrite, run)
     r = read_run(run)
     model = load_model(run, device=device)
     reader = FeatureReader(source, feature_columns)

@@ -235,6 +235,34 @@ def check_output_file(path: str | os.PathLike[str], flag: str, force: bool) -> P
     return p
 
 
+def _resolved(path: str | os.PathLike[str]) -> Path | None:
+    try:
+        return Path(path).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, an unreadable component
+        return None
+
+
+def check_apart(
+    out: str | os.PathLike[str],
+    source: str | os.PathLike[str],
+    out_flag: str = "--out",
+    source_flag: str = "--input",
+) -> None:
+    """Refuse an output file that is ``source`` itself or lies inside the ``source`` directory:
+    it would replace the input, or join the input dataset (every ``*.parquet`` under a
+    directory is read as part of it) and be read back by the next run."""
+    o, src = _resolved(out), _resolved(source)
+    if o is None or src is None:
+        return
+    if o == src:
+        raise ConfigError(f"{out_flag} must differ from {source_flag}")
+    if src in o.parents and src.is_dir():
+        raise ConfigError(
+            f"{out_flag} {out} lies inside the {source_flag} directory {source} (it would "
+            "become part of that dataset); write it elsewhere"
+        )
+
+
 def probe_writable(out: Path, flag: str = "--out") -> None:
     """Refuse an ``out`` that cannot be created, before any work and without creating anything:
     its nearest existing ancestor must be a writable directory (probed with a temp file, which

@@ -18,7 +18,7 @@ from typing import Any
 from raymeta.cli._common import add_command, column_names, float_arg, path_arg
 from raymeta.errors import ConfigError
 from raymeta.options import add_renamed
-from raymeta.paths import check_output_target, output_arg, writing
+from raymeta.paths import check_apart, check_output_target, output_arg, writing
 
 CONVERT_DOC = """\
 Convert a table with named numeric feature columns and a target column into the task schema
@@ -220,8 +220,8 @@ def _convert(args: argparse.Namespace) -> int:
     if isinstance(args.out, str) and Path(args.out).is_file() and not args.overwrite:
         raise ConfigError(f"{args.out} exists (pass --overwrite to replace it)")
     out = check_output_target(args.out, "--out", force=bool(args.overwrite))
-    if isinstance(out, Path) and Path(args.input).resolve() == out.resolve():
-        raise ConfigError("--out must differ from --input")
+    if isinstance(out, Path):
+        check_apart(out, args.input)
     if args.val_fraction + args.test_fraction >= 1:
         raise ConfigError("--val-fraction + --test-fraction must be below 1 (train needs rows)")
     from raymeta.tasks.parquet import convert_table, parse_shape, show_shape

@@ -26,6 +26,7 @@ import torch
 from raymeta.checks import show_value
 from raymeta.errors import DataError, RaymetaError
 from raymeta.fileio import clean_stale, fsync_dir, make_temp_file
+from raymeta.paths import check_apart
 from raymeta.tasks.base import SPLITS, Kind, Task
 
 SCHEMA_DOC = """\
@@ -433,19 +434,35 @@ def row_group_rows(width: int) -> int:
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str]) -> Iterator[str]:
     """A temp file beside ``path`` (hidden, so a dataset scan skips it) that replaces ``path``
-    only if the block finishes; removed on any error or interrupt."""
+    only if the block finishes; removed on any error or interrupt, and so are the parent
+    directories this call created (bad data found while writing leaves no empty ``OUT/``)."""
     dest = Path(path)
+    made = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(dest.parent, dest.name)
-    fd, tmp = make_temp_file(dest.parent, dest.name)
-    os.close(fd)
+    try:
+        clean_stale(dest.parent, dest.name)
+        fd, tmp = make_temp_file(dest.parent, dest.name)
+        os.close(fd)
+    except BaseException:
+        _remove_empty(made)
+        raise
     try:
         yield tmp
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        _remove_empty(made)
         raise
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    """Remove ``dirs`` (deepest first) while they are empty: what a failed write created."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:  # not empty (someone else wrote there meanwhile) or already gone
+            return
 
 
 # ---------------------------------------------------------------- tables with named columns
@@ -581,6 +598,7 @@ def convert_table(
     regression; string labels need ``kind="classification"`` and become ids in sorted order
     (recorded in the schema metadata). ``shape`` declares the feature shape (e.g. ``[1, 8, 8]``)."""
     where = str(source)
+    check_apart(out, source, "convert: out", "input")
     feats = [str(c) for c in feature_columns]
     if not feats or any(not c for c in feats):
         raise DataError("convert: name at least one feature column")

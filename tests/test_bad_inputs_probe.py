@@ -1,0 +1,165 @@
+"""Bad inputs found by probing tune, predict, sweep, report, data and quickstart with crafted
+files and flags: each is one ``raymeta: error:`` line and exit 2, before any work.
+
+The same contract as ``test_bad_inputs.py`` (its ``run_bad`` runs a case in-process in a fresh
+directory and asserts exit 2, one error line, no traceback and the directory unchanged: no
+output, no empty output folder, no file of the input touched). No case here starts Ray: each is
+refused before it, so the whole file runs in seconds after torch is imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from test_bad_inputs import run_bad  # tests/ is on sys.path (rootdir-less test modules)
+
+from raymeta.core.models import ModelSpec, build_model
+from raymeta.errors import ConfigError, DataError
+
+MLP = ModelSpec("mlp", (3,), 1, {"widths": [8]})
+
+
+def _features(n: int, d: int = 3, fill: float | None = None) -> pa.Table:
+    x = np.zeros((n, d), np.float32) if fill is None else np.full((n, d), fill, np.float32)
+    return pa.table({"features": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), d)})
+
+
+def _run_dir(root: Path) -> Path:
+    """A tune run directory as ``raymeta tune`` writes it: best_model.pt + report.json."""
+    root.mkdir(parents=True)
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.save({k: v.detach().clone() for k, v in build_model(MLP).named_parameters()}, buf)
+    (root / "best_model.pt").write_bytes(buf.getvalue())
+    rep = {
+        "model": MLP.to_dict(),
+        "model_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+        "candidate": "mlp",
+        "kind": "regression",
+    }
+    (root / "report.json").write_text(json.dumps(rep))
+    (root / "results").mkdir()
+    return root
+
+
+# ------------------------------------------------------------------------------ predict
+@pytest.mark.parametrize(
+    "out, match",
+    [
+        # was: best_model.pt replaced by the predictions (the run's model lost), exit 0
+        ("run/best_model.pt", "would overwrite part of the tune run"),
+        # was: report.json replaced, then 'run/report.json is truncated or not JSON'
+        ("run/report.json", "would overwrite part of the tune run"),
+        ("run/results/p.parquet", "would overwrite part of the tune run"),
+        ("run/.trust/p.parquet", "would overwrite part of the tune run"),
+    ],
+)
+def test_predict_never_overwrites_the_run_it_reads(
+    out: str, match: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _run_dir(tmp_path / "run")
+    pq.write_table(_features(4), tmp_path / "x.parquet")
+    argv = ["predict", "--run", "run", "--input", "x.parquet", "--out", out, "--overwrite"]
+    assert match in run_bad(argv, tmp_path, capsys)
+
+
+def test_predict_out_inside_the_input_directory_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """was: the predictions were written into the input dataset (read back by the next run)."""
+    _run_dir(tmp_path / "run")
+    (tmp_path / "d").mkdir()
+    pq.write_table(_features(4), tmp_path / "d" / "x.parquet")
+    argv = ["predict", "--run", "run", "--input", "d", "--out", "d/p.parquet"]
+    assert "lies inside the --input directory" in run_bad(argv, tmp_path, capsys)
+
+
+@pytest.mark.parametrize(
+    "table, match",
+    [
+        (_features(4, fill=float("nan")), "non-finite"),
+        (
+            pa.table({"features": pa.array([[1.0, 2.0, 3.0], None], pa.list_(pa.float32(), 3))}),
+            "null",
+        ),
+        (pa.table({"features": pa.array([[1.0] * 3, [1.0] * 4], pa.list_(pa.float32()))}), "width"),
+    ],
+)
+def test_predict_data_errors_leave_no_output_folder(
+    table: pa.Table, match: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found while streaming the rows: was exit 2, but the new --out folders stayed behind."""
+    _run_dir(tmp_path / "run")
+    pq.write_table(table, tmp_path / "x.parquet")
+    argv = ["predict", "--run", "run", "--input", "x.parquet", "--out", "o/a/p.parquet"]
+    assert match in run_bad(argv, tmp_path, capsys)
+
+
+def test_predict_api_refuses_the_same(tmp_path: Path) -> None:
+    from raymeta.inference import predict
+
+    run = _run_dir(tmp_path / "run")
+    pq.write_table(_features(4), tmp_path / "x.parquet")
+    model = (run / "best_model.pt").read_bytes()
+    with pytest.raises(ConfigError, match="would overwrite part of the tune run"):
+        predict(run, tmp_path / "x.parquet", run / "best_model.pt", overwrite=True)
+    assert (run / "best_model.pt").read_bytes() == model
+    pq.write_table(_features(4, fill=float("inf")), tmp_path / "x.parquet")
+    with pytest.raises(DataError, match="non-finite"):
+        predict(run, tmp_path / "x.parquet", tmp_path / "new" / "p.parquet")
+    assert not (tmp_path / "new").exists()
+
+
+# ------------------------------------------------------------------------- data convert
+CONVERT = ["data", "convert", "--feature-columns", "a,b", "--target-column", "y"]
+
+
+def _table(**change: object) -> pa.Table:
+    cols: dict[str, object] = {
+        "a": np.arange(30, dtype=float),
+        "b": np.ones(30),
+        "y": np.arange(30) % 3,
+    }
+    cols.update(change)
+    return pa.table(cols)
+
+
+@pytest.mark.parametrize(
+    "table, match",
+    [
+        (_table(a=np.r_[np.nan, np.arange(29.0)]), "non-finite"),
+        (_table(b=np.r_[np.inf, np.ones(29)]), "non-finite"),
+        (_table(a=pa.array([None, *range(29)], pa.float64())), "null"),
+        (_table(y=np.r_[np.nan, np.ones(29)]), "non-finite"),
+    ],
+)
+def test_convert_data_errors_leave_no_output_folder(
+    table: pa.Table, match: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in the writing pass: was exit 2, but the new --out folder stayed behind."""
+    pq.write_table(table, tmp_path / "t.parquet")
+    argv = [*CONVERT, "--input", "t.parquet", "--out", "o/x.parquet"]
+    assert match in run_bad(argv, tmp_path, capsys)
+
+
+def test_convert_out_inside_the_input_directory_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """was: exit 0, the task set written into the table's own dataset directory."""
+    from raymeta.tasks.parquet import convert_table
+
+    (tmp_path / "d").mkdir()
+    pq.write_table(_table(), tmp_path / "d" / "t.parquet")
+    argv = [*CONVERT, "--input", "d", "--out", "d/x.parquet"]
+    assert "lies inside the --input directory" in run_bad(argv, tmp_path, capsys)
+    with pytest.raises(ConfigError, match="inside the input directory"):
+        convert_table(tmp_path / "d", tmp_path / "d" / "x.parquet", ["a", "b"], "y")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["t.parquet"]
