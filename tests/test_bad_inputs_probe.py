@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +164,67 @@ def test_convert_out_inside_the_input_directory_is_refused(
     with pytest.raises(ConfigError, match="inside the input directory"):
         convert_table(tmp_path / "d", tmp_path / "d" / "x.parquet", ["a", "b"], "y")
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["t.parquet"]
+
+
+# --------------------------------------------------------------------------------- tune
+TUNE = ["tune", "--meta", "ckpt", "--task", "sinusoid:0", "--trials", "2", "--budget", "8"]
+
+
+@pytest.mark.parametrize(
+    "record",
+    ["[1]", "null", '{"fingerprint": [1]}', '{"fingerprint": "x"}', '{"fingerprint": {}}'],
+)
+def test_tune_refuses_a_tampered_run_record(
+    record: str, ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """was: 'internal error: AttributeError: 'list' object has no attribute 'get'', exit 1."""
+    import shutil
+
+    shutil.copytree(ckpt_dir, tmp_path / "ckpt")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "run.json").write_text(record)
+    line = run_bad([*TUNE, "--out", "out", "--quiet"], tmp_path, capsys)
+    assert "not a raymeta tune run record" in line
+
+
+def test_tune_relative_storage_is_made_absolute(tmp_path: Path) -> None:
+    """was: Ray Tune read 'st' as a URI once Ray had started and run.json was written
+    ('internal error: ArrowInvalid: URI has empty scheme', exit 1)."""
+    from raymeta.orchestration.tune.run import _experiment
+
+    storage, _ = _experiment(tmp_path / "out", "st/x", "n")
+    assert Path(storage).is_absolute() and storage.endswith("st/x")
+    assert _experiment(tmp_path / "out", "s3://bucket/x", "n")[0] == "s3://bucket/x"
+
+
+# --------------------------------------------------------------------------- quickstart
+QS = ["quickstart", "--out", "q", "--steps", "2"]
+RUN0 = "q/tune/task0-meta-learned"
+
+
+def _mkfile(path: str, text: str) -> Callable[[Path], None]:
+    def setup(d: Path) -> None:
+        (d / path).parent.mkdir(parents=True, exist_ok=True)
+        (d / path).write_text(text)
+
+    return setup
+
+
+@pytest.mark.parametrize(
+    "setup, match",
+    [
+        # each was refused only in stage 3, after meta-training and the priors fit
+        (_mkfile("q/tune", "a file"), "is not a directory"),
+        (_mkfile(f"{RUN0}/notes.txt", "someone else's"), "not a raymeta tune run directory"),
+        (_mkfile(f"{RUN0}/run.json", "["), "not a raymeta tune run record"),
+        (_mkfile(f"{RUN0}/run.json", '{"fingerprint": {"trials": 9}, "started": 1}'), "differs"),
+    ],
+)
+def test_quickstart_checks_its_tune_runs_before_ray(
+    setup: Callable[[Path], None],
+    match: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    setup(tmp_path)
+    assert match in run_bad(QS, tmp_path, capsys)

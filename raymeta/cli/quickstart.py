@@ -64,11 +64,35 @@ def add_parser(sub: Any) -> None:
     )
 
 
-def _preflight(out: Path, meta: Path) -> None:
-    """Before Ray starts: ``--out`` must be a writable directory (or creatable), and a
-    meta-checkpoint left by an earlier run must load (it is reused, not retrained)."""
+def _requests(args: argparse.Namespace, out: Path) -> list[Any]:
+    """The ``TuneRequest`` of every tune run of stage 3, in the order they run."""
+    from raymeta.orchestration.tune.request import TuneRequest
+
+    return [
+        TuneRequest(
+            out / "meta",
+            f"sinusoid:{i}",
+            trials=args.trials,
+            budget=args.budget,
+            init=init,
+            prior=prior,
+            out=out / "tune" / f"task{i}-{init}-{prior}",
+            seed=i,
+            label=LABEL,
+        )
+        for i in range(args.tasks)
+        for init, prior in STRATEGIES
+    ]
+
+
+def _preflight(out: Path, meta: Path, requests: list[Any]) -> None:
+    """Before Ray starts: ``--out`` must be a writable directory (or creatable), a
+    meta-checkpoint left by an earlier run must load (it is reused, not retrained), and every
+    tune run's folder must be writable and new, empty or this same run (a rerun resumes it):
+    otherwise stage 3 would refuse it after minutes of meta-training."""
     from raymeta.core.checkpoint import load_meta_checkpoint
     from raymeta.errors import ConfigError
+    from raymeta.orchestration.tune.run import check_run_record
     from raymeta.paths import probe_writable
 
     if out.exists() and not out.is_dir():
@@ -76,6 +100,9 @@ def _preflight(out: Path, meta: Path) -> None:
     probe_writable(out / "x" if out.is_dir() else out)
     if (meta / "meta.json").exists() or (meta.exists() and not meta.is_dir()):
         load_meta_checkpoint(meta)
+    for request in requests:
+        request.check_paths()
+        check_run_record(Path(request.out), request.fingerprint())
 
 
 def _stage(msg: str) -> float:
@@ -90,7 +117,6 @@ def _run(args: argparse.Namespace) -> int:
     from raymeta.finetune import fit_priors
     from raymeta.orchestration.meta_train.ray_train import run_meta_train
     from raymeta.orchestration.ray_runtime import ray_context
-    from raymeta.orchestration.tune.request import TuneRequest
     from raymeta.orchestration.tune.run import run_tune
     from raymeta.results import report as results_report
     from raymeta.results.discover import find_datasets
@@ -106,7 +132,8 @@ def _run(args: argparse.Namespace) -> int:
         )
     out = Path(args.out)
     meta = out / "meta"
-    _preflight(out, meta)
+    requests = _requests(args, out)
+    _preflight(out, meta, requests)
     t_all = time.perf_counter()
     with ray_context(args.address):
         t = _stage(
@@ -153,27 +180,14 @@ def _run(args: argparse.Namespace) -> int:
             f"3/4 tuning {args.tasks} held-out tasks: PBT x{args.trials}, meta+learned vs scratch+broad"
         )
         runs: list[Path] = []
-        for i in range(args.tasks):
-            for init, prior in STRATEGIES:
-                run_out = out / "tune" / f"task{i}-{init}-{prior}"
-                request = TuneRequest(
-                    meta,
-                    f"sinusoid:{i}",
-                    trials=args.trials,
-                    budget=args.budget,
-                    init=init,
-                    prior=prior,
-                    out=run_out,
-                    seed=i,
-                    label=LABEL,
-                )
-                report: dict[str, Any] = run_tune(request, verbose=0)
-                best = report["best"]
-                print(
-                    f"   sinusoid:{i:<3} {init}+{prior}+pbt  test MSE {best['test_loss']:.4f}  ({report.get('wall_s', 0):.1f}s)",
-                    flush=True,
-                )
-                runs.append(run_out)
+        for request in requests:
+            report: dict[str, Any] = run_tune(request, verbose=0)
+            best = report["best"]
+            print(
+                f"   {request.task:<12} {request.init}+{request.prior}+pbt  test MSE {best['test_loss']:.4f}  ({report.get('wall_s', 0):.1f}s)",
+                flush=True,
+            )
+            runs.append(Path(request.out))
         print(f"   done in {time.perf_counter() - t:.1f}s")
 
     _stage("4/4 comparison (target = the scratch run's final best validation loss on each task)")

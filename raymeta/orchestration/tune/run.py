@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -259,19 +260,41 @@ def _experiment(out: Path, storage: str | None, name: str | None = None) -> tupl
     is part of the fingerprint)."""
     if name is None:
         name = "tune-" + hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:12]
-    return (storage if storage else str((out / "ray_results").resolve())), name
+    if not storage:
+        return str((out / "ray_results").resolve()), name
+    if "://" not in storage:  # Ray Tune reads a relative path as a URI (ArrowInvalid, mid-run)
+        storage = str(Path(storage).expanduser().absolute())
+    return storage, name
 
 
-def _check_run_file(out: Path, plan: TunePlan, write: bool = True) -> dict[str, Any]:
-    """Refuse to mix two different runs in one ``out``; returns the pinned run record (written
-    for a new run unless ``write`` is false: the check alone, before any work)."""
-    fp = plan.fingerprint()
+def _read_run_file(p: Path, out: Path) -> dict[str, Any]:
+    """``run.json`` as ``_check_run_file`` needs it: a mapping with a ``fingerprint`` mapping
+    and a numeric ``started``; anything else (a truncated or edited file) is one line."""
+    try:
+        rec = json.loads(p.read_text())
+    except (OSError, ValueError):
+        rec = None
+    fp = rec.get("fingerprint") if isinstance(rec, dict) else None
+    started = rec.get("started") if isinstance(rec, dict) else None
+    if (
+        not isinstance(fp, dict)
+        or isinstance(started, bool)
+        or not isinstance(started, (int, float))
+        or not math.isfinite(started)
+    ):
+        raise ConfigError(
+            f"{p} is unreadable or not a raymeta tune run record; remove {out} or pick another --out"
+        )
+    return rec  # type: ignore[return-value]
+
+
+def check_run_record(out: Path, fp: dict[str, Any]) -> dict[str, Any] | None:
+    """The run record of ``out`` when it holds the run ``fp`` pins (a resume), None when
+    ``out`` is new or empty; another run, or a folder that is no tune run, is a one-line
+    ``ConfigError``. Reads only: ``raymeta quickstart`` checks its runs with it before Ray."""
     p = out / RUN_FILE
     if p.is_file():
-        try:
-            rec = json.loads(p.read_text())
-        except ValueError:
-            raise ConfigError(f"{p} is unreadable; remove {out} or pick another --out") from None
+        rec = _read_run_file(p, out)
         if rec.get("fingerprint") != fp:
             old = rec.get("fingerprint", {})
             diff = sorted(k for k in set(fp) | set(old) if old.get(k) != fp.get(k))
@@ -283,9 +306,19 @@ def _check_run_file(out: Path, plan: TunePlan, write: bool = True) -> dict[str, 
         raise ConfigError(
             f"--out {out} exists and is not a raymeta tune run directory; pick another --out"
         )
+    return None
+
+
+def _check_run_file(out: Path, plan: TunePlan, write: bool = True) -> dict[str, Any]:
+    """Refuse to mix two different runs in one ``out``; returns the pinned run record (written
+    for a new run unless ``write`` is false: the check alone, before any work)."""
+    fp = plan.fingerprint()
+    rec = check_run_record(out, fp)
+    if rec is not None:
+        return rec
     rec = {"fingerprint": fp, "started": time.time()}
     if write:
-        atomic_write_json(p, rec)
+        atomic_write_json(out / RUN_FILE, rec)
     return rec
 
 
