@@ -228,3 +228,77 @@ def test_quickstart_checks_its_tune_runs_before_ray(
 ) -> None:
     setup(tmp_path)
     assert match in run_bad(QS, tmp_path, capsys)
+
+
+def _resume_dir(tmp_path: Path, ckpt_dir: Path) -> Path:
+    """``out`` holding the run record of TUNE_RESUME's run (so a rerun would resume it)."""
+    import shutil
+
+    from raymeta.orchestration.tune.request import TuneRequest
+
+    shutil.copytree(ckpt_dir, tmp_path / "ckpt")
+    req = TuneRequest(
+        meta=tmp_path / "ckpt", task="sinusoid:0", trials=2, budget=8, strategy="meta+broad+random"
+    )
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "run.json").write_text(
+        json.dumps({"fingerprint": req.fingerprint(), "started": 1.0})
+    )
+    return tmp_path / "out"
+
+
+TUNE_RESUME = [*TUNE, "--strategy", "meta+broad+random", "--out", "out", "--quiet"]
+
+
+@pytest.mark.parametrize(
+    "entry, kind, match",
+    [
+        # was: 'internal error: TuneError' from the history callback, exit 1, after the run
+        ("history.jsonl", "dir", "is not a regular file"),
+        # were: 'Is a directory (.../.report.json...tmp)' once every trial had trained
+        ("report.json", "dir", "is not a regular file"),
+        ("best_model.pt", "dir", "is not a regular file"),
+        ("results", "file", "is not a directory"),
+        ("results/_schema.json", "garbage", "not JSON"),
+    ],
+)
+def test_tune_resume_checks_what_it_will_write_before_ray(
+    entry: str,
+    kind: str,
+    match: str,
+    ckpt_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    p = _resume_dir(tmp_path, ckpt_dir) / entry
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "dir":
+        p.mkdir()
+    else:
+        p.write_text("{" if kind == "garbage" else "a file\n")
+    assert match in run_bad(TUNE_RESUME, tmp_path, capsys)
+
+
+def test_tune_history_with_edited_lines_is_read_without_them(tmp_path: Path) -> None:
+    """was: an edited history.jsonl line (a string where a number goes) raised ValueError in
+    write_outputs, after the whole run (exit 1); such lines are skipped like cut ones."""
+    from raymeta.orchestration.tune.lineage import read_histories
+
+    good = {"trial": "a", "val_loss": 1.0, "best_val_loss": 1.0, "trial_step": 1}
+    good |= {"interval_member_steps": 2, "wall_time": 5.0, "events": "[]", "hparams": {}}
+    edited = [
+        {"interval_member_steps": "abc"},
+        {"wall_time": "x"},
+        {"wall_time": float("inf")},
+        {"trial": [1]},
+        {"hparams": 5},
+        {"events": "[1]"},
+        {"events": "{"},
+    ]
+    lines = [json.dumps(good)] + [
+        json.dumps({**good, "wall_time": 6.0 + i, **e}) for i, e in enumerate(edited)
+    ]
+    lines += [json.dumps({**good, "trial_step": 2, "wall_time": 20.0}), '{"trial": "a", "val']
+    (tmp_path / "h.jsonl").write_text("\n".join(lines))
+    (h,) = read_histories(tmp_path / "h.jsonl")
+    assert [(r["trial_step"], r["spent"]) for r in h.rows] == [(1, 2), (2, 4)]

@@ -34,42 +34,59 @@ def _num(v: Any) -> float:
 def read_histories(path: str | Path) -> list[TrialHistory]:
     """Per-trial report rows from the ``HistoryCallback`` file, deduplicated, in time order."""
     p = Path(path)
-    recs: list[dict[str, Any]] = []
+    rows: list[tuple[dict[str, Any], str]] = []
     if p.is_file():
         for line in p.read_text().splitlines():
             try:
                 rec = json.loads(line)
             except ValueError:
                 continue  # a line cut short by a kill
-            if isinstance(rec, dict) and "trial" in rec and "val_loss" in rec:
-                recs.append(rec)
-    seen: set[tuple[Any, ...]] = set()
+            if not (isinstance(rec, dict) and "trial" in rec and "val_loss" in rec):
+                continue
+            try:
+                row = _row(rec)
+                same = json.dumps([rec.get(k) for k in ("trial_step", "val_loss", "best_val_loss")])
+            except (ValueError, TypeError, KeyError, AttributeError):
+                continue  # an edited line: of no more use than one cut short
+            rows.append((row, same))
+    seen: set[tuple[str, str]] = set()
     hists: dict[str, TrialHistory] = {}
-    for rec in sorted(recs, key=lambda r: float(r.get("wall_time", 0.0))):
-        key = (rec["trial"], rec.get("trial_step"), rec.get("val_loss"), rec.get("best_val_loss"))
+    for row, same in sorted(rows, key=lambda r: r[0]["wall_time"]):
+        key = (row["trial"], same)
         if key in seen:
             continue
         seen.add(key)
-        h = hists.setdefault(rec["trial"], TrialHistory(rec["trial"]))
-        spent = (h.rows[-1]["spent"] if h.rows else 0) + int(
-            rec.get("interval_member_steps", 0) or 0
-        )
-        row = {
-            "trial": rec["trial"],
-            "spent": spent,
-            "trial_step": int(rec.get("trial_step", 0) or 0),
-            "val_loss": _num(rec.get("val_loss")),
-            "best_val_loss": _num(rec.get("best_val_loss")),
-            "wall_time": float(rec.get("wall_time", 0.0) or 0.0),
-            "hparams": dict(rec.get("hparams", {})),
-            "events": json.loads(rec["events"])
-            if isinstance(rec.get("events"), str) and rec["events"]
-            else [],
-        }
-        if rec.get("val_accuracy") is not None:
-            row["val_accuracy"] = float(rec["val_accuracy"])
+        h = hists.setdefault(row["trial"], TrialHistory(row["trial"]))
+        row["spent"] += h.rows[-1]["spent"] if h.rows else 0
         h.rows.append(row)
     return list(hists.values())
+
+
+def _row(rec: dict[str, Any]) -> dict[str, Any]:
+    """One report of the history file, typed (``spent``: this report's member-steps alone)."""
+    if not isinstance(rec["trial"], str):
+        raise TypeError("trial id")
+    events = (
+        json.loads(rec["events"]) if isinstance(rec.get("events"), str) and rec["events"] else []
+    )
+    if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+        raise TypeError("events")
+    wall = float(rec.get("wall_time", 0.0) or 0.0)
+    if not math.isfinite(wall):
+        raise ValueError("wall_time")
+    row = {
+        "trial": rec["trial"],
+        "spent": int(rec.get("interval_member_steps", 0) or 0),
+        "trial_step": int(rec.get("trial_step", 0) or 0),
+        "val_loss": _num(rec.get("val_loss")),
+        "best_val_loss": _num(rec.get("best_val_loss")),
+        "wall_time": wall,
+        "hparams": dict(rec.get("hparams", {})),
+        "events": events,
+    }
+    if rec.get("val_accuracy") is not None:
+        row["val_accuracy"] = float(rec["val_accuracy"])
+    return row
 
 
 def lineage(histories: list[TrialHistory]) -> list[dict[str, Any]]:

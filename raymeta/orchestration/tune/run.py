@@ -309,6 +309,18 @@ def check_run_record(out: Path, fp: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def _check_run_entries(out: Path, label: str) -> None:
+    """What a resumed run will write over must be writable as it is: its files regular files
+    and ``results`` a results dataset (an edited folder was an error only after the run)."""
+    for name in (HISTORY_FILE, REPORT_FILE, MODEL_FILE):
+        p = out / name
+        if (p.exists() or p.is_symlink()) and (p.is_symlink() or not p.is_file()):
+            raise ConfigError(
+                f"{p} is not a regular file (not a raymeta tune run?); remove {out} or pick another --out"
+            )
+    ResultSink(out / "results", label)  # checks the dataset's marker; creates nothing
+
+
 def _check_run_file(out: Path, plan: TunePlan, write: bool = True) -> dict[str, Any]:
     """Refuse to mix two different runs in one ``out``; returns the pinned run record (written
     for a new run unless ``write`` is false: the check alone, before any work)."""
@@ -493,6 +505,7 @@ def _run(request: TuneRequest, verbose: int, crash_marker: str | None) -> dict[s
         str(out), str((out / TRUST_DIR).resolve()), exp_path, run_digest(plan.fingerprint())
     )
     _check_run_file(out, plan, write=False)  # another run's --out: its own message, first
+    _check_run_entries(out, request.label)
     if not (out / RUN_FILE).is_file() and Store(exp_path).files():
         # a new run (run.json comes before any Tune file) whose experiment exists: another
         # run's --name in a shared --storage
