@@ -302,3 +302,31 @@ def test_tune_history_with_edited_lines_is_read_without_them(tmp_path: Path) -> 
     (tmp_path / "h.jsonl").write_text("\n".join(lines))
     (h,) = read_histories(tmp_path / "h.jsonl")
     assert [(r["trial_step"], r["spent"]) for r in h.rows] == [(1, 2), (2, 4)]
+
+
+# -------------------------------------------------------------------------------- sweep
+SWEEP = (
+    "meta: [ckpt]\nstrategies: [meta+fixed-default]\ntasks: 1\npopulation: 1\nsteps_per_member: 2\n"
+)
+
+
+@pytest.mark.parametrize(
+    "out, match",
+    [
+        # each was exit 0: _schema.json and sweep=NAME/ parts written among the folder's files
+        ("ckpt", "lies inside the meta-checkpoint"),
+        ("ckpt/results", "lies inside the meta-checkpoint"),
+        ("run", "lies inside the tune run"),
+        ("run/results2", "lies inside the tune run"),
+    ],
+)
+def test_sweep_out_inside_a_checkpoint_or_a_tune_run_is_refused(
+    out: str, match: str, ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    shutil.copytree(ckpt_dir, tmp_path / "ckpt")
+    _run_dir(tmp_path / "run")
+    (tmp_path / "run" / "run.json").write_text('{"fingerprint": {}, "started": 1}')
+    (tmp_path / "sweep.yaml").write_text(SWEEP)
+    assert match in run_bad(["sweep", "sweep.yaml", "--out", out, "--quiet"], tmp_path, capsys)
