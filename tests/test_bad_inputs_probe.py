@@ -330,3 +330,25 @@ def test_sweep_out_inside_a_checkpoint_or_a_tune_run_is_refused(
     (tmp_path / "run" / "run.json").write_text('{"fingerprint": {}, "started": 1}')
     (tmp_path / "sweep.yaml").write_text(SWEEP)
     assert match in run_bad(["sweep", "sweep.yaml", "--out", out, "--quiet"], tmp_path, capsys)
+
+
+# ------------------------------------------------------------------------ data validate
+@pytest.mark.parametrize("column", ["task_id", "features", "target", "meta_split"])
+def test_validate_refuses_a_column_named_twice(
+    column: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """was: 'internal error: KeyError: 'Column target does not exist in schema'', exit 1 (and
+    'task family 'parquet' failed to build: KeyError' from meta-train)."""
+    from raymeta.tasks.parquet import write_tasks
+    from raymeta.tasks.sinusoid import Sinusoid
+
+    fam = Sinusoid(task_shots=3, val_size=3, test_size=3)
+    write_tasks(
+        tmp_path / "t.parquet",
+        [fam.task(s, 0) for s in ("train", "val", "test")],
+        meta_split=["train", "val", "test"],
+    )
+    t = pq.read_table(tmp_path / "t.parquet")
+    pq.write_table(t.append_column(column, t[column]), tmp_path / "a.parquet")
+    line = run_bad(["data", "validate", "a.parquet"], tmp_path, capsys)
+    assert f"column {column!r} appears more than once" in line

@@ -153,6 +153,9 @@ def _is_str(t: pa.DataType) -> bool:
 
 def check_schema(schema: pa.Schema, where: str, need_task_id: bool = True) -> Columns:
     need = REQUIRED if need_task_id else REQUIRED[1:]
+    twice = sorted({c for c in schema.names if schema.names.count(c) > 1})
+    if twice:  # Arrow cannot select such a column by name ("does not exist in schema")
+        raise DataError(f"{where}: column {twice[0]!r} appears more than once")
     missing = [c for c in need if c not in schema.names]
     if missing:
         raise DataError(f"{where}: missing column(s) {', '.join(missing)} (need {', '.join(need)})")
