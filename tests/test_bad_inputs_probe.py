@@ -352,3 +352,22 @@ def test_validate_refuses_a_column_named_twice(
     pq.write_table(t.append_column(column, t[column]), tmp_path / "a.parquet")
     line = run_bad(["data", "validate", "a.parquet"], tmp_path, capsys)
     assert f"column {column!r} appears more than once" in line
+
+
+@pytest.mark.parametrize("keys", [b"{{", b"5", b'[["k", "x"]]', b"[[1, 2, 3]]"])
+def test_tune_resume_refuses_an_edited_results_part_before_ray(
+    keys: bytes, ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """was: 'internal error: JSONDecodeError' (exit 1) when the finished run appended its rows."""
+    from raymeta.results import ResultSink
+    from raymeta.results.synthetic import synthetic_rows
+
+    out = _resume_dir(tmp_path, ckpt_dir)
+    ResultSink(out / "results", "tune").append(
+        synthetic_rows(sweep="tune", tasks=("a",), seeds=(0,)), "k"
+    )
+    part = next((out / "results" / "sweep=tune").glob("part-*.parquet"))
+    t = pq.read_table(part)
+    meta = {**(t.schema.metadata or {}), b"raymeta.results.keys": keys}
+    pq.write_table(t.replace_schema_metadata(meta), part)
+    assert "unreadable list of its units" in run_bad(TUNE_RESUME, tmp_path, capsys)

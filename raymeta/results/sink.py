@@ -87,10 +87,26 @@ def part_keys(part: Path) -> list[tuple[str, int]]:
         meta = pq.read_schema(part).metadata or {}
     except (OSError, ValueError) as exc:
         raise DataError(f"result part {part} is unreadable: {str(exc).splitlines()[0]}") from None
-    if KEYS_META in meta:
-        return [(str(k), int(n)) for k, n in json.loads(meta[KEYS_META])]
-    if KEY_META in meta:
-        return [(meta[KEY_META].decode(), -1)]
+    try:
+        if KEYS_META in meta:
+            keys = json.loads(meta[KEYS_META])
+            if not isinstance(keys, list) or not all(
+                isinstance(e, list)
+                and len(e) == 2
+                and isinstance(e[0], str)
+                and isinstance(e[1], int)
+                and not isinstance(e[1], bool)
+                for e in keys
+            ):
+                raise ValueError(keys)
+            return [(k, n) for k, n in keys]
+        if KEY_META in meta:
+            return [(meta[KEY_META].decode(), -1)]
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError, or the wrong shape
+        raise DataError(
+            f"result part {part} has an unreadable list of its units in its footer (edited?); "
+            "move it out of the dataset"
+        ) from None
     return []
 
 

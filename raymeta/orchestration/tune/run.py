@@ -318,7 +318,7 @@ def _check_run_entries(out: Path, label: str) -> None:
             raise ConfigError(
                 f"{p} is not a regular file (not a raymeta tune run?); remove {out} or pick another --out"
             )
-    ResultSink(out / "results", label)  # checks the dataset's marker; creates nothing
+    ResultSink(out / "results", label).done_keys()  # the marker and part footers; writes nothing
 
 
 def _check_run_file(out: Path, plan: TunePlan, write: bool = True) -> dict[str, Any]:
