@@ -371,3 +371,20 @@ def test_tune_resume_refuses_an_edited_results_part_before_ray(
     meta = {**(t.schema.metadata or {}), b"raymeta.results.keys": keys}
     pq.write_table(t.replace_schema_metadata(meta), part)
     assert "unreadable list of its units" in run_bad(TUNE_RESUME, tmp_path, capsys)
+
+
+def test_run_sweep_api_refuses_an_out_inside_a_checkpoint(ckpt_dir: Path, tmp_path: Path) -> None:
+    """The Python API applies the CLI's check, before the output lock writes anything."""
+    import shutil
+
+    from raymeta.orchestration.sweep.config import parse_sweep
+    from raymeta.orchestration.sweep.run import run_sweep
+
+    shutil.copytree(ckpt_dir, tmp_path / "ckpt")
+    before = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    cfg = parse_sweep(
+        {"meta": [str(tmp_path / "ckpt")], "strategies": ["meta+fixed-default"], "tasks": 1}
+    )
+    with pytest.raises(ConfigError, match="sweep output .* lies inside the meta-checkpoint"):
+        run_sweep(cfg, tmp_path / "ckpt" / "results", progress=False)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == before

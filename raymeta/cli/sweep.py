@@ -47,13 +47,13 @@ def add_parser(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from raymeta.orchestration.sweep.config import load_sweep
-    from raymeta.orchestration.sweep.run import run_sweep
+    from raymeta.orchestration.sweep.run import check_results_dir, run_sweep
 
     if args.max_concurrency is not None and args.max_concurrency < 1:
         raise ConfigError(f"--max-concurrency must be >= 1, got {args.max_concurrency}")
     cfg = load_sweep(args.sweep_file)
     check_output_dir(args.out, "--out")
-    _check_not_in_a_run(Path(args.out))
+    check_results_dir(Path(args.out), "--out")
     out = run_sweep(
         cfg,
         Path(args.out),
@@ -66,32 +66,3 @@ def _run(args: argparse.Namespace) -> int:
     )
     print(f"summarise with: raymeta report {args.out} --sweep {cfg.name}")
     return 0
-
-
-def _check_not_in_a_run(out: Path) -> None:
-    """A results dataset of its own: never inside a meta-checkpoint (its parts would sit among
-    the checkpoint's files; ``meta-train --out`` refuses the same) nor a ``raymeta tune`` run
-    directory (whose own results live in RUN/results)."""
-    from raymeta.core.checkpoint import read_meta
-    from raymeta.errors import CheckpointError
-
-    try:
-        here = out.expanduser().absolute()
-    except (OSError, ValueError):
-        return
-    for d in (here, *here.parents):
-        try:
-            ckpt = (d / "meta.json").is_file()
-            run = (d / "run.json").is_file() and (
-                (d / "report.json").is_file() or (d / ".trust").is_dir()
-            )
-        except OSError:
-            return
-        if ckpt:
-            try:
-                read_meta(d)
-            except CheckpointError:  # someone else's meta.json: not a checkpoint
-                ckpt = False
-        if ckpt or run:
-            what = "meta-checkpoint" if ckpt else "tune run"
-            raise ConfigError(f"--out {out} lies inside the {what} {d}; pick a path outside it")

@@ -124,7 +124,36 @@ def _first_line(exc: BaseException) -> str:
     return lines[0][:300] if lines else type(exc).__name__
 
 
-@locks_output("out")  # one writer per results directory
+def check_results_dir(out: Path, label: str = "sweep output") -> None:
+    """A results dataset of its own: never inside a meta-checkpoint (its parts would sit among
+    the checkpoint's files; ``meta-train --out`` refuses the same) nor a ``raymeta tune`` run
+    directory (whose own results live in RUN/results). Checked before the output lock, which
+    would otherwise leave its file there first."""
+    from raymeta.core.checkpoint import read_meta
+    from raymeta.errors import CheckpointError
+
+    try:
+        here = Path(out).expanduser().absolute()
+    except (OSError, ValueError):
+        return
+    for d in (here, *here.parents):
+        try:
+            ckpt = (d / "meta.json").is_file()
+            run = (d / "run.json").is_file() and (
+                (d / "report.json").is_file() or (d / ".trust").is_dir()
+            )
+        except OSError:
+            return
+        if ckpt:
+            try:
+                read_meta(d)
+            except CheckpointError:  # someone else's meta.json: not a checkpoint
+                ckpt = False
+        if ckpt or run:
+            what = "meta-checkpoint" if ckpt else "tune run"
+            raise ConfigError(f"{label} {out} lies inside the {what} {d}; pick a path outside it")
+
+
 def run_sweep(
     cfg: SweepConfig,
     out: Path,
@@ -136,6 +165,26 @@ def run_sweep(
     batch_units: int | None = None,
 ) -> dict[str, Any]:
     """Run every unit not yet in ``out``'s results dataset; returns counts and wall time.
+    ``out`` must not lie inside a meta-checkpoint or a tune run (``check_results_dir``); one
+    writer at a time holds its lock (``raymeta.lock``)."""
+    check_results_dir(Path(out))
+    return _run_locked(
+        cfg, out, address, max_concurrency, progress, flush_units, flush_s, batch_units
+    )
+
+
+@locks_output("out")  # one writer per results directory
+def _run_locked(
+    cfg: SweepConfig,
+    out: Path,
+    address: str | None,
+    max_concurrency: int | None,
+    progress: bool,
+    flush_units: int,
+    flush_s: float,
+    batch_units: int | None,
+) -> dict[str, Any]:
+    """``run_sweep``'s work, under the output lock.
 
     A Ray task runs at most ``batch_units`` units (default ``flush_units``; 1 runs every unit
     alone, the unbatched baseline), see ``batch.plan_batches``. Finished batches
