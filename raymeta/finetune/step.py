@@ -11,6 +11,9 @@ full-batch members for minibatch sampling, and head-only members for their body 
 features are computed once per call). ``GENERAL`` (one masked update of every member) is kept
 as the grouped path's reference. This is the pure functional core; ``population.Population``
 is the stateful runner around it that priors fitting, sweeps and Ray Tune trials all use.
+On the CPU, built-in MLP / Conv4 members run as one stacked net (batched matmuls, grouped
+convolutions: ``PopulationTrainer.folded``) rather than through ``vmap``, the same numbers
+without the transform's per-call overhead.
 
 Randomness (minibatch selection) comes from a counter-based hash of ``(member seed, member
 step, example index)``, so a member's trajectory does not depend on which other members it is
@@ -358,9 +361,11 @@ class PopulationTrainer:
         and backward costs ~1 ms of transform overhead per call, 2-3x the stacked net's whole
         step at 16 members on this CPU (BENCHMARKS.md, issue 17 fifth pass), and each grouped
         segment, evaluation and head-only call pays it. Built-in MLP / Conv4 shapes only
-        (``foldable``), and convolutions only on the CPU, as the meta-engine does (on CUDA the
-        vmapped convolution is the fast one); results equal the vmapped ones to rounding."""
-        return self.folds and (device.type == "cpu" or not self.conv)
+        (``foldable``), and only on the CPU: on CUDA the vmapped convolution is the fast one
+        (as in the meta-engine) and the vmapped MLP step is what the GPU figures in
+        BENCHMARKS.md were measured with; stacking there is unmeasured, so it is not switched
+        on unseen. Results equal the vmapped ones to rounding."""
+        return self.folds and device.type == "cpu"
 
     def _stacked_inputs(self, x: torch.Tensor, d: int | None, m: int) -> torch.Tensor:
         """``m`` members' inputs as the stacked net takes them: ``(m, B, ...)`` (shared data
