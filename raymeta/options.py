@@ -14,10 +14,12 @@ from raymeta.bounded_yaml import loads
 from raymeta.errors import ConfigError, DeprecatedOption
 
 
-def parse_options(items: Any, what: str) -> dict[str, Any]:
+def parse_options(items: Any, what: str, flag: str | None = None) -> dict[str, Any]:
     """``["k=v", ...]`` (values parsed as bounded YAML scalars/lists) or a mapping from a
-    config file; anything else (a number, a list of non-strings) is a one-line error."""
-    flag = f"--{what}-option"
+    config file; anything else (a number, a list of non-strings) is a one-line error, and so
+    is a key given twice (``--task-option k=1 --task-option k=2``: never silently the last).
+    ``flag``: how errors name the option (default ``--WHAT-option``)."""
+    flag = flag or f"--{what}-option"
     if items is None:
         return {}
     if isinstance(items, dict):
@@ -29,18 +31,24 @@ def parse_options(items: Any, what: str) -> dict[str, Any]:
             f"{what}_options must be a mapping or a list of KEY=VALUE, got {checks.show_value(items)}"
         )
     out: dict[str, Any] = {}
+    given: dict[str, str] = {}  # key -> its text, to name both values of a repeated key
     for item in items:
         if not isinstance(item, str):
             raise ConfigError(f"{flag} expects KEY=VALUE, got {checks.show_value(item)}")
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
+        text = raw.strip() or "''"
+        if key in given:
+            raise ConfigError(f"{flag} {key} given twice ({given[key]}, {text})")
+        given[key] = text
         try:
-            out[key.strip()] = loads(raw, f"{flag} {key.strip()}") if raw.strip() else ""
+            out[key] = loads(raw, f"{flag} {key}") if raw.strip() else ""
         except ConfigError as exc:
             if "not valid YAML" not in str(exc):
                 raise
-            out[key.strip()] = raw
+            out[key] = raw
     return out
 
 

@@ -1,7 +1,7 @@
 """``--config FILE.yaml``: every flag of a subcommand can also come from a YAML mapping.
 
 Flags given on the command line win over the file. Keys must be exact option names (``meta_batch``
-or ``meta-batch``; unknown keys are an error, so a typo in a config never silently falls back to
+or ``meta-batch``, not both; unknown keys are an error, so a typo in a config never silently falls back to
 a default), and values must have the flag's type: a list or mapping where one value is expected,
 a bool where a number is, a float where an integer is (never truncated), a quoted number or a
 number for a string option are one-line errors naming the key, also for keys a flag overrides.
@@ -103,10 +103,16 @@ def apply_config(
     }
     explicit = _explicit_dests(parser, argv)
     where = f"config file {path}"
+    seen: dict[str, Any] = {}  # dest -> the key that set it: one option, one key
     for key, value in data.items():
         dest = str(key).replace("-", "_")
         if dest not in actions or str(key).startswith("_"):
             raise ConfigError(f"{where}: unknown option {key!r}")
+        if dest in seen:
+            raise ConfigError(
+                f"{where}: {seen[dest]!r} and {key!r} are the same option, given twice"
+            )
+        seen[dest] = key
         value = _coerce(actions[dest], key, value, where)  # checked even where a flag wins
         if dest not in explicit:
             setattr(args, dest, value)

@@ -140,7 +140,7 @@ class CandidateConfig:
             raise ConfigError(
                 f"--candidate expects a name first, then KEY=VALUE pairs, got {text!r}"
             )
-        opts = parse_options(tokens[1:], "candidate")
+        opts = parse_options(tokens[1:], "candidate", flag=f"--candidate {tokens[0]}")
         own = {k: opts.pop(k) for k in list(opts) if k in FIELDS}
         if opts:
             model_options = dict(
