@@ -22,7 +22,8 @@ def test_sizes_mean_one_thing() -> None:
     assert r.report_interval == 26  # a quarter of a member's steps, rounded up
     d = TuneRequest("m", "sinusoid:0", trials=3)
     assert (d.population, d.total_budget, d.steps_per_member) == (3, 300, 100)
-    assert TuneRequest("m", "t", trials=2, budget=20, interval=50).report_interval == 10
+    with pytest.raises(ConfigError, match="--interval 50 is more than the 10 steps"):
+        TuneRequest("m", "t", trials=2, budget=20, interval=50)  # was capped to 10, silently
     with pytest.raises(ConfigError, match="needs --budget >= 64"):
         TuneRequest("m", "t", trials=4, members_per_trial=16, budget=63)
     fp = r.fingerprint()

@@ -108,7 +108,8 @@ def add_parser(sub: Any) -> None:
         "--interval",
         type=int_arg(1),
         default=None,
-        help="steps between reports/perturbations (default: a quarter of a member's steps)",
+        help="steps between reports/perturbations, at most a member's steps (budget // "
+        "population; default: a quarter of them)",
     )
     p.add_argument(
         "--init",

@@ -111,6 +111,14 @@ class TuneRequest:
                 )
         if self.interval is not None:
             c.integer("--interval", self.interval, 1)
+            steps = self.steps_per_member
+            if self.interval > steps:  # never capped silently: no member would report at N
+                budget = "--budget" if self.budget is not None else "the default budget"
+                raise ConfigError(
+                    f"--interval {self.interval} is more than the {steps} steps each member "
+                    f"trains ({budget} {self.total_budget} // {self.population} members): "
+                    f"give --interval <= {steps}"
+                )
         c.integer("--seed", self.seed, 0)
         c.integer("--max-failures", self.max_failures, 0)
         c.number("--cpus-per-trial", self.cpus_per_trial, 0.0, low_open=True)
@@ -199,7 +207,8 @@ class TuneRequest:
 
     @property
     def report_interval(self) -> int:
-        """Steps between reports (and PBT rounds): ``interval``, at most a member's steps."""
+        """Steps between reports (and PBT rounds): ``interval`` (never more than a member's
+        steps: ``__post_init__`` refuses that), by default a quarter of a member's steps."""
         steps = self.steps_per_member
         return min(self.interval or max(1, -(-steps // DEFAULT_REPORTS)), steps)
 
