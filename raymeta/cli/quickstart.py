@@ -24,6 +24,9 @@ from raymeta.paths import output_arg
 
 STRATEGIES = (("meta", "learned"), ("scratch", "broad"))
 LABEL = "quickstart"  # the tune runs' sweep label: what 'raymeta report' groups them by
+# the sizes a flag (or --config) does not give; --smoke-test swaps in SMOKE for those only
+DEFAULTS = {"steps": 1500, "tasks": 3, "trials": 4, "budget": 400}
+SMOKE = {"steps": 40, "tasks": 1, "trials": 2, "budget": 40}
 
 
 def add_parser(sub: Any) -> None:
@@ -41,17 +44,31 @@ def add_parser(sub: Any) -> None:
         help="working directory for every artifact",
     )
     p.add_argument(
-        "--steps", type=int_arg(1, 10_000_000), default=1500, help="meta-training outer steps"
+        "--steps",
+        type=int_arg(1, 10_000_000),
+        default=None,
+        help=f"meta-training outer steps {_preset('steps')}",
     )
     p.add_argument("--workers", type=int_arg(1, 1024), default=2, help="Ray Train workers")
-    p.add_argument("--tasks", type=int_arg(1, 10_000), default=3, help="held-out tasks to tune")
-    p.add_argument("--trials", type=int_arg(1, 100_000), default=4, help="PBT trials per task")
+    p.add_argument(
+        "--tasks",
+        type=int_arg(1, 10_000),
+        default=None,
+        help=f"held-out tasks to tune {_preset('tasks')}",
+    )
+    p.add_argument(
+        "--trials",
+        type=int_arg(1, 100_000),
+        default=None,
+        help=f"PBT trials per task {_preset('trials')}",
+    )
     add_renamed(p, "--population", "--trials", type=int_arg(1, 100_000))
     p.add_argument(
         "--budget",
         type=int_arg(1),
-        default=400,
-        help="total member-steps per tuning run, a cap (each member trains budget // trials)",
+        default=None,
+        help="total member-steps per tuning run, a cap (each member trains budget // trials) "
+        + _preset("budget"),
     )
     p.add_argument(
         "--address",
@@ -60,8 +77,42 @@ def add_parser(sub: Any) -> None:
         help="join this Ray cluster (default: embedded local Ray)",
     )
     p.add_argument(
-        "--smoke-test", action="store_true", help="tiny sizes (for CI): finishes in about a minute"
+        "--smoke-test",
+        action="store_true",
+        help="tiny sizes (for CI): finishes in about a minute; a preset for each of --steps, "
+        "--tasks, --trials and --budget not given (flags and --config win over it)",
     )
+
+
+def _preset(name: str) -> str:
+    return f"(default: {DEFAULTS[name]}; with --smoke-test: {SMOKE[name]})"
+
+
+def resolve_sizes(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill ``--steps``, ``--tasks``, ``--trials`` and ``--budget`` where not given (``None``:
+    neither a flag nor ``--config`` set it) from ``SMOKE`` under ``--smoke-test``, else from
+    ``DEFAULTS``: an explicit size always wins over the smoke-test preset. Then the sizes must
+    fit together (one step per trial at least). Pure: no file, no Ray."""
+    from raymeta.errors import ConfigError
+
+    presets = SMOKE if args.smoke_test else DEFAULTS
+    preset: set[str] = set()
+    for name, value in presets.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+            preset.add(name)
+    for name in ("steps", "workers", "tasks", "trials", "budget"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be >= 1")
+    if args.budget < args.trials:
+        where = ""
+        if "budget" in preset:
+            where = " (the --smoke-test preset)" if args.smoke_test else " (the default)"
+        raise ConfigError(
+            f"--budget {args.budget}{where} gives the {args.trials} trials less than one step "
+            "each: give --budget >= --trials"
+        )
+    return args
 
 
 def _requests(args: argparse.Namespace, out: Path) -> list[Any]:
@@ -113,7 +164,6 @@ def _stage(msg: str) -> float:
 def _run(args: argparse.Namespace) -> int:
     from raymeta.core.checkpoint import load_meta_checkpoint, write_priors
     from raymeta.core.train import MetaTrainConfig
-    from raymeta.errors import ConfigError
     from raymeta.finetune import fit_priors
     from raymeta.orchestration.meta_train.ray_train import run_meta_train
     from raymeta.orchestration.ray_runtime import ray_context
@@ -121,15 +171,7 @@ def _run(args: argparse.Namespace) -> int:
     from raymeta.results import report as results_report
     from raymeta.results.discover import find_datasets
 
-    if args.smoke_test:
-        args.steps, args.tasks, args.trials, args.budget = 40, 1, 2, 40
-    for name in ("steps", "workers", "tasks", "trials", "budget"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name} must be >= 1")
-    if args.budget < args.trials:
-        raise ConfigError(
-            f"--budget {args.budget} gives the {args.trials} trials less than one step each"
-        )
+    resolve_sizes(args)
     out = Path(args.out)
     meta = out / "meta"
     requests = _requests(args, out)
