@@ -238,3 +238,39 @@ def test_joins_a_token_cluster_on_this_machine_from_a_fresh_shell(
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "CPUS 2.0" in out.stdout
+
+
+MONITOR = textwrap.dedent(
+    """
+    import ray, ray._private.ray_constants as rc, ray._private.worker as w
+    from raymeta.orchestration.ray_runtime import ray_context, stop_monitor_now
+
+    with ray_context(num_cpus=1):
+        node = w._global_node
+        mon = node.all_processes[rc.PROCESS_TYPE_MONITOR][0].process
+        others = [
+            i.process for k, v in node.all_processes.items() for i in v
+            if k != rc.PROCESS_TYPE_MONITOR
+        ]
+        alive = mon.poll() is None
+        stop_monitor_now()
+        print("MONITOR", alive, mon.poll(), flush=True)
+        print("WORKS", ray.get(ray.remote(lambda: 41 + 1).remote()), flush=True)
+    print("AFTER", sorted({p.poll() is None for p in others}), flush=True)
+    """
+)
+
+
+def test_embedded_ray_exit_kills_the_monitor_first() -> None:
+    """``stop_monitor_now`` (which ``ray_context`` runs before ``ray.shutdown``: that gives the
+    embedded Ray's autoscaler monitor a 1 s SIGTERM grace it always uses up) SIGKILLs only the
+    monitor: Ray still runs tasks, then exits with every process it started gone."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run(
+        [sys.executable, "-c", MONITOR], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = dict(ln.split(" ", 1) for ln in out.stdout.splitlines() if " " in ln)
+    assert lines["MONITOR"] == "True -9"  # alive, then SIGKILLed
+    assert lines["WORKS"] == "42"
+    assert lines["AFTER"] == "[False]"  # every other process Ray started has exited

@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,8 +211,36 @@ def ray_context(
     try:
         yield
     finally:
+        if target is None:
+            stop_monitor_now()
         ray.shutdown()
         _reaper.stop(watcher)
+
+
+def stop_monitor_now() -> None:
+    """SIGKILL the autoscaler monitor of the embedded Ray this process started, right before
+    ``ray.shutdown``.
+
+    Why: ``ray.shutdown`` sends each of its processes SIGTERM and waits up to 1 s for it to
+    exit, then SIGKILLs it. The monitor (Ray's autoscaler, which has nothing to scale on one
+    machine) outlives that whole second every time: 1.0 of the 1.35 s that ``ray.shutdown``
+    took at the end of every embedded ``raymeta`` run (BENCHMARKS.md, issue 17 fifth pass).
+    Killing it first is the same end, a second sooner; Ray then finds it gone and moves on.
+    Only processes of the node this process started are touched (a joined cluster has none)."""
+    try:
+        import ray._private.ray_constants as ray_constants
+        import ray._private.worker as ray_worker
+
+        node: Any = ray_worker._global_node  # None when this process joined a cluster
+        infos = list(node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []))
+    except (AttributeError, ImportError):  # another Ray layout: shutdown does it the slow way
+        return
+    for info in infos:
+        proc = info.process
+        if proc.poll() is None:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
 
 
 @contextlib.contextmanager
