@@ -78,3 +78,26 @@ def test_embedded_ray_without_prestarted_workers(tmp_path: Path) -> None:
     lines = [line.split() for line in res.stdout.splitlines() if line.startswith(("True", "False"))]
     assert lines[0][0] == "True" and int(lines[0][1]) >= 2 and lines[0][2] == "1", res.stdout
     assert lines[1] == ["False", "0", "1"], res.stdout
+
+
+def test_tensorboard_logger_does_not_warn_per_infinite_loss(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A diverged member reports an infinite loss at every report; tensorboardX warned "NaN or
+    Inf found in input tensor." on the console for each (dozens of lines in one bench run).
+    With raymeta's logger callbacks the value is still converted (and written), silently."""
+    import logging
+    import math
+
+    pytest.importorskip("tensorboardX")
+    from ray.tune.logger import TBXLoggerCallback
+    from tensorboardX.x2num import make_np
+
+    from raymeta.orchestration.tune._history import logger_callbacks
+
+    cbs = logger_callbacks()
+    assert any(isinstance(c, TBXLoggerCallback) for c in cbs)
+    with caplog.at_level(logging.WARNING):
+        value = make_np(math.inf)
+    assert math.isinf(float(value))
+    assert not [r for r in caplog.records if "NaN or Inf" in r.getMessage()]

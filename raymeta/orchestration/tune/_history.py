@@ -141,13 +141,20 @@ class JsonLogger(_KeepLocalLog, JsonLoggerCallback):  # type: ignore[misc]
 def logger_callbacks() -> list[Callback]:
     """Tune's per-trial logs: ``result.json`` + ``params.json``, ``progress.csv`` and, where
     tensorboardX is importable (it comes with ``ray[tune]``), TensorBoard event files. Given
-    explicitly (Tune's automatic loggers stay off: they would add ``params.pkl``)."""
+    explicitly (Tune's automatic loggers stay off: they would add ``params.pkl``).
+
+    tensorboardX warns "NaN or Inf found in input tensor." on the console for every such
+    value it writes; a diverged member reports an infinite loss at every report (the run
+    handles it: it is never picked), so a run with one printed dozens of those lines. The
+    events are still written; only that warning is silenced."""
     import importlib.util
+    import logging
 
     from ray.tune.logger import TBXLoggerCallback
 
     cbs: list[Callback] = [JsonLogger(), CsvLogger()]
     if importlib.util.find_spec("tensorboardX") is not None:
+        logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
         cbs.append(TBXLoggerCallback())
     return cbs
 
