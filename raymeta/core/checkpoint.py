@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pickle
 import platform
@@ -269,7 +270,27 @@ def _candidate(p: Path, meta: dict[str, Any], name: Any, c: Any) -> Candidate:
     info = c.get("info", {})
     if not isinstance(info, dict):
         raise CheckpointError(f"meta-checkpoint {p}: candidate {name!r} info is not a mapping")
+    _check_info(p, name, info)
     return Candidate(name, spec, params, dict(info))
+
+
+def _check_info(p: Path, name: str, info: dict[str, Any]) -> None:
+    """The ``info`` fields that fine-tuning and the reports read (the meta-training inner lr
+    is the default fine-tune's lr) have the types meta-train writes; a tampered one is one
+    ``CheckpointError`` here, not an internal error in the middle of a priors fit or tune."""
+    where = f"meta-checkpoint {p}: candidate {name!r} info"
+    lr = info.get("inner_lr")
+    if lr is not None and (
+        isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0
+    ):
+        raise CheckpointError(f"{where}: inner_lr must be a finite number > 0, got {lr!r}")
+    steps = info.get("inner_steps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+        raise CheckpointError(f"{where}: inner_steps must be an integer >= 0, got {steps!r}")
+    if not isinstance(info.get("metrics", {}), dict):
+        raise CheckpointError(f"{where}: metrics must be a mapping, got {info['metrics']!r}")
+    if not isinstance(info.get("algorithm", ""), str):
+        raise CheckpointError(f"{where}: algorithm must be a string, got {info['algorithm']!r}")
 
 
 def check_weights(

@@ -1,0 +1,77 @@
+"""Bad inputs around meta-checkpoints are one line and exit 2, before any work.
+
+The same contract as ``test_bad_inputs.py`` (whose ``run_bad`` runs each case in-process in a
+fresh directory and asserts exit 2, one ``raymeta: error:`` line, no traceback and the
+directory unchanged), for what ``raymeta priors fit | show`` and ``raymeta tune`` read from a
+tampered ``meta.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from test_bad_inputs import PF, TU_OUT, priors_ckpt, run_bad  # tests/ is on sys.path
+
+from raymeta.core.checkpoint import load_meta_checkpoint
+from raymeta.errors import CheckpointError
+
+__all__ = ["priors_ckpt"]  # the session fixture (a checkpoint with priors) is shared
+
+
+# ------------------------------------------------- a candidate's info in meta.json
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        # was: 'raymeta: internal error: ValueError: could not convert string to float' (exit 1)
+        ("inner_lr", "x", "inner_lr must be a finite number > 0, got 'x'"),
+        # was: the fit ran (and wrote priors) with a NaN / negative / boolean default lr
+        ("inner_lr", float("nan"), "inner_lr must be a finite number > 0"),
+        ("inner_lr", -1, "inner_lr must be a finite number > 0"),
+        ("inner_lr", True, "inner_lr must be a finite number > 0"),
+        ("inner_steps", "x", "inner_steps must be an integer >= 0"),
+        ("inner_steps", -3, "inner_steps must be an integer >= 0"),
+        # was: an internal error in 'priors show' of a checkpoint with several candidates
+        ("metrics", "x", "metrics must be a mapping"),
+        ("algorithm", [1], "algorithm must be a string"),
+    ],
+)
+@pytest.mark.parametrize("command", ["priors fit", "priors show", "tune"])
+def test_tampered_candidate_info(
+    command: str,
+    key: str,
+    value: object,
+    match: str,
+    priors_ckpt: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    shutil.copytree(priors_ckpt, tmp_path / "ckpt")
+    meta_file = tmp_path / "ckpt" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    for c in meta["candidates"].values():
+        c["info"][key] = value
+    meta_file.write_text(json.dumps(meta))
+    argv = {"priors fit": PF, "priors show": ["priors", "show", "--meta", "ckpt"], "tune": TU_OUT}
+    line = run_bad(argv[command], tmp_path, capsys)
+    assert match in line and "candidate 'mlp' info" in line
+
+
+def test_tampered_candidate_info_in_the_python_api(priors_ckpt: Path, tmp_path: Path) -> None:
+    shutil.copytree(priors_ckpt, tmp_path / "ckpt")
+    meta_file = tmp_path / "ckpt" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    for c in meta["candidates"].values():
+        c["info"]["inner_lr"] = "x"
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="inner_lr must be a finite number > 0"):
+        load_meta_checkpoint(tmp_path / "ckpt")
+
+
+def test_untampered_info_still_loads(priors_ckpt: Path) -> None:
+    """What meta-train writes (a float lr, int steps, a metrics mapping) passes the check."""
+    ck = load_meta_checkpoint(priors_ckpt)
+    info = next(iter(ck.candidates.values())).info
+    assert isinstance(info["inner_lr"], float) and isinstance(info["metrics"], dict)
