@@ -75,3 +75,49 @@ def test_untampered_info_still_loads(priors_ckpt: Path) -> None:
     ck = load_meta_checkpoint(priors_ckpt)
     info = next(iter(ck.candidates.values())).info
     assert isinstance(info["inner_lr"], float) and isinstance(info["metrics"], dict)
+
+
+# ------------------------------------------------- bench tune checks (b) before Ray starts
+BT = ["bench", "tune", "--packing-steps", "0", "--tasks", "2"]
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        # each was: Ray started, (a) / the default meta-training ran, then an error mid-run
+        (["--meta", "nopri"], "has no priors.json"),
+        (["--meta", "ckpt", "--family", "digits"], "meta-trained on family 'sinusoid'"),
+        (["--meta", "ckpt", "--task-option", "bogus=1"], "'bogus' cannot be overridden"),
+        (["--meta", "ckpt", "--task-option", "val_size=abc"], "val_size must be an integer"),
+        (["--task-option", "bogus=1"], "'bogus' cannot be overridden"),
+        (["--task-option", "val_size=abc"], "val_size must be an integer"),
+        (["--family", "digits", "--task-option", "val_size=0"], "digits: val_size"),
+    ],
+)
+def test_bench_tune_checks_before_ray(
+    extra: list[str],
+    match: str,
+    priors_ckpt: Path,
+    ckpt_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    shutil.copytree(priors_ckpt, tmp_path / "ckpt")
+    shutil.copytree(ckpt_dir, tmp_path / "nopri")
+    (tmp_path / "nopri" / "priors.json").unlink(missing_ok=True)
+    assert match in run_bad([*BT, *extra], tmp_path, capsys)
+
+
+def test_bench_tune_check_passes_good_flags(priors_ckpt: Path) -> None:
+    """The new checks refuse nothing that runs: a checkpoint with priors of --family, valid
+    split sizes with and without --meta."""
+    from raymeta.bench.tune import check_args
+    from raymeta.cli.bench import bench_parser
+
+    parser = bench_parser("tune")
+    for argv, opts in [
+        (["--meta", str(priors_ckpt), "--tasks", "3"], {"val_size": 5}),
+        (["--tasks", "3"], {}),
+        (["--family", "digits", "--tasks", "2"], {"val_size": 3}),
+    ]:
+        check_args(parser.parse_args(argv), opts)

@@ -70,6 +70,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _default_options(family: str) -> dict[str, Any]:
+    """The family options of the default checkpoint."""
+    return {} if family == "sinusoid" else {"ways": 5, "shots": 1}
+
+
 def _default_meta(family: str, steps: int, member_steps: int, where: Path) -> Path:
     """A small meta-checkpoint whose priors are fitted for ``member_steps``-step members."""
     from raymeta.core.checkpoint import load_meta_checkpoint, save_meta_checkpoint, write_priors
@@ -77,10 +82,13 @@ def _default_meta(family: str, steps: int, member_steps: int, where: Path) -> Pa
     from raymeta.finetune import fit_priors
 
     path = where / f"{family}-meta"
-    opts: dict[str, Any] = {} if family == "sinusoid" else {"ways": 5, "shots": 1}
     tr = meta_train(
         MetaTrainConfig(
-            family=family, family_options=opts, steps=steps, meta_batch=16, val_tasks=10
+            family=family,
+            family_options=_default_options(family),
+            steps=steps,
+            meta_batch=16,
+            val_tasks=10,
         )
     )
     save_meta_checkpoint(path, tr.to_checkpoint())
@@ -191,16 +199,28 @@ def quality(
 def check_args(args: argparse.Namespace, task_options: dict[str, Any]) -> None:
     """(b)'s tune request built once with the flags before anything runs: its limits (trials x
     members, budget, task options) were otherwise checked only after the default checkpoint
-    was meta-trained and (a) had run. A given ``--meta`` is loaded (checked) before Ray starts."""
+    was meta-trained and (a) had run. A given ``--meta`` is loaded (checked) before Ray starts,
+    must be of ``--family``, and (b)'s last task is planned from it (priors present, task
+    index and ``--task-option`` values valid); without one, the task options are checked
+    against the family the default checkpoint is trained on."""
     from raymeta.core.checkpoint import load_meta_checkpoint
+    from raymeta.errors import ConfigError
+    from raymeta.orchestration.tune.plan import plan_tune
     from raymeta.orchestration.tune.request import TuneRequest
+    from raymeta.tasks.base import FamilySpec
+    from raymeta.tasks.registry import make_family, resize_splits
 
     if args.meta:
-        load_meta_checkpoint(args.meta)
+        trained_on = load_meta_checkpoint(args.meta).family.name
+        if trained_on != args.family:
+            raise ConfigError(
+                f"--meta {args.meta} was meta-trained on family {trained_on!r}, not --family "
+                f"{args.family!r} (give --family {trained_on})"
+            )
     if args.tasks > 0:
-        TuneRequest(
+        request = TuneRequest(
             args.meta or "meta",
-            f"{args.family}:0",
+            f"{args.family}:{args.tasks - 1}",
             trials=args.trials,
             members_per_trial=args.members_per_trial,
             strategy="meta+learned+pbt",
@@ -208,6 +228,11 @@ def check_args(args: argparse.Namespace, task_options: dict[str, Any]) -> None:
             interval=max(1, args.steps_per_member // 20),
             task_options=task_options,
         )
+        if args.meta:
+            plan_tune(request)  # loads, resolves the task and the prior; writes nothing
+        elif task_options:
+            spec = FamilySpec(args.family, _default_options(args.family))
+            make_family(resize_splits(spec, task_options)).task("test", args.tasks - 1)
 
 
 def run(args: argparse.Namespace) -> int:
