@@ -121,3 +121,13 @@ def test_bench_tune_check_passes_good_flags(priors_ckpt: Path) -> None:
         (["--family", "digits", "--tasks", "2"], {"val_size": 3}),
     ]:
         check_args(parser.parse_args(argv), opts)
+
+
+def test_bench_priors_meta_of_another_family(
+    priors_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """was: the sinusoid checkpoint's fit and evaluation ran with digits' presets and were
+    reported as the digits row"""
+    shutil.copytree(priors_ckpt, tmp_path / "ckpt")
+    argv = ["bench", "priors", "--meta", "ckpt", "--family", "digits", "--out", "r.json"]
+    assert "meta-trained on family 'sinusoid'" in run_bad(argv, tmp_path, capsys)

@@ -206,6 +206,15 @@ def run(args: argparse.Namespace) -> int:
     families = args.family or ["sinusoid", "digits"]
     if args.meta and len(families) != 1:
         raise ConfigError("--meta needs exactly one --family")
+    if args.meta:  # checked (loaded) before any work; its family names the row and presets
+        from raymeta.core.checkpoint import load_meta_checkpoint
+
+        trained_on = load_meta_checkpoint(args.meta).family.name
+        if trained_on != families[0]:
+            raise ConfigError(
+                f"--meta {args.meta} was meta-trained on family {trained_on!r}, not --family "
+                f"{families[0]!r} (give --family {trained_on})"
+            )
     rows = []
     for fam in families:
         row = bench_family(fam, args)
