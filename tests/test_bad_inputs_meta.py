@@ -131,3 +131,14 @@ def test_bench_priors_meta_of_another_family(
     shutil.copytree(priors_ckpt, tmp_path / "ckpt")
     argv = ["bench", "priors", "--meta", "ckpt", "--family", "digits", "--out", "r.json"]
     assert "meta-trained on family 'sinusoid'" in run_bad(argv, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("out", ["ckpt", "ckpt/sub"])
+def test_bench_sweep_out_inside_a_checkpoint(
+    out: str, priors_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """was: the meta-training ran and saved its checkpoint and priors into ckpt/meta, then the
+    sweep refused its results directory there (minutes in, files written)"""
+    shutil.copytree(priors_ckpt, tmp_path / "ckpt")
+    argv = ["bench", "sweep", "--tasks", "2", "--meta-steps", "2", "--out", out]
+    assert "lies inside the meta-checkpoint" in run_bad(argv, tmp_path, capsys)

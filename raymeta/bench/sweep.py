@@ -78,6 +78,7 @@ def check_args(args: argparse.Namespace) -> None:
     fail minutes into the run."""
     from raymeta import checks
     from raymeta.orchestration.sweep.config import MAX_POPULATION, MAX_STEPS, MAX_TASKS
+    from raymeta.orchestration.sweep.run import check_results_dir
     from raymeta.paths import check_output_dir
 
     checks.integer("--tasks", args.tasks, 1, MAX_TASKS)
@@ -90,6 +91,9 @@ def check_args(args: argparse.Namespace) -> None:
         checks.integer("--batch-units", args.batch_units, 1)
     if args.out:
         check_output_dir(args.out, "--out")
+        # its results-* datasets are refused inside a meta-checkpoint or a tune run, which
+        # run_sweep found only after the meta-training had saved its checkpoint into it
+        check_results_dir(Path(args.out), "--out")
 
 
 def bare_rate(meta: Path, members: int, steps: int, threads: int, repeats: int = 1) -> float:
