@@ -142,3 +142,22 @@ def test_bench_sweep_out_inside_a_checkpoint(
     shutil.copytree(priors_ckpt, tmp_path / "ckpt")
     argv = ["bench", "sweep", "--tasks", "2", "--meta-steps", "2", "--out", out]
     assert "lies inside the meta-checkpoint" in run_bad(argv, tmp_path, capsys)
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        # each was: a meta-training and a priors fit, then a MemoryError (internal error) or
+        # an evaluation that did not end
+        (["--samples", "1000000000000"], "fine-tuning runs, more than the 1,048,576"),
+        (["--draws", "1000000000000"], "fine-tuning runs"),
+        (["--reference", "1000000000000"], "fine-tuning runs"),
+        (["--samples", "1000000"], "fine-tuning runs"),
+        (["--test-tasks", "1000000000"], "--test-tasks"),
+    ],
+)
+def test_bench_priors_evaluation_size(
+    extra: list[str], match: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench", "priors", "--family", "sinusoid", "--out", "r.json", *extra]
+    assert match in run_bad(argv, tmp_path, capsys)

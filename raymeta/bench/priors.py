@@ -200,9 +200,30 @@ def format_rows(rows: list[dict[str, Any]], samples: int) -> str:
     return "\n".join(lines)
 
 
+def check_sizes(args: argparse.Namespace) -> None:
+    """The evaluation's size within a fit's limits, before the meta-training and the fit: every
+    held-out task fine-tunes the reference pool, both priors' draws and the portfolio (a
+    size past them was a MemoryError or an endless evaluation after both had run)."""
+    from raymeta import checks
+    from raymeta.errors import ConfigError
+    from raymeta.finetune.fit import MAX_FIT_RUNS, MAX_TASKS, PriorFitConfig
+
+    checks.integer("--test-tasks", args.test_tasks, 1, MAX_TASKS)
+    per_task = args.reference + 2 * args.draws * args.samples + PriorFitConfig.portfolio_size
+    runs = args.test_tasks * per_task
+    if runs > MAX_FIT_RUNS:
+        raise ConfigError(
+            f"{args.test_tasks} test tasks x {per_task:,} configs (--reference + 2 x --draws x "
+            f"--samples + the portfolio) = {runs:,} fine-tuning runs, more than the "
+            f"{MAX_FIT_RUNS:,} an evaluation may take (lower --test-tasks, --reference, --draws "
+            "or --samples)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from raymeta.errors import ConfigError
 
+    check_sizes(args)
     families = args.family or ["sinusoid", "digits"]
     if args.meta and len(families) != 1:
         raise ConfigError("--meta needs exactly one --family")
