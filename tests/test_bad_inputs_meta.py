@@ -161,3 +161,21 @@ def test_bench_priors_evaluation_size(
 ) -> None:
     argv = ["bench", "priors", "--family", "sinusoid", "--out", "r.json", *extra]
     assert match in run_bad(argv, tmp_path, capsys)
+
+
+def test_bench_engine_only_matching_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """was: the header lines, an empty table, exit 0 (and an empty --out records file)"""
+    argv = [
+        "bench",
+        "engine",
+        "--smoke-test",
+        "--no-memory",
+        "--only",
+        "nomatch",
+        "--out",
+        "r.json",
+    ]
+    line = run_bad(argv, tmp_path, capsys)
+    assert "--only 'nomatch' matches no workload" in line and "sinusoid-mlp-1step" in line

@@ -308,6 +308,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.only is not None:  # a typo matched nothing: was an empty table and exit 0
+        names = [w.name for w in workloads(args.smoke_test)]
+        if not any(args.only in n for n in names):
+            from raymeta.errors import ConfigError
+
+            raise ConfigError(
+                f"--only {args.only!r} matches no workload (names: {', '.join(names)})"
+            )
     if args.threads:
         torch.set_num_threads(args.threads)
     min_time = args.min_time if args.min_time is not None else (0.2 if args.smoke_test else 2.0)
