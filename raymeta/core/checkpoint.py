@@ -210,6 +210,20 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def is_meta_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` holds a raymeta meta-checkpoint (a readable ``meta.json`` of ours, not
+    someone else's file of that name): outputs placed inside one are refused (meta-train's
+    ``--out``, sweep results)."""
+    p = Path(path)
+    try:
+        if not (p / "meta.json").is_file():
+            return False
+        read_meta(p)
+    except (CheckpointError, OSError):
+        return False
+    return True
+
+
 def check_member(path: Path, rel: Any) -> Path:
     """``path / rel`` for a path listed in a manifest: relative, no ``..``, no symlink out.
 

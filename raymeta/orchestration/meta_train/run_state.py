@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raymeta.core.checkpoint import read_meta
+from raymeta.core.checkpoint import is_meta_checkpoint, read_meta
 from raymeta.core.train import MetaTrainConfig
 from raymeta.errors import CheckpointError, ConfigError
 from raymeta.fileio import atomic_write_json
@@ -53,14 +53,6 @@ class RunPlan:
     discard: bool = False
 
 
-def _is_checkpoint(d: Path) -> bool:
-    try:
-        read_meta(d)
-    except CheckpointError:
-        return False
-    return True
-
-
 def check_out_location(out: Path) -> None:
     """Refuse an ``--out`` inside an existing meta-checkpoint (``--overwrite --out META/weights``
     would replace part of it, and the swap would drop it from the parent) or inside a run's
@@ -68,7 +60,7 @@ def check_out_location(out: Path) -> None:
     for anc in out.parents:
         if anc.name.startswith(".") and anc.name.endswith(".meta-train"):
             raise ConfigError(f"--out {out} lies inside the meta-train state directory {anc}")
-        if (anc / "meta.json").is_file() and _is_checkpoint(anc):
+        if is_meta_checkpoint(anc):
             raise ConfigError(
                 f"--out {out} lies inside the meta-checkpoint {anc}; pick a path outside it"
             )

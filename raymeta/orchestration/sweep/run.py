@@ -129,8 +129,7 @@ def check_results_dir(out: Path, label: str = "sweep output") -> None:
     the checkpoint's files; ``meta-train --out`` refuses the same) nor a ``raymeta tune`` run
     directory (whose own results live in RUN/results). Checked before the output lock, which
     would otherwise leave its file there first."""
-    from raymeta.core.checkpoint import read_meta
-    from raymeta.errors import CheckpointError
+    from raymeta.core.checkpoint import is_meta_checkpoint
 
     try:
         here = Path(out).expanduser().absolute()
@@ -138,17 +137,12 @@ def check_results_dir(out: Path, label: str = "sweep output") -> None:
         return
     for d in (here, *here.parents):
         try:
-            ckpt = (d / "meta.json").is_file()
             run = (d / "run.json").is_file() and (
                 (d / "report.json").is_file() or (d / ".trust").is_dir()
             )
         except OSError:
             return
-        if ckpt:
-            try:
-                read_meta(d)
-            except CheckpointError:  # someone else's meta.json: not a checkpoint
-                ckpt = False
+        ckpt = is_meta_checkpoint(d)
         if ckpt or run:
             what = "meta-checkpoint" if ckpt else "tune run"
             raise ConfigError(f"{label} {out} lies inside the {what} {d}; pick a path outside it")
