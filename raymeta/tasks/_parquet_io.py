@@ -231,6 +231,28 @@ def check_splits(
         )
 
 
+def _float32(values: Any) -> np.ndarray:
+    """``values`` as float32 without numpy's "overflow encountered in cast" RuntimeWarning, which
+    printed two lines before the one error line: a finite float64 beyond float32's range becomes
+    inf here, and the caller's finiteness check refuses it (``_bad_values`` names it)."""
+    with np.errstate(over="ignore"):
+        return np.asarray(values).astype(np.float32, copy=False)
+
+
+def _bad_values(source: Any, cast: np.ndarray) -> str:
+    """What to call the values that failed the finiteness check after ``_float32``: a float64
+    past float32's range is finite in the file, so "non-finite" would send the user looking for
+    a NaN that is not there."""
+    src = np.asarray(source)
+    if (
+        src.dtype.kind == "f"
+        and src.dtype.itemsize > 4
+        and (np.isinf(cast.reshape(src.shape)) & np.isfinite(src)).any()
+    ):
+        return "values beyond float32's range (|x| > 3.4e38)"
+    return "non-finite values"
+
+
 def features_numpy(
     col: pa.Array | pa.ChunkedArray,
     width: int | None,
@@ -253,13 +275,12 @@ def features_numpy(
     values = pc.list_flatten(col)
     if values.null_count:
         raise DataError(f"{where}: column 'features' holds null values")
-    arr = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(
-        len(lengths), width or 0
-    )
+    raw = values.to_numpy(zero_copy_only=False)
+    arr = _float32(raw).reshape(len(lengths), width or 0)
     finite = np.asarray(np.isfinite(arr).all(axis=1))
     if not finite.all():
         raise DataError(
-            f"{where}: column 'features' holds non-finite values{_first(~finite, names)}"
+            f"{where}: column 'features' holds {_bad_values(raw, arr)}{_first(~finite, names)}"
         )
     return arr
 
@@ -275,10 +296,12 @@ def target_numpy(
         raise DataError(f"{where}: column 'target' has null values")
     arr = col.to_numpy(zero_copy_only=False) if isinstance(col, pa.Array) else col.to_numpy()
     if kind == "regression":
-        out = np.asarray(arr, dtype=np.float32)
+        out = _float32(arr)
         bad = ~np.isfinite(out)
         if bad.any():
-            raise DataError(f"{where}: column 'target' holds non-finite values{_first(bad, names)}")
+            raise DataError(
+                f"{where}: column 'target' holds {_bad_values(arr, out)}{_first(bad, names)}"
+            )
         return out
     if arr.dtype == np.uint64 and len(arr) and int(arr.max()) >= MAX_CLASSES:
         raise DataError(
@@ -523,9 +546,10 @@ def columns_numpy(
         col = batch.column(c)
         if col.null_count:
             raise DataError(f"{where}: feature column {c!r} has null values")
-        v = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float32)
+        raw = col.to_numpy(zero_copy_only=False)
+        v = _float32(raw)
         if not np.isfinite(v).all():
-            raise DataError(f"{where}: feature column {c!r} holds non-finite values")
+            raise DataError(f"{where}: feature column {c!r} holds {_bad_values(raw, v)}")
         out[:, j] = v
     return out
 

@@ -1,0 +1,116 @@
+"""Bad inputs found by probing data convert, data validate, predict, report, plugins and the
+Python API with crafted tables, run directories and arguments: each is one ``raymeta: error:``
+line and exit 2 (or one ``raymeta.errors`` exception from the API), before any work.
+
+The same contract as ``test_bad_inputs.py`` (its ``run_bad`` runs a case in-process in a fresh
+directory and asserts exit 2, one error line, no traceback and the directory unchanged). No case
+here starts Ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from test_bad_inputs import run_bad  # tests/ is on sys.path (rootdir-less test modules)
+
+from raymeta.core.models import ModelSpec, build_model
+from raymeta.errors import DataError
+
+MLP = ModelSpec("mlp", (2,), 1, {"widths": [4]})
+BIG = 1e300  # a finite float64 that float32 cannot hold
+
+
+def _tune_run(root: Path, spec: ModelSpec = MLP) -> Path:
+    """A tune run directory as ``raymeta tune`` writes it: best_model.pt + report.json."""
+    root.mkdir(parents=True)
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.save({k: v.detach().clone() for k, v in build_model(spec).named_parameters()}, buf)
+    (root / "best_model.pt").write_bytes(buf.getvalue())
+    rep = {
+        "model": spec.to_dict(),
+        "model_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+        "candidate": spec.name,
+        "kind": "regression",
+    }
+    (root / "report.json").write_text(json.dumps(rep))
+    return root
+
+
+def _flat(x: np.ndarray) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+
+
+# ------------------------------------------- float64 values beyond float32's range: one line
+def _task_file(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+    n = len(x)
+    split = pa.array(["train", "val", "test"] * (n // 3))
+    pq.write_table(pa.table({"split": split, "features": _flat(x), "target": y}), path)
+
+
+def _big_x() -> np.ndarray:
+    x = np.zeros((30, 2))
+    x[4, 1] = BIG
+    return x
+
+
+@pytest.mark.parametrize(
+    "argv, setup",
+    [
+        (
+            ["data", "validate", "--one-task", "t.parquet"],
+            lambda d: _task_file(d / "t.parquet", _big_x(), np.zeros(30)),
+        ),
+        (
+            ["data", "validate", "--one-task", "t.parquet"],
+            lambda d: _task_file(d / "t.parquet", np.zeros((30, 2)), np.r_[BIG, np.zeros(29)]),
+        ),
+        (
+            ["data", "convert", "--input", "t.parquet", "--out", "o.parquet"]
+            + ["--feature-columns", "a", "--target-column", "y"],
+            lambda d: pq.write_table(
+                pa.table({"a": np.r_[np.zeros(29), BIG], "y": np.zeros(30)}), d / "t.parquet"
+            ),
+        ),
+        (
+            ["data", "convert", "--input", "t.parquet", "--out", "o.parquet"]
+            + ["--feature-columns", "a", "--target-column", "y"],
+            lambda d: pq.write_table(
+                pa.table({"a": np.zeros(30), "y": np.r_[np.zeros(29), -BIG]}), d / "t.parquet"
+            ),
+        ),
+        (
+            ["predict", "--run", "run", "--input", "t.parquet", "--out", "p.parquet"],
+            lambda d: (
+                _tune_run(d / "run"),
+                pq.write_table(pa.table({"features": _flat(_big_x())}), d / "t.parquet"),
+            ),
+        ),
+    ],
+)
+def test_float64_beyond_float32_is_one_line(
+    argv: list[str], setup: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """was: numpy's two-line 'RuntimeWarning: overflow encountered in cast' before the error
+    line, which then called the finite value 1e300 'non-finite'."""
+    setup(tmp_path)  # type: ignore[operator]
+    line = run_bad(argv, tmp_path, capsys)
+    assert "beyond float32's range" in line
+
+
+def test_float64_beyond_float32_api() -> None:
+    from raymeta.tasks.parquet import features_numpy
+
+    col = pa.array([[0.0, BIG]], pa.list_(pa.float64(), 2))
+    with pytest.raises(DataError, match="beyond float32's range"):
+        features_numpy(col, 2, "x")
+    with pytest.raises(DataError, match="non-finite"):  # a real inf keeps its name
+        features_numpy(pa.array([[0.0, np.inf]], pa.list_(pa.float64(), 2)), 2, "x")
