@@ -114,3 +114,101 @@ def test_float64_beyond_float32_api() -> None:
         features_numpy(col, 2, "x")
     with pytest.raises(DataError, match="non-finite"):  # a real inf keeps its name
         features_numpy(pa.array([[0.0, np.inf]], pa.list_(pa.float64(), 2)), 2, "x")
+
+
+# ------------------------------------------------- one-class classification: nothing to learn
+def _class_set(path: Path, labels: np.ndarray, split: list[str] | None = None) -> None:
+    """A classification task set of ``len(labels) // 12`` tasks of 12 rows each."""
+    n = len(labels)
+    x = np.random.default_rng(0).normal(size=(n, 3))
+    cols = {
+        "task_id": pa.array([f"t{i // 12}" for i in range(n)]),
+        "split": pa.array(split or ["train", "train", "val", "test"] * (n // 4)),
+        "features": _flat(x),
+        "target": pa.array(labels, pa.int64()),
+    }
+    pq.write_table(pa.table(cols), path)
+
+
+MT_PQ = ["meta-train", "--local", "--steps", "2", "--meta-batch", "2", "--val-tasks", "1"]
+MT_PQ += ["--family", "parquet", "--family-option", "path=s.parquet", "--out", "mt"]
+
+
+@pytest.mark.parametrize(
+    "argv, setup, match",
+    [
+        # was: 'valid task set', then a meta-training at meta-loss 0.0000 for every step
+        (
+            ["data", "validate", "s.parquet"],
+            lambda d: _class_set(d / "s.parquet", np.zeros(48, np.int64)),
+            "task 't0' has one class (0) only",
+        ),
+        (
+            [*MT_PQ, "--family-option", "shots=1", "--family-option", "queries=1"],
+            lambda d: _class_set(d / "s.parquet", np.r_[np.zeros(12), np.arange(36) % 3]),
+            "task 't0' has one class (0) only",
+        ),
+        # the task's second class only in its test rows: 1-way episodes
+        (
+            [*MT_PQ, "--family-option", "shots=1", "--family-option", "queries=1"],
+            lambda d: _class_set(
+                d / "s.parquet",
+                np.tile([0, 0, 0, 1], 12),
+                ["train", "train", "val", "test"] * 12,
+            ),
+            "has 1 class in its train split",
+        ),
+        # digits refuses ways=1 ('ways must be >= 2'); the parquet family took it
+        (
+            [*MT_PQ, "--family-option", "ways=1", "--family-option", "replace=true"],
+            lambda d: _class_set(d / "s.parquet", np.arange(48) % 2),
+            "ways must be an integer in 2..",
+        ),
+        # was: 'valid task file' and a tune whose model always predicts the one class
+        (
+            ["data", "validate", "--one-task", "s.parquet"],
+            lambda d: _class_set(d / "s.parquet", np.full(12, 3, np.int64)),
+            "has one class (3) only",
+        ),
+        # was: exit 0 and a one-class task set written
+        (
+            ["data", "convert", "--input", "t.parquet", "--out", "o.parquet"]
+            + ["--feature-columns", "a", "--target-column", "y", "--task-column", "t"],
+            lambda d: pq.write_table(
+                pa.table(
+                    {
+                        "a": np.zeros(40),
+                        "y": np.r_[np.zeros(20, np.int64), np.arange(20) % 2],
+                        "t": np.arange(40) // 20,
+                    }
+                ),
+                d / "t.parquet",
+            ),
+            "task '0' has one class ('0') only in target column 'y'",
+        ),
+        (
+            ["data", "convert", "--input", "t.parquet", "--out", "o.parquet", "--kind"]
+            + ["classification", "--feature-columns", "a", "--target-column", "y"],
+            lambda d: pq.write_table(
+                pa.table({"a": np.zeros(40), "y": pa.array(["cat"] * 40)}), d / "t.parquet"
+            ),
+            "one class ('cat') only",
+        ),
+    ],
+)
+def test_one_class_classification_is_refused(
+    argv: list[str], setup: object, match: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup(tmp_path)  # type: ignore[operator]
+    assert match in run_bad(argv, tmp_path, capsys)
+    assert not (tmp_path / "mt").exists() and not (tmp_path / "o.parquet").exists()
+
+
+def test_one_class_convert_api(tmp_path: Path) -> None:
+    from raymeta.tasks.parquet import convert_table
+
+    pq.write_table(pa.table({"a": np.zeros(9), "y": np.ones(9, np.int64)}), tmp_path / "t.parquet")
+    with pytest.raises(DataError, match="one class"):
+        convert_table(tmp_path / "t.parquet", tmp_path / "o.parquet", ["a"], "y")
+    # the same table as regression is fine
+    convert_table(tmp_path / "t.parquet", tmp_path / "o.parquet", ["a"], "y", kind="regression")

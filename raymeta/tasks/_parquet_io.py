@@ -352,6 +352,11 @@ def load_task_file(path: str | os.PathLike[str]) -> Task:
     if cols.shape is not None:
         x = x.reshape(len(x), *check_shape(cols.shape, x.shape[1], str(p)))
     y = target_numpy(table["target"], cols.kind, str(p))
+    if cols.kind == "classification" and len(np.unique(y)) < 2:
+        # nothing to learn: the tuned model predicts the one class, its loss 0 from the start
+        raise DataError(
+            f"{p}: task {task_id!r} has one class ({int(y[0])}) only; classification needs at least 2"
+        )
     split = np.asarray(table["split"].to_pylist())
     parts = {s: (x[split == s], y[split == s]) for s in SPLITS}
     for s in ("train", "test"):
@@ -764,6 +769,17 @@ def convert_table(
             raise DataError(
                 f"{where}: task {t!r} has no {'/'.join(missing)} rows in column {split_column!r} (every task needs train, val and test)"
             )
+    if out_kind == "classification":
+        # a one-class task is refused by every reader of the file (its loss is 0 from the start)
+        per_task: dict[str, set[str]] = {}
+        for key in counts:
+            t, _, label = key.partition(_KEY_SEP)
+            per_task.setdefault(t, set()).add(label)
+        for t, seen in sorted(per_task.items()):
+            if len(seen) < 2:
+                raise DataError(
+                    f"{where}: task {t!r} has one class ({next(iter(seen))!r}) only in target column {target_column!r}; classification needs at least 2 (or pass --kind regression)"
+                )
     classes = sorted(labels) if labels else None
     if classes is not None and len(classes) > MAX_CLASSES:
         raise DataError(f"{where}: {len(classes)} distinct labels, more than {MAX_CLASSES} classes")

@@ -266,6 +266,14 @@ def scan_tasks(path: str | os.PathLike[str], full_check: bool = True) -> TaskInd
                 f"{path}: task {t!r} has no {'/'.join(missing)} rows (every task needs train, val and test)"
             )
         meta.setdefault(t, meta_split_of(t))
+    for t, per_split in sorted(class_rows.items()):
+        # a one-class task has nothing to learn: its cross-entropy is 0 from the first step, so
+        # meta-training "converged" at once and tuning it measured nothing (was accepted)
+        seen = sorted({c for s in SPLITS for c in per_split[s]})
+        if len(seen) < 2:
+            raise DataError(
+                f"{path}: task {t!r} has one class ({seen[0]}) only; classification needs at least 2 classes per task"
+            )
     return TaskIndex(str(path), files, width, kind, n_classes, rows, meta, where, shape, class_rows)
 
 
@@ -403,11 +411,12 @@ class ParquetFamily(TaskFamily):
             if not isinstance(b, bool):
                 raise ConfigError(f"parquet: {key} must be true or false, got {b!r}")
         for key, n in {"n_classes": n_classes, "ways": ways}.items():
+            # 1-way episodes have a 0 loss (nothing to tell apart), as digits and omniglot say
             if n is not None and (
-                isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CLASSES
+                isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= MAX_CLASSES
             ):
                 raise ConfigError(
-                    f"parquet: {key} must be an integer in 1..{MAX_CLASSES}, got {n!r}"
+                    f"parquet: {key} must be an integer in 2..{MAX_CLASSES}, got {n!r}"
                 )
         declared = None if shape is None else parse_shape(shape, "parquet: shape", ConfigError)
         self.path, self.shots, self.queries, self.replace = str(path), shots, queries, replace
@@ -526,6 +535,10 @@ class ParquetFamily(TaskFamily):
             if fewest is None or len(cls) < fewest[0]:
                 fewest = (len(cls), t)
         assert fewest is not None
+        if fewest[0] < 2:
+            raise DataError(
+                f"parquet: task {fewest[1]!r} has {fewest[0]} class in its train split; episodes need at least 2 classes"
+            )
         if ways is not None and ways > fewest[0]:
             raise ConfigError(
                 f"parquet: ways={ways} but task {fewest[1]!r} has {fewest[0]} classes in its train split"
