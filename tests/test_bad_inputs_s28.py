@@ -212,3 +212,14 @@ def test_one_class_convert_api(tmp_path: Path) -> None:
         convert_table(tmp_path / "t.parquet", tmp_path / "o.parquet", ["a"], "y")
     # the same table as regression is fine
     convert_table(tmp_path / "t.parquet", tmp_path / "o.parquet", ["a"], "y", kind="regression")
+
+
+def test_convert_names_the_users_target_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """was: "column 'target' holds non-finite values", a column the table does not have."""
+    y = np.r_[np.nan, np.ones(29)]
+    pq.write_table(pa.table({"a": np.zeros(30), "units": y}), tmp_path / "t.parquet")
+    argv = ["data", "convert", "--input", "t.parquet", "--out", "o.parquet"]
+    line = run_bad([*argv, "--feature-columns", "a", "--target-column", "units"], tmp_path, capsys)
+    assert "column 'units' holds non-finite values" in line

@@ -290,17 +290,19 @@ def target_numpy(
     kind: Kind,
     where: str,
     names: Sequence[str] | pa.Array | None = None,
+    column: str = "target",
 ) -> np.ndarray:
-    """float32 (regression) or int64 (classification) targets; DataError on nulls, NaN, negatives."""
+    """float32 (regression) or int64 (classification) targets; DataError on nulls, NaN, negatives.
+    ``column`` is the name the messages use: ``convert_table`` reads the user's own column."""
     if col.null_count:
-        raise DataError(f"{where}: column 'target' has null values")
+        raise DataError(f"{where}: column {column!r} has null values")
     arr = col.to_numpy(zero_copy_only=False) if isinstance(col, pa.Array) else col.to_numpy()
     if kind == "regression":
         out = _float32(arr)
         bad = ~np.isfinite(out)
         if bad.any():
             raise DataError(
-                f"{where}: column 'target' holds {_bad_values(arr, out)}{_first(bad, names)}"
+                f"{where}: column {column!r} holds {_bad_values(arr, out)}{_first(bad, names)}"
             )
         return out
     if arr.dtype == np.uint64 and len(arr) and int(arr.max()) >= MAX_CLASSES:
@@ -828,6 +830,7 @@ def convert_table(
                         out_kind,
                         where,
                         ids,
+                        target_column,
                     )
                 arrays = [
                     ids,
