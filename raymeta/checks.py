@@ -71,6 +71,17 @@ def string(name: str, v: Any, choices: tuple[str, ...] | None = None) -> str:
     return v
 
 
+def path(name: str, v: Any) -> str | os.PathLike[str]:
+    """``v`` if it names a path (a non-empty ``str`` or ``os.PathLike``): an int or ``None``
+    given to an API function that reads or writes a path was a ``TypeError`` from ``os.fspath``
+    deep inside it ("expected str, bytes or os.PathLike object")."""
+    if not isinstance(v, (str, os.PathLike)) or not isinstance(os.fspath(v), str):
+        raise ConfigError(f"{name} must be a path (str or pathlib.Path), got {show_value(v)}")
+    if not os.fspath(v) or "\0" in os.fspath(v):
+        raise ConfigError(f"{name} must be a non-empty path, got {show_value(v)}")
+    return v
+
+
 def mapping(name: str, v: Any) -> dict[str, Any]:
     """A dict with string keys (family / model / task options)."""
     if not isinstance(v, Mapping):

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
+from raymeta import checks
 from raymeta.core.models import ModelSpec, build_model
 from raymeta.errors import CheckpointError, ConfigError, DataError, RaymetaError
 from raymeta.fileio import read_json_file
@@ -83,7 +84,7 @@ def _first_line(exc: BaseException) -> str:
 
 def read_run(run: str | os.PathLike[str]) -> TunedRun:
     """Read and check ``run/report.json`` (no weights are read)."""
-    p = Path(run)
+    p = Path(checks.path("run", run))
     if not p.is_dir():
         raise CheckpointError(f"tune run {p} does not exist or is not a directory")
     f = p / REPORT_FILE
@@ -148,6 +149,7 @@ def load_model(run: str | os.PathLike[str], device: str | torch.device = "cpu") 
     sha256 is verified before they are loaded with ``torch.load(weights_only=True)``. Bad input
     of any kind (a missing or tampered file, a pickled object, names or shapes that do not fit
     the model) is a one-line ``CheckpointError``."""
+    dev = _device(device)
     r = read_run(run)
     params = _read_weights(r)
     model = build_model(r.spec)  # a factory that fails is a one-line ConfigError
@@ -170,7 +172,22 @@ def load_model(run: str | os.PathLike[str], device: str | torch.device = "cpu") 
     if len(dtypes) == 1:  # weights tuned in float64 stay float64
         model = model.to(dtypes.pop())
     model.load_state_dict(params, strict=False)
-    return model.to(device).eval()
+    return model.to(dev).eval()
+
+
+def _device(device: Any) -> torch.device:
+    """``device`` as a ``torch.device`` this machine has: a bogus name was torch's RuntimeError
+    listing every device type it knows, and ``cuda`` on a CPU-only machine another one, each
+    after the run had been read."""
+    try:
+        dev = torch.device(device) if isinstance(device, (str, torch.device)) else None
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {device!r} (use cpu or cuda[:N])")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: no CUDA GPU is visible to this process")
+    return dev
 
 
 @dataclass(frozen=True)
@@ -238,6 +255,10 @@ def predict(
     ``overwrite``."""
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
         raise ConfigError(f"batch_rows must be an integer >= 1, got {batch_rows!r}")
+    for name, value in (("run", run), ("source", source), ("out", out)):
+        checks.path(name, value)
+    checks.boolean("overwrite", overwrite)
+    _device(device)
     dest = _check_out(out, source, overwrite, run)
     r = read_run(run)
     model = load_model(run, device=device)

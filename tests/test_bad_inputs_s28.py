@@ -223,3 +223,65 @@ def test_convert_names_the_users_target_column(
     argv = ["data", "convert", "--input", "t.parquet", "--out", "o.parquet"]
     line = run_bad([*argv, "--feature-columns", "a", "--target-column", "units"], tmp_path, capsys)
     assert "column 'units' holds non-finite values" in line
+
+
+# ------------------------------------------------------------ predict: columns, device, paths
+def test_predict_feature_column_named_twice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """was: 'internal error: KeyError: 'Field "a" exists 2 times in schema'', exit 1."""
+    _tune_run(tmp_path / "run")
+    pq.write_table(pa.table({"a": np.zeros(4), "b": np.ones(4)}), tmp_path / "x.parquet")
+    argv = ["predict", "--run", "run", "--input", "x.parquet", "--out", "p.parquet"]
+    line = run_bad([*argv, "--feature-columns", "a,a"], tmp_path, capsys)
+    assert "feature column 'a' is named twice" in line
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        # was: exit 0, predictions from columns 'a' and 'b' (the string's characters)
+        ({"feature_columns": "ab"}, "feature columns must be a non-empty list"),
+        ({"feature_columns": ["a", "a"]}, "named twice"),  # was: KeyError
+        ({"feature_columns": [1, 2]}, "feature columns must be"),
+        ({"device": "bogus"}, "unknown device 'bogus'"),  # was: torch's RuntimeError
+        ({"device": 7}, "unknown device 7"),
+        ({"out": None}, "out must be a path"),  # was: TypeError from os.fspath
+        ({"run": 5}, "run must be a path"),
+        ({"source": None}, "source must be a path"),
+        ({"overwrite": "no"}, "overwrite must be true or false"),  # was: truthy, overwrote
+    ],
+)
+def test_predict_api_wrong_types(kwargs: dict[str, object], match: str, tmp_path: Path) -> None:
+    from raymeta import RaymetaError, predict
+
+    run = _tune_run(tmp_path / "run")
+    pq.write_table(
+        pa.table({"ab": np.zeros(4), "a": np.zeros(4), "b": np.ones(4)}), tmp_path / "x.parquet"
+    )
+    call: dict[str, object] = {
+        "run": run,
+        "source": tmp_path / "x.parquet",
+        "out": tmp_path / "p.parquet",
+        "feature_columns": ["a", "b"],
+    }
+    call.update(kwargs)
+    with pytest.raises(RaymetaError, match=match):
+        predict(**call)  # type: ignore[arg-type]
+    assert not (tmp_path / "p.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"device": "bogus"}, "unknown device"),
+        ({"run": 3}, "run must be a path"),
+        ({"run": None}, "run must be a path"),
+    ],
+)
+def test_load_model_api_wrong_types(kwargs: dict[str, object], match: str, tmp_path: Path) -> None:
+    from raymeta import ConfigError, load_model
+
+    call: dict[str, object] = {"run": _tune_run(tmp_path / "run"), **kwargs}
+    with pytest.raises(ConfigError, match=match):
+        load_model(**call)  # type: ignore[arg-type]

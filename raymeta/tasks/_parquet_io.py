@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 
 from raymeta.checks import show_value
-from raymeta.errors import DataError, RaymetaError
+from raymeta.errors import ConfigError, DataError, RaymetaError
 from raymeta.fileio import clean_stale, fsync_dir, make_temp_file
 from raymeta.paths import check_apart
 from raymeta.tasks.base import SPLITS, Kind, Task
@@ -854,6 +854,24 @@ def convert_table(
 # ---------------------------------------------------------------- features for inference
 
 
+def _check_feature_columns(columns: Any) -> None:
+    """A list of distinct column names: a plain string would be read as its characters (``"ab"``
+    predicted from columns ``a`` and ``b``), and a name given twice was an internal KeyError from
+    Arrow ('Field "a" exists 2 times in schema')."""
+    if (
+        isinstance(columns, (str, bytes))
+        or not isinstance(columns, Sequence)
+        or not columns
+        or not all(isinstance(c, str) and c for c in columns)
+    ):
+        raise ConfigError(
+            f"feature columns must be a non-empty list of column names, got {show_value(columns)}"
+        )
+    dup = next((c for c in columns if columns.count(c) > 1), None)
+    if dup is not None:
+        raise ConfigError(f"feature column {dup!r} is named twice")
+
+
 class FeatureReader:
     """Streams features, shaped ``[N, *shape]`` float32, from a Parquet file (or directory) in
     the task schema (only ``features`` is needed; ``task_id``/``split``/``target`` are kept as
@@ -866,9 +884,11 @@ class FeatureReader:
         feature_columns: Sequence[str] | None = None,
     ) -> None:
         self.path = str(path)
+        if feature_columns is not None:
+            _check_feature_columns(feature_columns)
         self.dataset = _open_dataset(path, "input")
         schema: pa.Schema = self.dataset.schema
-        self.feature_columns = list(feature_columns) if feature_columns else None
+        self.feature_columns = list(feature_columns) if feature_columns is not None else None
         self.shape: tuple[int, ...] | None = None
         if self.feature_columns is not None:
             _check_columns(schema, self.feature_columns, self.path)
