@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from raymeta import __version__
+from raymeta.allocator import retain_freed_memory
 from raymeta.cli._common import Parser
 from raymeta.cli._config import apply_config
 from raymeta.errors import DeprecatedOption, RaymetaError
@@ -84,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    retain_freed_memory()  # this process is the command's: keep freed tensors' pages
     try:
         sub_parser = getattr(args, "_parser", None)
         if sub_parser is not None:

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from raymeta.allocator import retain_freed_memory
 from raymeta.core.checkpoint import MetaCheckpoint
 from raymeta.errors import RaymetaError
 from raymeta.finetune.fit import PriorFitConfig, fit_priors
@@ -31,6 +32,7 @@ def _fit_task(ckpt: MetaCheckpoint, config: PriorFitConfig, threads: int) -> Ite
     import torch
 
     torch.set_num_threads(max(1, threads))  # what the task was given, not the node's cores
+    retain_freed_memory()  # the worker is raymeta's for its life
     events: queue.Queue[Any] = queue.Queue()
     outcome: dict[str, Any] = {}
 

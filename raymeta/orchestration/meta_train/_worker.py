@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from raymeta.allocator import retain_freed_memory
 from raymeta.core.checkpoint import save_meta_checkpoint
 from raymeta.core.train import MetaTrainConfig, MetaTrainer, diverged
 from raymeta.errors import ConfigError
@@ -98,6 +99,7 @@ def train_loop(config: dict[str, Any]) -> None:
     import ray.train
 
     add_import_roots(config.get("import_roots") or [])  # the user's model / family modules
+    retain_freed_memory()  # a Train worker is raymeta's for its life
     cfg = MetaTrainConfig.from_dict(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

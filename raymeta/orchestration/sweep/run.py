@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from raymeta.allocator import retain_freed_memory
 from raymeta.errors import ClusterError, ConfigError, DataError, RaymetaError
 from raymeta.finetune.run import run_strategy
 from raymeta.finetune.strategy import AUTO, Strategy, resolve_auto
@@ -222,7 +223,7 @@ def _run_locked(
         return {"units": total, "ran": 0, "wall_s": 0.0}
     with ray_context(address):
         slots = max_concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        remote = ray.remote(num_cpus=1, max_retries=2)(run_batch)
+        remote = ray.remote(num_cpus=1, max_retries=2)(run_batch_on_worker)
         cfg_ref = ray.put(cfg)
         pending: dict[Any, list[dict[str, Any]]] = {}
         queue = plan_batches(todo, slots, min(batch_units or flush_units, flush_units))
@@ -259,3 +260,10 @@ def _keys(batch: list[dict[str, Any]]) -> str:
     """A batch's units as an error names them."""
     keys = [u["key"] for u in batch]
     return keys[0] if len(keys) == 1 else f"{keys[0]} (one of a batch of {len(keys)})"
+
+
+def run_batch_on_worker(*args: Any, **kwargs: Any) -> Any:
+    """``run_batch`` in a Ray worker, which raymeta's tasks own for its life: freed tensors
+    stay in the process (``raymeta.allocator``) so each unit's steps do not page-fault."""
+    retain_freed_memory()
+    return run_batch(*args, **kwargs)

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from raymeta.allocator import retain_freed_memory
 from raymeta.core.checkpoint import Candidate
 from raymeta.finetune.hparams import UNLIMITED, row_hparams
 from raymeta.finetune.population import (
@@ -165,6 +166,7 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
 
     add_import_roots(setup.import_roots)
     torch.set_num_threads(max(1, setup.threads))
+    retain_freed_memory()  # a trial process is raymeta's for its life
     trial_id = tune.get_context().get_trial_id()
     idx = trial_index(trial_id)
     events: list[dict[str, Any]] = []
