@@ -285,3 +285,62 @@ def test_load_model_api_wrong_types(kwargs: dict[str, object], match: str, tmp_p
     call: dict[str, object] = {"run": _tune_run(tmp_path / "run"), **kwargs}
     with pytest.raises(ConfigError, match=match):
         load_model(**call)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------- API: checkpoints, priors, results paths
+def test_write_priors_refuses_a_non_priors_mapping_and_keeps_the_old(
+    ckpt_dir: Path, tmp_path: Path
+) -> None:
+    """was: write_priors(DIR, "abc") (or ``{}``) replaced the checkpoint's priors and returned;
+    every later load_priors / tune of the checkpoint then failed."""
+    import shutil
+
+    from raymeta import ConfigError, load_meta_checkpoint, write_priors
+
+    d = tmp_path / "ckpt"
+    shutil.copytree(ckpt_dir, d)
+    before = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
+    for bad in ("abc", {}, None, [1]):
+        with pytest.raises(ConfigError, match="priors must be a priors mapping"):
+            write_priors(d, bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="priors must be JSON data"):
+        write_priors(d, {"format": "raymeta-priors", "x": object()})  # was: TypeError
+    assert {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()} == before
+    assert load_meta_checkpoint(d).priors is None
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        # each was a TypeError or AttributeError from deep inside
+        (lambda rm, ck, d: rm.save_meta_checkpoint(d / "c", None), "ckpt must be a MetaCheckpoint"),
+        (lambda rm, ck, d: rm.save_meta_checkpoint(5, ck), "path must be a path"),
+        # was: a truthy string, the existing checkpoint replaced
+        (
+            lambda rm, ck, d: rm.save_meta_checkpoint(d / "keep", ck, overwrite="no"),
+            "overwrite must be true or false",
+        ),
+        (lambda rm, ck, d: rm.load_meta_checkpoint(3), "path must be a path"),
+        (lambda rm, ck, d: rm.load_meta_checkpoint(None), "path must be a path"),
+        (lambda rm, ck, d: rm.write_priors(7, {}), "path must be a path"),
+        (lambda rm, ck, d: rm.load_priors(str(d / "keep")), "load_priors takes a MetaCheckpoint"),
+        (lambda rm, ck, d: rm.read_results(3), "root must be a path"),
+        (lambda rm, ck, d: rm.report(3), "results paths must be a path or a list"),
+        (lambda rm, ck, d: rm.report([d, None]), "a results path must be a path"),
+        (lambda rm, ck, d: rm.report(d, pool="no"), "pool must be true or false"),
+    ],
+)
+def test_api_wrong_types_are_config_errors(
+    call: object, match: str, ckpt_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    import raymeta
+    from raymeta import ConfigError
+
+    shutil.copytree(ckpt_dir, tmp_path / "keep")
+    ck = raymeta.load_meta_checkpoint(tmp_path / "keep")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(ConfigError, match=match):
+        call(raymeta, ck, tmp_path)  # type: ignore[operator]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before

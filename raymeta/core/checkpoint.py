@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from raymeta import __version__
+from raymeta import __version__, checks
 from raymeta.core.engine import LR_PREFIX, LSLR_PREFIX
 from raymeta.core.models import ModelSpec, check_model_fits, expected_shapes
 from raymeta.errors import CheckpointError, ConfigError
@@ -163,6 +163,12 @@ def priors_file(path: str | Path) -> Path | None:
 
 def save_meta_checkpoint(path: str | Path, ckpt: MetaCheckpoint, overwrite: bool = False) -> Path:
     """Write ``ckpt`` atomically (temp dir swapped in whole); an existing dir needs ``overwrite``."""
+    # checked first: a None ckpt was an AttributeError, an int path a TypeError, and
+    # overwrite="no" replaced an existing checkpoint
+    checks.path("path", path)
+    if not isinstance(ckpt, MetaCheckpoint):
+        raise ConfigError(f"ckpt must be a MetaCheckpoint, got {checks.show_value(ckpt)}")
+    checks.boolean("overwrite", overwrite)
     with output_lock(path, "meta-checkpoint"):
         try:
             with atomic_dir(path, overwrite=overwrite) as tmp:
@@ -359,7 +365,7 @@ def _extra_shapes(
 
 def load_meta_checkpoint(path: str | Path) -> MetaCheckpoint:
     """Read and verify a meta-checkpoint; any corruption is a one-line ``CheckpointError``."""
-    p = Path(path)
+    p = Path(checks.path("path", path))
     meta = read_meta(p)
     verify_files(p, meta)
     try:
@@ -426,8 +432,21 @@ def write_priors(path: str | Path, priors: dict[str, Any]) -> None:
     Order (each step one atomic rename, so a kill anywhere leaves a checkpoint with the old or
     the new priors): write ``priors-<sha12>.json`` (not yet listed, so the old manifest still
     verifies), replace ``meta.json`` by a manifest that lists it, remove the old priors file.
-    Leftovers of a killed earlier write (temporaries, an unlisted priors file) go first."""
-    p = Path(path)
+    Leftovers of a killed earlier write (temporaries, an unlisted priors file) go first.
+
+    ``priors`` must be a non-empty JSON mapping (``Priors.to_dict()``), checked before any
+    file is touched: a string or ``{}`` replaced the checkpoint's good priors, and every later
+    ``load_priors`` / tune of it failed; a value JSON cannot hold was a TypeError traceback."""
+    p = Path(checks.path("path", path))
+    if not isinstance(priors, dict) or not priors:
+        raise ConfigError(
+            "priors must be a priors mapping (raymeta.fit_priors(...).to_dict()), got "
+            + checks.show_value(priors)
+        )
+    try:
+        _priors_bytes(priors)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"priors must be JSON data: {_first_line(exc)}") from None
     with output_lock(p, "meta-checkpoint"):
         load_meta_checkpoint(p)  # refuse to build on a corrupt checkpoint
         meta = read_meta(p)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from raymeta.checks import show_value
 from raymeta.core.checkpoint import MetaCheckpoint
 from raymeta.errors import CheckpointError, ConfigError
 from raymeta.priors.prior import Prior, broad_prior
@@ -92,6 +93,11 @@ class Priors:
 
 def load_priors(ckpt: MetaCheckpoint) -> Priors:
     """The checkpoint's fitted priors; a checkpoint without them is a ``CheckpointError``."""
+    if not isinstance(ckpt, MetaCheckpoint):  # a path given here was an AttributeError
+        raise ConfigError(
+            "load_priors takes a MetaCheckpoint (raymeta.load_meta_checkpoint(path)), got "
+            + show_value(ckpt)
+        )
     if ckpt.priors is None:
         where = f" {ckpt.path}" if ckpt.path is not None else ""
         raise CheckpointError(

@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raymeta import checks
 from raymeta.errors import ConfigError, DataError
 from raymeta.results.sink import SCHEMA_FILE, check_sweep_name
 
@@ -54,7 +55,7 @@ def expand(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """The paths, with every glob pattern that names no existing path expanded (sorted)."""
     out: list[Path] = []
     for p in paths:
-        text = os.fspath(p)
+        text = os.fspath(checks.path("a results path", p))
         if not isinstance(text, str) or not text.strip() or "\x00" in text:
             raise ConfigError(f"a results path must be a non-empty path, got {text!r}")
         text = os.path.expanduser(text)
@@ -103,6 +104,10 @@ def find_datasets(
     whole and through a sweep folder is read whole."""
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
+    if not isinstance(paths, Sequence):  # report(3) was "TypeError: 'int' object is not iterable"
+        raise ConfigError(
+            f"results paths must be a path or a list of them, got {checks.show_value(paths)}"
+        )
     if not paths:
         raise ConfigError("name at least one results path")
     merged: dict[Path, frozenset[str] | None] = {}

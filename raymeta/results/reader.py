@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raymeta import checks
 from raymeta.errors import ConfigError, DataError
 from raymeta.results.schema import (
     HPARAMS_TYPE,
@@ -81,7 +82,7 @@ def read_results(root: str | Path, sweep: str | None = None) -> pa.Table:
     Raises ``DataError`` for a path that is not a results dataset, a foreign schema version,
     an unreadable part, or an unknown sweep. An existing but empty dataset gives an empty table.
     """
-    root = Path(root)
+    root = Path(checks.path("root", root))  # an int was a TypeError from os.fspath
     if not root.is_dir():
         raise DataError(f"results directory {root} does not exist")
     sweeps = list_sweeps(root)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from raymeta import checks
 from raymeta.errors import ConfigError
 from raymeta.paths import check_output_dir
 
@@ -119,6 +120,7 @@ def report(
     from raymeta.results.summary import notes, summarise, win_rates
 
     check_report_args(metric, target, format, plots)
+    checks.boolean("pool", pool)  # pool="no" pooled the sweeps (a truthy string)
     datasets = find_datasets(paths)
     rows_table = read_datasets(datasets, sweep=sweep)
     table = group_rows(rows_table, pool)
