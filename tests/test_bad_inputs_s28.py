@@ -344,3 +344,42 @@ def test_api_wrong_types_are_config_errors(
     with pytest.raises(ConfigError, match=match):
         call(raymeta, ck, tmp_path)  # type: ignore[operator]
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+# ------------------------------------------------------- an edited results dataset marker
+def _results(root: Path, marker: dict[str, object]) -> None:
+    from raymeta.results import ResultSink
+    from raymeta.results.synthetic import synthetic_rows
+
+    ResultSink(root, "demo").append(synthetic_rows(sweep="demo", tasks=("a",), seeds=(0,)), "k")
+    info = json.loads((root / "_schema.json").read_text())
+    (root / "_schema.json").write_text(json.dumps({**info, **marker}))
+
+
+@pytest.mark.parametrize(
+    "marker, match",
+    [
+        ({"versions": 5}, "'versions' is not a list of version records"),
+        ({"versions": "abc"}, "'versions' is not a list"),  # was: extended as ['a', 'b', 'c', ...]
+        ({"versions": [1, 2]}, "'versions' is not a list"),
+        ({"schema_version": True}, "schema version True"),  # was: read as version 1
+    ],
+)
+def test_edited_results_marker_is_refused_before_any_work(
+    marker: dict[str, object],
+    match: str,
+    ckpt_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """was: a sweep (or tune) into the dataset started Ray and ran its first units, then the
+    first append died on 'TypeError: 'int' object is not iterable' (exit 1)."""
+    from raymeta.results import ResultSink
+
+    _results(tmp_path / "res", marker)
+    body = f"meta: [{ckpt_dir}]\nstrategies: [meta+fixed-default]\ntasks: 1\npopulation: 1\n"
+    (tmp_path / "sweep.yaml").write_text(body + "steps_per_member: 2\nname: s2\n")
+    assert match in run_bad(["sweep", "sweep.yaml", "--out", "res"], tmp_path, capsys)
+    assert match in run_bad(["report", "res"], tmp_path, capsys)
+    with pytest.raises(DataError, match=match):
+        ResultSink(tmp_path / "res", "s2")

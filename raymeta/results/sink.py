@@ -74,9 +74,16 @@ def read_schema_file(root: Path) -> dict[str, Any]:
         raise DataError(f"{marker} is unreadable or not JSON") from None
     if not isinstance(info, dict) or "schema_version" not in info:
         raise DataError(f"{marker} has no schema_version: not a raymeta results dataset")
-    if info["schema_version"] not in READABLE_VERSIONS:
+    if isinstance(info["schema_version"], bool) or info["schema_version"] not in READABLE_VERSIONS:
         raise DataError(
             f"{root} holds results schema version {info['schema_version']}, this raymeta reads version {SCHEMA_VERSION}"
+        )
+    versions = info.get("versions", [])
+    if not isinstance(versions, list) or not all(isinstance(v, dict) for v in versions):
+        # checked here, when a tune or sweep opens its sink before Ray: the first append
+        # extends this list, and an edited one was a TypeError after the first units had run
+        raise DataError(
+            f"{marker}: 'versions' is not a list of version records (edited?); restore it or write to a new --out"
         )
     return info
 
