@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from raymeta import checks
-from raymeta.core.models import ModelSpec, build_model
+from raymeta.core.models import ModelSpec, build_model, expected_shapes
 from raymeta.errors import CheckpointError, ConfigError, DataError, RaymetaError
 from raymeta.fileio import read_json_file
 from raymeta.paths import check_apart, check_output_file
@@ -152,6 +152,7 @@ def load_model(run: str | os.PathLike[str], device: str | torch.device = "cpu") 
     dev = _device(device)
     r = read_run(run)
     params = _read_weights(r)
+    _check_shapes(r, params)
     model = build_model(r.spec)  # a factory that fails is a one-line ConfigError
     state = model.state_dict()
     required = {k for k, _ in model.named_parameters()}
@@ -173,6 +174,25 @@ def load_model(run: str | os.PathLike[str], device: str | torch.device = "cpu") 
         model = model.to(dtypes.pop())
     model.load_state_dict(params, strict=False)
     return model.to(dev).eval()
+
+
+def _check_shapes(r: TunedRun, params: dict[str, torch.Tensor]) -> None:
+    """The weights hold every parameter of ``r.spec`` with its shape, checked on the meta
+    device (nothing allocated) before the model is built: a report.json edited to
+    ``widths: [50000, 50000]`` built and initialised a 10 GB model (or died in the allocator)
+    before the same check on the built model refused it. Weights that pass are as large as
+    the model, so building it costs no more than reading them did."""
+    want = expected_shapes(r.spec)  # a factory that fails is a one-line ConfigError
+    missing = sorted(set(want) - set(params))
+    if missing:
+        raise CheckpointError(
+            f"{r.weights} does not match model {r.spec.name!r}: missing {missing[0]!r} ({len(missing)} missing)"
+        )
+    for k, shape in want.items():
+        if tuple(params[k].shape) != shape:
+            raise CheckpointError(
+                f"{r.weights}: tensor {k!r} is {params[k].dtype} {tuple(params[k].shape)}, model {r.spec.name!r} needs floating point {shape}"
+            )
 
 
 def _device(device: Any) -> torch.device:

@@ -383,3 +383,28 @@ def test_edited_results_marker_is_refused_before_any_work(
     assert match in run_bad(["report", "res"], tmp_path, capsys)
     with pytest.raises(DataError, match=match):
         ResultSink(tmp_path / "res", "s2")
+
+
+# ------------------------------------------- predict: a report.json whose model spec was edited
+@pytest.mark.parametrize(
+    "widths",
+    [
+        [50_000, 50_000],  # 2.5e9 parameters: was built (10 GB allocated, initialised) first
+        [10**8, 10**8],  # was: 'failed to build: ... can't allocate memory: 4e16 bytes'
+    ],
+)
+def test_predict_checks_an_edited_spec_against_the_weights_before_building(
+    widths: list[int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import resource
+
+    run = _tune_run(tmp_path / "run")
+    rep = json.loads((run / "report.json").read_text())
+    rep["model"]["options"]["widths"] = widths
+    (run / "report.json").write_text(json.dumps(rep))
+    pq.write_table(pa.table({"features": _flat(np.zeros((4, 2)))}), tmp_path / "x.parquet")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    argv = ["predict", "--run", "run", "--input", "x.parquet", "--out", "p.parquet"]
+    assert "does not match model 'mlp': missing" in run_bad(argv, tmp_path, capsys)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 1 << 20, f"peak memory grew by {grown_kib} KiB"
