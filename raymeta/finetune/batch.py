@@ -10,8 +10,9 @@ priors fitting packs tasks x configs). The numbers do not change:
   does not depend on who it is packed with;
 * a unit's members of one model are one contiguous slice of that model's packed
   ``Population``; after each evaluation but the last, each unit exploits within its own slice
-  (``exploit_slice``) with its own generator ``default_rng(seed)``, in the order
-  ``run_population`` uses (its groups in order), so PBT never crosses units;
+  with its own generator ``default_rng(seed)``, in the order ``run_population`` uses (its
+  groups in order), so PBT never crosses units; every unit's exploit of one evaluation is made
+  at once (``exploit.exploit_groups``: the same draws, configs and events);
 * the best snapshot and the final picks are taken per unit from a ``Population`` holding only
   its slice (``slice_population``), through the same ``run.conclude``.
 
@@ -32,16 +33,14 @@ import torch
 from raymeta.core.checkpoint import Candidate
 from raymeta.core.models import footprint
 from raymeta.finetune.curves import Curves
+from raymeta.finetune.exploit import Group, apply_copies, exploit_groups
 from raymeta.finetune.picks import refit_config, train_and_val
 from raymeta.finetune.population import (
     SWEEP_RULE,
     Evaluation,
-    ExploitRule,
-    Perturb,
     Population,
     data_dtype,
     every,
-    exploit_worst,
     initial_state,
     run_schedule,
 )
@@ -122,69 +121,12 @@ def batch_members(spec: Any, task: Task, budget: int = BATCH_MEMORY) -> int:
     return max(1, min(MAX_BATCH_MEMBERS, budget // max(1, member_bytes(spec, task))))
 
 
-class CopyLog(PopulationState):
-    """A stand-in state for ``exploit_worst`` that records its copies (as indices of the
-    packed population) instead of making them, so every unit's copies of one evaluation are
-    made at once (``apply_copies``)."""
-
-    def __init__(self, lo: int, n: int, log: list[tuple[int, int]]) -> None:
-        super().__init__({}, {}, {}, torch.zeros(n, dtype=torch.int64))
-        self.lo, self.log = lo, log
-
-    def copy_member(self, src: int, dst: int) -> None:
-        self.log.append((self.lo + src, self.lo + dst))
-
-
-def apply_copies(pop: Population, log: Sequence[tuple[int, int]]) -> None:
-    """Make the recorded copies: each ``dst`` takes ``src``'s weights, optimizer state and
-    step. Within a unit sources are the best and destinations the worst ``k <= n / 2``
-    members, so no copy reads a member another one writes and one gather equals them all."""
-    if not log:
-        return
-    st = pop.state
-    src = torch.tensor([a for a, _ in log], device=st.step.device)
-    dst = torch.tensor([b for _, b in log], device=st.step.device)
-    for d in (st.params, st.m, st.v):
-        for t in d.values():
-            t[dst] = t[src]
-    st.step[dst] = st.step[src]
-
-
-def exploit_slice(
-    pop: Population,
-    lo: int,
-    hi: int,
-    rng: np.random.Generator,
-    perturb: Perturb,
-    rule: ExploitRule,
-    log: list[tuple[int, int]],
-) -> list[dict[str, Any]]:
-    """``Population.exploit`` restricted to members ``lo .. hi - 1`` of ``pop`` (one unit's
-    group): the same draws, configs and events (member indices local to the slice); the
-    weight copies are appended to ``log`` for ``apply_copies``."""
-    n, k = hi - lo, rule.count(hi - lo)
-    if n >= 2 and 2 * k > n:  # (a unit of one member exploits nothing, as unbatched)
-        raise ValueError("batched exploits need the worst half or fewer to copy the best")
-    events: list[dict[str, Any]] = []
-
-    def explore(src: int, dst: int) -> None:
-        old = pop.configs[lo + dst]
-        new = (
-            old
-            if dst in rule.pinned
-            else {**perturb(pop.configs[lo + src], rng), "model": pop.name}
-        )
-        pop.set_config(lo + dst, new)
-        events.append({"kind": "member_exploit", "src": src, "dst": dst, "old": old, "new": new})
-
-    val = pop.last_val[lo:hi].cpu().numpy()
-    exploit_worst(CopyLog(lo, hi - lo, log), val, rule.count(hi - lo), rng, explore)
-    return events
-
-
-def slice_population(pop: Population, lo: int, hi: int) -> Population:
+def slice_population(
+    pop: Population, lo: int, hi: int, tensors: Mapping[str, torch.Tensor] | None = None
+) -> Population:
     """Members ``lo .. hi - 1`` of ``pop`` as a population of their own (copies): configs,
-    seeds, state, best snapshots and evaluations, for the per-unit best and final picks."""
+    seeds, state, best snapshots and evaluations, for the per-unit best and final picks.
+    ``tensors``: ``pop.tensors()``, when the caller slices many units out of one ``pop``."""
     sub = Population(
         pop.spec,
         pop.kind,
@@ -196,7 +138,8 @@ def slice_population(pop: Population, lo: int, hi: int) -> Population:
         keep_best=pop.keep_best,
         trainer=pop.trainer,
     )
-    t = {k: v if k == "evaluations" else v[lo:hi] for k, v in pop.tensors().items()}
+    full = pop.tensors() if tensors is None else tensors
+    t = {k: v if k == "evaluations" else v[lo:hi] for k, v in full.items()}
     sub.restore(t, pop.best_configs[lo:hi])
     return sub
 
@@ -300,24 +243,28 @@ def _run_packed(
         for name in layout
     ]
     curves = {i: Curves(started=t0) for i in which}
+    explorers = {i: u.prior for i in which if pbt and (u := units[i]).prior is not None}
+    exploiting = [Group(i, name, lo, hi) for i in explorers for name, lo, hi in where[i]]
     for s_i, evs in enumerate(zip(*runs, strict=True)):
         by_model = dict(zip(layout, evs, strict=True))
-        last = s_i == len(stops) - 1
-        logs: dict[str, list[tuple[int, int]]] = {name: [] for name in layout}
+        logs: dict[str, list[tuple[int, int]]] = {}
+        events: dict[tuple[int, str], list[dict[str, Any]]] = {}  # (unit, model) ->
+        if s_i < len(stops) - 1 and exploiting:
+            found = exploit_groups(pops, exploiting, rngs, explorers, SWEEP_RULE, logs)
+            events = {(g.unit, g.name): e for g, e in zip(exploiting, found, strict=True)}
         for i in which:
-            parts = []
-            for name, lo, hi in where[i]:
-                events: list[dict[str, Any]] = []
-                prior = units[i].prior
-                if pbt and prior is not None and not last:
-                    events = exploit_slice(
-                        pops[name], lo, hi, rngs[i], prior.perturb, SWEEP_RULE, logs[name]
-                    )
-                parts.append(_slice_eval(by_model[name], lo, hi, events))
+            parts = [
+                _slice_eval(by_model[name], lo, hi, events.get((i, name), []))
+                for name, lo, hi in where[i]
+            ]
             curves[i].add(merge_evaluations(parts, list(groups[i].values())))
         for name, log in logs.items():
             apply_copies(pops[name], log)
-    subs = {i: [slice_population(pops[name], lo, hi) for name, lo, hi in where[i]] for i in which}
+    full = {name: pop.tensors() for name, pop in pops.items()}
+    subs = {
+        i: [slice_population(pops[name], lo, hi, full[name]) for name, lo, hi in where[i]]
+        for i in which
+    }
     members = {i: list(groups[i].values()) for i in which}
     refits = packed_refits(units, subs, members, candidates, init) if "refit" in picks else {}
     out = {}
@@ -353,6 +300,7 @@ def packed_refits(
     steps per unit, which costs a sweep of ``auto`` units more than all its populations."""
     jobs: dict[str, list[tuple[int, dict[str, Any], int, PopulationState, Task]]] = {}
     out: dict[int, tuple[Params, int]] = {}
+    meta_starts: dict[tuple[str, torch.dtype], PopulationState] = {}  # seed-free: built once
     for i, pops in subs.items():
         task = units[i].task
         g, _ = best_group(pops, members[i])
@@ -361,9 +309,12 @@ def packed_refits(
         n_rows = len(task.x_train) + len(task.x_val)
         cfg, steps = refit_config(best, len(task.x_train), n_rows)
         member = members[i][g][best.member]
-        start = member_start(
-            candidates[pop.name], init, units[i].seed, member, data_dtype(task.x_train)
-        )
+        dtype = data_dtype(task.x_train)
+        start = meta_starts.get((pop.name, dtype)) if init == "meta" else None
+        if start is None:
+            start = member_start(candidates[pop.name], init, units[i].seed, member, dtype)
+            if init == "meta":
+                meta_starts[(pop.name, dtype)] = start
         if steps < 1:
             out[i] = ({k: v[0].clone() for k, v in start.params.items()}, 0)
         else:

@@ -265,19 +265,61 @@ class FinetuneConfig(Mapping[str, Any]):
 def member_tensors(
     configs: Sequence[Mapping[str, Any]], n_train: int, horizon: int | None = None
 ) -> dict[str, torch.Tensor]:
-    """Per-member hyperparameter tensors (name -> one entry per member) of ``configs``.
+    """Per-member hyperparameter tensors (name -> one entry per member) of ``configs``, each
+    config checked as ``FinetuneConfig.from_dict`` checks it.
 
     ``horizon`` (a population run's budget) replaces every member's own ``steps``: a member of
     a ``raymeta tune`` run or a sweep trains the run's budget, whatever fine-tuning length the
-    priors describe for its config."""
+    priors describe for its config.
+
+    Populations rebuild these for thousands of members (every new config of a PBT exploit), so
+    each column is checked at once where its values are plain (``float`` / ``int`` / a choice
+    / a name, in range); a column with anything else goes through ``FinetuneConfig``, whose
+    conversions and errors are the reference (``checked_member_tensors``)."""
+    cols: dict[str, list[Any]] = {}
+    for h in hparams():
+        vals = [c.get(h.name, h.default) for c in configs]
+        if not _plain(h, vals):
+            return checked_member_tensors(configs, n_train, horizon)
+        cols[h.name] = vals
+    return _encode(cols, len(configs), n_train, horizon)
+
+
+def checked_member_tensors(
+    configs: Sequence[Mapping[str, Any]], n_train: int, horizon: int | None = None
+) -> dict[str, torch.Tensor]:
+    """``member_tensors`` through one ``FinetuneConfig`` per member (the reference)."""
     cfgs = [FinetuneConfig.from_dict(c) for c in configs]
+    return _encode(
+        {h.name: [c[h.name] for c in cfgs] for h in hparams()}, len(cfgs), n_train, horizon
+    )
+
+
+def _encode(
+    cols: Mapping[str, list[Any]], n: int, n_train: int, horizon: int | None
+) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for h in hparams():
         if h.encode is None:
             continue
-        vals = [horizon if h.name == "steps" and horizon is not None else c[h.name] for c in cfgs]
+        vals = [horizon] * n if h.name == "steps" and horizon is not None else cols[h.name]
         out[h.name] = torch.tensor([h.encode(v, n_train) for v in vals], dtype=h.dtype)
     return out
+
+
+def _plain(h: HParam, vals: list[Any]) -> bool:
+    """Whether ``HParam.check`` would return every value of ``vals`` unchanged (None stands
+    for a default only where the vocabulary's default is None)."""
+    if h.kind == "choice":
+        return all(v in h.choices and type(v) is str for v in vals)
+    if h.kind == "name":
+        return all((type(v) is str and v != "") or v is None for v in vals)
+    if h.kind == "int":
+        ok = all(type(v) is int and v >= 1 for v in vals if v is not None)
+        return ok and (h.default is None or None not in vals)
+    # floats only (an int passes the check converted); > 0 is >= the least float above 0
+    low = math.ulp(0.0) if h.positive else 0.0
+    return all(type(v) is float and low <= v < math.inf for v in vals)
 
 
 def row_hparams(config: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -154,7 +154,7 @@ def exploit_worst(
     top, bottom = [int(i) for i in order[:k]], [int(i) for i in order[m - k :]]
     pairs = []
     for dst in bottom:
-        src = int(rng.choice(top))
+        src = top[int(rng.integers(0, len(top)))]  # what rng.choice(top) draws, 5x cheaper
         state.copy_member(src, dst)
         explore(src, dst)
         pairs.append((src, dst))

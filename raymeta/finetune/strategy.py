@@ -26,6 +26,7 @@ default of ``raymeta tune``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -116,13 +117,24 @@ def strategy_prior(
     """The prior members are drawn from and explore within, and the portfolio to try first
     (learned priors only: ``priors``, else the checkpoint's). A checkpoint without fitted
     priors is a clear error for ``learned``."""
-    from raymeta.finetune.hparams import broad_space
-    from raymeta.priors import broad_prior, load_priors
+    from raymeta.priors import load_priors
 
     if strategy.prior == "learned":
         priors = priors if priors is not None else load_priors(ckpt)
         return priors.learned, [dict(c) for c in priors.portfolio]
-    return broad_prior(broad_space(list(ckpt.candidates), max_batch=n_train, max_steps=steps)), []
+    return broad(tuple(ckpt.candidates), n_train, steps), []
+
+
+@functools.lru_cache(maxsize=64)
+def broad(candidates: tuple[str, ...], n_train: int, steps: int) -> Prior:
+    """The broad prior over ``candidates``, a train split of ``n_train`` and ``steps`` steps.
+    One object per bounds (priors are not changed after construction): a sweep batch's
+    hundreds of units share it, and with it one compiled explore step
+    (``Prior.perturb_plan``) and one batched ``perturb_many`` per evaluation."""
+    from raymeta.finetune.hparams import broad_space
+    from raymeta.priors import broad_prior
+
+    return broad_prior(broad_space(list(candidates), max_batch=n_train, max_steps=steps))
 
 
 def fixed_default(

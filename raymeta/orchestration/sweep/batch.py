@@ -26,7 +26,7 @@ import torch
 from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint
 from raymeta.finetune.curves import final_rows
 from raymeta.finetune.run import PopulationResult
-from raymeta.finetune.strategy import AUTO, Strategy, resolve_auto
+from raymeta.finetune.strategy import AUTO, Strategy, default_candidate, resolve_auto
 from raymeta.orchestration.sweep.config import SweepConfig
 from raymeta.plugins import add_import_roots
 from raymeta.tasks import Task, TaskFamily, make_family, resize_splits
@@ -130,6 +130,8 @@ def run_batch(
     if any(p.ckpt is not first.ckpt or (p.strategy, p.steps) != (strat, steps) for p in plans):
         raise ValueError("a batch holds units of one checkpoint, strategy and step budget")
     priors = load_priors(first.ckpt) if strat.prior == "learned" else None
+    # the fixed default's candidate, read once (each unit would parse priors.json for it)
+    candidate = first.ckpt.candidate(default_candidate(first.ckpt)).name
     packed = []
     pbt = False
     for p in plans:
@@ -141,6 +143,7 @@ def run_batch(
             steps=p.steps,
             rng=p.rng(),
             priors=priors,
+            candidate=candidate,
         )
         packed.append(Unit(p.task, configs, p.seed, prior))
     results = run_units(
