@@ -408,3 +408,83 @@ def test_predict_checks_an_edited_spec_against_the_weights_before_building(
     assert "does not match model 'mlp': missing" in run_bad(argv, tmp_path, capsys)
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert grown_kib < 1 << 20, f"peak memory grew by {grown_kib} KiB"
+
+
+# ------------------------------------------------------- run_population: the public runner
+def _task(x: torch.Tensor, y: torch.Tensor, kind: str = "regression") -> object:
+    from raymeta import Task
+
+    return Task("x", x, y, x[:2], y[:2], x[:2], y[:2], kind, 1)  # type: ignore[arg-type]
+
+
+Z = torch.zeros(3, 1)
+RUN_CASES = {
+    # each was an AttributeError / TypeError / StopIteration / torch RuntimeError, or a result
+    "task None": ({"task": None}, "task must be a raymeta Task"),
+    "task a spec string": ({"task": "sinusoid:0"}, "task must be a raymeta Task"),
+    "candidates a list": ({"candidates": ["mlp"]}, "candidates must be a non-empty mapping"),
+    "candidates empty": ({"candidates": {}}, "candidates must be a non-empty mapping"),
+    "configs one mapping": ({"configs": {"lr": 0.01}}, "configs must be a list of mappings"),
+    "configs of strings": ({"configs": ["x"]}, "each config must be a mapping"),
+    "seed -1": ({"seed": -1}, "seed must be >= 0"),
+    "seed 1.5": ({"seed": 1.5}, "seed must be an integer"),
+    "seed 2**62": ({"seed": 2**62, "init": "scratch"}, "seed must be <="),  # was: overflow
+    "picks a string": ({"picks": "best"}, "picks must be a list"),
+    "pbt a string": ({"pbt": "no"}, "pbt must be true or false"),
+    "prior a string": ({"prior": "x"}, "prior must be a Prior"),  # was: ignored, ran
+    "task with NaN inputs": (  # was: ran, a result of NaN losses
+        {"task": _task(torch.full((3, 1), float("nan")), Z)},
+        "train inputs must be finite",
+    ),
+    "task of the wrong width": (  # was: torch RuntimeError from a matmul
+        {"task": _task(torch.zeros(3, 5), Z)},
+        r"model 'mlp' takes inputs \(1,\)",
+    ),
+    "task with an empty train split": (
+        {"task": _task(torch.zeros(0, 1), torch.zeros(0, 1))},
+        "the train split has 0 inputs",
+    ),
+    "classification with float labels": (
+        {"task": _task(Z, Z, "classification")},
+        "labels must be integers",
+    ),
+}
+
+
+@pytest.mark.parametrize("change, match", RUN_CASES.values(), ids=list(RUN_CASES))
+def test_run_population_refuses_bad_arguments(
+    change: dict[str, object], match: str, ckpt: object
+) -> None:
+    from raymeta import RaymetaError, make_family, run_population
+
+    call: dict[str, object] = {
+        "task": make_family("sinusoid").task("test", 0),
+        "candidates": ckpt.candidates,  # type: ignore[attr-defined]
+        "configs": [{"lr": 0.01}],
+        "init": "meta",
+        "steps": 2,
+        "interval": 1,
+        "seed": 0,
+    }
+    call.update(change)
+    with pytest.raises(RaymetaError, match=match):
+        run_population(**call)  # type: ignore[arg-type]
+
+
+def test_priors_fit_seed_is_bounded_before_any_work(
+    ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """was: 'internal error: ValueError: Overflow when unpacking long long' once the fit had
+    reached its strategy runs (seconds to minutes in), exit 1."""
+    import shutil
+
+    from raymeta import ConfigError, PriorFitConfig
+
+    shutil.copytree(ckpt_dir, tmp_path / "ckpt")
+    argv = ["priors", "fit", "--meta", "ckpt", "--tasks", "2", "--configs", "4"]
+    line = run_bad([*argv, "--seed", str(2**63 - 1)], tmp_path, capsys)
+    assert "priors: seed must be <= 4294967295" in line
+    line = run_bad(["bench", "priors", "--seed", str(2**32)], tmp_path, capsys)
+    assert "--seed: value must be <= 4294967295" in line
+    with pytest.raises(ConfigError, match="seed must be <="):
+        PriorFitConfig(seed=2**40)

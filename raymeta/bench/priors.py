@@ -72,7 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=64,
         help="broad reference pool (for the median config)",
     )
-    p.add_argument("--seed", type=int_arg(0), default=0)
+    # PriorFitConfig's MAX_SEED, checked here so a bad seed is refused before meta-training
+    p.add_argument("--seed", type=int_arg(0, 2**32 - 1), default=0)
     add_json_out(p, "also write the results to this JSON file")
 
 

@@ -44,6 +44,7 @@ from raymeta.tasks import Task, TaskFamily, make_family
 
 MIN_TASKS = 2
 MAX_TASKS = 4096  # meta-val tasks of one fit (the default is 32): each is built and kept
+MAX_SEED = 2**32 - 1  # numpy and torch seeds, as in sweeps
 MAX_FIT_RUNS = 1 << 20  # fine-tuning runs of one fit (the default is 6,144)
 MAX_SELECT_POPULATION = 4096  # members of one strategy-selection population
 
@@ -87,7 +88,9 @@ class PriorFitConfig:
         c = checks
         c.integer("priors: tasks", self.n_tasks, MIN_TASKS, MAX_TASKS)
         c.integer("priors: configs", self.n_configs, MIN_CONFIGS)
-        c.integer("priors: seed", self.seed, 0)
+        # bounded as sweep seeds are: a seed near 2**63 overflowed a torch seed derived from it
+        # (seed * 10_007 + member) minutes into the fit, an internal ValueError
+        c.integer("priors: seed", self.seed, 0, MAX_SEED)
         c.number("priors: quantile", self.quantile, 0.0, 1.0, low_open=True)
         c.integer("priors: portfolio size", self.portfolio_size, 1)
         c.integer("priors: max-steps", self.max_steps, 1)

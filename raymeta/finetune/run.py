@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from raymeta import checks
 from raymeta.core.checkpoint import Candidate, MetaCheckpoint
-from raymeta.errors import ConfigError
+from raymeta.errors import ConfigError, DataError
 from raymeta.finetune.curves import Curves
 from raymeta.finetune.picks import Pick, check_pick, final_pick
 from raymeta.finetune.population import (
@@ -84,6 +85,7 @@ def run_population(
     """Fine-tune ``len(configs)`` members on ``task`` (see the module docstring) and apply
     each final-pick rule of ``picks`` (``raymeta.finetune.picks``) to the population holding
     the best snapshot."""
+    check_arguments(task, candidates, configs, seed, prior, pbt, picks)
     check_run(steps, interval, init, pbt, prior, configs, picks)
     t0 = time.perf_counter()
     groups = member_groups(candidates, configs)
@@ -149,6 +151,89 @@ def check_run(
         raise ConfigError("at least one final pick rule is needed")
     for rule in picks:
         check_pick(rule)
+
+
+# scratch inits are seeded ``seed * 10_007 + member`` (a torch seed, < 2**63): past this a
+# seed was an internal "Overflow when unpacking long long"
+MAX_SEED = 2**48
+
+
+def check_arguments(
+    task: Any,
+    candidates: Any,
+    configs: Any,
+    seed: Any,
+    prior: Any,
+    pbt: Any,
+    picks: Any,
+) -> None:
+    """``run_population``'s arguments as one-line errors before any work (it is public API):
+    each of these was an AttributeError, TypeError, StopIteration or a torch RuntimeError from
+    inside the population, and a task with NaN inputs or a ``prior="x"`` ran to a result."""
+    if not isinstance(task, Task):
+        raise ConfigError(f"task must be a raymeta Task, got {checks.show_value(task)}")
+    if not isinstance(candidates, Mapping) or not candidates:
+        raise ConfigError(
+            "candidates must be a non-empty mapping of name: Candidate (a MetaCheckpoint's "
+            f".candidates), got {checks.show_value(candidates)}"
+        )
+    for name, cand in candidates.items():
+        if not isinstance(name, str) or not isinstance(cand, Candidate):
+            raise ConfigError(f"candidate {name!r} is not a Candidate: {checks.show_value(cand)}")
+    if isinstance(configs, (str, Mapping)) or not isinstance(configs, Sequence):
+        raise ConfigError(f"configs must be a list of mappings, got {checks.show_value(configs)}")
+    for c in configs:
+        if not isinstance(c, Mapping):
+            raise ConfigError(f"each config must be a mapping, got {checks.show_value(c)}")
+    checks.integer("seed", seed, 0, MAX_SEED)
+    checks.boolean("pbt", pbt)
+    if prior is not None and not isinstance(prior, Prior):
+        raise ConfigError(f"prior must be a Prior or None, got {checks.show_value(prior)}")
+    if isinstance(picks, str):
+        raise ConfigError(f"picks must be a list of final picks, got {picks!r}")
+    check_task_data(task, candidates)
+
+
+def check_task_data(task: Task, candidates: Mapping[str, Candidate]) -> None:
+    """Every split non-empty, finite, labelled for the task's kind, and shaped for every
+    candidate's model (what ``raymeta tune`` checks before Ray for the tasks it builds)."""
+    who = f"task {task.task_id!r}"
+    if task.kind not in ("regression", "classification"):
+        raise DataError(f"{who}: kind must be regression or classification, got {task.kind!r}")
+    for split in ("train", "val", "test"):
+        x, y = getattr(task, f"x_{split}"), getattr(task, f"y_{split}")
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise DataError(f"{who}: the {split} split is not tensors")
+        if len(x) == 0 or len(x) != len(y):
+            raise DataError(
+                f"{who}: the {split} split has {len(x)} inputs and {len(y)} targets (>= 1 each, as many)"
+            )
+        if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
+            raise DataError(f"{who}: the {split} inputs must be finite floats")
+        if task.kind == "regression":
+            if not y.is_floating_point() or not bool(torch.isfinite(y).all()):
+                raise DataError(f"{who}: the {split} targets must be finite floats")
+        elif (
+            y.is_floating_point()
+            or y.dtype == torch.bool
+            or int(y.min()) < 0
+            or int(y.max()) >= task.output_dim
+        ):
+            raise DataError(
+                f"{who}: the {split} labels must be integers in [0, {task.output_dim}), got {y.dtype}"
+            )
+    for name, cand in candidates.items():
+        s = cand.spec
+        fits = (
+            int(task.output_dim) <= int(s.output_dim)
+            if task.kind == "classification"
+            else int(task.output_dim) == int(s.output_dim)
+        )
+        if tuple(s.input_shape) != tuple(task.input_shape) or not fits:
+            raise DataError(
+                f"model {name!r} takes inputs {tuple(s.input_shape)} with {s.output_dim} outputs, "
+                f"but {who} has inputs {tuple(task.input_shape)} with {task.output_dim} outputs"
+            )
 
 
 def member_groups(
