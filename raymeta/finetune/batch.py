@@ -124,23 +124,29 @@ def batch_members(spec: Any, task: Task, budget: int = BATCH_MEMORY) -> int:
 def slice_population(
     pop: Population, lo: int, hi: int, tensors: Mapping[str, torch.Tensor] | None = None
 ) -> Population:
-    """Members ``lo .. hi - 1`` of ``pop`` as a population of their own (copies): configs,
-    seeds, state, best snapshots and evaluations, for the per-unit best and final picks.
+    """Members ``lo .. hi - 1`` of ``pop`` as a population of their own: configs, seeds,
+    state, best snapshots and evaluations (copies; the state views ``pop``'s, which
+    ``Population.train`` copies before training), for the per-unit best and final picks.
     ``tensors``: ``pop.tensors()``, when the caller slices many units out of one ``pop``."""
+    full = pop.tensors() if tensors is None else tensors
+    t = {k: v if k == "evaluations" else v[lo:hi] for k, v in full.items()}
+    # built without snapshots, which ``restore`` sets (copying them) right after
+    state = PopulationState.from_state_dict(
+        {k[6:]: v for k, v in t.items() if k.startswith("state.")}
+    )
     sub = Population(
         pop.spec,
         pop.kind,
         pop.name,
         pop.configs[lo:hi],
         pop.seeds[lo:hi],
-        pop.state.index(slice(lo, hi)),
+        state,
         horizon=pop.horizon,
-        keep_best=pop.keep_best,
+        keep_best=False,
         trainer=pop.trainer,
     )
-    full = pop.tensors() if tensors is None else tensors
-    t = {k: v if k == "evaluations" else v[lo:hi] for k, v in full.items()}
     sub.restore(t, pop.best_configs[lo:hi])
+    sub.keep_best = pop.keep_best
     return sub
 
 

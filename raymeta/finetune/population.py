@@ -261,15 +261,16 @@ class Population:
         self.last_acc = ev["accuracy"].double() if "accuracy" in ev else None
         if self.keep_best:
             better = val < self.best_val
-            if bool(better.any()):
-                for k, v in self.state.params.items():
-                    self.best_params[k][better] = v[better]
+            idx = torch.nonzero(better).flatten()
+            if idx.numel() > 0:
+                for k, v in self.state.params.items():  # (cheaper than a boolean index_put)
+                    self.best_params[k].index_copy_(0, idx, v.index_select(0, idx))
                 self.best_val = torch.where(better, val, self.best_val)
                 self.best_step = torch.where(better, self.state.step, self.best_step)
                 self.best_at = torch.where(
                     better, torch.full_like(self.best_at, self.evaluations), self.best_at
                 )
-                for i in torch.nonzero(better).flatten().tolist():
+                for i in idx.tolist():
                     self.best_configs[i] = dict(self.configs[i])
         self.evaluations += 1
         out = {"loss": loss}
