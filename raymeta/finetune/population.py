@@ -101,40 +101,52 @@ def initial_state(
         names = [k for k, _ in build_model(spec).named_parameters()]
         init = {k: meta_params[k].to(dtype) for k in names}
         return PopulationState.from_params(init, len(scratch_seeds))
-    inits = scratch_inits(spec, scratch_seeds)
-    return PopulationState.from_stacked(
-        {k: torch.stack([p[k] for p in inits]).to(dtype) for k in inits[0]}
-    )
+    stacked = scratch_stacked(spec, scratch_seeds)
+    return PopulationState.from_stacked({k: v.to(dtype) for k, v in stacked.items()})
 
 
 def scratch_inits(spec: ModelSpec, seeds: Sequence[int]) -> list[Params]:
-    """``[scratch_params(spec, s) for s in seeds]``, the same weights, without building a
-    model per seed where the model allows: building is most of the cost (a sweep's scratch
-    units start thousands of members), and re-running each module's ``reset_parameters`` in
-    ``modules()`` order, after seeding the generator, draws what a fresh build draws for most
-    models. Whether it does for ``spec`` is checked against real builds of the first two
+    """``[scratch_params(spec, s) for s in seeds]``, the same weights (``scratch_stacked``)."""
+    stacked = scratch_stacked(spec, seeds)
+    return [{k: v[i] for k, v in stacked.items()} for i in range(len(seeds))]
+
+
+def scratch_stacked(spec: ModelSpec, seeds: Sequence[int]) -> Params:
+    """``scratch_params(spec, s)`` of every seed, stacked, without building a model per seed
+    where the model allows: building is most of the cost (a sweep's scratch units start
+    thousands of members), and re-running each module's ``reset_parameters`` in ``modules()``
+    order, after seeding the generator, draws what a fresh build draws for most models. Each
+    reset is copied straight into its row (a clone per parameter and a stack cost as much as
+    the reset). Whether it does for ``spec`` is checked against real builds of the first two
     seeds; a model it does not hold for is built per seed."""
     seeds = [int(s) for s in seeds]
     if len(seeds) < 4:
-        return [scratch_params(spec, s) for s in seeds]
-    out = [scratch_params(spec, s) for s in seeds[:2]]
+        built = [scratch_params(spec, s) for s in seeds]
+        return {k: torch.stack([p[k] for p in built]) for k in built[0]}
+    first = [scratch_params(spec, s) for s in seeds[:2]]
     model = build_model(spec)
     resets: list[Callable[[], None]] = [
         f for f in (getattr(m, "reset_parameters", None) for m in model.modules()) if callable(f)
     ]
+    named = [(k, v.detach()) for k, v in model.named_parameters()]
+    out = {k: torch.empty((len(seeds), *v.shape), dtype=v.dtype) for k, v in named}
 
-    def reset(seed: int) -> Params:
+    def reset(row: int, seed: int) -> None:
         torch.default_generator.manual_seed(seed)
         with torch.no_grad():
             for f in resets:
                 f()
-        return {k: v.detach().clone() for k, v in model.named_parameters()}
+            for k, v in named:
+                out[k][row].copy_(v)
 
-    for s, want in zip(seeds[:2], out, strict=True):
-        got = reset(s)
-        if got.keys() != want.keys() or not all(torch.equal(got[k], want[k]) for k in want):
-            return out + [scratch_params(spec, s) for s in seeds[2:]]
-    return out + [reset(s) for s in seeds[2:]]
+    for i, want in enumerate(first):
+        reset(i, seeds[i])
+        if out.keys() != want.keys() or not all(torch.equal(out[k][i], want[k]) for k in want):
+            built = first + [scratch_params(spec, s) for s in seeds[2:]]
+            return {k: torch.stack([p[k] for p in built]) for k in first[0]}
+    for i, s in enumerate(seeds[2:], 2):
+        reset(i, s)
+    return out
 
 
 def exploit_worst(
