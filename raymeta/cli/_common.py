@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import importlib.util
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 from raymeta import checks
@@ -63,7 +65,12 @@ class Parser(argparse.ArgumentParser):
         text that needs a heavy import costs nothing on every other command line)."""
         if callable(self.epilog):
             self.epilog = self.epilog()
-        return super().format_help()
+        with _shown_required(self):
+            return super().format_help()
+
+    def format_usage(self) -> str:
+        with _shown_required(self):
+            return super().format_usage()
 
     def error(self, message: str) -> NoReturn:
         where = self.prog.removeprefix("raymeta").strip()
@@ -83,11 +90,84 @@ def add_command(
     p: argparse.ArgumentParser = sub.add_parser(
         name, help=help, description=description or help, formatter_class=HelpFormatter
     )
-    p.set_defaults(func=func, _parser=p)
+    p.set_defaults(func=_checked(func, p), _parser=p)
     p.add_argument(
         "--config", metavar="FILE.yaml", help="YAML mapping of option: value (flags win over it)"
     )
     return p
+
+
+# set on an option that ``defer_required`` took over from argparse's ``required=True``
+AFTER_CONFIG = "required_after_config"
+
+
+def defer_required(parser: argparse.ArgumentParser) -> None:
+    """Every ``required=True`` option of ``parser`` may come from ``--config FILE.yaml`` too.
+
+    argparse checks required options while it parses, before the file is read, so a value given
+    only in the file was refused. Such options become optional to argparse, stay marked as
+    required in ``--help`` (unbracketed in the usage line, "(required)" in their help) and are
+    checked by ``check_required`` once the file is applied, before the command does any work.
+    Call it after the parser's options are added."""
+    for act in parser._actions:  # noqa: SLF001 - argparse exposes no public accessor
+        if act.required and act.option_strings:
+            act.required = False
+            setattr(act, AFTER_CONFIG, True)
+            if act.help is not argparse.SUPPRESS and "required" not in (act.help or ""):
+                act.help = f"{act.help} (required)" if act.help else "required"
+
+
+def _deferred(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if getattr(a, AFTER_CONFIG, False)]  # noqa: SLF001
+
+
+@contextlib.contextmanager
+def _shown_required(parser: argparse.ArgumentParser) -> Iterator[None]:
+    """While help is formatted, the deferred options are required again (no brackets)."""
+    acts = _deferred(parser)
+    for act in acts:
+        act.required = True
+    try:
+        yield
+    finally:
+        for act in acts:
+            act.required = False
+
+
+def _flag(act: argparse.Action) -> str:
+    return next((o for o in act.option_strings if o.startswith("--")), act.option_strings[0])
+
+
+def check_required(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One ``ConfigError`` naming every deferred required option that neither a flag nor the
+    config file gave (run after ``apply_config`` and ``apply_renamed``)."""
+    from raymeta.errors import ConfigError
+
+    missing = [_flag(a) for a in _deferred(parser) if getattr(args, a.dest, None) is None]
+    if not missing:
+        return
+    where = parser.prog.removeprefix("raymeta").strip()
+    names = missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + " and " + missing[-1]
+    verb, them = ("is", "it") if len(missing) == 1 else ("are", "them")
+    raise ConfigError(
+        f"{where + ': ' if where else ''}{names} {verb} required "
+        f"(give {them} on the command line or in --config FILE.yaml)"
+    )
+
+
+def _checked(
+    func: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser
+) -> Callable[[argparse.Namespace], int | None]:
+    """``func`` after ``check_required``: the CLI calls a command's ``func`` once the config
+    file and deprecated aliases are applied, so this is the first point where a required
+    option's value is known wherever it came from."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int | None:
+        check_required(parser, args)
+        return func(args)
+
+    return run
 
 
 _ADDRESS = re.compile(r"^(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")

@@ -6,7 +6,9 @@ a default), and values must have the flag's type: a list or mapping where one va
 a bool where a number is, a float where an integer is (never truncated), a quoted number or a
 number for a string option are one-line errors naming the key, also for keys a flag overrides.
 Values go through the flag's own ``type=`` check, so a config file accepts what the command line
-accepts.
+accepts (and, for ``--feature-columns``, a YAML list of names as well as ``A,B,C``). Required
+options are checked after the file is applied (``cli._common.defer_required``), so a required
+value may come from the file alone.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from raymeta.bounded_yaml import load_yaml_mapping
 from raymeta.checks import show_value
+from raymeta.cli._common import column_names
 from raymeta.errors import ConfigError
 
 # argparse bookkeeping that set_defaults puts on the namespace: never settable from a file
@@ -57,6 +60,14 @@ def _coerce(act: argparse.Action, key: str, value: Any, where: str) -> Any:
         if act.default is not None:
             raise ConfigError(f"{bad} needs a value (leave it out for the default)")
         return None
+    takes_names = act.type is column_names  # --feature-columns: A,B,C or a YAML list
+    if takes_names and isinstance(value, list):
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{bad} must be a list of column names, got {show_value(value)}")
+        try:
+            return column_names(value)
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"{bad}: {exc}") from None
     if isinstance(value, (dict, list, tuple, set)):
         raise ConfigError(f"{bad} takes one value, got {show_value(value)}")
     if act.nargs not in (None, argparse.OPTIONAL):

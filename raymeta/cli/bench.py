@@ -13,7 +13,7 @@ import importlib
 from typing import Any
 
 from raymeta.bench.args import check_json_out
-from raymeta.cli._common import HelpFormatter, Parser
+from raymeta.cli._common import HelpFormatter, Parser, check_required, defer_required
 from raymeta.cli._config import apply_config
 from raymeta.errors import ConfigError
 from raymeta.options import apply_renamed
@@ -67,6 +67,7 @@ def bench_parser(what: str) -> Parser:
         "--config", metavar="FILE.yaml", help="YAML mapping of option: value (flags win over it)"
     )
     mod.add_arguments(bp)
+    defer_required(bp)  # a benchmark's required=True options may come from --config too
     bp.set_defaults(func=mod.run)
     return bp
 
@@ -80,5 +81,6 @@ def _run(args: argparse.Namespace) -> int:
     rest = list(args.rest)
     bargs = apply_config(bp, bp.parse_args(rest), rest)
     apply_renamed(bp, bargs)
+    check_required(bp, bargs)
     check_json_out(bp, bargs)
     return int(bargs.func(bargs) or 0)

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from raymeta.cli._common import add_command, column_names, float_arg, path_arg
+from raymeta.cli._common import add_command, column_names, defer_required, float_arg, path_arg
 from raymeta.errors import ConfigError
 from raymeta.options import add_renamed
 from raymeta.paths import check_apart, check_output_target, output_arg, writing
@@ -142,6 +142,7 @@ def add_parser(sub: Any) -> None:
         help="share of each task's rows for test without --split-column",
     )
     c.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    defer_required(c)  # --input, --out, --feature-columns, --target-column may come from --config
     m = add_command(
         inner,
         "make-sinusoid",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from raymeta.cli._common import add_command, column_names, int_arg, path_arg
+from raymeta.cli._common import add_command, column_names, defer_required, int_arg, path_arg
 from raymeta.paths import output_arg
 
 DESCRIPTION = """\
@@ -58,6 +58,7 @@ def add_parser(sub: Any) -> None:
         "--batch-rows", type=int_arg(1, 1 << 24), default=8192, help="rows per inference batch"
     )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model runs")
+    defer_required(p)  # --run, --input, --out may come from --config
 
 
 def _run(args: argparse.Namespace) -> int:

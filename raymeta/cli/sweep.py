@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from raymeta.cli._common import add_command
+from raymeta.cli._common import add_command, defer_required
 from raymeta.errors import ConfigError
 from raymeta.paths import check_output_dir, output_arg
 
@@ -43,6 +43,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--quiet", action="store_true", help="no progress output (the progress line goes to stderr)"
     )
+    defer_required(p)  # --out may come from --config
 
 
 def _run(args: argparse.Namespace) -> int:
