@@ -257,3 +257,51 @@ def test_no_option_is_left_to_argparse_and_help_shows_the_required_ones() -> Non
             line = " ".join(text.split(f"  {flag} ", 1)[1].split("\n  -", 1)[0].split())
             assert line.endswith("(required)"), (prog, flag, line)
         assert not any(p._option_string_actions[f].required for f in flags)  # reset after help
+
+
+# ---------------------------------------------------------------- report: malformed sweep folders
+
+
+@pytest.fixture()
+def results(tmp_path: Path) -> Path:
+    from raymeta.results import ResultSink
+    from raymeta.results.synthetic import synthetic_rows
+
+    res = tmp_path / "results"
+    ResultSink(res, "demo").append(synthetic_rows(sweep="demo", tasks=("a",), seeds=(0,)), "all")
+    return res
+
+
+@pytest.mark.parametrize(
+    ("folder", "what"), [("sweep=", "an empty sweep name"), ("sweep=a b", "the sweep name 'a b'")]
+)
+def test_report_refuses_a_sweep_folder_with_a_bad_name(
+    results: Path, folder: str, what: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``sweep=`` was read as a sweep named '' (a ``/strategy`` row group no --sweep could
+    select); refused in one line like the dataset's other malformed contents (an unreadable
+    part, a foreign schema version), whether or not it holds parts."""
+    import shutil
+
+    from raymeta.errors import DataError
+    from raymeta.results import list_sweeps
+
+    assert _cli(["report", str(results)], capsys)[0] == 0
+    bad = results / folder
+    shutil.copytree(results / "sweep=demo", bad)
+    want = (
+        f"raymeta: error: results dataset {results}: folder {folder!r} has {what}; a sweep "
+        "folder is sweep=NAME, NAME 1-128 letters, digits, '_', '.', '+', '-' starting with a "
+        "letter or digit (rename or remove the folder)"
+    )
+    for paths in ([results], [results / "sweep=demo"], [bad], [results.parent]):
+        assert _cli(["report", *map(str, paths)], capsys) == (2, [want]), paths
+    assert _cli(["report", str(results), "--sweep", "demo"], capsys) == (2, [want])
+    for p in bad.iterdir():
+        p.unlink()
+    assert _cli(["report", str(results)], capsys) == (2, [want])  # empty: refused all the same
+    with pytest.raises(DataError, match="rename or remove the folder"):
+        list_sweeps(results)
+    bad.rmdir()
+    assert list_sweeps(results) == ["demo"]
+    assert _cli(["report", str(results)], capsys)[0] == 0

@@ -27,9 +27,28 @@ from raymeta.results.sink import READABLE_VERSIONS, check_sweep_name, read_schem
 
 
 def list_sweeps(root: str | Path) -> list[str]:
+    """The sweeps of the dataset at ``root``: its ``sweep=NAME`` folders. A folder whose NAME
+    the sink could never have written (``sweep=`` with an empty name, a name with spaces...)
+    is a ``DataError``, as an unreadable part is: reading it as a sweep ``''`` would report
+    rows no ``--sweep`` can select."""
     root = Path(root)
     read_schema_file(root)
-    return sorted(p.name.split("=", 1)[1] for p in root.glob("sweep=*") if p.is_dir())
+    names = []
+    for p in sorted(root.glob("sweep=*")):
+        if not p.is_dir():
+            continue
+        name = p.name.split("=", 1)[1]
+        try:
+            check_sweep_name(name)
+        except ConfigError:
+            what = "an empty sweep name" if not name else f"the sweep name {name!r}"
+            raise DataError(
+                f"results dataset {root}: folder {p.name!r} has {what}; a sweep folder is "
+                "sweep=NAME, NAME 1-128 letters, digits, '_', '.', '+', '-' starting with a "
+                "letter or digit (rename or remove the folder)"
+            ) from None
+        names.append(name)
+    return sorted(names)
 
 
 def dataset_versions(root: str | Path) -> list[dict[str, Any]]:
