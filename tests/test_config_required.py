@@ -305,3 +305,75 @@ def test_report_refuses_a_sweep_folder_with_a_bad_name(
     bad.rmdir()
     assert list_sweeps(results) == ["demo"]
     assert _cli(["report", str(results)], capsys)[0] == 0
+
+
+# ---------------------------------------------------------------- a file lacking a named column
+
+
+@pytest.fixture()
+def parts(tmp_path: Path) -> Path:
+    """A directory input of two files; the second lacks column b."""
+    d = tmp_path / "parts"
+    d.mkdir()
+    t = _plain_table()
+    pq.write_table(t, d / "part-0.parquet")
+    pq.write_table(t.drop_columns(["b"]), d / "part-1.parquet")
+    return d
+
+
+def test_convert_names_the_file_missing_a_feature_or_target_column(
+    tmp_path: Path, parts: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: "feature column 'b' has null values" (pyarrow reads the missing column as nulls)."""
+    out = tmp_path / "o.parquet"
+    argv = ["data", "convert", "--input", str(parts), "--out", str(out), "--target-column", "y"]
+    assert _cli([*argv, "--feature-columns", "a,b,c"], capsys) == (
+        2,
+        [
+            f"raymeta: error: {parts}: file {parts / 'part-1.parquet'} has no feature column 'b' "
+            "(the file has a, c, y)"
+        ],
+    )
+    assert not out.exists()
+    pq.write_table(_plain_table().drop_columns(["y"]), parts / "part-1.parquet")
+    assert _cli([*argv, "--feature-columns", "a,b,c"], capsys) == (
+        2,
+        [
+            f"raymeta: error: {parts}: file {parts / 'part-1.parquet'} has no target column 'y' "
+            "(the file has a, b, c)"
+        ],
+    )
+    pq.write_table(_plain_table(seed=1), parts / "part-1.parquet")  # both complete: converts
+    assert _cli([*argv, "--feature-columns", "a,b,c"], capsys)[0] == 0
+    assert pq.read_metadata(out).num_rows == 80
+
+
+def test_predict_names_the_file_missing_a_feature_column(
+    tmp_path: Path, run_dir: Path, parts: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "p.parquet"
+    argv = ["predict", "--run", str(run_dir), "--input", str(parts), "--out", str(out)]
+    assert _cli([*argv, "--feature-columns", "a,b,c"], capsys) == (
+        2,
+        [
+            f"raymeta: error: {parts}: file {parts / 'part-1.parquet'} has no feature column 'b' "
+            "(the file has a, c, y)"
+        ],
+    )
+    assert not out.exists()
+    # the task schema's features column, missing from one file of a directory
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    x = np.zeros((4, 3), np.float32)
+    col = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 3)
+    pq.write_table(pa.table({"features": col, "id": np.arange(4)}), feats / "a.parquet")
+    pq.write_table(pa.table({"id": np.arange(4)}), feats / "b.parquet")
+    argv = ["predict", "--run", str(run_dir), "--input", str(feats), "--out", str(out)]
+    assert _cli(argv, capsys) == (
+        2,
+        [
+            f"raymeta: error: {feats}: file {feats / 'b.parquet'} has no feature column "
+            "'features' (the file has id)"
+        ],
+    )
+    assert not out.exists()

@@ -527,6 +527,28 @@ def _open_dataset(path: str | os.PathLike[str], what: str) -> Any:
     return dataset
 
 
+def _check_files(dataset: Any, columns: dict[str, str], where: str) -> None:
+    """Every file of a directory input has every named column (``columns``: name -> its role,
+    for the message). pyarrow takes a directory's
+    schema from one file and reads a column that another file lacks as nulls, so without this
+    a file missing a feature column was reported as the column "has null values"."""
+    if len(dataset.files) < 2:
+        return
+    try:
+        for frag in dataset.get_fragments():
+            names = frag.physical_schema.names
+            for c, role in columns.items():
+                if c not in names:
+                    raise DataError(
+                        f"{where}: file {frag.path} has no {role} column {c!r} "
+                        f"(the file has {', '.join(names[:50])})"
+                    )
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(
+            f"{where}: not a readable Parquet file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from None
+
+
 def _check_columns(
     schema: pa.Schema, columns: Sequence[str], where: str, what: str = "feature"
 ) -> None:
@@ -664,6 +686,8 @@ def convert_table(
             raise DataError(
                 f"{where}: no {role} column {col!r} (the table has {', '.join(schema.names[:50])})"
             )
+    roles = {c: r.replace("_", "-") for r, c in keys.items() if c is not None}
+    _check_files(dataset, {**dict.fromkeys(feats, "feature"), **roles}, where)
     width = len(feats)
     check_width(width, where)
     decl = None if shape is None else check_shape(parse_shape(shape, "convert"), width, "convert")
@@ -916,6 +940,8 @@ class FeatureReader:
             if self.shape is not None and self.width is not None:
                 check_shape(self.shape, self.width, self.path)
             drop = {"features"}
+        needed = self.feature_columns or ["features"]
+        _check_files(self.dataset, dict.fromkeys(needed, "feature"), self.path)
         self.passthrough = [n for n in schema.names if n not in drop]
         for c in STRING_COLUMNS:
             if c in schema.names and not _is_str(schema.field(c).type):
