@@ -32,7 +32,7 @@ from torch.func import functional_call, grad, grad_and_value, vmap
 
 from raymeta.core.conv_batched import foldable, folded_meta_grad, has_conv
 from raymeta.core.losses import accuracy, loss_fn
-from raymeta.core.models import head_keys
+from raymeta.core.models import builtin_activations, head_keys
 from raymeta.errors import ConfigError
 from raymeta.tasks.base import TaskBatch
 
@@ -46,6 +46,13 @@ Reduction = Literal["mean", "sum"]
 ConvPath = Literal["auto", "vmap", "folded"]
 CONV_PATHS = ("auto", "vmap", "folded")
 FOLDABLE_ALGOS = ("maml", "fomaml", "metasgd", "anil")
+# The activations one folded chunk may hold on the CPU when no chunk size is given. Why: on
+# one or two cores the folded path runs no faster with 32 tasks per chunk than with 2-8 (it is
+# not parallel there; issue 17 sixth pass, BENCHMARKS.md), while its memory grows with every
+# task: Conv4 at 28x28 and 75 rows per task holds ~70 MB of activations per task, 2.4 GB of
+# peak for a meta-batch of 32. Chunks of this size keep the peak near a looped reference's and
+# every buffer small enough for the allocator to reuse. On a GPU all tasks stay in one chunk.
+CPU_FOLDED_CHUNK_BYTES = 256 << 20
 
 
 def check_algorithm(algo: str) -> str:
@@ -216,9 +223,21 @@ class MetaEngine:
                 total = total + w * self.loss(functional_call(self.model, fast, (xq,)), yq)
         return total
 
-    def _chunks(self, n: int) -> list[tuple[int, int]]:
-        size = self.chunk_size or n
+    def _chunks(self, n: int, default: int | None = None) -> list[tuple[int, int]]:
+        size = self.chunk_size or default or n
         return [(s, min(s + size, n)) for s in range(0, n, max(size, 1))]
+
+    def folded_chunk_size(self, batch: TaskBatch) -> int:
+        """Tasks per folded chunk: the user's ``chunk_size``, else on the CPU as many tasks as
+        keep a chunk's activations within ``CPU_FOLDED_CHUNK_BYTES`` (rows of the query pass
+        and of each inner step, times the model's activation values per row), else all."""
+        n = batch.n_tasks
+        if self.chunk_size or batch.xs.device.type != "cpu" or n == 0:
+            return self.chunk_size or max(n, 1)
+        rows = batch.xq.shape[1] + batch.xs.shape[1] * max(1, self.inner.steps)
+        per_task = rows * builtin_activations(self.model, batch.xs.shape[2:])
+        per_task *= batch.xs.element_size()
+        return max(1, min(n, CPU_FOLDED_CHUNK_BYTES // max(per_task, 1)))
 
     # ----------------------------------------------------------------- outer loop
     def meta_grad(
@@ -306,7 +325,7 @@ class MetaEngine:
         """Summed loss and meta-gradient with the tasks of each chunk folded into channels."""
         loss_sum = batch.xq.new_zeros((), dtype=batch.xs.dtype)
         grads: Params = {}
-        for s, e in self._chunks(batch.n_tasks):
+        for s, e in self._chunks(batch.n_tasks, self.folded_chunk_size(batch)):
             b = batch.slice(s, e)
             lv, g = folded_meta_grad(
                 self.model,

@@ -210,10 +210,14 @@ def footprint(spec: ModelSpec) -> tuple[int, int]:
 
 
 def _builtin_activations(model: nn.Module, spec: ModelSpec) -> int:
+    return builtin_activations(model, spec.input_shape)
+
+
+def builtin_activations(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Values per example that a built-in model's leaf modules output (what ``_count``'s hooks
     would sum), from the layer types alone; ``tests/test_models_footprint.py`` checks it
-    against a real forward."""
-    shape = tuple(int(d) for d in spec.input_shape)
+    against a real forward. Also sizes the engine's folded chunks on the CPU."""
+    shape = tuple(int(d) for d in input_shape)
     total = 0
     for m in model.modules():
         if list(m.children()):
