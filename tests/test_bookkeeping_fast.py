@@ -373,3 +373,64 @@ def test_packed_hparams_patch_equals_a_rebuild() -> None:
     assert got.values.keys() == want.values.keys()
     assert all(torch.equal(got[k], want[k]) for k in want.values)
     assert torch.equal(got.seed, want.seed)
+
+
+def test_categorical_draws_equal_index_from_uniform() -> None:
+    """``Prior.value_from_uniforms`` bisects cached cumulative sums where it called
+    ``CategoricalDist.index_from_uniform`` (``np.cumsum`` + ``searchsorted``) per draw."""
+    r = np.random.default_rng(0)
+    for probs in [(1.0,), (0.5, 0.5), (0.2, 0.0, 0.8), (0.0, 1.0, 0.0), (1, 0), (0.1,) * 10]:
+        p = Categorical("c", tuple(range(len(probs))))
+        d = CategoricalDist(probs)
+        pr = Prior(SearchSpace([p]), {"c": d})
+        cum = np.cumsum(probs)
+        edges = [0.0, 1.0 - 2.0**-53, *(cum / cum[-1]).tolist()]
+        for a in edges + r.random(2000).tolist():
+            assert pr.value_from_uniforms("c", a, 0.5) == p.choices[d.index_from_uniform(a)]
+    for pr in priors():  # and whole samples, conditional and joint priors included
+        for seed in range(3):
+            want = old_sample(pr, 200, np.random.default_rng(seed))
+            got = pr.sample(200, np.random.default_rng(seed))
+            assert all(same(g, w) for g, w in zip(got, want, strict=True))
+
+
+def old_value_from_uniforms(
+    prior: Prior, name: str, a: float, b: float, given: Mapping[str, Any] | None = None
+) -> Any:
+    p, d = prior.space[name], prior.dist(name, given)
+    if isinstance(p, Categorical):
+        assert isinstance(d, CategoricalDist)
+        return p.choices[d.index_from_uniform(a)]
+    assert isinstance(d, NumericDist)
+    return p.from_unit(d.unit_from_uniforms(a, b))
+
+
+def old_sample(prior: Prior, n: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """``Prior.sample`` as it was."""
+    names = prior.space.names()
+    u = rng.random((n, len(names), 2))
+    jt = prior.joint
+    v = rng.random((n, 2 + len(names))) if jt is not None else None
+    out = []
+    for i in range(n):
+        if v is not None and jt is not None and v[i, 0] < jt.weight:
+            centre = jt.centres[jt.centre_index(float(v[i, 1]))]
+            row: dict[str, Any] = {}
+            for j, p in enumerate(prior.space):
+                if isinstance(p, Categorical):
+                    keep = v[i, 2 + j] < jt.keep
+                    row[p.name] = (
+                        centre[p.name]
+                        if keep
+                        else old_value_from_uniforms(prior, p.name, u[i, j, 0], u[i, j, 1])
+                    )
+                else:
+                    cu = p.to_unit(float(centre[p.name]))
+                    row[p.name] = p.from_unit(jt.unit_from_uniform(cu, float(u[i, j, 1])))
+            out.append(row)
+            continue
+        c: dict[str, Any] = {}
+        for j in prior.perturb_order():
+            c[names[j]] = old_value_from_uniforms(prior, names[j], u[i, j, 0], u[i, j, 1], c)
+        out.append({nm: c[nm] for nm in names})
+    return out

@@ -31,7 +31,9 @@ factorised marginals for per-parameter consumers. With a joint component each sa
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -171,10 +173,21 @@ class Prior:
         holds already-drawn values (the conditional parent's selects a sub-prior)."""
         p, d = self.space[name], self.dist(name, given)
         if isinstance(p, Categorical):
-            assert isinstance(d, CategoricalDist)
-            return p.choices[d.index_from_uniform(a)]
+            cum = self.cumulative[name]  # ``d.index_from_uniform(a)``, a twentieth of its cost
+            return p.choices[min(bisect.bisect_right(cum, a * cum[-1]), len(cum) - 1)]
         assert isinstance(d, NumericDist)
         return p.from_unit(d.unit_from_uniforms(a, b))
+
+    @functools.cached_property
+    def cumulative(self) -> dict[str, list[float]]:
+        """Each categorical parameter's cumulative probabilities: the sequential sums
+        ``np.cumsum`` gives ``dists.index_from_uniform`` on every draw (sampling a scratch unit's
+        members draws thousands), computed once (categorical priors are never conditional)."""
+        return {
+            n: list(itertools.accumulate(d.probs))
+            for n, d in self.dists.items()
+            if isinstance(d, CategoricalDist)
+        }
 
     def perturb_order(self) -> list[int]:
         """Space indices with the conditional parent first (randomness stays in space order)."""
