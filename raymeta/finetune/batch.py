@@ -254,7 +254,7 @@ def _run_packed(
     for s_i, evs in enumerate(zip(*runs, strict=True)):
         by_model = dict(zip(layout, evs, strict=True))
         logs: dict[str, list[tuple[int, int]]] = {}
-        events: dict[tuple[int, str], list[dict[str, Any]]] = {}  # (unit, model) ->
+        events: dict[tuple[int, str], list[dict[str, Any]]] = {}  # (unit, model) -> events
         if s_i < len(stops) - 1 and exploiting:
             found = exploit_groups(pops, exploiting, rngs, explorers, SWEEP_RULE, logs)
             events = {(g.unit, g.name): e for g, e in zip(exploiting, found, strict=True)}
