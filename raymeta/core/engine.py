@@ -46,13 +46,15 @@ Reduction = Literal["mean", "sum"]
 ConvPath = Literal["auto", "vmap", "folded"]
 CONV_PATHS = ("auto", "vmap", "folded")
 FOLDABLE_ALGOS = ("maml", "fomaml", "metasgd", "anil")
-# The activations one folded chunk may hold on the CPU when no chunk size is given. Why: on
-# one or two cores the folded path runs no faster with 32 tasks per chunk than with 2-8 (it is
-# not parallel there; issue 17 sixth pass, BENCHMARKS.md), while its memory grows with every
-# task: Conv4 at 28x28 and 75 rows per task holds ~70 MB of activations per task, 2.4 GB of
-# peak for a meta-batch of 32. Chunks of this size keep the peak near a looped reference's and
-# every buffer small enough for the allocator to reuse. On a GPU all tasks stay in one chunk.
-CPU_FOLDED_CHUNK_BYTES = 256 << 20
+# The activations one chunk of tasks may hold on the CPU when no chunk size is given (folded
+# meta-gradients and evaluations of the built-in models). Why: on one or two cores the folded
+# path runs no faster with 32 tasks per chunk than with 2-8 (it is not parallel there; issue 17
+# sixth pass, BENCHMARKS.md), while its memory grows with every task: Conv4 at 28x28 with 80
+# rows per task holds ~70 MB of activations per task, so a meta-batch of 32 peaked at 2.4 GB
+# and a 100-task meta-validation at 3.5 GB. Chunks of this size keep the peak near a looped
+# reference's and each buffer small enough for the allocator to reuse. On a GPU all tasks stay
+# in one chunk.
+CPU_CHUNK_BYTES = 256 << 20
 
 
 def check_algorithm(algo: str) -> str:
@@ -113,7 +115,8 @@ class MetaEngine:
             )
         self.inner = inner
         self.chunk_size = chunk_size
-        self.foldable = algo in FOLDABLE_ALGOS and foldable(model)
+        self.builtin = foldable(model)  # a models.Conv4 / MLP shape: sized by layer walk
+        self.foldable = algo in FOLDABLE_ALGOS and self.builtin
         self.has_conv = has_conv(model)
         folds = conv_path == "folded" or (inner.checkpoint and algo in FOLDABLE_ALGOS)
         if folds and not self.foldable:
@@ -227,17 +230,18 @@ class MetaEngine:
         size = self.chunk_size or default or n
         return [(s, min(s + size, n)) for s in range(0, n, max(size, 1))]
 
-    def folded_chunk_size(self, batch: TaskBatch) -> int:
-        """Tasks per folded chunk: the user's ``chunk_size``, else on the CPU as many tasks as
-        keep a chunk's activations within ``CPU_FOLDED_CHUNK_BYTES`` (rows of the query pass
-        and of each inner step, times the model's activation values per row), else all."""
+    def cpu_chunk_size(self, batch: TaskBatch) -> int:
+        """Tasks per chunk of a folded meta-gradient or an evaluation: the user's
+        ``chunk_size``; else, for a built-in model on the CPU, as many tasks as keep a chunk's
+        activations within ``CPU_CHUNK_BYTES`` (rows of the query pass and of each inner step,
+        times the model's activation values per row); else all."""
         n = batch.n_tasks
-        if self.chunk_size or batch.xs.device.type != "cpu" or n == 0:
+        if self.chunk_size or batch.xs.device.type != "cpu" or n == 0 or not self.builtin:
             return self.chunk_size or max(n, 1)
         rows = batch.xq.shape[1] + batch.xs.shape[1] * max(1, self.inner.steps)
         per_task = rows * builtin_activations(self.model, batch.xs.shape[2:])
         per_task *= batch.xs.element_size()
-        return max(1, min(n, CPU_FOLDED_CHUNK_BYTES // max(per_task, 1)))
+        return max(1, min(n, CPU_CHUNK_BYTES // max(per_task, 1)))
 
     # ----------------------------------------------------------------- outer loop
     def meta_grad(
@@ -325,7 +329,7 @@ class MetaEngine:
         """Summed loss and meta-gradient with the tasks of each chunk folded into channels."""
         loss_sum = batch.xq.new_zeros((), dtype=batch.xs.dtype)
         grads: Params = {}
-        for s, e in self._chunks(batch.n_tasks, self.folded_chunk_size(batch)):
+        for s, e in self._chunks(batch.n_tasks, self.cpu_chunk_size(batch)):
             b = batch.slice(s, e)
             lv, g = folded_meta_grad(
                 self.model,
@@ -393,7 +397,7 @@ class MetaEngine:
         run = vmap(one, in_dims=(None, 0, 0, 0, 0))
         losses, accs = [], []
         detached = {k: v.detach() for k, v in params.items()}
-        for s, e in self._chunks(batch.n_tasks):
+        for s, e in self._chunks(batch.n_tasks, self.cpu_chunk_size(batch)):
             b = batch.slice(s, e)
             lo, ac = run(detached, b.xs, b.ys, b.xq, b.yq)
             losses.append(lo.detach())
