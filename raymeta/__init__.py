@@ -24,6 +24,7 @@ from raymeta._version import __version__
 from raymeta.lazy import lazy_attributes
 
 if TYPE_CHECKING:
+    from raymeta.allocator import retain_freed_memory
     from raymeta.core.candidates import CandidateConfig
     from raymeta.core.checkpoint import (
         MetaCheckpoint,
@@ -103,6 +104,8 @@ _API: dict[str, str] = {
     "read_results": "raymeta.results.reader",
     "report": "raymeta.results.reporting",
     "Report": "raymeta.results.reporting",
+    # a process that runs large CPU steps: keep freed memory (what the CLI does)
+    "retain_freed_memory": "raymeta.allocator",
 }
 
 __all__ = [
@@ -144,6 +147,7 @@ __all__ = [
     "read_results",
     "report",
     "Report",
+    "retain_freed_memory",
 ]
 
 
