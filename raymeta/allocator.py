@@ -70,3 +70,9 @@ def retain_freed_memory() -> bool:
     # trim off: the heap's free top is kept instead of being returned after each large step
     _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM))
     return _applied
+
+
+def in_force() -> bool:
+    """Whether :func:`retain_freed_memory` is in force in this process (a benchmark's spawned
+    children copy the parent's setting, so their peak memory is what the parent would see)."""
+    return _applied

@@ -22,8 +22,9 @@ _CHILD = textwrap.dedent(
     """
     import json, resource, sys
     import torch
-    from raymeta.allocator import retain_freed_memory
+    from raymeta.allocator import in_force, retain_freed_memory
     kept = retain_freed_memory() if sys.argv[1] == "keep" else False
+    assert in_force() is kept
     def rounds(n):
         for _ in range(n):
             t = torch.ones(16 << 20)  # 64 MB, every page written

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from raymeta import allocator
 from raymeta.bench.args import MAX_THREADS, add_json_out
 from raymeta.core.engine import InnerConfig, MetaEngine
 from raymeta.core.models import ModelSpec, build_model
@@ -254,8 +255,10 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def _peak_child(w: Workload, meta_batch: int, impl: str, threads: int) -> float:
+def _peak_child(w: Workload, meta_batch: int, impl: str, threads: int, kept: bool = False) -> float:
     torch.set_num_threads(threads)
+    if kept:  # the parent keeps freed memory (raymeta.allocator): so does what it measures
+        allocator.retain_freed_memory()
     fn = _impls(w, meta_batch, _peers())[impl]
     before = _rss_mb()
     fn()
@@ -269,7 +272,8 @@ def peak_memory(w: Workload, meta_batch: int, impls: list[str]) -> dict[str, flo
     out = {}
     with ctx.Pool(1, maxtasksperchild=1) as pool:
         for impl in impls:
-            out[impl] = pool.apply(_peak_child, (w, meta_batch, impl, torch.get_num_threads()))
+            args = (w, meta_batch, impl, torch.get_num_threads(), allocator.in_force())
+            out[impl] = pool.apply(_peak_child, args)
     return out
 
 
