@@ -60,17 +60,24 @@ def test_user_chunk_size_wins_and_small_models_stay_in_one_chunk() -> None:
     assert ckpt.cpu_chunk_size(sin) == 32
 
 
+def _two_task_budget(monkeypatch: pytest.MonkeyPatch) -> tuple[torch.nn.Module, TaskBatch]:
+    """A small float64 Conv4, 5 episodes (3-way, 2 shots, 3 queries: 9 + 6 x 2 inner steps
+    rows per task) and a CPU chunk budget that fits two of its tasks."""
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("conv4", (1, 10, 10), 3, {"hidden": 6})).double()
+    batch = _episodes(5, 2, 3, (1, 10, 10), 3)
+    per_task = (9 + 6 * 2) * builtin_activations(model, (1, 10, 10)) * 8
+    monkeypatch.setattr(engine_mod, "CPU_CHUNK_BYTES", 2 * per_task + 1)
+    return model, batch
+
+
 @pytest.mark.parametrize("algo", ["maml", "metasgd", "anil"])
 def test_default_chunks_give_the_looped_meta_gradient(
     algo: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A budget that fits two tasks of this small Conv4: 5 tasks run as chunks 2 + 2 + 1, and
     the summed meta-gradient equals the per-task loop and the one-chunk folded run."""
-    torch.manual_seed(0)
-    model = build_model(ModelSpec("conv4", (1, 10, 10), 3, {"hidden": 6})).double()
-    batch = _episodes(5, 2, 3, (1, 10, 10), 3)
-    per_task = (9 + 6 * 2) * builtin_activations(model, (1, 10, 10)) * 8
-    monkeypatch.setattr(engine_mod, "CPU_CHUNK_BYTES", 2 * per_task + 1)
+    model, batch = _two_task_budget(monkeypatch)
     engine = MetaEngine(model, "classification", algo, InnerConfig(2, 0.1))
     assert engine.uses_folded(batch.xs.device) and engine.cpu_chunk_size(batch) == 2
     params = engine.init_params()
@@ -90,11 +97,7 @@ def test_default_chunks_give_the_same_evaluation(
     """Meta-validation is chunked on the CPU the same way (it peaked at 3.5 GB for 100 Conv4
     tasks in one vmapped call): per-episode scores equal the one-chunk run, for every
     algorithm's engine (Reptile's too: it evaluates through the same vmapped loop)."""
-    torch.manual_seed(0)
-    model = build_model(ModelSpec("conv4", (1, 10, 10), 3, {"hidden": 6})).double()
-    batch = _episodes(5, 2, 3, (1, 10, 10), 3)
-    per_task = (9 + 6 * 2) * builtin_activations(model, (1, 10, 10)) * 8
-    monkeypatch.setattr(engine_mod, "CPU_CHUNK_BYTES", 2 * per_task + 1)
+    model, batch = _two_task_budget(monkeypatch)
     engine = MetaEngine(model, "classification", algo, InnerConfig(2, 0.1))
     assert engine.cpu_chunk_size(batch) == 2
     params = engine.init_params()
