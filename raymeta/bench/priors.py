@@ -221,6 +221,30 @@ def check_sizes(args: argparse.Namespace) -> None:
         )
 
 
+def check_families(families: list[str], args: argparse.Namespace) -> None:
+    """Every family's meta-training config and priors fit built before the first family runs:
+    an unknown second ``--family``, or ``--tasks`` x ``--configs`` past a fit's limit, was
+    refused only after a family's meta-training (and, for the second family, its whole
+    benchmark) had run."""
+    from raymeta.core.train import MetaTrainConfig
+    from raymeta.finetune.fit import PriorFitConfig
+
+    for fam in families:
+        if not args.meta:
+            MetaTrainConfig(
+                family=fam,
+                steps=_setting(fam, args, "meta_steps"),
+                val_tasks=20,
+                seed=args.seed,
+                **PRESETS.get(fam, DEFAULT_PRESET)["train"],
+            ).validate()
+        PriorFitConfig(
+            n_tasks=_setting(fam, args, "tasks"),
+            n_configs=_setting(fam, args, "configs"),
+            seed=args.seed,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from raymeta.errors import ConfigError
 
@@ -237,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
                 f"--meta {args.meta} was meta-trained on family {trained_on!r}, not --family "
                 f"{families[0]!r} (give --family {trained_on})"
             )
+    check_families(families, args)
     rows = []
     for fam in families:
         row = bench_family(fam, args)
