@@ -20,8 +20,10 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from raymeta import checks
 from raymeta.options import add_renamed, int_arg
 
+PACKING_MEMBERS = 64  # (a)'s population: 4 trials x 16 members, or 64 x 1
 HELP = "tune: packed vs one-member trials, and time to quality of warm-started PBT"
 
 
@@ -51,7 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_renamed(p, "--steps", "--steps-per-member", type=int_arg(1))
     p.add_argument(
         "--packing-steps",
-        type=int_arg(0),
+        # (a)'s budget is 64 members x these steps: bounded so it fits a tune budget (an int64),
+        # which was refused only after the default checkpoint was meta-trained
+        type=int_arg(0, checks.MAX_INT // PACKING_MEMBERS),
         default=1000,
         help="steps per member for (a); 0 skips (a)",
     )
@@ -129,7 +133,7 @@ def packing(meta: Path, family: str, steps: int, work: Path) -> dict[str, float]
             trials=p,
             members_per_trial=m,
             strategy="meta+broad+random",
-            budget=64 * steps,
+            budget=PACKING_MEMBERS * steps,
             out=work / f"pack-{p}x{m}",
             interval=max(1, steps // 4),
         )
