@@ -25,6 +25,9 @@ from raymeta.tasks import TaskBatch, TaskFamily
 HELP = "MAML sinusoid: held-out MSE after fine-tuning from the meta-init vs a random init"
 EVAL_STEPS = (1, 5, 10)
 TARGET_MSE, TARGET_RATIO = 0.6, 5.0
+# held-out tasks, built as one batch before meta-training: a size past this was an endless
+# (and ever larger) task list instead of a refusal
+MAX_TEST_TASKS = 10_000
 
 
 def held_out_batch(family: TaskFamily, n: int, dtype: torch.dtype) -> TaskBatch:
@@ -44,8 +47,13 @@ def scores(tr: MetaTrainer, batch: TaskBatch) -> dict[int, float]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int_arg(1), default=2000, help="meta-training steps")
-    p.add_argument("--test-tasks", type=int_arg(1), default=500, help="held-out meta-test tasks")
-    add_renamed(p, "--eval-tasks", "--test-tasks", type=int_arg(1))
+    p.add_argument(
+        "--test-tasks",
+        type=int_arg(1, MAX_TEST_TASKS),
+        default=500,
+        help="held-out meta-test tasks",
+    )
+    add_renamed(p, "--eval-tasks", "--test-tasks", type=int_arg(1, MAX_TEST_TASKS))
     p.add_argument(
         "--inner-steps",
         type=int_arg(0, 100_000),
