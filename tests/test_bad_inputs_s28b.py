@@ -125,3 +125,29 @@ def test_bench_tune_packing_steps_limit_is_a_valid_budget() -> None:
         interval=max(1, top // 4),
     )
     assert req.total_budget == PACKING_MEMBERS * top
+
+
+# ------------------ bench meta-train: the largest --workers against the cluster before timing
+def test_bench_meta_train_workers_past_the_cluster(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: the in-process timing and every smaller worker count ran first; the refusal came
+    from the too-large count's own Ray Train run. Ray is not started here: the cluster is
+    one of 2 CPUs (``ray.cluster_resources``), the real ``check_resources`` refuses."""
+    import contextlib
+
+    import ray
+
+    import raymeta.bench.meta_train
+    import raymeta.orchestration.ray_runtime
+
+    monkeypatch.setattr(
+        raymeta.orchestration.ray_runtime, "ray_context", lambda *a, **k: contextlib.nullcontext()
+    )
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(raymeta.bench.meta_train, "in_process_rate", _no_work)
+    monkeypatch.setattr(raymeta.bench.meta_train, "ray_rate", _no_work)
+    argv = ["bench", "meta-train", "--workers", "1", "2", "--threads", "2"]
+    line = run_bad(argv, tmp_path, capsys)
+    assert "--workers 2 with --threads 2 CPUs each needs 4 CPUs" in line, line
+    assert "has 2" in line, line

@@ -146,7 +146,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raymeta.orchestration.ray_runtime import ray_context
+    from raymeta.orchestration.ray_runtime import check_resources, ray_context
 
     check_args(args)
 
@@ -156,6 +156,12 @@ def run(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     print("tasks/s: per wall second (ratio to in-process) | per CPU second of rank 0 (ratio)")
     with tempfile.TemporaryDirectory(prefix="raymeta-bench-mt-") as d, ray_context(None):
+        # the largest worker count against the cluster before any timing: it was refused by its
+        # own Ray Train run, after every smaller count and the in-process timing had run
+        most = max(args.workers)
+        check_resources(
+            most * args.threads, what=f"--workers {most} with --threads {args.threads} CPUs each"
+        )
         for name in args.workload:
             cfg = WORKLOADS[name]
             if args.meta_batch:
