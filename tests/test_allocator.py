@@ -89,3 +89,20 @@ def test_switch_off_leaves_glibc_alone() -> None:
 )
 def test_user_settings_win(env: dict[str, str], tuned: bool) -> None:
     assert user_tunes_allocator(env) is tuned
+
+
+def test_importing_raymeta_leaves_the_allocator_alone() -> None:
+    """A library must not change its host's allocator: only raymeta's own processes (the CLI,
+    its Ray workers) or an explicit ``raymeta.retain_freed_memory()`` do."""
+    code = (
+        "import raymeta, raymeta.core.engine, raymeta.finetune.step\n"
+        "from raymeta.allocator import in_force\n"
+        "print(in_force(), raymeta.retain_freed_memory(), in_force())"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.pop(ENV_SWITCH, None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    expected = "False True True" if sys.platform.startswith("linux") else "False False False"
+    assert out.stdout.split() == expected.split()
