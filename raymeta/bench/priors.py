@@ -101,21 +101,26 @@ def _setting(family: str, args: argparse.Namespace, key: str) -> Any:
     return PRESETS.get(family, DEFAULT_PRESET)[key] if value is None else value
 
 
+def _train_config(family: str, args: argparse.Namespace) -> Any:
+    """The meta-training config of ``family``'s checkpoint when no ``--meta`` is given."""
+    from raymeta.core.train import MetaTrainConfig
+
+    return MetaTrainConfig(
+        family=family,
+        steps=_setting(family, args, "meta_steps"),
+        val_tasks=20,
+        seed=args.seed,
+        **PRESETS.get(family, DEFAULT_PRESET)["train"],
+    )
+
+
 def _checkpoint(family: str, args: argparse.Namespace) -> Any:
     from raymeta.core.checkpoint import load_meta_checkpoint
-    from raymeta.core.train import MetaTrainConfig, meta_train
+    from raymeta.core.train import meta_train
 
     if args.meta:
         return load_meta_checkpoint(args.meta)
-    return meta_train(
-        MetaTrainConfig(
-            family=family,
-            steps=_setting(family, args, "meta_steps"),
-            val_tasks=20,
-            seed=args.seed,
-            **PRESETS.get(family, DEFAULT_PRESET)["train"],
-        )
-    ).to_checkpoint()
+    return meta_train(_train_config(family, args)).to_checkpoint()
 
 
 def bench_family(family: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -226,18 +231,11 @@ def check_families(families: list[str], args: argparse.Namespace) -> None:
     an unknown second ``--family``, or ``--tasks`` x ``--configs`` past a fit's limit, was
     refused only after a family's meta-training (and, for the second family, its whole
     benchmark) had run."""
-    from raymeta.core.train import MetaTrainConfig
     from raymeta.finetune.fit import PriorFitConfig
 
     for fam in families:
         if not args.meta:
-            MetaTrainConfig(
-                family=fam,
-                steps=_setting(fam, args, "meta_steps"),
-                val_tasks=20,
-                seed=args.seed,
-                **PRESETS.get(fam, DEFAULT_PRESET)["train"],
-            ).validate()
+            _train_config(fam, args).validate()
         PriorFitConfig(
             n_tasks=_setting(fam, args, "tasks"),
             n_configs=_setting(fam, args, "configs"),

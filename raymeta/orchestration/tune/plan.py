@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint
-from raymeta.errors import ConfigError, DataError
+from raymeta.errors import ConfigError
+from raymeta.finetune.run import check_task_data
 from raymeta.finetune.strategy import (
     fixed_default,
     member_configs,
@@ -126,41 +126,17 @@ def _held_out_task(spec: str, ident: str, family: Any) -> Task:
 
 
 def check_task(task: Task, ckpt: MetaCheckpoint) -> None:
-    """Refuse tasks the checkpoint's models cannot fit, and data no member could learn from."""
-    for split in ("train", "val", "test"):
-        x, y = getattr(task, f"x_{split}"), getattr(task, f"y_{split}")
-        if len(x) == 0 or len(y) == 0:
-            raise DataError(f"task {task.task_id}: the {split} split is empty")
-        if len(x) != len(y):
-            raise DataError(
-                f"task {task.task_id}: the {split} split has {len(x)} inputs but {len(y)} targets"
-            )
-        if y.is_floating_point() and not bool(torch.isfinite(y).all()):
-            raise DataError(f"task {task.task_id}: the {split} split has NaN or infinite targets")
-        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            raise DataError(f"task {task.task_id}: the {split} split has NaN or infinite inputs")
-        if task.kind == "classification" and (int(y.min()) < 0 or int(y.max()) >= task.output_dim):
-            raise DataError(
-                f"task {task.task_id}: {split} labels must lie in [0, {task.output_dim}), got {int(y.min())}..{int(y.max())}"
-            )
-    for name, cand in ckpt.candidates.items():
+    """Refuse tasks the checkpoint's models cannot fit, and data no member could learn from
+    (``finetune.run.check_task_data``, what ``run_population`` checks too), after laying flat
+    Parquet features out as a model's input shape when the sizes agree."""
+    for cand in ckpt.candidates.values():
         s = cand.spec
         same_in = tuple(s.input_shape) == tuple(task.input_shape)
         if not same_in and math.prod(s.input_shape) == math.prod(task.input_shape):
             for split in ("train", "val", "test"):  # flat Parquet features -> the model's layout
                 x = getattr(task, f"x_{split}")
                 setattr(task, f"x_{split}", x.reshape(len(x), *s.input_shape))
-            same_in = True
-        out_ok = (
-            int(task.output_dim) <= int(s.output_dim)
-            if task.kind == "classification"
-            else int(task.output_dim) == int(s.output_dim)
-        )
-        if not same_in or not out_ok:
-            raise DataError(
-                f"meta-checkpoint model {name!r} takes inputs {tuple(s.input_shape)} with {s.output_dim} outputs, "
-                f"but task {task.task_id} has inputs {tuple(task.input_shape)} with {task.output_dim} outputs"
-            )
+    check_task_data(task, ckpt.candidates)
 
 
 def plan_tune(request: TuneRequest, crash_marker: str | None = None) -> TunePlan:
