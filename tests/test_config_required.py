@@ -240,6 +240,10 @@ def test_no_option_is_left_to_argparse_and_help_shows_the_required_ones() -> Non
             if getattr(act, AFTER_CONFIG, False):
                 deferred.setdefault(p.prog, []).append(act.option_strings[-1])
     assert deferred == {
+        "raymeta meta-train": ["--out"],
+        "raymeta priors fit": ["--meta"],
+        "raymeta priors show": ["--meta"],
+        "raymeta tune": ["--meta", "--task", "--trials", "--out"],
         "raymeta predict": ["--run", "--input", "--out"],
         "raymeta data convert": ["--input", "--out", "--feature-columns", "--target-column"],
         "raymeta sweep": ["--out"],

@@ -8,11 +8,11 @@ from typing import Any
 from raymeta.cli._common import (
     add_command,
     address_arg,
+    defer_required,
     float_arg,
     int_arg,
     path_arg,
 )
-from raymeta.errors import ConfigError
 from raymeta.options import parse_options
 from raymeta.paths import output_arg
 
@@ -219,6 +219,7 @@ def add_parser(sub: Any) -> None:
         "--out",
         type=output_arg("--out"),
         default=None,
+        required=True,
         help="output meta-checkpoint directory (required)",
     )
     r.add_argument(
@@ -277,6 +278,7 @@ def add_parser(sub: Any) -> None:
         help="run in this process without Ray (same shards as --workers)",
     )
     r.add_argument("--quiet", action="store_true", help="no progress lines")
+    defer_required(p)  # --out may come from --config
 
 
 def build_config(args: argparse.Namespace) -> Any:
@@ -313,8 +315,6 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if not args.out:
-        raise ConfigError("--out is required (the meta-checkpoint directory to write)")
     cfg = build_config(args)
     if args.local:
         from raymeta.orchestration.meta_train.local import run_local_meta_train

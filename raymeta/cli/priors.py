@@ -6,7 +6,14 @@ import argparse
 import sys
 from typing import Any
 
-from raymeta.cli._common import add_command, address_arg, float_arg, int_arg, path_arg
+from raymeta.cli._common import (
+    add_command,
+    address_arg,
+    defer_required,
+    float_arg,
+    int_arg,
+    path_arg,
+)
 
 FIT_DESCRIPTION = """Fine-tune C configurations from the broad search space on N meta-validation
 tasks, starting from the meta-initialization (all configs of one model candidate train as ONE
@@ -46,7 +53,11 @@ def add_parser(sub: Any) -> None:
         FIT_DESCRIPTION,
     )
     f.add_argument(
-        "--meta", type=path_arg, default=None, help="meta-checkpoint directory (required)"
+        "--meta",
+        type=path_arg,
+        default=None,
+        required=True,
+        help="meta-checkpoint directory (required)",
     )
     f.add_argument(
         "--tasks", type=int_arg(2, 4096), default=32, help="meta-val tasks to fine-tune on"
@@ -190,8 +201,14 @@ def add_parser(sub: Any) -> None:
         "draw each member's candidate (the 'model' hyperparameter) from that prior.",
     )
     s.add_argument(
-        "--meta", type=path_arg, default=None, help="meta-checkpoint directory (required)"
+        "--meta",
+        type=path_arg,
+        default=None,
+        required=True,
+        help="meta-checkpoint directory (required)",
     )
+    defer_required(f)  # --meta may come from --config
+    defer_required(s)
     p.set_defaults(func=_usage)
 
 
@@ -202,10 +219,7 @@ def _usage(args: argparse.Namespace) -> int:
 
 
 def _meta(args: argparse.Namespace) -> str:
-    from raymeta.errors import ConfigError
-
-    if not args.meta:
-        raise ConfigError("--meta DIR is required")
+    """``--meta`` (given: ``check_required`` ran before the command)."""
     return str(args.meta)
 
 

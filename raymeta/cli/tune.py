@@ -6,8 +6,14 @@ import argparse
 import math
 from typing import Any
 
-from raymeta.cli._common import add_command, address_arg, float_arg, int_arg, path_arg
-from raymeta.errors import ConfigError
+from raymeta.cli._common import (
+    add_command,
+    address_arg,
+    defer_required,
+    float_arg,
+    int_arg,
+    path_arg,
+)
 from raymeta.finetune.strategy import INITS, PRIORS, SCHEDULERS
 from raymeta.options import add_renamed
 from raymeta.paths import output_arg
@@ -52,11 +58,16 @@ def add_parser(sub: Any) -> None:
     )
     p.epilog = EPILOG
     p.add_argument(
-        "--meta", type=path_arg, default=None, help="meta-checkpoint directory (required)"
+        "--meta",
+        type=path_arg,
+        default=None,
+        required=True,
+        help="meta-checkpoint directory (required)",
     )
     p.add_argument(
         "--task",
         default=None,
+        required=True,
         help="FAMILY:INDEX (a held-out task of the checkpoint's family, e.g. sinusoid:7 or "
         "mypkg.tasks:Waves:7), parquet:TASK_ID, or a one-task Parquet file (required)",
     )
@@ -72,6 +83,7 @@ def add_parser(sub: Any) -> None:
         "--trials",
         type=int_arg(1, MAX_TRIALS),
         default=None,
+        required=True,
         help="number of Ray Tune trials T (required)",
     )
     add_renamed(p, "--population", "--trials", type=int_arg(1, MAX_TRIALS))
@@ -136,7 +148,11 @@ def add_parser(sub: Any) -> None:
         help="Tune storage_path (local path or s3://, gs:// URI; default: OUT/ray_results)",
     )
     p.add_argument(
-        "--out", type=output_arg("--out"), default=None, help="output directory (required)"
+        "--out",
+        type=output_arg("--out"),
+        default=None,
+        required=True,
+        help="output directory (required)",
     )
     p.add_argument(
         "--seed",
@@ -182,6 +198,7 @@ def add_parser(sub: Any) -> None:
         "a resume must give the same name",
     )
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    defer_required(p)  # --meta, --task, --trials (or --population), --out may come from --config
 
 
 def _fmt(v: Any) -> str:
@@ -231,9 +248,6 @@ def summary(report: dict[str, Any]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    for flag in ("meta", "task", "trials", "out"):
-        if getattr(args, flag) is None:
-            raise ConfigError(f"--{flag} is required")
     from raymeta.options import parse_options
     from raymeta.orchestration.tune.request import TuneRequest
     from raymeta.orchestration.tune.run import run_tune
