@@ -9,6 +9,7 @@ replaced, where a regression could reach it, by a function that fails the test.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,81 @@ def test_help_still_shows_them_required(command: list[str], flags: list[str]) ->
         assert f"[{flag} " not in usage, usage
         assert (act.help or "").endswith("(required)")
         assert not act.required  # argparse leaves it to check_required (after --config)
+
+
+# ------------------------------- A1: a scheduler with a fixed prior is refused, never dropped
+TU = ["tune", "--meta", "nometa", "--task", "sinusoid:0", "--trials", "1", "--out", "o"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--strategy", "meta+fixed-default+pbt"], "fixed-default takes no scheduler, pbt"),
+        (["--strategy", "meta+fixed-head+asha+refit"], "write meta+fixed-head+refit"),
+        (["--strategy", "scratch+fixed-default+pb2"], "write scratch+fixed-default"),
+        (
+            ["--prior", "fixed-head", "--scheduler", "pbt"],
+            "--scheduler pbt with --prior fixed-head",
+        ),
+        (
+            ["--strategy", "meta+fixed-default", "--scheduler", "asha"],
+            "--scheduler asha with --strategy meta+fixed-default",
+        ),
+        # was: --init scratch silently dropped, the member started from the meta-init
+        (["--strategy", "meta+fixed-default", "--init", "scratch"], "--init scratch contradicts"),
+    ],
+)
+def test_tune_refuses_a_scheduler_a_fixed_prior_ignores(
+    extra: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: accepted, and the one-member run ignored the scheduler (and its label dropped it)."""
+    line = run_bad([*TU, *extra], tmp_path, capsys)
+    assert needle in line, line
+    if "--scheduler" in needle or "takes no scheduler" in needle:
+        assert "INIT+learned+SCHEDULER, INIT+broad+SCHEDULER" in line, line
+
+
+def test_strategy_parse_refuses_and_the_labels_raymeta_wrote_read_back() -> None:
+    from raymeta import ConfigError, Strategy
+    from raymeta.orchestration.tune.request import TuneRequest
+
+    for bad in ("meta+fixed-default+pbt", "meta+fixed-default+pbt+refit", "meta+fixed-head+pb2"):
+        with pytest.raises(ConfigError, match="takes no scheduler"):
+            Strategy.parse(bad)
+    with pytest.raises(ConfigError, match="takes no scheduler"):
+        Strategy("meta", "fixed-default", "asha")  # the API's constructor as well
+    assert Strategy("meta", "fixed-default").scheduler == "random"
+    assert Strategy("meta", "learned").scheduler == "pbt"
+    # raymeta tune labelled --strategy meta+fixed-head runs meta+fixed-head+random: still read
+    assert Strategy.parse("meta+fixed-head+random") == Strategy.parse("meta+fixed-head")
+    assert Strategy.parse("meta+fixed-head+random").name == "meta+fixed-head"
+    # and --init meta --prior fixed-head runs meta+fixed-head+pbt: from_label reads raymeta's own
+    assert Strategy.from_label("meta+fixed-head+pbt") == Strategy("meta", "fixed-head")
+    assert Strategy.from_label("scratch+broad+asha+soup").name == "scratch+broad+asha+soup"
+    with pytest.raises(ConfigError, match="unknown strategy"):
+        Strategy.from_label("meta+fixed-head+bogus")
+    # tune now labels a fixed strategy as sweeps do, however it was given
+    for kw in ({"strategy": "meta+fixed-head+random"}, {"prior": "fixed-head"}):
+        r = TuneRequest("m", "sinusoid:0", trials=1, **kw)  # type: ignore[arg-type]
+        assert r.strategy_label == "meta+fixed-head" and r.scheduler == "random"
+        assert dataclasses.replace(r, budget=7).strategy_label == "meta+fixed-head"
+
+
+def test_tune_refuses_a_scheduler_object_with_a_fixed_prior() -> None:
+    from ray.tune.schedulers import ASHAScheduler
+
+    from raymeta import ConfigError
+    from raymeta.orchestration.tune.request import TuneRequest
+
+    with pytest.raises(ConfigError, match="object AsyncHyperBandScheduler with --prior"):
+        TuneRequest("m", "t", trials=1, prior="fixed-default", scheduler=ASHAScheduler(max_t=3))
+
+
+def test_sweep_refuses_a_scheduler_with_a_fixed_prior(ckpt_dir: Path) -> None:
+    from raymeta import ConfigError, parse_sweep
+
+    base = {"meta": [str(ckpt_dir)], "tasks": 1}
+    with pytest.raises(ConfigError, match="fixed-default takes no scheduler"):
+        parse_sweep({**base, "strategies": ["meta+learned+pbt", "meta+fixed-default+pbt"]})
+    ok = parse_sweep({**base, "strategies": ["meta+fixed-head+random", "meta+fixed-default"]})
+    assert ok.strategies == ("meta+fixed-head", "meta+fixed-default")

@@ -14,7 +14,11 @@ A strategy is ``INIT+PRIOR+SCHEDULER``:
   candidate the "pretrain, then linear probe" baseline; written ``INIT+fixed-head``);
 * SCHEDULER: ``pbt`` (exploit/explore within the prior), ``random`` (independent members,
   best by val), and in ``raymeta tune`` also ``pb2`` and ``asha`` (Ray Tune's schedulers).
-  Sweeps run their populations in-process, with ``pbt`` or ``random``;
+  Sweeps run their populations in-process, with ``pbt`` or ``random``. Only the searched
+  priors (``learned``, ``broad``) take a scheduler: a fixed prior is one member on its own, so
+  it runs unscheduled (``random``, which ``INIT+fixed-default+random`` may spell out: how
+  ``raymeta tune`` labelled such runs before labels lost the part) and ``pbt``, ``pb2`` or
+  ``asha`` with it are refused, never silently dropped;
 * an optional fourth part, the final pick (``raymeta.finetune.picks``): ``best`` (the default,
   left out of the name), ``refit`` or ``soup``, e.g. ``meta+learned+pbt+refit`` or
   ``meta+fixed-default+refit``.
@@ -22,6 +26,13 @@ A strategy is ``INIT+PRIOR+SCHEDULER``:
 ``auto`` is the strategy ``raymeta priors fit`` chose for the checkpoint's family from meta-val
 evidence (``raymeta.finetune.select``), resolved per checkpoint by ``resolve_auto``; it is the
 default of ``raymeta tune``.
+
+Reading a strategy: what a user writes (``raymeta tune --strategy``, ``--init/--prior/
+--scheduler``, a sweep's ``strategies:``, ``TuneRequest``, ``Strategy(...)``) goes through
+``Strategy.parse`` or the constructor, which refuse a part the run would ignore. Labels raymeta
+wrote itself (result rows, ``report.json``, ``priors.json``'s chosen strategy) are read with
+``Strategy.from_label``, which also takes the older tune labels that named a scheduler for a
+fixed prior (``meta+fixed-head+pbt``): refusing raymeta's own records would strand them.
 """
 
 from __future__ import annotations
@@ -48,14 +59,31 @@ PICKS = ("best", "refit", "soup")  # ``raymeta.finetune.picks`` (torch-free name
 AUTO = "auto"
 
 
+# the one scheduler a fixed prior runs with: its single member on its own, nothing to schedule
+FIXED_SCHEDULER = "random"
+# which combinations take a scheduler, for the refusals' messages
+TAKES_SCHEDULER = (
+    "a scheduler goes with a searched prior only (INIT+learned+SCHEDULER, INIT+broad+SCHEDULER); "
+    "a fixed prior is one member with no search (INIT+fixed-default[+PICK], "
+    "INIT+fixed-head[+PICK])"
+)
+
+
 @dataclass(frozen=True)
 class Strategy:
+    """One strategy (module docstring). ``scheduler`` left out is the prior's own: ``pbt`` for
+    a searched prior, ``random`` for a fixed one; a fixed prior with any other scheduler is a
+    ``ConfigError`` (the run would ignore it)."""
+
     init: str = "meta"
     prior: str = "learned"
-    scheduler: str = "pbt"
+    scheduler: str = ""  # "": the prior's default (set in __post_init__)
     pick: str = "best"
 
     def __post_init__(self) -> None:
+        if self.scheduler == "":
+            default = FIXED_SCHEDULER if self.prior in FIXED_PRIORS else "pbt"
+            object.__setattr__(self, "scheduler", default)
         for what, value, choices in (
             ("INIT", self.init, INITS),
             ("PRIOR", self.prior, PRIORS),
@@ -66,11 +94,34 @@ class Strategy:
                 raise ConfigError(
                     f"unknown strategy {self.name!r}: {what} must be one of {', '.join(choices)}"
                 )
+        if self.fixed and self.scheduler != FIXED_SCHEDULER:
+            raise ConfigError(
+                f"strategy {self.init}+{self.prior} takes no scheduler, got {self.scheduler!r}; "
+                f"{TAKES_SCHEDULER}"
+            )
 
     @classmethod
     def parse(cls, name: str) -> Strategy:
-        """``INIT+PRIOR+SCHEDULER[+PICK]`` or ``INIT+fixed-default[+PICK]`` (module
-        docstring; ``auto`` is resolved per checkpoint by ``resolve_auto``)."""
+        """A strategy a user wrote: ``INIT+PRIOR+SCHEDULER[+PICK]`` or ``INIT+fixed-default
+        [+PICK]`` / ``INIT+fixed-head[+PICK]`` (module docstring; ``auto`` is resolved per
+        checkpoint by ``resolve_auto``).
+
+        A fixed prior with ``pbt``, ``pb2`` or ``asha`` is refused, with a line saying which
+        combinations take a scheduler: ``meta+fixed-default+pbt`` used to run as
+        ``meta+fixed-default``, the scheduler silently dropped. ``INIT+fixed-X+random`` is
+        accepted: ``random`` is how a fixed prior runs, and ``raymeta tune`` wrote that label."""
+        return cls._read(name, strict=True)
+
+    @classmethod
+    def from_label(cls, label: str) -> Strategy:
+        """A strategy label raymeta wrote itself (a result row's ``strategy``, ``report.json``,
+        ``priors.json``'s chosen strategy): as ``parse``, and also the labels ``raymeta tune``
+        wrote before fixed-prior labels lost their scheduler (``meta+fixed-head+pbt``), read as
+        the fixed strategy they ran."""
+        return cls._read(label, strict=False)
+
+    @classmethod
+    def _read(cls, name: str, strict: bool) -> Strategy:
         parts = str(name).split("+")
         pick = "best"
         if (
@@ -80,7 +131,7 @@ class Strategy:
         ):
             pick = parts.pop()
         if len(parts) == 2 and parts[1] in FIXED_PRIORS:
-            parts.append("random")
+            parts.append(FIXED_SCHEDULER)
         if (
             len(parts) != 3
             or parts[0] not in INITS
@@ -92,6 +143,14 @@ class Strategy:
                 f"INIT in {INITS}, PRIOR in {PRIORS[:2]}, SCHEDULER in {SCHEDULERS}, PICK in "
                 f"{PICKS}, or INIT+fixed-default[+PICK] / INIT+fixed-head[+PICK])"
             )
+        if parts[1] in FIXED_PRIORS and parts[2] != FIXED_SCHEDULER:
+            if strict:
+                tail = "" if pick == "best" else f"+{pick}"
+                raise ConfigError(
+                    f"strategy {str(name)[:80]!r}: {parts[1]} takes no scheduler, {parts[2]} "
+                    f"would be ignored (write {parts[0]}+{parts[1]}{tail}); {TAKES_SCHEDULER}"
+                )
+            parts[2] = FIXED_SCHEDULER
         return cls(parts[0], parts[1], parts[2], pick)
 
     @property
@@ -178,7 +237,7 @@ def resolve_auto(ckpt: MetaCheckpoint) -> tuple[Strategy, str]:
             "its priors.json was fitted before strategy selection existed "
             "(refit with 'raymeta priors fit' to choose by measurement)"
         )
-    return Strategy.parse(str(sel["chosen"])), str(sel.get("why", "chosen on meta-val tasks"))
+    return Strategy.from_label(str(sel["chosen"])), str(sel.get("why", "chosen on meta-val tasks"))
 
 
 def member_configs(

@@ -31,7 +31,14 @@ from raymeta import checks
 from raymeta.core.checkpoint import MetaCheckpoint
 from raymeta.core.models import expected_shapes
 from raymeta.errors import ConfigError, DeprecatedOption
-from raymeta.finetune.strategy import AUTO, SCHEDULERS, Strategy
+from raymeta.finetune.strategy import (
+    AUTO,
+    FIXED_PRIORS,
+    FIXED_SCHEDULER,
+    SCHEDULERS,
+    TAKES_SCHEDULER,
+    Strategy,
+)
 from raymeta.paths import probe_writable
 from raymeta.results.sink import check_sweep_name
 
@@ -163,12 +170,28 @@ class TuneRequest:
                 raise ConfigError(f"--{given[0]} contradicts --strategy auto")
             return None
         if self.strategy is None:
+            fixed = parts["prior"] in FIXED_PRIORS
+            self._no_scheduler_for_fixed(fixed, f"--prior {parts['prior']}")
             return Strategy(**{k: v for k, v in parts.items() if v is not None})
         strat = Strategy.parse(self.strategy)
+        self._no_scheduler_for_fixed(strat.fixed, f"--strategy {strat.name}")
         for k, v in parts.items():
-            if v is not None and v != getattr(strat, k) and not strat.fixed:
+            # a fixed strategy's scheduler is FIXED_SCHEDULER, the value a dataclasses.replace
+            # of a checked request carries: a contradiction, checked above, names the flag
+            if v is not None and v != getattr(strat, k):
                 raise ConfigError(f"--{k} {v} contradicts --strategy {strat.name}")
         return strat
+
+    def _no_scheduler_for_fixed(self, fixed: bool, what: str) -> None:
+        """A fixed prior is one member: a scheduler given with it (a name other than the one it
+        runs with, or a scheduler object) would be ignored, so it is refused. Was: silently
+        dropped (``--strategy meta+fixed-default --scheduler asha`` ran one unscheduled member;
+        so did ``--strategy meta+fixed-default --init scratch``, from the meta-init)."""
+        s = self.scheduler
+        if not fixed or s is None or s == FIXED_SCHEDULER:
+            return
+        name = s if isinstance(s, str) else f"object {type(s).__name__}"
+        raise ConfigError(f"--scheduler {name} with {what}: it would be ignored; {TAKES_SCHEDULER}")
 
     @classmethod
     def from_kwargs(cls, **kw: Any) -> TuneRequest:
@@ -234,8 +257,8 @@ class TuneRequest:
         if self.is_auto:
             return AUTO
         tail = "" if self.pick == "best" else f"+{self.pick}"
-        if self.prior == "fixed-default":
-            return f"{self.init}+fixed-default{tail}"
+        if self.prior in FIXED_PRIORS:  # as Strategy.name: was meta+fixed-head+random (or +pbt)
+            return f"{self.init}+{self.prior}{tail}"
         return f"{self.init}+{self.prior}+{self.scheduler_name}{tail}"
 
     def as_strategy(self) -> Strategy:
