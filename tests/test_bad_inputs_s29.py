@@ -178,3 +178,49 @@ def test_sweep_refuses_a_scheduler_with_a_fixed_prior(ckpt_dir: Path) -> None:
         parse_sweep({**base, "strategies": ["meta+learned+pbt", "meta+fixed-default+pbt"]})
     ok = parse_sweep({**base, "strategies": ["meta+fixed-head+random", "meta+fixed-default"]})
     assert ok.strategies == ("meta+fixed-head", "meta+fixed-default")
+
+
+# ------------------------------------------- A3: run_population refuses unknown config keys
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        ({"lerning_rate": 0.1}, "config 0: unknown key(s) 'lerning_rate'"),
+        ({"lr": 0.1, "LR": 0.2}, "unknown key(s) 'LR'"),
+        ({"lr": 0.1, 3: 1}, "unknown key(s) 3"),
+    ],
+)
+def test_run_population_refuses_an_unknown_config_key(
+    config: dict[Any, Any], needle: str, ckpt: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: the key was ignored and the member trained at the default learning rate."""
+    import raymeta.finetune.run
+    from raymeta import ConfigError, make_family, run_population
+
+    monkeypatch.setattr(raymeta.finetune.run, "initial_state", _no_work)
+    task = make_family("sinusoid").task("test", 0)
+    good = {"lr": 0.01, "model": "mlp", "optimizer": "adam", "adapt": "head"}
+    with pytest.raises(ConfigError) as err:
+        run_population(
+            task, ckpt.candidates, [good, config], init="meta", steps=2, interval=1, seed=0
+        )
+    msg = str(err.value).replace("config 1", "config 0")
+    assert needle in msg and "a config takes lr, optimizer, weight_decay, steps" in msg, msg
+    assert "model" in msg
+
+
+def test_run_population_takes_every_vocabulary_key(ckpt: Any) -> None:
+    """``model`` and the rest of the vocabulary are not extras: a config may name them all."""
+    from raymeta import make_family, run_population
+
+    task = make_family("sinusoid").task("test", 0)
+    full = {
+        "lr": 0.01,
+        "optimizer": "sgd",
+        "weight_decay": 0.0,
+        "steps": 2,
+        "batch_size": 3,
+        "adapt": "all",
+        "model": next(iter(ckpt.candidates)),
+    }
+    res = run_population(task, ckpt.candidates, [full], init="meta", steps=2, interval=1, seed=0)
+    assert res.best.config["batch_size"] == 3

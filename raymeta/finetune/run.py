@@ -26,6 +26,7 @@ from raymeta import checks
 from raymeta.core.checkpoint import Candidate, MetaCheckpoint
 from raymeta.errors import ConfigError, DataError
 from raymeta.finetune.curves import Curves
+from raymeta.finetune.hparams import names
 from raymeta.finetune.picks import Pick, check_pick, final_pick
 from raymeta.finetune.population import (
     SWEEP_RULE,
@@ -182,9 +183,10 @@ def check_arguments(
             raise ConfigError(f"candidate {name!r} is not a Candidate: {checks.show_value(cand)}")
     if isinstance(configs, (str, Mapping)) or not isinstance(configs, Sequence):
         raise ConfigError(f"configs must be a list of mappings, got {checks.show_value(configs)}")
-    for c in configs:
+    for i, c in enumerate(configs):
         if not isinstance(c, Mapping):
             raise ConfigError(f"each config must be a mapping, got {checks.show_value(c)}")
+        check_config_keys(c, f"config {i}")
     checks.integer("seed", seed, 0, MAX_SEED)
     checks.boolean("pbt", pbt)
     if prior is not None and not isinstance(prior, Prior):
@@ -192,6 +194,21 @@ def check_arguments(
     if isinstance(picks, str):
         raise ConfigError(f"picks must be a list of final picks, got {picks!r}")
     check_task_data(task, candidates)
+
+
+def check_config_keys(config: Mapping[str, Any], where: str) -> None:
+    """Every key of a member's config is a fine-tuning hyperparameter (``hparams.names()``,
+    read at call time: the one vocabulary, ``model`` included). A member reads only those keys,
+    so a typo such as ``lerning_rate`` trained at the default learning rate without a word;
+    the configs raymeta itself passes (prior samples, portfolios, the fixed default) carry
+    nothing else, so no extra is allowed."""
+    known = names()
+    unknown = [k for k in config if k not in known]
+    if unknown:
+        shown = ", ".join(
+            repr(k) if isinstance(k, str) else checks.show_value(k) for k in unknown[:5]
+        )
+        raise ConfigError(f"{where}: unknown key(s) {shown} (a config takes {', '.join(known)})")
 
 
 def check_task_data(task: Task, candidates: Mapping[str, Candidate]) -> None:
