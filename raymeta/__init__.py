@@ -26,12 +26,7 @@ from raymeta.lazy import lazy_attributes
 if TYPE_CHECKING:
     from raymeta.allocator import retain_freed_memory
     from raymeta.core.candidates import CandidateConfig
-    from raymeta.core.checkpoint import (
-        MetaCheckpoint,
-        load_meta_checkpoint,
-        save_meta_checkpoint,
-        write_priors,
-    )
+    from raymeta.core.checkpoint import MetaCheckpoint, load_meta_checkpoint, save_meta_checkpoint
     from raymeta.core.train import MetaTrainConfig, meta_train
     from raymeta.errors import (
         CheckpointError,
@@ -44,6 +39,7 @@ if TYPE_CHECKING:
     )
     from raymeta.finetune.fit import PriorFitConfig, fit_priors
     from raymeta.finetune.hparams import FinetuneConfig, broad_space
+    from raymeta.finetune.priors_file import write_priors
     from raymeta.finetune.run import run_population
     from raymeta.finetune.strategy import Strategy
     from raymeta.inference import load_model, predict
@@ -80,7 +76,7 @@ _API: dict[str, str] = {
     "MetaCheckpoint": "raymeta.core.checkpoint",
     "load_meta_checkpoint": "raymeta.core.checkpoint",
     "save_meta_checkpoint": "raymeta.core.checkpoint",
-    "write_priors": "raymeta.core.checkpoint",
+    "write_priors": "raymeta.finetune.priors_file",  # checked; core's is the storage step
     # priors
     "PriorFitConfig": "raymeta.finetune.fit",
     "fit_priors": "raymeta.finetune.fit",

@@ -224,3 +224,108 @@ def test_run_population_takes_every_vocabulary_key(ckpt: Any) -> None:
     }
     res = run_population(task, ckpt.candidates, [full], init="meta", steps=2, interval=1, seed=0)
     assert res.best.config["batch_size"] == 3
+
+
+# ------------------------------- A2: raymeta.write_priors stores only priors a tune can use
+@pytest.fixture(scope="module")
+def fitted(ckpt_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the conftest checkpoint with tiny fitted priors (strategy selection too)."""
+    import shutil
+
+    from raymeta.core.checkpoint import load_meta_checkpoint
+    from raymeta.finetune import fit_priors, write_priors
+
+    d = tmp_path_factory.mktemp("s29") / "ckpt"
+    shutil.copytree(ckpt_dir, d)
+    pr = fit_priors(
+        load_meta_checkpoint(d),
+        n_tasks=2,
+        n_configs=4,
+        rounds=1,
+        refine_repeats=0,
+        max_steps=4,
+        select_tasks=2,
+        select_population=2,
+    )
+    write_priors(d, pr)  # a Priors object is taken as it is
+    return d
+
+
+def _other_space_priors(**space: Any) -> dict[str, Any]:
+    """Priors over a broad space changed by ``space`` (name -> Param), as a mapping."""
+    from raymeta import Priors, broad_space
+    from raymeta.priors import SearchSpace, broad_prior
+    from raymeta.priors.artifact import VERSION
+
+    base = broad_space(["mlp"], max_batch=5, max_steps=4)
+    sp = SearchSpace([space.get(p.name, p) for p in base])
+    models = space["model"].choices if "model" in space else ("mlp",)
+    probs = {str(m): 1.0 / len(models) for m in models}
+    return Priors(VERSION, sp, broad_prior(sp), [], probs).to_dict()
+
+
+def _bad_priors(good: dict[str, Any]) -> dict[str, tuple[Any, str]]:
+    from raymeta.priors import Categorical, Float
+
+    sel = good["selection"]
+    return {
+        "not priors": ({"which": 1}, "priors is not a raymeta priors file"),
+        "a future version": (good | {"version": 7}, "priors has version 7"),
+        "no space": (
+            {k: v for k, v in good.items() if k != "space"},
+            "it has no 'space' entry",
+        ),
+        # was: a bare ValueError from load_priors (float('x')) once written
+        "a probability float() cannot read": (
+            good | {"model_probs": {"mlp": "x"}},
+            "could not convert string to float",
+        ),
+        "a probability above 1": (
+            good | {"model_probs": {"mlp": 2.0}},
+            "model_probs['mlp'] must be a probability",
+        ),
+        "another checkpoint's model": (
+            _other_space_priors(model=Categorical("model", ("wide",))),
+            "names model 'wide', not a candidate of this meta-checkpoint (mlp)",
+        ),
+        "an optimizer members cannot run": (
+            _other_space_priors(optimizer=Categorical("optimizer", ("sgd", "rmsprop"))),
+            "'optimizer': fine-tuning config: optimizer='rmsprop' is not one of sgd, adam",
+        ),
+        "a learning rate of 0": (
+            _other_space_priors(lr=Float("lr", 0.0, 1.0)),
+            "lr=0.0 must be > 0",
+        ),
+        "an unreadable strategy choice": (
+            good | {"selection": {**sel, "chosen": "meta+fixed-default+bogus"}},
+            "selection's chosen strategy 'meta+fixed-default+bogus'",
+        ),
+        "info not a mapping": (good | {"info": [1, 2]}, "its 'info' is not a mapping"),
+    }
+
+
+def test_write_priors_refuses_what_a_tune_could_not_use(fitted: Path) -> None:
+    """Was: any non-empty JSON mapping was stored (checksummed), and every later tune,
+    sweep or ``priors show`` of the checkpoint failed, some inside a Ray trial."""
+    import raymeta
+    from raymeta.core.checkpoint import load_meta_checkpoint
+    from raymeta.priors import Float, SearchSpace, broad_prior
+    from raymeta.priors.artifact import VERSION
+
+    before = (fitted / "meta.json").read_bytes()
+    good = raymeta.load_priors(load_meta_checkpoint(fitted)).to_dict()
+    cases = _bad_priors(good)
+    # a hyperparameter no member reads (the broad space has none: a space of its own)
+    sp = SearchSpace([*raymeta.broad_space(["mlp"], 5, 4), Float("momentum", 0.0, 0.9)])
+    cases["a hyperparameter outside the vocabulary"] = (
+        raymeta.Priors(VERSION, sp, broad_prior(sp), [], {"mlp": 1.0}).to_dict(),
+        "'momentum' is not a fine-tuning hyperparameter (known: lr, optimizer",
+    )
+    for what, (bad, needle) in cases.items():
+        with pytest.raises(raymeta.ConfigError) as err:
+            raymeta.write_priors(fitted, bad)
+        assert needle in str(err.value), (what, str(err.value))
+        assert "\n" not in str(err.value)
+    assert (fitted / "meta.json").read_bytes() == before, "a refused write changed the checkpoint"
+    raymeta.write_priors(fitted, good)  # the good priors still go in
+    assert raymeta.load_priors(load_meta_checkpoint(fitted)).to_dict() == good

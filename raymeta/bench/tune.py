@@ -81,9 +81,9 @@ def _default_options(family: str) -> dict[str, Any]:
 
 def _default_meta(family: str, steps: int, member_steps: int, where: Path) -> Path:
     """A small meta-checkpoint whose priors are fitted for ``member_steps``-step members."""
-    from raymeta.core.checkpoint import load_meta_checkpoint, save_meta_checkpoint, write_priors
+    from raymeta.core.checkpoint import load_meta_checkpoint, save_meta_checkpoint
     from raymeta.core.train import MetaTrainConfig, meta_train
-    from raymeta.finetune import fit_priors
+    from raymeta.finetune import fit_priors, write_priors
 
     path = where / f"{family}-meta"
     tr = meta_train(

@@ -224,9 +224,10 @@ def _meta(args: argparse.Namespace) -> str:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from raymeta.core.checkpoint import load_meta_checkpoint, priors_file, write_priors
+    from raymeta.core.checkpoint import load_meta_checkpoint, priors_file
     from raymeta.errors import ConfigError
     from raymeta.finetune.fit import PriorFitConfig, fit_priors
+    from raymeta.finetune.priors_file import write_priors
     from raymeta.priors.show import format_priors
     from raymeta.progress import Progress
 

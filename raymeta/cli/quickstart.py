@@ -162,9 +162,9 @@ def _stage(msg: str) -> float:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from raymeta.core.checkpoint import load_meta_checkpoint, write_priors
+    from raymeta.core.checkpoint import load_meta_checkpoint
     from raymeta.core.train import MetaTrainConfig
-    from raymeta.finetune import fit_priors
+    from raymeta.finetune import fit_priors, write_priors
     from raymeta.orchestration.meta_train.ray_train import run_meta_train
     from raymeta.orchestration.ray_runtime import ray_context
     from raymeta.orchestration.tune.run import run_tune

@@ -26,6 +26,7 @@ import os
 import pickle
 import platform
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -426,8 +427,18 @@ def load_weights(f: Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def write_priors(path: str | Path, priors: dict[str, Any]) -> None:
+def write_priors(
+    path: str | Path,
+    priors: dict[str, Any],
+    check: Callable[[MetaCheckpoint], None] | None = None,
+) -> None:
     """Add or replace the checkpoint's priors without a moment where it does not verify.
+
+    The storage step only: it knows priors as JSON, not their format (the ``priors`` and
+    ``finetune`` layers above this one do). ``raymeta.write_priors``
+    (``raymeta.finetune.priors_file.write_priors``) checks the mapping is priors a tune of
+    this checkpoint can use, passing ``check``, called with the loaded checkpoint under the
+    write lock before anything is written.
 
     Order (each step one atomic rename, so a kill anywhere leaves a checkpoint with the old or
     the new priors): write ``priors-<sha12>.json`` (not yet listed, so the old manifest still
@@ -448,7 +459,9 @@ def write_priors(path: str | Path, priors: dict[str, Any]) -> None:
     except (TypeError, ValueError, RecursionError) as exc:
         raise ConfigError(f"priors must be JSON data: {_first_line(exc)}") from None
     with output_lock(p, "meta-checkpoint"):
-        load_meta_checkpoint(p)  # refuse to build on a corrupt checkpoint
+        ckpt = load_meta_checkpoint(p)  # refuse to build on a corrupt checkpoint
+        if check is not None:
+            check(ckpt)
         meta = read_meta(p)
         old = priors_name(meta)
         try:

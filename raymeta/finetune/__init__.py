@@ -9,7 +9,8 @@ Ray-free (the orchestration layer wraps it). From the bottom up:
   the in-population PBT rule) and its loop ``run_schedule``;
 * ``curves``: the one result type of a run (``Curves``) and the result rows of every command;
 * ``run``: one task fine-tuned in-process (a sweep unit), ``evaluate``: tasks x configs (what
-  priors are fitted on), ``fit``: the priors-fit driver (``PriorFitConfig``, ``fit_priors``);
+  priors are fitted on), ``fit``: the priors-fit driver (``PriorFitConfig``, ``fit_priors``),
+  ``priors_file``: the checked ``write_priors`` (priors a tune of the checkpoint can use);
 * ``strategy``: INIT+PRIOR+SCHEDULER, the same in ``raymeta tune`` and sweeps;
 * ``reference``: the looped, vmap-free reference the step is tested and measured against.
 """
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from raymeta.finetune.fit import PriorFitConfig, fit_priors
     from raymeta.finetune.hparams import HPARAMS, FinetuneConfig, HParam, broad_space
     from raymeta.finetune.population import Population, run_schedule
+    from raymeta.finetune.priors_file import write_priors
     from raymeta.finetune.run import PopulationResult, run_population
     from raymeta.finetune.strategy import Strategy
 
@@ -38,6 +40,7 @@ _WHERE = {
     "broad_space": ".hparams",
     "Population": ".population",
     "run_schedule": ".population",
+    "write_priors": ".priors_file",
     "PopulationResult": ".run",
     "run_population": ".run",
     "Strategy": ".strategy",
@@ -58,6 +61,7 @@ __all__ = [
     "fit_priors",
     "run_population",
     "run_schedule",
+    "write_priors",
 ]
 
 # names load on first use: ``raymeta.finetune.strategy`` stays torch-free for the CLI, which

@@ -78,6 +78,9 @@ class Priors:
                 isinstance(selection, Mapping) and isinstance(selection.get("chosen"), str)
             ):
                 raise ConfigError("its strategy selection has no chosen strategy")
+            for key in ("model_probs", "info"):  # ``priors show`` reads both as mappings
+                if not isinstance(d.get(key, {}), Mapping):
+                    raise ConfigError(f"its {key!r} is not a mapping")
             return cls(
                 version=int(d["version"]),
                 space=space,
@@ -87,7 +90,10 @@ class Priors:
                 info=dict(d.get("info", {})),
                 selection=dict(selection) if selection is not None else None,
             )
-        except (KeyError, TypeError, AttributeError, ConfigError) as exc:
+        except KeyError as exc:
+            raise CheckpointError(f"priors.json is malformed: it has no {exc} entry") from None
+        except (TypeError, ValueError, AttributeError, ConfigError) as exc:
+            # ValueError: a model probability float() cannot read (was a bare ValueError)
             raise CheckpointError(f"priors.json is malformed: {exc}") from None
 
 
