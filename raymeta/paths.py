@@ -215,8 +215,9 @@ def check_output_dir(path: str | os.PathLike[str], flag: str) -> Path:
 
 
 def check_output_file(path: str | os.PathLike[str], flag: str, force: bool) -> Path:
-    """``path`` names a file that may be (re)written: not a directory, not existing without
-    ``force``, inside a writable directory (missing parents may be created)."""
+    """``path`` names a file that may be (re)written: not a directory, no device, FIFO or
+    socket, not existing without ``force``, inside a writable directory (missing parents may
+    be created)."""
     p = _refuse_uri(path, flag)
     if not str(path) or "\0" in str(path):
         raise ConfigError(f"{flag} must be a file path, got {str(path)!r}")
@@ -226,6 +227,14 @@ def check_output_file(path: str | os.PathLike[str], flag: str, force: bool) -> P
         raise ConfigError(f"{flag} {p}: {exc.strerror or exc}") from None
     if is_dir:
         raise ConfigError(f"{flag} {p} is a directory")
+    if exists and not p.is_file():
+        # the output is written beside the path and renamed over it: as root, --out /dev/null
+        # --overwrite replaced the machine's /dev/null by a Parquet file
+        raise ConfigError(
+            f"{flag} {p} exists and is not a regular file (a device, FIFO or socket: raymeta "
+            "writes a file beside it and renames it into place, which would replace it); "
+            "give a file path"
+        )
     if exists and not force:
         raise ConfigError(f"{p} exists (pass --overwrite to replace it)")
     base = _nearest_existing(p.parent)

@@ -329,3 +329,67 @@ def test_write_priors_refuses_what_a_tune_could_not_use(fitted: Path) -> None:
     assert (fitted / "meta.json").read_bytes() == before, "a refused write changed the checkpoint"
     raymeta.write_priors(fitted, good)  # the good priors still go in
     assert raymeta.load_priors(load_meta_checkpoint(fitted)).to_dict() == good
+
+
+# ------------------ B: an existing --out that is a device, FIFO or socket is never replaced
+@pytest.fixture()
+def not_files(tmp_path: Path) -> list[str]:
+    """A FIFO, a unix socket and a symlink to the FIFO (never a real device: were the check
+    to regress, a test as root would replace it)."""
+    import os
+    import socket
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    sock = tmp_path / "sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(sock))
+    s.close()
+    (tmp_path / "link").symlink_to(fifo)
+    return [str(fifo), str(sock), str(tmp_path / "link")]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["data", "make-sinusoid", "--tasks", "3", "--overwrite"],
+        [
+            "data",
+            "convert",
+            "--input",
+            "x.parquet",
+            "--feature-columns",
+            "a",
+            "--target-column",
+            "y",
+        ]
+        + ["--overwrite"],
+        ["bench", "engine", "--smoke-test"],  # its --out replaced an existing file always
+    ],
+)
+def test_an_output_file_that_is_not_a_regular_file_is_refused(
+    argv: list[str], not_files: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: with --overwrite the output was written beside the path and renamed over it: as
+    root, ``raymeta predict --out /dev/null --overwrite`` replaced /dev/null by a Parquet file
+    (and ``bench ... --out /dev/null`` needed no --overwrite at all)."""
+    import os
+    import stat
+
+    kinds = [os.lstat(p).st_mode for p in not_files]
+    for out in not_files:
+        line = run_bad([*argv, "--out", out], tmp_path, capsys)
+        assert f"--out {out} exists and is not a regular file" in line, line
+    assert [os.lstat(p).st_mode for p in not_files] == kinds
+    assert stat.S_ISFIFO(kinds[0]) and stat.S_ISSOCK(kinds[1]) and stat.S_ISLNK(kinds[2])
+
+
+def test_predict_and_its_api_refuse_a_fifo_out(
+    not_files: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import raymeta
+
+    argv = ["predict", "--run", "r", "--input", "x.parquet", "--out", not_files[0], "--overwrite"]
+    assert "is not a regular file" in run_bad(argv, tmp_path, capsys)
+    with pytest.raises(raymeta.ConfigError, match="is not a regular file"):
+        raymeta.predict(tmp_path, tmp_path / "x.parquet", not_files[0], overwrite=True)
