@@ -45,6 +45,8 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list
         (["meta-train", "--steps", "1"], "meta-train", "--out is"),
         (["priors", "fit", "--tasks", "2"], "priors fit", "--meta is"),
         (["priors", "show"], "priors show", "--meta is"),
+        # was: "data make-sinusoid: give --out OUT.parquet"
+        (["data", "make-sinusoid", "--tasks", "3"], "data make-sinusoid", "--out is"),
     ],
 )
 def test_missing_required_option_has_the_common_wording(
@@ -77,6 +79,12 @@ def test_required_options_from_config_count(
     (tmp_path / "file").write_text("x")
     line = run_bad(["meta-train", "--local", "--config", str(cfg)], tmp_path, capsys)
     assert "cannot write --out" in line, line
+    # make-sinusoid's --out from the file, and from its old positional spelling
+    cfg.write_text(f"tasks: 3\nout: {tmp_path / 's.parquet'}\n")
+    assert _cli(["data", "make-sinusoid", "--config", str(cfg)], capsys)[0] == 0
+    argv = ["data", "make-sinusoid", str(tmp_path / "s2.parquet"), "--tasks", "3"]
+    assert _cli(argv, capsys)[0] == 0
+    assert (tmp_path / "s.parquet").is_file() and (tmp_path / "s2.parquet").is_file()
 
 
 @pytest.mark.parametrize(
@@ -86,6 +94,7 @@ def test_required_options_from_config_count(
         (["meta-train"], ["--out"]),
         (["priors", "fit"], ["--meta"]),
         (["priors", "show"], ["--meta"]),
+        (["data", "make-sinusoid"], ["--out"]),
     ],
 )
 def test_help_still_shows_them_required(command: list[str], flags: list[str]) -> None:

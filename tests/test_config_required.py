@@ -246,6 +246,7 @@ def test_no_option_is_left_to_argparse_and_help_shows_the_required_ones() -> Non
         "raymeta tune": ["--meta", "--task", "--trials", "--out"],
         "raymeta predict": ["--run", "--input", "--out"],
         "raymeta data convert": ["--input", "--out", "--feature-columns", "--target-column"],
+        "raymeta data make-sinusoid": ["--out"],
         "raymeta sweep": ["--out"],
         "raymeta bench fewshot": ["--suite"],
     }

@@ -152,8 +152,9 @@ def add_parser(sub: Any) -> None:
     m.add_argument(
         "--out",
         type=output_arg("--out", remote=True),
+        required=True,
         metavar="OUT.parquet",
-        help="file to write (atomically; required): a path, file:// or object-store URI",
+        help="file to write (atomically): a path, file:// or object-store URI (required)",
     )
     add_renamed(m, "OUT", "--out", type=output_arg("OUT", remote=True))
     m.add_argument(
@@ -167,6 +168,7 @@ def add_parser(sub: Any) -> None:
     m.add_argument("--test-size", type=int, default=50, help="test rows per task")
     m.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_renamed(m, "--force", "--overwrite", action="store_true")
+    defer_required(m)  # --out (or the old positional OUT) may come from --config
 
     def _help(_: argparse.Namespace) -> int:
         raise ConfigError(
@@ -272,8 +274,6 @@ def _make_sinusoid(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--tasks x (train + val + test rows) is {total} rows, at most {MAX_TOTAL_ROWS} in one file"
         )
-    if args.out is None:
-        raise ConfigError("data make-sinusoid: give --out OUT.parquet")
     out = check_output_target(args.out, "--out", force=bool(args.overwrite))
     from raymeta.tasks.parquet import write_tasks
     from raymeta.tasks.sinusoid import Sinusoid
