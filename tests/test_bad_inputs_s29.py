@@ -402,3 +402,75 @@ def test_predict_and_its_api_refuse_a_fifo_out(
     assert "is not a regular file" in run_bad(argv, tmp_path, capsys)
     with pytest.raises(raymeta.ConfigError, match="is not a regular file"):
         raymeta.predict(tmp_path, tmp_path / "x.parquet", not_files[0], overwrite=True)
+
+
+# ------------------------------------------- B: the --config loader and number-like values
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small results dataset (``report`` reads it in well under a second)."""
+    from raymeta.results import ResultSink
+    from raymeta.results.synthetic import synthetic_rows
+
+    res = tmp_path_factory.mktemp("s29res") / "results"
+    rows = synthetic_rows(sweep="demo", tasks=("a", "b", "c"), seeds=(0, 1))
+    ResultSink(res, "demo").append(rows, "all")
+    return res
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        # was: "internal error: OverflowError: int too large to convert to float", exit 1
+        ("target: " + "9" * 400 + "\n", "'target': value must be a finite number"),
+        ("target: .nan\n", "'target': value must be a finite number"),
+    ],
+)
+def test_a_config_number_a_float_cannot_hold_is_one_line(
+    text: str, needle: str, results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    line = run_bad(["report", str(results), "--config", str(cfg)], tmp_path, capsys)
+    assert needle in line, line
+
+
+@pytest.mark.parametrize("value", ["", " ", "\t"])
+@pytest.mark.parametrize("argv", [["report", "RES"], ["bench", "engine", "--smoke-test"]])
+def test_an_empty_config_path_is_refused(
+    value: str,
+    argv: list[str],
+    results: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Was: ``--config ""`` (an unset ``$CFG``) ran on the defaults without a word."""
+    argv = [str(results) if a == "RES" else a for a in argv]
+    line = run_bad([*argv, "--config", value], tmp_path, capsys)
+    assert "argument --config: expected a path" in line, line
+
+
+@pytest.mark.parametrize("value", ["-1e-3", "-2.5E+2", "-7", "-.5", "-1.", "-1e3"])
+def test_a_negative_number_in_scientific_notation_is_a_value(
+    value: str, results: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: ``report --target -1e-3`` refused as "expected one argument" (argparse took only
+    -5 and -.5 for negative numbers); a good input must not be refused."""
+    rc, err = _cli(["report", str(results), "--target", value, "--format", "json"], capsys)
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["report", "RES", "--target", "-inf"], "--target: value must be a finite number"),
+        (["report", "RES", "--target", "-nan"], "--target: value must be a finite number"),
+        (["meta-train", "--local", "--outer-lr", "-1e-3"], "--outer-lr: value must be > 0"),
+    ],
+)
+def test_a_bad_negative_value_gets_its_options_own_message(
+    argv: list[str], needle: str, results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: "expected one argument", which named no fault in the value."""
+    argv = [str(results) if a == "RES" else a for a in argv]
+    line = run_bad(argv, tmp_path, capsys)
+    assert needle in line, line

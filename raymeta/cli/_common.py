@@ -44,6 +44,12 @@ def plain(text: str) -> str:
     return text.replace("`", "")
 
 
+# what argparse reads as a negative number (a value), not an option: exponents, inf and nan too
+NEGATIVE_NUMBER = re.compile(
+    r"^-(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^-(?:inf|infinity|nan)$", re.IGNORECASE
+)
+
+
 class Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage errors are one line, ``raymeta: error: ...``, exit 2.
 
@@ -59,6 +65,10 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+        # argparse takes only -5 and -.5 for negative numbers: "--target -1e-3" was refused as
+        # "expected one argument" (-1e-3 looked like an option) and "--target -inf" too,
+        # instead of reaching the option's own check (no option of raymeta looks like a number)
+        self._negative_number_matcher = NEGATIVE_NUMBER
 
     def format_help(self) -> str:
         """As argparse's; an ``epilog`` may be a function, called only when help is shown (so a
@@ -91,10 +101,19 @@ def add_command(
         name, help=help, description=description or help, formatter_class=HelpFormatter
     )
     p.set_defaults(func=_checked(func, p), _parser=p)
-    p.add_argument(
-        "--config", metavar="FILE.yaml", help="YAML mapping of option: value (flags win over it)"
-    )
+    add_config_option(p)
     return p
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE.yaml``: a path (``path_arg``), so ``--config ""`` (an unset shell
+    variable) is one line instead of a run on the defaults without a word."""
+    parser.add_argument(
+        "--config",
+        type=path_arg,
+        metavar="FILE.yaml",
+        help="YAML mapping of option: value (flags win over it)",
+    )
 
 
 # set on an option that ``defer_required`` took over from argparse's ``required=True``

@@ -91,7 +91,9 @@ def _coerce(act: argparse.Action, key: str, value: Any, where: str) -> Any:
     if act.type is not None:
         try:
             value = act.type(value)  # type: ignore[misc,operator]
-        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+        except (TypeError, ValueError, OverflowError, argparse.ArgumentTypeError) as exc:
+            # OverflowError: a YAML integer of hundreds of digits for a float option (float()
+            # of it overflows, where the same digits on the command line read as inf)
             why = str(exc) if isinstance(exc, argparse.ArgumentTypeError) else "bad value"
             raise ConfigError(f"{bad}: {why} ({show_value(value)})") from None
     if act.choices is not None and value not in act.choices:

@@ -13,7 +13,13 @@ import importlib
 from typing import Any
 
 from raymeta.bench.args import check_json_out
-from raymeta.cli._common import HelpFormatter, Parser, check_required, defer_required
+from raymeta.cli._common import (
+    HelpFormatter,
+    Parser,
+    add_config_option,
+    check_required,
+    defer_required,
+)
 from raymeta.cli._config import apply_config
 from raymeta.errors import ConfigError
 from raymeta.options import apply_renamed
@@ -63,9 +69,7 @@ def bench_parser(what: str) -> Parser:
     """The parser of ``raymeta bench WHAT`` (imports that benchmark's module, not torch)."""
     mod = importlib.import_module(BENCHES[what][0])
     bp = Parser(prog=f"raymeta bench {what}", description=mod.HELP)
-    bp.add_argument(
-        "--config", metavar="FILE.yaml", help="YAML mapping of option: value (flags win over it)"
-    )
+    add_config_option(bp)
     mod.add_arguments(bp)
     defer_required(bp)  # a benchmark's required=True options may come from --config too
     bp.set_defaults(func=mod.run)

@@ -8,7 +8,7 @@ import importlib.util
 import sys
 from typing import Any
 
-from raymeta.cli._common import add_command
+from raymeta.cli._common import add_command, float_arg
 from raymeta.errors import ConfigError
 from raymeta.paths import output_arg
 from raymeta.results.reporting import FORMATS
@@ -47,7 +47,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--target",
-        type=float,
+        type=float_arg(),  # finite, of any sign (the Parser reads -1e-3 as a value)
         help="validation value counted as 'reached' (default: per task, the worst strategy's mean final best)",
     )
 
