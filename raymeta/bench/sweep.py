@@ -11,8 +11,16 @@ CPU slots, best of ``--bare-repeats`` timings. ``sweep / bare`` is how much of t
 vmapped throughput the sweep's scheduling, PBT, evaluation, final picks and result writing
 leave (issue 17).
 
+``--local`` also times the Ray-free sweep (``run_sweep(local=True)``, worker processes on this
+machine) right after the Ray one in every repeat: two rows, each against the same bare ceiling,
+and whether both gave the same rows. Why: on a small machine Ray's start, its workers' first
+imports and its shutdown cost more than the sweep's fine-tuning (issue 17). The local row's peak
+RSS counts the pages its forked workers share with the driver once per process, so it
+overstates that sweep's memory.
+
 The meta-checkpoint and priors are kept in ``--out`` and reused; every sweep writes a fresh
-``results-N`` folder there, so a rerun measures again instead of finding every unit done."""
+``results-N`` folder there, so a rerun measures again instead of finding every unit done. The
+figures of every row are also written to ``bench-sweep.json`` there (a list of records)."""
 
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from raymeta.options import add_renamed, int_arg
 from raymeta.paths import output_arg
@@ -68,6 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int_arg(1),
         default=3,
         help="timings of the bare ceiling after each sweep; the best is reported (default 3)",
+    )
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="also time the sweep without Ray (raymeta sweep --local) after the Ray one: a row each",
     )
 
 
@@ -172,7 +186,7 @@ def _tree_rss(root: int) -> int:
 
 
 class _PeakRSS:
-    """Samples the summed RSS of this process and all its descendants every 0.5 s."""
+    """Samples the summed RSS of this process and all its descendants at once and every 0.5 s."""
 
     def __init__(self) -> None:
         self.peak = 0
@@ -180,8 +194,11 @@ class _PeakRSS:
         self._t = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(0.5):
+        # a first sample at once: a sweep shorter than one interval (the local one) has a peak
+        while True:
             self.peak = max(self.peak, _tree_rss(os.getpid()))
+            if self._stop.wait(0.5):
+                return
 
     def __enter__(self) -> _PeakRSS:
         self._t.start()
@@ -196,10 +213,9 @@ def run(args: argparse.Namespace) -> int:
     from raymeta.core.checkpoint import load_meta_checkpoint, save_meta_checkpoint, write_priors
     from raymeta.core.train import MetaTrainConfig, meta_train
     from raymeta.errors import ConfigError
+    from raymeta.fileio import atomic_write_json
     from raymeta.finetune import fit_priors
     from raymeta.orchestration.sweep.config import parse_sweep
-    from raymeta.orchestration.sweep.run import run_sweep
-    from raymeta.results import read_results
     from raymeta.results.render import render
     from raymeta.results.summary import notes, summarise, win_rates
 
@@ -232,31 +248,89 @@ def run(args: argparse.Namespace) -> int:
         }
     )
     threads = os.cpu_count() or 1
+    modes = [("ray sweep", False), ("local sweep", True)] if args.local else [("sweep", False)]
+    records: list[dict[str, Any]] = []
     for rep in range(args.repeat):
-        results = Path(tempfile.mkdtemp(dir=root, prefix="results-"))
-        load = os.getloadavg()[0]
-        with _PeakRSS() as mem:
-            res = run_sweep(cfg, results, progress=False, batch_units=args.batch_units)
-        n = res["units"]
-        table = read_results(results, sweep="bench")
-        pdf = table.to_pandas()
-        steps = int(pdf[pdf.metric == "test_loss"]["step"].sum())  # member-steps incl. refits
-        vals = pdf[pdf.metric == "val_loss"]
-        members = len(vals.drop_duplicates(["strategy", "task", "seed", "trial"]))
-        parts = len(list(results.glob("sweep=bench/part-*.parquet")))
-        rate = steps / max(res["wall_s"], 1e-9)
+        timed = [(label, _time_sweep(cfg, root, local, args.batch_units)) for label, local in modes]
+        table = timed[-1][1].pop("table")
+        first = timed[0][1].pop("table") if len(timed) > 1 else table
+        members = timed[-1][1]["members"]
         bare = bare_rate(meta, members, args.steps_per_member, threads, args.bare_repeats)
-        print(
-            f"[{rep + 1}/{args.repeat}] sweep: {n} units ({args.tasks} tasks x {len(STRATEGIES)} "
-            f"strategies, {members} members) in {res['wall_s']:.1f}s = "
-            f"{res['ran'] / max(res['wall_s'], 1e-9):.2f} units/s, {rate:,.0f} member-steps/s; "
-            f"bare vmap(grad) SGD population of {members} members ({threads} threads): "
-            f"{bare:,.0f} member-steps/s; sweep/bare = {rate / bare:.1%}; {parts} part files; "
-            f"peak RSS of the process tree {mem.peak / 2**30:.2f} GiB; "
-            f"load average {load:.2f} -> {os.getloadavg()[0]:.2f}",
-            flush=True,
-        )
+        same = _same_rows(first, table) if len(timed) > 1 else None
+        for label, r in timed:
+            rate = r["member_steps_per_s"]
+            print(
+                f"[{rep + 1}/{args.repeat}] {label}: {r['units']} units ({args.tasks} tasks x "
+                f"{len(STRATEGIES)} strategies, {r['members']} members) in {r['wall_s']:.1f}s = "
+                f"{r['units_per_s']:.2f} units/s, {rate:,.0f} member-steps/s; "
+                f"bare vmap(grad) SGD population of {r['members']} members ({threads} threads): "
+                f"{bare:,.0f} member-steps/s; sweep/bare = {rate / bare:.1%}; "
+                f"{r['parts']} part files; "
+                f"peak RSS of the process tree {r['peak_rss'] / 2**30:.2f} GiB; "
+                f"load average {r['load_before']:.2f} -> {r['load_after']:.2f}",
+                flush=True,
+            )
+            records.append(
+                {
+                    "repeat": rep + 1,
+                    "mode": label,
+                    "tasks": args.tasks,
+                    "strategies": len(STRATEGIES),
+                    **r,
+                    "bare_member_steps_per_s": bare,
+                    "bare_threads": threads,
+                    "sweep_over_bare": rate / bare,
+                    "same_rows_as_ray": same if label == "local sweep" else None,
+                }
+            )
+        if same is not None:
+            print(f"[{rep + 1}/{args.repeat}] local sweep rows == ray sweep rows: {same}")
+    atomic_write_json(root / "bench-sweep.json", records)
     rows, wins = summarise(table), win_rates(table)
     print(render(rows, "markdown", wins=wins, notes=notes(rows, wins)))
-    print(f"results: {results}")
+    print(f"results: {records[-1]['results']}")
+    print(f"figures: {root / 'bench-sweep.json'}")
     return 0
+
+
+def _time_sweep(cfg: Any, root: Path, local: bool, batch_units: int | None) -> dict[str, Any]:
+    """One sweep into a fresh ``results-N`` folder of ``root``: its figures (member-steps
+    counted from its rows, refits included) and its results table (key ``table``)."""
+    from raymeta.orchestration.sweep.run import local_slots, run_sweep
+    from raymeta.results import read_results
+
+    results = Path(tempfile.mkdtemp(dir=root, prefix="results-"))
+    load = os.getloadavg()[0]
+    with _PeakRSS() as mem:
+        res = run_sweep(cfg, results, progress=False, batch_units=batch_units, local=local)
+    table = read_results(results, sweep="bench")
+    pdf = table.to_pandas()
+    steps = int(pdf[pdf.metric == "test_loss"]["step"].sum())  # member-steps incl. refits
+    vals = pdf[pdf.metric == "val_loss"]
+    wall = max(res["wall_s"], 1e-9)
+    return {
+        "local": local,
+        "slots": local_slots() if local else None,  # worker processes, at most
+        "units": res["units"],
+        "wall_s": res["wall_s"],
+        "units_per_s": res["ran"] / wall,
+        "member_steps": steps,
+        "member_steps_per_s": steps / wall,
+        "members": len(vals.drop_duplicates(["strategy", "task", "seed", "trial"])),
+        "parts": len(list(results.glob("sweep=bench/part-*.parquet"))),
+        "peak_rss": mem.peak,
+        "load_before": load,
+        "load_after": os.getloadavg()[0],
+        "results": str(results),
+        "table": table,
+    }
+
+
+def _same_rows(a: Any, b: Any) -> bool:
+    """Two sweeps' results tables hold the same rows (values bit for bit; wall times aside)."""
+    keys = ["strategy", "task", "seed", "trial", "step", "metric"]
+    x, y = (t.to_pandas().drop(columns=["wall_s"]).sort_values(keys) for t in (a, b))
+    return len(x) == len(y) and bool(
+        (x[keys].to_numpy() == y[keys].to_numpy()).all()
+        and x["value"].to_numpy().tobytes() == y["value"].to_numpy().tobytes()
+    )
