@@ -474,3 +474,110 @@ def test_a_bad_negative_value_gets_its_options_own_message(
     argv = [str(results) if a == "RES" else a for a in argv]
     line = run_bad(argv, tmp_path, capsys)
     assert needle in line, line
+
+
+# ------------------------------------------- B: TuneRequest fields are checked when it is made
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"meta": None}, "--meta must be a path"),  # was: the checkpoint path "None"
+        ({"meta": 3}, "--meta must be a path"),
+        ({"meta": ""}, "--meta must be a non-empty path"),
+        ({"out": None}, "--out must be a path"),  # was: TypeError inside raymeta.tune
+        ({"out": 3}, "--out must be a path"),
+        ({"label": "a/b"}, "label 'a/b' must be 1-128 characters"),  # was: after the plan
+        ({"label": ""}, "label '' must be 1-128 characters"),
+        # was: refused by ray_context once the checkpoint was read and the task built
+        ({"address": "nope"}, "cannot parse Ray address 'nope'"),
+        ({"address": "ray://10.0.0.1:10001"}, "ray:// (Ray Client) addresses are not supported"),
+        ({"address": "head:99999"}, "the port must be a number in 1..65535"),
+    ],
+)
+def test_tune_request_refuses_bad_paths_labels_and_addresses(
+    change: dict[str, Any], needle: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import raymeta
+    import raymeta.orchestration.tune.run
+
+    monkeypatch.setattr(raymeta.orchestration.tune.run, "plan_tune", _no_work)
+    kw = {"meta": "m", "task": "sinusoid:0", "trials": 1, "out": "o", **change}
+    with pytest.raises(raymeta.RaymetaError) as err:
+        raymeta.TuneRequest(**kw)
+    assert needle in str(err.value), str(err.value)
+    with pytest.raises(raymeta.RaymetaError) as err:
+        raymeta.tune(**kw)  # the keyword form builds the same request
+    assert needle in str(err.value), str(err.value)
+
+
+def test_tune_request_takes_good_addresses_and_paths(tmp_path: Path) -> None:
+    from raymeta import TuneRequest
+
+    for address in ("auto", "local", "10.0.0.1:6379", "head-1.example:6379", "[::1]:6379"):
+        assert TuneRequest("m", "t", trials=1, address=address).address == address
+    r = TuneRequest(tmp_path / "m", "t", trials=1, out=tmp_path / "o", label="my.sweep-1")
+    assert r.to_dict()["meta"] == str(tmp_path / "m") and r.label == "my.sweep-1"
+
+
+def test_cli_address_ray_client_is_refused_in_ray_contexts_words(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: accepted where the Ray Client extra is installed (``grpc`` importable), then
+    refused by ``ray_context`` after the checkpoint was read; without it, a message
+    suggesting the extra would help. Now the same line either way."""
+    for argv in (TU, ["meta-train", "--local", "--out", "o"]):
+        line = run_bad([*argv, "--address", "ray://10.0.0.1:10001"], tmp_path, capsys)
+        assert "ray:// (Ray Client) addresses are not supported" in line, line
+        assert "pip install" not in line
+
+
+# ----------------------------------------- B: broad_space and FinetuneConfig argument types
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        # was: the candidates m, l, p (a string read letter by letter)
+        (("mlp", 5), "candidates must be a non-empty list of model candidate names"),
+        ((["mlp"], float("nan")), "max_batch must be an integer >= 1"),  # was ValueError
+        ((["mlp"], 5, "10"), "max_steps must be an integer >= 1"),  # was TypeError
+        ((["mlp"], 5.5), "max_batch must be an integer >= 1"),  # was truncated to 5
+        ((["mlp"], True), "max_batch must be an integer >= 1"),
+        (([1, 2], 5), "a model candidate name must be a string, got 1"),  # was '1', '2'
+        (([], 5), "candidates must be a non-empty list"),
+    ],
+)
+def test_broad_space_refuses_bad_arguments(args: tuple[Any, ...], needle: str) -> None:
+    from raymeta import ConfigError, broad_space
+
+    with pytest.raises(ConfigError) as err:
+        broad_space(*args)
+    assert needle in str(err.value), str(err.value)
+
+
+def test_broad_space_takes_tuples_and_numpy_integers() -> None:
+    import numpy as np
+
+    from raymeta import broad_space
+
+    sp = broad_space(("a", "b"), np.int64(7), np.int32(9))
+    assert sp["model"].choices == ("a", "b") and sp["batch_size"].high == 7
+
+
+@pytest.mark.parametrize(
+    ("args", "kw", "needle"),
+    [
+        (("lr",), {}, "give a mapping of hyperparameter: value"),  # was TypeError
+        (([("lr", 0.1)],), {}, "give a mapping of hyperparameter: value"),
+        ((), {"steps": 1e300}, "steps=1e+300 must be an integer in 1..2**62"),  # int64 overflow
+        ((), {"batch_size": 2**63}, "must be an integer in 1..2**62"),
+    ],
+)
+def test_finetune_config_refuses_non_mappings_and_ints_past_int64(
+    args: tuple[Any, ...], kw: dict[str, Any], needle: str
+) -> None:
+    from raymeta import ConfigError, FinetuneConfig
+
+    with pytest.raises(ConfigError) as err:
+        FinetuneConfig(*args, **kw)
+    assert needle in str(err.value), str(err.value)
+    with pytest.raises(ConfigError):
+        FinetuneConfig.from_dict("lr")  # type: ignore[arg-type]
+    assert FinetuneConfig(steps=2**62)["steps"] == 2**62

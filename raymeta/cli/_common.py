@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import importlib.util
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -193,8 +192,9 @@ _ADDRESS = re.compile(r"^(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})
 
 
 def address_arg(text: Any) -> str:
-    """``type=`` for ``--address``: ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT`` (the last
-    only where the Ray Client extra is installed); checked before any Ray process starts."""
+    """``type=`` for ``--address``: ``auto`` or ``HOST:PORT``; checked before any Ray process
+    starts. ``ray://HOST:PORT`` is refused as ``ray_context`` refuses it: it was accepted where
+    the Ray Client extra is installed, then refused once the checkpoint was read."""
     if not isinstance(text, str):
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {checks.show_value(text)}")
     text = text.strip()
@@ -205,11 +205,13 @@ def address_arg(text: Any) -> str:
         raise argparse.ArgumentTypeError(
             f"expected HOST:PORT, ray://HOST:PORT or auto, got {text!r}"
         )
-    if m.group(1) and importlib.util.find_spec("grpc") is None:
-        raise argparse.ArgumentTypeError(
-            f"{text}: ray:// addresses need the Ray Client (pip install 'ray[client]'); "
-            "or pass the head's HOST:PORT (e.g. 10.0.0.1:6379)"
-        )
+    from raymeta.errors import ClusterError
+    from raymeta.orchestration.ray_runtime import parse_address
+
+    try:
+        parse_address(text)  # ray:// (Ray Client) addresses: not supported, in its words
+    except ClusterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 

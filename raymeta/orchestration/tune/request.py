@@ -39,6 +39,7 @@ from raymeta.finetune.strategy import (
     TAKES_SCHEDULER,
     Strategy,
 )
+from raymeta.orchestration.ray_runtime import parse_address
 from raymeta.paths import probe_writable
 from raymeta.results.sink import check_sweep_name
 
@@ -83,7 +84,10 @@ class TuneRequest:
     def __post_init__(self) -> None:
         c = checks
         set_ = object.__setattr__
-        c.string("--meta", str(self.meta))
+        # paths, not anything str() can print: meta=None was accepted as the path "None" and
+        # out=None / out=3 were a TypeError deep inside raymeta.tune
+        c.path("--meta", self.meta)
+        c.path("--out", self.out)
         c.string("--task", self.task)
         trials = c.integer("--trials", self.trials, 1, MAX_TRIALS)
         members = c.integer("--members-per-trial", self.members_per_trial, 1, MAX_MEMBERS)
@@ -138,6 +142,13 @@ class TuneRequest:
             ),
         )
         c.string("label", self.label)
+        if self.name is None:
+            # the results' sweep column and folder (sweep=LABEL): checked here as --name is,
+            # not once the checkpoint is loaded and the task built (label="a/b" was accepted)
+            try:
+                check_sweep_name(self.label)
+            except ConfigError as exc:
+                raise ConfigError(f"label{str(exc).removeprefix('sweep name')}") from None
         if self.name is not None:
             try:
                 check_sweep_name(self.name)
@@ -152,6 +163,8 @@ class TuneRequest:
         for name in ("address", "storage"):
             if getattr(self, name) is not None:
                 c.string(f"--{name}", getattr(self, name))
+        if self.address is not None and self.address.strip() not in ("auto", "local"):
+            parse_address(self.address)  # as ray_context would, before the checkpoint is read
 
     def _strategy(self) -> Strategy | None:
         """``strategy`` and the ``init`` / ``prior`` / ``scheduler`` fields, reconciled; None
