@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from raymeta import checks
 from raymeta.errors import ConfigError
 from raymeta.priors.space import Categorical, Float, Int, Param, SearchSpace
 
@@ -101,8 +102,9 @@ class HParam:
             raise ConfigError(f"{bad} must be a finite number")
         if self.kind == "int":
             whole = float(value).is_integer() if not isinstance(value, numbers.Integral) else True
-            if not whole or float(value) < 1:
-                raise ConfigError(f"{bad} must be an integer >= 1")
+            # a member's tensor entry is an int64: steps=1e300 was accepted, then overflowed it
+            if not whole or float(value) < 1 or float(value) > UNLIMITED:
+                raise ConfigError(f"{bad} must be an integer in 1..2**62")
             return int(float(value)) if not isinstance(value, numbers.Integral) else int(value)
         value = float(value)
         if value < 0 or (self.positive and value == 0):
@@ -199,14 +201,23 @@ def tune_columns() -> dict[str, str]:
 
 
 def broad_space(candidates: Sequence[str], max_batch: int, max_steps: int = 100) -> SearchSpace:
-    """The broad default search space (the module docstring's table)."""
-    if not candidates:
-        raise ConfigError("search space: at least one model candidate is required")
-    if max_batch < 1 or max_steps < 1:
+    """The broad default search space (the module docstring's table).
+
+    ``candidates`` are model candidates' names (a list; a lone string was read letter by letter,
+    ``"mlp"`` as candidates m, l, p), ``max_batch`` and ``max_steps`` integers >= 1 (NaN was a
+    ValueError, ``"10"`` a TypeError, 5.5 truncated to 5 without a word)."""
+    if isinstance(candidates, str) or not isinstance(candidates, Sequence) or not candidates:
         raise ConfigError(
-            f"search space: max_batch and max_steps must be >= 1, got {max_batch}, {max_steps}"
+            "search space: candidates must be a non-empty list of model candidate names, got "
+            + checks.show_value(candidates)
         )
-    bounds = Bounds(tuple(str(c) for c in candidates), int(max_batch), int(max_steps))
+    for c in candidates:
+        if not isinstance(c, str) or not c:
+            raise ConfigError(f"search space: a model candidate name must be a string, got {c!r}")
+    for name, v in (("max_batch", max_batch), ("max_steps", max_steps)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ConfigError(f"search space: {name} must be an integer >= 1, got {v!r}")
+    bounds = Bounds(tuple(candidates), int(max_batch), int(max_steps))
     return SearchSpace([h.broad(bounds) for h in hparams()])
 
 
@@ -225,6 +236,11 @@ class FinetuneConfig(Mapping[str, Any]):
     __slots__ = ("_values",)
 
     def __init__(self, values: Mapping[str, Any] | None = None, /, **kw: Any) -> None:
+        if values is not None and not isinstance(values, Mapping):  # was a bare TypeError
+            raise ConfigError(
+                "fine-tuning config: give a mapping of hyperparameter: value (or keywords), got "
+                + checks.show_value(values)
+            )
         given = {**(values or {}), **kw}
         vocab = {h.name: h for h in hparams()}
         unknown = sorted(set(given) - set(vocab))
@@ -242,6 +258,8 @@ class FinetuneConfig(Mapping[str, Any]):
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FinetuneConfig:
         """The vocabulary's keys of ``d`` (other keys, such as Ray Tune's, are ignored)."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"fine-tuning config: expected a mapping, got {checks.show_value(d)}")
         known = set(names())
         return cls({k: v for k, v in d.items() if k in known})
 
@@ -315,7 +333,7 @@ def _plain(h: HParam, vals: list[Any]) -> bool:
     if h.kind == "name":
         return all((type(v) is str and v != "") or v is None for v in vals)
     if h.kind == "int":
-        ok = all(type(v) is int and v >= 1 for v in vals if v is not None)
+        ok = all(type(v) is int and 1 <= v <= UNLIMITED for v in vals if v is not None)
         return ok and (h.default is None or None not in vals)
     # floats only (an int passes the check converted); > 0 is >= the least float above 0
     low = math.ulp(0.0) if h.positive else 0.0
