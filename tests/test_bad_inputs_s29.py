@@ -581,3 +581,40 @@ def test_finetune_config_refuses_non_mappings_and_ints_past_int64(
     with pytest.raises(ConfigError):
         FinetuneConfig.from_dict("lr")  # type: ignore[arg-type]
     assert FinetuneConfig(steps=2**62)["steps"] == 2**62
+
+
+# ------------------------- B: priors show reads a priors file's free-form diagnostics safely
+@pytest.mark.parametrize(
+    ("part", "change"),
+    [
+        ("info", {"family": "sinusoid"}),  # was AttributeError: 'str' has no attribute 'get'
+        ("info", {"fit_seconds": "x"}),  # was ValueError: Unknown format code 'f'
+        ("info", {"portfolio_regret": None}),  # was TypeError: NoneType has no len()
+        ("selection", {"table": "abc"}),  # was AttributeError
+        ("selection", {"table": [1, 2]}),
+        ("selection", {"table": None}),  # was TypeError: not iterable
+        ("selection", {"table": [{"label": "x", "win_rate_vs_chosen": "y"}]}),  # ValueError
+    ],
+)
+def test_priors_show_survives_odd_diagnostics(
+    part: str,
+    change: dict[str, Any],
+    fitted: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A priors.json written by an older raymeta, by hand through the storage step, or by
+    ``raymeta.write_priors`` (which checks what a tune reads, not the diagnostics) printed
+    "internal error" instead of its tables."""
+    import shutil
+
+    import raymeta
+    from raymeta.core.checkpoint import load_meta_checkpoint
+    from raymeta.core.checkpoint import write_priors as store
+
+    d = tmp_path / "ckpt"
+    shutil.copytree(fitted, d)
+    good = raymeta.load_priors(load_meta_checkpoint(d)).to_dict()
+    store(d, good | {part: {**good[part], **change}})
+    rc, err = _cli(["priors", "show", "--meta", str(d)], capsys)
+    assert (rc, err) == (0, []), err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 from raymeta.priors.artifact import Priors
@@ -13,6 +15,18 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3g}"
     return str(v)
+
+
+def _seconds(v: Any) -> str:
+    """A duration from ``info`` (free-form diagnostics: a file written by hand or by an older
+    raymeta may hold anything there), or ``?``."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return f"{v:.1f}" if ok else "?"
+
+
+def _percent(v: Any) -> str:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return f"{float(v):.0%}" if ok else "?"
 
 
 def _space(p: Param) -> str:
@@ -41,11 +55,12 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def format_priors(pr: Priors, candidates: dict[str, dict[str, Any]] | None = None) -> str:
     """The priors as tables; ``candidates`` (name -> model, algorithm, meta-val loss) adds what
     each model candidate is next to its probability."""
-    info = pr.info
-    fam = info.get("family", {}).get("name", "?")
+    info = pr.info  # diagnostics: every part read defensively (``_seconds``), never trusted
+    family = info.get("family")
+    fam = family.get("name", "?") if isinstance(family, Mapping) else "?"
     head = (
         f"priors v{pr.version}: family {fam}, {info.get('n_tasks', '?')} meta-val tasks x {info.get('n_configs', '?')} configs, "
-        f"seed {info.get('seed', '?')}, top {info.get('quantile', '?')} quantile, fit {info.get('fit_seconds', 0.0):.1f} s"
+        f"seed {info.get('seed', '?')}, top {info.get('quantile', '?')} quantile, fit {_seconds(info.get('fit_seconds', 0.0))} s"
     )
     # what the priors serve: raymeta tune wants --objective anytime --max-steps <steps per member>
     head += (
@@ -74,7 +89,8 @@ def format_priors(pr: Priors, candidates: dict[str, dict[str, Any]] | None = Non
             f" on the unit coordinates around {len(joint.probs)} configs, categoricals kept with"
             f" p={joint.keep:g}; heaviest shown):\n" + _table(["weight", *names], rows)
         )
-    regret = info.get("portfolio_regret", [])
+    regret = info.get("portfolio_regret")
+    regret = regret if isinstance(regret, list) else []
     rows = [
         [str(i + 1), *(_fmt(c.get(n)) for n in names), _fmt(regret[i]) if i < len(regret) else ""]
         for i, c in enumerate(pr.portfolio)
@@ -106,7 +122,10 @@ def format_priors(pr: Priors, candidates: dict[str, dict[str, Any]] | None = Non
 
 
 def format_selection(sel: dict[str, Any]) -> str:
-    """The strategy-selection table: every arm x final pick on the meta-val tasks' test splits."""
+    """The strategy-selection table: every arm x final pick on the meta-val tasks' test splits
+    (rows that are not mappings, as a hand-edited or older file may hold, are left out: a
+    malformed record was an AttributeError / TypeError from ``priors show``)."""
+    table = sel.get("table")
     rows = [
         [
             ("* " if r.get("label") == sel.get("chosen_label") else "  ") + str(r.get("label")),
@@ -114,10 +133,11 @@ def format_selection(sel: dict[str, Any]) -> str:
             _fmt(r.get("ci95")),
             _fmt(r.get("median")),
             _fmt(r.get("rank")),
-            f"{float(r.get('win_rate_vs_chosen', 0.0)):.0%}",
+            _percent(r.get("win_rate_vs_chosen", 0.0)),
             _fmt(r.get("member_steps")),
         ]
-        for r in sel.get("table", [])
+        for r in (table if isinstance(table, list) else [])
+        if isinstance(r, Mapping)
     ]
     disjoint = "" if sel.get("tasks_disjoint", True) else " (the priors' own tasks: too few others)"
     head = (
