@@ -618,3 +618,38 @@ def test_priors_show_survives_odd_diagnostics(
     store(d, good | {part: {**good[part], **change}})
     rc, err = _cli(["priors", "show", "--meta", str(d)], capsys)
     assert (rc, err) == (0, []), err
+
+
+# ------------------------------------- B: RAYMETA_KEY_FILE that cannot sign, before Ray starts
+@pytest.mark.parametrize("kind", ["binary", "directory", "fifo"])
+def test_a_key_file_that_cannot_sign_is_one_line_before_ray(
+    kind: str,
+    fitted: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Was: read first once Ray had started and Tune had written its state (a binary key an
+    internal UnicodeDecodeError, a directory an IsADirectoryError, a FIFO a hang)."""
+    import os
+
+    import raymeta.orchestration.ray_runtime
+
+    key = tmp_path / "keys" / "run-key"
+    key.parent.mkdir(mode=0o700)
+    if kind == "binary":
+        key.write_bytes(b"\xff\xfe\x00" * 20)
+        key.chmod(0o600)
+    elif kind == "directory":
+        key.mkdir(mode=0o700)
+    else:
+        os.mkfifo(key, 0o600)
+    monkeypatch.setenv("RAYMETA_KEY_FILE", str(key))
+    monkeypatch.setattr(raymeta.orchestration.ray_runtime, "ray_context", _no_work)
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = ["tune", "--meta", str(fitted), "--task", "sinusoid:0", "--trials", "1"]
+    argv += ["--budget", "4", "--out", "out", "--quiet", "--strategy", "meta+broad+random"]
+    line = run_bad(argv, work, capsys)
+    want = "is damaged" if kind == "binary" else "is not a regular file"
+    assert f"raymeta key file {key} {want}" in line, line

@@ -49,7 +49,14 @@ from raymeta.orchestration.tune.lineage import (
 from raymeta.orchestration.tune.plan import TunePlan, plan_tune
 from raymeta.orchestration.tune.request import TuneRequest, check_members_fit
 from raymeta.orchestration.tune.trainable import TRIAL_STEPS, load_trial, tune_trainable
-from raymeta.orchestration.tune.trust import TRUST_DIR, TUNER_PKL, StateSigner, Store, run_digest
+from raymeta.orchestration.tune.trust import (
+    TRUST_DIR,
+    TUNER_PKL,
+    StateSigner,
+    Store,
+    load_key,
+    run_digest,
+)
 from raymeta.priors import Float
 from raymeta.results.sink import ResultSink
 
@@ -514,6 +521,7 @@ def _run(request: TuneRequest, verbose: int, crash_marker: str | None) -> dict[s
         )
     # before Ray starts, and so before anything (Tune included) reads a pickle from there
     resume = _trusted_resume(signer, out / HISTORY_FILE)
+    load_key()  # a key file that cannot sign is refused here, not once Tune has written state
     t0 = time.perf_counter()
     # no idle prestarted workers: Tune's trial actors cannot use them (``local_init_kwargs``)
     with ray_context(request.address, prestart_workers=False):

@@ -85,7 +85,9 @@ def key_file() -> Path:
 
 
 def load_key() -> bytes:
-    """The user's run-signing key, created (0600, parent 0700) on first use."""
+    """The user's run-signing key, created (0600, parent 0700) on first use. A key file that
+    cannot serve (not a regular file, someone else's, readable by others, not hex text) is a
+    one-line ``ConfigError``; ``raymeta tune`` reads it before Ray starts."""
     p = key_file()
     if not p.exists():
         p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -100,6 +102,10 @@ def load_key() -> bytes:
         finally:
             os.unlink(tmp)
     st = p.stat()
+    if not stat.S_ISREG(st.st_mode):  # a directory was an IsADirectoryError, a FIFO a hang
+        raise ConfigError(
+            f"raymeta key file {p} is not a regular file; remove it or fix RAYMETA_KEY_FILE"
+        )
     if st.st_uid != os.getuid():
         raise ConfigError(f"raymeta key file {p} is owned by uid {st.st_uid}, not you; remove it")
     if st.st_mode & 0o077:
@@ -107,9 +113,8 @@ def load_key() -> bytes:
             f"raymeta key file {p} is accessible by others (mode {stat.S_IMODE(st.st_mode):o}); "
             f"chmod 600 {p}"
         )
-    text = p.read_text().strip()
-    try:
-        key = bytes.fromhex(text)
+    try:  # bytes that are not text (UnicodeDecodeError, a ValueError) are a damaged key too
+        key = bytes.fromhex(p.read_bytes().decode("ascii").strip())
     except ValueError:
         key = b""
     if len(key) < 16:
