@@ -653,3 +653,25 @@ def test_a_key_file_that_cannot_sign_is_one_line_before_ray(
     line = run_bad(argv, work, capsys)
     want = "is damaged" if kind == "binary" else "is not a regular file"
     assert f"raymeta key file {key} {want}" in line, line
+
+
+# --------------------------------------------- B: a reader that leaves early is not an error
+def test_a_closed_stdout_pipe_ends_quietly(results: Path) -> None:
+    """``raymeta report ... | head -0``: was "raymeta: error: Broken pipe" and exit 2, as for
+    bad input. Now exit 141 (128 + SIGPIPE, what shells report for a killed writer) and
+    nothing on stderr; a full disk (/dev/full) is still one error line."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "raymeta", "report", str(results), "--format", "json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first byte is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err
+    assert err == "", err
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        "raymeta: error: No space left on device"
+    ], done.stderr

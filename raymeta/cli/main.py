@@ -8,8 +8,11 @@ User errors (``RaymetaError``) print one line and exit 2; Ctrl-C exits 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import select
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -92,11 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = apply_config(sub_parser, args, argv)
             apply_renamed(sub_parser, args)
         rc = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
         return int(rc or 0)
     except RaymetaError as exc:
         print(f"raymeta: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except (OSError, MemoryError) as exc:  # the machine refused (disk full, no memory, EIO...)
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            return 128 + signal.SIGPIPE  # the reader left (raymeta report | head): quietly
         if os.environ.get("RAYMETA_DEBUG"):
             raise
         if isinstance(exc, OSError):
@@ -118,6 +124,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (``raymeta report | head``): polling
+    its fd reports an error then. It is pointed at /dev/null, so neither a later write nor
+    the interpreter's exit flush prints "Exception ignored ... BrokenPipeError". Before, a
+    closed pipe was "raymeta: error: Broken pipe" and exit 2, as if the input were bad."""
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        events = poller.poll(0)
+    except (OSError, ValueError, AttributeError):  # no real fd (a captured stdout)
+        return False
+    if not any(ev & select.POLLERR for _, ev in events):
+        return False
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return True
 
 
 def _one_line(exc: BaseException) -> str:
