@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_bad_inputs import run_bad  # tests/ is on sys.path (rootdir-less test modules)
 
 from raymeta.cli.main import build_parser, main
@@ -675,3 +677,209 @@ def test_a_closed_stdout_pipe_ends_quietly(results: Path) -> None:
     assert done.returncode == 2 and done.stderr.splitlines() == [
         "raymeta: error: No space left on device"
     ], done.stderr
+
+
+# ------------------ Hypothesis: good values are taken, flag and --config alike (report, predict)
+# The fuzz tests (test_fuzz_cli.py) check that bad input is one line; these check the other
+# half, that good input is not refused, and that a config file means what the flags mean.
+# ``report --target -1e-3`` (refused until this round) is what such a property finds.
+
+PROPERTY = settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+spellings = st.sampled_from(["{!r}", "{:e}", "{:.3E}", "{:g}", "{:.17g}"])
+
+
+def _quiet(argv: list[str]) -> tuple[int, str, str]:
+    """``main(argv)`` in-process: exit code, stdout, stderr (no pytest capture: Hypothesis
+    runs many examples in one test)."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(argv)
+        except SystemExit as exc:
+            rc = int(exc.code or 0)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _one_error_line(rc: int, err: str) -> str:
+    lines = err.splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("raymeta: error:"), (rc, err)
+    return lines[0]
+
+
+@PROPERTY
+@given(x=finite, spelling=spellings)
+def test_report_takes_every_finite_target(
+    results: Path, tmp_path: Path, x: float, spelling: str
+) -> None:
+    import json
+
+    import yaml
+
+    text = spelling.format(x)
+    rc, out, err = _quiet(["report", str(results), "--target", text, "--format", "json"])
+    assert rc == 0, (text, err)
+    assert json.loads(out)["target"] == float(text)
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(yaml.safe_dump({"target": x, "format": "json"}))
+    rc2, out2, err2 = _quiet(["report", str(results), "--config", str(cfg)])
+    assert rc2 == 0 and json.loads(out2)["target"] == x, err2
+
+
+@PROPERTY
+@given(
+    text=st.sampled_from(["nan", "-nan", "inf", "-inf", "1e999", "-1e999", "NaN", "-Infinity"])
+    | st.text(st.characters(blacklist_characters="\x00"), min_size=1).filter(
+        lambda t: not _is_float(t)
+    )
+)
+def test_report_refuses_every_target_that_is_not_a_finite_number(results: Path, text: str) -> None:
+    rc, out, err = _quiet(["report", str(results), "--target", text])
+    line = _one_error_line(rc, err)
+    assert "--target" in line or "argument" in line, line
+
+
+def _is_float(text: str) -> bool:
+    import math
+
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def tuned_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tune run directory as ``raymeta tune`` writes it (an MLP on 3 inputs) and a plain
+    table with columns a, b, c to predict on."""
+    import hashlib
+    import io
+    import json
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from raymeta.core.models import ModelSpec, build_model
+
+    root = tmp_path_factory.mktemp("s29run")
+    spec = ModelSpec("mlp", (3,), 1, {"widths": [8]})
+    torch.manual_seed(0)
+    weights = {k: v.detach().clone() for k, v in build_model(spec).named_parameters()}
+    buf = io.BytesIO()
+    torch.save(weights, buf)
+    (root / "best_model.pt").write_bytes(buf.getvalue())
+    report = {
+        "model": spec.to_dict(),
+        "model_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+        "candidate": "mlp",
+        "kind": "regression",
+    }
+    (root / "report.json").write_text(json.dumps(report))
+    x = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    table = root.parent / "plain.parquet"
+    pq.write_table(pa.table({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2]}), table)
+    return root, table
+
+
+@PROPERTY
+@given(
+    rows=st.integers(1, 1 << 24),
+    how=st.sampled_from(["flag", "config"]),
+    columns=st.sampled_from(["a,b,c", " a , b , c ", "a,b,c", "[a, b, c]"]),
+)
+def test_predict_takes_every_batch_size_in_range_the_same_way(
+    tuned_run: tuple[Path, Path], tmp_path: Path, rows: int, how: str, columns: str
+) -> None:
+    """Any --batch-rows in 1..2**24, given as a flag or as a config key, predicts exactly what
+    the default does; ``feature_columns`` as text or a YAML list (README, Command line)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    run, table = tuned_run
+    ref = tmp_path / "ref.parquet"
+    base = ["predict", "--run", str(run), "--input", str(table), "--overwrite"]
+    if not ref.exists():
+        rc, _, err = _quiet([*base, "--out", str(ref), "--feature-columns", "a,b,c"])
+        assert rc == 0, err
+    out = tmp_path / "p.parquet"
+    if how == "flag":
+        if columns.startswith("["):
+            columns = "a,b,c"  # a YAML list is a config form
+        argv = [*base, "--out", str(out), "--batch-rows", str(rows), "--feature-columns", columns]
+    else:
+        cfg = tmp_path / "p.yaml"
+        cols = columns if columns.startswith("[") else repr(columns)
+        cfg.write_text(f"batch_rows: {rows}\nfeature-columns: {cols}\nout: {out}\n")
+        argv = [*base, "--config", str(cfg)]
+    rc, _, err = _quiet(argv)
+    assert rc == 0, (argv, err)
+    got, want = (pq.read_table(p).column("prediction").to_numpy() for p in (out, ref))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # batch shapes change BLAS paths
+
+
+option_names = st.sampled_from(
+    ["batch_rows", "batch-rows", "device", "overwrite", "feature_columns", "out", "input", "run"]
+    + ["sweep", "pool", "format", "plots", "metric", "target"]
+)
+odd_keys = st.text(
+    st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=16
+)
+yaml_scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | finite | odd_keys
+
+
+@PROPERTY
+@given(
+    command=st.sampled_from(["report", "predict"]),
+    pairs=st.dictionaries(option_names | odd_keys, yaml_scalars, min_size=1, max_size=4),
+)
+def test_config_keys_are_taken_or_named_in_one_line(
+    tuned_run: tuple[Path, Path],
+    results: Path,
+    tmp_path: Path,
+    command: str,
+    pairs: dict[str, Any],
+) -> None:
+    """Whatever keys and scalar values a config file holds: exit 0, or one error line; only a
+    key that is no option of the command is called unknown, and a file of nothing but such
+    keys is refused so; nothing is written on exit 2."""
+    import yaml
+
+    from raymeta.cli.main import build_parser
+
+    run, table = tuned_run
+    work = tmp_path / "w"
+    work.mkdir(exist_ok=True)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(pairs, allow_unicode=True))
+    if command == "report":
+        argv = ["report", str(results), "--config", str(cfg)]
+    else:
+        out = str(work / "p.parquet")
+        argv = ["predict", "--run", str(run), "--input", str(table), "--out", out]
+        argv += ["--feature-columns", "a,b,c", "--overwrite", "--config", str(cfg)]
+    sub = next(
+        a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction"
+    ).choices[command]  # type: ignore[attr-defined]
+    dests = {a.dest for a in sub._actions if a.option_strings} - {"help", "config"}
+    before = sorted(p.name for p in work.iterdir())
+    rc, _, err = _quiet(argv)
+    if rc != 0:
+        line = _one_error_line(rc, err)
+        assert sorted(p.name for p in work.iterdir()) == before
+        unknown = [k for k in pairs if k.replace("-", "_") not in dests or k.startswith("_")]
+        if len(unknown) == len(pairs):
+            assert "unknown option" in line, (pairs, line)
+        if "unknown option" in line:
+            assert any(f"unknown option {k!r}" in line for k in unknown), (pairs, line)
+    else:
+        assert all(k.replace("-", "_") in dests for k in pairs), (pairs, err)
