@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from raymeta import checks
+from raymeta.core.checkpoint import weights_load_error
 from raymeta.core.models import ModelSpec, build_model, expected_shapes
 from raymeta.errors import CheckpointError, ConfigError, DataError, RaymetaError
 from raymeta.fileio import read_json_file
@@ -133,7 +134,7 @@ def _read_weights(run: TunedRun) -> dict[str, torch.Tensor]:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, OSError) as exc:
         raise CheckpointError(
-            f"{f} is not a weights-only tensor file: {_first_line(exc)}"
+            f"{f} is not a weights-only tensor file: {weights_load_error(exc)}"
         ) from None
     if not isinstance(obj, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()

@@ -883,3 +883,47 @@ def test_config_keys_are_taken_or_named_in_one_line(
             assert any(f"unknown option {k!r}" in line for k in unknown), (pairs, line)
     else:
         assert all(k.replace("-", "_") in dests for k in pairs), (pairs, err)
+
+
+# ----------------------- B: a weights file torch refuses is named without torch's unsafe advice
+def test_a_file_that_is_not_plain_tensors_gets_no_advice_to_unpickle_it(
+    tuned_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: torch's message, whose first line says rerunning torch.load with
+    weights_only=False "will likely succeed" (arbitrary code execution; and no raymeta command
+    can do it). Now the refusal and its detail only, for a candidate's weights and a run's
+    best_model.pt alike."""
+    import argparse
+    import hashlib
+    import json
+    import shutil
+
+    import torch
+
+    bad = tmp_path / "w.pt"
+    torch.save({"w": argparse.Namespace(a=1)}, bad)  # a pickled object, not a tensor
+    argv = [
+        "meta-train",
+        "--local",
+        "--steps",
+        "1",
+        "--out",
+        "o",
+        "--candidate",
+        f"a weights={bad}",
+    ]
+    line = run_bad(argv, tmp_path, capsys)
+    assert f"{bad} is not a weights-only tensor file: torch.load(weights_only=True) refused" in line
+    assert "GLOBAL argparse.Namespace was not an allowed global by default" in line, line
+    assert "likely succeed" not in line and "add_safe_globals" not in line, line
+    run, table = tuned_run
+    other = tmp_path / "run"
+    shutil.copytree(run, other)
+    (other / "best_model.pt").write_bytes(bad.read_bytes())
+    rep = json.loads((other / "report.json").read_text())
+    rep["model_sha256"] = hashlib.sha256(bad.read_bytes()).hexdigest()
+    (other / "report.json").write_text(json.dumps(rep))
+    argv = ["predict", "--run", str(other), "--input", str(table), "--out", "p.parquet"]
+    line = run_bad([*argv, "--feature-columns", "a,b,c"], tmp_path, capsys)
+    assert "best_model.pt is not a weights-only tensor file: torch.load(weights_only" in line
+    assert "likely succeed" not in line, line

@@ -410,13 +410,29 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+def weights_load_error(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line. Torch's own message
+    opens with advice to rerun with ``weights_only=False`` ("will likely succeed, but it can
+    result in arbitrary code execution"), which raymeta never does and a user of a raymeta
+    command cannot: only its ``WeightsUnpickler`` detail is kept."""
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) and "WeightsUnpickler error:" in text:
+        detail = " ".join(text.split("WeightsUnpickler error:", 1)[1].split())
+        detail = detail.split(". ", 1)[0].rstrip(".")  # its first sentence: no allowlist advice
+        return (
+            f"torch.load(weights_only=True) refused it ({detail or 'not plain tensors'}); "
+            "raymeta reads only a dict of tensors saved with torch.save, never other pickles"
+        )
+    return _first_line(exc)
+
+
 def load_weights(f: Path) -> dict[str, torch.Tensor]:
     """``torch.load(weights_only=True)``, refusing anything but a ``str -> Tensor`` dict."""
     try:
         obj = torch.load(f, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, OSError) as exc:
         raise CheckpointError(
-            f"{f} is not a weights-only tensor file: {_first_line(exc)}"
+            f"{f} is not a weights-only tensor file: {weights_load_error(exc)}"
         ) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # the common {"state_dict": ..., "epoch": ...} layout
