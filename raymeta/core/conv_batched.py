@@ -63,9 +63,20 @@ def has_conv(model: nn.Module) -> bool:
 
 
 def fold_inputs(x: torch.Tensor) -> torch.Tensor:
-    """``(T, B, C, H, W)`` task-major images -> ``(B, T*C, H, W)``, task t in channels t*C.."""
+    """``(T, B, C, H, W)`` task-major images -> ``(B, T*C, H, W)``, task t in channels t*C..
+
+    On the CPU the result is channels-last, and so is every activation after it (convolution,
+    norm, ReLU and pooling keep the layout). Why: CPU max-pooling of a contiguous (NCHW)
+    tensor is not vectorised over channels; on Conv4's folded activations it took 8x the time
+    of the same pooling channels-last (75 x 192 x 28 x 28: 77 ms vs 9.6 ms, one thread) and a
+    quarter of the meta-gradient; oneDNN's convolutions are faster channels-last, too
+    (BENCHMARKS.md "Issue 17, seventh pass"). Values are the same either way: layout changes
+    no result beyond float rounding order."""
     t, b, c, h, w = x.shape
-    return x.permute(1, 0, 2, 3, 4).reshape(b, t * c, h, w)
+    out = x.permute(1, 0, 2, 3, 4).reshape(b, t * c, h, w)
+    if out.device.type == "cpu":
+        return out.contiguous(memory_format=torch.channels_last)
+    return out
 
 
 def _merged(stacked: Mapping[str, torch.Tensor], key: str) -> torch.Tensor | None:
@@ -147,6 +158,28 @@ def folded_body(
     return h
 
 
+def _inputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Task-major inputs as ``folded_forward`` takes them: folded into channels for a conv net."""
+    return fold_inputs(x) if has_conv(model) else x
+
+
+def inner_rate(
+    params: Mapping[str, torch.Tensor],
+    key: str,
+    i: int,
+    lr: float,
+    lr_prefix: str | None,
+    lslr_prefix: str | None,
+) -> torch.Tensor | float:
+    """The rate of inner step ``i`` for ``key``: Meta-SGD's ``<lr_prefix><key>`` when
+    ``lr_prefix`` is given, else LSLR's ``<lslr_prefix><key>[i]`` when ``params`` holds it with
+    an entry ``i``, else ``lr`` (``core.engine.step_rate``'s rule, on the folded path)."""
+    if lr_prefix:
+        return params[lr_prefix + key]
+    per_step = params.get(lslr_prefix + key) if lslr_prefix else None
+    return lr if per_step is None or i >= per_step.shape[0] else per_step[i]
+
+
 def folded_meta_grad(
     model: nn.Module,
     loss: LossFn,
@@ -178,22 +211,15 @@ def folded_meta_grad(
     t = xs.shape[0]
     leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     fast = {n: leaves[n].unsqueeze(0).expand(t, *leaves[n].shape) for n in names}
-    conv = has_conv(model)
-    sx, qx = (fold_inputs(xs), fold_inputs(xq)) if conv else (xs, xq)
+    sx, qx = _inputs(model, xs), _inputs(model, xq)
     per_task = torch.vmap(loss)
-
-    def rate(k: str, i: int) -> torch.Tensor | float:
-        if lr_prefix:
-            return leaves[lr_prefix + k]
-        per_step = leaves.get(lslr_prefix + k) if lslr_prefix else None
-        return lr if per_step is None or i >= per_step.shape[0] else per_step[i]
 
     def step(fast: Params, i: int) -> Params:
         inner = per_task(folded_forward(model, fast, sx), ys).sum()
         g = torch.autograd.grad(inner, [fast[k] for k in adapt_keys], create_graph=not first_order)
         new = dict(fast)
         for k, gk in zip(adapt_keys, g, strict=True):
-            new[k] = fast[k] - rate(k, i) * gk
+            new[k] = fast[k] - inner_rate(leaves, k, i, lr, lr_prefix, lslr_prefix) * gk
         return new
 
     def query(fast: Params) -> torch.Tensor:
@@ -217,3 +243,50 @@ def folded_meta_grad(
         for k, gk in zip(keys, grads, strict=True)
     }
     return total.detach(), out
+
+
+def folded_episode_scores(
+    model: nn.Module,
+    loss: LossFn,
+    params: Mapping[str, torch.Tensor],
+    adapt_keys: list[str],
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    xq: torch.Tensor,
+    yq: torch.Tensor,
+    steps: int,
+    lr: float,
+    lr_prefix: str | None = None,
+    lslr_prefix: str | None = None,
+    classification: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-task query loss and accuracy (zeros unless ``classification``) of T tasks after
+    ``steps`` first-order inner steps from ``params``, the T tasks folded into one net:
+    ``MetaEngine.episode_scores`` on the CPU for the built-in conv nets. Why: under ``vmap``
+    every evaluated task's convolution and pooling run in the slow batched layouts the
+    meta-gradient left behind (``folded_meta_grad``); meta-validation and the few-shot
+    benchmarks evaluate hundreds of episodes. Rates as ``inner_rate``; first-order, so each
+    step's weights are detached leaves and no graph outlives the step."""
+    from raymeta.core.losses import accuracy
+
+    names = [n for n, _ in model.named_parameters()]
+    t = xs.shape[0]
+    base = {k: v.detach() for k, v in params.items()}
+    fast = {n: base[n].unsqueeze(0).expand(t, *base[n].shape) for n in names}
+    sx = _inputs(model, xs)
+    per_task = torch.vmap(loss)
+    for i in range(steps):
+        with torch.enable_grad():
+            leaves = {k: fast[k].detach().requires_grad_(True) for k in adapt_keys}
+            inner = per_task(folded_forward(model, {**fast, **leaves}, sx), ys).sum()
+            g = torch.autograd.grad(inner, [leaves[k] for k in adapt_keys])
+        with torch.no_grad():
+            for k, gk in zip(adapt_keys, g, strict=True):
+                fast[k] = (
+                    leaves[k].detach() - inner_rate(base, k, i, lr, lr_prefix, lslr_prefix) * gk
+                )
+    with torch.no_grad():
+        out = folded_forward(model, fast, _inputs(model, xq))
+        losses = per_task(out, yq)
+        accs = accuracy(out, yq) if classification else torch.zeros_like(losses)
+    return losses, accs

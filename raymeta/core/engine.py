@@ -24,13 +24,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Literal
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
-from raymeta.core.conv_batched import foldable, folded_meta_grad, has_conv
+from raymeta.core.conv_batched import (
+    foldable,
+    folded_episode_scores,
+    folded_meta_grad,
+    has_conv,
+)
 from raymeta.core.losses import accuracy, loss_fn
 from raymeta.core.models import builtin_activations, head_keys
 from raymeta.errors import ConfigError
@@ -323,6 +329,39 @@ class MetaEngine:
             )
         return self.conv_path == "folded"
 
+    def evaluates_folded(self, device: torch.device) -> bool:
+        """Whether evaluations on ``device`` fold a built-in conv net's tasks into one net
+        (``conv_batched.folded_episode_scores``): where meta-gradients would (``conv_path``
+        folded, or auto on the CPU), for every algorithm, since evaluation only adapts."""
+        if not (self.builtin and self.has_conv) or self.conv_path == "vmap":
+            return False
+        return self.conv_path == "folded" or device.type == "cpu"
+
+    def _folded_scores(
+        self,
+        params: Params,
+        xs: torch.Tensor,
+        ys: torch.Tensor,
+        xq: torch.Tensor,
+        yq: torch.Tensor,
+        steps: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return folded_episode_scores(
+            self.model,
+            self.loss,
+            params,
+            self.adapt_keys,
+            xs,
+            ys,
+            xq,
+            yq,
+            self.inner.steps if steps is None else steps,
+            self.inner.lr,
+            LR_PREFIX if self.algo == "metasgd" else None,
+            LSLR_PREFIX,
+            self.kind == "classification",
+        )
+
     def _folded_grad(
         self, params: Params, batch: TaskBatch, fo: bool, weights: tuple[float, ...] | None
     ) -> tuple[torch.Tensor, Params]:
@@ -395,6 +434,8 @@ class MetaEngine:
             return self.loss(out, yq), acc
 
         run = vmap(one, in_dims=(None, 0, 0, 0, 0))
+        if self.evaluates_folded(batch.xs.device):
+            run = partial(self._folded_scores, steps=steps)
         losses, accs = [], []
         detached = {k: v.detach() for k, v in params.items()}
         for s, e in self._chunks(batch.n_tasks, self.cpu_chunk_size(batch)):
