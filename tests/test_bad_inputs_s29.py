@@ -927,3 +927,42 @@ def test_a_file_that_is_not_plain_tensors_gets_no_advice_to_unpickle_it(
     line = run_bad([*argv, "--feature-columns", "a,b,c"], tmp_path, capsys)
     assert "best_model.pt is not a weights-only tensor file: torch.load(weights_only" in line
     assert "likely succeed" not in line, line
+
+
+# ------------------------------- B: run_population's steps and interval are checked integers
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"steps": 2.5}, "steps must be an integer in 1..2**62, got 2.5"),  # was TypeError
+        ({"steps": float("nan")}, "steps must be an integer in 1..2**62"),  # was TypeError
+        ({"steps": "2"}, "steps must be an integer in 1..2**62, got '2'"),  # was TypeError
+        ({"steps": 10**30}, "steps must be an integer in 1..2**62"),  # was OverflowError
+        ({"steps": True}, "steps must be an integer in 1..2**62"),
+        ({"interval": float("inf")}, "interval must be an integer in 1..2**62"),
+        ({"interval": 0}, "interval must be an integer in 1..2**62, got 0"),
+    ],
+)
+def test_run_population_refuses_steps_and_intervals_that_are_not_counts(
+    change: dict[str, Any], needle: str, ckpt: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import raymeta.finetune.run
+    from raymeta import ConfigError, make_family, run_population
+
+    monkeypatch.setattr(raymeta.finetune.run, "initial_state", _no_work)
+    kw: dict[str, Any] = {"init": "meta", "steps": 2, "interval": 1, "seed": 0, **change}
+    task = make_family("sinusoid").task("test", 0)
+    with pytest.raises(ConfigError) as err:
+        run_population(task, ckpt.candidates, [{"lr": 0.01}], **kw)
+    assert needle in str(err.value), str(err.value)
+
+
+def test_run_population_takes_numpy_integer_steps(ckpt: Any) -> None:
+    import numpy as np
+
+    from raymeta import make_family, run_population
+
+    task = make_family("sinusoid").task("test", 0)
+    res = run_population(
+        task, ckpt.candidates, [{}], init="meta", steps=np.int64(2), interval=np.int32(1), seed=0
+    )
+    assert res.curves.step == [1, 2]

@@ -14,6 +14,7 @@ random init of seed ``s * 10_007 + i``; the exploits draw from ``default_rng(s)`
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -139,9 +140,12 @@ def check_run(
     configs: Sequence[Mapping[str, Any]],
     picks: Sequence[str],
 ) -> None:
-    """What ``run_population`` (and its batched form) refuses before any work."""
-    if steps < 1 or interval < 1:
-        raise ConfigError(f"steps and interval must be >= 1 (got {steps}, {interval})")
+    """What ``run_population`` (and its batched form) refuses before any work. ``steps`` and
+    ``interval`` are integers in 1..2**62 (a member's step count is an int64): 2.5 or NaN was a
+    TypeError from ``range``, ``"2"`` a TypeError from a comparison, 10**30 an OverflowError."""
+    for name, v in (("steps", steps), ("interval", interval)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 1 <= v <= MAX_STEPS:
+            raise ConfigError(f"{name} must be an integer in 1..2**62, got {checks.show_value(v)}")
     if init not in INITS:
         raise ConfigError(f"unknown init {init!r} (use {' or '.join(INITS)})")
     if pbt and prior is None:
@@ -153,6 +157,8 @@ def check_run(
     for rule in picks:
         check_pick(rule)
 
+
+MAX_STEPS = 2**62  # steps of a member (its count is an int64 tensor entry)
 
 # scratch inits are seeded ``seed * 10_007 + member`` (a torch seed, < 2**63): past this a
 # seed was an internal "Overflow when unpacking long long"
