@@ -966,3 +966,96 @@ def test_run_population_takes_numpy_integer_steps(ckpt: Any) -> None:
         task, ckpt.candidates, [{}], init="meta", steps=np.int64(2), interval=np.int32(1), seed=0
     )
     assert res.curves.step == [1, 2]
+
+
+# ------------------------------------- B: --overwrite replaces a checkpoint, never other files
+@pytest.mark.parametrize("local", [True, False])
+def test_meta_train_overwrite_never_replaces_a_directory_of_other_files(
+    local: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: ``raymeta meta-train --out . --overwrite`` in a project swapped the project
+    directory (its sources included) for a meta-checkpoint, and the refusal without
+    --overwrite said "pass --overwrite to replace it"."""
+    import raymeta.orchestration.ray_runtime
+
+    monkeypatch.setattr(raymeta.orchestration.ray_runtime, "ray_context", _no_work)
+    proj = tmp_path / "proj"
+    (proj / "src").mkdir(parents=True)
+    (proj / "src" / "code.py").write_text("precious")
+    (proj / "README").write_text("x")
+    argv = ["meta-train", "--steps", "1", "--meta-batch", "2", "--val-tasks", "1", "--quiet"]
+    argv += ["--local"] if local else []
+    for extra in ([], ["--overwrite"]):
+        line = run_bad([*argv, "--out", ".", *extra], proj, capsys)
+        assert "holds files that are not a meta-checkpoint (README, src)" in line, line
+        assert "pass --overwrite" not in line
+    assert (proj / "src" / "code.py").read_text() == "precious"
+
+
+def test_save_meta_checkpoint_overwrite_keeps_other_files(ckpt: Any, tmp_path: Path) -> None:
+    import raymeta
+
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "notes.txt").write_text("keep")
+    with pytest.raises(raymeta.ConfigError, match=r"holds files that are not a meta-checkpoint"):
+        raymeta.save_meta_checkpoint(d, ckpt, overwrite=True)
+    assert (d / "notes.txt").read_text() == "keep"
+    # a checkpoint, a damaged one (its meta.json unreadable) and an empty directory: replaced
+    raymeta.save_meta_checkpoint(tmp_path / "c", ckpt)
+    raymeta.save_meta_checkpoint(tmp_path / "c", ckpt, overwrite=True)
+    (tmp_path / "c" / "meta.json").write_text("{")
+    raymeta.save_meta_checkpoint(tmp_path / "c", ckpt, overwrite=True)
+    (tmp_path / "e").mkdir()
+    raymeta.save_meta_checkpoint(tmp_path / "e", ckpt, overwrite=True)
+    assert raymeta.load_meta_checkpoint(tmp_path / "c").candidates.keys() == ckpt.candidates.keys()
+
+
+def test_meta_train_overwrite_still_replaces_a_damaged_checkpoint(
+    ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    d = tmp_path / "ck"
+    shutil.copytree(ckpt_dir, d)
+    (d / "meta.json").write_text("{")
+    argv = ["meta-train", "--local", "--steps", "1", "--meta-batch", "2", "--val-tasks", "1"]
+    line = run_bad([*argv, "--quiet", "--out", str(d)], tmp_path, capsys)
+    assert "a damaged meta-checkpoint (its meta.json cannot be read)" in line, line
+    assert _cli([*argv, "--quiet", "--out", str(d), "--overwrite"], capsys)[0] == 0
+    from raymeta import load_meta_checkpoint
+
+    assert load_meta_checkpoint(d).config["steps"] == 1
+
+
+# ------------------------------------------ B: a tune run never writes into its checkpoint
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--out", "CK"], "--out {ck} lies inside the meta-checkpoint"),
+        (["--out", "CK/tune"], "--out {ck}/tune lies inside the meta-checkpoint"),
+        (["--out", "o", "--storage", "CK/ray"], "--storage {ck}/ray lies inside"),
+    ],
+)
+def test_tune_out_or_storage_inside_the_checkpoint_is_refused(
+    flags: list[str],
+    needle: str,
+    ckpt_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Was: ``--out META/tune`` (and a --storage there) reached Ray; the run's reports, Ray
+    Tune state and result parts went into the checkpoint directory."""
+    import shutil
+
+    import raymeta.orchestration.ray_runtime
+
+    monkeypatch.setattr(raymeta.orchestration.ray_runtime, "ray_context", _no_work)
+    ck = tmp_path / "ck"
+    shutil.copytree(ckpt_dir, ck)
+    argv = ["tune", "--meta", str(ck), "--task", "sinusoid:0", "--trials", "1", "--budget", "4"]
+    argv += ["--strategy", "meta+broad+random", "--quiet"]
+    argv += [f.replace("CK", str(ck)) for f in flags]
+    line = run_bad(argv, tmp_path, capsys)
+    assert needle.format(ck=ck) in line, line

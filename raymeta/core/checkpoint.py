@@ -170,6 +170,8 @@ def save_meta_checkpoint(path: str | Path, ckpt: MetaCheckpoint, overwrite: bool
     if not isinstance(ckpt, MetaCheckpoint):
         raise ConfigError(f"ckpt must be a MetaCheckpoint, got {checks.show_value(ckpt)}")
     checks.boolean("overwrite", overwrite)
+    if overwrite:
+        check_replaceable(path, "path")
     with output_lock(path, "meta-checkpoint"):
         try:
             with atomic_dir(path, overwrite=overwrite) as tmp:
@@ -215,6 +217,28 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         if not isinstance(digest, str) or len(digest) != 64:
             raise CheckpointError(f"{f}: the sha256 of {rel!r} is malformed")
     return meta
+
+
+def check_replaceable(path: str | Path, flag: str = "--out") -> None:
+    """Refuse to replace ``path`` if it is a directory holding entries but no ``meta.json``.
+
+    Replacing a checkpoint (``overwrite``) swaps the whole directory: ``raymeta meta-train
+    --out . --overwrite`` in a project deleted the project's files, and the refusal without
+    ``--overwrite`` even suggested it. A meta-checkpoint (of another config, or damaged: its
+    ``meta.json`` is there) and an empty directory may still be replaced."""
+    p = Path(path)
+    try:
+        if not p.is_dir() or (p / META).exists():
+            return
+        names = sorted(e.name for e in p.iterdir())
+    except OSError:
+        return  # unreadable: the write itself reports it
+    if names:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise ConfigError(
+            f"{flag} {p} holds files that are not a meta-checkpoint ({shown}); overwrite "
+            "replaces only a meta-checkpoint or an empty directory: pick a new directory"
+        )
 
 
 def is_meta_checkpoint(path: str | Path) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raymeta.core.checkpoint import is_meta_checkpoint, read_meta
+from raymeta.core.checkpoint import check_replaceable, is_meta_checkpoint, read_meta
 from raymeta.core.train import MetaTrainConfig
 from raymeta.errors import CheckpointError, ConfigError
 from raymeta.fileio import atomic_write_json
@@ -75,11 +75,12 @@ def out_status(out: Path, fp: str) -> str:
         raise ConfigError(f"--out {out} exists and is not a directory")
     if not any(out.iterdir()):
         return "empty"
+    check_replaceable(out)  # foreign files: refused even with --overwrite (was: replaced)
     try:
         meta = read_meta(out)
         same = fingerprint(dict(meta.get("config", {}))) == fp
     except (CheckpointError, ConfigError, TypeError):
-        return "files that are not a meta-checkpoint"
+        return "a damaged meta-checkpoint (its meta.json cannot be read)"
     return "same" if same else "a meta-checkpoint of a different config"
 
 
