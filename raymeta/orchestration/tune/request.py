@@ -314,16 +314,38 @@ class TuneRequest:
         return d
 
     def check_paths(self) -> None:
-        """``out`` and a local ``storage`` can be written (nothing is created)."""
+        """``out`` and a local ``storage`` can be written (nothing is created), and neither
+        lies in the meta-checkpoint: a run there (``--out META/tune``) wrote its reports, Ray
+        Tune state and result parts into the checkpoint directory, which a later ``meta-train
+        --overwrite`` of it replaces and whose manifest does not list them."""
         out_p = Path(self.out).expanduser().absolute()
         if out_p.exists() and not out_p.is_dir():
             raise ConfigError(f"--out {out_p} exists and is not a directory")
         probe_writable(out_p / "x" if out_p.is_dir() else out_p)
+        self._outside_meta("--out", out_p)
         if self.storage is not None and "://" not in self.storage:
             st = Path(self.storage).expanduser().absolute()
             if st.exists() and not st.is_dir():
                 raise ConfigError(f"--storage {st} exists and is not a directory")
             probe_writable(st / "x" if st.is_dir() else st, "--storage")
+            self._outside_meta("--storage", st)
+
+    def _outside_meta(self, flag: str, path: Path) -> None:
+        meta = _resolved(Path(self.meta).expanduser())
+        where = _resolved(path)
+        if meta is not None and where is not None and (where == meta or meta in where.parents):
+            raise ConfigError(
+                f"{flag} {path} lies inside the meta-checkpoint --meta {self.meta}; "
+                "pick a path outside it"
+            )
+
+
+def _resolved(path: Path) -> Path | None:
+    """``path`` with symlinks resolved (a missing tail kept as given), or None if unreadable."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
 
 
 def check_members_fit(members_per_trial: int, ckpt: MetaCheckpoint) -> None:
