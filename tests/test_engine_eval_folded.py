@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from raymeta.core.conv_batched import fold_inputs
+from raymeta.core.conv_batched import CHANNELS_LAST_MAX_TASKS, fold_inputs
 from raymeta.core.engine import LR_PREFIX, LSLR_PREFIX, InnerConfig, MetaEngine
 from raymeta.core.models import ModelSpec, build_model
 from raymeta.tasks.base import TaskBatch
@@ -124,9 +124,7 @@ def test_evaluate_averages_the_folded_scores() -> None:
 def test_only_builtin_conv_nets_evaluate_folded() -> None:
     cpu = torch.device("cpu")
     mlp = build_model(ModelSpec("mlp", (4,), 3, {"widths": [8]}))
-    assert not MetaEngine(mlp, "classification", "maml", InnerConfig(1, 0.1)).evaluates_folded(
-        cpu
-    )
+    assert not MetaEngine(mlp, "classification", "maml", InnerConfig(1, 0.1)).evaluates_folded(cpu)
     conv = _conv()
     assert MetaEngine(conv, "classification", "maml", InnerConfig(1, 0.1)).evaluates_folded(cpu)
     on_gpu = torch.device("cuda")  # auto keeps vmap off the CPU; nothing runs here
@@ -135,11 +133,18 @@ def test_only_builtin_conv_nets_evaluate_folded() -> None:
     )
 
 
-def test_cpu_folded_inputs_are_channels_last_with_the_same_values() -> None:
+def test_cpu_folded_inputs_are_channels_last_for_few_tasks_with_the_same_values() -> None:
     """Why channels-last: CPU max-pooling of NCHW tensors is not vectorised over channels
-    (BENCHMARKS.md). Layout only: every element sits where the NCHW fold puts it."""
-    x = torch.randn(3, 4, 2, 5, 5)
-    folded = fold_inputs(x)
-    assert folded.shape == (4, 6, 5, 5)
-    assert folded.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(folded, x.permute(1, 0, 2, 3, 4).reshape(4, 6, 5, 5))
+    (BENCHMARKS.md); a fold of many tasks (a population's members) stays NCHW, where grouped
+    convolutions of many groups are faster. Layout only: every element sits where the NCHW
+    fold puts it."""
+    for t, last in (
+        (3, True),
+        (CHANNELS_LAST_MAX_TASKS, True),
+        (CHANNELS_LAST_MAX_TASKS + 1, False),
+    ):
+        x = torch.randn(t, 4, 2, 5, 5)
+        folded = fold_inputs(x)
+        assert folded.shape == (4, 2 * t, 5, 5)
+        assert folded.is_contiguous(memory_format=torch.channels_last) == last
+        assert torch.equal(folded, x.permute(1, 0, 2, 3, 4).reshape(4, 2 * t, 5, 5))

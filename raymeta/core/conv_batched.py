@@ -62,19 +62,25 @@ def has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
+# Folds of at most this many tasks are channels-last on the CPU (``fold_inputs``).
+CHANNELS_LAST_MAX_TASKS = 8
+
+
 def fold_inputs(x: torch.Tensor) -> torch.Tensor:
     """``(T, B, C, H, W)`` task-major images -> ``(B, T*C, H, W)``, task t in channels t*C..
 
-    On the CPU the result is channels-last, and so is every activation after it (convolution,
-    norm, ReLU and pooling keep the layout). Why: CPU max-pooling of a contiguous (NCHW)
-    tensor is not vectorised over channels; on Conv4's folded activations it took 8x the time
-    of the same pooling channels-last (75 x 192 x 28 x 28: 77 ms vs 9.6 ms, one thread) and a
-    quarter of the meta-gradient; oneDNN's convolutions are faster channels-last, too
-    (BENCHMARKS.md "Issue 17, seventh pass"). Values are the same either way: layout changes
-    no result beyond float rounding order."""
+    On the CPU, a fold of at most ``CHANNELS_LAST_MAX_TASKS`` tasks is channels-last, and so is
+    every activation after it (convolution, norm, ReLU and pooling keep the layout). Why: CPU
+    max-pooling of a contiguous (NCHW) tensor is not vectorised over channels; on Conv4's
+    folded activations it took 8x the time of the same pooling channels-last (75 x 192 x 28 x
+    28: 77 ms vs 9.6 ms, one thread), a quarter of the meta-gradient. Measured forward +
+    backward of a folded Conv4 (one thread): channels-last 1.10-1.27x faster at 3-8 tasks
+    (the engine's CPU chunks), 0.95-1.01x at 16 and 0.8x at 64 (a population's members), where
+    oneDNN's grouped convolution of many groups is slower channels-last (BENCHMARKS.md
+    "Issue 17, seventh pass"). Values are the same either way, up to float rounding order."""
     t, b, c, h, w = x.shape
     out = x.permute(1, 0, 2, 3, 4).reshape(b, t * c, h, w)
-    if out.device.type == "cpu":
+    if out.device.type == "cpu" and t <= CHANNELS_LAST_MAX_TASKS:
         return out.contiguous(memory_format=torch.channels_last)
     return out
 
