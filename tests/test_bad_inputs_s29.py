@@ -1059,3 +1059,31 @@ def test_tune_out_or_storage_inside_the_checkpoint_is_refused(
     argv += [f.replace("CK", str(ck)) for f in flags]
     line = run_bad(argv, tmp_path, capsys)
     assert needle.format(ck=ck) in line, line
+
+
+# ---------------------------------------- B: a FIFO where a Parquet file is read never hangs
+def test_a_fifo_named_like_parquet_is_refused_not_waited_on(results: Path, tmp_path: Path) -> None:
+    """Was: ``data validate FIFO.parquet`` and ``report`` of a dataset holding a FIFO named
+    ``part-*.parquet`` waited forever (reading a footer from a pipe nobody writes). Run in a
+    subprocess with a timeout, so a regression fails instead of hanging the suite."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "t.parquet"
+    os.mkfifo(fifo)
+    res = tmp_path / "res"
+    shutil.copytree(results, res)
+    os.mkfifo(res / "sweep=demo" / "part-zz.parquet")
+    for argv, needle in (
+        (["data", "validate", str(fifo)], "not a regular file or directory"),
+        (["report", str(res)], "result part"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "raymeta", *argv], capture_output=True, text=True, timeout=60
+        )
+        lines = done.stderr.splitlines()
+        assert done.returncode == 2 and len(lines) == 1, done.stderr
+        assert lines[0].startswith("raymeta: error:") and needle in lines[0], lines
+        assert "not a regular file" in lines[0]

@@ -23,7 +23,12 @@ from raymeta.results.schema import (
     VERSION_KEY,
     hparams_dict,
 )
-from raymeta.results.sink import READABLE_VERSIONS, check_sweep_name, read_schema_file
+from raymeta.results.sink import (
+    READABLE_VERSIONS,
+    check_part_file,
+    check_sweep_name,
+    read_schema_file,
+)
 
 
 def list_sweeps(root: str | Path) -> list[str]:
@@ -68,6 +73,7 @@ def _from_v1(table: pa.Table, part: Path) -> pa.Table:
 
 
 def _read_part(part: Path, sweep: str) -> pa.Table:
+    check_part_file(part)
     try:
         pf = pq.ParquetFile(part)
         raw = (pf.schema_arrow.metadata or {}).get(VERSION_KEY, b"none").decode()

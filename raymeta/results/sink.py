@@ -88,8 +88,19 @@ def read_schema_file(root: Path) -> dict[str, Any]:
     return info
 
 
+def check_part_file(part: Path) -> None:
+    """A result part (``part-*.parquet``) must be a regular file: a FIFO of that name made
+    ``raymeta report`` (and a resumed tune or sweep listing its parts) wait forever."""
+    if not part.is_file():
+        raise DataError(
+            f"result part {part} is not a regular file (a FIFO, device, socket or directory "
+            "of that name); remove it"
+        )
+
+
 def part_keys(part: Path) -> list[tuple[str, int]]:
     """``(key, rows)`` of every unit in ``part``, read from its footer (schema 1 or 2)."""
+    check_part_file(part)
     try:
         meta = pq.read_schema(part).metadata or {}
     except (OSError, ValueError) as exc:

@@ -155,6 +155,8 @@ def list_files(path: str | os.PathLike[str]) -> list[str]:
     p = Path(path)
     if not p.exists():
         raise DataError(f"parquet task data {p} does not exist")
+    if not p.is_dir() and not p.is_file():  # a FIFO: reading its footer waited forever
+        raise DataError(f"{p}: not a regular file or directory (a FIFO, device or socket)")
     try:
         files = sorted(ds.dataset(str(p), format="parquet").files) if p.is_dir() else [str(p)]
     except (pa.ArrowException, OSError) as exc:
