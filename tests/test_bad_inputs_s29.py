@@ -1087,3 +1087,44 @@ def test_a_fifo_named_like_parquet_is_refused_not_waited_on(results: Path, tmp_p
         assert done.returncode == 2 and len(lines) == 1, done.stderr
         assert lines[0].startswith("raymeta: error:") and needle in lines[0], lines
         assert "not a regular file" in lines[0]
+
+
+# ------------------------------------ B: a table with two columns of one name, named as such
+def _dup_table(path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = [pa.array([0.5, 1.0, 2.0, 3.0, 4.0] * 4) for _ in range(4)]
+    pq.write_table(pa.Table.from_arrays(cols, names=["a", "b", "a", "y"]), path)
+
+
+def _plain_table(path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x = [0.5, 1.0, 2.0, 3.0, 4.0] * 4
+    pq.write_table(pa.table({"a": x, "b": x, "y": x}), path)
+
+
+@pytest.mark.parametrize("layout", ["file", "dir, first file", "dir, second file"])
+def test_a_column_name_held_twice_is_named(
+    layout: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: "not a readable Parquet file (Can't unify schema with duplicate field names.)"
+    for a file or a directory whose first file repeats a name; and for a later file of a
+    directory, the conversion went through, reading whichever 'a' pyarrow picked."""
+    src = tmp_path / "in"
+    if layout == "file":
+        src = tmp_path / "in.parquet"
+        _dup_table(src)
+        dup = src
+    else:
+        src.mkdir()
+        first, second = src / "a.parquet", src / "b.parquet"
+        dup = first if layout == "dir, first file" else second
+        _dup_table(dup)
+        _plain_table(second if dup == first else first)
+    argv = ["data", "convert", "--input", str(src), "--out", "o.parquet"]
+    line = run_bad([*argv, "--feature-columns", "a,b", "--target-column", "y"], tmp_path, capsys)
+    where = f"{src}: has" if layout == "file" else f"{src}: file {dup} has"
+    assert f"{where} two columns named 'a'" in line, line

@@ -521,10 +521,30 @@ def _open_dataset(path: str | os.PathLike[str], what: str) -> Any:
             raise DataError(f"{p}: no Parquet files found")
         _ = dataset.schema
     except (pa.ArrowException, OSError) as exc:
+        twice = _repeated_column(p)
+        if twice is not None:  # was "not a readable Parquet file (Can't unify schema ...)"
+            name, f = twice
+            where = "" if f == p else f" file {f}"
+            raise DataError(f"{p}:{where} has two columns named {name!r}") from None
         raise DataError(
             f"{p}: not a readable Parquet file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
         ) from None
     return dataset
+
+
+def _repeated_column(p: Path) -> tuple[str, Path] | None:
+    """A column name that a Parquet file ``p`` (or a file of the directory ``p``) holds twice,
+    and that file; else None."""
+    files = [p] if p.is_file() else sorted(p.rglob("*.parquet"))[:10_000] if p.is_dir() else []
+    for f in files:
+        try:
+            names = pq.read_schema(f).names if f.is_file() else []
+        except (pa.ArrowException, OSError):
+            continue
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice is not None:
+            return twice, f
+    return None
 
 
 def _check_files(dataset: Any, columns: dict[str, str], where: str) -> None:
@@ -543,6 +563,8 @@ def _check_files(dataset: Any, columns: dict[str, str], where: str) -> None:
                         f"{where}: file {frag.path} has no {role} column {c!r} "
                         f"(the file has {', '.join(names[:50])})"
                     )
+                if names.count(c) > 1:  # which of the two was read depended on pyarrow
+                    raise DataError(f"{where}: file {frag.path} has two columns named {c!r}")
     except (pa.ArrowException, OSError) as exc:
         raise DataError(
             f"{where}: not a readable Parquet file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
