@@ -18,6 +18,7 @@ anything is written, what those readers need:
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from collections.abc import Mapping
@@ -44,11 +45,20 @@ def write_priors(path: str | Path, priors: Priors | Mapping[str, Any]) -> None:
         data = dict(priors)
     else:
         data = priors  # the storage step refuses it in its own words
-    if isinstance(data, dict) and data:
+    if isinstance(data, dict) and data and _json_data(data):
         parsed = parse_priors(data)  # the format first: no lock, no checkpoint read
         store_priors(path, data, check=lambda ckpt: check_priors(parsed, ckpt))
     else:
-        store_priors(path, data)
+        store_priors(path, data)  # not a JSON mapping: refused in the storage step's words
+
+
+def _json_data(data: dict[str, Any]) -> bool:
+    """Whether the storage step can write ``data`` as JSON (as it serialises it)."""
+    try:
+        json.dumps(data, sort_keys=True)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
 
 
 def parse_priors(data: Mapping[str, Any]) -> Priors:
