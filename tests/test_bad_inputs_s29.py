@@ -1128,3 +1128,29 @@ def test_a_column_name_held_twice_is_named(
     line = run_bad([*argv, "--feature-columns", "a,b", "--target-column", "y"], tmp_path, capsys)
     where = f"{src}: has" if layout == "file" else f"{src}: file {dup} has"
     assert f"{where} two columns named 'a'" in line, line
+
+
+# ---------------------------------------------------- B: RAYMETA_DEBUG=0 means off
+@pytest.mark.parametrize(
+    ("value", "on"),
+    [("1", True), ("yes", True), ("0", False), ("false", False), (" OFF ", False), ("", False)],
+)
+def test_raymeta_debug_zero_keeps_tracebacks_off(
+    value: str, on: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: any non-empty value, RAYMETA_DEBUG=0 included, turned an internal error into a
+    traceback (and an OSError into one too)."""
+    import raymeta.cli.report
+
+    def boom(args: Any) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setenv("RAYMETA_DEBUG", value)
+    monkeypatch.setattr(raymeta.cli.report, "run", boom)
+    argv = ["report", "x"]
+    if on:
+        with pytest.raises(RuntimeError, match="a bug"):
+            main(argv)
+    else:
+        assert main(argv) == 1
+        assert capsys.readouterr().err.startswith("raymeta: internal error: RuntimeError: a bug")

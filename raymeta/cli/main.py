@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, MemoryError) as exc:  # the machine refused (disk full, no memory, EIO...)
         if isinstance(exc, BrokenPipeError) and _stdout_closed():
             return 128 + signal.SIGPIPE  # the reader left (raymeta report | head): quietly
-        if os.environ.get("RAYMETA_DEBUG"):
+        if debug():
             raise
         if isinstance(exc, OSError):
             where = f" ({exc.filename})" if exc.filename else ""
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("raymeta: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug in raymeta, not bad input: exit 1, traceback on request
-        if os.environ.get("RAYMETA_DEBUG"):
+        if debug():
             raise
         print(
             f"raymeta: internal error: {type(exc).__name__}: {_one_line(exc)} "
@@ -124,6 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def debug() -> bool:
+    """Whether ``RAYMETA_DEBUG`` asks for tracebacks: set, and not ``0``, ``false``, ``no`` or
+    ``off`` (as ``RAYMETA_KEEP_FREED_MEMORY`` reads them). ``RAYMETA_DEBUG=0`` turned tracebacks
+    on: any non-empty value did."""
+    value = os.environ.get("RAYMETA_DEBUG", "").strip().lower()
+    return value not in ("", "0", "false", "no", "off")
 
 
 def _stdout_closed() -> bool:
