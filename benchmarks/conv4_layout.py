@@ -9,7 +9,11 @@ process CPU time:
 * meta-validation of 100 such tasks (``MetaEngine.evaluate``) on the folded path and on the
   vmapped path (``conv_path="vmap"``, what evaluations ran before).
 
-Usage: python benchmarks/conv4_layout.py [--rounds 5]
+* ``--groups``: instead, forward + backward of a folded Conv4 at several (channels, tasks,
+  images per task), NCHW vs channels-last: where ``conv_batched.CHANNELS_LAST_MAX_TASKS``
+  comes from.
+
+Usage: python benchmarks/conv4_layout.py [--rounds 5] [--hidden 64] [--groups]
 """
 
 from __future__ import annotations
@@ -41,15 +45,54 @@ def nchw(x: torch.Tensor) -> torch.Tensor:
     return x.permute(1, 0, 2, 3, 4).reshape(b, t * c, h, w).contiguous()
 
 
+def layout_by_fold(rounds: int) -> None:
+    """Forward + backward (first order, what a population step runs) of T folded Conv4s on B
+    images each, best of ``rounds``, NCHW vs channels-last folded inputs."""
+    import torch.nn.functional as F
+
+    from raymeta.core.models import Conv4
+
+    per_task = torch.vmap(F.cross_entropy)
+    print("hidden  tasks  images   NCHW ms  channels-last ms  channels-last speed-up")
+    for hidden, t, b in [(32, 64, 5), (32, 16, 5), (32, 64, 25), (64, 3, 75), (64, 3, 5),
+                         (32, 8, 75), (64, 16, 20)]:  # fmt: skip
+        model = Conv4((1, 28, 28), 5, hidden=hidden)
+        stacked = {
+            k: v.detach().unsqueeze(0).expand(t, *v.shape).clone().requires_grad_(True)
+            for k, v in model.named_parameters()
+        }
+        x, y = torch.randn(t, b, 1, 28, 28), torch.randint(0, 5, (t, b))
+        best = {"nchw": 1e9, "cl": 1e9}
+        for _ in range(rounds):
+            for name, fold in (("nchw", nchw), ("cl", channels_last_fold)):
+                t0 = time.process_time()
+                loss = per_task(cb.folded_forward(model, stacked, fold(x)), y).sum()
+                torch.autograd.grad(loss, list(stacked.values()))
+                best[name] = min(best[name], time.process_time() - t0)
+        print(
+            f"{hidden:>6} {t:>6} {b:>7} {best['nchw'] * 1e3:>9.1f} {best['cl'] * 1e3:>17.1f}"
+            f" {best['nchw'] / best['cl']:>23.2f}x"
+        )
+
+
+def channels_last_fold(x: torch.Tensor) -> torch.Tensor:
+    """The fold channels-last whatever the number of tasks."""
+    return nchw(x).contiguous(memory_format=torch.channels_last)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument(
         "--hidden", type=int, default=64, help="Conv4 channels (meta-train's default: 32)"
     )
+    ap.add_argument("--groups", action="store_true", help="the layout table by fold size")
     args = ap.parse_args()
     retain_freed_memory()
     torch.set_num_threads(1)
+    if args.groups:
+        layout_by_fold(args.rounds)
+        return
     conv = next(w for w in workloads(False) if w.name.startswith("conv4"))
     conv = replace(conv, spec=replace(conv.spec, options={"hidden": args.hidden}))
     torch.manual_seed(0)
