@@ -29,12 +29,14 @@ listed, so a bad file is one ``ConfigError`` line; the bounds are the ``MAX_*`` 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raymeta import checks
 from raymeta.bounded_yaml import load_yaml_mapping
 from raymeta.errors import ConfigError, DeprecatedOption
 from raymeta.finetune.strategy import AUTO, IN_PROCESS_SCHEDULERS, Strategy
@@ -260,6 +262,8 @@ def parse_sweep(data: dict[str, Any], base: Path | None = None) -> SweepConfig:
     """Check every key's type, range and size; errors are one-line ``ConfigError``s."""
     if not isinstance(data, dict):
         raise ConfigError("sweep: the sweep file must hold a mapping of key: value")
+    if base is not None:
+        base = Path(checks.path("sweep: base", base))
     unknown = set(data) - _KEYS
     if unknown:
         shown = sorted(str(k)[:40] if _NAME.match(str(k)) else repr(str(k)[:40]) for k in unknown)
@@ -292,6 +296,9 @@ def parse_sweep(data: dict[str, Any], base: Path | None = None) -> SweepConfig:
     return cfg
 
 
-def load_sweep(path: str | Path) -> SweepConfig:
-    p = Path(path)
+def load_sweep(path: str | os.PathLike[str]) -> SweepConfig:
+    """The sweep file at ``path`` (a ``str`` or path-like), checked (``parse_sweep``); relative
+    meta-checkpoint paths are taken from the working directory, else from the file's folder.
+    A path that is not one (``load_sweep(3)`` was a bare TypeError) is a ``ConfigError``."""
+    p = Path(checks.path("sweep file", path))
     return parse_sweep(load_yaml_mapping(p), base=p.resolve().parent)

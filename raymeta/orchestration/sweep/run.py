@@ -34,6 +34,7 @@ from typing import Any, Protocol, cast
 
 import torch
 
+from raymeta import checks
 from raymeta.allocator import retain_freed_memory
 from raymeta.errors import ClusterError, ConfigError, DataError, RaymetaError
 from raymeta.finetune.run import run_strategy
@@ -141,6 +142,23 @@ def check_results_dir(out: Path, label: str = "sweep output") -> None:
             raise ConfigError(f"{label} {out} lies inside the {what} {d}; pick a path outside it")
 
 
+def _check_call(cfg: Any, out: Any, address: Any, progress: Any, flush_s: Any) -> None:
+    """``run_sweep``'s arguments that its body checks nowhere else, as one-line errors."""
+    if not isinstance(cfg, SweepConfig):
+        raise ConfigError(
+            "cfg must be a SweepConfig (from raymeta.load_sweep or raymeta.parse_sweep), "
+            f"got {checks.show_value(cfg)}"
+        )
+    checks.path("out", out)
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise ConfigError(
+            f"address must be HOST:PORT, auto or None (a local Ray), got {checks.show_value(address)}"
+        )
+    checks.boolean("progress", progress)
+    if isinstance(flush_s, bool) or not isinstance(flush_s, (int, float)):  # inf: never by time
+        raise ConfigError(f"flush_s must be seconds >= 0, got {checks.show_value(flush_s)}")
+
+
 def run_sweep(
     cfg: SweepConfig,
     out: Path,
@@ -160,7 +178,11 @@ def run_sweep(
     of them, default one per CPU this process may use) without importing or starting Ray: the
     same batches, rows, result parts and resume as the Ray path, without Ray's start-up, which
     on a small machine costs more than a whole sweep's fine-tuning. It cannot join a cluster,
-    so an ``address`` with it is refused before any work."""
+    so an ``address`` with it is refused before any work.
+
+    Every argument's type is checked first, as one ``ConfigError`` (a non-``SweepConfig``
+    ``cfg`` was an AttributeError, a non-path ``out`` a TypeError, each after the lock)."""
+    _check_call(cfg, out, address, progress, flush_s)
     if not isinstance(local, bool):
         raise ConfigError(f"local must be true or false, got {local!r}")
     if local and address is not None:
