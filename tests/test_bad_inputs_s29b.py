@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_bad_inputs import run_bad  # tests/ is on sys.path (rootdir-less test modules)
 
 import raymeta
 from raymeta.errors import ConfigError
@@ -81,3 +82,56 @@ def test_sweep_api_refuses_wrong_types(
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
         raymeta.sweep(**args)
     assert not (tmp_path / "results").exists()
+
+
+# ------------------------------------------- 2: sweep --address checked as every command's is
+@pytest.mark.parametrize(
+    ("address", "needle"),
+    [
+        # was: accepted, then 'cannot parse Ray address' once the sweep file and every
+        # meta-checkpoint had been read and checked
+        ("no-port", "expected HOST:PORT, ray://HOST:PORT or auto, got 'no-port'"),
+        ("head:99999", "expected HOST:PORT"),
+        ("", "expected HOST:PORT"),
+        ("ray://10.0.0.1:10001", "ray:// (Ray Client) addresses are not supported"),
+    ],
+)
+def test_sweep_address_is_checked_at_parse_time(
+    address: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import raymeta.orchestration.sweep.config as sweep_config
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(sweep_config, "load_sweep", _no_work)
+    try:
+        argv = ["sweep", "s.yaml", "--out", "o", "--address", address]
+        line = run_bad(argv, tmp_path, capsys)
+    finally:
+        mp.undo()
+    assert line.startswith("raymeta: error: sweep: argument --address: "), line
+    assert needle in line, line
+
+
+def test_sweep_address_from_config_is_checked_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "c.yaml").write_text("address: nope\n")
+    line = run_bad(["sweep", "s.yaml", "--out", "o", "--config", "c.yaml"], tmp_path, capsys)
+    assert "nope" in line and "HOST:PORT" in line, line
+
+
+def test_sweep_good_addresses_still_parse() -> None:
+    from raymeta.cli.main import build_parser
+
+    parser = build_parser()
+    for address in ("auto", "10.0.0.1:6379", " head-1.example:6379", "[::1]:6379"):
+        args = parser.parse_args(["sweep", "s.yaml", "--out", "o", "--address", address])
+        assert args.address == address.strip()
+
+
+def test_sweep_local_with_a_good_address_keeps_its_wording(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["sweep", "s.yaml", "--out", "o", "--local", "--address", "10.0.0.1:6379"]
+    line = run_bad(argv, tmp_path, capsys)
+    assert "--local runs the sweep on this machine without Ray and cannot join --address" in line

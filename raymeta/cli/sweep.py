@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from raymeta.cli._common import add_command, defer_required
+from raymeta.cli._common import add_command, address_arg, defer_required
 from raymeta.errors import ConfigError
 from raymeta.paths import check_output_dir, output_arg
 
@@ -41,7 +41,10 @@ def add_parser(sub: Any) -> None:
         help="results directory (a Parquet dataset partitioned by sweep)",
     )
     p.add_argument(
-        "--address", default=None, help="join this Ray cluster (default: embedded local Ray)"
+        "--address",
+        type=address_arg,
+        default=None,
+        help="join this Ray cluster (HOST:PORT or auto; default: embedded local Ray)",
     )
     p.add_argument(
         "--local",
