@@ -135,3 +135,48 @@ def test_sweep_local_with_a_good_address_keeps_its_wording(
     argv = ["sweep", "s.yaml", "--out", "o", "--local", "--address", "10.0.0.1:6379"]
     line = run_bad(argv, tmp_path, capsys)
     assert "--local runs the sweep on this machine without Ray and cannot join --address" in line
+
+
+# ---------------------------------- 3: meta-train --local --address (the address was ignored)
+@pytest.mark.parametrize("address", ["10.0.0.1:6379", "auto"])
+def test_meta_train_local_with_address_is_refused(
+    address: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: the run meta-trained in this process and never joined the cluster, without a
+    word. Refused like ``sweep --local --address``, before the config is built."""
+    import raymeta.cli.meta_train
+    import raymeta.orchestration.meta_train.local
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(raymeta.cli.meta_train, "build_config", _no_work)
+    mp.setattr(raymeta.orchestration.meta_train.local, "run_local_meta_train", _no_work)
+    try:
+        argv = ["meta-train", "--local", "--address", address, "--out", "ck", "--steps", "1"]
+        line = run_bad(argv, tmp_path, capsys)
+    finally:
+        mp.undo()
+    assert line == (
+        f"raymeta: error: --local meta-trains in this process without Ray and cannot join "
+        f"--address {address}: give one of them"
+    )
+
+
+def test_meta_train_local_address_from_config_is_refused_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "c.yaml").write_text("local: true\naddress: 10.0.0.1:6379\n")
+    argv = ["meta-train", "--config", "c.yaml", "--out", "ck", "--steps", "1"]
+    assert "cannot join --address 10.0.0.1:6379" in run_bad(argv, tmp_path, capsys)
+
+
+def test_local_meta_training_api_takes_no_address() -> None:
+    """The Python API's in-process meta-training (``raymeta.meta_train``, and the CLI's
+    ``run_local_meta_train``) has no address to ignore: only ``run_meta_train`` joins a
+    cluster, and it always runs on Ray."""
+    import inspect
+
+    from raymeta.orchestration.meta_train.local import run_local_meta_train
+
+    for fn in (raymeta.meta_train, run_local_meta_train):
+        assert "address" not in inspect.signature(fn).parameters
+    assert "local" not in inspect.signature(raymeta.run_meta_train).parameters

@@ -275,7 +275,7 @@ def add_parser(sub: Any) -> None:
     r.add_argument(
         "--local",
         action="store_true",
-        help="run in this process without Ray (same shards as --workers)",
+        help="run in this process without Ray (same shards as --workers; not with --address)",
     )
     r.add_argument("--quiet", action="store_true", help="no progress lines")
     defer_required(p)  # --out may come from --config
@@ -315,6 +315,13 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.local and args.address is not None:
+        from raymeta.errors import ConfigError
+
+        raise ConfigError(
+            f"--local meta-trains in this process without Ray and cannot join --address "
+            f"{args.address}: give one of them"
+        )
     cfg = build_config(args)
     if args.local:
         from raymeta.orchestration.meta_train.local import run_local_meta_train
