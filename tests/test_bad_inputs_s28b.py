@@ -133,7 +133,9 @@ def test_bench_meta_train_workers_past_the_cluster(
 ) -> None:
     """Was: the in-process timing and every smaller worker count ran first; the refusal came
     from the too-large count's own Ray Train run. Ray is not started here: the cluster is
-    one of 2 CPUs (``ray.cluster_resources``), the real ``check_resources`` refuses."""
+    one of 2 CPUs (``ray.cluster_resources``), the real ``check_resources`` refuses. (The
+    embedded Ray's CPUs, checked before it starts, are left unknown here: that check is
+    ``test_bad_inputs_s29b``'s.)"""
     import contextlib
 
     import ray
@@ -144,6 +146,7 @@ def test_bench_meta_train_workers_past_the_cluster(
     monkeypatch.setattr(
         raymeta.orchestration.ray_runtime, "ray_context", lambda *a, **k: contextlib.nullcontext()
     )
+    monkeypatch.setattr(raymeta.orchestration.ray_runtime, "embedded_cpus", lambda: None)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     monkeypatch.setattr(raymeta.bench.meta_train, "in_process_rate", _no_work)
     monkeypatch.setattr(raymeta.bench.meta_train, "ray_rate", _no_work)

@@ -180,3 +180,129 @@ def test_local_meta_training_api_takes_no_address() -> None:
     for fn in (raymeta.meta_train, run_local_meta_train):
         assert "address" not in inspect.signature(fn).parameters
     assert "local" not in inspect.signature(raymeta.run_meta_train).parameters
+
+
+# ------------------- 4: --workers against the embedded Ray's CPUs before it starts (not after)
+@pytest.fixture
+def two_cpu_embedded_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An embedded Ray would get 2 CPUs, and none is running or reachable: no RAY_ADDRESS,
+    and a Ray another test left initialised in this process is not seen. Starting one fails
+    the test."""
+    import sys
+
+    import raymeta.orchestration.meta_train.ray_train as ray_train
+    import raymeta.orchestration.ray_runtime as ray_runtime
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray_runtime, "embedded_cpus", lambda: 2.0)
+    monkeypatch.setattr(ray_runtime, "ray_context", _no_work)
+    monkeypatch.setattr(ray_train, "ray_context", _no_work)
+    if "ray" in sys.modules:
+        monkeypatch.setattr(sys.modules["ray"], "is_initialized", lambda: False)
+
+
+EMBEDDED = "needs {} CPUs but the embedded local Ray has 2 (the CPUs Ray finds on this machine"
+
+
+@pytest.mark.parametrize(
+    ("argv", "what"),
+    [
+        # was: refused by check_resources once the embedded Ray had started (seconds)
+        (["quickstart", "--workers", "3", "--smoke-test"], "meta-train with 3 worker(s)"),
+        (["meta-train", "--workers", "3", "--out", "ck", "--steps", "1"], "meta-train with 3"),
+        (
+            ["meta-train", "--workers", "2", "--cpus-per-worker", "1.5", "--out", "ck"],
+            "meta-train with 2 worker(s)",
+        ),
+        (
+            ["bench", "meta-train", "--workers", "1", "3", "--threads", "1"],
+            "--workers 3 with --threads 1 CPUs each",
+        ),
+    ],
+)
+def test_workers_beyond_the_embedded_ray_refused_before_it_starts(
+    argv: list[str],
+    what: str,
+    two_cpu_embedded_ray: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import raymeta.bench.meta_train
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(raymeta.bench.meta_train, "in_process_rate", _no_work)
+    try:
+        line = run_bad(argv, tmp_path, capsys)
+    finally:
+        mp.undo()
+    assert line.startswith(f"raymeta: error: {what}"), line
+    assert EMBEDDED.format(3) in line, line  # 3 workers, 2 x 1.5 CPUs, 3 x 1 thread
+
+
+def test_tune_cpus_per_trial_beyond_the_embedded_ray(
+    two_cpu_embedded_ray: None, ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["tune", "--meta", str(ckpt_dir), "--task", "sinusoid:0", "--trials", "2"]
+    line = run_bad([*argv, "--out", "o", "--cpus-per-trial", "3"], tmp_path, capsys)
+    assert "a tune trial " + EMBEDDED.format(3) in line, line
+
+
+def test_run_meta_train_api_refuses_before_ray(two_cpu_embedded_ray: None, tmp_path: Path) -> None:
+    from raymeta.errors import ClusterError
+
+    cfg = raymeta.MetaTrainConfig(steps=1)
+    with pytest.raises(ClusterError, match=r"meta-train with 3 worker\(s\) needs 3 CPUs"):
+        raymeta.run_meta_train(cfg, tmp_path / "ck", workers=3)
+    # candidates: checked where Ray would start, once, before the first trained candidate
+    cfg = raymeta.MetaTrainConfig(steps=1, candidates=["a model=mlp", "b model=mlp widths=[8]"])
+    with pytest.raises(ClusterError, match=r"meta-train with 2 worker\(s\) needs 4 CPUs"):
+        raymeta.run_meta_train(cfg, tmp_path / "ck", workers=2, cpus_per_worker=2)
+    assert not (tmp_path / "ck").exists()
+
+
+def test_workers_within_the_embedded_ray_are_not_refused(
+    two_cpu_embedded_ray: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """2 workers on 2 CPUs get to the Ray start (here: the function that fails the test)."""
+    with pytest.raises(AssertionError, match="not refused before the work started"):
+        raymeta.run_meta_train(raymeta.MetaTrainConfig(steps=1), tmp_path / "ck", workers=2)
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1:6379", "auto", "nope"])
+def test_with_an_address_the_cluster_decides(
+    address: str, two_cpu_embedded_ray: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Joining a cluster (also through RAY_ADDRESS) nothing is checked before the join; a bad
+    address is left to ``ray_context``'s own words."""
+    from raymeta.orchestration.ray_runtime import check_resources_before_start
+
+    check_resources_before_start(address, 1000, "x")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    check_resources_before_start(None, 1000, "x")
+
+
+def test_embedded_cpus_is_what_ray_would_get(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from raymeta.orchestration.ray_runtime import embedded_cpus
+
+    monkeypatch.delenv("RAY_OVERRIDE_RESOURCES", raising=False)
+    got = embedded_cpus()
+    assert got is not None and 1 <= got <= (os.cpu_count() or 1)
+    monkeypatch.setenv("RAY_OVERRIDE_RESOURCES", '{"CPU": 64}')
+    assert embedded_cpus() == 64.0
+    monkeypatch.setenv("RAY_OVERRIDE_RESOURCES", "not json")
+    assert embedded_cpus() is None
+
+
+def test_quickstart_1024_workers_refused_on_this_machine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real count (no stand-in): no test machine has 1,024 CPUs."""
+    import raymeta.orchestration.ray_runtime as ray_runtime
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_OVERRIDE_RESOURCES", raising=False)
+    monkeypatch.setattr(ray_runtime, "ray_context", _no_work)
+    line = run_bad(["quickstart", "--workers", "1024"], tmp_path, capsys)
+    assert "meta-train with 1024 worker(s) needs 1024 CPUs but the embedded local Ray" in line

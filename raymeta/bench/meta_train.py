@@ -146,9 +146,18 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raymeta.orchestration.ray_runtime import check_resources, ray_context
+    from raymeta.orchestration.ray_runtime import (
+        check_resources,
+        check_resources_before_start,
+        ray_context,
+    )
 
     check_args(args)
+    # the largest worker count against the cluster before any timing: against the embedded
+    # Ray's CPUs before it starts, and against the cluster once joined (RAY_ADDRESS)
+    most = max(args.workers)
+    need, what = most * args.threads, f"--workers {most} with --threads {args.threads} CPUs each"
+    check_resources_before_start(None, need, what=what)
 
     steps = args.steps or (8 if args.smoke_test else 40)
     warmup = args.warmup or (2 if args.smoke_test else 5)
@@ -156,12 +165,9 @@ def run(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     print("tasks/s: per wall second (ratio to in-process) | per CPU second of rank 0 (ratio)")
     with tempfile.TemporaryDirectory(prefix="raymeta-bench-mt-") as d, ray_context(None):
-        # the largest worker count against the cluster before any timing: it was refused by its
-        # own Ray Train run, after every smaller count and the in-process timing had run
-        most = max(args.workers)
-        check_resources(
-            most * args.threads, what=f"--workers {most} with --threads {args.threads} CPUs each"
-        )
+        # (it was refused by its own Ray Train run, after every smaller count and the
+        # in-process timing had run)
+        check_resources(need, what=what)
         for name in args.workload:
             cfg = WORKLOADS[name]
             if args.meta_batch:

@@ -166,7 +166,7 @@ def _run(args: argparse.Namespace) -> int:
     from raymeta.core.train import MetaTrainConfig
     from raymeta.finetune import fit_priors, write_priors
     from raymeta.orchestration.meta_train.ray_train import run_meta_train
-    from raymeta.orchestration.ray_runtime import ray_context
+    from raymeta.orchestration.ray_runtime import check_resources_before_start, ray_context
     from raymeta.orchestration.tune.run import run_tune
     from raymeta.results import report as results_report
     from raymeta.results.discover import find_datasets
@@ -176,6 +176,10 @@ def _run(args: argparse.Namespace) -> int:
     meta = out / "meta"
     requests = _requests(args, out)
     _preflight(out, meta, requests)
+    if not (meta / "meta.json").exists():  # the embedded Ray's CPUs hold the workers
+        check_resources_before_start(
+            args.address, args.workers, what=f"meta-train with {args.workers} worker(s)"
+        )
     t_all = time.perf_counter()
     with ray_context(args.address):
         t = _stage(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import socket
@@ -308,7 +309,9 @@ def _first(exc: BaseException) -> str:
 
 
 def check_resources(cpus: float = 0.0, gpus: float = 0.0, what: str = "this run") -> None:
-    """Refuse requests the cluster can never satisfy (Ray would otherwise wait forever)."""
+    """Refuse requests the cluster can never satisfy (Ray would otherwise wait forever).
+    Needs Ray running; ``check_resources_before_start`` is the same check for the CPUs of an
+    embedded Ray that is not started yet."""
     import ray
 
     total = ray.cluster_resources()
@@ -317,3 +320,46 @@ def check_resources(cpus: float = 0.0, gpus: float = 0.0, what: str = "this run"
         raise ClusterError(f"{what} needs {cpus:g} CPUs but the Ray cluster has {have_cpu:g}")
     if gpus > have_gpu:
         raise ClusterError(f"{what} needs {gpus:g} GPUs but the Ray cluster has {have_gpu:g}")
+
+
+def embedded_cpus() -> float | None:
+    """The CPUs of the embedded Ray that ``ray_context`` would start (it passes no
+    ``num_cpus``): ``RAY_OVERRIDE_RESOURCES``'s ``CPU`` where that sets one, else what Ray
+    detects on this machine (the container's CPU quota or ``os.cpu_count()``; not the
+    process's CPU affinity, which Ray does not read). None where that cannot be told."""
+    override = os.environ.get("RAY_OVERRIDE_RESOURCES")
+    if override:
+        try:
+            cpu = json.loads(override).get("CPU")
+        except (ValueError, AttributeError):
+            return None  # Ray refuses the variable itself when it starts
+        ok = isinstance(cpu, (int, float)) and not isinstance(cpu, bool)
+        return float(cpu) if ok else None
+    try:
+        from ray._private.utils import get_num_cpus
+
+        return float(get_num_cpus(override_docker_cpu_warning=True))
+    except Exception:  # noqa: BLE001 - a Ray without it: the check after the start remains
+        return None
+
+
+def check_resources_before_start(address: str | None, cpus: float, what: str = "this run") -> None:
+    """Before ``ray_context(address)``: where it would start an embedded Ray, refuse ``cpus``
+    beyond that Ray's CPUs (``embedded_cpus``), so the request is one line before any Ray
+    process starts instead of after the start (``check_resources``, the same words). Where it
+    would join a cluster (``address``, ``RAY_ADDRESS``) or use a Ray already running, nothing
+    is checked here: the cluster decides, once joined."""
+    ray = sys.modules.get("ray")
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        return
+    try:
+        if resolve_address(address) is not None:
+            return
+    except ClusterError:
+        return  # ``ray_context`` says what is wrong with the address, in its words
+    have = embedded_cpus()
+    if have is not None and cpus > have:
+        raise ClusterError(
+            f"{what} needs {cpus:g} CPUs but the embedded local Ray has {have:g} (the CPUs "
+            "Ray finds on this machine; join a larger cluster with --address)"
+        )

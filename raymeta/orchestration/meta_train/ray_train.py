@@ -31,7 +31,11 @@ from raymeta.errors import ClusterError, ConfigError
 from raymeta.lock import locks_output
 from raymeta.orchestration.meta_train._worker import FINAL_DIR, load_state, train_loop
 from raymeta.orchestration.meta_train.run_state import RunPlan, begin_run, finish_run, plan_run
-from raymeta.orchestration.ray_runtime import check_resources, ray_context
+from raymeta.orchestration.ray_runtime import (
+    check_resources,
+    check_resources_before_start,
+    ray_context,
+)
 from raymeta.plugins import check_portable, import_roots
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -128,6 +132,14 @@ def _check_args(
         raise ConfigError(f"max-failures must be >= -1 (-1 = retry forever), got {max_failures}")
 
 
+def _check_cpus(address: str | None, workers: int, cpus_per_worker: float) -> None:
+    """Before an embedded Ray starts: its CPUs hold every worker (``_fit`` checks a cluster's
+    once joined, in the same words)."""
+    check_resources_before_start(
+        address, workers * cpus_per_worker, what=f"meta-train with {workers} worker(s)"
+    )
+
+
 @locks_output("out")  # one writer per --out: a second run is refused, not interleaved
 def train_distributed(
     cfg: MetaTrainConfig,
@@ -161,6 +173,7 @@ def train_distributed(
                 flush=True,
             )
         return MetaTrainResult(ckpt, {}, cfg.steps, 0.0, 0.0, dict(ckpt.metrics))
+    _check_cpus(address, workers, cpus_per_worker)
     with ray_context(address):
         return _fit(
             cfg,
@@ -223,6 +236,7 @@ def run_meta_train(
         def one(single: MetaTrainConfig, part: Path, fresh: bool) -> MetaCheckpoint:
             nonlocal started
             if not started:  # Ray starts when the first candidate trains, after every check
+                _check_cpus(address, workers, cpus_per_worker)
                 stack.enter_context(ray_context(address))
                 started = True
             return train(single, part, fresh)

@@ -495,7 +495,11 @@ def run_tune(
 def _run(request: TuneRequest, verbose: int, crash_marker: str | None) -> dict[str, Any]:
     from ray import tune  # noqa: F401  (fail early if Tune is missing)
 
-    from raymeta.orchestration.ray_runtime import check_resources, ray_context
+    from raymeta.orchestration.ray_runtime import (
+        check_resources,
+        check_resources_before_start,
+        ray_context,
+    )
 
     out = Path(request.out)
     plan = plan_tune(request, crash_marker)
@@ -522,6 +526,7 @@ def _run(request: TuneRequest, verbose: int, crash_marker: str | None) -> dict[s
     # before Ray starts, and so before anything (Tune included) reads a pickle from there
     resume = _trusted_resume(signer, out / HISTORY_FILE)
     load_key()  # a key file that cannot sign is refused here, not once Tune has written state
+    check_resources_before_start(request.address, request.cpus_per_trial, what="a tune trial")
     t0 = time.perf_counter()
     # no idle prestarted workers: Tune's trial actors cannot use them (``local_init_kwargs``)
     with ray_context(request.address, prestart_workers=False):
