@@ -306,3 +306,41 @@ def test_quickstart_1024_workers_refused_on_this_machine(
     monkeypatch.setattr(ray_runtime, "ray_context", _no_work)
     line = run_bad(["quickstart", "--workers", "1024"], tmp_path, capsys)
     assert "meta-train with 1024 worker(s) needs 1024 CPUs but the embedded local Ray" in line
+
+
+# --------------------------- 5: bench fewshot --data-path only where a suite reads data files
+@pytest.mark.parametrize("suite", ["sinusoid", "digits"])
+@pytest.mark.parametrize("path", ["/data/omniglot", "."])
+def test_bench_fewshot_data_path_refused_for_suites_without_data(
+    suite: str, path: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: ignored without a word (the sinusoid tasks are generated, the digits ship in the
+    package), so a typo'd ``--suite`` ran minutes of the wrong benchmark."""
+    import raymeta.bench.fewshot
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(raymeta.bench.fewshot, "run_setting", _no_work)
+    try:
+        argv = ["bench", "fewshot", "--suite", suite, "--budget", "smoke", "--data-path", path]
+        line = run_bad(argv, tmp_path, capsys)
+    finally:
+        mp.undo()
+    assert line == (
+        f"raymeta: error: --data-path is the Omniglot directory; the {suite} suite reads no "
+        "data files (drop --data-path)"
+    )
+
+
+def test_bench_fewshot_settings_api_refuses_the_same() -> None:
+    from raymeta.bench.fewshot import settings
+
+    with pytest.raises(ConfigError, match="the sinusoid suite reads no data files"):
+        settings("sinusoid", "smoke", "/data/omniglot")
+    assert settings("sinusoid", "smoke") and settings("digits", "smoke", None)
+
+
+def test_bench_fewshot_data_path_help_says_omniglot_only() -> None:
+    from raymeta.cli.bench import bench_parser
+
+    text = " ".join(bench_parser("fewshot").format_help().split())
+    assert "Omniglot directory, omniglot suite only" in text

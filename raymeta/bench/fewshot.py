@@ -325,13 +325,20 @@ def _digits(budget: str) -> list[Setting]:
 
 def settings(suite: str, budget: str, data_path: str | None = None) -> list[Setting]:
     """The settings of ``suite`` at ``budget`` (module docstring); a one-line ``ConfigError``
-    for an unknown suite or budget, or (omniglot) a missing data directory."""
+    for an unknown suite or budget, a ``data_path`` given to a suite that reads no data, or
+    (omniglot) a missing data directory."""
     from raymeta.errors import ConfigError
 
     if suite not in SUITES:
         raise ConfigError(f"unknown suite {suite!r} (choose from {', '.join(SUITES)})")
     if budget not in BUDGETS:
         raise ConfigError(f"unknown budget {budget!r} (choose from {', '.join(BUDGETS)})")
+    if data_path is not None and suite != "omniglot":
+        # the sinusoid tasks are generated and the digits ship in the package
+        raise ConfigError(
+            f"--data-path is the Omniglot directory; the {suite} suite reads no data files "
+            "(drop --data-path)"
+        )
     if suite == "sinusoid":
         return _sinusoid(budget)
     if suite == "digits":
@@ -943,7 +950,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--data-path",
         default=None,
         metavar="DIR",
-        help=f"Omniglot directory (default: ${OMNIGLOT_ENV})",
+        help=f"Omniglot directory, omniglot suite only (default: ${OMNIGLOT_ENV})",
     )
     p.add_argument(
         "--priors-pick",
