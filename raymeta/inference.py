@@ -42,7 +42,7 @@ from raymeta.core.checkpoint import weights_load_error
 from raymeta.core.models import ModelSpec, build_model, expected_shapes
 from raymeta.errors import CheckpointError, ConfigError, DataError, RaymetaError
 from raymeta.fileio import read_json_file
-from raymeta.paths import check_apart, check_output_file
+from raymeta.paths import check_apart, check_output_file, check_outside_artifacts
 from raymeta.plugins import blame
 from raymeta.tasks.parquet import FeatureReader, atomic_file, show_shape
 
@@ -236,6 +236,7 @@ def _check_out(
         raise ConfigError(f"--out must be a file path, got {str(out)!r}")
     if run is not None:
         _check_not_in_run(p, Path(run))
+    check_outside_artifacts(p, "--out")  # any meta-checkpoint, tune run or results dataset
     if p.exists() and not p.is_dir() and not overwrite:
         raise ConfigError(f"{p} exists (pass --overwrite to replace it)")
     p = check_output_file(p, "--out", force=True)

@@ -272,6 +272,66 @@ def check_apart(
         )
 
 
+ARTIFACTS = ("meta-checkpoint", "tune run", "results dataset")
+_RESULTS_MARKER = "_schema.json"  # raymeta.results.sink.SCHEMA_FILE (pyarrow-free here)
+_MARKER_MAX_BYTES = 1 << 20
+
+
+def _is_results_marker(marker: Path) -> bool:
+    """Whether ``marker`` is a raymeta results dataset's ``_schema.json`` (a JSON object with
+    a ``schema_version``), not another tool's file of that name."""
+    import json
+
+    try:
+        with open(marker, "rb") as f:
+            info = json.loads(f.read(_MARKER_MAX_BYTES))
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and "schema_version" in info
+
+
+def artifact_kind(directory: Path, kinds: tuple[str, ...] = ARTIFACTS) -> str | None:
+    """Which of ``kinds`` of raymeta artifact ``directory`` is, or None: a meta-checkpoint
+    (a ``meta.json`` of ours, ``core.checkpoint.is_meta_checkpoint``), a ``raymeta tune`` run
+    (``run.json`` beside ``report.json`` or the run's ``.trust/`` state) or a results dataset
+    (its ``_schema.json`` marker)."""
+    try:
+        if "meta-checkpoint" in kinds and (directory / "meta.json").is_file():
+            from raymeta.core.checkpoint import is_meta_checkpoint  # torch: only when needed
+
+            if is_meta_checkpoint(directory):
+                return "meta-checkpoint"
+        if (
+            "tune run" in kinds
+            and (directory / "run.json").is_file()
+            and ((directory / "report.json").is_file() or (directory / ".trust").is_dir())
+        ):
+            return "tune run"
+        marker = directory / _RESULTS_MARKER
+        if "results dataset" in kinds and marker.is_file() and _is_results_marker(marker):
+            return "results dataset"
+    except OSError:
+        return None
+    return None
+
+
+def check_outside_artifacts(
+    out: str | os.PathLike[str], flag: str = "--out", kinds: tuple[str, ...] = ARTIFACTS
+) -> None:
+    """Refuse an output path that is, or lies inside, a meta-checkpoint, a tune run or a
+    results dataset (``artifact_kind``): it would replace one of the artifact's files or sit
+    among them (a checkpoint's ``--overwrite`` swaps the whole directory, a dataset reads every
+    part under it). Symlinks are followed, so a link into an artifact is refused too."""
+    try:
+        here = Path(out).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, an unreadable component
+        return
+    for d in (here, *here.parents):
+        what = artifact_kind(d, kinds)
+        if what is not None:
+            raise ConfigError(f"{flag} {out} lies inside the {what} {d}; pick a path outside it")
+
+
 def probe_writable(out: Path, flag: str = "--out") -> None:
     """Refuse an ``out`` that cannot be created, before any work and without creating anything:
     its nearest existing ancestor must be a writable directory (probed with a temp file, which

@@ -344,3 +344,103 @@ def test_bench_fewshot_data_path_help_says_omniglot_only() -> None:
 
     text = " ".join(bench_parser("fewshot").format_help().split())
     assert "Omniglot directory, omniglot suite only" in text
+
+
+# ------------------ 6: predict / data outputs never inside a checkpoint, tune run or dataset
+def _artifacts(root: Path, ckpt_dir: Path) -> dict[str, Path]:
+    """A meta-checkpoint, a finished tune run and a results dataset under ``root``."""
+    import json
+    import shutil
+
+    ck = Path(shutil.copytree(ckpt_dir, root / "ck"))
+    run = root / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    (run / "report.json").write_text("{}")
+    data = root / "data"
+    (data / "sweep=s").mkdir(parents=True)
+    (data / "_schema.json").write_text(json.dumps({"schema_version": 1}))
+    return {"meta-checkpoint": ck, "tune run": run, "results dataset": data}
+
+
+@pytest.mark.parametrize(
+    ("kind", "rel"),
+    [
+        # was: exit 0, the checkpoint's meta.json replaced by a Parquet file (checkpoint lost)
+        ("meta-checkpoint", "meta.json"),
+        ("meta-checkpoint", "preds.parquet"),
+        ("meta-checkpoint", "sub/preds.parquet"),
+        ("tune run", "report.json"),  # another run than --run's
+        ("tune run", "preds.parquet"),
+        # was: a part of the dataset that 'raymeta report' then failed to read
+        ("results dataset", "sweep=s/p.parquet"),
+        ("results dataset", "_schema.json"),
+    ],
+)
+@pytest.mark.parametrize("command", ["predict", "data convert", "data make-sinusoid"])
+def test_outputs_inside_artifacts_are_refused(
+    command: str,
+    kind: str,
+    rel: str,
+    ckpt_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    where = _artifacts(tmp_path, ckpt_dir)
+    out = where[kind] / rel
+    argv = {
+        "predict": ["predict", "--run", "other-run", "--input", "x.parquet"],
+        "data convert": ["data", "convert", "--input", "x.parquet", "--target-column", "y"],
+        "data make-sinusoid": ["data", "make-sinusoid", "--tasks", "3"],
+    }[command]
+    argv += ["--feature-columns", "a"] if command == "data convert" else []
+    line = run_bad([*argv, "--out", str(out), "--overwrite"], tmp_path, capsys)
+    assert line.endswith(
+        f"--out {out} lies inside the {kind} {where[kind]}; pick a path outside it"
+    )
+
+
+def test_predict_api_refuses_an_out_inside_a_checkpoint(ckpt_dir: Path, tmp_path: Path) -> None:
+    ck = _artifacts(tmp_path, ckpt_dir)["meta-checkpoint"]
+    before = (ck / "meta.json").read_bytes()
+    with pytest.raises(ConfigError, match="lies inside the meta-checkpoint"):
+        raymeta.predict("run", tmp_path / "x.parquet", ck / "meta.json", overwrite=True)
+    assert (ck / "meta.json").read_bytes() == before
+
+
+def test_an_out_through_a_symlink_into_a_checkpoint_is_refused(
+    ckpt_dir: Path, tmp_path: Path
+) -> None:
+    from raymeta.paths import check_outside_artifacts
+
+    ck = _artifacts(tmp_path, ckpt_dir)["meta-checkpoint"]
+    (tmp_path / "link").symlink_to(ck)
+    with pytest.raises(ConfigError, match="lies inside the meta-checkpoint"):
+        check_outside_artifacts(tmp_path / "link" / "p.parquet")
+
+
+def test_look_alikes_and_plain_folders_are_not_artifacts(tmp_path: Path) -> None:
+    """Another tool's ``meta.json`` or ``_schema.json``, a ``run.json`` alone: not refused."""
+    from raymeta.paths import check_outside_artifacts
+
+    for name, text in (("meta.json", '{"x": 1}'), ("_schema.json", '{"fields": []}')):
+        d = tmp_path / name.split(".")[0]
+        d.mkdir()
+        (d / name).write_text(text)
+        check_outside_artifacts(d / "p.parquet")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "run.json").write_text("{}")
+    check_outside_artifacts(tmp_path / "r" / "p.parquet")
+    check_outside_artifacts(tmp_path / "new" / "p.parquet")
+
+
+def test_sweep_results_check_is_unchanged(ckpt_dir: Path, tmp_path: Path) -> None:
+    """``check_results_dir`` (sweep --out) shares the walk: a checkpoint or a tune run is
+    refused, an existing results dataset is where a sweep resumes."""
+    from raymeta.orchestration.sweep.run import check_results_dir
+
+    where = _artifacts(tmp_path, ckpt_dir)
+    check_results_dir(where["results dataset"])
+    for kind in ("meta-checkpoint", "tune run"):
+        with pytest.raises(ConfigError, match=f"sweep output .* lies inside the {kind}"):
+            check_results_dir(where[kind] / "results")

@@ -18,7 +18,14 @@ from typing import Any
 from raymeta.cli._common import add_command, column_names, defer_required, float_arg, path_arg
 from raymeta.errors import ConfigError
 from raymeta.options import add_renamed
-from raymeta.paths import check_apart, check_output_target, output_arg, writing
+from raymeta.paths import (
+    check_apart,
+    check_output_target,
+    check_outside_artifacts,
+    output_arg,
+    uri_scheme,
+    writing,
+)
 
 CONVERT_DOC = """\
 Convert a table with named numeric feature columns and a target column into the task schema
@@ -220,6 +227,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    if isinstance(args.out, str) and uri_scheme(args.out) in (None, "file"):
+        # first: 'exists (pass --overwrite ...)' must not invite replacing such a file
+        check_outside_artifacts(args.out, "--out")
     if isinstance(args.out, str) and Path(args.out).is_file() and not args.overwrite:
         raise ConfigError(f"{args.out} exists (pass --overwrite to replace it)")
     out = check_output_target(args.out, "--out", force=bool(args.overwrite))
@@ -274,6 +284,8 @@ def _make_sinusoid(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--tasks x (train + val + test rows) is {total} rows, at most {MAX_TOTAL_ROWS} in one file"
         )
+    if isinstance(args.out, str) and uri_scheme(args.out) in (None, "file"):
+        check_outside_artifacts(args.out, "--out")
     out = check_output_target(args.out, "--out", force=bool(args.overwrite))
     from raymeta.tasks.parquet import write_tasks
     from raymeta.tasks.sinusoid import Sinusoid

@@ -48,6 +48,7 @@ from raymeta.orchestration.sweep.batch import (
     unit_rows,
 )
 from raymeta.orchestration.sweep.config import SweepConfig
+from raymeta.paths import check_outside_artifacts
 from raymeta.plugins import add_import_roots, check_portable, import_roots
 from raymeta.priors import load_priors
 from raymeta.progress import Progress
@@ -123,23 +124,7 @@ def check_results_dir(out: Path, label: str = "sweep output") -> None:
     the checkpoint's files; ``meta-train --out`` refuses the same) nor a ``raymeta tune`` run
     directory (whose own results live in RUN/results). Checked before the output lock, which
     would otherwise leave its file there first."""
-    from raymeta.core.checkpoint import is_meta_checkpoint
-
-    try:
-        here = Path(out).expanduser().absolute()
-    except (OSError, ValueError):
-        return
-    for d in (here, *here.parents):
-        try:
-            run = (d / "run.json").is_file() and (
-                (d / "report.json").is_file() or (d / ".trust").is_dir()
-            )
-        except OSError:
-            return
-        ckpt = is_meta_checkpoint(d)
-        if ckpt or run:
-            what = "meta-checkpoint" if ckpt else "tune run"
-            raise ConfigError(f"{label} {out} lies inside the {what} {d}; pick a path outside it")
+    check_outside_artifacts(out, label, kinds=("meta-checkpoint", "tune run"))
 
 
 def _check_call(cfg: Any, out: Any, address: Any, progress: Any, flush_s: Any) -> None:
