@@ -184,21 +184,28 @@ def test_local_meta_training_api_takes_no_address() -> None:
 
 # ------------------- 4: --workers against the embedded Ray's CPUs before it starts (not after)
 @pytest.fixture
-def two_cpu_embedded_ray(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An embedded Ray would get 2 CPUs, and none is running or reachable: no RAY_ADDRESS,
-    and a Ray another test left initialised in this process is not seen. Starting one fails
-    the test."""
+def no_ray_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Ray running or reachable: no RAY_ADDRESS, and a Ray another test left initialised
+    in this process is not seen. Starting one fails the test."""
     import sys
 
     import raymeta.orchestration.meta_train.ray_train as ray_train
     import raymeta.orchestration.ray_runtime as ray_runtime
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(ray_runtime, "embedded_cpus", lambda: 2.0)
+    monkeypatch.delenv("RAY_OVERRIDE_RESOURCES", raising=False)
     monkeypatch.setattr(ray_runtime, "ray_context", _no_work)
     monkeypatch.setattr(ray_train, "ray_context", _no_work)
     if "ray" in sys.modules:
         monkeypatch.setattr(sys.modules["ray"], "is_initialized", lambda: False)
+
+
+@pytest.fixture
+def two_cpu_embedded_ray(no_ray_running: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As ``no_ray_running``, and an embedded Ray would get 2 CPUs."""
+    import raymeta.orchestration.ray_runtime as ray_runtime
+
+    monkeypatch.setattr(ray_runtime, "embedded_cpus", lambda: 2.0)
 
 
 EMBEDDED = "needs {} CPUs but the embedded local Ray has 2 (the CPUs Ray finds on this machine"
@@ -296,14 +303,9 @@ def test_embedded_cpus_is_what_ray_would_get(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_quickstart_1024_workers_refused_on_this_machine(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    no_ray_running: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The real count (no stand-in): no test machine has 1,024 CPUs."""
-    import raymeta.orchestration.ray_runtime as ray_runtime
-
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.delenv("RAY_OVERRIDE_RESOURCES", raising=False)
-    monkeypatch.setattr(ray_runtime, "ray_context", _no_work)
     line = run_bad(["quickstart", "--workers", "1024"], tmp_path, capsys)
     assert "meta-train with 1024 worker(s) needs 1024 CPUs but the embedded local Ray" in line
 
