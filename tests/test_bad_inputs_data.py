@@ -428,7 +428,7 @@ def test_remote_unit_errors_are_reduced_to_their_own_line(ray_session: None) -> 
     import ray
 
     from raymeta.errors import ConfigError, RaymetaError
-    from raymeta.orchestration.sweep.run import _unit_error
+    from raymeta.orchestration.sweep.backends import unit_error as _unit_error
 
     @ray.remote(max_retries=0)
     def boom(kind: str) -> None:

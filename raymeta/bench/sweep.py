@@ -296,7 +296,8 @@ def run(args: argparse.Namespace) -> int:
 def _time_sweep(cfg: Any, root: Path, local: bool, batch_units: int | None) -> dict[str, Any]:
     """One sweep into a fresh ``results-N`` folder of ``root``: its figures (member-steps
     counted from its rows, refits included) and its results table (key ``table``)."""
-    from raymeta.orchestration.sweep.run import local_slots, run_sweep
+    from raymeta.orchestration.sweep.backends import local_slots
+    from raymeta.orchestration.sweep.run import run_sweep
     from raymeta.results import read_results
 
     results = Path(tempfile.mkdtemp(dir=root, prefix="results-"))
