@@ -9,8 +9,6 @@ refused before it, so the whole file runs in seconds after torch is imported.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -19,10 +17,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
+from _tune_run import write_tune_run  # tests/ is on sys.path
 from test_bad_inputs import run_bad  # tests/ is on sys.path (rootdir-less test modules)
 
-from raymeta.core.models import ModelSpec, build_model
+from raymeta.core.models import ModelSpec
 from raymeta.errors import ConfigError, DataError
 
 MLP = ModelSpec("mlp", (3,), 1, {"widths": [8]})
@@ -34,19 +32,8 @@ def _features(n: int, d: int = 3, fill: float | None = None) -> pa.Table:
 
 
 def _run_dir(root: Path) -> Path:
-    """A tune run directory as ``raymeta tune`` writes it: best_model.pt + report.json."""
-    root.mkdir(parents=True)
-    torch.manual_seed(0)
-    buf = io.BytesIO()
-    torch.save({k: v.detach().clone() for k, v in build_model(MLP).named_parameters()}, buf)
-    (root / "best_model.pt").write_bytes(buf.getvalue())
-    rep = {
-        "model": MLP.to_dict(),
-        "model_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
-        "candidate": "mlp",
-        "kind": "regression",
-    }
-    (root / "report.json").write_text(json.dumps(rep))
+    """A tune run directory as ``raymeta tune`` writes it, with its results folder."""
+    write_tune_run(root, MLP)
     (root / "results").mkdir()
     return root
 

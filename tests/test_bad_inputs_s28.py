@@ -9,8 +9,6 @@ here starts Ray.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 from pathlib import Path
 
@@ -19,9 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from _tune_run import write_tune_run  # tests/ is on sys.path
 from test_bad_inputs import run_bad  # tests/ is on sys.path (rootdir-less test modules)
 
-from raymeta.core.models import ModelSpec, build_model
+from raymeta.core.models import ModelSpec
 from raymeta.errors import DataError
 
 MLP = ModelSpec("mlp", (2,), 1, {"widths": [4]})
@@ -30,19 +29,7 @@ BIG = 1e300  # a finite float64 that float32 cannot hold
 
 def _tune_run(root: Path, spec: ModelSpec = MLP) -> Path:
     """A tune run directory as ``raymeta tune`` writes it: best_model.pt + report.json."""
-    root.mkdir(parents=True)
-    torch.manual_seed(0)
-    buf = io.BytesIO()
-    torch.save({k: v.detach().clone() for k, v in build_model(spec).named_parameters()}, buf)
-    (root / "best_model.pt").write_bytes(buf.getvalue())
-    rep = {
-        "model": spec.to_dict(),
-        "model_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
-        "candidate": spec.name,
-        "kind": "regression",
-    }
-    (root / "report.json").write_text(json.dumps(rep))
-    return root
+    return write_tune_run(root, spec, candidate=spec.name)
 
 
 def _flat(x: np.ndarray) -> pa.Array:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _tune_run import write_tune_run  # tests/ is on sys.path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_bad_inputs import run_bad  # tests/ is on sys.path (rootdir-less test modules)
@@ -760,31 +761,15 @@ def _is_float(text: str) -> bool:
 def tuned_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tune run directory as ``raymeta tune`` writes it (an MLP on 3 inputs) and a plain
     table with columns a, b, c to predict on."""
-    import hashlib
-    import io
-    import json
-
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import torch
 
-    from raymeta.core.models import ModelSpec, build_model
+    from raymeta.core.models import ModelSpec
 
-    root = tmp_path_factory.mktemp("s29run")
-    spec = ModelSpec("mlp", (3,), 1, {"widths": [8]})
-    torch.manual_seed(0)
-    weights = {k: v.detach().clone() for k, v in build_model(spec).named_parameters()}
-    buf = io.BytesIO()
-    torch.save(weights, buf)
-    (root / "best_model.pt").write_bytes(buf.getvalue())
-    report = {
-        "model": spec.to_dict(),
-        "model_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
-        "candidate": "mlp",
-        "kind": "regression",
-    }
-    (root / "report.json").write_text(json.dumps(report))
+    root = write_tune_run(
+        tmp_path_factory.mktemp("s29run"), ModelSpec("mlp", (3,), 1, {"widths": [8]})
+    )
     x = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
     table = root.parent / "plain.parquet"
     pq.write_table(pa.table({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2]}), table)

@@ -11,9 +11,6 @@ nowhere is one ``raymeta: error:`` line, exit 2, naming it and saying it can com
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,12 +18,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
+from _tune_run import write_tune_run  # tests/ is on sys.path
 
 from raymeta.cli._common import AFTER_CONFIG
 from raymeta.cli.bench import BENCHES, bench_parser
 from raymeta.cli.main import build_parser, main
-from raymeta.core.models import ModelSpec, build_model
+from raymeta.core.models import ModelSpec
 
 FROM_CONFIG = "(give {} on the command line or in --config FILE.yaml)"
 
@@ -54,21 +51,7 @@ MLP = ModelSpec("mlp", (3,), 1, {"widths": [8]})
 @pytest.fixture()
 def run_dir(tmp_path: Path) -> Path:
     """A tune run directory as ``raymeta tune`` writes it (report.json + best_model.pt)."""
-    root = tmp_path / "run"
-    root.mkdir()
-    torch.manual_seed(0)
-    weights = {k: v.detach().clone() for k, v in build_model(MLP).named_parameters()}
-    buf = io.BytesIO()
-    torch.save(weights, buf)
-    (root / "best_model.pt").write_bytes(buf.getvalue())
-    report = {
-        "model": MLP.to_dict(),
-        "model_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
-        "candidate": "mlp",
-        "kind": "regression",
-    }
-    (root / "report.json").write_text(json.dumps(report))
-    return root
+    return write_tune_run(tmp_path / "run", MLP)
 
 
 def _plain_table(rows: int = 40, seed: int = 0) -> pa.Table:

@@ -20,10 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from _tune_run import write_tune_run  # tests/ is on sys.path
 
 import raymeta
 from raymeta.cli.main import main
-from raymeta.core.models import ModelSpec, build_model
+from raymeta.core.models import ModelSpec
 from raymeta.errors import CheckpointError, DataError
 from raymeta.inference import load_model, predict
 from raymeta.tasks.parquet import SHAPE_KEY, ParquetFamily
@@ -91,23 +92,7 @@ def _run_dir(
     **report: Any,
 ) -> Path:
     """A tune run directory as ``raymeta tune`` writes it (report.json + best_model.pt)."""
-    root.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    if weights is None:
-        weights = {k: v.detach().clone() for k, v in build_model(spec).named_parameters()}
-    buf = io.BytesIO()
-    torch.save(weights, buf)
-    data = buf.getvalue()
-    (root / "best_model.pt").write_bytes(data)
-    rep = {
-        "model": spec.to_dict(),
-        "model_sha256": hashlib.sha256(data).hexdigest(),
-        "candidate": "mlp",
-        "kind": kind,
-        **report,
-    }
-    (root / "report.json").write_text(json.dumps(rep))
-    return root
+    return write_tune_run(root, spec, kind, weights, **report)
 
 
 MLP = ModelSpec("mlp", (3,), 1, {"widths": [8]})
