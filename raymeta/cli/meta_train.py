@@ -67,6 +67,17 @@ raymeta.tasks.TaskFamily. Check them first with raymeta.testing.check_model / ch
 On a cluster ship the module with the job: ray job submit --working-dir . -- raymeta meta-train ..."""
 
 
+# Ray Train's own flags and their defaults: --local (one process, no Ray) has no run state under
+# --storage, no checkpoints to take or restart from and no workers to reserve resources for
+RAY_ONLY: dict[str, Any] = {
+    "storage": None,
+    "checkpoint_every": 100,
+    "max_failures": 3,
+    "cpus_per_worker": 1,
+    "gpus_per_worker": 0,
+}
+
+
 def add_parser(sub: Any) -> None:
     p = add_command(
         sub,
@@ -231,13 +242,13 @@ def add_parser(sub: Any) -> None:
     r.add_argument(
         "--cpus-per-worker",
         type=float_arg(0.0, low_open=True),
-        default=1,
+        default=RAY_ONLY["cpus_per_worker"],
         help="CPUs reserved per worker (also its torch threads)",
     )
     r.add_argument(
         "--gpus-per-worker",
         type=float_arg(0.0),
-        default=0,
+        default=RAY_ONLY["gpus_per_worker"],
         help="GPUs per worker; > 0 uses CUDA and NCCL",
     )
     r.add_argument(
@@ -249,16 +260,19 @@ def add_parser(sub: Any) -> None:
     r.add_argument(
         "--storage",
         type=path_arg,
-        default=None,
+        default=RAY_ONLY["storage"],
         help="Ray Train storage_path: local path or s3://, gs:// URI",
     )
     r.add_argument(
-        "--checkpoint-every", type=int_arg(1), default=100, help="checkpoint every N steps"
+        "--checkpoint-every",
+        type=int_arg(1),
+        default=RAY_ONLY["checkpoint_every"],
+        help="checkpoint every N steps",
     )
     r.add_argument(
         "--max-failures",
         type=int_arg(-1),
-        default=3,
+        default=RAY_ONLY["max_failures"],
         help="worker-group restarts from the last checkpoint (-1 = forever)",
     )
     r.add_argument(
@@ -275,7 +289,9 @@ def add_parser(sub: Any) -> None:
     r.add_argument(
         "--local",
         action="store_true",
-        help="run in this process without Ray (same shards as --workers; not with --address)",
+        help="run in this process without Ray (the same shards as --workers, so it reproduces "
+        "that Ray Train run; not with --address, --storage, --checkpoint-every, --max-failures, "
+        "--cpus-per-worker or --gpus-per-worker)",
     )
     r.add_argument("--quiet", action="store_true", help="no progress lines")
     defer_required(p)  # --out may come from --config
@@ -314,6 +330,19 @@ def build_config(args: argparse.Namespace) -> Any:
     ).validate()
 
 
+def _check_local_flags(args: argparse.Namespace) -> None:
+    """``--local`` with a Ray Train flag set is one line, not a flag silently ignored."""
+    from raymeta.errors import ConfigError
+
+    given = [k for k, default in RAY_ONLY.items() if getattr(args, k) != default]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ConfigError(
+            f"{flags}: Ray Train option(s) that --local (this process, no Ray) would ignore; "
+            "drop them or run without --local"
+        )
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.local and args.address is not None:
         from raymeta.errors import ConfigError
@@ -322,6 +351,8 @@ def _run(args: argparse.Namespace) -> int:
             f"--local meta-trains in this process without Ray and cannot join --address "
             f"{args.address}: give one of them"
         )
+    if args.local:
+        _check_local_flags(args)
     cfg = build_config(args)
     if args.local:
         from raymeta.orchestration.meta_train.local import run_local_meta_train
