@@ -202,9 +202,7 @@ def address_arg(text: Any) -> str:
         return text
     m = _ADDRESS.match(text)
     if m is None or not 1 <= int(m.group(3)) <= 65535:
-        raise argparse.ArgumentTypeError(
-            f"expected HOST:PORT, ray://HOST:PORT or auto, got {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT or auto, got {text!r}")
     from raymeta.errors import ClusterError
     from raymeta.orchestration.ray_runtime import parse_address
 

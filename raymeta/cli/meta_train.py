@@ -255,7 +255,7 @@ def add_parser(sub: Any) -> None:
         "--address",
         type=address_arg,
         default=None,
-        help="join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto)",
+        help="join this Ray cluster (HOST:PORT of its head, or auto; the Ray Client's ray:// is not supported)",
     )
     r.add_argument(
         "--storage",

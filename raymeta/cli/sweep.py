@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from raymeta.cli._common import add_command, address_arg, defer_required
+from raymeta.cli._common import add_command, address_arg, defer_required, int_arg
 from raymeta.errors import ConfigError
 from raymeta.paths import check_output_dir, output_arg
 
@@ -53,7 +53,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--max-concurrency",
-        type=int,
+        type=int_arg(1),
         default=None,
         help="batches at once: Ray tasks, or with --local worker processes (default: the "
         "cluster's CPUs; with --local this machine's)",
