@@ -83,6 +83,22 @@ class SweepConfig:
     fixed_steps: int = 10
     task_options: dict[str, int] = field(default_factory=dict)  # split sizes of held-out tasks
 
+    def to_dict(self) -> dict[str, Any]:
+        """The sweep file's keys for this config: ``parse_sweep(cfg.to_dict())`` checks a
+        config built by hand as a sweep file is checked (``run_sweep`` does)."""
+        return {
+            "name": self.name,
+            "meta": [str(m) for m in self.meta],
+            "strategies": list(self.strategies),
+            "tasks": list(self.tasks),
+            "seeds": list(self.seeds),
+            "population": self.population,
+            "steps_per_member": self.steps_per_member,
+            "interval": self.interval,
+            "fixed_steps": self.fixed_steps,
+            "task_options": dict(self.task_options),
+        }
+
     def units(self) -> list[dict[str, Any]]:
         """Every (meta, strategy, task, seed) combination, keyed for idempotent appends.
 

@@ -43,7 +43,7 @@ from raymeta.orchestration.sweep.batch import (
     plan_unit,
     unit_rows,
 )
-from raymeta.orchestration.sweep.config import SweepConfig
+from raymeta.orchestration.sweep.config import SweepConfig, parse_sweep
 from raymeta.paths import check_outside_artifacts
 from raymeta.plugins import add_import_roots, check_portable, import_roots
 from raymeta.priors import load_priors
@@ -123,13 +123,20 @@ def check_results_dir(out: Path, label: str = "sweep output") -> None:
     check_outside_artifacts(out, label, kinds=("meta-checkpoint", "tune run"))
 
 
-def _check_call(cfg: Any, out: Any, address: Any, progress: Any, flush_s: Any) -> None:
-    """``run_sweep``'s arguments that its body checks nowhere else, as one-line errors."""
+def _check_call(cfg: Any, out: Any, address: Any, progress: Any, flush_s: Any) -> SweepConfig:
+    """``run_sweep``'s arguments that its body checks nowhere else, as one-line errors; returns
+    ``cfg`` checked as a sweep file is (``parse_sweep``): a ``SweepConfig`` built by hand
+    (``population=0``, a relative meta path a Ray worker would resolve elsewhere) is refused or
+    normalised here, not found wrong in a worker."""
     if not isinstance(cfg, SweepConfig):
         raise ConfigError(
             "cfg must be a SweepConfig (from raymeta.load_sweep or raymeta.parse_sweep), "
             f"got {checks.show_value(cfg)}"
         )
+    try:
+        checked = parse_sweep(cfg.to_dict())
+    except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong type
+        raise ConfigError(f"sweep: a SweepConfig field has the wrong type ({exc})") from None
     checks.path("out", out)
     if address is not None and (not isinstance(address, str) or not address.strip()):
         raise ConfigError(
@@ -138,6 +145,7 @@ def _check_call(cfg: Any, out: Any, address: Any, progress: Any, flush_s: Any) -
     checks.boolean("progress", progress)
     if isinstance(flush_s, bool) or not isinstance(flush_s, (int, float)):  # inf: never by time
         raise ConfigError(f"flush_s must be seconds >= 0, got {checks.show_value(flush_s)}")
+    return checked
 
 
 def run_sweep(
@@ -163,7 +171,7 @@ def run_sweep(
 
     Every argument's type is checked first, as one ``ConfigError`` (a non-``SweepConfig``
     ``cfg`` was an AttributeError, a non-path ``out`` a TypeError, each after the lock)."""
-    _check_call(cfg, out, address, progress, flush_s)
+    cfg = _check_call(cfg, out, address, progress, flush_s)
     if not isinstance(local, bool):
         raise ConfigError(f"local must be true or false, got {local!r}")
     if local and address is not None:
