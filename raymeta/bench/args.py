@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from raymeta.options import add_renamed
-from raymeta.paths import check_output_file, output_arg
+from raymeta.paths import check_output_file, check_outside_artifacts, output_arg
 
 MAX_THREADS = 1024  # torch intra-op threads: more than any machine's cores, far below C int
 
@@ -23,9 +23,11 @@ def add_json_out(p: argparse.ArgumentParser, help: str) -> None:
 
 def check_json_out(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse (one-line ``ConfigError``) a JSON ``--out`` that could not be written at the end:
-    a directory, or a place where no file can be created. An existing file is replaced, as
-    before."""
+    a directory, a place where no file can be created, or a path inside a meta-checkpoint, a
+    tune run or a results dataset (whose files it would replace or sit among, as for every
+    other command's ``--out``). An existing file is replaced, as before."""
     for act in p._actions:  # noqa: SLF001 - argparse exposes no public accessor
         value = getattr(args, act.dest, None)
         if getattr(act, "json_out", False) and value:
             check_output_file(value, "--out", force=True)
+            check_outside_artifacts(value, "--out")

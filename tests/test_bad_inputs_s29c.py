@@ -1,6 +1,10 @@
-"""``raymeta meta-train --local``: Ray Train's own flags are one line instead of being ignored,
-and ``--workers W`` keeps giving the W shards a W-worker Ray Train run draws (the epilog's
-promise, which the refusal must not break)."""
+"""Flags that were silently ignored or wrote among an artifact's files:
+
+* ``raymeta meta-train --local``: Ray Train's own flags are one line instead of being
+  ignored, and ``--workers W`` keeps giving the W shards a W-worker Ray Train run draws (the
+  epilog's promise, which the refusal must not break);
+* a benchmark's JSON ``--out`` inside a meta-checkpoint is refused like every other
+  command's ``--out``."""
 
 from __future__ import annotations
 
@@ -74,3 +78,30 @@ def test_ray_train_flags_from_config_with_local_are_one_line(
     (tmp_path / "c.yaml").write_text("local: true\nmax_failures: 0\n")
     line = run_bad(["meta-train", *ARGS, "--out", "m", "--config", "c.yaml"], tmp_path, capsys)
     assert "--max-failures" in line
+
+
+# --------------------------------------------------------------------------- bench --out JSON
+def test_bench_json_out_inside_a_checkpoint_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], ckpt_dir: Path
+) -> None:
+    """A benchmark's JSON ``--out`` inside a meta-checkpoint is refused before the benchmark
+    runs, as every other command's ``--out`` is (it was written among the checkpoint's files,
+    or over one of them); the checkpoint is untouched."""
+    before = sorted(p.name for p in ckpt_dir.iterdir())
+    for target in (ckpt_dir / "bench.json", ckpt_dir / "meta.json"):
+        line = run_bad(["bench", "engine", "--smoke-test", "--out", str(target)], tmp_path, capsys)
+        assert "inside the meta-checkpoint" in line
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == before
+
+
+def test_bench_json_out_beside_a_checkpoint_is_taken(tmp_path: Path, ckpt_dir: Path) -> None:
+    """The check is about the path, not its neighbourhood: a file beside the checkpoint is a
+    plain output (checked without running a benchmark)."""
+    import argparse
+
+    from raymeta.bench.args import add_json_out, check_json_out
+
+    p = argparse.ArgumentParser()
+    add_json_out(p, "records")
+    args = p.parse_args(["--out", str(ckpt_dir.parent / "bench.json")])
+    check_json_out(p, args)  # no error
