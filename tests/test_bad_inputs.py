@@ -64,6 +64,17 @@ def _snapshot(d: Path) -> dict[str, tuple[bool, int, int]]:
     return out
 
 
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    """Exit code and stderr lines of ``raymeta ARGV`` run in-process, with no assertion
+    (``run_bad`` asserts the one-line refusal; this also serves good input)."""
+    capsys.readouterr()
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse's own refusals exit from inside parse_args
+        rc = int(exc.code or 0)
+    return rc, capsys.readouterr().err.splitlines()
+
+
 def run_bad(argv: list[str], cwd: Path, capsys: pytest.CaptureFixture[str]) -> str:
     """Run one bad input in ``cwd``; assert the one-line contract; return the error line."""
     before = _snapshot(cwd)

@@ -17,7 +17,7 @@ import pytest
 from _tune_run import write_tune_run  # tests/ is on sys.path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_bad_inputs import run_bad  # tests/ is on sys.path (rootdir-less test modules)
+from test_bad_inputs import run_bad, run_cli  # tests/ is on sys.path (rootdir-less test modules)
 
 from raymeta.cli.main import build_parser, main
 
@@ -26,16 +26,6 @@ FROM_CONFIG = "(give {} on the command line or in --config FILE.yaml)"
 
 def _no_work(*_: Any, **__: Any) -> Any:
     raise AssertionError("the bad input was not refused before the work started")
-
-
-def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
-    """Exit code and stderr lines of ``raymeta ARGV`` run in-process."""
-    capsys.readouterr()
-    try:
-        rc = main(argv)
-    except SystemExit as exc:  # argparse's own refusals exit from inside parse_args
-        rc = int(exc.code or 0)
-    return rc, capsys.readouterr().err.splitlines()
 
 
 # ------------------------------------- A4: one wording for a missing required option everywhere
@@ -72,7 +62,7 @@ def test_required_options_from_config_count(
     line = run_bad(["tune", "--config", str(cfg)], tmp_path, capsys)
     assert "nometa" in line and "required" not in line, line
     cfg.write_text("meta: nometa\ntask: sinusoid:0\npopulation: 2\nout: out\nquiet: true\n")
-    rc, err = _cli(["tune", "--config", str(cfg)], capsys)
+    rc, err = run_cli(["tune", "--config", str(cfg)], capsys)
     assert rc == 2 and "nometa" in err[-1] and "required" not in err[-1], err
     cfg.write_text("meta: nometa\n")
     for action in ("show", "fit"):
@@ -84,9 +74,9 @@ def test_required_options_from_config_count(
     assert "cannot write --out" in line, line
     # make-sinusoid's --out from the file, and from its old positional spelling
     cfg.write_text(f"tasks: 3\nout: {tmp_path / 's.parquet'}\n")
-    assert _cli(["data", "make-sinusoid", "--config", str(cfg)], capsys)[0] == 0
+    assert run_cli(["data", "make-sinusoid", "--config", str(cfg)], capsys)[0] == 0
     argv = ["data", "make-sinusoid", str(tmp_path / "s2.parquet"), "--tasks", "3"]
-    assert _cli(argv, capsys)[0] == 0
+    assert run_cli(argv, capsys)[0] == 0
     assert (tmp_path / "s.parquet").is_file() and (tmp_path / "s2.parquet").is_file()
 
 
@@ -458,7 +448,7 @@ def test_a_negative_number_in_scientific_notation_is_a_value(
 ) -> None:
     """Was: ``report --target -1e-3`` refused as "expected one argument" (argparse took only
     -5 and -.5 for negative numbers); a good input must not be refused."""
-    rc, err = _cli(["report", str(results), "--target", value, "--format", "json"], capsys)
+    rc, err = run_cli(["report", str(results), "--target", value, "--format", "json"], capsys)
     assert rc == 0, err
 
 
@@ -619,7 +609,7 @@ def test_priors_show_survives_odd_diagnostics(
     shutil.copytree(fitted, d)
     good = raymeta.load_priors(load_meta_checkpoint(d)).to_dict()
     store(d, good | {part: {**good[part], **change}})
-    rc, err = _cli(["priors", "show", "--meta", str(d)], capsys)
+    rc, err = run_cli(["priors", "show", "--meta", str(d)], capsys)
     assert (rc, err) == (0, []), err
 
 
@@ -1007,7 +997,7 @@ def test_meta_train_overwrite_still_replaces_a_damaged_checkpoint(
     argv = ["meta-train", "--local", "--steps", "1", "--meta-batch", "2", "--val-tasks", "1"]
     line = run_bad([*argv, "--quiet", "--out", str(d)], tmp_path, capsys)
     assert "a damaged meta-checkpoint (its meta.json cannot be read)" in line, line
-    assert _cli([*argv, "--quiet", "--out", str(d), "--overwrite"], capsys)[0] == 0
+    assert run_cli([*argv, "--quiet", "--out", str(d), "--overwrite"], capsys)[0] == 0
     from raymeta import load_meta_checkpoint
 
     assert load_meta_checkpoint(d).config["steps"] == 1

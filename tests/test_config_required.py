@@ -19,23 +19,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from _tune_run import write_tune_run  # tests/ is on sys.path
+from test_bad_inputs import run_cli
 
 from raymeta.cli._common import AFTER_CONFIG
 from raymeta.cli.bench import BENCHES, bench_parser
-from raymeta.cli.main import build_parser, main
+from raymeta.cli.main import build_parser
 from raymeta.core.models import ModelSpec
 
 FROM_CONFIG = "(give {} on the command line or in --config FILE.yaml)"
-
-
-def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
-    """Exit code and stderr lines of ``raymeta ARGV`` run in-process."""
-    capsys.readouterr()
-    try:
-        rc = main(argv)
-    except SystemExit as exc:  # argparse's own refusals exit from inside parse_args
-        rc = int(exc.code or 0)
-    return rc, capsys.readouterr().err.splitlines()
 
 
 def _yaml(path: Path, text: str) -> str:
@@ -76,17 +67,20 @@ def test_predict_run_input_out_from_config_only(
 ) -> None:
     by_flags = tmp_path / "flags.parquet"
     argv = ["predict", "--run", str(run_dir), "--input", str(plain), "--out", str(by_flags)]
-    assert _cli([*argv, "--feature-columns", "a,b,c"], capsys) == (0, [])
+    assert run_cli([*argv, "--feature-columns", "a,b,c"], capsys) == (0, [])
     out = tmp_path / "yaml.parquet"
     cfg = _yaml(
         tmp_path / "p.yaml",
         f"run: {run_dir}\ninput: {plain}\nout: {out}\nfeature_columns: a,b,c\n",
     )
-    assert _cli(["predict", "--config", cfg], capsys) == (0, [])
+    assert run_cli(["predict", "--config", cfg], capsys) == (0, [])
     assert pq.read_table(out).equals(pq.read_table(by_flags))
     # a flag wins over the file for a required option too (the file's --out is left alone)
     other = tmp_path / "flag_wins.parquet"
-    assert _cli(["predict", "--config", cfg, "--out", str(other), "--overwrite"], capsys) == (0, [])
+    assert run_cli(["predict", "--config", cfg, "--out", str(other), "--overwrite"], capsys) == (
+        0,
+        [],
+    )
     assert pq.read_table(other).equals(pq.read_table(by_flags))
 
 
@@ -95,7 +89,7 @@ def test_data_convert_every_required_option_from_config_only(
 ) -> None:
     by_flags = tmp_path / "flags.parquet"
     argv = ["data", "convert", "--input", str(plain), "--out", str(by_flags)]
-    assert _cli([*argv, "--feature-columns", "a,b,c", "--target-column", "y"], capsys)[0] == 0
+    assert run_cli([*argv, "--feature-columns", "a,b,c", "--target-column", "y"], capsys)[0] == 0
     want = pq.read_table(by_flags)
     # feature_columns as the flag's text and as a YAML list (column_names takes both)
     for i, cols in enumerate(("a,b,c", "[a, b, c]")):
@@ -104,11 +98,13 @@ def test_data_convert_every_required_option_from_config_only(
             tmp_path / f"c{i}.yaml",
             f"input: {plain}\nout: {out}\nfeature_columns: {cols}\ntarget-column: y\n",
         )
-        rc, err = _cli(["data", "convert", "--config", cfg], capsys)
+        rc, err = run_cli(["data", "convert", "--config", cfg], capsys)
         assert (rc, err) == (0, []), cols
         assert pq.read_table(out).equals(want), cols
     # the written task set is valid task data
-    assert _cli(["data", "validate", str(tmp_path / "yaml1.parquet"), "--one-task"], capsys)[0] == 0
+    assert (
+        run_cli(["data", "validate", str(tmp_path / "yaml1.parquet"), "--one-task"], capsys)[0] == 0
+    )
 
 
 def test_config_list_of_feature_columns_is_checked(
@@ -122,7 +118,7 @@ def test_config_list_of_feature_columns_is_checked(
         ("[]", "'feature_columns': expected column names A,B,C, got []"),
     ):
         cfg = _yaml(tmp_path / "c.yaml", base + f"feature_columns: {cols}\n")
-        assert _cli(["data", "convert", "--config", cfg], capsys) == (
+        assert run_cli(["data", "convert", "--config", cfg], capsys) == (
             2,
             [f"raymeta: error: config file {cfg}: {why}"],
         )
@@ -137,12 +133,12 @@ def test_sweep_out_and_bench_suite_from_config_reach_their_own_checks(
     sweep = _yaml(tmp_path / "s.yaml", "name: x\n")
     out = tmp_path / "res"
     cfg = _yaml(tmp_path / "so.yaml", f"out: {out}\n")
-    rc, err = _cli(["sweep", sweep, "--config", cfg], capsys)
+    rc, err = run_cli(["sweep", sweep, "--config", cfg], capsys)
     assert rc == 2 and len(err) == 1 and "--out" not in err[0], err
     assert err[0].startswith("raymeta: error: sweep: 'meta'"), err
     assert not out.exists()
     cfg = _yaml(tmp_path / "b.yaml", "suite: nope\n")
-    assert _cli(["bench", "fewshot", "--config", cfg], capsys) == (
+    assert run_cli(["bench", "fewshot", "--config", cfg], capsys) == (
         2,
         ["raymeta: error: unknown suite 'nope' (choose from omniglot, sinusoid, digits)"],
     )
@@ -181,12 +177,12 @@ def test_missing_required_option_is_one_line_before_any_work(
     monkeypatch.chdir(tmp_path)  # relative paths: nothing may appear here
     them = "it" if missing.endswith(" is") else "them"
     want = f"raymeta: error: {where}: {missing} required {FROM_CONFIG.format(them)}"
-    assert _cli(argv, capsys) == (2, [want])
+    assert run_cli(argv, capsys) == (2, [want])
     # the same through a config file that gives other options only
     cfg = _yaml(tmp_path / "other.yaml", "overwrite: true\n" if argv[0] != "bench" else "seed: 1\n")
     if argv[0] == "sweep":
         cfg = _yaml(tmp_path / "other.yaml", "quiet: true\n")
-    assert _cli([*argv, "--config", cfg], capsys) == (2, [want])
+    assert run_cli([*argv, "--config", cfg], capsys) == (2, [want])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.yaml"]
 
 
@@ -194,7 +190,7 @@ def test_a_null_in_the_config_does_not_count_as_given(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = _yaml(tmp_path / "n.yaml", "run: null\ninput: x.parquet\nout: o.parquet\n")
-    assert _cli(["predict", "--config", cfg], capsys) == (
+    assert run_cli(["predict", "--config", cfg], capsys) == (
         2,
         [f"raymeta: error: predict: --run is required {FROM_CONFIG.format('it')}"],
     )
@@ -274,7 +270,7 @@ def test_report_refuses_a_sweep_folder_with_a_bad_name(
     from raymeta.errors import DataError
     from raymeta.results import list_sweeps
 
-    assert _cli(["report", str(results)], capsys)[0] == 0
+    assert run_cli(["report", str(results)], capsys)[0] == 0
     bad = results / folder
     shutil.copytree(results / "sweep=demo", bad)
     want = (
@@ -283,16 +279,16 @@ def test_report_refuses_a_sweep_folder_with_a_bad_name(
         "letter or digit (rename or remove the folder)"
     )
     for paths in ([results], [results / "sweep=demo"], [bad], [results.parent]):
-        assert _cli(["report", *map(str, paths)], capsys) == (2, [want]), paths
-    assert _cli(["report", str(results), "--sweep", "demo"], capsys) == (2, [want])
+        assert run_cli(["report", *map(str, paths)], capsys) == (2, [want]), paths
+    assert run_cli(["report", str(results), "--sweep", "demo"], capsys) == (2, [want])
     for p in bad.iterdir():
         p.unlink()
-    assert _cli(["report", str(results)], capsys) == (2, [want])  # empty: refused all the same
+    assert run_cli(["report", str(results)], capsys) == (2, [want])  # empty: refused all the same
     with pytest.raises(DataError, match="rename or remove the folder"):
         list_sweeps(results)
     bad.rmdir()
     assert list_sweeps(results) == ["demo"]
-    assert _cli(["report", str(results)], capsys)[0] == 0
+    assert run_cli(["report", str(results)], capsys)[0] == 0
 
 
 # ---------------------------------------------------------------- a file lacking a named column
@@ -315,7 +311,7 @@ def test_convert_names_the_file_missing_a_feature_or_target_column(
     """Was: "feature column 'b' has null values" (pyarrow reads the missing column as nulls)."""
     out = tmp_path / "o.parquet"
     argv = ["data", "convert", "--input", str(parts), "--out", str(out), "--target-column", "y"]
-    assert _cli([*argv, "--feature-columns", "a,b,c"], capsys) == (
+    assert run_cli([*argv, "--feature-columns", "a,b,c"], capsys) == (
         2,
         [
             f"raymeta: error: {parts}: file {parts / 'part-1.parquet'} has no feature column 'b' "
@@ -324,7 +320,7 @@ def test_convert_names_the_file_missing_a_feature_or_target_column(
     )
     assert not out.exists()
     pq.write_table(_plain_table().drop_columns(["y"]), parts / "part-1.parquet")
-    assert _cli([*argv, "--feature-columns", "a,b,c"], capsys) == (
+    assert run_cli([*argv, "--feature-columns", "a,b,c"], capsys) == (
         2,
         [
             f"raymeta: error: {parts}: file {parts / 'part-1.parquet'} has no target column 'y' "
@@ -332,7 +328,7 @@ def test_convert_names_the_file_missing_a_feature_or_target_column(
         ],
     )
     pq.write_table(_plain_table(seed=1), parts / "part-1.parquet")  # both complete: converts
-    assert _cli([*argv, "--feature-columns", "a,b,c"], capsys)[0] == 0
+    assert run_cli([*argv, "--feature-columns", "a,b,c"], capsys)[0] == 0
     assert pq.read_metadata(out).num_rows == 80
 
 
@@ -341,7 +337,7 @@ def test_predict_names_the_file_missing_a_feature_column(
 ) -> None:
     out = tmp_path / "p.parquet"
     argv = ["predict", "--run", str(run_dir), "--input", str(parts), "--out", str(out)]
-    assert _cli([*argv, "--feature-columns", "a,b,c"], capsys) == (
+    assert run_cli([*argv, "--feature-columns", "a,b,c"], capsys) == (
         2,
         [
             f"raymeta: error: {parts}: file {parts / 'part-1.parquet'} has no feature column 'b' "
@@ -357,7 +353,7 @@ def test_predict_names_the_file_missing_a_feature_column(
     pq.write_table(pa.table({"features": col, "id": np.arange(4)}), feats / "a.parquet")
     pq.write_table(pa.table({"id": np.arange(4)}), feats / "b.parquet")
     argv = ["predict", "--run", str(run_dir), "--input", str(feats), "--out", str(out)]
-    assert _cli(argv, capsys) == (
+    assert run_cli(argv, capsys) == (
         2,
         [
             f"raymeta: error: {feats}: file {feats / 'b.parquet'} has no feature column "
