@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from raymeta.core.losses import accuracy
+
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -164,6 +166,14 @@ def folded_body(
     return h
 
 
+def _expanded(model: nn.Module, params: Mapping[str, torch.Tensor], t: int) -> Params:
+    """``model``'s weights of ``params`` as T tasks' stacked weights: expanded views
+    ``(T, ...)``, so a gradient through them flows back to ``params`` summed over tasks."""
+    return {
+        n: params[n].unsqueeze(0).expand(t, *params[n].shape) for n, _ in model.named_parameters()
+    }
+
+
 def _inputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Task-major inputs as ``folded_forward`` takes them: folded into channels for a conv net."""
     return fold_inputs(x) if has_conv(model) else x
@@ -213,10 +223,8 @@ def folded_meta_grad(
     Every task starts from the same weights expanded to ``(T, ...)``; the gradient of the
     summed support loss w.r.t. the stacked weights is each task's own gradient (tasks do not
     interact), and the meta-gradient flows back through the expand as the sum over tasks."""
-    names = [n for n, _ in model.named_parameters()]
-    t = xs.shape[0]
     leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-    fast = {n: leaves[n].unsqueeze(0).expand(t, *leaves[n].shape) for n in names}
+    fast = _expanded(model, leaves, xs.shape[0])
     sx, qx = _inputs(model, xs), _inputs(model, xq)
     per_task = torch.vmap(loss)
 
@@ -273,12 +281,8 @@ def folded_episode_scores(
     meta-gradient left behind (``folded_meta_grad``); meta-validation and the few-shot
     benchmarks evaluate hundreds of episodes. Rates as ``inner_rate``; first-order, so each
     step's weights are detached leaves and no graph outlives the step."""
-    from raymeta.core.losses import accuracy
-
-    names = [n for n, _ in model.named_parameters()]
-    t = xs.shape[0]
     base = {k: v.detach() for k, v in params.items()}
-    fast = {n: base[n].unsqueeze(0).expand(t, *base[n].shape) for n in names}
+    fast = _expanded(model, base, xs.shape[0])
     sx = _inputs(model, xs)
     per_task = torch.vmap(loss)
     for i in range(steps):
@@ -288,9 +292,7 @@ def folded_episode_scores(
             g = torch.autograd.grad(inner, [leaves[k] for k in adapt_keys])
         with torch.no_grad():
             for k, gk in zip(adapt_keys, g, strict=True):
-                fast[k] = (
-                    leaves[k].detach() - inner_rate(base, k, i, lr, lr_prefix, lslr_prefix) * gk
-                )
+                fast[k] = leaves[k] - inner_rate(base, k, i, lr, lr_prefix, lslr_prefix) * gk
     with torch.no_grad():
         out = folded_forward(model, fast, _inputs(model, xq))
         losses = per_task(out, yq)
