@@ -73,8 +73,6 @@ def _run(args: argparse.Namespace) -> int:
             f"--local runs the sweep on this machine without Ray and cannot join --address "
             f"{args.address}: give one of them"
         )
-    if args.max_concurrency is not None and args.max_concurrency < 1:
-        raise ConfigError(f"--max-concurrency must be >= 1, got {args.max_concurrency}")
     cfg = load_sweep(args.sweep_file)
     check_output_dir(args.out, "--out")
     check_results_dir(Path(args.out), "--out")
