@@ -105,7 +105,7 @@ def test_run_batch_rows_equal_run_unit(meta_dir: Path) -> None:
     )
     units = cfg.units()
     for batch in ([u for u in units if u["strategy"] == s] for s in STRATEGIES):  # 4 each
-        got = run_batch(batch, cfg)
+        got = run_batch(batch, cfg).rows()
         assert list(got) == [u["key"] for u in batch]
         for u in batch:
             alone = run_unit(u, cfg)

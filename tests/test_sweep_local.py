@@ -68,7 +68,7 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 def _batches(cfg: SweepConfig, slots: int) -> pd.DataFrame:
     """The rows of the batches a sweep plans for ``slots``, from ``run_batch`` in this process."""
     plan = plan_batches(cfg.units(), slots, FLUSH_UNITS)
-    return _frame([r for b in plan for rows in run_batch(b, cfg).values() for r in rows])
+    return _frame([r for b in plan for rows in run_batch(b, cfg).rows().values() for r in rows])
 
 
 def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:

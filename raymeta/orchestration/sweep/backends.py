@@ -25,9 +25,9 @@ from raymeta.errors import ClusterError, ConfigError, RaymetaError
 from raymeta.orchestration.sweep.batch import plan_batches, run_batch
 from raymeta.orchestration.sweep.config import SweepConfig
 from raymeta.plugins import add_import_roots
+from raymeta.results.sink import KeyedRows
 
 Batch = list[dict[str, Any]]
-Rows = dict[str, list[dict[str, Any]]]
 RESUME = "finished units are kept, rerun the same command to resume"
 
 
@@ -46,8 +46,8 @@ class BatchRunner(Protocol):
         """Block until one of ``handles`` is finished (or failed) and return it."""
         ...
 
-    def result(self, handle: Hashable, batch: Batch) -> Rows:
-        """The finished batch's rows by unit key; a failure is one line (``RaymetaError``)."""
+    def result(self, handle: Hashable, batch: Batch) -> KeyedRows:
+        """The finished batch's rows; a failure is one line (``RaymetaError``)."""
         ...
 
 
@@ -107,9 +107,9 @@ class RayBatches:
         ready, _ = self._ray.wait(cast(Any, handles), num_returns=1)
         return cast(Hashable, ready[0])
 
-    def result(self, handle: Hashable, batch: Batch) -> Rows:
+    def result(self, handle: Hashable, batch: Batch) -> KeyedRows:
         try:
-            return cast(Rows, self._ray.get(cast(Any, handle)))
+            return cast(KeyedRows, self._ray.get(cast(Any, handle)))
         except self._ray.exceptions.RayError as exc:
             raise unit_error(exc, batch_keys(batch)) from None
 
@@ -238,13 +238,13 @@ class PoolBatches:
         return self._pool.submit(run_batch, batch, self._cfg, self._roots)
 
     def wait_one(self, handles: list[Hashable]) -> Hashable:
-        futures = cast("list[Future[Rows]]", handles)
+        futures = cast("list[Future[KeyedRows]]", handles)
         done, _ = wait(futures, return_when=FIRST_COMPLETED)
         return next(f for f in futures if f in done)
 
-    def result(self, handle: Hashable, batch: Batch) -> Rows:
+    def result(self, handle: Hashable, batch: Batch) -> KeyedRows:
         try:
-            return cast("Future[Rows]", handle).result()
+            return cast("Future[KeyedRows]", handle).result()
         except BrokenProcessPool:
             text = "a local worker process died, killed by a signal or out of memory"
             raise _failure(RuntimeError(), batch_keys(batch), text) from None
@@ -281,7 +281,7 @@ class InProcessBatches:
     def wait_one(self, handles: list[Hashable]) -> Hashable:
         return handles[0]
 
-    def result(self, handle: Hashable, batch: Batch) -> Rows:
+    def result(self, handle: Hashable, batch: Batch) -> KeyedRows:
         threads = torch.get_num_threads()
         try:
             return run_batch(batch, self._cfg, self._roots)

@@ -29,6 +29,7 @@ from raymeta.finetune.run import PopulationResult
 from raymeta.finetune.strategy import AUTO, Strategy, default_candidate, resolve_auto
 from raymeta.orchestration.sweep.config import SweepConfig
 from raymeta.plugins import add_import_roots
+from raymeta.results.sink import KeyedRows
 from raymeta.tasks import Task, TaskFamily, make_family, resize_splits
 
 BATCHES_PER_SLOT = 4  # batches per CPU slot, so uneven batches still keep every CPU busy
@@ -115,9 +116,10 @@ def plan_batches(
 
 def run_batch(
     units: list[dict[str, Any]], cfg: SweepConfig, import_roots: list[str] | None = None
-) -> dict[str, list[dict[str, Any]]]:
+) -> KeyedRows:
     """Run units of one checkpoint and strategy packed; returns each unit's rows by key (the
-    rows ``run.run_unit`` returns for it, but for wall times). Pure, no Ray."""
+    rows ``run.run_unit`` returns for it, but for wall times) as one table, which the driver
+    publishes without converting rows (``KeyedRows``). Pure, no Ray."""
     from raymeta.finetune.batch import Unit, run_units
     from raymeta.finetune.run import strategy_members
     from raymeta.priors import load_priors
@@ -155,6 +157,7 @@ def run_batch(
         pbt=pbt,
         picks=(strat.pick,),
     )
-    return {
+    rows = {
         u["key"]: unit_rows(u, cfg, p, r) for u, p, r in zip(units, plans, results, strict=True)
     }
+    return KeyedRows.of(cfg.name, rows)

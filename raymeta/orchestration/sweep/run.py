@@ -34,7 +34,6 @@ from raymeta.lock import locks_output
 from raymeta.orchestration.sweep.backends import (
     Batch,
     BatchRunner,
-    Rows,
     local_batches,
     ray_batches,
 )
@@ -49,6 +48,7 @@ from raymeta.plugins import add_import_roots, check_portable, import_roots
 from raymeta.priors import load_priors
 from raymeta.progress import Progress
 from raymeta.results import ResultSink
+from raymeta.results.sink import KeyedRows
 from raymeta.tasks import make_family, resize_splits
 
 
@@ -261,8 +261,8 @@ def _dispatch(
     ``flush_s`` seconds passed since the last write). The ``finally`` publishes what is
     buffered on an error or Ctrl-C too, so a rerun only repeats the batches that were running."""
     pending: dict[Hashable, Batch] = {}
-    buffer: Rows = {}
-    finished = 0
+    buffer: list[KeyedRows] = []
+    buffered = finished = 0
     flushed = time.monotonic()
 
     def fill() -> None:
@@ -280,12 +280,13 @@ def _dispatch(
                 # the freed slot starts its next batch before this driver takes the finished
                 # rows and writes a part (measured: a worker idled 0.5 s per write otherwise)
                 fill()
-                buffer.update(runner.result(handle, batch))
+                buffer.append(runner.result(handle, batch))
+                buffered += len(batch)
                 finished += len(batch)
-                if len(buffer) >= flush_units or time.monotonic() - flushed >= flush_s:
-                    sink.append_many(buffer)
-                    buffer, flushed = {}, time.monotonic()
+                if buffered >= flush_units or time.monotonic() - flushed >= flush_s:
+                    sink.append_keyed(buffer)
+                    buffer, buffered, flushed = [], 0, time.monotonic()
                 bar.update(done_before + finished, note=f"last {batch[-1]['key']}")
     finally:  # finished units are kept on an error or Ctrl-C, too
         if buffer:
-            sink.append_many(buffer)
+            sink.append_keyed(buffer)

@@ -1,0 +1,89 @@
+"""Arrow arrays of the results schema's column types from Python values, without pandas.
+
+Why not ``pa.array`` / ``pa.table``: their first call in a process looks for pandas and imports
+it (0.5-0.6 s of CPU on the 2-core CPU), which a sweep's driver paid in the middle of its run,
+on the cores its workers train on. The schema's columns are strings, 64-bit integers and
+floats, and one struct of nullable ones: Arrow's own string builder and numpy buffers build
+them directly, as fast, and as strictly (a value of the wrong type is a ``TypeError`` naming
+it, never converted: a float is not truncated into an integer column, a bool is not a number).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+
+def _wrong(value: Any, kind: str) -> TypeError:
+    return TypeError(f"{value!r} ({type(value).__name__}) is not {kind}")
+
+
+def _validity(values: Sequence[Any], nullable: bool) -> pa.Buffer | None:
+    """The validity bitmap of ``values`` (None where all are set); None values are nulls
+    only where ``nullable``."""
+    missing = [v is None for v in values]
+    if not any(missing):
+        return None
+    if not nullable:
+        raise TypeError("None in a column that cannot be null")
+    valid = ~np.asarray(missing, dtype=bool)
+    return pa.py_buffer(np.packbits(valid, bitorder="little"))
+
+
+def strings(values: Sequence[Any], nullable: bool = False) -> pa.Array:
+    """A ``string`` array; only ``str`` values (and None where ``nullable``)."""
+    for v in values:
+        if not isinstance(v, str) and not (nullable and v is None):
+            raise _wrong(v, "a string")
+    builder = pa.lib.StringBuilder()
+    builder.append_values(values)
+    out = builder.finish()
+    return out if out.type == pa.string() else out.cast(pa.string())
+
+
+def _numeric(values: Sequence[Any], kind: pa.DataType, nullable: bool) -> pa.Array:
+    """An ``int64`` or ``float64`` array from numbers (integral ones only for ``int64``)."""
+    integral = pa.types.is_integer(kind)
+    want = numbers.Integral if integral else numbers.Real
+    for v in values:
+        if (not isinstance(v, want) or isinstance(v, bool)) and not (nullable and v is None):
+            raise _wrong(v, "an integer" if integral else "a number")
+    dtype = np.int64 if integral else np.float64
+    validity = _validity(values, nullable)
+    fill = 0 if integral else 0.0
+    data = values if validity is None else [fill if v is None else v for v in values]
+    try:
+        arr = np.fromiter(data, dtype=dtype, count=len(values))
+    except OverflowError:
+        raise TypeError("an integer out of the 64-bit range") from None
+    return pa.Array.from_buffers(kind, len(values), [validity, pa.py_buffer(arr)])
+
+
+def _struct(values: Sequence[Mapping[str, Any]], kind: pa.StructType) -> pa.Array:
+    """A struct array from mappings (an absent key is a null field)."""
+    children = [
+        column([v.get(f.name) for v in values], f.type, f.nullable)
+        for f in (kind.field(i) for i in range(kind.num_fields))
+    ]
+    if not children:
+        return pa.array([{}] * len(values), type=kind)
+    return pa.StructArray.from_arrays(children, fields=list(kind))
+
+
+def column(values: Sequence[Any], kind: pa.DataType, nullable: bool = False) -> pa.Array:
+    """``values`` as an Arrow array of ``kind``: string, int64, float64 or a struct of them
+    (of mappings). ``TypeError`` for a value of another type, or None where not ``nullable``."""
+    if pa.types.is_struct(kind):
+        for v in values:
+            if not isinstance(v, Mapping):
+                raise _wrong(v, "a mapping")
+        return _struct(values, kind)
+    if pa.types.is_string(kind):
+        return strings(values, nullable)
+    if kind in (pa.int64(), pa.float64()):
+        return _numeric(values, kind, nullable)
+    raise TypeError(f"no builder for Arrow type {kind}")
