@@ -34,11 +34,22 @@ def _validity(values: Sequence[Any], nullable: bool) -> pa.Buffer | None:
     return pa.py_buffer(np.packbits(valid, bitorder="little"))
 
 
+def _check(
+    values: Sequence[Any], exact: tuple[type, ...], want: type, kind: str, nullable: bool
+) -> None:
+    """Every value is of ``want`` (not a bool), or None where ``nullable``. The common case, all
+    of the ``exact`` types, is one pass at C speed; only other types are checked one by one."""
+    allowed = {*exact, type(None)} if nullable else set(exact)
+    if set(map(type, values)) <= allowed:
+        return
+    for v in values:
+        if (not isinstance(v, want) or isinstance(v, bool)) and not (nullable and v is None):
+            raise _wrong(v, kind)
+
+
 def strings(values: Sequence[Any], nullable: bool = False) -> pa.Array:
     """A ``string`` array; only ``str`` values (and None where ``nullable``)."""
-    for v in values:
-        if not isinstance(v, str) and not (nullable and v is None):
-            raise _wrong(v, "a string")
+    _check(values, (str,), str, "a string", nullable)
     builder = pa.lib.StringBuilder()
     builder.append_values(values)
     out = builder.finish()
@@ -47,17 +58,16 @@ def strings(values: Sequence[Any], nullable: bool = False) -> pa.Array:
 
 def _numeric(values: Sequence[Any], kind: pa.DataType, nullable: bool) -> pa.Array:
     """An ``int64`` or ``float64`` array from numbers (integral ones only for ``int64``)."""
-    integral = pa.types.is_integer(kind)
-    want = numbers.Integral if integral else numbers.Real
-    for v in values:
-        if (not isinstance(v, want) or isinstance(v, bool)) and not (nullable and v is None):
-            raise _wrong(v, "an integer" if integral else "a number")
-    dtype = np.int64 if integral else np.float64
-    validity = _validity(values, nullable)
-    fill = 0 if integral else 0.0
-    data = values if validity is None else [fill if v is None else v for v in values]
+    if pa.types.is_integer(kind):
+        _check(values, (int,), numbers.Integral, "an integer", nullable)
+        dtype: type = np.int64
+    else:
+        _check(values, (float, int), numbers.Real, "a number", nullable)
+        dtype = np.float64
+    validity = _validity(values, nullable) if nullable else None
+    data = values if validity is None else [0 if v is None else v for v in values]
     try:
-        arr = np.fromiter(data, dtype=dtype, count=len(values))
+        arr: np.ndarray = np.fromiter(data, dtype=dtype, count=len(values))
     except OverflowError:
         raise TypeError("an integer out of the 64-bit range") from None
     return pa.Array.from_buffers(kind, len(values), [validity, pa.py_buffer(arr)])
@@ -65,10 +75,14 @@ def _numeric(values: Sequence[Any], kind: pa.DataType, nullable: bool) -> pa.Arr
 
 def _struct(values: Sequence[Mapping[str, Any]], kind: pa.StructType) -> pa.Array:
     """A struct array from mappings (an absent key is a null field)."""
-    children = [
-        column([v.get(f.name) for v in values], f.type, f.nullable)
-        for f in (kind.field(i) for i in range(kind.num_fields))
-    ]
+    n = len(values)
+    set_at = [i for i, v in enumerate(values) if v]  # a results table's are mostly empty
+    children = []
+    for f in (kind.field(i) for i in range(kind.num_fields)):
+        field: list[Any] = [None] * n
+        for i in set_at:
+            field[i] = values[i].get(f.name)
+        children.append(column(field, f.type, f.nullable))
     if not children:
         return pa.array([{}] * len(values), type=kind)
     return pa.StructArray.from_arrays(children, fields=list(kind))

@@ -116,7 +116,7 @@ def hparams_dict(hparams: Mapping[str, Any] | str | None) -> dict[str, Any]:
 
     Accepts a mapping, its JSON text (schema-1 rows) or None; a key outside the vocabulary is
     a one-line ``ConfigError`` naming it, so a new hyperparameter cannot be dropped silently."""
-    if hparams is None:
+    if hparams is None or (type(hparams) is dict and not hparams):  # most rows: fast
         return {}
     obj: Any = hparams
     if isinstance(hparams, str):
