@@ -218,7 +218,7 @@ def test_killed_local_sweep_resumes_exactly_once(meta_dir: Path, tmp_path: Path)
 
 
 FAMILY = """
-import multiprocessing, os, signal
+import multiprocessing, os, signal, time
 from pathlib import Path
 
 from raymeta.tasks.sinusoid import Sinusoid
@@ -227,12 +227,16 @@ MARKER = Path({marker!r})
 
 
 class Fragile(Sinusoid):
-    # held-out task {bad} breaks while MARKER says how: "kill" (SIGKILL in a worker process,
-    # as the out-of-memory killer does) or "raise"
+    # held-out task {bad} breaks while MARKER says how: "kill RESULTS" (SIGKILL in a worker
+    # process, as the out-of-memory killer does, once RESULTS holds {bad} parts: every other
+    # unit's, which the other worker finishes meanwhile) or "raise"
     def task(self, split, index):
         how = MARKER.read_text() if MARKER.exists() else ""
         if split == "test" and index == {bad}:
-            if how == "kill" and multiprocessing.parent_process() is not None:
+            if how.startswith("kill ") and multiprocessing.parent_process() is not None:
+                parts, deadline = Path(how[5:]) / "sweep=frag", time.monotonic() + 60
+                while len(list(parts.glob("part-*.parquet"))) < {bad} and time.monotonic() < deadline:
+                    time.sleep(0.05)
                 os.kill(os.getpid(), signal.SIGKILL)
             if how == "raise":
                 raise ValueError("task {bad} is broken")
@@ -259,14 +263,14 @@ def test_killed_or_failing_local_worker_is_one_line(
             "name": "frag",
             "meta": [str(meta)],
             "strategies": ["meta+fixed-default"],
-            "tasks": 6,  # one-unit batches, task 5's last: tasks 0-3 finish before it starts
+            "tasks": 6,  # one-unit batches, task 5's last
             "population": 2,
             "steps_per_member": 6,
             "interval": 3,
         }
     )
     out = tmp_path / "results"
-    marker.write_text("kill")
+    marker.write_text(f"kill {out}")
     with pytest.raises(ClusterError) as info:
         run_sweep(cfg, out, progress=False, local=True, max_concurrency=2, flush_s=0.0)
     msg = str(info.value)
@@ -274,7 +278,7 @@ def test_killed_or_failing_local_worker_is_one_line(
     assert "a local worker process died, killed by a signal or out of memory" in msg
     assert msg.endswith("finished units are kept, rerun the same command to resume")
     done = ResultSink(out, "frag").done_keys()
-    assert {u["key"] for u in cfg.units() if u["task"] < 4} <= done
+    assert {u["key"] for u in cfg.units() if u["task"] < 5} == done
     assert not any(k.endswith("/5/0") for k in done)
 
     marker.write_text("raise")

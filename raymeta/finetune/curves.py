@@ -23,6 +23,8 @@ from raymeta.finetune.population import Evaluation
 from raymeta.results.schema import make_row
 
 VAL_METRICS = ("val_loss", "val_accuracy")
+# the columns of a row but ``sweep`` (a results part's, ``PART_SCHEMA``), in ``columns`` order
+ROW_COLUMNS = ("strategy", "task", "seed", "trial", "step", "metric", "value", "hparams", "wall_s")
 
 
 @dataclass
@@ -74,6 +76,40 @@ class Curves:
                 out += val_rows(
                     common, f"m{i}", self.member_steps[e][i], metrics, None, self.wall_s[e]
                 )
+        return out
+
+    def columns(self, common: Mapping[str, Any]) -> dict[str, list[Any]]:
+        """``rows(common)`` as columns of the results schema but ``sweep`` (the same rows in
+        the same order): a sweep batch's ~8,000 rows without building a dict each
+        (``raymeta.results.sink.KeyedRows.of_columns``). ``make_row`` converts and checks the
+        values shared by every row, once per evaluation."""
+        members = len(self.loss[0]) if self.loss else 0
+        metrics = ["val_loss"] if self.accuracy is None else list(VAL_METRICS)
+        per = len(metrics)  # rows per (evaluation, member)
+        out: dict[str, list[Any]] = {c: [] for c in ROW_COLUMNS}
+        for e, losses in enumerate(self.loss):
+            first = make_row(
+                **common,
+                trial="m0",
+                step=0,
+                metric="val_loss",
+                value=0.0,
+                hparams=None,
+                wall_s=self.wall_s[e],
+            )
+            k = members * per
+            for c in ("strategy", "task", "seed", "wall_s"):
+                out[c] += [first[c]] * k
+            fin = [_finite(float(v)) for v in losses]
+            if self.accuracy is None:
+                out["value"] += fin
+            else:
+                acc = [float(v) for v in self.accuracy[e]]
+                out["value"] += [v for pair in zip(fin, acc, strict=True) for v in pair]
+            out["trial"] += [f"m{i}" for i in range(members) for _ in range(per)]
+            out["step"] += [int(s) for s in self.member_steps[e] for _ in range(per)]
+            out["metric"] += metrics * members
+            out["hparams"] += [{}] * k
         return out
 
 

@@ -101,3 +101,15 @@ def column(values: Sequence[Any], kind: pa.DataType, nullable: bool = False) -> 
     if kind in (pa.int64(), pa.float64()):
         return _numeric(values, kind, nullable)
     raise TypeError(f"no builder for Arrow type {kind}")
+
+
+def table_of(columns: Mapping[str, Sequence[Any]], schema: pa.Schema) -> pa.Table:
+    """A table of ``schema`` from one list per field (``column`` each); ``TypeError`` names the
+    column of a value of the wrong type."""
+    arrays = []
+    for f in schema:
+        try:
+            arrays.append(column(columns[f.name], f.type, f.nullable))
+        except TypeError as exc:
+            raise TypeError(f"column {f.name!r}: {exc}") from None
+    return pa.Table.from_arrays(arrays, schema=schema)

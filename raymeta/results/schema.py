@@ -40,7 +40,7 @@ import pyarrow as pa
 
 from raymeta import __version__
 from raymeta.errors import ConfigError
-from raymeta.results.columns import column
+from raymeta.results.columns import table_of
 
 SCHEMA_VERSION = 2
 VERSION_KEY = b"raymeta.results.schema_version"
@@ -186,12 +186,7 @@ def rows_to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
         if any(v is None for v in values):
             raise ConfigError(f"result rows have a missing (None) value in column {c!r}")
     cols["hparams"] = [hparams_dict(h) for h in cols["hparams"]]
-    arrays = []
-    for f in SCHEMA:  # built without pandas (``columns``: pa.table imports it, 0.5 s)
-        try:
-            arrays.append(column(cols[f.name], f.type))
-        except TypeError as exc:
-            raise ConfigError(
-                f"result rows have values of the wrong type: column {f.name!r}: {exc}"
-            ) from None
-    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+    try:  # built without pandas (``columns``: pa.table imports it, 0.5 s of CPU)
+        return table_of(cols, SCHEMA)
+    except TypeError as exc:
+        raise ConfigError(f"result rows have values of the wrong type: {exc}") from None

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from raymeta.errors import ConfigError, DataError
 from raymeta.fileio import atomic_write_json, make_temp_file
+from raymeta.results.columns import table_of
 from raymeta.results.schema import (
     COLUMNS,
     PART_SCHEMA,
@@ -162,6 +163,20 @@ class KeyedRows:
         table = rows_to_table([row for rows in batch.values() for row in rows])
         keys = tuple((k, len(rows)) for k, rows in batch.items())
         return cls(sweep, table.drop_columns(["sweep"]), keys)
+
+    @classmethod
+    def of_columns(
+        cls, sweep: str, columns: Mapping[str, Sequence[Any]], keys: Sequence[tuple[str, int]]
+    ) -> KeyedRows:
+        """Rows already in columns (``PART_SCHEMA``'s, each key's ``rows`` in order): what a
+        sweep's batch builds, typed and checked column by column (``results.columns``)."""
+        if sum(n for _, n in keys) != len(columns["value"]):
+            raise ValueError("keys do not count the rows of the columns")
+        try:
+            table = table_of(columns, PART_SCHEMA)
+        except TypeError as exc:
+            raise ConfigError(f"result rows have values of the wrong type: {exc}") from None
+        return cls(check_sweep_name(sweep), table, tuple((k, int(n)) for k, n in keys))
 
     def __len__(self) -> int:
         return len(self.keys)

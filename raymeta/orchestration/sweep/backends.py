@@ -240,7 +240,10 @@ class PoolBatches:
     def wait_one(self, handles: list[Hashable]) -> Hashable:
         futures = cast("list[Future[KeyedRows]]", handles)
         done, _ = wait(futures, return_when=FIRST_COMPLETED)
-        return next(f for f in futures if f in done)
+        # a finished batch before a failed one: a worker that dies breaks the pool and fails
+        # every pending batch at once, and the rows that reached the driver are kept
+        done_ok = [f for f in futures if f in done and f.exception() is None]
+        return done_ok[0] if done_ok else next(f for f in futures if f in done)
 
     def result(self, handle: Hashable, batch: Batch) -> KeyedRows:
         try:

@@ -87,15 +87,34 @@ def unit_rows(
     unit: dict[str, Any], cfg: SweepConfig, plan: UnitPlan, res: PopulationResult
 ) -> list[dict[str, Any]]:
     """A finished unit's result rows: every member's curve and the final test."""
-    common = {
+    common = _common(unit, cfg, plan)
+    return res.curves.rows(common) + _final(common, res)
+
+
+def unit_columns(
+    unit: dict[str, Any], cfg: SweepConfig, plan: UnitPlan, res: PopulationResult
+) -> dict[str, list[Any]]:
+    """``unit_rows`` as columns (``Curves.columns``, no dict per row): the same rows in the
+    same order, without ``sweep``."""
+    common = _common(unit, cfg, plan)
+    cols = res.curves.columns(common)
+    for row in _final(common, res):
+        for c, values in cols.items():
+            values.append(row[c])
+    return cols
+
+
+def _common(unit: dict[str, Any], cfg: SweepConfig, plan: UnitPlan) -> dict[str, Any]:
+    return {
         "sweep": cfg.name,
         "strategy": unit["label"],
         "task": plan.task.task_id,
         "seed": plan.seed,
     }
-    return res.curves.rows(common) + final_rows(
-        common, "best", res.member_steps, res.test, res.pick.config, res.wall_s
-    )
+
+
+def _final(common: dict[str, Any], res: PopulationResult) -> list[dict[str, Any]]:
+    return final_rows(common, "best", res.member_steps, res.test, res.pick.config, res.wall_s)
 
 
 def plan_batches(
@@ -157,7 +176,11 @@ def run_batch(
         pbt=pbt,
         picks=(strat.pick,),
     )
-    rows = {
-        u["key"]: unit_rows(u, cfg, p, r) for u, p, r in zip(units, plans, results, strict=True)
-    }
-    return KeyedRows.of(cfg.name, rows)
+    cols: dict[str, list[Any]] = {}
+    keys = []
+    for u, p, r in zip(units, plans, results, strict=True):
+        part = unit_columns(u, cfg, p, r)
+        for c, values in part.items():
+            cols.setdefault(c, []).extend(values)
+        keys.append((u["key"], len(part["value"])))
+    return KeyedRows.of_columns(cfg.name, cols, keys)
