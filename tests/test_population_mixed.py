@@ -306,3 +306,36 @@ def test_scratch_inits_are_the_seeds_builds(spec: ModelSpec, monkeypatch: Any) -
         assert params.keys() == want.keys()
         assert all(torch.equal(params[k], want[k]) for k in want)
     assert not torch.equal(got[0]["head.weight"], got[1]["head.weight"])
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ModelSpec("mlp", (2,), 1, {"widths": [6, 5]}),
+        ModelSpec("conv4", (1, 12, 12), 3, {"hidden": 4}),
+        ModelSpec("conv4", (3, 12, 12), 5, {"hidden": 4, "norm": "group"}),
+    ],
+    ids=["mlp", "conv4", "conv4-groupnorm"],
+)
+def test_scratch_stacked_draws_without_building_per_seed(
+    spec: ModelSpec, monkeypatch: Any
+) -> None:
+    """The direct draws (``_reset_draws``) are the builds' draws: only the two checked seeds
+    are built, every other seed's weights still equal a build of it (a draw that went wrong
+    would fall back to building every seed, slow and silent, so the count is the test)."""
+    from raymeta.finetune import population
+
+    built: list[int] = []
+    real = population.scratch_params
+
+    def counted(spec_: ModelSpec, seed: int) -> dict[str, torch.Tensor]:
+        built.append(seed)
+        return real(spec_, seed)
+
+    monkeypatch.setattr(population, "scratch_params", counted)
+    seeds = [3, 9, 4, 2**31 + 5, 3]
+    got = population.scratch_stacked(spec, seeds)
+    assert built == seeds[:2]
+    for i, s in enumerate(seeds):
+        want = real(spec, s)
+        assert all(torch.equal(got[k][i], want[k]) for k in want), s

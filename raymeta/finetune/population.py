@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from raymeta.core.models import ModelSpec, build_model
 from raymeta.core.train import derive_seed
@@ -125,19 +126,15 @@ def scratch_stacked(spec: ModelSpec, seeds: Sequence[int]) -> Params:
         return {k: torch.stack([p[k] for p in built]) for k in built[0]}
     first = [scratch_params(spec, s) for s in seeds[:2]]
     model = build_model(spec)
-    resets: list[Callable[[], None]] = [
-        f for f in (getattr(m, "reset_parameters", None) for m in model.modules()) if callable(f)
-    ]
     named = [(k, v.detach()) for k, v in model.named_parameters()]
     out = {k: torch.empty((len(seeds), *v.shape), dtype=v.dtype) for k, v in named}
+    draws = _reset_draws(model, out)
 
     def reset(row: int, seed: int) -> None:
         torch.default_generator.manual_seed(seed)
         with torch.no_grad():
-            for f in resets:
-                f()
-            for k, v in named:
-                out[k][row].copy_(v)
+            for draw in draws:
+                draw(row)
 
     for i, want in enumerate(first):
         reset(i, seeds[i])
@@ -147,6 +144,74 @@ def scratch_stacked(spec: ModelSpec, seeds: Sequence[int]) -> Params:
     for i, s in enumerate(seeds[2:], 2):
         reset(i, s)
     return out
+
+
+def _reset_draws(model: nn.Module, out: Params) -> list[Callable[[int], None]]:
+    """Per module with ``reset_parameters``, in ``modules()`` order, what re-runs it into row
+    ``row`` of ``out`` (stacked parameters by name), then a copy of any parameter no reset
+    covers. A plain ``nn.Linear`` / ``nn.Conv*`` draws its weight and bias straight into the
+    row with the bounds its ``reset_parameters`` uses (``kaiming_uniform_(a=sqrt(5))``, then
+    ``U(+-1/sqrt(fan_in))``): the same draws of the same generator, without the reset's Python
+    (half a sweep's scratch set-up) or a copy; any other module resets itself and its
+    parameters are copied. ``scratch_stacked`` checks the result against real builds."""
+    names = {id(v): k for k, v in model.named_parameters()}
+    draws: list[Callable[[int], None]] = []
+    covered: set[str] = set()
+    for m in model.modules():
+        reset = getattr(m, "reset_parameters", None)
+        if not callable(reset):
+            continue
+        weight, bias = getattr(m, "weight", None), getattr(m, "bias", None)
+        if (
+            type(m) in _PLAIN
+            and isinstance(weight, torch.Tensor)
+            and weight.dim() >= 2
+            and weight.shape[1] > 0
+            and (bias is None or isinstance(bias, torch.Tensor))
+        ):
+            fan_in = int(weight[0].numel())
+            gain = nn.init.calculate_gain("leaky_relu", math.sqrt(5))
+            w = names[id(weight)]
+            b = names[id(bias)] if bias is not None else None
+            draws.append(
+                _uniform_draw(
+                    out, w, b, math.sqrt(3.0) * (gain / math.sqrt(fan_in)), 1 / math.sqrt(fan_in)
+                )
+            )
+            covered |= {w} | ({b} if b else set())
+            continue
+        own = [(names[id(v)], v.detach()) for v in m.parameters() if id(v) in names]
+        draws.append(_reset_copy(out, reset, own))
+        covered |= {k for k, _ in own}
+    rest = [(k, v.detach()) for k, v in model.named_parameters() if k not in covered]
+    if rest:
+        draws.append(_reset_copy(out, lambda: None, rest))
+    return draws
+
+
+def _uniform_draw(
+    out: Params, w: str, b: str | None, wb: float, bb: float
+) -> Callable[[int], None]:
+    def draw(row: int) -> None:
+        out[w][row].uniform_(-wb, wb)
+        if b is not None:
+            out[b][row].uniform_(-bb, bb)
+
+    return draw
+
+
+def _reset_copy(
+    out: Params, reset: Callable[[], None], own: Sequence[tuple[str, torch.Tensor]]
+) -> Callable[[int], None]:
+    def draw(row: int) -> None:
+        reset()
+        for k, v in own:
+            out[k][row].copy_(v)
+
+    return draw
+
+
+_PLAIN = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def exploit_worst(
