@@ -317,9 +317,7 @@ def test_scratch_inits_are_the_seeds_builds(spec: ModelSpec, monkeypatch: Any) -
     ],
     ids=["mlp", "conv4", "conv4-groupnorm"],
 )
-def test_scratch_stacked_draws_without_building_per_seed(
-    spec: ModelSpec, monkeypatch: Any
-) -> None:
+def test_scratch_stacked_draws_without_building_per_seed(spec: ModelSpec, monkeypatch: Any) -> None:
     """The direct draws (``_reset_draws``) are the builds' draws: only the two checked seeds
     are built, every other seed's weights still equal a build of it (a draw that went wrong
     would fall back to building every seed, slow and silent, so the count is the test)."""
@@ -339,3 +337,48 @@ def test_scratch_stacked_draws_without_building_per_seed(
     for i, s in enumerate(seeds):
         want = real(spec, s)
         assert all(torch.equal(got[k][i], want[k]) for k in want), s
+
+
+# every Adam member runs every step of a call: the fused Adam update (``_fused_adam``)
+LOCKSTEP = [
+    {k: v for k, v in c.items() if k != "steps" or c.get("optimizer") != "adam"} for c in MIXED
+]
+
+
+@pytest.mark.parametrize("per_member", [False, True], ids=["shared-data", "per-member-data"])
+def test_lockstep_adam_members_take_the_fused_update(
+    per_member: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adam members on one step count, all active (a sweep's, a tune trial's) are updated by
+    ``torch._fused_adam_``: the same numbers as the looped ``torch.optim`` reference member by
+    member and as the general path, over two calls (the second starts at step 3, head-only,
+    decay and minibatch Adam members among them); the kernel ran, and a call whose Adam
+    members are not in lockstep does not use it."""
+    calls: list[int] = []
+    real = torch._fused_adam_
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(args[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_fused_adam_", counted)
+    trainer, state, hp, x, y = _setup(LOCKSTEP, per_member)
+    half = trainer.train(state, hp, x, y, 3, per_member_data=per_member)
+    out = trainer.train(half, hp, x, y, N_STEPS - 3, per_member_data=per_member)
+    assert len(calls) == N_STEPS
+    _close(out, trainer.train(state, hp, x, y, N_STEPS, per_member_data=per_member, plan=GENERAL))
+    for i, cfg in enumerate(LOCKSTEP):
+        init = {k: v[i] for k, v in state.params.items()}
+        xi, yi = (x[i], y[i]) if per_member else (x, y)
+        want = ref_train_member(trainer.model, "regression", init, cfg, SEEDS[i], xi, yi, N_STEPS)
+        for k, w in want.items():
+            torch.testing.assert_close(out.params[k][i], w, rtol=1e-9, atol=1e-11)
+    calls.clear()
+    some = torch.tensor([0, 2])  # two Adam members (one head-only) alone: fused
+    trainer.train(state, hp, x, y, N_STEPS, per_member_data=per_member, members=some)
+    assert len(calls) == N_STEPS
+    calls.clear()
+    staggered = out.index(slice(None))
+    staggered.step[0] -= 1  # one Adam member a step behind the others: the per-member update
+    trainer.train(staggered, hp, x, y, 1, per_member_data=per_member)
+    assert calls == []
