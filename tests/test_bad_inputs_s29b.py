@@ -446,3 +446,49 @@ def test_sweep_results_check_is_unchanged(ckpt_dir: Path, tmp_path: Path) -> Non
     for kind in ("meta-checkpoint", "tune run"):
         with pytest.raises(ConfigError, match=f"sweep output .* lies inside the {kind}"):
             check_results_dir(where[kind] / "results")
+
+
+@pytest.fixture
+def no_gpu_embedded_ray(two_cpu_embedded_ray: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As ``two_cpu_embedded_ray``, and an embedded Ray would find no GPU."""
+    import raymeta.orchestration.ray_runtime as ray_runtime
+
+    monkeypatch.setattr(ray_runtime, "embedded_gpus", lambda: 0.0)
+
+
+NO_GPU = "GPUs but the embedded local Ray has 0 (the GPUs Ray finds on this machine"
+
+
+def test_gpu_requests_beyond_the_embedded_ray_refused_before_it_starts(
+    no_gpu_embedded_ray: None, ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GPUs were only checked once the embedded Ray had started (seconds later); now, as
+    CPUs, before it starts: one line, exit 2, nothing written."""
+    argv = ["tune", "--meta", str(ckpt_dir), "--task", "sinusoid:0", "--trials", "2"]
+    line = run_bad([*argv, "--out", "o", "--gpus-per-trial", "0.5"], tmp_path, capsys)
+    assert line.startswith("raymeta: error: a tune trial needs 0.5 " + NO_GPU), line
+    argv = ["meta-train", "--workers", "2", "--gpus-per-worker", "1", "--out", "ck"]
+    line = run_bad([*argv, "--steps", "1"], tmp_path, capsys)
+    assert line.startswith("raymeta: error: meta-train with 2 worker(s) needs 2 " + NO_GPU), line
+    assert not (tmp_path / "ck").exists() and not (tmp_path / "o").exists()
+    from raymeta.errors import ClusterError
+
+    with pytest.raises(ClusterError, match=r"meta-train with 1 worker\(s\) needs 1 GPUs"):
+        raymeta.run_meta_train(
+            raymeta.MetaTrainConfig(steps=1), tmp_path / "ck", workers=1, gpus_per_worker=1
+        )
+
+
+def test_embedded_gpus_is_what_ray_would_find(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``RAY_OVERRIDE_RESOURCES``'s GPU where it sets one, else Ray's own GPU detection."""
+    from ray._private.accelerators import get_accelerator_manager_for_resource
+
+    from raymeta.orchestration.ray_runtime import embedded_gpus
+
+    monkeypatch.delenv("RAY_OVERRIDE_RESOURCES", raising=False)
+    found = get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
+    assert embedded_gpus() == float(found)
+    monkeypatch.setenv("RAY_OVERRIDE_RESOURCES", '{"GPU": 3}')
+    assert embedded_gpus() == 3.0
+    monkeypatch.setenv("RAY_OVERRIDE_RESOURCES", '{"CPU": 3}')
+    assert embedded_gpus() == float(found)

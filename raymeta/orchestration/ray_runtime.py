@@ -343,12 +343,37 @@ def embedded_cpus() -> float | None:
         return None
 
 
-def check_resources_before_start(address: str | None, cpus: float, what: str = "this run") -> None:
+def embedded_gpus() -> float | None:
+    """The GPUs of the embedded Ray that ``ray_context`` would start: ``RAY_OVERRIDE_RESOURCES``'s
+    ``GPU`` where that sets one, else what Ray's own GPU detection finds on this machine
+    (``CUDA_VISIBLE_DEVICES`` respected). None where that cannot be told."""
+    override = os.environ.get("RAY_OVERRIDE_RESOURCES")
+    if override:
+        try:
+            gpu = json.loads(override).get("GPU")
+        except (ValueError, AttributeError):
+            return None
+        if gpu is not None:
+            ok = isinstance(gpu, (int, float)) and not isinstance(gpu, bool)
+            return float(gpu) if ok else None
+    try:
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+
+        manager = get_accelerator_manager_for_resource("GPU")
+        return None if manager is None else float(manager.get_current_node_num_accelerators())
+    except Exception:  # noqa: BLE001 - a Ray without it: the check after the start remains
+        return None
+
+
+def check_resources_before_start(
+    address: str | None, cpus: float, what: str = "this run", gpus: float = 0.0
+) -> None:
     """Before ``ray_context(address)``: where it would start an embedded Ray, refuse ``cpus``
-    beyond that Ray's CPUs (``embedded_cpus``), so the request is one line before any Ray
-    process starts instead of after the start (``check_resources``, the same words). Where it
-    would join a cluster (``address``, ``RAY_ADDRESS``) or use a Ray already running, nothing
-    is checked here: the cluster decides, once joined."""
+    beyond that Ray's CPUs (``embedded_cpus``) and ``gpus`` beyond its GPUs
+    (``embedded_gpus``), so the request is one line before any Ray process starts instead of
+    after the start (``check_resources``, the same words). Where it would join a cluster
+    (``address``, ``RAY_ADDRESS``) or use a Ray already running, nothing is checked here: the
+    cluster decides, once joined."""
     ray = sys.modules.get("ray")
     if ray is not None and getattr(ray, "is_initialized", lambda: False)():
         return
@@ -362,4 +387,10 @@ def check_resources_before_start(address: str | None, cpus: float, what: str = "
         raise ClusterError(
             f"{what} needs {cpus:g} CPUs but the embedded local Ray has {have:g} (the CPUs "
             "Ray finds on this machine; join a larger cluster with --address)"
+        )
+    have_gpu = embedded_gpus() if gpus > 0 else None
+    if have_gpu is not None and gpus > have_gpu:
+        raise ClusterError(
+            f"{what} needs {gpus:g} GPUs but the embedded local Ray has {have_gpu:g} (the GPUs "
+            "Ray finds on this machine; join a cluster with GPUs with --address)"
         )

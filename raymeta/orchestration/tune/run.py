@@ -526,7 +526,9 @@ def _run(request: TuneRequest, verbose: int, crash_marker: str | None) -> dict[s
     # before Ray starts, and so before anything (Tune included) reads a pickle from there
     resume = _trusted_resume(signer, out / HISTORY_FILE)
     load_key()  # a key file that cannot sign is refused here, not once Tune has written state
-    check_resources_before_start(request.address, request.cpus_per_trial, what="a tune trial")
+    check_resources_before_start(
+        request.address, request.cpus_per_trial, what="a tune trial", gpus=request.gpus_per_trial
+    )
     t0 = time.perf_counter()
     # no idle prestarted workers: Tune's trial actors cannot use them (``local_init_kwargs``)
     with ray_context(request.address, prestart_workers=False):
