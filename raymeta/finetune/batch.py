@@ -13,8 +13,9 @@ priors fitting packs tasks x configs). The numbers do not change:
   with its own generator ``default_rng(seed)``, in the order ``run_population`` uses (its
   groups in order), so PBT never crosses units; every unit's exploit of one evaluation is made
   at once (``exploit.exploit_groups``: the same draws, configs and events);
-* the best snapshot and the final picks are taken per unit from a ``Population`` holding only
-  its slice (``slice_population``), through the same ``run.conclude``.
+* the best snapshot and the final picks are taken per unit from its slice of each packed
+  ``Population`` (``picks.MemberSpan``, read in place), through the same code as alone
+  (``run.conclude_all``), every unit's picks tested in one stacked evaluation per model.
 
 Units whose tasks differ in split shapes or dtype cannot share per-member tensors: they are
 packed by shape (``run_units`` groups them), never mixed.
@@ -34,7 +35,7 @@ from raymeta.core.checkpoint import Candidate
 from raymeta.core.models import footprint
 from raymeta.finetune.curves import Curves
 from raymeta.finetune.exploit import Group, apply_copies, exploit_groups
-from raymeta.finetune.picks import refit_config, train_and_val
+from raymeta.finetune.picks import MemberSpan, refit_config, train_and_val
 from raymeta.finetune.population import (
     SWEEP_RULE,
     Evaluation,
@@ -46,9 +47,10 @@ from raymeta.finetune.population import (
 )
 from raymeta.finetune.run import (
     PopulationResult,
+    Trained,
     best_group,
     check_run,
-    conclude,
+    conclude_all,
     member_groups,
     member_start,
     merge_evaluations,
@@ -119,35 +121,6 @@ def member_bytes(spec: Any, task: Task) -> int:
 def batch_members(spec: Any, task: Task, budget: int = BATCH_MEMORY) -> int:
     """Members one packed population of ``spec`` on tasks like ``task`` may hold."""
     return max(1, min(MAX_BATCH_MEMBERS, budget // max(1, member_bytes(spec, task))))
-
-
-def slice_population(
-    pop: Population, lo: int, hi: int, tensors: Mapping[str, torch.Tensor] | None = None
-) -> Population:
-    """Members ``lo .. hi - 1`` of ``pop`` as a population of their own: configs, seeds,
-    state, best snapshots and evaluations (copies; the state views ``pop``'s, which
-    ``Population.train`` copies before training), for the per-unit best and final picks.
-    ``tensors``: ``pop.tensors()``, when the caller slices many units out of one ``pop``."""
-    full = pop.tensors() if tensors is None else tensors
-    t = {k: v if k == "evaluations" else v[lo:hi] for k, v in full.items()}
-    # built without snapshots, which ``restore`` sets (copying them) right after
-    state = PopulationState.from_state_dict(
-        {k[6:]: v for k, v in t.items() if k.startswith("state.")}
-    )
-    sub = Population(
-        pop.spec,
-        pop.kind,
-        pop.name,
-        pop.configs[lo:hi],
-        pop.seeds[lo:hi],
-        state,
-        horizon=pop.horizon,
-        keep_best=False,
-        trainer=pop.trainer,
-    )
-    sub.restore(t, pop.best_configs[lo:hi])
-    sub.keep_best = pop.keep_best
-    return sub
 
 
 def _slice_eval(ev: Evaluation, lo: int, hi: int, events: list[dict[str, Any]]) -> Evaluation:
@@ -266,65 +239,57 @@ def _run_packed(
             curves[i].add(merge_evaluations(parts, list(groups[i].values())))
         for name, log in logs.items():
             apply_copies(pops[name], log)
-    full = {name: pop.tensors() for name, pop in pops.items()}
-    subs = {
-        i: [slice_population(pops[name], lo, hi, full[name]) for name, lo, hi in where[i]]
+    trained = {
+        i: Trained(
+            units[i].task,
+            [MemberSpan(pops[name], lo, hi) for name, lo, hi in where[i]],
+            list(groups[i].values()),
+            units[i].seed,
+            curves[i],
+        )
         for i in which
     }
-    members = {i: list(groups[i].values()) for i in which}
-    refits = packed_refits(units, subs, members, candidates, init) if "refit" in picks else {}
-    out = {}
-    for i in which:
-        out[i] = conclude(
-            units[i].task,
-            candidates,
-            subs[i],
-            members[i],
-            init=init,
-            seed=units[i].seed,
-            picks=picks,
-            curves=curves[i],
-            t0=t0,
-            refitted=refits.get(i),
-        )
-    return out
+    if "refit" in picks:
+        for i, refitted in packed_refits(trained, candidates, init).items():
+            trained[i].refitted = refitted
+    done = conclude_all([trained[i] for i in which], candidates, init=init, picks=picks, t0=t0)
+    return dict(zip(which, done, strict=True))
 
 
 def packed_refits(
-    units: Sequence[Unit],
-    subs: Mapping[int, Sequence[Population]],
-    members: Mapping[int, list[list[int]]],
+    trained: Mapping[int, Trained],
     candidates: Mapping[str, Candidate],
     init: str,
 ) -> dict[int, tuple[Params, int]]:
-    """The ``refit`` pick's training of every unit ``subs`` holds (unit -> its groups, whose
-    members are ``members`` in its configs order), packed: one population per model of one
-    member per unit, each on its own task's train + val, each for its own snapshot's steps.
-    Returns unit -> (weights, steps spent), what ``picks.refit_params`` gives it alone (a
-    one-member population on the same data: the same numbers up to the rounding of packed
-    matmuls). A refit is one member run per unit: alone it is a Python loop of that many
-    steps per unit, which costs a sweep of ``auto`` units more than all its populations."""
+    """The ``refit`` pick's training of every unit ``trained`` holds, packed: one population
+    per model of one member per unit, each on its own task's train + val, each for its own
+    snapshot's steps. Returns unit -> (weights, steps spent), what ``picks.refit_params``
+    gives it alone (a one-member population on the same data: the same numbers up to the
+    rounding of packed matmuls). A refit is one member run per unit: alone it is a Python loop
+    of that many steps per unit, which costs a sweep of ``auto`` units more than all its
+    populations."""
     jobs: dict[str, list[tuple[int, dict[str, Any], int, PopulationState, Task]]] = {}
     out: dict[int, tuple[Params, int]] = {}
     meta_starts: dict[tuple[str, torch.dtype], PopulationState] = {}  # seed-free: built once
-    for i, pops in subs.items():
-        task = units[i].task
-        g, _ = best_group(pops, members[i])
-        pop = pops[g]
-        best = pop.best()
+    for i, unit in trained.items():
+        task = unit.task
+        g = best_group(unit.groups, unit.members)
+        span = unit.groups[g]
+        best = span.best()
         n_rows = len(task.x_train) + len(task.x_val)
         cfg, steps = refit_config(best, len(task.x_train), n_rows)
-        member = members[i][g][best.member]
+        member = unit.members[g][best.member]
         dtype = data_dtype(task.x_train)
-        start = meta_starts.get((pop.name, dtype)) if init == "meta" else None
+        name = span.pop.name
+        start = meta_starts.get((name, dtype)) if init == "meta" else None
         if start is None:
-            start = member_start(candidates[pop.name], init, units[i].seed, member, dtype)
+            start = member_start(candidates[name], init, unit.seed, member, dtype)
             if init == "meta":
-                meta_starts[(pop.name, dtype)] = start
+                meta_starts[(name, dtype)] = start
         if steps < 1:
             out[i] = ({k: v[0].clone() for k, v in start.params.items()}, 0)
         else:
-            jobs.setdefault(pop.name, []).append((i, cfg, pop.seeds[best.member], start, task))
+            jobs.setdefault(name, []).append((i, cfg, span.seed(best.member), start, task))
     for name, js in jobs.items():
         first = js[0][3].params
         state = PopulationState.from_stacked(

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from raymeta.core.models import footprint
 from raymeta.errors import ConfigError
 from raymeta.finetune.population import Best, Population
 from raymeta.finetune.step import PopulationState
@@ -40,6 +41,7 @@ from raymeta.tasks import Task
 
 PICKS = ("best", "refit", "soup")
 SOUP_FRACTION = 0.25
+SCORE_MEMORY = 1 << 28  # bytes of activations and inputs one stacked scoring may take
 
 Params = dict[str, torch.Tensor]
 InitState = Callable[[int], PopulationState]  # member index -> its one-member initial state
@@ -65,22 +67,105 @@ def check_pick(rule: str) -> str:
     return rule
 
 
-def soup_members(pop: Population) -> list[int]:
+@dataclass(frozen=True)
+class MemberSpan:
+    """Members ``lo .. hi - 1`` of ``pop``: what a final pick reads of one population (a
+    whole ``Population`` alone, a unit's share of a packed one in batched sweeps), read in
+    place: a sweep batch concludes ~100 units, and copying a ``Population`` out of the packed
+    one per unit cost more than the picks. Member indices are ``lo``-based: 0 is ``lo``."""
+
+    pop: Population
+    lo: int
+    hi: int
+
+    @classmethod
+    def whole(cls, pop: Population) -> MemberSpan:
+        return cls(pop, 0, pop.n_members)
+
+    @property
+    def n_members(self) -> int:
+        return self.hi - self.lo
+
+    def ranked(self) -> list[int]:
+        """Members by their best snapshot's val loss, then the evaluation that took it, then
+        index: ``Population.best_member``'s order (its first is the best member)."""
+        val = self.pop.best_val[self.lo : self.hi].tolist()
+        at = self.pop.best_at[self.lo : self.hi].tolist()
+        return sorted(range(self.n_members), key=lambda i: (val[i], at[i], i))
+
+    def best_member(self) -> int:
+        return self.ranked()[0]
+
+    def best(self) -> Best:
+        """The span's best snapshot (``Population.best`` of that member, index ``lo``-based)."""
+        best = self.pop.best(self.lo + self.best_member())
+        best.member -= self.lo
+        return best
+
+    def seed(self, member: int) -> int:
+        return self.pop.seeds[self.lo + member]
+
+
+def soup_members(pop: Population | MemberSpan) -> list[int]:
     """The members a soup averages: the best ``ceil(SOUP_FRACTION x n)`` (at least 2) by their
     best snapshot's val loss, finite ones only (ties by the population's own order)."""
-    val = pop.best_val.cpu().tolist()
-    at = pop.best_at.cpu().tolist()
-    order = sorted(
-        (i for i in range(pop.n_members) if math.isfinite(val[i])),
-        key=lambda i: (val[i], at[i], i),
-    )
-    return order[: soup_size(pop.n_members)]
+    span = MemberSpan.whole(pop) if isinstance(pop, Population) else pop
+    val = span.pop.best_val[span.lo : span.hi].tolist()
+    order = [i for i in span.ranked() if math.isfinite(val[i])]
+    return order[: soup_size(span.n_members)]
 
 
-def soup_params(pop: Population, members: Sequence[int]) -> Params:
+def soup_params(pop: Population | MemberSpan, members: Sequence[int]) -> Params:
     """The uniform average of ``members``' best snapshots."""
-    idx = torch.tensor(list(members), device=pop.best_val.device)
-    return {k: v[idx].mean(dim=0) for k, v in pop.best_params.items()}
+    span = MemberSpan.whole(pop) if isinstance(pop, Population) else pop
+    idx = torch.tensor([span.lo + m for m in members], device=span.pop.best_val.device)
+    return {k: v[idx].mean(dim=0) for k, v in span.pop.best_params.items()}
+
+
+def score_all(
+    jobs: Sequence[tuple[Population, Params, torch.Tensor, torch.Tensor]],
+) -> list[dict[str, float]]:
+    """``[pop.score(params, x, y) for pop, params, x, y in jobs]``, with one stacked evaluation
+    (each job one member on its own data) per group of jobs that share a model (trainer) and
+    data shapes, in chunks of at most ``SCORE_MEMORY`` bytes of activations and inputs: a
+    sweep batch scores ~100 units' picks, and one evaluation per unit cost more than all of
+    them stacked. A job alone in its group is ``pop.score`` (a plain forward)."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for j, (pop, params, x, y) in enumerate(jobs):
+        w = next(iter(params.values()))
+        key = (id(pop.trainer), x.shape, x.dtype, y.shape, y.dtype, x.device, w.dtype)
+        groups.setdefault(key, []).append(j)
+    out: list[dict[str, float]] = [{} for _ in jobs]
+    for idx in groups.values():
+        pop, _, x, _ = jobs[idx[0]]
+        size = 1
+        if len(idx) > 1:  # members per chunk
+            acts = footprint(pop.spec)[1]
+            size = max(1, SCORE_MEMORY // max(1, (acts * len(x) + x.numel()) * x.element_size()))
+        for at in range(0, len(idx), size):
+            part = idx[at : at + size]
+            if len(part) == 1:
+                out[part[0]] = pop.score(*jobs[part[0]][1:])
+                continue
+            names = jobs[part[0]][1]
+            params = {k: torch.stack([jobs[j][1][k] for j in part]) for k in names}
+            xs = torch.stack([jobs[j][2] for j in part])
+            ys = torch.stack([jobs[j][3] for j in part])
+            ev = pop.trainer.evaluate(params, xs, ys, per_member_data=True)
+            cols = {f"test_{k}": v.tolist() for k, v in ev.items()}
+            for r, j in enumerate(part):
+                out[j] = {k: float(v[r]) for k, v in cols.items()}
+    return out
+
+
+def tested(picks: list[Pick], spans: Sequence[MemberSpan], tasks: Sequence[Task]) -> list[Pick]:
+    """``picks`` with their test metrics, scored together (``score_all``)."""
+    jobs = [
+        (s.pop, pk.params, t.x_test, t.y_test) for pk, s, t in zip(picks, spans, tasks, strict=True)
+    ]
+    for pk, test in zip(picks, score_all(jobs), strict=True):
+        pk.test = test
+    return picks
 
 
 def train_and_val(task: Task) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,24 +182,25 @@ def refit_config(best: Best, n_train: int, n_rows: int) -> tuple[dict[str, Any],
 
 
 def refit_params(
-    pop: Population,
+    span: MemberSpan,
     best: Best,
     start: PopulationState,
     n_train: int,
     data: tuple[torch.Tensor, torch.Tensor],
 ) -> tuple[Params, int]:
-    """``best``'s config trained from ``start`` on ``data`` (train + val; ``n_train`` rows of it
-    are the train split) for the snapshot's steps; returns the weights and the steps spent."""
+    """``best`` (of ``span``) trained from ``start`` on ``data`` (train + val; ``n_train`` rows of
+    it are the train split) for the snapshot's steps; returns the weights and the steps spent."""
     x, y = data
     cfg, steps = refit_config(best, n_train, len(x))
     if steps < 1:
         return {k: v[0].clone() for k, v in start.params.items()}, 0
+    pop = span.pop
     one = Population(
         pop.spec,
         pop.kind,
         pop.name,
         [cfg],
-        [pop.seeds[best.member]],
+        [span.seed(best.member)],
         start.to(x.device),
         horizon=steps,
         keep_best=False,
@@ -136,18 +222,40 @@ def refit_pick(
     replaces (or not at all: NaN, inf) has a config that diverged or under-trained from the
     initial weights (a PBT member's config was tuned for weights trained under other
     configs): the snapshot is kept (``fallback``). Uses no test data."""
-    best = pop.best()
-    data = train_and_val(task)
-    if refitted is None:
-        if start is None:
-            raise ValueError("refit_pick needs the initial weights or the refit's result")
-        refitted = refit_params(pop, best, start, len(task.x_train), data)
-    params, spent = refitted
-    new = pop.score(params, *data)["test_loss"]
-    failed = not math.isfinite(new) or new > pop.score(best.params, *data)["test_loss"]
-    kept = best.params if failed else params
-    test = pop.score(kept, task.x_test, task.y_test)
-    return Pick("refit", kept, dict(best.config), test, spent, fallback=failed)
+    return refit_picks([MemberSpan.whole(pop)], [start], [task], [refitted])[0]
+
+
+def refit_picks(
+    spans: Sequence[MemberSpan],
+    starts: Sequence[PopulationState | None],
+    tasks: Sequence[Task],
+    refitted: Sequence[tuple[Params, int] | None],
+    bests: Sequence[Best] | None = None,
+) -> list[Pick]:
+    """``refit_pick`` of each span on its task, the fits on train + val and the tests each
+    scored together (``score_all``). ``bests``: the spans' ``best()``, where known already."""
+    bests = [s.best() for s in spans] if bests is None else bests
+    data = [train_and_val(t) for t in tasks]
+    done = []
+    for span, best, start, task, d, r in zip(
+        spans, bests, starts, tasks, data, refitted, strict=True
+    ):
+        if r is None:
+            if start is None:
+                raise ValueError("refit_pick needs the initial weights or the refit's result")
+            r = refit_params(span, best, start, len(task.x_train), d)
+        done.append(r)
+    fits = score_all(
+        [(s.pop, r[0], *d) for s, r, d in zip(spans, done, data, strict=True)]
+        + [(s.pop, b.params, *d) for s, b, d in zip(spans, bests, data, strict=True)]
+    )
+    picks = []
+    for j, (best, (params, spent)) in enumerate(zip(bests, done, strict=True)):
+        new, old = fits[j]["test_loss"], fits[len(spans) + j]["test_loss"]
+        failed = not math.isfinite(new) or new > old
+        kept = best.params if failed else params
+        picks.append(Pick("refit", kept, dict(best.config), {}, spent, fallback=failed))
+    return tested(picks, spans, tasks)
 
 
 def soup_size(n_members: int) -> int:
@@ -167,17 +275,38 @@ def final_pick(
     once. ``init_state(m)`` gives member ``m``'s initial weights (for ``refit``); ``soup_ok`` is
     False where members do not share an init (scratch): ``soup`` is then ``best``.
     ``refitted``: see ``refit_pick``."""
+    return final_picks(rule, [MemberSpan.whole(pop)], [task], [init_state], soup_ok, [refitted])[0]
+
+
+def final_picks(
+    rule: str,
+    spans: Sequence[MemberSpan],
+    tasks: Sequence[Task],
+    init_states: Sequence[InitState],
+    soup_ok: bool,
+    refitted: Sequence[tuple[Params, int] | None] | None = None,
+    bests: Sequence[Best] | None = None,
+) -> list[Pick]:
+    """``final_pick`` of each span (the members holding a unit's best snapshot) on its task,
+    tested together: one stacked evaluation per model and data shape (``score_all``), not one
+    per unit (batched sweeps conclude ~100 units at once). ``bests``: the spans' ``best()``
+    (member indices in the span), where the caller has them already (a copy of weights
+    each)."""
     check_pick(rule)
+    done = list(refitted) if refitted is not None else [None] * len(spans)
+    bests = [s.best() for s in spans] if bests is None else bests
     if rule == "refit":
-        start = init_state(pop.best_member()) if refitted is None else None
-        return refit_pick(pop, start, task, refitted)
-    best = pop.best()
-    if rule == "soup" and soup_ok:
-        members = soup_members(pop)
+        starts = [
+            init(b.member) if r is None else None
+            for b, init, r in zip(bests, init_states, done, strict=True)
+        ]
+        return refit_picks(spans, starts, tasks, done, bests)
+    picks = []
+    for span, best in zip(spans, bests, strict=True):
+        members = soup_members(span) if rule == "soup" and soup_ok else []
         if len(members) >= 2:
-            params = soup_params(pop, members)
-            test = pop.score(params, task.x_test, task.y_test)
-            return Pick(rule, params, dict(best.config), test, 0, len(members))
-    return Pick(
-        rule, best.params, dict(best.config), pop.score(best.params, task.x_test, task.y_test)
-    )
+            params = soup_params(span, members)
+            picks.append(Pick(rule, params, dict(best.config), {}, 0, len(members)))
+        else:
+            picks.append(Pick(rule, best.params, dict(best.config), {}))
+    return tested(picks, spans, tasks)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numbers
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ from raymeta.core.checkpoint import Candidate, MetaCheckpoint
 from raymeta.errors import ConfigError, DataError
 from raymeta.finetune.curves import Curves
 from raymeta.finetune.hparams import names
-from raymeta.finetune.picks import Pick, check_pick, final_pick
+from raymeta.finetune.picks import InitState, MemberSpan, Pick, check_pick, final_picks
 from raymeta.finetune.population import (
     SWEEP_RULE,
     Best,
@@ -276,14 +276,17 @@ def member_groups(
     return groups
 
 
-def best_group(pops: Sequence[Population], members: list[list[int]]) -> tuple[int, list[Best]]:
-    """Which of ``pops`` (groups whose members are ``members`` in ``configs`` order) holds
-    the best snapshot, and each group's best (``member``: its index in ``configs``)."""
-    bests = [p.best() for p in pops]
-    for b, idx in zip(bests, members, strict=True):
-        b.member = idx[b.member]  # the member's index in ``configs``
-    g = min(range(len(pops)), key=lambda j: (bests[j].val_loss, bests[j].at, bests[j].member))
-    return g, bests
+def best_group(spans: Sequence[MemberSpan], members: list[list[int]]) -> int:
+    """Which of ``spans`` (a unit's groups, whose members are ``members`` in ``configs``
+    order) holds the best snapshot: the lowest, the earliest on ties, then the member first
+    in ``configs``."""
+    if len(spans) == 1:
+        return 0
+    bests = [s.best() for s in spans]
+    return min(
+        range(len(spans)),
+        key=lambda j: (bests[j].val_loss, bests[j].at, members[j][bests[j].member]),
+    )
 
 
 def member_start(
@@ -293,6 +296,29 @@ def member_start(
     ``run_population`` seeded it."""
     params = cand.params if init == "meta" else None
     return initial_state(cand.spec, params, [seed * 10_007 + member], dtype)
+
+
+def group_start(
+    cand: Candidate, init: str, seed: int, idx: list[int], dtype: torch.dtype
+) -> InitState:
+    """Member ``m`` of a group (whose members are ``idx`` in ``configs`` order) -> its
+    one-member initial state (``member_start``), built only when a ``refit`` asks for it."""
+    return lambda m: member_start(cand, init, seed, idx[m], dtype)
+
+
+@dataclass
+class Trained:
+    """A unit whose training is done, to conclude: its task, its groups (``groups``: one span
+    per model, whose members are ``members`` in ``configs`` order; whole populations alone,
+    slices of packed ones in batched sweeps), its seed, its curves and the ``refit`` pick's
+    training where done already (see ``picks.refit_pick``)."""
+
+    task: Task
+    groups: list[MemberSpan]
+    members: list[list[int]]
+    seed: int
+    curves: Curves
+    refitted: tuple[Params, int] | None = None
 
 
 def conclude(
@@ -311,19 +337,47 @@ def conclude(
     """A finished run's result: the best snapshot of all groups (``pops``, whose members are
     ``members`` in ``configs`` order) and each final pick of the group holding it
     (``refitted``: the ``refit`` pick's training, done already; see ``picks.refit_pick``)."""
-    dtype = data_dtype(task.x_train)
-    g, bests = best_group(pops, members)
-    cand, idx = candidates[pops[g].name], members[g]
+    spans = [MemberSpan.whole(p) for p in pops]
+    unit = Trained(task, spans, members, seed, curves, refitted)
+    return conclude_all([unit], candidates, init=init, picks=picks, t0=t0)[0]
 
-    def start(m: int) -> PopulationState:  # member m of the group, as run_population seeded it
-        return member_start(cand, init, seed, idx[m], dtype)
 
-    chosen = {
-        rule: final_pick(rule, pops[g], task, start, init == "meta", refitted) for rule in picks
-    }
-    return PopulationResult(
-        curves, bests[g], chosen[picks[0]].test, time.perf_counter() - t0, chosen
-    )
+def conclude_all(
+    units: Sequence[Trained],
+    candidates: Mapping[str, Candidate],
+    *,
+    init: str,
+    picks: Sequence[str],
+    t0: float,
+) -> list[PopulationResult]:
+    """``conclude`` of every unit, each rule's picks of all units tested together
+    (``picks.final_picks``: one stacked evaluation per model and data shape)."""
+    spans, starts, bests, results = [], [], [], []
+    for u in units:
+        g = best_group(u.groups, u.members)
+        span, idx = u.groups[g], u.members[g]
+        best = span.best()
+        dtype = data_dtype(u.task.x_train)
+        spans.append(span)
+        starts.append(group_start(candidates[span.pop.name], init, u.seed, idx, dtype))
+        bests.append(best)
+        results.append(replace(best, member=idx[best.member]))  # its index in ``configs``
+    tasks = [u.task for u in units]
+    refits = [u.refitted for u in units]
+    chosen = [
+        final_picks(rule, spans, tasks, starts, init == "meta", refits, bests) for rule in picks
+    ]
+    wall = time.perf_counter() - t0
+    return [
+        PopulationResult(
+            u.curves,
+            best,
+            chosen[0][j].test,
+            wall,
+            {r: c[j] for r, c in zip(picks, chosen, strict=True)},
+        )
+        for j, (u, best) in enumerate(zip(units, results, strict=True))
+    ]
 
 
 def merge_evaluations(evs: Sequence[Evaluation], members: list[list[int]]) -> Evaluation:
