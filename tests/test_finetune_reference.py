@@ -53,6 +53,12 @@ REF = json.loads((Path(__file__).parent / "reference" / "curves.json").read_text
 # math moves (a different update, minibatch or seed: >= 1e-3).
 F64 = {"rtol": 1e-6, "atol": 1e-12}
 F32 = {"rtol": 1e-5, "atol": 1e-7}
+# Sweep units' Adam members in lockstep take ``torch._fused_adam_`` (``step._fused_adam``),
+# whose bias corrections are computed in double: in float32 it is nearer the float64 result
+# than the per-member update the record was made with (40 steps of 4 Adam members: 1.2e-5 vs
+# 4.1e-3 max error, ``test_population_mixed``), and the one member of the record that lies at
+# chance level with a large learning rate moves by 8.7e-5 (relative) at its first evaluation.
+F32_ADAM = {"rtol": 2e-4, "atol": 1e-7}
 
 
 def _num(v: Any) -> float:
@@ -306,7 +312,9 @@ def test_sweep_unit_rows(ckpts: dict[str, MetaCheckpoint], tmp_path: Path) -> No
         for got, want in zip(rows, rec["rows"], strict=True):
             for k in ("strategy", "task", "seed", "trial", "step", "metric"):
                 assert got[k] == want[k], f"{where}: {k}"
-            close(got["value"], want["value"], F32, f"{where} {want['trial']} {want['metric']}")
+            close(
+                got["value"], want["value"], F32_ADAM, f"{where} {want['trial']} {want['metric']}"
+            )
             gh = dict(got["hparams"]) or None  # recorded as (schema 1) JSON text
             wh = json.loads(want["hparams"]) or None
             if wh is not None and got["trial"] == "best":

@@ -382,3 +382,28 @@ def test_lockstep_adam_members_take_the_fused_update(
     staggered.step[0] -= 1  # one Adam member a step behind the others: the per-member update
     trainer.train(staggered, hp, x, y, 1, per_member_data=per_member)
     assert calls == []
+
+
+def test_fused_adam_in_float32_is_closer_to_float64_than_the_per_member_update(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fused kernel computes Adam's bias corrections in double: in float32 it lands
+    nearer the float64 result than the per-member update (what ``tests/reference`` recorded
+    in float32 before it; see ``test_finetune_reference.F32_ADAM``)."""
+    from raymeta.finetune.step import PopulationTrainer as Trainer
+
+    configs = [{"lr": lr, "optimizer": "adam"} for lr in (0.3, 0.1, 0.05, 0.5)]
+    trainer, state, hp, x, y = _setup(configs, per_member=True)
+    want = trainer.train(state, hp, x, y, 40, per_member_data=True, plan=GENERAL).params
+    model32 = Trainer(trainer.model.float(), "regression")
+    s32 = PopulationState.from_stacked({k: v.float() for k, v in state.params.items()})
+    x32, y32 = x.float(), y.float()
+
+    def error() -> float:
+        got = model32.train(s32, hp, x32, y32, 40, per_member_data=True).params
+        return max(float((got[k].double() - w).abs().max()) for k, w in want.items())
+
+    fused = error()
+    monkeypatch.setattr(Trainer, "_lockstep", staticmethod(lambda *a: None))
+    per_member = error()
+    assert fused <= per_member, (fused, per_member)
