@@ -143,16 +143,32 @@ def test_a_member_switched_to_head_only_keeps_its_body() -> None:
         assert torch.equal(fast.m[k], warm.m[k]) and torch.equal(fast.v[k], warm.v[k])
 
 
-@pytest.mark.parametrize("per_member", [False, True], ids=["shared-data", "per-member-data"])
-def test_mixed_population_matches_looped_reference(per_member: bool) -> None:
-    trainer, state, hp, x, y = _setup(MIXED, per_member)
-    out = trainer.train(state, hp, x, y, N_STEPS, per_member_data=per_member)
-    for i, cfg in enumerate(MIXED):
+def _match_reference(
+    trainer: PopulationTrainer,
+    state: PopulationState,
+    out: PopulationState,
+    configs: list[dict[str, Any]],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    per_member: bool,
+) -> None:
+    """Every member of ``out`` (``N_STEPS`` from ``state``) equals the looped ``torch.optim``
+    reference of its config trained alone."""
+    for i, cfg in enumerate(configs):
         init = {k: v[i] for k, v in state.params.items()}
         xi, yi = (x[i], y[i]) if per_member else (x, y)
         want = ref_train_member(trainer.model, "regression", init, cfg, SEEDS[i], xi, yi, N_STEPS)
         for k, w in want.items():
             torch.testing.assert_close(out.params[k][i], w, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("per_member", [False, True], ids=["shared-data", "per-member-data"])
+def test_mixed_population_matches_looped_reference(per_member: bool) -> None:
+    trainer, state, hp, x, y = _setup(MIXED, per_member)
+    out = trainer.train(state, hp, x, y, N_STEPS, per_member_data=per_member)
+    _match_reference(trainer, state, out, MIXED, x, y, per_member)
+    for i, cfg in enumerate(MIXED):
+        init = {k: v[i] for k, v in state.params.items()}
         assert int(out.step[i]) == min(N_STEPS, cfg.get("steps", N_STEPS))
         if cfg.get("adapt") == "head":  # the body stayed exactly at the init
             for k in init:
@@ -367,12 +383,7 @@ def test_lockstep_adam_members_take_the_fused_update(
     out = trainer.train(half, hp, x, y, N_STEPS - 3, per_member_data=per_member)
     assert len(calls) == N_STEPS
     _close(out, trainer.train(state, hp, x, y, N_STEPS, per_member_data=per_member, plan=GENERAL))
-    for i, cfg in enumerate(LOCKSTEP):
-        init = {k: v[i] for k, v in state.params.items()}
-        xi, yi = (x[i], y[i]) if per_member else (x, y)
-        want = ref_train_member(trainer.model, "regression", init, cfg, SEEDS[i], xi, yi, N_STEPS)
-        for k, w in want.items():
-            torch.testing.assert_close(out.params[k][i], w, rtol=1e-9, atol=1e-11)
+    _match_reference(trainer, state, out, LOCKSTEP, x, y, per_member)
     calls.clear()
     some = torch.tensor([0, 2])  # two Adam members (one head-only) alone: fused
     trainer.train(state, hp, x, y, N_STEPS, per_member_data=per_member, members=some)
