@@ -72,6 +72,8 @@ def test_struct_column_equals_pa_array(values: list[dict[str, object]]) -> None:
         ([None], pa.string()),  # not nullable
         ([float("nan")], pa.string()),  # pyarrow's builder would make it a null
         ([1], HPARAMS_TYPE),
+        ([{"lr": 0.1, "bogus": 1}], HPARAMS_TYPE),  # an unknown field is never dropped
+        ([2**53 + 1], pa.float64()),  # not exactly a float, as pa.array refuses
     ],
 )
 def test_wrong_types_are_refused(values: list[object], kind: pa.DataType) -> None:
@@ -137,3 +139,24 @@ def test_writing_results_does_not_import_pandas(tmp_path: Path) -> None:
         "assert 'pandas' not in sys.modules, 'pandas was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("keys", "match"),
+    [
+        ([("a", 1), ("a", 1)], "distinct"),
+        ([("", 2)], "non-empty string"),
+        ([("a", 3), ("b", -1)], ">= 0"),
+        ([("a", 1)], "do not count"),
+    ],
+)
+def test_keyed_rows_of_columns_refuses_bad_keys(keys: list[tuple[str, int]], match: str) -> None:
+    """The keys of a worker's table are checked as ``append_many`` checks a batch's: a
+    duplicate would drop one key's rows, a negative count would mark a key done without them."""
+    cols = {c: [] for c in KeyedRows.of("s", {"k": [_row()]}).table.column_names}
+    row = {k: v for k, v in _row().items() if k != "sweep"}
+    for c in cols:
+        cols[c] = [row[c], row[c]]
+    with pytest.raises(ConfigError, match=match):
+        KeyedRows.of_columns("s", cols, keys)
+    assert KeyedRows.of_columns("s", cols, [("a", 2)]).rows()["a"][0] == _row()

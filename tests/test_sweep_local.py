@@ -244,6 +244,57 @@ class Fragile(Sinusoid):
 """
 
 
+def _fragile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: int, tasks: int
+) -> tuple[SweepConfig, Path, Path]:
+    """A sweep of one-unit batches over ``FAMILY`` whose held-out task ``bad`` breaks as its
+    marker file says; returns the config, the marker and the results directory."""
+    name = f"fragile_{uuid.uuid4().hex[:8]}"
+    marker = tmp_path / "marker"
+    (tmp_path / f"{name}.py").write_text(
+        textwrap.dedent(FAMILY.format(marker=str(marker), bad=bad))
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    meta = tmp_path / "meta"
+    tr = meta_train(MetaTrainConfig(family=f"{name}:Fragile", steps=3, meta_batch=4, val_every=3))
+    save_meta_checkpoint(meta, tr.to_checkpoint())
+    spec = {"name": "frag", "meta": [str(meta)], "strategies": ["meta+fixed-default"]}
+    cfg = parse_sweep(
+        {**spec, "tasks": tasks, "population": 2, "steps_per_member": 6, "interval": 3}
+    )
+    return cfg, marker, tmp_path / "results"
+
+
+def _killed(cfg: SweepConfig, out: Path) -> set[str]:
+    """Run the sweep into its killed worker: one ``ClusterError`` line; the keys kept."""
+    with pytest.raises(ClusterError) as info:
+        run_sweep(cfg, out, progress=False, local=True, max_concurrency=2, flush_s=0.0)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("sweep unit ")
+    assert "a local worker process died, killed by a signal or out of memory" in msg
+    assert msg.endswith("finished units are kept, rerun the same command to resume")
+    return ResultSink(out, "frag").done_keys()
+
+
+def test_killed_worker_with_batches_still_queued_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed while batches wait in the driver's queue (handing the next one to the
+    broken pool raised ``BrokenProcessPool``: an internal error, and the batch just finished
+    was lost): one line, the finished units kept, and the rerun runs the rest exactly once."""
+    cfg, marker, out = _fragile(tmp_path, monkeypatch, bad=1, tasks=8)
+    marker.write_text(f"kill {out}")
+    done = _killed(cfg, out)
+    keys = {int(u["task"]): u["key"] for u in cfg.units()}
+    assert keys[0] in done and keys[1] not in done and len(done) < 7
+    marker.unlink()
+    assert run_sweep(cfg, out, progress=False, local=True, max_concurrency=2)["ran"] == 8 - len(
+        done
+    )
+    table = read_results(out, sweep="frag").to_pandas()
+    assert len(table[table.metric == "test_loss"]) == 8 and not table.duplicated(ROW).any()
+
+
 def test_killed_or_failing_local_worker_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -251,33 +302,9 @@ def test_killed_or_failing_local_worker_is_one_line(
     held-out task) ends the sweep in one ``ClusterError`` line; the units finished before are
     kept, and once the family behaves the rerun finishes the rest exactly once. A unit that
     raises is one line naming its key and error."""
-    name = f"fragile_{uuid.uuid4().hex[:8]}"
-    marker = tmp_path / "marker"
-    (tmp_path / f"{name}.py").write_text(textwrap.dedent(FAMILY.format(marker=str(marker), bad=5)))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    meta = tmp_path / "meta"
-    tr = meta_train(MetaTrainConfig(family=f"{name}:Fragile", steps=3, meta_batch=4, val_every=3))
-    save_meta_checkpoint(meta, tr.to_checkpoint())
-    cfg = parse_sweep(
-        {
-            "name": "frag",
-            "meta": [str(meta)],
-            "strategies": ["meta+fixed-default"],
-            "tasks": 6,  # one-unit batches, task 5's last
-            "population": 2,
-            "steps_per_member": 6,
-            "interval": 3,
-        }
-    )
-    out = tmp_path / "results"
+    cfg, marker, out = _fragile(tmp_path, monkeypatch, bad=5, tasks=6)  # task 5's last
     marker.write_text(f"kill {out}")
-    with pytest.raises(ClusterError) as info:
-        run_sweep(cfg, out, progress=False, local=True, max_concurrency=2, flush_s=0.0)
-    msg = str(info.value)
-    assert "\n" not in msg and msg.startswith("sweep unit ")
-    assert "a local worker process died, killed by a signal or out of memory" in msg
-    assert msg.endswith("finished units are kept, rerun the same command to resume")
-    done = ResultSink(out, "frag").done_keys()
+    done = _killed(cfg, out)
     assert {u["key"] for u in cfg.units() if u["task"] < 5} == done
     assert not any(k.endswith("/5/0") for k in done)
 

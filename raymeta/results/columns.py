@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+_EXACT = 2**53  # integers a float64 holds exactly
+
 
 def _wrong(value: Any, kind: str) -> TypeError:
     return TypeError(f"{value!r} ({type(value).__name__}) is not {kind}")
@@ -50,9 +52,12 @@ def _check(
 def strings(values: Sequence[Any], nullable: bool = False) -> pa.Array:
     """A ``string`` array; only ``str`` values (and None where ``nullable``)."""
     _check(values, (str,), str, "a string", nullable)
-    builder = pa.lib.StringBuilder()
-    builder.append_values(values)
-    out = builder.finish()
+    builder = getattr(pa.lib, "StringBuilder", None)  # pyarrow's own, not in its top level
+    if builder is None:  # a pyarrow without it: pa.array, which may import pandas once
+        return pa.array(list(values), type=pa.string())
+    b = builder()
+    b.append_values(values)
+    out = b.finish()
     return out if out.type == pa.string() else out.cast(pa.string())
 
 
@@ -63,13 +68,15 @@ def _numeric(values: Sequence[Any], kind: pa.DataType, nullable: bool) -> pa.Arr
         dtype: type = np.int64
     else:
         _check(values, (float, int), numbers.Real, "a number", nullable)
+        if any(type(v) is int and abs(v) > _EXACT for v in values):  # as pa.array refuses
+            raise TypeError("an integer beyond 2**53 is not exactly a 64-bit float")
         dtype = np.float64
     validity = _validity(values, nullable) if nullable else None
     data = values if validity is None else [0 if v is None else v for v in values]
     try:
         arr: np.ndarray = np.fromiter(data, dtype=dtype, count=len(values))
     except OverflowError:
-        raise TypeError("an integer out of the 64-bit range") from None
+        raise TypeError(f"a value out of the {kind} range") from None
     return pa.Array.from_buffers(kind, len(values), [validity, pa.py_buffer(arr)])
 
 
@@ -92,9 +99,13 @@ def column(values: Sequence[Any], kind: pa.DataType, nullable: bool = False) -> 
     """``values`` as an Arrow array of ``kind``: string, int64, float64 or a struct of them
     (of mappings). ``TypeError`` for a value of another type, or None where not ``nullable``."""
     if pa.types.is_struct(kind):
+        fields = {kind.field(i).name for i in range(kind.num_fields)}
         for v in values:
             if not isinstance(v, Mapping):
                 raise _wrong(v, "a mapping")
+            unknown = [k for k in v if k not in fields]
+            if unknown:  # never dropped silently
+                raise TypeError(f"unknown field(s) {', '.join(map(repr, unknown))} of {kind}")
         return _struct(values, kind)
     if pa.types.is_string(kind):
         return strings(values, nullable)

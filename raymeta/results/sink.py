@@ -170,8 +170,14 @@ class KeyedRows:
     ) -> KeyedRows:
         """Rows already in columns (``PART_SCHEMA``'s, each key's ``rows`` in order): what a
         sweep's batch builds, typed and checked column by column (``results.columns``)."""
+        names = [k for k, _ in keys]
+        _check_keyed(sweep, dict.fromkeys(names, ()))
+        if len(set(names)) != len(names):
+            raise ConfigError("result keys of one batch must be distinct")
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for _, n in keys):
+            raise ConfigError("result key row counts must be integers >= 0")
         if sum(n for _, n in keys) != len(columns["value"]):
-            raise ValueError("keys do not count the rows of the columns")
+            raise ConfigError("result keys do not count the rows of the columns")
         try:
             table = table_of(columns, PART_SCHEMA)
         except TypeError as exc:
@@ -262,7 +268,11 @@ class ResultSink:
             self._done = self.done_keys()
         todo: dict[str, pa.Table] = {}
         for b in batches:
-            todo.update({k: t for k, t in b.parts().items() if k not in self._done})
+            for k, t in b.parts().items():
+                if k in todo:
+                    raise ConfigError(f"result key {k!r} appears in two batches of one append")
+                if k not in self._done:
+                    todo[k] = t
         if not todo:
             return set()
         table = pa.concat_tables(todo.values())

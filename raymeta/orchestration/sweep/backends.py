@@ -29,6 +29,7 @@ from raymeta.results.sink import KeyedRows
 
 Batch = list[dict[str, Any]]
 RESUME = "finished units are kept, rerun the same command to resume"
+_DIED = "a local worker process died, killed by a signal or out of memory"
 
 
 class BatchRunner(Protocol):
@@ -235,7 +236,10 @@ class PoolBatches:
             ) from None
 
     def submit(self, batch: Batch) -> Hashable:
-        return self._pool.submit(run_batch, batch, self._cfg, self._roots)
+        try:
+            return self._pool.submit(run_batch, batch, self._cfg, self._roots)
+        except BrokenProcessPool:  # a worker died since the last batch was handed out
+            raise _failure(RuntimeError(), batch_keys(batch), _DIED) from None
 
     def wait_one(self, handles: list[Hashable]) -> Hashable:
         futures = cast("list[Future[KeyedRows]]", handles)
@@ -249,8 +253,7 @@ class PoolBatches:
         try:
             return cast("Future[KeyedRows]", handle).result()
         except BrokenProcessPool:
-            text = "a local worker process died, killed by a signal or out of memory"
-            raise _failure(RuntimeError(), batch_keys(batch), text) from None
+            raise _failure(RuntimeError(), batch_keys(batch), _DIED) from None
         except Exception as exc:
             raise _failure(exc, batch_keys(batch)) from None
 

@@ -277,12 +277,12 @@ def _dispatch(
             while pending:
                 handle = runner.wait_one(list(pending))
                 batch = pending.pop(handle)
-                # the freed slot starts its next batch before this driver takes the finished
-                # rows and writes a part (measured: a worker idled 0.5 s per write otherwise)
-                fill()
-                buffer.append(runner.result(handle, batch))
+                buffer.append(runner.result(handle, batch))  # kept even if ``fill`` fails
                 buffered += len(batch)
                 finished += len(batch)
+                # the freed slot starts its next batch before this driver writes a part
+                # (measured: a worker idled 0.5 s per write otherwise)
+                fill()
                 if buffered >= flush_units or time.monotonic() - flushed >= flush_s:
                     sink.append_keyed(buffer)
                     buffer, buffered, flushed = [], 0, time.monotonic()
