@@ -480,15 +480,33 @@ def test_gpu_requests_beyond_the_embedded_ray_refused_before_it_starts(
 
 
 def test_embedded_gpus_is_what_ray_would_find(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``RAY_OVERRIDE_RESOURCES``'s GPU where it sets one, else Ray's own GPU detection."""
-    from ray._private.accelerators import get_accelerator_manager_for_resource
+    """``RAY_OVERRIDE_RESOURCES``'s GPU where it sets one, else the node's GPUs as Ray counts
+    them: at most as many as ``CUDA_VISIBLE_DEVICES`` names (a node of 4 here, stubbed)."""
+    import os
+
+    import ray._private.accelerators as accelerators
 
     from raymeta.orchestration.ray_runtime import embedded_gpus
 
+    class FourGPUs:
+        @staticmethod
+        def get_current_node_num_accelerators() -> int:
+            return 4
+
+        @staticmethod
+        def get_current_process_visible_accelerator_ids() -> list[str] | None:
+            ids = os.environ.get("CUDA_VISIBLE_DEVICES")
+            return None if ids is None else [i for i in ids.split(",") if i]
+
+    monkeypatch.setattr(accelerators, "get_accelerator_manager_for_resource", lambda _: FourGPUs)
     monkeypatch.delenv("RAY_OVERRIDE_RESOURCES", raising=False)
-    found = get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
-    assert embedded_gpus() == float(found)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert embedded_gpus() == 4.0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")
+    assert embedded_gpus() == 2.0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert embedded_gpus() == 0.0
     monkeypatch.setenv("RAY_OVERRIDE_RESOURCES", '{"GPU": 3}')
     assert embedded_gpus() == 3.0
     monkeypatch.setenv("RAY_OVERRIDE_RESOURCES", '{"CPU": 3}')
-    assert embedded_gpus() == float(found)
+    assert embedded_gpus() == 0.0

@@ -71,11 +71,22 @@ def _with_test(task: Task, other: Task) -> Task:
     )
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["one-chunk", "chunks-of-3"])
 @pytest.mark.parametrize("name", list(SPECS))
-def test_score_all_equals_one_score_per_job(name: str) -> None:
+def test_score_all_equals_one_score_per_job(
+    name: str, chunked: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every member's weights, each on another task's test data, scored stacked: the scores
-    of ``Population.score`` one by one (a job alone in its shape group is that call)."""
+    of ``Population.score`` one by one (a job alone in its shape group is that call), also
+    when a memory budget cuts a group into chunks."""
     spec, kind = SPECS[name]
+    if chunked:
+        import raymeta.finetune.picks as picks
+
+        # the budget of 3 jobs of the 8-job group (``score_all``'s own estimate)
+        x = _task(spec, kind, 10).x_test
+        one = (picks.footprint(spec)[1] * len(x) + x.numel()) * x.element_size()
+        monkeypatch.setattr(picks, "SCORE_MEMORY", 3 * one)
     pop = _trained(spec, kind, list(range(8)), _task(spec, kind, 0))
     tests = [_task(spec, kind, 10 + j) for j in range(8)]
     odd = _task(spec, kind, 99)
@@ -84,7 +95,18 @@ def test_score_all_equals_one_score_per_job(name: str) -> None:
         (pop, {k: v[j % 8] for k, v in pop.best_params.items()}, t.x_test, t.y_test)
         for j, t in enumerate([*tests, odd])
     ]
+    calls: list[int] = []
+    real = pop.trainer.evaluate
+
+    def counted(params: dict[str, torch.Tensor], *args: object, **kw: object) -> object:
+        calls.append(len(next(iter(params.values()))))
+        return real(params, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pop.trainer, "evaluate", counted)
     got = score_all(jobs)
+    monkeypatch.undo()
+    # the 8 jobs of one shape stacked (3 + 3 + 2 under the budget), the odd one alone
+    assert sorted(calls) == ([1, 2, 3, 3] if chunked else [1, 8])
     for job, g in zip(jobs, got, strict=True):
         want = job[0].score(*job[1:])
         assert (

@@ -53,11 +53,12 @@ REF = json.loads((Path(__file__).parent / "reference" / "curves.json").read_text
 # math moves (a different update, minibatch or seed: >= 1e-3).
 F64 = {"rtol": 1e-6, "atol": 1e-12}
 F32 = {"rtol": 1e-5, "atol": 1e-7}
-# Sweep units' Adam members in lockstep take ``torch._fused_adam_`` (``step._fused_adam``),
-# whose bias corrections are computed in double: in float32 it is nearer the float64 result
-# than the per-member update the record was made with (40 steps of 4 Adam members: 1.2e-5 vs
-# 4.1e-3 max error, ``test_population_mixed``), and the one member of the record that lies at
-# chance level with a large learning rate moves by 8.7e-5 (relative) at its first evaluation.
+# Adam's bias corrections are now computed in float64 (``step.bias_corrections``, as the fused
+# kernel that lockstep members take computes them); the record made them in float32, where
+# ``1 - 0.999**t`` loses digits to cancellation (a float32 population drifted 4.1e-3 from its
+# float64 run in 40 steps, now under 1e-4: ``test_population_mixed``). In the recorded float32
+# sweep units that moves one member, at chance level with a large learning rate, by 8.7e-5
+# (relative) at its first evaluation; every other row stays within ``F32``.
 F32_ADAM = {"rtol": 2e-4, "atol": 1e-7}
 
 

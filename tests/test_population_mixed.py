@@ -395,12 +395,13 @@ def test_lockstep_adam_members_take_the_fused_update(
     assert calls == []
 
 
-def test_fused_adam_in_float32_is_closer_to_float64_than_the_per_member_update(
+def test_float32_adam_updates_stay_near_float64_fused_or_not(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The fused kernel computes Adam's bias corrections in double: in float32 it lands
-    nearer the float64 result than the per-member update (what ``tests/reference`` recorded
-    in float32 before it; see ``test_finetune_reference.F32_ADAM``)."""
+    """Both Adam updates compute the bias corrections in float64 (``bias_corrections``, as the
+    fused kernel does): a float32 population lands near its float64 run through either, so a
+    member's numbers hardly depend on whether its packmates are in lockstep. (With float32
+    corrections the per-member update drifted 4.1e-3 here; the fused one 1.2e-5.)"""
     from raymeta.finetune.step import PopulationTrainer as Trainer
 
     configs = [{"lr": lr, "optimizer": "adam"} for lr in (0.3, 0.1, 0.05, 0.5)]
@@ -410,11 +411,13 @@ def test_fused_adam_in_float32_is_closer_to_float64_than_the_per_member_update(
     s32 = PopulationState.from_stacked({k: v.float() for k, v in state.params.items()})
     x32, y32 = x.float(), y.float()
 
-    def error() -> float:
-        got = model32.train(s32, hp, x32, y32, 40, per_member_data=True).params
-        return max(float((got[k].double() - w).abs().max()) for k, w in want.items())
+    def run() -> dict[str, torch.Tensor]:
+        return model32.train(s32, hp, x32, y32, 40, per_member_data=True).params
 
-    fused = error()
+    fused = run()
     monkeypatch.setattr(Trainer, "_lockstep", staticmethod(lambda *a: None))
-    per_member = error()
-    assert fused <= per_member, (fused, per_member)
+    per_member = run()
+    for k, w in want.items():
+        for got in (fused[k], per_member[k]):
+            assert float((got.double() - w).abs().max()) < 1e-4, k
+        assert float((fused[k] - per_member[k]).abs().max()) < 1e-4, k

@@ -221,7 +221,9 @@ def refit_pick(
     A refit that fits train + val, the data it trained on, worse than the snapshot it
     replaces (or not at all: NaN, inf) has a config that diverged or under-trained from the
     initial weights (a PBT member's config was tuned for weights trained under other
-    configs): the snapshot is kept (``fallback``). Uses no test data."""
+    configs): the snapshot is kept (``fallback``). Uses no test data. The refit and the
+    snapshot are scored on train + val in one stacked evaluation (``score_all``), so the two
+    losses compared round alike."""
     return refit_picks([MemberSpan.whole(pop)], [start], [task], [refitted])[0]
 
 

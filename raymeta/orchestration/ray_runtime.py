@@ -310,8 +310,8 @@ def _first(exc: BaseException) -> str:
 
 def check_resources(cpus: float = 0.0, gpus: float = 0.0, what: str = "this run") -> None:
     """Refuse requests the cluster can never satisfy (Ray would otherwise wait forever).
-    Needs Ray running; ``check_resources_before_start`` is the same check for the CPUs of an
-    embedded Ray that is not started yet."""
+    Needs Ray running; ``check_resources_before_start`` is the same check for the CPUs and
+    GPUs of an embedded Ray that is not started yet."""
     import ray
 
     total = ray.cluster_resources()
@@ -360,7 +360,12 @@ def embedded_gpus() -> float | None:
         from ray._private.accelerators import get_accelerator_manager_for_resource
 
         manager = get_accelerator_manager_for_resource("GPU")
-        return None if manager is None else float(manager.get_current_node_num_accelerators())
+        if manager is None:
+            return None
+        count = manager.get_current_node_num_accelerators()
+        visible = manager.get_current_process_visible_accelerator_ids()
+        # as Ray counts them (``resource_and_label_spec``): the node's, at most the visible
+        return float(count if visible is None else min(count, len(visible)))
     except Exception:  # noqa: BLE001 - a Ray without it: the check after the start remains
         return None
 

@@ -132,7 +132,7 @@ def _check_args(
         raise ConfigError(f"max-failures must be >= -1 (-1 = retry forever), got {max_failures}")
 
 
-def _check_cpus(
+def _check_resources(
     address: str | None, workers: int, cpus_per_worker: float, gpus_per_worker: float = 0.0
 ) -> None:
     """Before an embedded Ray starts: its CPUs and GPUs hold every worker (``_fit`` checks a
@@ -178,7 +178,7 @@ def train_distributed(
                 flush=True,
             )
         return MetaTrainResult(ckpt, {}, cfg.steps, 0.0, 0.0, dict(ckpt.metrics))
-    _check_cpus(address, workers, cpus_per_worker, gpus_per_worker)
+    _check_resources(address, workers, cpus_per_worker, gpus_per_worker)
     with ray_context(address):
         return _fit(
             cfg,
@@ -241,7 +241,7 @@ def run_meta_train(
         def one(single: MetaTrainConfig, part: Path, fresh: bool) -> MetaCheckpoint:
             nonlocal started
             if not started:  # Ray starts when the first candidate trains, after every check
-                _check_cpus(address, workers, cpus_per_worker, gpus_per_worker)
+                _check_resources(address, workers, cpus_per_worker, gpus_per_worker)
                 stack.enter_context(ray_context(address))
                 started = True
             return train(single, part, fresh)
