@@ -87,11 +87,8 @@ class MemberSpan:
         return self.hi - self.lo
 
     def ranked(self) -> list[int]:
-        """Members by their best snapshot's val loss, then the evaluation that took it, then
-        index: ``Population.best_member``'s order (its first is the best member)."""
-        val = self.pop.best_val[self.lo : self.hi].tolist()
-        at = self.pop.best_at[self.lo : self.hi].tolist()
-        return sorted(range(self.n_members), key=lambda i: (val[i], at[i], i))
+        """The span's members in ``Population.ranked`` order (its first is the best member)."""
+        return self.pop.ranked(self.lo, self.hi)
 
     def best_member(self) -> int:
         return self.ranked()[0]

@@ -380,9 +380,15 @@ class Population:
 
     def best_member(self) -> int:
         """The member with the lowest snapshot (earliest on ties, then the lowest index)."""
-        val = self.best_val.cpu().tolist()
-        at = self.best_at.cpu().tolist()
-        return min(range(self.n_members), key=lambda i: (val[i], at[i], i))
+        return self.ranked()[0]
+
+    def ranked(self, lo: int = 0, hi: int | None = None) -> list[int]:
+        """Members ``lo .. hi - 1`` by their snapshot's val loss, then the evaluation that took
+        it, then index (``lo``-based: 0 is ``lo``); the first is ``best_member``'s rule."""
+        hi = self.n_members if hi is None else hi
+        val = self.best_val[lo:hi].cpu().tolist()
+        at = self.best_at[lo:hi].cpu().tolist()
+        return sorted(range(hi - lo), key=lambda i: (val[i], at[i], i))
 
     def best(self, member: int | None = None) -> Best:
         """The best snapshot (of ``member``, or of the population)."""

@@ -730,7 +730,8 @@ class PopulationTrainer:
         kernel takes one learning rate and one step per tensor, and members differ in rate.
         The same update up to the rounding of its products (both compute the bias corrections
         in float64: ``bias_corrections``). The kernel ignores strides: non-contiguous moments
-        or gradients go through contiguous copies, the moments copied back."""
+        or gradients go through contiguous copies, the moments copied back (the buffers
+        ``z`` are the caller's, allocated contiguous)."""
         ks = list(zip(names, adam_rows, strict=True))
         ps = [p[k][lo:hi] for k, (lo, hi) in ks]
         gs = [grad_rows(g, k, lo, hi) for k, (lo, hi) in ks]
@@ -741,24 +742,18 @@ class PopulationTrainer:
         if groups.adam_decay:
             for q, gq, (_, (lo, hi)) in zip(ps, gs, ks, strict=True):
                 gq.addcmul_(q, _per(wd[lo:hi], q))
-        if not all(q.is_contiguous() for q in (*gs, *ms, *vs, *zs)):
-            gs = [q.contiguous() for q in gs]
-            ms_c, vs_c, zs_c = (
-                [q.contiguous() for q in ms],
-                [q.contiguous() for q in vs],
-                [q.contiguous() for q in zs],
-            )
-        else:
-            ms_c, vs_c, zs_c = ms, vs, zs
-        torch._foreach_zero_(zs_c)
+        # ``contiguous`` is the tensor itself where it already is (row slices, fresh buffers)
+        gs = [q.contiguous() for q in gs]
+        ms_c, vs_c = [q.contiguous() for q in ms], [q.contiguous() for q in vs]
+        torch._foreach_zero_(zs)
         count = torch.tensor(float(step), dtype=torch.float32)
         torch._fused_adam_(
-            zs_c,
+            zs,
             gs,
             ms_c,
             vs_c,
             [],
-            [count] * len(zs_c),
+            [count] * len(zs),
             lr=1.0,
             beta1=_B1,
             beta2=_B2,
@@ -771,7 +766,7 @@ class PopulationTrainer:
             for a, b in zip(dst, src, strict=True):
                 if a is not b:
                     a.copy_(b)
-        for q, zq, rate in zip(ps, zs_c, lrs, strict=True):
+        for q, zq, rate in zip(ps, zs, lrs, strict=True):
             q.addcmul_(zq, rate)
 
     def train(

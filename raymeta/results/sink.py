@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,10 +131,14 @@ def part_keys(part: Path) -> list[tuple[str, int]]:
     return []
 
 
-def _check_keyed(sweep: str, batch: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
-    for key in batch:
+def _check_keys(keys: Iterable[Any]) -> None:
+    for key in keys:
         if not isinstance(key, str) or not key:
             raise ConfigError("result key must be a non-empty string")
+
+
+def _check_keyed(sweep: str, batch: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+    _check_keys(batch)
     for key, rows in batch.items():
         for i, row in enumerate(rows):
             if row.get("sweep") != sweep:
@@ -160,6 +164,11 @@ class KeyedRows:
         """Row dicts (``make_row``'s) by key, checked as ``ResultSink.append_many`` checks
         them: keys non-empty strings, every row of ``sweep`` and of the schema."""
         _check_keyed(sweep, batch)
+        return cls._of_checked(sweep, batch)
+
+    @classmethod
+    def _of_checked(cls, sweep: str, batch: Mapping[str, Sequence[Mapping[str, Any]]]) -> KeyedRows:
+        """``of`` of a batch whose keys and sweep are checked already (``append_many``)."""
         table = rows_to_table([row for rows in batch.values() for row in rows])
         keys = tuple((k, len(rows)) for k, rows in batch.items())
         return cls(sweep, table.drop_columns(["sweep"]), keys)
@@ -171,7 +180,7 @@ class KeyedRows:
         """Rows already in columns (``PART_SCHEMA``'s, each key's ``rows`` in order): what a
         sweep's batch builds, typed and checked column by column (``results.columns``)."""
         names = [k for k, _ in keys]
-        _check_keyed(sweep, dict.fromkeys(names, ()))
+        _check_keys(names)
         if len(set(names)) != len(names):
             raise ConfigError("result keys of one batch must be distinct")
         if any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for _, n in keys):
@@ -254,7 +263,7 @@ class ResultSink:
         _check_keyed(self.sweep, batch)
         if len(batch) == 1 and (self.dir / part_name(*batch)).exists():
             return set()
-        return self.append_keyed([KeyedRows.of(self.sweep, batch)])
+        return self.append_keyed([KeyedRows._of_checked(self.sweep, batch)])
 
     def append_keyed(self, batches: Sequence[KeyedRows]) -> set[str]:
         """``append_many`` of rows already in tables (``KeyedRows``): one part of all their
