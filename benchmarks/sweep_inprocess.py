@@ -16,6 +16,7 @@ import sys
 import time
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 
 from raymeta.bench.sweep import STRATEGIES
@@ -46,7 +47,8 @@ def sweep_batches(meta: str) -> None:
         t = time.perf_counter()
         rows = run_batch(b, cfg)
         dt = time.perf_counter() - t
-        steps = sum(r["step"] for rs in rows.values() for r in rs if r["metric"] == "test_loss")
+        table = rows.table.filter(pc.equal(rows.table["metric"], "test_loss"))
+        steps = pc.sum(table["step"]).as_py()
         total, steps_total = total + dt, steps_total + steps
         print(f"{b[0]['strategy']:24s} {len(b)} units {dt:.2f}s {steps / dt:,.0f} member-steps/s")
     print(f"all strategies: {total:.2f}s {steps_total / total:,.0f} member-steps/s")

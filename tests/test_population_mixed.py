@@ -4,7 +4,9 @@ Members of every kind, in an order that interleaves them, trained by the grouped
 (``MemberGroups``: SGD and Adam members in contiguous slices, minibatch members in one run)
 against the looped ``torch.optim`` reference member by member, and against the general path
 (``GENERAL``) with moments and step counts; subsets (``members=``) and in-place training
-(``inplace=``, what ``Population`` does) change nothing of any member's numbers."""
+(``inplace=``, what ``Population`` does) change nothing of any member's numbers. Every test
+runs twice: with each call's segments (head-only members on their cached features) and with
+the members merged into one segment (``MemberGroups.merged``, what small populations run)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import pytest
 import test_population_fast as fast  # tests/ is on sys.path (rootdir-less test modules)
 import torch
 
-from raymeta.core.models import ModelSpec
+import raymeta.finetune.step as step_module
+from raymeta.core.models import ModelSpec, build_model
 from raymeta.finetune.population import Population
 from raymeta.finetune.reference import ref_train_member
 from raymeta.finetune.step import (
@@ -44,6 +47,14 @@ MIXED: list[dict[str, Any]] = [
 SEEDS = [21 + 3 * i for i in range(len(MIXED))]
 
 
+@pytest.fixture(autouse=True, params=["segments", "merged"])
+def segments(request: Any, monkeypatch: Any) -> str:
+    """Runs each test with the grouped path's segments kept, then merged into one."""
+    limit = -1 if request.param == "segments" else 2**62
+    monkeypatch.setattr(step_module, "MERGE_MAX_BODY_MACS", limit)
+    return str(request.param)
+
+
 def _setup(
     configs: list[dict[str, Any]], per_member: bool
 ) -> tuple[PopulationTrainer, PopulationState, MemberHParams, torch.Tensor, torch.Tensor]:
@@ -53,6 +64,61 @@ def _setup(
 
 def _close(a: PopulationState, b: PopulationState) -> None:
     fast._close(a, b, rtol=1e-11, atol=1e-13)
+
+
+def test_small_mlp_populations_merge_their_segments(monkeypatch: Any) -> None:
+    """``merges``: one segment when the head-only members' body work is small (a built-in MLP
+    on the CPU); the merged groups keep every row's place and cover every minibatch row."""
+    trainer, _, hp, _, _ = _setup(MIXED, per_member=False)
+    groups = MemberGroups.of(hp, N_TRAIN, StepPlan.of(hp, N_TRAIN))
+    body = 2 * 6 + 6 + 6 * 5 + 5  # the test MLP's body weights and biases
+    assert trainer.body_weights == body
+    work = groups.head_rows * N_TRAIN * body
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(step_module, "MERGE_MAX_BODY_MACS", work)
+    assert trainer.merges(groups, N_TRAIN, cpu)
+    monkeypatch.setattr(step_module, "MERGE_MAX_BODY_MACS", work - 1)
+    assert not trainer.merges(groups, N_TRAIN, cpu)
+    assert not trainer.merges(groups, N_TRAIN, torch.device("meta"))  # CPU only
+    one = groups.merged()
+    assert [(g.lo, g.hi, g.head) for g in one.segments] == [(0, groups.n, False)]
+    assert (one.order, one.sgd, one.sgd_all, one.adam_all) == (
+        groups.order,
+        groups.sgd,
+        groups.sgd_all,
+        groups.adam_all,
+    )
+    mini = [MIXED[i].get("batch_size", N_TRAIN) < N_TRAIN for i in groups.order.tolist()]
+    lo, hi = one.segments[0].mini
+    assert [r for r in range(groups.n) if mini[r]] == [
+        r for r in range(lo, hi) if mini[r]
+    ] and lo == mini.index(True)
+    assert one.merged() is one
+    conv = PopulationTrainer(
+        build_model(ModelSpec("conv4", (1, 16, 16), 2, {"hidden": 2, "norm": "none"})),
+        "classification",
+    )
+    assert conv.body_weights is None and not conv.merges(groups, N_TRAIN, cpu)
+
+
+@pytest.mark.parametrize("steps_per_draw", [1, 3, N_STEPS], ids=lambda k: f"{k}-steps-per-draw")
+def test_minibatch_masks_drawn_several_steps_at_once(steps_per_draw: int, monkeypatch: Any) -> None:
+    """``MinibatchMasks`` draws a call's masks a few steps at a time (a last draw shorter):
+    the same minibatches as the general path's per-step draw, members stopping mid-call
+    included."""
+    trainer, state, hp, x, y = _setup(MIXED, per_member=True)
+    # a run of r minibatch rows draws max(1, steps_per_draw // r) steps at a time
+    monkeypatch.setattr(step_module, "MASK_CHUNK_BYTES", 8 * N_TRAIN * steps_per_draw)
+    draws = []
+    real = step_module.hash_uniform
+    monkeypatch.setattr(
+        step_module, "hash_uniform", lambda *a: draws.append(a[1].shape[0]) or real(*a)
+    )
+    out = trainer.train(state, hp, x, y, N_STEPS, per_member_data=True)
+    assert max(draws) <= steps_per_draw and sum(draws) % N_STEPS == 0
+    assert steps_per_draw > 1 or set(draws) == {1}
+    monkeypatch.setattr(step_module, "hash_uniform", real)
+    _close(out, trainer.train(state, hp, x, y, N_STEPS, True, plan=GENERAL))
 
 
 def test_groups_are_contiguous_and_ordered() -> None:

@@ -22,6 +22,7 @@ packed with: training members together or one by one gives the same results.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ from raymeta.finetune.hparams import ADAPT, OPTIMIZERS, member_tensors
 Params = dict[str, torch.Tensor]
 _P = 2147483647  # 2**31 - 1
 _B1, _B2, _EPS = 0.9, 0.999, 1e-8
+# A call runs its members as one segment (``MemberGroups.merged``) when the body work the
+# head-only members would then redo per step, in multiply-adds, is at most this much.
+MERGE_MAX_BODY_MACS = 2**20
 _ADAM, _HEAD = OPTIMIZERS.index("adam"), ADAPT.index("head")
 
 
@@ -200,6 +204,49 @@ class StepPlan:
         )
 
 
+# ``MinibatchMasks`` draws at most this many bytes of hash scores at once (several steps).
+MASK_CHUNK_BYTES = 8 * 2**20
+
+
+class MinibatchMasks:
+    """The minibatch masks of working rows ``rows = (a, b)`` for the steps of one ``train``
+    call, drawn several steps at a time (``MASK_CHUNK_BYTES`` of scores) instead of once per
+    step: the same ``hash_uniform`` numbers, ~20 small integer ops per draw, which on a small
+    population cost as much as its forward. A row active at the call's start is at step
+    ``t0 + i`` at the call's step ``i`` for as long as it stays active; a row past its limit
+    gets some mask, which its zero loss weight ignores. ``at(i)``: the mask ``(b - a, n)`` in
+    ``dtype`` (1 for the example in the step's minibatch) and each row's batch size."""
+
+    def __init__(
+        self,
+        hp: MemberHParams,
+        t0: torch.Tensor,
+        rows: tuple[int, int],
+        n: int,
+        n_steps: int,
+        dtype: torch.dtype,
+    ) -> None:
+        a, b = rows
+        self.seed, self.t0 = hp.seed[a:b].unsqueeze(1), t0[a:b].unsqueeze(0)
+        self.batch = hp["batch_size"][a:b].unsqueeze(1)
+        self.denom = hp["batch_size"][a:b].clamp(min=1).to(dtype)
+        self.idx = torch.arange(n, device=t0.device)
+        self.dtype, self.n_steps = dtype, n_steps
+        self.per = max(1, min(n_steps, MASK_CHUNK_BYTES // max(1, 8 * (b - a) * n)))
+        self.first, self.masks = 0, torch.empty(0)
+
+    def at(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.first <= i < self.first + self.masks.shape[0]:
+            k = min(self.per, self.n_steps - i)
+            ahead = torch.arange(i, i + k, device=self.t0.device).unsqueeze(1)
+            steps = (self.t0 + ahead).unsqueeze(2)
+            scores = hash_uniform(self.seed.unsqueeze(0), steps, self.idx)
+            order = torch.argsort(scores, dim=2)
+            rank = torch.empty_like(order).scatter_(2, order, self.idx.expand_as(order))
+            self.first, self.masks = i, (rank < self.batch).to(self.dtype)
+        return self.masks[i - self.first], self.denom
+
+
 @dataclass(frozen=True)
 class Segment:
     """Working rows ``[lo, hi)`` that share one forward and backward: ``head`` members adapt
@@ -239,6 +286,26 @@ class MemberGroups:
     segments: tuple[Segment, ...]
     sgd_decay: bool
     adam_decay: bool
+
+    @property
+    def head_rows(self) -> int:
+        """How many members adapt only their head (the rows ``[sgd_all, adam_all)``)."""
+        return self.adam_all - self.sgd_all
+
+    def merged(self) -> MemberGroups:
+        """The same groups with every row in one segment: one forward and one backward per
+        step instead of up to three, the head-only members' body gradients computed and left
+        unused (their rows are outside ``[0, sgd_all)`` and ``[adam_all, n)``, which the body
+        updates write), and one minibatch run from the first minibatch row to the last (a
+        full-batch row inside it keeps its whole split). Why: each segment costs a fixed
+        ~0.4 ms of dispatch and autograd on the CPU, which for small populations is most of
+        the step (a packed trial of 16 mixed members: 2x member-steps/s merged, BENCHMARKS.md
+        issue 17 ninth pass); ``PopulationTrainer.merges`` decides when."""
+        if len(self.segments) == 1:
+            return self
+        runs = [sg.mini for sg in self.segments if sg.mini[1] > sg.mini[0]]
+        run = (runs[0][0], runs[-1][1]) if runs else (0, 0)
+        return dataclasses.replace(self, segments=(Segment(0, self.n, False, run),))
 
     @classmethod
     def of(cls, hp: MemberHParams, n_train: int, plan: StepPlan) -> MemberGroups:
@@ -323,6 +390,25 @@ class PopulationTrainer:
         # whether the model's output is ``self.head`` of the head's input (checked on first
         # use: the model contract names the head, it does not promise nothing follows it)
         self.head_is_last: bool | None = True if self.folds else None  # foldable: by construction
+        # a built-in MLP's body weights: its multiply-adds per example (``merges``)
+        self.body_weights = (
+            sum(q.numel() for n, q in model.named_parameters() if not self.head_mask[n])
+            if self.folds and not self.conv
+            else None
+        )
+
+    def merges(self, groups: MemberGroups, n_train: int, device: torch.device) -> bool:
+        """Whether a call runs ``groups`` as one segment (``MemberGroups.merged``): on the
+        CPU, for a built-in MLP (``foldable`` without convolutions, whose body costs one
+        multiply-add per body weight and example), when the head-only members' body work per
+        step is at most ``MERGE_MAX_BODY_MACS``. Measured on this CPU (BENCHMARKS.md, issue 17
+        ninth pass): merged is 1.6-2.5x faster at 16-64 mixed members, even at 256 sweep
+        members (~1M MACs), slower at 800 (the body work then outweighs two segments'
+        overhead). Conv nets and vmapped models keep their segments: their body work is not
+        known from their weights, and a conv body is where ``head_inputs`` saves the most."""
+        if self.body_weights is None or device.type != "cpu" or len(groups.segments) == 1:
+            return False
+        return groups.head_rows * n_train * self.body_weights <= MERGE_MAX_BODY_MACS
 
     def head_inputs(
         self, p: Params, x: torch.Tensor, d: int | None, lo: int, hi: int
@@ -528,23 +614,22 @@ class PopulationTrainer:
     def _segment_grads(
         self,
         p: Params,
-        t: torch.Tensor,
-        hp: MemberHParams,
         x: torch.Tensor,
         y: torch.Tensor,
         d: int | None,
         seg: Segment,
         scale: torch.Tensor,
         feats: torch.Tensor | None = None,
+        mask: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> Params:
         """``_grads`` of the working rows of ``seg``: the per-example losses of its members in
-        one vmapped forward, the hashed minibatch mask only for its rows ``seg.mini``, each
-        member's loss times its ``scale`` (an SGD member's ``lr * active``, an Adam member's
-        ``active``), one backward; for a head-only segment the body is a constant (gradients
-        of the head only), and with its ``feats`` (``head_inputs``) only the head runs."""
+        one vmapped forward, the minibatch ``mask`` (and its rows' batch sizes: a
+        ``MinibatchMasks`` step) only on its rows ``seg.mini``, each member's loss times its
+        ``scale`` (an SGD member's ``lr * active``, an Adam member's ``active``), one
+        backward; for a head-only segment the body is a constant (gradients of the head
+        only), and with its ``feats`` (``head_inputs``) only the head runs."""
         lo, hi = seg.lo, seg.hi
         n = x.shape[1] if d == 0 else x.shape[0]
-        mdt = x.dtype if x.is_floating_point() else torch.float32
         xs, ys = (x[lo:hi], y[lo:hi]) if d == 0 else (x, y)
         with torch.enable_grad():
             q = {k: v[lo:hi].detach() for k, v in p.items()}
@@ -556,23 +641,10 @@ class PopulationTrainer:
             else:
                 per = self.member_examples(q, xs, ys, d)
             a, b = seg.mini[0] - lo, seg.mini[1] - lo
-            if b > a:
-                idx = torch.arange(n, device=x.device).unsqueeze(0)
-                scores = hash_uniform(
-                    hp.seed[seg.mini[0] : seg.mini[1]].unsqueeze(1),
-                    t[seg.mini[0] : seg.mini[1]].unsqueeze(1),
-                    idx,
-                )
-                order = torch.argsort(scores, dim=1)
-                rank = torch.empty_like(order).scatter_(1, order, idx.expand_as(order))
-                batch = hp["batch_size"][seg.mini[0] : seg.mini[1]]
-                mask = (rank < batch.unsqueeze(1)).to(mdt)
+            if mask is not None:
+                keep, denom = mask
                 losses = torch.cat(
-                    [
-                        per[:a].sum(1) / n,
-                        (per[a:b] * mask).sum(1) / batch.clamp(min=1).to(mdt),
-                        per[b:].sum(1) / n,
-                    ]
+                    [per[:a].sum(1) / n, (per[a:b] * keep).sum(1) / denom, per[b:].sum(1) / n]
                 )
             else:
                 losses = per.sum(1) / n
@@ -638,13 +710,20 @@ class PopulationTrainer:
             f = self.head_inputs(p, x, d, sg.lo, sg.hi) if sg.head and n_steps > 1 else None
             if f is not None:
                 feats[j] = f
+        masks = {  # each segment's minibatch rows: their masks, several steps per draw
+            j: MinibatchMasks(hp, t, sg.mini, x.shape[1] if d == 0 else x.shape[0], n_steps, dt)
+            for j, sg in enumerate(segs)
+            if sg.mini[1] > sg.mini[0]
+        }
         lockstep = self._lockstep(t[s:], limit[s:], n_steps, dev) if na else None
-        for _ in range(n_steps):
+        for i in range(n_steps):
             on = t < limit
             onf = on.to(dt)
             scale = lrs * onf
             g = [
-                self._segment_grads(p, t, hp, x, y, d, sg, scale, feats.get(j))
+                self._segment_grads(
+                    p, x, y, d, sg, scale, feats.get(j), masks[j].at(i) if j in masks else None
+                )
                 for j, sg in enumerate(segs)
             ]
             if len(g) > 1:  # every segment has the head's gradient: one tensor of all rows
@@ -797,6 +876,8 @@ class PopulationTrainer:
         if not plan.grouped or (self.compile and uniform(sel)):
             return self._train_general(state, hp, x, y, n_steps, d, plan, members, inplace)
         groups = MemberGroups.of(sel, n_train, plan)
+        if self.merges(groups, n_train, x.device):
+            groups = groups.merged()
         rows = groups.order
         if members is not None:
             rows = members.cpu() if rows is None else members.cpu()[rows]
