@@ -7,7 +7,9 @@ The orchestration API reuses an already-initialised Ray and does not shut it dow
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +22,12 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-# raymeta tune signs run state with a per-user key: keep the tests' key out of the real home
-os.environ.setdefault(
-    "RAYMETA_KEY_FILE", os.path.join(tempfile.mkdtemp(prefix="raymeta-key-"), "run-key")
-)
+# raymeta tune signs run state with a per-user key: keep the tests' key out of the real home,
+# in a directory of this session's own that goes when the session ends
+if "RAYMETA_KEY_FILE" not in os.environ:
+    _KEY_DIR = tempfile.mkdtemp(prefix="raymeta-key-")
+    atexit.register(shutil.rmtree, _KEY_DIR, ignore_errors=True)
+    os.environ["RAYMETA_KEY_FILE"] = os.path.join(_KEY_DIR, "run-key")
 
 OMNIGLOT_DIR = Path(
     os.environ.get(
