@@ -8,7 +8,8 @@ vocabulary in ``hparams.py``), so a population mixing learning rates, weight dec
 it a population costs what its members need: each call orders its members into contiguous
 groups (``MemberGroups``: by optimizer, adapt and batch), so SGD members never pay for Adam,
 full-batch members for minibatch sampling, and head-only members for their body (whose
-features are computed once per call). ``GENERAL`` (one masked update of every member) is kept
+features are computed once per call; a small MLP population runs as one segment instead,
+where the body is cheaper than a second forward and backward). ``GENERAL`` (one masked update of every member) is kept
 as the grouped path's reference. This is the pure functional core; ``population.Population``
 is the stateful runner around it that priors fitting, sweeps and Ray Tune trials all use.
 On the CPU, built-in MLP / Conv4 members run as one stacked net (batched matmuls, grouped
@@ -402,9 +403,9 @@ class PopulationTrainer:
         CPU, for a built-in MLP (``foldable`` without convolutions, whose body costs one
         multiply-add per body weight and example), when the head-only members' body work per
         step is at most ``MERGE_MAX_BODY_MACS``. Measured on this CPU (BENCHMARKS.md, issue 17
-        ninth pass): merged is 1.6-2.5x faster at 16-64 mixed members, even at 256 sweep
-        members (~1M MACs), slower at 800 (the body work then outweighs two segments'
-        overhead). Conv nets and vmapped models keep their segments: their body work is not
+        ninth pass): merged is 1.6-2.5x faster at 16-64 mixed members, as fast at 256 sweep
+        members (~1M MACs, the threshold), slower at 800 (the body work then outweighs two
+        segments' overhead). Conv nets and vmapped models keep their segments: their body work is not
         known from their weights, and a conv body is where ``head_inputs`` saves the most."""
         if self.body_weights is None or device.type != "cpu" or len(groups.segments) == 1:
             return False
