@@ -28,6 +28,7 @@ from raymeta.finetune.step import (
     PopulationState,
     PopulationTrainer,
     StepPlan,
+    linear_body_macs,
 )
 
 N_TRAIN, N_STEPS = 9, 8
@@ -67,19 +68,21 @@ def _close(a: PopulationState, b: PopulationState) -> None:
 
 
 def test_small_mlp_populations_merge_their_segments(monkeypatch: Any) -> None:
-    """``merges``: one segment when the head-only members' body work is small (a built-in MLP
-    on the CPU); the merged groups keep every row's place and cover every minibatch row."""
-    trainer, _, hp, _, _ = _setup(MIXED, per_member=False)
+    """``merges``: one segment when the head-only members' body work is small (a body of
+    linear layers on 1-D examples, on the CPU); the merged groups keep every row's place and
+    cover every minibatch row."""
+    trainer, _, hp, x, _ = _setup(MIXED, per_member=False)
     groups = MemberGroups.of(hp, N_TRAIN, StepPlan.of(hp, N_TRAIN))
-    body = 2 * 6 + 6 + 6 * 5 + 5  # the test MLP's body weights and biases
-    assert trainer.body_weights == body
+    body = 2 * 6 + 6 * 5  # the test MLP's body weights: one multiply-add each per example
+    assert trainer.body_macs == body
     work = groups.head_rows * N_TRAIN * body
-    cpu = torch.device("cpu")
     monkeypatch.setattr(step_module, "MERGE_MAX_BODY_MACS", work)
-    assert trainer.merges(groups, N_TRAIN, cpu)
+    assert trainer.merges(groups, x, False)
+    assert trainer.merges(groups, x.expand(len(MIXED), *x.shape), True)  # per-member data
+    assert not trainer.merges(groups, x.unsqueeze(-1), False)  # 2-D examples: work unknown
     monkeypatch.setattr(step_module, "MERGE_MAX_BODY_MACS", work - 1)
-    assert not trainer.merges(groups, N_TRAIN, cpu)
-    assert not trainer.merges(groups, N_TRAIN, torch.device("meta"))  # CPU only
+    assert not trainer.merges(groups, x, False)
+    assert not trainer.merges(groups, x.to("meta"), False)  # CPU only
     one = groups.merged()
     assert [(g.lo, g.hi, g.head) for g in one.segments] == [(0, groups.n, False)]
     assert (one.order, one.sgd, one.sgd_all, one.adam_all) == (
@@ -94,11 +97,51 @@ def test_small_mlp_populations_merge_their_segments(monkeypatch: Any) -> None:
         r for r in range(lo, hi) if mini[r]
     ] and lo == mini.index(True)
     assert one.merged() is one
+
+
+class _NormedBody(torch.nn.Module):
+    """A user's model (not a built-in shape: it runs vmapped) of linear and norm layers."""
+
+    def __init__(self, extra: torch.nn.Module | None = None) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(2, 4), torch.nn.LayerNorm(4), torch.nn.Tanh(), torch.nn.Linear(4, 3)
+        )
+        self.extra = extra
+        self.head = torch.nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def test_body_work_is_known_only_for_linear_bodies() -> None:
+    """``linear_body_macs``: one multiply-add per linear weight and per elementwise parameter,
+    the head left out; any other module with parameters (a convolution, a custom parameter)
+    makes the body's work unknown, and such populations keep their segments."""
+    assert linear_body_macs(_NormedBody()) == 2 * 4 + 2 * 4 + 4 * 3
+    assert linear_body_macs(_NormedBody(torch.nn.Conv1d(1, 1, 3))) is None
+    assert linear_body_macs(_NormedBody(torch.nn.Embedding(3, 2))) is None
     conv = PopulationTrainer(
         build_model(ModelSpec("conv4", (1, 16, 16), 2, {"hidden": 2, "norm": "none"})),
         "classification",
     )
-    assert conv.body_weights is None and not conv.merges(groups, N_TRAIN, cpu)
+    trainer, _, hp, x, _ = _setup(MIXED, per_member=False)
+    groups = MemberGroups.of(hp, N_TRAIN, StepPlan.of(hp, N_TRAIN))
+    assert conv.body_macs is None and not conv.merges(groups, x, False)
+
+
+@pytest.mark.parametrize("per_member", [False, True], ids=["shared-data", "per-member-data"])
+def test_a_vmapped_users_model_matches_the_looped_reference(per_member: bool) -> None:
+    """A user's linear-and-norm model (vmapped, not folded), merged or in segments by the
+    fixture: every member equals the looped ``torch.optim`` reference."""
+    _, _, hp, x, y = _setup(MIXED, per_member)
+    torch.manual_seed(1)
+    trainer = PopulationTrainer(_NormedBody().double(), "regression")
+    assert not trainer.folds
+    init = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    state = PopulationState.from_params(init, len(MIXED))
+    out = trainer.train(state, hp, x, y, N_STEPS, per_member_data=per_member)
+    _match_reference(trainer, state, out, MIXED, x, y, per_member)
 
 
 @pytest.mark.parametrize("steps_per_draw", [1, 3, N_STEPS], ids=lambda k: f"{k}-steps-per-draw")
@@ -329,10 +372,11 @@ class _ScaledAfterHead(torch.nn.Module):
         return 2 * self.head(self.body(x))
 
 
-def test_head_only_steps_run_the_head_on_cached_features() -> None:
+def test_head_only_steps_run_the_head_on_cached_features(monkeypatch: Any) -> None:
     """A head-only member's body is constant within a call, so its steps run the head alone on
     the body's features (same numbers); a model whose output is not its head's output is
-    detected and runs whole."""
+    detected and runs whole. (Segments kept: a merged call has no head-only segment.)"""
+    monkeypatch.setattr(step_module, "MERGE_MAX_BODY_MACS", -1)
     configs = [{**c, "adapt": "head"} for c in MIXED]
     trainer, state, hp, x, y = _setup(configs, per_member=True)
     fast = trainer.train(state, hp, x, y, N_STEPS, per_member_data=True)

@@ -365,6 +365,30 @@ def bias_corrections(steps: torch.Tensor, dt: torch.dtype) -> tuple[torch.Tensor
     return (1 - _B1**tf).to(dt), (1 - _B2**tf).to(dt)
 
 
+# modules whose parameters act elementwise (a multiply-add or two per parameter and example)
+_ELEMENTWISE = (nn.LayerNorm, nn.BatchNorm1d, nn.PReLU)
+
+
+def linear_body_macs(model: nn.Module) -> int | None:
+    """Multiply-adds per 1-D example of ``model``'s body (everything but ``head``) when every
+    module outside the head that holds parameters is an ``nn.Linear`` (one per weight) or
+    acts elementwise (norms, PReLU: one per parameter); ``None`` for any other (a
+    convolution, an embedding, a recurrent layer, a parameter of a custom module), whose
+    work the weights do not tell. Used by ``PopulationTrainer.merges``."""
+    macs = 0
+    for name, m in model.named_modules():
+        own = list(m.parameters(recurse=False))
+        if not own or name == "head" or name.startswith("head."):
+            continue
+        if isinstance(m, nn.Linear):
+            macs += m.weight.numel()
+        elif isinstance(m, _ELEMENTWISE):
+            macs += sum(q.numel() for q in own)
+        else:
+            return None
+    return macs
+
+
 def _clone(d: Params) -> Params:
     return {k: v.clone() for k, v in d.items()}
 
@@ -391,25 +415,27 @@ class PopulationTrainer:
         # whether the model's output is ``self.head`` of the head's input (checked on first
         # use: the model contract names the head, it does not promise nothing follows it)
         self.head_is_last: bool | None = True if self.folds else None  # foldable: by construction
-        # a built-in MLP's body weights: its multiply-adds per example (``merges``)
-        self.body_weights = (
-            sum(q.numel() for n, q in model.named_parameters() if not self.head_mask[n])
-            if self.folds and not self.conv
-            else None
-        )
+        self.body_macs = linear_body_macs(model)  # per 1-D example; None: not known
 
-    def merges(self, groups: MemberGroups, n_train: int, device: torch.device) -> bool:
+    def merges(self, groups: MemberGroups, x: torch.Tensor, per_member_data: bool) -> bool:
         """Whether a call runs ``groups`` as one segment (``MemberGroups.merged``): on the
-        CPU, for a built-in MLP (``foldable`` without convolutions, whose body costs one
-        multiply-add per body weight and example), when the head-only members' body work per
-        step is at most ``MERGE_MAX_BODY_MACS``. Measured on this CPU (BENCHMARKS.md, issue 17
-        ninth pass): merged is 1.6-2.5x faster at 16-64 mixed members, as fast at 256 sweep
-        members (~1M MACs, the threshold), slower at 800 (the body work then outweighs two
-        segments' overhead). Conv nets and vmapped models keep their segments: their body work is not
-        known from their weights, and a conv body is where ``head_inputs`` saves the most."""
-        if self.body_weights is None or device.type != "cpu" or len(groups.segments) == 1:
+        CPU, for a body of linear layers (``linear_body_macs``) on 1-D examples, when the
+        head-only members' body work per step is at most ``MERGE_MAX_BODY_MACS``. Measured on
+        this CPU (BENCHMARKS.md, issue 17 ninth pass): merged is 1.6-2.5x faster at 16-64
+        mixed members, as fast at 256 sweep members (~1M MACs, the threshold), slower at 800
+        (the body work then outweighs two segments' overhead). Conv nets and other bodies
+        keep their segments: their work is not known from their weights, and a conv body is
+        where ``head_inputs`` saves the most."""
+        lead = 2 if per_member_data else 1  # (members,) examples, features
+        if (
+            self.body_macs is None
+            or x.device.type != "cpu"
+            or x.dim() != lead + 1
+            or len(groups.segments) == 1
+        ):
             return False
-        return groups.head_rows * n_train * self.body_weights <= MERGE_MAX_BODY_MACS
+        work = groups.head_rows * int(x.shape[lead - 1]) * self.body_macs
+        return work <= MERGE_MAX_BODY_MACS
 
     def head_inputs(
         self, p: Params, x: torch.Tensor, d: int | None, lo: int, hi: int
@@ -877,7 +903,7 @@ class PopulationTrainer:
         if not plan.grouped or (self.compile and uniform(sel)):
             return self._train_general(state, hp, x, y, n_steps, d, plan, members, inplace)
         groups = MemberGroups.of(sel, n_train, plan)
-        if self.merges(groups, n_train, x.device):
+        if self.merges(groups, x, per_member_data):
             groups = groups.merged()
         rows = groups.order
         if members is not None:
