@@ -48,7 +48,6 @@ from raymeta.finetune.population import (
 from raymeta.finetune.run import (
     PopulationResult,
     Trained,
-    best_group,
     check_run,
     conclude_all,
     member_groups,
@@ -273,9 +272,8 @@ def packed_refits(
     meta_starts: dict[tuple[str, torch.dtype], PopulationState] = {}  # seed-free: built once
     for i, unit in trained.items():
         task = unit.task
-        g = best_group(unit.groups, unit.members)
+        g, best = unit.chosen
         span = unit.groups[g]
-        best = span.best()
         n_rows = len(task.x_train) + len(task.x_val)
         cfg, steps = refit_config(best, len(task.x_train), n_rows)
         member = unit.members[g][best.member]

@@ -82,6 +82,11 @@ class MemberSpan:
     def whole(cls, pop: Population) -> MemberSpan:
         return cls(pop, 0, pop.n_members)
 
+    @classmethod
+    def of(cls, pop: Population | MemberSpan) -> MemberSpan:
+        """``pop`` itself if a span, else all of its members."""
+        return cls.whole(pop) if isinstance(pop, Population) else pop
+
     @property
     def n_members(self) -> int:
         return self.hi - self.lo
@@ -106,7 +111,7 @@ class MemberSpan:
 def soup_members(pop: Population | MemberSpan) -> list[int]:
     """The members a soup averages: the best ``ceil(SOUP_FRACTION x n)`` (at least 2) by their
     best snapshot's val loss, finite ones only (ties by the population's own order)."""
-    span = MemberSpan.whole(pop) if isinstance(pop, Population) else pop
+    span = MemberSpan.of(pop)
     val = span.pop.best_val[span.lo : span.hi].tolist()
     order = [i for i in span.ranked() if math.isfinite(val[i])]
     return order[: soup_size(span.n_members)]
@@ -114,7 +119,7 @@ def soup_members(pop: Population | MemberSpan) -> list[int]:
 
 def soup_params(pop: Population | MemberSpan, members: Sequence[int]) -> Params:
     """The uniform average of ``members``' best snapshots."""
-    span = MemberSpan.whole(pop) if isinstance(pop, Population) else pop
+    span = MemberSpan.of(pop)
     idx = torch.tensor([span.lo + m for m in members], device=span.pop.best_val.device)
     return {k: v[idx].mean(dim=0) for k, v in span.pop.best_params.items()}
 

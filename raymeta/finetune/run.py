@@ -14,6 +14,7 @@ random init of seed ``s * 10_007 + i``; the exploits draw from ``default_rng(s)`
 
 from __future__ import annotations
 
+import functools
 import numbers
 import time
 from collections.abc import Mapping, Sequence
@@ -276,17 +277,16 @@ def member_groups(
     return groups
 
 
-def best_group(spans: Sequence[MemberSpan], members: list[list[int]]) -> int:
+def best_group(spans: Sequence[MemberSpan], members: list[list[int]]) -> tuple[int, Best]:
     """Which of ``spans`` (a unit's groups, whose members are ``members`` in ``configs``
-    order) holds the best snapshot: the lowest, the earliest on ties, then the member first
-    in ``configs``."""
-    if len(spans) == 1:
-        return 0
+    order) holds the best snapshot (the lowest, the earliest on ties, then the member first
+    in ``configs``), and that snapshot (``member``: its index in the span)."""
     bests = [s.best() for s in spans]
-    return min(
+    g = min(
         range(len(spans)),
         key=lambda j: (bests[j].val_loss, bests[j].at, members[j][bests[j].member]),
     )
+    return g, bests[g]
 
 
 def member_start(
@@ -319,6 +319,12 @@ class Trained:
     seed: int
     curves: Curves
     refitted: tuple[Params, int] | None = None
+
+    @functools.cached_property
+    def chosen(self) -> tuple[int, Best]:
+        """``best_group`` of the unit, taken once (a snapshot copies its weights): the
+        ``refit`` training and the conclusion both read it."""
+        return best_group(self.groups, self.members)
 
 
 def conclude(
@@ -354,9 +360,8 @@ def conclude_all(
     (``picks.final_picks``: one stacked evaluation per model and data shape)."""
     spans, starts, bests, results = [], [], [], []
     for u in units:
-        g = best_group(u.groups, u.members)
+        g, best = u.chosen
         span, idx = u.groups[g], u.members[g]
-        best = span.best()
         dtype = data_dtype(u.task.x_train)
         spans.append(span)
         starts.append(group_start(candidates[span.pop.name], init, u.seed, idx, dtype))
