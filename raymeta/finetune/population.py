@@ -38,6 +38,7 @@ from torch import nn
 
 from raymeta.core.models import ModelSpec, build_model
 from raymeta.core.train import derive_seed
+from raymeta.finetune.layout import RowLayout
 from raymeta.finetune.step import MemberHParams, PopulationState, PopulationTrainer
 
 Params = dict[str, torch.Tensor]
@@ -215,14 +216,14 @@ _PLAIN = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def exploit_worst(
-    state: PopulationState,
+    copy: Callable[[int, int], None],
     val: np.ndarray,
     k: int,
     rng: np.random.Generator,
     explore: Callable[[int, int], None],
 ) -> list[tuple[int, int]]:
-    """The worst ``k`` members (by ``val``, ties by index) each copy a random member of the best
-    ``k``; ``explore(src, dst)`` runs right after each copy (it sets ``dst``'s new config, so its
+    """The worst ``k`` members (by ``val``, ties by index) each copy (``copy(src, dst)``) a
+    random member of the best ``k``; ``explore(src, dst)`` runs right after each copy (it sets ``dst``'s new config, so its
     random draws interleave with the source draws). Returns the ``(src, dst)`` pairs."""
     m = len(val)
     if k < 1 or m < 2:
@@ -232,7 +233,7 @@ def exploit_worst(
     pairs = []
     for dst in bottom:
         src = top[int(rng.integers(0, len(top)))]  # what rng.choice(top) draws, 5x cheaper
-        state.copy_member(src, dst)
+        copy(src, dst)
         explore(src, dst)
         pairs.append((src, dst))
     return pairs
@@ -254,6 +255,8 @@ class Population:
     """Members of one model candidate (``name``), their optimizer state, configs, seeds and
     best snapshots (see the module docstring for the semantics)."""
 
+    _state: PopulationState  # rows in ``_layout``'s order (``state``: in member order)
+
     def __init__(
         self,
         spec: ModelSpec,
@@ -273,6 +276,7 @@ class Population:
         self.spec, self.kind, self.name = spec, kind, name
         self.configs: list[Config] = [dict(c) for c in configs]
         self.seeds = [int(s) for s in seeds]
+        self._layout = RowLayout(len(self.configs))
         self.state = state
         self.horizon, self.keep_best = horizon, keep_best
         self.trainer = (
@@ -291,6 +295,26 @@ class Population:
         self.evaluations = 0
         self._hp: tuple[int, MemberHParams] | None = None
         self._owns_state = False  # ``train`` copies ``state`` once, then trains in place
+
+    @property
+    def state(self) -> PopulationState:
+        """Weights, moments and steps in member order. Training keeps the rows grouped by the
+        trainer's member kinds (``layout`` module); reading ``state`` puts them back in member
+        order, a gather, so the code between ``train`` calls reads members through ``row``."""
+        if self._layout.pos is not None:
+            self._state = self._state.index(self._layout.pos.to(self._state.step.device))
+            self._layout.reset()
+        return self._state
+
+    @state.setter
+    def state(self, state: PopulationState) -> None:
+        self._state = state
+        self._layout.reset()
+
+    def rows(self, members: torch.Tensor) -> torch.Tensor:
+        """The rows of ``self._state`` that hold ``members`` (indices, on the state's device)."""
+        pos = self._layout.pos
+        return members if pos is None else pos.to(members.device)[members]
 
     @property
     def n_members(self) -> int:
@@ -316,22 +340,70 @@ class Population:
         hp = self.hparams(n_train)
         if not self._owns_state:  # the constructor's (or restore's) tensors stay the caller's
             self.state, self._owns_state = self.state.index(slice(None)), True
-        state = self.state
+        keys = self.trainer.group_keys(hp, n_train)
+        if keys is not None:
+            self._arrange(keys)
+        rows = self._layout.rows
+        if rows is not None:  # the members' hyperparameters and data in row order
+            hp = hp.index(rows)
+            if per_member_data:
+                r = rows.to(x.device)
+                x, y = x[r], y[r]
+        state = self._state
         before = state.step.clone()
         active = torch.nonzero(hp["steps"].to(state.step.device) > state.step).flatten()
         if active.numel() > 0:
             members = None if active.numel() == self.n_members else active.cpu()
-            self.state = self.trainer.train(
+            self._state = self.trainer.train(
                 state, hp, x, y, n_steps, per_member_data, members=members, inplace=True
             )
-        return self.state.step - before
+        taken = self._state.step - before
+        return taken if rows is None else taken[self._layout.pos.to(taken.device)]  # type: ignore[union-attr]
+
+    def _arrange(self, keys: torch.Tensor) -> None:
+        """Group the rows by ``keys`` (``RowLayout.arrange``), moving the rows that move."""
+        moves = self._layout.arrange(keys)
+        if moves is None:
+            return
+        st = self._state
+        dst, src = (t.to(st.step.device) for t in moves)
+        for d in (st.params, st.m, st.v):
+            for t in d.values():
+                t.index_copy_(0, dst, t.index_select(0, src))
+        st.step.index_copy_(0, dst, st.step.index_select(0, src))
+
+    def copy_members(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """Each ``(src, dst)``: member ``dst`` takes ``src``'s weights, optimizer state and step,
+        all read before any is written (so no ``dst`` may be another pair's ``src``)."""
+        if not pairs:
+            return
+        st = self._state
+        src = self.rows(torch.tensor([a for a, _ in pairs], device=st.step.device))
+        dst = self.rows(torch.tensor([b for _, b in pairs], device=st.step.device))
+        for d in (st.params, st.m, st.v):
+            for t in d.values():  # (a third cheaper than ``t[dst] = t[src]`` on the CPU)
+                t.index_copy_(0, dst, t.index_select(0, src))
+        st.step.index_copy_(0, dst, st.step.index_select(0, src))
+
+    def copy_member(self, src: int, dst: int) -> None:
+        """Member ``dst`` takes ``src``'s weights, optimizer state and step (a PBT exploit)."""
+        pos = self._layout.pos
+        at = (src, dst) if pos is None else (int(pos[src]), int(pos[dst]))
+        self._state.copy_member(*at)
 
     def evaluate(
         self, x: torch.Tensor, y: torch.Tensor, per_member_data: bool = False
     ) -> dict[str, torch.Tensor]:
         """Per-member val ``loss`` (float64, NaN kept) and ``accuracy`` (classification); sets
         ``last_val`` (NaN and inf as inf) and updates the best snapshots."""
-        ev = self.trainer.evaluate(self.state.params, x, y, per_member_data)
+        rows, st = self._layout.rows, self._state
+        if rows is not None and per_member_data:
+            r = rows.to(x.device)
+            x, y = x[r], y[r]
+        ev = self.trainer.evaluate(st.params, x, y, per_member_data)
+        if rows is not None:  # back in member order
+            pos = self._layout.pos.to(ev["loss"].device)  # type: ignore[union-attr]
+            ev = {k: v[pos] for k, v in ev.items()}
         loss = ev["loss"].double().to(self.best_val.device)
         val = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, math.inf))
         self.last_val = val
@@ -340,10 +412,12 @@ class Population:
             better = val < self.best_val
             idx = torch.nonzero(better).flatten()
             if idx.numel() > 0:
-                for k, v in self.state.params.items():  # (cheaper than a boolean index_put)
-                    self.best_params[k].index_copy_(0, idx, v.index_select(0, idx))
+                at = self.rows(idx)
+                for k, v in st.params.items():  # (cheaper than a boolean index_put)
+                    self.best_params[k].index_copy_(0, idx, v.index_select(0, at))
                 self.best_val = torch.where(better, val, self.best_val)
-                self.best_step = torch.where(better, self.state.step, self.best_step)
+                steps = st.step if rows is None else st.step[self.rows(torch.arange(len(val)))]
+                self.best_step = torch.where(better, steps, self.best_step)
                 self.best_at = torch.where(
                     better, torch.full_like(self.best_at, self.evaluations), self.best_at
                 )
@@ -374,7 +448,7 @@ class Population:
             )
 
         exploit_worst(
-            self.state, self.last_val.cpu().numpy(), rule.count(self.n_members), rng, explore
+            self.copy_member, self.last_val.cpu().numpy(), rule.count(self.n_members), rng, explore
         )
         return events
 
@@ -393,11 +467,15 @@ class Population:
     def best(self, member: int | None = None) -> Best:
         """The best snapshot (of ``member``, or of the population)."""
         m = self.best_member() if member is None else member
-        params = (self.best_params if self.keep_best else self.state.params).items()
+        if self.keep_best:
+            params = {k: v[m].detach().clone() for k, v in self.best_params.items()}
+        else:
+            row = int(self.rows(torch.tensor([m]))[0])
+            params = {k: v[row].detach().clone() for k, v in self._state.params.items()}
         return Best(
             m,
             float(self.best_val[m]),
-            {k: v[m].detach().clone() for k, v in params},
+            params,
             {**self.best_configs[m], "steps": int(self.best_step[m])},
             int(self.best_at[m]),
         )
@@ -474,7 +552,7 @@ def run_schedule(
         if stop > at:
             taken = pop.train(*train, stop - at, per_member_data=per_member_data)
         else:
-            taken = torch.zeros_like(pop.state.step)
+            taken = torch.zeros(pop.n_members, dtype=torch.int64, device=pop.best_step.device)
         at = stop
         ev = pop.evaluate(*val, per_member_data=per_member_data)
         seconds = time.perf_counter() - t0

@@ -313,12 +313,9 @@ class MemberGroups:
         """The groups of ``hp``'s members (read on the host) under ``plan``: a flag the plan
         turns off is off for every member (``StepPlan(adam=False)`` trains every member SGD)."""
         adam = (hp["optimizer"].cpu() == _ADAM) & plan.adam
-        mini = ((hp["batch_size"].cpu() < n_train) & plan.minibatch).long()
-        head = (hp["adapt"].cpu() == _HEAD) & plan.head_only
+        mini = (hp["batch_size"].cpu() < n_train) & plan.minibatch
         decay = (hp["weight_decay"].cpu() != 0) & plan.decay
-        key = torch.where(
-            adam, torch.where(head, 4 + mini, 7 - mini), torch.where(head, 3 - mini, mini)
-        )
+        key = member_keys(hp, n_train, plan)
         order = torch.argsort(key, stable=True)
         n = int(key.numel())
         at = [int((key < k).sum()) for k in range(9)]  # rows before kind k
@@ -326,7 +323,7 @@ class MemberGroups:
             cuts = [(0, n, False)]
         else:
             cuts = [(0, at[2], False), (at[2], at[6], True), (at[6], n, False)]
-        is_mini = mini[order].bool()
+        is_mini = mini[order]
         segments = []
         for lo, hi, hd in cuts:
             if hi > lo:
@@ -344,6 +341,18 @@ class MemberGroups:
             bool((decay & ~adam).any()),
             bool((decay & adam).any()),
         )
+
+
+def member_keys(hp: MemberHParams, n_train: int, plan: StepPlan) -> torch.Tensor:
+    """Each member's kind under ``plan`` (read on the host), the ``MemberGroups`` order's sort
+    key: 0-3 SGD all+full, all+mini, head+mini, head+full; 4-7 Adam head+full, head+mini,
+    all+mini, all+full."""
+    adam = (hp["optimizer"].cpu() == _ADAM) & plan.adam
+    mini = ((hp["batch_size"].cpu() < n_train) & plan.minibatch).long()
+    head = (hp["adapt"].cpu() == _HEAD) & plan.head_only
+    return torch.where(
+        adam, torch.where(head, 4 + mini, 7 - mini), torch.where(head, 3 - mini, mini)
+    )
 
 
 GENERAL = StepPlan(grouped=False)
@@ -900,7 +909,7 @@ class PopulationTrainer:
         n_train = int(x.shape[1] if per_member_data else x.shape[0])
         sel = hp if members is None else hp.index(members.cpu())
         plan = plan if plan is not None else StepPlan.of(sel, n_train)
-        if not plan.grouped or (self.compile and uniform(sel)):
+        if not self.groups(sel, plan):
             return self._train_general(state, hp, x, y, n_steps, d, plan, members, inplace)
         groups = MemberGroups.of(sel, n_train, plan)
         if self.merges(groups, x, per_member_data):
@@ -945,6 +954,18 @@ class PopulationTrainer:
                 put(state.v, vw, ra),
                 state.step.index_copy(0, r, tw),
             )
+
+    def groups(self, hp: MemberHParams, plan: StepPlan) -> bool:
+        """Whether ``train`` works on ``hp``'s members in ``MemberGroups`` (their kinds'
+        order, ``member_keys``) under ``plan``, rather than on the general masked path."""
+        return plan.grouped and not (self.compile and uniform(hp))
+
+    def group_keys(self, hp: MemberHParams, n_train: int) -> torch.Tensor | None:
+        """The kinds (``member_keys``) whose order ``train`` puts every member of ``hp`` in,
+        ``None`` when it does not group them: a caller that keeps its members' rows in that
+        order (``layout.RowLayout``) spares each call a gather and a scatter."""
+        plan = StepPlan.of(hp, n_train)
+        return member_keys(hp, n_train, plan) if self.groups(hp, plan) else None
 
     def _train_general(
         self,
