@@ -23,13 +23,12 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
-from raymeta.bench.sweep import STRATEGIES
+from raymeta.bench.sweep import sweep_config
 from raymeta.core.models import ModelSpec
 from raymeta.finetune import step
 from raymeta.finetune.hparams import broad_space
 from raymeta.finetune.population import Population, every, initial_state, run_schedule
 from raymeta.orchestration.sweep.batch import plan_batches, run_batch
-from raymeta.orchestration.sweep.config import parse_sweep
 from raymeta.priors.prior import broad_prior
 
 LAYOUT = step.PopulationTrainer.group_keys
@@ -66,17 +65,7 @@ def summary(seconds: dict[str, list[float]], work: float, unit: str) -> None:
 
 
 def sweep(meta: str, tasks: int, rounds: int) -> None:
-    cfg = parse_sweep(
-        {
-            "name": "bench",
-            "meta": [meta],
-            "strategies": STRATEGIES,
-            "tasks": tasks,
-            "population": 8,
-            "steps_per_member": 50,
-            "interval": 5,
-        }
-    )
+    cfg = sweep_config(meta, tasks)
     batches = plan_batches(cfg.units(), 1, 1000)
     run_batch(batches[0][:2], cfg)  # warm-up: imports, first calls
     values: dict[str, list[float]] = {}

@@ -23,41 +23,25 @@ import hashlib
 import json
 import pstats
 import time
-from typing import Any
 
+import pyarrow.compute as pc
 import torch
 
-from raymeta.bench.sweep import STRATEGIES
+from raymeta.bench.sweep import sweep_config
 from raymeta.orchestration.sweep.batch import plan_batches, run_batch
-from raymeta.orchestration.sweep.config import SweepConfig, parse_sweep
+from raymeta.results.sink import KeyedRows
 
 
-def bench_config(meta: str, tasks: int) -> SweepConfig:
-    """``raymeta bench sweep``'s sweep config (its defaults: 8 members, 50 steps, interval 5)
-    on ``tasks`` held-out tasks."""
-    return parse_sweep(
-        {
-            "name": "bench",
-            "meta": [meta],
-            "strategies": STRATEGIES,
-            "tasks": tasks,
-            "population": 8,
-            "steps_per_member": 50,
-            "interval": 5,
-        }
-    )
-
-
-def digest(rows: dict[str, list[dict[str, Any]]]) -> str:
+def digest(rows: KeyedRows) -> str:
     """A hash of every row but its wall time: equal digests, bit-identical results."""
-    clean = {
-        k: [{f: v for f, v in r.items() if f != "wall_s"} for r in rs] for k, rs in rows.items()
-    }
+    table = rows.table.drop_columns([c for c in rows.table.column_names if c == "wall_s"])
+    clean = {"keys": list(rows.keys), "rows": table.to_pylist()}
     return hashlib.sha256(json.dumps(clean, sort_keys=True, default=repr).encode()).hexdigest()[:16]
 
 
-def member_steps(rows: dict[str, list[dict[str, Any]]]) -> int:
-    return sum(r["step"] for rs in rows.values() for r in rs if r["metric"] == "test_loss")
+def member_steps(rows: KeyedRows) -> int:
+    t = rows.table
+    return int(pc.sum(t.filter(pc.equal(t["metric"], "test_loss"))["step"]).as_py() or 0)
 
 
 def main() -> None:
@@ -70,7 +54,7 @@ def main() -> None:
     ap.add_argument("--profile-strategy", default="meta+learned+pbt")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = bench_config(args.meta, args.tasks)
+    cfg = sweep_config(args.meta, args.tasks)
     batches = plan_batches(cfg.units(), 1, args.tasks)
     run_batch(batches[0][:2], cfg)  # warm-up: imports, caches, first calls
     total = 0.0
@@ -78,8 +62,8 @@ def main() -> None:
         name = str(b[0]["strategy"])
         if args.only and name != args.only:
             continue
-        best, rows = float("inf"), {}
-        for _ in range(args.repeats):
+        best = float("inf")
+        for _ in range(max(1, args.repeats)):
             t = time.process_time()
             rows = run_batch(b, cfg)
             best = min(best, time.process_time() - t)

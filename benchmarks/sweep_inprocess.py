@@ -19,27 +19,16 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
-from raymeta.bench.sweep import STRATEGIES
+from raymeta.bench.sweep import sweep_config
 from raymeta.core.checkpoint import load_meta_checkpoint
 from raymeta.finetune.run import run_population, strategy_members
 from raymeta.finetune.strategy import Strategy
 from raymeta.orchestration.sweep.batch import plan_batches, run_batch
-from raymeta.orchestration.sweep.config import parse_sweep
 from raymeta.tasks import make_family
 
 
 def sweep_batches(meta: str) -> None:
-    cfg = parse_sweep(
-        {
-            "name": "bench",
-            "meta": [meta],
-            "strategies": STRATEGIES,
-            "tasks": 100,
-            "population": 8,
-            "steps_per_member": 50,
-            "interval": 5,
-        }
-    )
+    cfg = sweep_config(meta, 100)
     batches = plan_batches(cfg.units(), 1, 1000)
     run_batch(batches[0][:2], cfg)  # warm-up: imports, first calls
     total, steps_total = 0.0, 0

@@ -31,10 +31,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raymeta.options import add_renamed, int_arg
 from raymeta.paths import output_arg
+
+if TYPE_CHECKING:
+    from raymeta.orchestration.sweep.config import SweepConfig
 
 HELP = "large sweep: wall time, peak memory and the strategy table"
 STRATEGIES = [
@@ -215,7 +218,6 @@ def run(args: argparse.Namespace) -> int:
     from raymeta.errors import ConfigError
     from raymeta.fileio import atomic_write_json
     from raymeta.finetune import fit_priors
-    from raymeta.orchestration.sweep.config import parse_sweep
     from raymeta.results.render import render
     from raymeta.results.summary import notes, summarise, win_rates
 
@@ -236,17 +238,7 @@ def run(args: argparse.Namespace) -> int:
             meta, fit_priors(load_meta_checkpoint(meta), n_tasks=32, n_configs=64).to_dict()
         )
         print(f"meta-checkpoint + priors in {time.perf_counter() - t:.1f}s")
-    cfg = parse_sweep(
-        {
-            "name": "bench",
-            "meta": [str(meta)],
-            "strategies": STRATEGIES,
-            "tasks": args.tasks,
-            "population": args.population,
-            "steps_per_member": args.steps_per_member,
-            "interval": max(1, args.steps_per_member // 10),
-        }
-    )
+    cfg = sweep_config(meta, args.tasks, args.population, args.steps_per_member)
     threads = os.cpu_count() or 1
     modes = [("ray sweep", False), ("local sweep", True)] if args.local else [("sweep", False)]
     records: list[dict[str, Any]] = []
@@ -291,6 +283,27 @@ def run(args: argparse.Namespace) -> int:
     print(f"results: {records[-1]['results']}")
     print(f"figures: {root / 'bench-sweep.json'}")
     return 0
+
+
+def sweep_config(
+    meta: str | Path, tasks: int, population: int = 8, steps_per_member: int = 50
+) -> SweepConfig:
+    """The benchmark's sweep: ``STRATEGIES`` on ``tasks`` held-out tasks of ``meta``, units of
+    ``population`` members, evaluations every tenth of the steps (also what the scripts in
+    benchmarks/ time in-process)."""
+    from raymeta.orchestration.sweep.config import parse_sweep
+
+    return parse_sweep(
+        {
+            "name": "bench",
+            "meta": [str(meta)],
+            "strategies": STRATEGIES,
+            "tasks": tasks,
+            "population": population,
+            "steps_per_member": steps_per_member,
+            "interval": max(1, steps_per_member // 10),
+        }
+    )
 
 
 def _time_sweep(cfg: Any, root: Path, local: bool, batch_units: int | None) -> dict[str, Any]:
