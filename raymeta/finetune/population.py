@@ -223,8 +223,9 @@ def exploit_worst(
     explore: Callable[[int, int], None],
 ) -> list[tuple[int, int]]:
     """The worst ``k`` members (by ``val``, ties by index) each copy (``copy(src, dst)``) a
-    random member of the best ``k``; ``explore(src, dst)`` runs right after each copy (it sets ``dst``'s new config, so its
-    random draws interleave with the source draws). Returns the ``(src, dst)`` pairs."""
+    random member of the best ``k``; ``explore(src, dst)`` runs right after each copy (it sets
+    ``dst``'s new config, so its random draws interleave with the source draws). Returns the
+    ``(src, dst)`` pairs."""
     m = len(val)
     if k < 1 or m < 2:
         return []
@@ -300,9 +301,10 @@ class Population:
     def state(self) -> PopulationState:
         """Weights, moments and steps in member order. Training keeps the rows grouped by the
         trainer's member kinds (``layout`` module); reading ``state`` puts them back in member
-        order, a gather, so the code between ``train`` calls reads members through ``row``."""
-        if self._layout.pos is not None:
-            self._state = self._state.index(self._layout.pos.to(self._state.step.device))
+        order, a gather, so the population's own methods read members through ``_rows_of``."""
+        pos = self._pos(self._state.step.device)
+        if pos is not None:
+            self._state = self._state.index(pos)
             self._layout.reset()
         return self._state
 
@@ -311,10 +313,15 @@ class Population:
         self._state = state
         self._layout.reset()
 
-    def rows(self, members: torch.Tensor) -> torch.Tensor:
-        """The rows of ``self._state`` that hold ``members`` (indices, on the state's device)."""
+    def _pos(self, device: torch.device) -> torch.Tensor | None:
+        """Each member's row of ``_state`` on ``device`` (``None``: every member at its own)."""
         pos = self._layout.pos
-        return members if pos is None else pos.to(members.device)[members]
+        return None if pos is None else pos.to(device)
+
+    def _rows_of(self, members: torch.Tensor) -> torch.Tensor:
+        """The rows of ``_state`` that hold ``members`` (indices)."""
+        pos = self._pos(members.device)
+        return members if pos is None else pos[members]
 
     @property
     def n_members(self) -> int:
@@ -358,7 +365,8 @@ class Population:
                 state, hp, x, y, n_steps, per_member_data, members=members, inplace=True
             )
         taken = self._state.step - before
-        return taken if rows is None else taken[self._layout.pos.to(taken.device)]  # type: ignore[union-attr]
+        pos = self._pos(taken.device)
+        return taken if pos is None else taken[pos]
 
     def _arrange(self, keys: torch.Tensor) -> None:
         """Group the rows by ``keys`` (``RowLayout.arrange``), moving the rows that move."""
@@ -378,8 +386,8 @@ class Population:
         if not pairs:
             return
         st = self._state
-        src = self.rows(torch.tensor([a for a, _ in pairs], device=st.step.device))
-        dst = self.rows(torch.tensor([b for _, b in pairs], device=st.step.device))
+        src = self._rows_of(torch.tensor([a for a, _ in pairs], device=st.step.device))
+        dst = self._rows_of(torch.tensor([b for _, b in pairs], device=st.step.device))
         for d in (st.params, st.m, st.v):
             for t in d.values():  # (a third cheaper than ``t[dst] = t[src]`` on the CPU)
                 t.index_copy_(0, dst, t.index_select(0, src))
@@ -387,8 +395,7 @@ class Population:
 
     def copy_member(self, src: int, dst: int) -> None:
         """Member ``dst`` takes ``src``'s weights, optimizer state and step (a PBT exploit)."""
-        pos = self._layout.pos
-        at = (src, dst) if pos is None else (int(pos[src]), int(pos[dst]))
+        at = self._rows_of(torch.tensor([src, dst])).tolist()
         self._state.copy_member(*at)
 
     def evaluate(
@@ -401,8 +408,8 @@ class Population:
             r = rows.to(x.device)
             x, y = x[r], y[r]
         ev = self.trainer.evaluate(st.params, x, y, per_member_data)
-        if rows is not None:  # back in member order
-            pos = self._layout.pos.to(ev["loss"].device)  # type: ignore[union-attr]
+        pos = self._pos(ev["loss"].device)
+        if pos is not None:  # back in member order
             ev = {k: v[pos] for k, v in ev.items()}
         loss = ev["loss"].double().to(self.best_val.device)
         val = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, math.inf))
@@ -412,11 +419,11 @@ class Population:
             better = val < self.best_val
             idx = torch.nonzero(better).flatten()
             if idx.numel() > 0:
-                at = self.rows(idx)
+                at = self._rows_of(idx)
                 for k, v in st.params.items():  # (cheaper than a boolean index_put)
                     self.best_params[k].index_copy_(0, idx, v.index_select(0, at))
                 self.best_val = torch.where(better, val, self.best_val)
-                steps = st.step if rows is None else st.step[self.rows(torch.arange(len(val)))]
+                steps = st.step[self._rows_of(torch.arange(len(val), device=st.step.device))]
                 self.best_step = torch.where(better, steps, self.best_step)
                 self.best_at = torch.where(
                     better, torch.full_like(self.best_at, self.evaluations), self.best_at
@@ -470,7 +477,7 @@ class Population:
         if self.keep_best:
             params = {k: v[m].detach().clone() for k, v in self.best_params.items()}
         else:
-            row = int(self.rows(torch.tensor([m]))[0])
+            row = int(self._rows_of(torch.tensor([m]))[0])
             params = {k: v[row].detach().clone() for k, v in self._state.params.items()}
         return Best(
             m,
