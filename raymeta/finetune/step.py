@@ -9,9 +9,10 @@ it a population costs what its members need: each call orders its members into c
 groups (``MemberGroups``: by optimizer, adapt and batch), so SGD members never pay for Adam,
 full-batch members for minibatch sampling, and head-only members for their body (whose
 features are computed once per call; a small MLP population runs as one segment instead,
-where the body is cheaper than a second forward and backward). ``GENERAL`` (one masked update of every member) is kept
-as the grouped path's reference. This is the pure functional core; ``population.Population``
-is the stateful runner around it that priors fitting, sweeps and Ray Tune trials all use.
+where the body is cheaper than a second forward and backward). ``GENERAL`` (one masked update
+of every member) is kept as the grouped path's reference. This is the pure functional core;
+``population.Population`` is the stateful runner around it that priors fitting, sweeps and Ray
+Tune trials all use.
 On the CPU, built-in MLP / Conv4 members run as one stacked net (batched matmuls, grouped
 convolutions: ``PopulationTrainer.folded``) rather than through ``vmap``, the same numbers
 without the transform's per-call overhead.
@@ -312,10 +313,9 @@ class MemberGroups:
     def of(cls, hp: MemberHParams, n_train: int, plan: StepPlan) -> MemberGroups:
         """The groups of ``hp``'s members (read on the host) under ``plan``: a flag the plan
         turns off is off for every member (``StepPlan(adam=False)`` trains every member SGD)."""
-        adam = (hp["optimizer"].cpu() == _ADAM) & plan.adam
-        mini = (hp["batch_size"].cpu() < n_train) & plan.minibatch
-        decay = (hp["weight_decay"].cpu() != 0) & plan.decay
         key = member_keys(hp, n_train, plan)
+        adam, mini = key >= 4, _MINI_KIND[key]
+        decay = (hp["weight_decay"].cpu() != 0) & plan.decay
         order = torch.argsort(key, stable=True)
         n = int(key.numel())
         at = [int((key < k).sum()) for k in range(9)]  # rows before kind k
@@ -353,6 +353,9 @@ def member_keys(hp: MemberHParams, n_train: int, plan: StepPlan) -> torch.Tensor
     return torch.where(
         adam, torch.where(head, 4 + mini, 7 - mini), torch.where(head, 3 - mini, mini)
     )
+
+
+_MINI_KIND = torch.tensor([False, True, True, False, False, True, True, False])  # by kind
 
 
 GENERAL = StepPlan(grouped=False)
