@@ -505,6 +505,41 @@ def test_lockstep_adam_members_take_the_fused_update(
     assert calls == []
 
 
+@pytest.mark.parametrize("per_member", [False, True], ids=["shared-data", "per-member-data"])
+def test_adam_members_stopping_mid_call_take_the_fused_update(
+    per_member: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A priors fit's members each stop at their own ``steps``: Adam members on one step
+    count still take ``torch._fused_adam_`` every step while some of them have stopped (the
+    kernel updates their rows too; their moments are put back and their update zeroed). The
+    numbers are the general path's and the looped reference's; a member that sat steps out is
+    bit for bit where it stopped; members stopped before the call starts stay put too."""
+    calls: list[int] = []
+    real = torch._fused_adam_
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(args[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_fused_adam_", counted)
+    trainer, state, hp, x, y = _setup(MIXED, per_member)
+    out = trainer.train(state, hp, x, y, N_STEPS, per_member_data=per_member)
+    assert len(calls) == N_STEPS  # members 4 and 6 (Adam) stop after steps 3 and 6
+    _close(out, trainer.train(state, hp, x, y, N_STEPS, per_member_data=per_member, plan=GENERAL))
+    _match_reference(trainer, state, out, MIXED, x, y, per_member)
+    for i, steps in ((4, 3), (6, 6)):
+        stopped = trainer.train(state, hp, x, y, steps, per_member_data=per_member)
+        for got, want in ((out.params, stopped.params), (out.m, stopped.m), (out.v, stopped.v)):
+            assert all(torch.equal(got[k][i], want[k][i]) for k in got), (i, steps)
+    calls.clear()
+    more = trainer.train(out, hp, x, y, 3, per_member_data=per_member)  # 4 and 6 done before
+    assert len(calls) == 3
+    _close(more, trainer.train(out, hp, x, y, 3, per_member_data=per_member, plan=GENERAL))
+    for k in out.params:
+        assert torch.equal(more.params[k][4], out.params[k][4])
+        assert torch.equal(more.m[k][6], out.m[k][6]) and torch.equal(more.v[k][6], out.v[k][6])
+
+
 def test_float32_adam_updates_stay_near_float64_fused_or_not(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -46,6 +46,7 @@ from raymeta.core.losses import accuracy, per_example_loss
 from raymeta.core.models import HEAD_PREFIX
 from raymeta.errors import ConfigError
 from raymeta.finetune.hparams import ADAPT, OPTIMIZERS, member_tensors
+from raymeta.finetune.lockstep import Lockstep
 
 Params = dict[str, torch.Tensor]
 _P = 2147483647  # 2**31 - 1
@@ -711,8 +712,10 @@ class PopulationTrainer:
         in-place passes, one buffer, where ``_step`` makes 20 tensors); a head-only member's
         body, and its body moments, are not touched. An inactive Adam member's gradient is zero
         (its loss weight is) and its decay, moment weights and step are zero, so nothing of it
-        moves. Returns the new step counts; on the CPU, ``_lockstep`` reads the Adam members'
-        step counts once per call, otherwise nothing here reads a tensor on the host."""
+        moves. On the CPU, when the Adam members with steps left share a step count
+        (``_lockstep``, a few host reads per call), ``_fused_adam`` updates them instead, with
+        the members that sit a step out put back; otherwise nothing here reads a tensor on the
+        host. Returns the new step counts."""
         dt = x.dtype if x.is_floating_point() else torch.float32
         dev, s, n = x.device, groups.sgd, groups.n
         names = list(p)
@@ -780,10 +783,22 @@ class PopulationTrainer:
                     ]
                     torch._foreach_addcmul_(gs, ps, rates)
                 torch._foreach_sub_(ps, gs)
-            if na and lockstep is not None:  # every Adam member on one step count: fused
-                lockstep += 1
+            if na and lockstep is not None:  # the active Adam members on one step count: fused
                 self._fused_adam(
-                    p, m, v, g, h, names, adam_rows, s, lr, wd, lockstep, grad_rows, groups
+                    p,
+                    m,
+                    v,
+                    g,
+                    h,
+                    names,
+                    adam_rows,
+                    s,
+                    lr,
+                    wd,
+                    lockstep.first + i + 1,
+                    grad_rows,
+                    groups,
+                    lockstep.sitting_out(i, s, adam_rows),
                 )
             elif na:
                 on_a, onf_a = on[s:], onf[s:]
@@ -813,17 +828,10 @@ class PopulationTrainer:
     @staticmethod
     def _lockstep(
         t: torch.Tensor, limit: torch.Tensor, n_steps: int, dev: torch.device
-    ) -> int | None:
-        """The Adam members' common step count before a ``_grouped`` call, if they all have
-        one and all stay active for its ``n_steps`` (one host read per call; a sweep's and a
-        tune trial's members train in lockstep, PBT copies the counter with the weights);
-        None otherwise, or off the CPU, where the per-member update runs."""
-        if dev.type != "cpu" or t.numel() == 0:
-            return None
-        first = int(t[0])
-        if bool((t != first).any()) or bool((limit < first + n_steps).any()):
-            return None
-        return first
+    ) -> Lockstep | None:
+        """``Lockstep.of`` the Adam members on the CPU (the fused update's home; elsewhere,
+        and when they are not in lockstep, None: the per-member update runs)."""
+        return None if dev.type != "cpu" else Lockstep.of(t, limit, n_steps)
 
     def _fused_adam(
         self,
@@ -840,8 +848,9 @@ class PopulationTrainer:
         step: int,
         grad_rows: Callable[[list[Params], str, int, int], torch.Tensor],
         groups: MemberGroups,
+        still: list[torch.Tensor] | None = None,
     ) -> None:
-        """``_grouped``'s Adam update of members that share step ``step`` (all active), as
+        """``_grouped``'s Adam update of members that share step ``step`` (``still`` aside), as
         ``torch._fused_adam_`` does it (one pass over each parameter's weights, gradient and
         moments, where the per-member update takes eight; measured 2.2x faster on the CPU),
         into zeroed buffers ``z`` at learning rate 1, then ``p += lr * z`` per member: the
@@ -849,7 +858,10 @@ class PopulationTrainer:
         The same update up to the rounding of its products (both compute the bias corrections
         in float64: ``bias_corrections``). The kernel ignores strides: non-contiguous moments
         or gradients go through contiguous copies, the moments copied back (the buffers
-        ``z`` are the caller's, allocated contiguous)."""
+        ``z`` are the caller's, allocated contiguous). ``still``: per parameter, the rows
+        (of its Adam slice) of members that sit this step out (past their ``steps``): the
+        kernel updates them too, so their moments are put back and their update zeroed,
+        which leaves them exactly as they were (a NaN member's update too)."""
         ks = list(zip(names, adam_rows, strict=True))
         ps = [p[k][lo:hi] for k, (lo, hi) in ks]
         gs = [grad_rows(g, k, lo, hi) for k, (lo, hi) in ks]
@@ -865,6 +877,14 @@ class PopulationTrainer:
         ms_c, vs_c = [q.contiguous() for q in ms], [q.contiguous() for q in vs]
         torch._foreach_zero_(zs)
         count = torch.tensor(float(step), dtype=torch.float32)
+        kept = (
+            None
+            if still is None
+            else [
+                (q.index_select(0, r), w.index_select(0, r))
+                for q, w, r in zip(ms_c, vs_c, still, strict=True)
+            ]
+        )
         torch._fused_adam_(
             zs,
             gs,
@@ -880,6 +900,11 @@ class PopulationTrainer:
             amsgrad=False,
             maximize=False,
         )
+        if kept is not None and still is not None:
+            for q, w, zq, r, (km, kv) in zip(ms_c, vs_c, zs, still, kept, strict=True):
+                q.index_copy_(0, r, km)
+                w.index_copy_(0, r, kv)
+                zq.index_fill_(0, r, 0.0)
         for dst, src in ((ms, ms_c), (vs, vs_c)):
             for a, b in zip(dst, src, strict=True):
                 if a is not b:
