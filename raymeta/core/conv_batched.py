@@ -105,9 +105,17 @@ def folded_forward(
 def folded_head(stacked: Mapping[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
     """The head (``head.weight`` / ``head.bias`` of ``stacked``) of T copies on their features
     ``h`` of shape ``(T, B, features)``: one batched matmul."""
-    w, bias = stacked["head.weight"], stacked.get("head.bias")
-    out = torch.bmm(h, w.transpose(1, 2))
-    return out if bias is None else out + bias.unsqueeze(1)
+    return _linear(h, stacked["head.weight"], stacked.get("head.bias"))
+
+
+def _linear(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``h @ w^T + bias`` of T copies, ``(T, B, in) -> (T, B, out)``, computed as
+    ``(w @ h^T)^T``: the same products, but the gradient of ``w`` comes out contiguous in the
+    weights' own ``(T, out, in)`` layout (``h @ w^T`` gives its transpose, which the fused
+    optimizer kernels, blind to strides, had copied every step). The result is a transposed
+    view, so the next layer's ``h^T`` is contiguous."""
+    out = torch.bmm(w, h.transpose(1, 2))
+    return (out if bias is None else out + bias.unsqueeze(2)).transpose(1, 2)
 
 
 def folded_body(
@@ -158,9 +166,7 @@ def folded_body(
             else:  # raw (T, B, *input_shape): an MLP
                 h = h.reshape(t, h.shape[1], -1)
         elif isinstance(m, nn.Linear):
-            w, bias = stacked[pre + "weight"], stacked.get(pre + "bias")
-            h = torch.bmm(h, w.transpose(1, 2))
-            h = h if bias is None else h + bias.unsqueeze(1)
+            h = _linear(h, stacked[pre + "weight"], stacked.get(pre + "bias"))
         else:  # ReLU, Identity, MaxPool2d: per channel, hence per task already
             h = m(h)
     return h
