@@ -465,6 +465,20 @@ def test_scratch_stacked_draws_without_building_per_seed(spec: ModelSpec, monkey
         assert all(torch.equal(got[k][i], want[k]) for k in want), s
 
 
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The tensors of each ``torch._fused_adam_`` call made while the test runs."""
+    seen: list[int] = []
+    real = torch._fused_adam_
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        seen.append(len(args[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_fused_adam_", counted)
+    return seen
+
+
 # every Adam member runs every step of a call: the fused Adam update (``_fused_adam``)
 LOCKSTEP = [
     {k: v for k, v in c.items() if k != "steps" or c.get("optimizer") != "adam"} for c in MIXED
@@ -472,22 +486,12 @@ LOCKSTEP = [
 
 
 @pytest.mark.parametrize("per_member", [False, True], ids=["shared-data", "per-member-data"])
-def test_lockstep_adam_members_take_the_fused_update(
-    per_member: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_lockstep_adam_members_take_the_fused_update(per_member: bool, calls: list[int]) -> None:
     """Adam members on one step count, all active (a sweep's, a tune trial's) are updated by
     ``torch._fused_adam_``: the same numbers as the looped ``torch.optim`` reference member by
     member and as the general path, over two calls (the second starts at step 3, head-only,
     decay and minibatch Adam members among them); the kernel ran, and a call whose Adam
     members are not in lockstep does not use it."""
-    calls: list[int] = []
-    real = torch._fused_adam_
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(len(args[0]))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "_fused_adam_", counted)
     trainer, state, hp, x, y = _setup(LOCKSTEP, per_member)
     half = trainer.train(state, hp, x, y, 3, per_member_data=per_member)
     out = trainer.train(half, hp, x, y, N_STEPS - 3, per_member_data=per_member)
@@ -507,21 +511,13 @@ def test_lockstep_adam_members_take_the_fused_update(
 
 @pytest.mark.parametrize("per_member", [False, True], ids=["shared-data", "per-member-data"])
 def test_adam_members_stopping_mid_call_take_the_fused_update(
-    per_member: bool, monkeypatch: pytest.MonkeyPatch
+    per_member: bool, calls: list[int]
 ) -> None:
     """A priors fit's members each stop at their own ``steps``: Adam members on one step
     count still take ``torch._fused_adam_`` every step while some of them have stopped (the
     kernel updates their rows too; their moments are put back and their update zeroed). The
     numbers are the general path's and the looped reference's; a member that sat steps out is
     bit for bit where it stopped; members stopped before the call starts stay put too."""
-    calls: list[int] = []
-    real = torch._fused_adam_
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(len(args[0]))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "_fused_adam_", counted)
     trainer, state, hp, x, y = _setup(MIXED, per_member)
     out = trainer.train(state, hp, x, y, N_STEPS, per_member_data=per_member)
     assert len(calls) == N_STEPS  # members 4 and 6 (Adam) stop after steps 3 and 6
