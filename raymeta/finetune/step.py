@@ -877,14 +877,8 @@ class PopulationTrainer:
         ms_c, vs_c = [q.contiguous() for q in ms], [q.contiguous() for q in vs]
         torch._foreach_zero_(zs)
         count = torch.tensor(float(step), dtype=torch.float32)
-        kept = (
-            None
-            if still is None
-            else [
-                (q.index_select(0, r), w.index_select(0, r))
-                for q, w, r in zip(ms_c, vs_c, still, strict=True)
-            ]
-        )
+        out = [] if still is None else list(zip(ms_c, vs_c, zs, still, strict=True))
+        kept = [(q.index_select(0, r), w.index_select(0, r)) for q, w, _, r in out]
         torch._fused_adam_(
             zs,
             gs,
@@ -900,11 +894,10 @@ class PopulationTrainer:
             amsgrad=False,
             maximize=False,
         )
-        if kept is not None and still is not None:
-            for q, w, zq, r, (km, kv) in zip(ms_c, vs_c, zs, still, kept, strict=True):
-                q.index_copy_(0, r, km)
-                w.index_copy_(0, r, kv)
-                zq.index_fill_(0, r, 0.0)
+        for (q, w, zq, r), (km, kv) in zip(out, kept, strict=True):  # those sitting out
+            q.index_copy_(0, r, km)
+            w.index_copy_(0, r, kv)
+            zq.index_fill_(0, r, 0.0)
         for dst, src in ((ms, ms_c), (vs, vs_c)):
             for a, b in zip(dst, src, strict=True):
                 if a is not b:
