@@ -15,7 +15,8 @@ interleaved (order flips each round), wall and process CPU time, best of each.
   CONFIGS (default 8 x 32) and no strategy selection; the fitted portfolios are compared.
   META: e.g. the 784-feature 5-way checkpoint that ``benchmarks/cpu_targets.sh`` builds.
 * ``images MEMBERS [ROUNDS]``: MEMBERS broad-prior members (mixed optimizers, adapts, steps) of
-  an MLP 784-64-64-5, 5-way, 25 train / 75 val rows each, 50 steps, evaluations every 5.
+  an MLP 784-64-64-5, 5-way, 25 train / 75 val rows each, up to 50 steps, evaluations every 5
+  (``population_layout.image_run`` with each config's own steps).
 * ``sweep META [TASKS] [ROUNDS]``: ``raymeta bench sweep``'s batches (sinusoid); rows compared.
 """
 
@@ -26,19 +27,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
+from population_layout import image_run, row_differences  # the sibling script (benchmarks/)
 
 import raymeta
 import raymeta.core.conv_batched as cb
 from raymeta.bench.sweep import sweep_config
-from raymeta.core.models import ModelSpec
-from raymeta.finetune.hparams import broad_space
 from raymeta.finetune.lockstep import Lockstep
-from raymeta.finetune.population import Population, every, initial_state, run_schedule
 from raymeta.finetune.step import PopulationTrainer
 from raymeta.orchestration.sweep.batch import plan_batches, run_batch
-from raymeta.priors.prior import broad_prior
 
 NEW_LOCK, NEW_LINEAR = PopulationTrainer.__dict__["_lockstep"], cb._linear
 
@@ -97,22 +94,9 @@ def priors(meta: str, tasks: int, configs: int, rounds: int) -> None:
 
 
 def images(members: int, rounds: int) -> None:
-    spec = ModelSpec("mlp", (784,), 5, {"widths": [64, 64]})
-    prior = broad_prior(broad_space(["mlp"], 25, 50))
-    configs = [{**c, "model": "mlp"} for c in prior.sample(members, np.random.default_rng(0))]
-    g = torch.Generator().manual_seed(0)
-    xt, xv = (torch.randn(members, k, 784, generator=g) for k in (25, 75))
-    yt, yv = (torch.randint(0, 5, (members, k), generator=g) for k in (25, 75))
-
-    def work(mode: str) -> None:
-        state = initial_state(spec, None, list(range(members)))
-        seeds = list(range(members))
-        pop = Population(spec, "classification", "mlp", configs, seeds, state, horizon=50)
-        for _ in run_schedule(pop, (xt, yt), (xv, yv), every(5, 50), per_member_data=True):
-            pass
-
-    work("after")  # warm-up
-    interleaved(rounds, work)
+    work = image_run("mlp", members, own_steps=True)
+    work()  # warm-up
+    interleaved(rounds, lambda mode: work())
 
 
 def sweep(meta: str, tasks: int, rounds: int) -> None:
@@ -125,9 +109,7 @@ def sweep(meta: str, tasks: int, rounds: int) -> None:
         values[mode] = [v for b in batches for v in run_batch(b, cfg).table["value"].to_pylist()]
 
     interleaved(rounds, work)
-    a, b = values["before"], values["after"]
-    rel = [abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b, strict=True) if x == x and y == y]
-    print(f"rows: {sum(r > 0 for r in rel)} of {len(a)} values differ, by at most {max(rel):.1e}")
+    print(row_differences(values["before"], values["after"]))
 
 
 def main() -> None:

@@ -78,13 +78,20 @@ def sweep(meta: str, tasks: int, rounds: int) -> None:
         values["steps"] = [sum(pc.sum(tb["step"]).as_py() for tb in losses)]
 
     seconds = interleaved(rounds, work)
-    a, b = values["gather"], values["rows kept grouped"]
-    rel = [abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b, strict=True) if x == x and y == y]
     summary(seconds, values["steps"][0], "member-steps")
-    print(f"rows: {sum(r > 0 for r in rel)} of {len(a)} values differ, by at most {max(rel):.1e}")
+    print(row_differences(values["gather"], values["rows kept grouped"]))
 
 
-def images(model: str, members: int, rounds: int) -> None:
+def row_differences(a: list[float], b: list[float]) -> str:
+    """How many of two runs' result values differ, and by how much at most (relative)."""
+    rel = [abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b, strict=True) if x == x and y == y]
+    return f"rows: {sum(r > 0 for r in rel)} of {len(a)} values differ, by at most {max(rel):.1e}"
+
+
+def image_run(model: str, members: int, own_steps: bool = False) -> Callable[[], None]:
+    """One population run of MEMBERS broad-prior members of ``model`` (``mlp``: 784-64-64-5,
+    ``conv4``: hidden 32 on 1x28x28), 5-way, 25 train / 75 val random rows each, 50 steps,
+    evaluations every 5; every member trains 50 steps, or with ``own_steps`` its config's."""
     shape: tuple[int, ...]
     if model == "conv4":
         spec, shape = ModelSpec("conv4", (1, 28, 28), 5, {"hidden": 32}), (1, 28, 28)
@@ -92,7 +99,8 @@ def images(model: str, members: int, rounds: int) -> None:
         spec, shape = ModelSpec("mlp", (784,), 5, {"widths": [64, 64]}), (784,)
     prior = broad_prior(broad_space([model], 25, 50))
     configs = [
-        {**c, "model": model, "steps": 50} for c in prior.sample(members, np.random.default_rng(0))
+        {**c, "model": model, **({} if own_steps else {"steps": 50})}
+        for c in prior.sample(members, np.random.default_rng(0))
     ]
     g = torch.Generator().manual_seed(0)
     xt, xv = (torch.randn(members, k, *shape, generator=g) for k in (25, 75))
@@ -106,6 +114,11 @@ def images(model: str, members: int, rounds: int) -> None:
         for _ in run_schedule(pop, (xt, yt), (xv, yv), every(5, 50), per_member_data=True):
             pass
 
+    return work
+
+
+def images(model: str, members: int, rounds: int) -> None:
+    work = image_run(model, members)
     work()  # warm-up
     summary(interleaved(rounds, work), members * 50, "member-steps")
 
