@@ -33,6 +33,8 @@ SEEDS = [11 + 5 * i for i in range(len(CONFIGS))]
 # (spec, kind): an MLP regressor, an MLP classifier and Conv4 classifiers with each norm
 MODELS = {
     "mlp-regression": (ModelSpec("mlp", (3,), 2, {"widths": [6, 5]}), "regression"),
+    # one input, one output (sinusoid's shape): the stacked net's size-1 reshapes
+    "mlp-scalar": (ModelSpec("mlp", (1,), 1, {"widths": [5, 4]}), "regression"),
     "mlp-classification": (ModelSpec("mlp", (2, 2), 3, {"widths": [7]}), "classification"),
     "conv4-group": (ModelSpec("conv4", (2, 12, 10), 3, {"hidden": 4}), "classification"),
     "conv4-batch": (
@@ -181,3 +183,41 @@ def test_weight_gradients_come_out_in_the_weights_layout(name: str) -> None:
     for n in linear:  # (a convolution's follows its fold's memory format)
         g = grads[f"{n}.weight"]
         assert g.is_contiguous() and g.shape == stacked[f"{n}.weight"].shape, n
+
+
+def test_one_row_matmul_operands_are_row_major() -> None:
+    """Every ``(T, 1, n)`` operand of the stacked net's batched matmuls, forward and backward,
+    has the standard row-major strides ``(n, n, 1)``. Why: a one-input or one-output layer
+    (sinusoid's MLP) transposed as a view gives ``(n, 1, 1)``, which the CPU's batched matmul
+    takes as a transposed operand and, beside a transposed other operand, runs ~8x slower
+    (the head's weight gradient was a fifth of a 1,024-member population step). The outputs
+    are the members' own."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from raymeta.core.conv_batched import folded_forward
+
+    spec, _ = MODELS["mlp-scalar"]
+    model = build_model(spec).double()
+    members = [build_model(spec).double() for _ in range(3)]
+    stacked = {
+        k: torch.stack([dict(m.named_parameters())[k].detach() for m in members]).requires_grad_()
+        for k, _ in model.named_parameters()
+    }
+    x = torch.randn(3, 6, 1, dtype=torch.float64)
+    seen: list[torch.Tensor] = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            if func is torch.ops.aten.bmm.default:
+                seen.extend(args[:2])
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        out = folded_forward(model, stacked, x)
+        torch.autograd.grad(out.square().sum(), list(stacked.values()))
+    for i, m in enumerate(members):
+        torch.testing.assert_close(out[i], m(x[i]), rtol=1e-12, atol=1e-12)
+    one_row = [a for a in seen if a.shape[1] == 1 and a.shape[2] > 1]
+    assert len(one_row) >= 3  # the head's forward and weight gradient, the input's gradient
+    for a in one_row:
+        assert a.stride()[1:] == (a.shape[2], 1), (tuple(a.shape), a.stride())

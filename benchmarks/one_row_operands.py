@@ -1,0 +1,109 @@
+"""Same-process A/B behind BENCHMARKS.md "Issue 17, twelfth pass": the stacked net's
+transposes as reshapes where a dimension is 1 (``core.conv_batched._swapped``, what raymeta
+does) against plain transposes (before; switched back here in-process). A one-input or
+one-output layer's transposed view has strides ``(n, 1, 1)``, which the CPU's batched matmul
+takes as a transposed operand and, beside another transposed operand, runs ~8x slower.
+
+* ``population [MEMBERS...] [--rounds R]``: ``raymeta bench population``'s measurement
+  (``bench.population.run_size``: sinusoid MLP 1-40-40-1, SGD members, 20 steps a call, best
+  of R interleaved rounds) with two trainers, ``before`` and ``after``, beside the bare
+  ``vmap(grad)`` population, at each MEMBERS (default 64 1024 16384; R default 5).
+* ``sweep META [TASKS] [ROUNDS]``: ``raymeta bench sweep``'s batches (sinusoid; before and
+  after, rounds interleaved, best wall and CPU); the rows of both are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from population_layout import row_differences  # the sibling script (benchmarks/)
+
+import raymeta.core.conv_batched as cb
+from raymeta.bench.population import run_size
+from raymeta.bench.sweep import sweep_config
+from raymeta.finetune.step import PopulationTrainer
+from raymeta.orchestration.sweep.batch import plan_batches, run_batch
+
+AFTER = cb._swapped
+
+
+def _before(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(1, 2)
+
+
+SWAPS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"before": _before, "after": AFTER}
+
+
+def trainer(swap: Callable[[torch.Tensor], torch.Tensor]) -> type[PopulationTrainer]:
+    """A ``PopulationTrainer`` whose ``train`` runs with ``swap`` as the stacked net's transpose."""
+
+    class Switched(PopulationTrainer):
+        def train(self, *a: Any, **k: Any) -> Any:
+            cb._swapped = swap
+            try:
+                return super().train(*a, **k)
+            finally:
+                cb._swapped = AFTER
+
+    return Switched
+
+
+def population(sizes: list[int], rounds: int) -> None:
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, 20 steps, sgd members")
+    print(f"{'members':>8} {'impl':8s} {'member-steps/s':>15} {'/ bare':>7}")
+    for n in sizes:
+        trainers = {name: trainer(swap) for name, swap in SWAPS.items()}
+        for r in run_size(n, 20, rounds, torch.device("cpu"), trainers):
+            print(
+                f"{r['members']:>8} {r['impl']:8s} {r['member_steps_per_s']:>15,.0f} "
+                f"{r['ratio_to_bare']:>7.2f}",
+                flush=True,
+            )
+
+
+def sweep(meta: str, tasks: int, rounds: int) -> None:
+    cfg = sweep_config(meta, tasks)
+    batches = plan_batches(cfg.units(), 1, 1000)
+    run_batch(batches[0][:2], cfg)  # warm-up
+    values: dict[str, list[float]] = {}
+    best: dict[str, tuple[float, float]] = {m: (float("inf"), float("inf")) for m in SWAPS}
+    try:
+        for r in range(rounds):
+            for mode in list(SWAPS) if r % 2 == 0 else list(SWAPS)[::-1]:
+                cb._swapped = SWAPS[mode]
+                t, c = time.perf_counter(), time.process_time()
+                table = [run_batch(b, cfg).table for b in batches]
+                w_, c_ = time.perf_counter() - t, time.process_time() - c
+                values[mode] = [v for tb in table for v in tb["value"].to_pylist()]
+                best[mode] = (min(best[mode][0], w_), min(best[mode][1], c_))
+                print(f"round {r + 1} {mode:6s} wall {w_:.2f} s, CPU {c_:.2f} s", flush=True)
+    finally:
+        cb._swapped = AFTER
+    for mode, (w_, c_) in best.items():
+        print(f"{mode:6s} best wall {w_:.2f} s, best CPU {c_:.2f} s: {best['before'][0] / w_:.2f}x")
+    print(row_differences(values["before"], values["after"]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="mode", required=True)
+    pop = sub.add_parser("population")
+    pop.add_argument("members", type=int, nargs="*", default=[64, 1024, 16384])
+    pop.add_argument("--rounds", type=int, default=5)
+    sw = sub.add_parser("sweep")
+    sw.add_argument("meta")
+    sw.add_argument("tasks", type=int, nargs="?", default=200)
+    sw.add_argument("rounds", type=int, nargs="?", default=2)
+    a = p.parse_args()
+    if a.mode == "population":
+        population(a.members, a.rounds)
+    else:
+        sweep(a.meta, a.tasks, a.rounds)
+
+
+if __name__ == "__main__":
+    main()
