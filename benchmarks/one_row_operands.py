@@ -7,7 +7,9 @@ takes as a transposed operand and, beside another transposed operand, runs ~8x s
 * ``population [MEMBERS...] [--rounds R]``: ``raymeta bench population``'s measurement
   (``bench.population.run_size``: sinusoid MLP 1-40-40-1, SGD members, 20 steps a call, best
   of R interleaved rounds) with two trainers, ``before`` and ``after``, beside the bare
-  ``vmap(grad)`` population, at each MEMBERS (default 64 1024 16384; R default 5).
+  ``vmap(grad)`` population, at each MEMBERS (default 64 1024 16384; R default 5);
+  ``--config mixed``: raymeta's members as ``bench population --members-config mixed`` mixes
+  them (SGD / Adam, minibatches, head-only), against the same bare SGD population.
 * ``sweep META [TASKS] [ROUNDS]``: ``raymeta bench sweep``'s batches (sinusoid; before and
   after, rounds interleaved, best wall and CPU); the rows of both are compared.
 """
@@ -52,12 +54,14 @@ def trainer(swap: Callable[[torch.Tensor], torch.Tensor]) -> type[PopulationTrai
     return Switched
 
 
-def population(sizes: list[int], rounds: int) -> None:
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, 20 steps, sgd members")
+def population(sizes: list[int], rounds: int, config: str) -> None:
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, 20 steps, {config} members"
+    )
     print(f"{'members':>8} {'impl':8s} {'member-steps/s':>15} {'/ bare':>7}")
     for n in sizes:
         trainers = {name: trainer(swap) for name, swap in SWAPS.items()}
-        for r in run_size(n, 20, rounds, torch.device("cpu"), trainers):
+        for r in run_size(n, 20, rounds, torch.device("cpu"), trainers, config):
             print(
                 f"{r['members']:>8} {r['impl']:8s} {r['member_steps_per_s']:>15,.0f} "
                 f"{r['ratio_to_bare']:>7.2f}",
@@ -94,13 +98,14 @@ def main() -> None:
     pop = sub.add_parser("population")
     pop.add_argument("members", type=int, nargs="*", default=[64, 1024, 16384])
     pop.add_argument("--rounds", type=int, default=5)
+    pop.add_argument("--config", choices=["sgd", "mixed"], default="sgd")
     sw = sub.add_parser("sweep")
     sw.add_argument("meta")
     sw.add_argument("tasks", type=int, nargs="?", default=200)
     sw.add_argument("rounds", type=int, nargs="?", default=2)
     a = p.parse_args()
     if a.mode == "population":
-        population(a.members, a.rounds)
+        population(a.members, a.rounds, a.config)
     else:
         sweep(a.meta, a.tasks, a.rounds)
 

@@ -113,7 +113,7 @@ def _linear(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torc
     ``(w @ h^T)^T``: the same products, but the gradient of ``w`` comes out contiguous in the
     weights' own ``(T, out, in)`` layout (``h @ w^T`` gives its transpose, which the fused
     optimizer kernels, blind to strides, had copied every step). The result is a transposed
-    view, so the next layer's ``h^T`` is contiguous."""
+    view (``_swapped``), so the next layer's ``h^T`` is contiguous."""
     out = torch.bmm(w, _swapped(h))
     return _swapped(out if bias is None else out + bias.unsqueeze(2))
 
