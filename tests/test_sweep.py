@@ -20,6 +20,8 @@ from raymeta.orchestration.sweep.config import load_sweep, parse_sweep
 from raymeta.orchestration.sweep.run import run_unit
 from raymeta.results import read_results
 
+PAUSED = Path(__file__).with_name("_paused_sweep.py")  # a sweep that waits to be killed
+
 STRATEGIES = ["scratch+broad+random", "scratch+broad+pbt", "meta+fixed-default", "meta+broad+pbt"]
 
 
@@ -107,14 +109,6 @@ def test_run_unit_rows(meta_dir: Path, tmp_path: Path) -> None:
     assert len(val) == len(fixed) and val != [r["value"] for r in fixed]
 
 
-_BATCHED = (
-    "import sys; from pathlib import Path; "
-    "from raymeta.orchestration.sweep.config import load_sweep; "
-    "from raymeta.orchestration.sweep.run import run_sweep; "
-    "run_sweep(load_sweep(sys.argv[1]), Path(sys.argv[2]), address=sys.argv[3], flush_units=2)"
-)
-
-
 def test_killed_batched_sweep_resumes_exactly_once(
     ray_session: None, meta_dir: Path, tmp_path: Path
 ) -> None:
@@ -140,8 +134,9 @@ def test_killed_batched_sweep_resumes_exactly_once(
     )
     out = tmp_path / "results"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    waiting = tmp_path / "waiting"
     proc = subprocess.Popen(
-        [sys.executable, "-c", _BATCHED, str(spec), str(out), address],
+        [sys.executable, str(PAUSED), str(spec), str(out), str(waiting), "2", "--address", address],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -150,8 +145,9 @@ def test_killed_batched_sweep_resumes_exactly_once(
     )
     parts = out / "sweep=kill"
     deadline = time.time() + 240
-    while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 2 and proc.poll() is None:
+    while time.time() < deadline and not waiting.exists() and proc.poll() is None:
         time.sleep(0.2)
+    assert waiting.exists(), proc.communicate(timeout=30)[0] if proc.poll() is not None else ""
     os.killpg(proc.pid, signal.SIGKILL)  # a real kill, mid-sweep
     proc.wait(timeout=30)
     published = sorted(parts.glob("part-*.parquet"))

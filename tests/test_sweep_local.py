@@ -29,6 +29,7 @@ from raymeta.results import read_results
 from raymeta.results.sink import ResultSink
 
 ROW = ["strategy", "task", "seed", "trial", "step", "metric"]  # what identifies a row
+PAUSED = Path(__file__).with_name("_paused_sweep.py")  # a sweep that waits to be killed
 
 
 @pytest.fixture(scope="module")
@@ -123,15 +124,6 @@ def test_local_rows_equal_the_ray_path(ray_session: None, meta_dir: Path, tmp_pa
     assert len(list((tmp_path / "local" / "sweep=loc").glob("part-*.parquet"))) == 1
 
 
-_KILLABLE = (
-    "import sys; from pathlib import Path; "
-    "from raymeta.orchestration.sweep.config import load_sweep; "
-    "from raymeta.orchestration.sweep.run import run_sweep; "
-    "run_sweep(load_sweep(sys.argv[1]), Path(sys.argv[2]), local=True, max_concurrency=2, "
-    "flush_units=2, progress=False)"
-)
-
-
 def _children(pid: int) -> set[int]:
     """Every live process below ``pid`` (from /proc)."""
     parent: dict[int, int] = {}
@@ -180,18 +172,18 @@ def test_killed_local_sweep_resumes_exactly_once(meta_dir: Path, tmp_path: Path)
     )
     out = tmp_path / "results"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    waiting = tmp_path / "waiting"
     proc = subprocess.Popen(
-        [sys.executable, "-c", _KILLABLE, str(spec), str(out)],
+        [sys.executable, str(PAUSED), str(spec), str(out), str(waiting), "1", "--local"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
         start_new_session=True,
     )
-    parts = out / "sweep=kill"
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None and not list(parts.glob("*.parquet")):
+        while time.time() < deadline and proc.poll() is None and not waiting.exists():
             time.sleep(0.05)
         workers = _children(proc.pid)
         assert len(workers) == 2, proc.communicate(timeout=60)[0]
