@@ -93,6 +93,9 @@ def test_local_rows_equal_run_batch_and_run_unit(meta_dir: Path, tmp_path: Path)
     pool = tmp_path / "pool"
     got = run_sweep(cfg, pool, progress=False, local=True, max_concurrency=2)
     assert (got["units"], got["ran"]) == (16, 16)
+    # the pool's start and stop are parts of the wall (bench sweep reports the rate without them)
+    assert got["start_s"] > 0 and got["stop_s"] > 0
+    assert got["start_s"] + got["stop_s"] < got["wall_s"]
     rows = _rows(pool)
     _same(rows, _batches(cfg, 2))
     alone = _frame([r for u in cfg.units() for r in run_unit(u, cfg)])
@@ -110,13 +113,15 @@ def test_local_rows_equal_run_batch_and_run_unit(meta_dir: Path, tmp_path: Path)
     _same(_rows(inproc), _batches(cfg, 1))
     again = run_sweep(cfg, inproc, progress=False, local=True)
     assert (again["units"], again["ran"]) == (16, 0)
+    assert again["wall_s"] == again["start_s"] == again["stop_s"] == 0.0  # nothing started
 
 
 def test_local_rows_equal_the_ray_path(ray_session: None, meta_dir: Path, tmp_path: Path) -> None:
     """The same sweep through Ray tasks and through local workers, both planned for 2 slots
     (so both run the same packed batches): the same rows, float values bit for bit."""
     cfg = _cfg(meta_dir, strategies=["scratch+broad+pbt", "meta+fixed-default+refit"])
-    run_sweep(cfg, tmp_path / "ray", progress=False, max_concurrency=2)
+    ray_run = run_sweep(cfg, tmp_path / "ray", progress=False, max_concurrency=2)
+    assert ray_run["start_s"] > 0 and ray_run["start_s"] + ray_run["stop_s"] < ray_run["wall_s"]
     run_sweep(cfg, tmp_path / "local", progress=False, max_concurrency=2, local=True)
     ray_rows, local_rows = _rows(tmp_path / "ray"), _rows(tmp_path / "local")
     _same(local_rows, ray_rows)

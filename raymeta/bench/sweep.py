@@ -9,7 +9,10 @@ The ceiling, measured in the same run right after each sweep: a bare ``torch.fun
 a held-out task's train split, as many steps as a member), on as many threads as the sweep had
 CPU slots, best of ``--bare-repeats`` timings. ``sweep / bare`` is how much of the machine's
 vmapped throughput the sweep's scheduling, PBT, evaluation, final picks and result writing
-leave (issue 17).
+leave (issue 17). Each row also gives the backend's start and stop (an embedded Ray's
+``ray.init`` and shutdown; the local worker pool's fork) and the rate without them: a process
+that runs several sweeps on one Ray (a cluster, a notebook) pays them once; its workers' first
+imports stay in the rate.
 
 ``--local`` also times the Ray-free sweep (``run_sweep(local=True)``, worker processes on this
 machine) right after the Ray one in every repeat: two rows, each against the same bare ceiling,
@@ -251,12 +254,17 @@ def run(args: argparse.Namespace) -> int:
         same = _same_rows(first, table) if len(timed) > 1 else None
         for label, r in timed:
             rate = r["member_steps_per_s"]
+            backend = "worker pool" if r["local"] else "Ray"
             print(
                 f"[{rep + 1}/{args.repeat}] {label}: {r['units']} units ({args.tasks} tasks x "
                 f"{len(STRATEGIES)} strategies, {r['members']} members) in {r['wall_s']:.1f}s = "
                 f"{r['units_per_s']:.2f} units/s, {rate:,.0f} member-steps/s; "
                 f"bare vmap(grad) SGD population of {r['members']} members ({threads} threads): "
                 f"{bare:,.0f} member-steps/s; sweep/bare = {rate / bare:.1%}; "
+                f"{backend} start {r['backend_start_s']:.1f}s and stop "
+                f"{r['backend_stop_s']:.1f}s, without them "
+                f"{r['started_member_steps_per_s']:,.0f} member-steps/s = "
+                f"{r['started_member_steps_per_s'] / bare:.1%} of bare; "
                 f"{r['parts']} part files; "
                 f"peak RSS of the process tree {r['peak_rss'] / 2**30:.2f} GiB; "
                 f"load average {r['load_before']:.2f} -> {r['load_after']:.2f}",
@@ -272,6 +280,7 @@ def run(args: argparse.Namespace) -> int:
                     "bare_member_steps_per_s": bare,
                     "bare_threads": threads,
                     "sweep_over_bare": rate / bare,
+                    "started_sweep_over_bare": r["started_member_steps_per_s"] / bare,
                     "same_rows_as_ray": same if label == "local sweep" else None,
                 }
             )
@@ -330,6 +339,11 @@ def _time_sweep(cfg: Any, root: Path, local: bool, batch_units: int | None) -> d
         "units_per_s": res["ran"] / wall,
         "member_steps": steps,
         "member_steps_per_s": steps / wall,
+        "backend_start_s": res["start_s"],
+        "backend_stop_s": res["stop_s"],
+        # the sweep on a started backend: what a process running several sweeps on one Ray
+        # (a cluster, a notebook) gets after its first
+        "started_member_steps_per_s": steps / max(wall - res["start_s"] - res["stop_s"], 1e-9),
         "members": len(vals.drop_duplicates(["strategy", "task", "seed", "trial"])),
         "parts": len(list(results.glob("sweep=bench/part-*.parquet"))),
         "peak_rss": mem.peak,

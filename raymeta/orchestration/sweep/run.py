@@ -159,7 +159,9 @@ def run_sweep(
     batch_units: int | None = None,
     local: bool = False,
 ) -> dict[str, Any]:
-    """Run every unit not yet in ``out``'s results dataset; returns counts and wall time.
+    """Run every unit not yet in ``out``'s results dataset; returns counts (``units``, ``ran``)
+    and seconds: ``wall_s`` in all, of which ``start_s`` starting the backend (Ray: joining or
+    starting it, ``local``: the worker pool) and ``stop_s`` stopping it.
     ``out`` must not lie inside a meta-checkpoint or a tune run (``check_results_dir``); one
     writer at a time holds its lock (``raymeta.lock``).
 
@@ -234,17 +236,29 @@ def _run_locked(
             flush=True,
         )
     if not todo:
-        return {"units": total, "ran": 0, "wall_s": 0.0}
+        return {"units": total, "ran": 0, "wall_s": 0.0, "start_s": 0.0, "stop_s": 0.0}
     cap = min(batch_units or flush_units, flush_units)
     opened = (
         local_batches(cfg, roots, todo, max_concurrency, cap)
         if local
         else ray_batches(cfg, roots, todo, address, max_concurrency, cap)
     )
+    t_open = time.perf_counter()
     with opened as (runner, queue):
+        t_up = time.perf_counter()
         bar = Progress(f"sweep {cfg.name}", total, quiet=not progress)
         _dispatch(runner, queue, sink, bar, total - len(todo), flush_units, flush_s)
-    return {"units": total, "ran": len(todo), "wall_s": time.perf_counter() - t0}
+        t_done = time.perf_counter()
+    end = time.perf_counter()
+    # how much of the wall the backend's start (an embedded Ray's ``ray.init``, the local pool's
+    # fork) and stop took: a process that runs several sweeps on one Ray pays them once
+    return {
+        "units": total,
+        "ran": len(todo),
+        "wall_s": end - t0,
+        "start_s": t_up - t_open,
+        "stop_s": end - t_done,
+    }
 
 
 def _dispatch(
