@@ -4,7 +4,9 @@ bad ``--address`` values are one-line errors.
 The test session already shares a Ray instance, so the embedded Ray is started by
 ``ray_context`` in a fresh interpreter that runs real work (Ray tasks, an actor, and a 2-worker
 torch process group through the same loopback ``TorchConfig`` Ray Train uses), and lists the
-listening TCP sockets of itself and every process it spawned while Ray is up.
+listening TCP sockets of itself and every process it spawned while Ray is up. Its workers
+preload a module (``ray_context(preload=...)``, what a sweep's embedded Ray does), which a task
+finds imported.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ PROBE = textwrap.dedent(
                 pass
         return found
 
-    with ray_context(num_cpus=2):
+    # workers import the preloaded module as they start (the sweep's ``backends.PRELOAD``)
+    with ray_context(num_cpus=2, preload=("raymeta.orchestration.sweep.batch",)):
         import torch, torch.distributed as dist
         from ray.train import ScalingConfig, RunConfig
         from ray.train.torch import TorchTrainer
@@ -62,6 +65,11 @@ PROBE = textwrap.dedent(
         def task(x):
             return x + 1
 
+        @ray.remote
+        def preloaded():
+            import sys
+            return "raymeta.orchestration.sweep.batch" in sys.modules
+
         @ray.remote(num_cpus=0)
         class Echo:
             def ping(self):
@@ -74,6 +82,7 @@ PROBE = textwrap.dedent(
         node_ip = ray.util.get_node_ip_address()
         cfg = torch_config("gloo")
         out = {"node_ip": node_ip, "config": type(cfg).__name__}
+        out["preloaded"] = ray.get([preloaded.remote() for _ in range(2)])
         if os.environ.get("PROBE_TRAIN"):
             TorchTrainer(
                 loop, torch_config=cfg, scaling_config=ScalingConfig(num_workers=2),
@@ -108,6 +117,7 @@ def _probe(tmp_path: Path, train: bool) -> dict[str, Any]:
     assert p.returncode == 0 and lines, p.stderr[-3000:]
     got: dict[str, Any] = json.loads(lines[0][len("RESULT ") :])
     assert got["node_ip"] == "127.0.0.1" and got["config"] == "LoopbackTorchConfig"
+    assert got["preloaded"] == [True, True]  # imported by the workers before any task asked
     names = {name for name, _, _ in got["sockets"]}
     # the check must see Ray's own servers, not just an empty list
     assert {"gcs_server", "raylet"} <= names and len(got["sockets"]) >= 5, got
