@@ -117,7 +117,7 @@ class RayBatches:
 
 # What an embedded Ray's workers import as they start (``ray_runtime.local_init_kwargs``): the
 # batches' module, with torch. Measured on the 2-core CPU, an embedded Ray's first two tasks
-# that import it: 3.7-3.9 s after ``ray.init`` returned, 3.0-3.1 s preloaded.
+# that import it: 3.7-3.9 s after ``ray.init`` returned, 2.8-3.2 s preloaded.
 PRELOAD = ("torch", "raymeta.orchestration.sweep.backends")
 
 
