@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -57,19 +57,36 @@ MODES = {
 }
 
 
-def interleaved(rounds: int, work: Callable[[str], object]) -> dict[str, list[tuple[float, float]]]:
-    seconds: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
+def _switch(mode: str) -> Callable[[], None]:
+    def apply() -> None:
+        PopulationTrainer._lockstep, cb._linear = MODES[mode]  # type: ignore[method-assign]
+
+    return apply
+
+
+SWITCHES = {mode: _switch(mode) for mode in MODES}
+
+
+def interleaved(
+    rounds: int,
+    work: Callable[[str], object],
+    switches: Mapping[str, Callable[[], None]] = SWITCHES,
+) -> dict[str, list[tuple[float, float]]]:
+    """Wall and CPU seconds of ``work(mode)`` under each of ``switches`` (mode -> what puts
+    that mode in place; ``after`` is the code as it is, put back at the end), rounds
+    interleaved (the order flips each round); prints each round and the best of each mode."""
+    seconds: dict[str, list[tuple[float, float]]] = {m: [] for m in switches}
     try:
         for r in range(rounds):
-            for mode in list(MODES) if r % 2 == 0 else list(MODES)[::-1]:
-                PopulationTrainer._lockstep, cb._linear = MODES[mode]  # type: ignore[method-assign]
+            for mode in list(switches) if r % 2 == 0 else list(switches)[::-1]:
+                switches[mode]()
                 t, c = time.perf_counter(), time.process_time()
                 work(mode)
                 seconds[mode].append((time.perf_counter() - t, time.process_time() - c))
                 w_, c_ = seconds[mode][-1]
                 print(f"round {r + 1} {mode:8s} wall {w_:.2f} s, CPU {c_:.2f} s", flush=True)
     finally:
-        PopulationTrainer._lockstep, cb._linear = NEW_LOCK, NEW_LINEAR  # type: ignore[method-assign]
+        switches["after"]()
     base = min(w for w, _ in seconds["before"])
     for mode, s in seconds.items():
         best = min(w for w, _ in s)
@@ -99,7 +116,11 @@ def images(members: int, rounds: int) -> None:
     interleaved(rounds, lambda mode: work())
 
 
-def sweep(meta: str, tasks: int, rounds: int) -> None:
+def sweep(
+    meta: str, tasks: int, rounds: int, switches: Mapping[str, Callable[[], None]] = SWITCHES
+) -> None:
+    """``bench sweep``'s batches under each of ``switches`` (``interleaved``); the rows of
+    ``before`` and ``after`` are compared."""
     cfg = sweep_config(meta, tasks)
     batches = plan_batches(cfg.units(), 1, 1000)
     run_batch(batches[0][:2], cfg)  # warm-up
@@ -108,7 +129,7 @@ def sweep(meta: str, tasks: int, rounds: int) -> None:
     def work(mode: str) -> None:
         values[mode] = [v for b in batches for v in run_batch(b, cfg).table["value"].to_pylist()]
 
-    interleaved(rounds, work)
+    interleaved(rounds, work, switches)
     print(row_differences(values["before"], values["after"]))
 
 

@@ -17,18 +17,15 @@ takes as a transposed operand and, beside another transposed operand, runs ~8x s
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from population_layout import row_differences  # the sibling script (benchmarks/)
+from fused_adam_stops import sweep as sweep_modes  # the sibling script (benchmarks/)
 
 import raymeta.core.conv_batched as cb
 from raymeta.bench.population import run_size
-from raymeta.bench.sweep import sweep_config
 from raymeta.finetune.step import PopulationTrainer
-from raymeta.orchestration.sweep.batch import plan_batches, run_batch
 
 AFTER = cb._swapped
 
@@ -70,26 +67,12 @@ def population(sizes: list[int], rounds: int, config: str) -> None:
 
 
 def sweep(meta: str, tasks: int, rounds: int) -> None:
-    cfg = sweep_config(meta, tasks)
-    batches = plan_batches(cfg.units(), 1, 1000)
-    run_batch(batches[0][:2], cfg)  # warm-up
-    values: dict[str, list[float]] = {}
-    best: dict[str, tuple[float, float]] = {m: (float("inf"), float("inf")) for m in SWAPS}
-    try:
-        for r in range(rounds):
-            for mode in list(SWAPS) if r % 2 == 0 else list(SWAPS)[::-1]:
-                cb._swapped = SWAPS[mode]
-                t, c = time.perf_counter(), time.process_time()
-                table = [run_batch(b, cfg).table for b in batches]
-                w_, c_ = time.perf_counter() - t, time.process_time() - c
-                values[mode] = [v for tb in table for v in tb["value"].to_pylist()]
-                best[mode] = (min(best[mode][0], w_), min(best[mode][1], c_))
-                print(f"round {r + 1} {mode:6s} wall {w_:.2f} s, CPU {c_:.2f} s", flush=True)
-    finally:
-        cb._swapped = AFTER
-    for mode, (w_, c_) in best.items():
-        print(f"{mode:6s} best wall {w_:.2f} s, best CPU {c_:.2f} s: {best['before'][0] / w_:.2f}x")
-    print(row_differences(values["before"], values["after"]))
+    """``fused_adam_stops.sweep`` (the sibling script) with the two transposes as its modes."""
+
+    def put(swap: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+        return lambda: setattr(cb, "_swapped", swap)
+
+    sweep_modes(meta, tasks, rounds, {name: put(swap) for name, swap in SWAPS.items()})
 
 
 def main() -> None:
